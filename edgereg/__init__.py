@@ -1,0 +1,26 @@
+"""edgereg: compact image regressors that run where the camera is.
+
+The runtime package: numpy, numba, onnxruntime and OpenCV only; it never imports torch.
+Public names are imported lazily so that `edgereg --help` starts fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["Predictor", "Predictions", "ModelCard", "read_card", "EdgeregError"]
+
+_LAZY = {
+    "Predictor": "edgereg.predictor",
+    "Predictions": "edgereg.predictor",
+    "ModelCard": "edgereg.card",
+    "read_card": "edgereg.card",
+    "EdgeregError": "edgereg.errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgereg' has no attribute {name!r}")

@@ -1,0 +1,213 @@
+"""The model card: everything the runtime needs to know about a model, stored inside the .onnx.
+
+The card is JSON in the ONNX ``metadata_props`` under the key ``edgereg``. The runtime configures
+itself from it (preprocessing, target names, units, TTA); CLI flags may override it. Reading
+validates every field and raises :class:`~edgereg.errors.CardError` with one clear line.
+
+Writing a card into a model needs the ``onnx`` package and lives in ``edgereg.export.card_io``;
+reading needs only onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from edgereg.errors import CardError, ModelFileError, did_you_mean
+from edgereg.tta import parse_tta
+
+CARD_KEY = "edgereg"
+FORMAT_VERSION = 1
+KINDS = ("scalar", "vector", "distribution", "coords", "angle")
+CROPS = ("none", "center", "circle")
+CHANNELS = ("rgb", "gray")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model is and how to feed it. Units are physical unless said otherwise.
+
+    The ONNX model takes ``(N, C, H, W) float32`` (C = 3 for rgb, 1 for gray) and returns
+    ``(N, T) float32`` with T = ``len(targets)``: physical units for scalar/vector/distribution,
+    degrees for angle, and for coords ``[0, 1]`` of the model input (the runtime maps them back to
+    the original image's pixels through each image's crop).
+    """
+
+    kind: str  # one of KINDS: decides the head, the TTA reduction and the metrics
+    targets: tuple[str, ...]  # output column names; coords come as x,y pairs, angle has one
+    input_size: tuple[int, int]  # (H, W) of the model input in pixels
+    units: tuple[str, ...] = ()  # one unit string per target ("" when unitless); () = all ""
+    range: tuple[tuple[float, float], ...] | None = None  # (lo, hi) per target for bounded kinds
+    channels: str = "rgb"  # "rgb" or "gray" (BGR->gray with OpenCV's weights)
+    crop: str = "center"  # "none" (resize whole frame), "center" (square), "circle" (square + mask)
+    roi: tuple[float, float, float] | None = None  # fixed (cx, cy, r) in source pixels, or None
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # per channel, pixel values scaled to [0, 1]
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)  # per channel, > 0
+    fill: float = 0.0  # normalized value written outside the circle
+    tta: str = "none"  # default TTA: "none", "d4" or "rot:N"
+    provenance: dict[str, Any] = field(default_factory=dict)  # dataset, metrics, seed, versions
+    quantization: dict[str, Any] = field(default_factory=dict)  # calibration and int8 deltas
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def n_channels(self) -> int:
+        return 3 if self.channels == "rgb" else 1
+
+    @property
+    def circle(self) -> bool:
+        return self.crop == "circle"
+
+    @property
+    def unit_of(self) -> dict[str, str]:
+        units = self.units or ("",) * len(self.targets)
+        return dict(zip(self.targets, units))
+
+    def with_(self, **changes: Any) -> "ModelCard":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "model card") -> "ModelCard":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CardError(f"{source}: the card is not valid JSON ({exc.msg} at char {exc.pos}); "
+                            "re-export the model with `edgereg export`") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "model card") -> "ModelCard":
+        if not isinstance(data, dict):
+            raise CardError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("format_version", None)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CardError(f"{source}: field 'format_version' must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise CardError(
+                f"{source}: card format_version {version} is newer than this edgereg reads "
+                f"({FORMAT_VERSION}); upgrade: pip install -U edgereg"
+            )
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise CardError(f"{source}: unknown field {key!r}{did_you_mean(key, known)}")
+        required = ("kind", "targets", "input_size")
+        for key in required:
+            if key not in data:
+                raise CardError(f"{source}: missing required field {key!r}")
+        kwargs = dict(data)
+        try:
+            for key in ("targets", "units", "input_size", "mean", "std"):
+                if key in kwargs:
+                    kwargs[key] = _as_tuple(kwargs[key], key)
+            if kwargs.get("roi") is not None:
+                kwargs["roi"] = _as_tuple(kwargs["roi"], "roi")
+            if kwargs.get("range") is not None:
+                kwargs["range"] = tuple(_as_tuple(r, "range") for r in _as_tuple(kwargs["range"], "range"))
+            return cls(**kwargs)
+        except CardError as exc:
+            raise CardError(f"{source}: {exc}") from None
+
+
+def _as_tuple(value: Any, name: str) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise CardError(f"field {name!r} must be a list, got {value!r}")
+    return tuple(value)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _validate(card: ModelCard) -> None:
+    def bad(name: str, expected: str, got: Any) -> CardError:
+        return CardError(f"field {name!r} must be {expected}, got {got!r}")
+
+    if card.kind not in KINDS:
+        raise CardError(f"field 'kind' is {card.kind!r}{did_you_mean(str(card.kind), KINDS)}; "
+                        f"expected one of {', '.join(KINDS)}")
+    if not card.targets or not all(isinstance(t, str) and t for t in card.targets):
+        raise bad("targets", "a non-empty list of names", card.targets)
+    if len(set(card.targets)) != len(card.targets):
+        raise bad("targets", "unique names", card.targets)
+    if card.kind == "coords" and len(card.targets) % 2:
+        raise bad("targets", "x,y pairs for kind 'coords'", card.targets)
+    if card.kind == "angle" and len(card.targets) != 1:
+        raise bad("targets", "one name for kind 'angle'", card.targets)
+    if card.kind == "distribution" and len(card.targets) < 2:
+        raise bad("targets", "at least 2 bins for kind 'distribution'", card.targets)
+    if card.units and (len(card.units) != len(card.targets) or not all(isinstance(u, str) for u in card.units)):
+        raise bad("units", f"{len(card.targets)} strings (one per target)", card.units)
+    if len(card.input_size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 4096
+                                            for s in card.input_size):
+        raise bad("input_size", "[H, W] with integers in 8..4096", card.input_size)
+    if card.channels not in CHANNELS:
+        raise CardError(f"field 'channels' is {card.channels!r}{did_you_mean(str(card.channels), CHANNELS)}; "
+                        "expected 'rgb' or 'gray'")
+    if card.crop not in CROPS:
+        raise CardError(f"field 'crop' is {card.crop!r}{did_you_mean(str(card.crop), CROPS)}; "
+                        f"expected one of {', '.join(CROPS)}")
+    if card.roi is not None and (len(card.roi) != 3 or not all(_is_number(v) for v in card.roi) or card.roi[2] <= 0):
+        raise bad("roi", "[cx, cy, r] with r > 0, or null", card.roi)
+    n = 3 if card.channels == "rgb" else 1
+    if len(card.mean) != n or not all(_is_number(v) for v in card.mean):
+        raise bad("mean", f"{n} numbers for channels {card.channels!r}", card.mean)
+    if len(card.std) != n or not all(_is_number(v) and v > 0 for v in card.std):
+        raise bad("std", f"{n} positive numbers for channels {card.channels!r}", card.std)
+    if not _is_number(card.fill):
+        raise bad("fill", "a finite number", card.fill)
+    if card.range is not None:
+        if len(card.range) != len(card.targets) or not all(
+            len(r) == 2 and _is_number(r[0]) and _is_number(r[1]) and r[0] < r[1] for r in card.range
+        ):
+            raise bad("range", f"{len(card.targets)} [lo, hi] pairs with lo < hi, or null", card.range)
+    try:
+        parse_tta(card.tta)
+    except Exception:
+        raise bad("tta", "'none', 'd4' or 'rot:N'", card.tta) from None
+    if not isinstance(card.provenance, dict):
+        raise bad("provenance", "an object", card.provenance)
+    if not isinstance(card.quantization, dict):
+        raise bad("quantization", "an object", card.quantization)
+
+
+def card_from_metadata(metadata: dict[str, str], *, source: str) -> ModelCard:
+    """Build the card from an ONNX model's metadata map (``{key: json_text}``)."""
+    if CARD_KEY not in metadata:
+        raise CardError(
+            f"{source}: no edgereg model card (metadata key {CARD_KEY!r} is missing); "
+            "export the model with `edgereg export`, or pass --card CARD.json"
+        )
+    return ModelCard.from_json(metadata[CARD_KEY], source=source)
+
+
+def read_card(model_path: str | Path) -> ModelCard:
+    """Read and validate the card of an ONNX file (needs only onnxruntime)."""
+    import onnxruntime as ort
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: '{path}'; check the path (expected an .onnx file)")
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors on bad files
+        raise ModelFileError(f"'{path}' is not a loadable ONNX model ({_first_line(exc)}); "
+                             "export it again with `edgereg export`") from None
+    return card_from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,87 @@
+"""The `edgereg` command: wires sub-commands; each lives in its own module under edgereg/cli/.
+
+A command module defines ``add_parser(subparsers)`` and ``run(args) -> int`` and imports heavy
+libraries inside ``run`` so that ``edgereg --help`` stays fast. Errors that are the user's to fix
+(:class:`~edgereg.errors.EdgeregError`) print one line and exit with the error's code (2 by
+default); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from edgereg import __version__
+from edgereg.errors import EdgeregError, did_you_mean
+
+COMMANDS = ("info", "infer", "bench", "synth", "train", "lr_find", "models", "export", "eval", "demo")
+
+EPILOG = """examples:
+  edgereg synth assay data/assay --n 2000
+  edgereg train data/assay --out runs/assay
+  edgereg export runs/assay --int8
+  edgereg infer runs/assay/model.int8.onnx photos/ --out preds.csv
+  edgereg infer model.onnx --camera 0 --jsonl
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a did-you-mean on mistyped options and commands, and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        hint = ""
+        if "unrecognized arguments:" in message:
+            word = message.split("unrecognized arguments:")[1].split()[0]
+            options = [s for a in self._actions for s in a.option_strings]
+            for sub in self._subparsers._group_actions if self._subparsers else []:
+                for choice in getattr(sub, "choices", {}).values():
+                    options += [s for a in choice._actions for s in a.option_strings]
+            hint = did_you_mean(word.split("=")[0], options)
+        elif "invalid choice:" in message:
+            word = message.split("invalid choice:")[1].split("'")[1]
+            hint = did_you_mean(word, [c.replace("_", "-") for c in COMMANDS])
+        self.exit(2, f"edgereg: error: {message}{hint}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="edgereg",
+        description="Train, export and run compact image regressors.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgereg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"edgereg.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"edgereg.cli.{name}":
+                raise
+            continue  # a command not built yet
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: sys.argv[1:]) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except EdgeregError as exc:
+        print(f"edgereg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgereg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Typed errors. Every message says what went wrong, expected vs got, and the fix.
+
+The CLI prints ``str(error)`` on one line (no traceback) and exits with ``error.exit_code``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class EdgeregError(Exception):
+    """Base class of every error edgereg raises on purpose (a user mistake or bad input)."""
+
+    exit_code = 2
+
+
+class CardError(EdgeregError):
+    """The model card in an ONNX file is missing, malformed or of a newer format version."""
+
+
+class ModelFileError(EdgeregError):
+    """The model file is missing, unreadable or not an ONNX model edgereg can run."""
+
+
+class ShapeError(EdgeregError):
+    """An array has the wrong shape or dtype."""
+
+
+class DecodeError(EdgeregError):
+    """An image file could not be read or decoded."""
+
+
+class ProviderError(EdgeregError):
+    """An execution provider was asked for that this onnxruntime build does not have."""
+
+
+class TTAError(EdgeregError):
+    """A test-time augmentation that the model's target kind or input shape cannot support."""
+
+
+class DatasetError(EdgeregError):
+    """A dataset (labels.csv and images) that cannot be used as given."""
+
+
+class MissingExtraError(EdgeregError):
+    """An optional dependency is missing; the message names the pip extra to install."""
+
+
+class CameraError(EdgeregError):
+    """A camera or stream could not be opened or stopped delivering frames."""
+
+
+class GateError(EdgeregError):
+    """The int8 accuracy gate failed: the quantized model is too far from fp32."""
+
+    exit_code = 1
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def require_extra(module: str, extra: str = "train"):
+    """Import ``module`` or raise MissingExtraError naming ``pip install 'edgereg[extra]'``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"this command needs {module!r}, which is not installed: "
+            f"pip install 'edgereg[{extra}]' (or run `make venv`)"
+        ) from exc
