@@ -1,0 +1,50 @@
+"""`edgereg info MODEL`: print a model's card and its inputs/outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "info", help="print a model's card and inputs/outputs",
+        description="Print the edgereg model card embedded in an ONNX file and the model's inputs "
+                    "and outputs. A missing or invalid card is reported with the field at fault.",
+        epilog="examples:\n  edgereg info runs/assay/model.onnx\n  edgereg info model.int8.onnx --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="an .onnx file exported by edgereg")
+    parser.add_argument("--json", action="store_true", help="print the card as JSON only")
+    return parser
+
+
+def run(args) -> int:
+    from edgereg.card import read_card
+
+    card = read_card(args.model)
+    if args.json:
+        print(json.dumps(json.loads(card.to_json()), indent=2))
+        return 0
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    units = card.unit_of
+    print(f"model      {args.model}")
+    print(f"kind       {card.kind}")
+    for i, name in enumerate(card.targets):
+        bounds = f"  range {card.range[i][0]:g}..{card.range[i][1]:g}" if card.range else ""
+        print(f"target     {name}" + (f" [{units[name]}]" if units[name] else "") + bounds)
+    print(f"input      {card.input_size[0]}x{card.input_size[1]} {card.channels}, crop {card.crop}"
+          + (f", roi {card.roi}" if card.roi else ""))
+    print(f"normalize  mean {list(card.mean)} std {list(card.std)} fill {card.fill}")
+    print(f"tta        {card.tta} (default)")
+    for inp in session.get_inputs():
+        print(f"onnx in    {inp.name} {inp.shape} {inp.type}")
+    for out in session.get_outputs():
+        print(f"onnx out   {out.name} {out.shape} {out.type}")
+    if card.provenance:
+        print("provenance " + json.dumps(card.provenance, sort_keys=True)[:2000])
+    if card.quantization:
+        print("int8       " + json.dumps(card.quantization, sort_keys=True)[:2000])
+    return 0

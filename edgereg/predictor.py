@@ -1,0 +1,205 @@
+"""The Python API: load an edgereg ONNX model once, then read values from frames or files.
+
+    >>> predictor = Predictor("model.int8.onnx", tta="d4")
+    >>> result = predictor.predict([frame])          # frame: (H, W, 3) uint8 BGR
+    >>> result.values[0], result.spread[0], result.names
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgereg.card import ModelCard, card_from_metadata
+from edgereg.errors import ModelFileError, ShapeError
+from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames, read_images
+from edgereg.preprocess.decode import default_threads
+from edgereg.preprocess.geometry import CropBox
+from edgereg.providers import resolve_providers
+from edgereg.reduce import reduce_views
+from edgereg.tta import TTASpec, parse_tta
+
+GRAPH_LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Readings for a batch of images.
+
+    Attributes:
+        values: (B, T) float64 in physical units (coords in source pixels, angles in degrees).
+        spread: (B, T) float64 standard deviation across TTA views (circular, in degrees, for
+            angles), or None without TTA.
+        names: the T target names.
+        index: (B,) int64 position of each reading in the caller's input (predict_paths skips
+            unreadable files, so positions may have gaps).
+    """
+
+    values: np.ndarray
+    spread: np.ndarray | None
+    names: tuple[str, ...]
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def rows(self) -> Iterator[dict[str, float]]:
+        """One dict per image: ``{name: value, ..., name + "_spread": spread, ...}``."""
+        for i in range(len(self.values)):
+            row = {name: float(v) for name, v in zip(self.names, self.values[i])}
+            if self.spread is not None:
+                row.update({f"{name}_spread": float(s) for name, s in zip(self.names, self.spread[i])})
+            yield row
+
+
+class Predictor:
+    """Batched inference of an edgereg ONNX model with ONNX Runtime, configured by its card.
+
+    Args:
+        model_path: the .onnx file (fp32, int8 or fp16) with an edgereg card.
+        providers: "auto" (TensorRT, then CUDA, then CPU, as available), "cpu", "cuda", "tensorrt",
+            or a list of ONNX Runtime provider names.
+        tta: "none", "d4", "rot:N", or None for the card's default.
+        batch_size: images per ONNX Runtime call (all TTA views of a batch go in the same call).
+        threads: intra-op threads (None: ONNX Runtime's default, one per core).
+        card: a card to use instead of the embedded one (e.g. to override preprocessing).
+        graph_optimization: "none", "basic", "extended" or "all".
+        decode_threads: threads that decode files in predict_paths.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, *, providers: str | Sequence[str] = "auto",
+                 tta: str | None = None, batch_size: int = 32, threads: int | None = None,
+                 card: ModelCard | None = None, graph_optimization: str = "all",
+                 decode_threads: int | None = None) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelFileError(f"model file not found: '{path}'; check the path (expected an .onnx file)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = GRAPH_LEVELS[graph_optimization]
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3
+        chosen = resolve_providers(providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises untyped errors for bad files
+            message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"'{path}' is not a loadable ONNX model ({message}); "
+                                 "export it again with `edgereg export`") from None
+        self.card = card or card_from_metadata(self.session.get_modelmeta().custom_metadata_map,
+                                               source=str(path))
+        self.path = path
+        self.config = PreprocessConfig.from_card(self.card)
+        self.tta: TTASpec = parse_tta(self.card.tta if tta is None else tta)
+        self.batch_size = int(batch_size)
+        self.decode_threads = decode_threads or default_threads()
+        self.providers = self.session.get_providers()
+        self._input = self.session.get_inputs()[0].name
+        self._output = self.session.get_outputs()[0].name
+        self._check_io()
+        if self.tta.mode == "d4" and self.config.input_size[0] != self.config.input_size[1]:
+            from edgereg.errors import TTAError
+
+            raise TTAError(f"D4 TTA needs a square model input, got {self.config.input_size}; "
+                           "use --tta rot:N or none")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.card.targets)
+
+    def _check_io(self) -> None:
+        shape = self.session.get_inputs()[0].shape
+        expected = (self.config.n_channels, *self.config.input_size)
+        fixed = [d if isinstance(d, int) else None for d in shape[1:]]
+        if len(shape) != 4 or any(f is not None and f != e for f, e in zip(fixed, expected)):
+            raise ModelFileError(
+                f"'{self.path}': model input is {shape} but the card says (N, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}); the card does not belong to this model — re-export it"
+            )
+
+    def predict(self, images) -> Predictions:
+        """Read values from decoded frames.
+
+        Args:
+            images: a list of (H, W, 3) uint8 BGR frames of any sizes, or (B, H, W, 3) uint8.
+
+        Returns:
+            Predictions for every frame, in order.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise ShapeError(f"expected a list of frames or (B, H, W, 3), got one frame {images.shape}; "
+                             "wrap it in a list: predict([frame])")
+        frames, boxes = prepare_frames(images, self.config)
+        return self.predict_prepared(frames, boxes)
+
+    def predict_prepared(self, frames: np.ndarray, boxes: Sequence[CropBox] | None = None) -> Predictions:
+        """Read values from frames already cropped and resized to the model input.
+
+        Args:
+            frames: (B, H, W, 3) uint8 BGR at ``card.input_size``.
+            boxes: each frame's CropBox (needed to map coords to source pixels; None = identity).
+        """
+        n = len(frames)
+        n_targets = len(self.card.targets)
+        values = np.empty((n, n_targets))
+        spread = np.empty((n, n_targets)) if self.tta.n > 1 else None
+        for start in range(0, n, self.batch_size):
+            chunk = frames[start:start + self.batch_size]
+            tensor = preprocess_batch(chunk, self.config, self.tta)  # (b*V, C, H, W)
+            raw = self.session.run([self._output], {self._input: tensor})[0]
+            if raw.ndim != 2 or raw.shape != (len(chunk) * self.tta.n, n_targets):
+                raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "
+                                     f"({len(chunk) * self.tta.n}, {n_targets}) for targets {self.card.targets}")
+            views = raw.astype(np.float64).reshape(len(chunk), self.tta.n, n_targets)  # (b*V,T) -> (b,V,T)
+            reduced, spread_chunk = reduce_views(self.card.kind, views, self.tta)
+            values[start:start + len(chunk)] = reduced
+            if spread is not None:
+                spread[start:start + len(chunk)] = spread_chunk
+        if self.card.kind == "coords":
+            values, spread = self._coords_to_source(values, spread, frames, boxes)
+        return Predictions(values, spread, self.names, np.arange(n, dtype=np.int64))
+
+    def _coords_to_source(self, values, spread, frames, boxes):
+        height, width = self.config.input_size
+        boxes = boxes or [CropBox(0.0, 0.0, float(width), float(height))] * len(frames)
+        points = values.reshape(len(values), -1, 2)  # (B,T) -> (B,P,2)
+        mapped = np.stack([box.to_source(p) for box, p in zip(boxes, points)]) if len(points) else points
+        if spread is not None:
+            scale = np.array([[b.w, b.h] for b in boxes])[:, None, :]  # (B,1,2)
+            spread = (spread.reshape(len(spread), -1, 2) * scale).reshape(spread.shape)  # px
+        return mapped.reshape(values.shape), spread  # (B,P,2) -> (B,T)
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike]) -> tuple[Predictions, list[tuple[int, str, str]]]:
+        """Decode files in worker threads and read values from those that decode.
+
+        Returns:
+            (Predictions for the readable files, with ``index`` their positions in ``paths``;
+            errors as ``[(index, path, reason), ...]`` for the others).
+        """
+        good, boxes, index, errors = [], [], [], []
+        from edgereg.preprocess import crop_resize
+
+        for i, image in read_images(list(paths), threads=self.decode_threads):
+            if isinstance(image, Exception):
+                errors.append((i, str(paths[i]), str(image)))
+                continue
+            frame, box = crop_resize(image, self.config)
+            good.append(frame)
+            boxes.append(box)
+            index.append(i)
+        height, width = self.config.input_size
+        frames = np.stack(good) if good else np.empty((0, height, width, 3), dtype=np.uint8)
+        result = self.predict_prepared(frames, boxes)
+        return Predictions(result.values, result.spread, result.names, np.asarray(index, dtype=np.int64)), errors

@@ -1,0 +1,54 @@
+"""The public entry point of the fused preprocessing: a batch of frames -> the model's input."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgereg.errors import ShapeError, TTAError
+from edgereg.preprocess.config import PreprocessConfig
+from edgereg.preprocess.kernels import fused_d4, fused_rotations
+from edgereg.tta import TTASpec, parse_tta
+
+
+def preprocess_batch(images: np.ndarray, config: PreprocessConfig, tta: TTASpec | str | None = None,
+                     *, out: np.ndarray | None = None) -> np.ndarray:
+    """Normalize, mask, lay out and expand TTA views of a batch in one numba pass.
+
+    Args:
+        images: (B, H, W, 3) uint8, BGR, already cropped and resized to ``config.input_size``.
+        config: the preprocessing configuration (channels, mean/std, circle, fill).
+        tta: a TTASpec, "none", "d4" or "rot:N".
+        out: optional preallocated (B * V, C, H, W) float32, C-contiguous.
+
+    Returns:
+        (B * V, C, H, W) float32; the V views of image b are rows b*V .. b*V + V - 1.
+
+    Raises:
+        ShapeError: wrong input or output shape/dtype.
+        TTAError: D4 views of a non-square input.
+    """
+    spec = tta if isinstance(tta, TTASpec) else parse_tta(tta)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        got = f"{images.shape} {images.dtype}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ShapeError(f"expected images (B, H, W, 3) uint8 BGR, got {got}")
+    n, height, width, _ = images.shape
+    if (height, width) != tuple(config.input_size):
+        raise ShapeError(f"expected frames of {tuple(config.input_size)} (H, W) after crop_resize, "
+                         f"got {(height, width)}; call edgereg.preprocess.crop_resize first")
+    if spec.mode == "d4" and height != width:
+        raise TTAError(f"D4 TTA needs a square model input, got {height}x{width}; use --tta rot:N or none")
+    shape = (n * spec.n, config.n_channels, height, width)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ShapeError(f"expected out {shape} float32 C-contiguous, got {out.shape} {out.dtype}")
+    images = np.ascontiguousarray(images)
+    scale, offset = config.affine()
+    gray = config.channels == "gray"
+    if spec.mode == "rot":
+        angles = np.deg2rad(spec.angles_deg())
+        fused_rotations(images, angles, scale, offset, float(config.fill), gray, out)
+    else:
+        codes = np.arange(spec.n, dtype=np.int64)
+        fused_d4(images, codes, scale, offset, float(config.fill), config.circle, gray, out)
+    return out

@@ -1,0 +1,63 @@
+"""The preprocessing configuration: the card's preprocessing facts as one frozen value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgereg.card import CHANNELS, CROPS, ModelCard
+from edgereg.errors import CardError
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a decoded frame becomes the model's input tensor.
+
+    Attributes:
+        input_size: (H, W) of the model input in pixels.
+        channels: "rgb" (3 channels, RGB order) or "gray" (1 channel, OpenCV's luma weights).
+        crop: "none" (resize the whole frame), "center" (largest centred square) or "circle"
+            (centre square plus a circular mask).
+        roi: fixed (cx, cy, r) in source pixels for an analyzer whose sample never moves, or None.
+        mean: per-channel mean of pixel values scaled to [0, 1].
+        std: per-channel standard deviation, > 0.
+        fill: normalized value written outside the circle.
+    """
+
+    input_size: tuple[int, int] = (64, 64)  # model input (H, W)
+    channels: str = "rgb"  # the model's colour space; gray saves 3x input bandwidth
+    crop: str = "center"  # what part of the frame the model sees
+    roi: tuple[float, float, float] | None = None  # fixed sample position, overrides centring
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # normalization, from the training set
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)  # normalization, from the training set
+    fill: float = 0.0  # outside-circle value: 0 = the mean colour after normalization
+
+    def __post_init__(self) -> None:
+        if self.channels not in CHANNELS:
+            raise CardError(f"channels must be 'rgb' or 'gray', got {self.channels!r}")
+        if self.crop not in CROPS:
+            raise CardError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        n = 3 if self.channels == "rgb" else 1
+        if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
+            raise CardError(f"mean/std must have {n} values (std > 0) for channels "
+                            f"{self.channels!r}, got mean={self.mean} std={self.std}")
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> "PreprocessConfig":
+        return cls(input_size=tuple(card.input_size), channels=card.channels, crop=card.crop,
+                   roi=card.roi, mean=tuple(card.mean), std=tuple(card.std), fill=float(card.fill))
+
+    @property
+    def n_channels(self) -> int:
+        return 3 if self.channels == "rgb" else 1
+
+    @property
+    def circle(self) -> bool:
+        return self.crop == "circle"
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset), each (C,) float32, so that ``normalized = pixel * scale + offset``."""
+        std = np.asarray(self.std, dtype=np.float64)
+        mean = np.asarray(self.mean, dtype=np.float64)
+        return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)

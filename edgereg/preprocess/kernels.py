@@ -1,0 +1,183 @@
+"""Fused preprocessing kernels (numba): one pass from uint8 BGR frames to the model's input.
+
+Each kernel reads a batch ``images: (B, H, W, 3) uint8, BGR`` and writes
+``out: (B * V, C, H, W) float32`` (V views per image, views of image b at rows b*V .. b*V+V-1) doing,
+per output pixel and in one pass:
+
+1. the view's geometric transform (identity, one of the 8 exact D4 transforms, or a rotation by an
+   arbitrary angle with bilinear sampling),
+2. BGR -> RGB (C = 3) or BGR -> gray with weights 0.299 R + 0.587 G + 0.114 B (C = 1),
+3. normalization ``pixel * scale[c] + offset[c]`` (= ``(pixel / 255 - mean) / std``),
+4. the circular mask: pixels with ``(x - (W-1)/2)^2 + (y - (H-1)/2)^2 > (min(H, W)/2)^2`` get ``fill``,
+5. HWC -> CHW layout.
+
+The conventions are those of ``edgereg.tta`` and ``docs/CONTRACTS.md``; ``edgereg.preprocess.reference``
+implements the same in plain numpy and the tests hold the two equal. Kernels are compiled with
+``cache=True`` so a new process loads them from disk instead of compiling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def _row_span(y, height, width, circle):
+    """[x_lo, x_hi) of row y inside the circle (the whole row when circle is False)."""
+    if not circle:
+        return 0, width
+    cy = (height - 1) / 2.0
+    cx = (width - 1) / 2.0
+    radius = min(height, width) / 2.0
+    d2 = radius * radius - (y - cy) * (y - cy)
+    if d2 < 0.0:
+        return 0, 0
+    half = math.sqrt(d2)
+    lo = int(math.ceil(cx - half))
+    hi = int(math.floor(cx + half)) + 1
+    return max(lo, 0), min(hi, width)
+
+
+@njit(cache=True, inline="always")
+def _d4_source(y, x, n, code):
+    """Source (row, col) of output pixel (y, x) in D4 view ``code`` of an n x n image."""
+    if code >= 4:
+        x = n - 1 - x
+    rot = code % 4
+    if rot == 0:
+        return y, x
+    if rot == 1:
+        return x, n - 1 - y
+    if rot == 2:
+        return n - 1 - y, n - 1 - x
+    return n - 1 - x, y
+
+
+@njit(parallel=True, cache=True)
+def fused_d4(images, codes, scale, offset, fill, circle, gray, out):
+    """Identity or D4 views. ``codes: (V,) int64`` in 0..7 (0 = identity); square images for codes > 0.
+
+    Args:
+        images: (B, H, W, 3) uint8, BGR.
+        codes: (V,) int64, the D4 view of each output row (see edgereg.tta).
+        scale, offset: (C,) float32 normalization.
+        fill: float, value outside the circle.
+        circle: bool, apply the circular mask.
+        gray: bool, C == 1.
+        out: (B * V, C, H, W) float32, written in place.
+    """
+    n_images, height, width, _ = images.shape
+    n_views = codes.shape[0]
+    for task in prange(n_images * height):
+        b = task // height
+        y = task % height
+        lo, hi = _row_span(y, height, width, circle)
+        for v in range(n_views):
+            o = b * n_views + v
+            code = codes[v]
+            n_out = out.shape[1]
+            for c in range(n_out):
+                for x in range(0, lo):
+                    out[o, c, y, x] = fill
+                for x in range(hi, width):
+                    out[o, c, y, x] = fill
+            if code == 0:
+                if gray:
+                    for x in range(lo, hi):
+                        value = (0.114 * images[b, y, x, 0] + 0.587 * images[b, y, x, 1]
+                                 + 0.299 * images[b, y, x, 2])
+                        out[o, 0, y, x] = value * scale[0] + offset[0]
+                else:
+                    for x in range(lo, hi):
+                        out[o, 0, y, x] = images[b, y, x, 2] * scale[0] + offset[0]
+                        out[o, 1, y, x] = images[b, y, x, 1] * scale[1] + offset[1]
+                        out[o, 2, y, x] = images[b, y, x, 0] * scale[2] + offset[2]
+            else:
+                for x in range(lo, hi):
+                    sy, sx = _d4_source(y, x, width, code)
+                    if gray:
+                        value = (0.114 * images[b, sy, sx, 0] + 0.587 * images[b, sy, sx, 1]
+                                 + 0.299 * images[b, sy, sx, 2])
+                        out[o, 0, y, x] = value * scale[0] + offset[0]
+                    else:
+                        out[o, 0, y, x] = images[b, sy, sx, 2] * scale[0] + offset[0]
+                        out[o, 1, y, x] = images[b, sy, sx, 1] * scale[1] + offset[1]
+                        out[o, 2, y, x] = images[b, sy, sx, 0] * scale[2] + offset[2]
+
+
+@njit(parallel=True, cache=True)
+def fused_rotations(images, angles_rad, scale, offset, fill, gray, out):
+    """Views rotated counter-clockwise (as displayed) by ``angles_rad`` with bilinear sampling.
+
+    Output pixel (x, y) samples the source at ``xs = cx + cos t (x - cx) - sin t (y - cy)``,
+    ``ys = cy + sin t (x - cx) + cos t (y - cy)`` with border clamping; the circular mask is always
+    applied (corners of a rotated square are undefined).
+
+    Args:
+        images: (B, H, W, 3) uint8, BGR.
+        angles_rad: (V,) float64, rotation of each view in radians.
+        scale, offset: (C,) float32 normalization.
+        fill: float, value outside the circle.
+        gray: bool, C == 1.
+        out: (B * V, C, H, W) float32, written in place.
+    """
+    n_images, height, width, _ = images.shape
+    n_views = angles_rad.shape[0]
+    cy = (height - 1) / 2.0
+    cx = (width - 1) / 2.0
+    for task in prange(n_images * height):
+        b = task // height
+        y = task % height
+        lo, hi = _row_span(y, height, width, True)
+        for v in range(n_views):
+            o = b * n_views + v
+            cos_t = math.cos(angles_rad[v])
+            sin_t = math.sin(angles_rad[v])
+            for c in range(out.shape[1]):
+                for x in range(0, lo):
+                    out[o, c, y, x] = fill
+                for x in range(hi, width):
+                    out[o, c, y, x] = fill
+            for x in range(lo, hi):
+                xs = cx + cos_t * (x - cx) - sin_t * (y - cy)
+                ys = cy + sin_t * (x - cx) + cos_t * (y - cy)
+                fx0 = math.floor(xs)
+                fy0 = math.floor(ys)
+                wx = xs - fx0
+                wy = ys - fy0
+                x0 = min(max(int(fx0), 0), width - 1)
+                y0 = min(max(int(fy0), 0), height - 1)
+                x1 = min(max(int(fx0) + 1, 0), width - 1)
+                y1 = min(max(int(fy0) + 1, 0), height - 1)
+                w00 = (1.0 - wx) * (1.0 - wy)
+                w01 = wx * (1.0 - wy)
+                w10 = (1.0 - wx) * wy
+                w11 = wx * wy
+                bgr0 = (w00 * images[b, y0, x0, 0] + w01 * images[b, y0, x1, 0]
+                        + w10 * images[b, y1, x0, 0] + w11 * images[b, y1, x1, 0])
+                bgr1 = (w00 * images[b, y0, x0, 1] + w01 * images[b, y0, x1, 1]
+                        + w10 * images[b, y1, x0, 1] + w11 * images[b, y1, x1, 1])
+                bgr2 = (w00 * images[b, y0, x0, 2] + w01 * images[b, y0, x1, 2]
+                        + w10 * images[b, y1, x0, 2] + w11 * images[b, y1, x1, 2])
+                if gray:
+                    out[o, 0, y, x] = (0.114 * bgr0 + 0.587 * bgr1 + 0.299 * bgr2) * scale[0] + offset[0]
+                else:
+                    out[o, 0, y, x] = bgr2 * scale[0] + offset[0]
+                    out[o, 1, y, x] = bgr1 * scale[1] + offset[1]
+                    out[o, 2, y, x] = bgr0 * scale[2] + offset[2]
+
+
+def warm_up() -> None:
+    """Compile (or load from the on-disk cache) every kernel signature the runtime uses."""
+    images = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    for gray in (False, True):
+        c = 1 if gray else 3
+        scale = np.ones(c, dtype=np.float32)
+        offset = np.zeros(c, dtype=np.float32)
+        fused_d4(images, np.zeros(1, dtype=np.int64), scale, offset, 0.0, True, gray,
+                 np.empty((1, c, 8, 8), dtype=np.float32))
+        fused_rotations(images, np.zeros(1, dtype=np.float64), scale, offset, 0.0, gray,
+                        np.empty((1, c, 8, 8), dtype=np.float32))

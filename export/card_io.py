@@ -1,0 +1,29 @@
+"""Write the model card into an ONNX model's ``metadata_props`` (needs the ``onnx`` package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgereg.card import CARD_KEY, ModelCard
+from edgereg.errors import require_extra
+
+
+def embed_card(model, card: ModelCard):
+    """Set (or replace) the card in ``model.metadata_props``; returns the same ModelProto."""
+    kept = [p for p in model.metadata_props if p.key != CARD_KEY]
+    del model.metadata_props[:]
+    for prop in kept:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    model.metadata_props.add(key=CARD_KEY, value=card.to_json())
+    return model
+
+
+def write_card(path: str | Path, card: ModelCard) -> None:
+    """Rewrite the ONNX file at ``path`` with ``card`` embedded (atomic replace)."""
+    onnx = require_extra("onnx")
+    path = Path(path)
+    model = onnx.load(str(path))
+    embed_card(model, card)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)

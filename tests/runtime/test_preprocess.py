@@ -1,0 +1,123 @@
+"""The fused numba kernels against the numpy reference, and crop/resize/decoding behaviour."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edgereg.errors import DecodeError, ShapeError, TTAError
+from edgereg.preprocess import (PreprocessConfig, crop_resize, decode_image, preprocess_batch,
+                                read_image, read_images)
+from edgereg.preprocess.reference import circle_mask, d4_view, preprocess_batch_ref
+
+
+def config_for(size, channels, crop, fill=0.0):
+    n = 3 if channels == "rgb" else 1
+    return PreprocessConfig(input_size=size, channels=channels, crop=crop,
+                            mean=tuple(np.linspace(0.3, 0.6, n)), std=tuple(np.linspace(0.2, 0.3, n)),
+                            fill=fill)
+
+
+@pytest.mark.parametrize("channels", ["rgb", "gray"])
+@pytest.mark.parametrize("crop", ["none", "center", "circle"])
+@pytest.mark.parametrize("tta", ["none", "d4", "rot:3", "rot:8"])
+@pytest.mark.parametrize("size", [(8, 8), (17, 17), (32, 32)])
+def test_kernel_matches_reference(rng, channels, crop, tta, size):
+    config = config_for(size, channels, crop, fill=-2.0)
+    images = rng.integers(0, 256, (3, *size, 3), dtype=np.uint8)
+    got = preprocess_batch(images, config, tta)
+    want = preprocess_batch_ref(images, config, tta)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(9, 13), (20, 7)])
+def test_kernel_matches_reference_on_non_square(rng, size):
+    for channels in ("rgb", "gray"):
+        config = config_for(size, channels, "circle")
+        images = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
+        np.testing.assert_allclose(preprocess_batch(images, config, "rot:4"),
+                                   preprocess_batch_ref(images, config, "rot:4"), atol=1e-5)
+        np.testing.assert_allclose(preprocess_batch(images, config),
+                                   preprocess_batch_ref(images, config), atol=1e-5)
+
+
+def test_reference_itself_is_what_the_docs_say(rng):
+    """Independent spot checks of the reference: RGB order, normalization, mask, D4 order."""
+    config = PreprocessConfig(input_size=(4, 4), channels="rgb", crop="circle",
+                              mean=(0.0, 0.5, 1.0), std=(1.0, 0.5, 0.25), fill=9.0)
+    image = rng.integers(0, 256, (1, 4, 4, 3), dtype=np.uint8)
+    out = preprocess_batch_ref(image, config)
+    b, g, r = image[0, 1, 2].astype(np.float64) / 255
+    np.testing.assert_allclose(out[0, :, 1, 2], [r, (g - 0.5) / 0.5, (b - 1.0) / 0.25], rtol=1e-6)
+    assert out[0, 0, 0, 0] == 9.0  # a corner is outside the circle
+    assert circle_mask(4, 4).sum() == 12
+    marker = np.zeros((4, 4), dtype=int)
+    marker[0, 3] = 1  # top-right
+    assert d4_view(marker, 1)[0, 0] == 1  # display-CCW: top-right goes to top-left
+    assert d4_view(marker, 4)[0, 0] == 1  # flip: top-right goes to top-left
+
+
+def test_rot_views_at_right_angles_equal_d4_views(rng):
+    config = config_for((15, 15), "rgb", "circle")
+    images = rng.integers(0, 256, (2, 15, 15, 3), dtype=np.uint8)
+    rot = preprocess_batch(images, config, "rot:4")
+    d4 = preprocess_batch(images, config, "d4").reshape(2, 8, 3, 15, 15)[:, :4]  # (B*8,..) -> (B,8,..)
+    np.testing.assert_allclose(rot.reshape(2, 4, 3, 15, 15), d4, atol=1e-5)
+
+
+def test_rejects_bad_shapes_and_d4_on_non_square(rng):
+    config = config_for((8, 8), "rgb", "none")
+    with pytest.raises(ShapeError, match="uint8"):
+        preprocess_batch(np.zeros((1, 8, 8, 3), np.float32), config)
+    with pytest.raises(ShapeError, match="crop_resize"):
+        preprocess_batch(np.zeros((1, 9, 8, 3), np.uint8), config)
+    with pytest.raises(TTAError, match="square"):
+        preprocess_batch(np.zeros((1, 8, 6, 3), np.uint8), config_for((8, 6), "rgb", "none"), "d4")
+
+
+def test_crop_resize_center_roi_and_padding():
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[:, 50:150] = 255  # the centre square is all white
+    out, box = crop_resize(frame, config_for((10, 10), "rgb", "center"))
+    assert (box.x0, box.y0, box.w, box.h) == (50, 0, 100, 100)
+    assert out.shape == (10, 10, 3) and out.min() == 255
+    out, box = crop_resize(frame, config_for((20, 40), "rgb", "none"))
+    assert out.shape == (20, 40, 3) and (box.w, box.h) == (200, 100)
+    roi = PreprocessConfig(input_size=(8, 8), crop="circle", roi=(10.0, 10.0, 20.0))
+    out, box = crop_resize(frame, roi)  # the ROI reaches past the top-left: padded black
+    assert (box.x0, box.y0, box.w) == (-10, -10, 40) and out.shape == (8, 8, 3)
+    np.testing.assert_allclose(box.to_source(box.to_normalized(np.array([3.0, 7.0]))), [3.0, 7.0])
+
+
+def test_decode_errors_name_file_and_reason(tmp_path):
+    good = tmp_path / "ok é.png"  # a non-ASCII path
+    cv2.imencode(".png", np.full((5, 6, 3), 7, np.uint8))[1].tofile(str(good))
+    assert read_image(good).shape == (5, 6, 3)
+    jpg = cv2.imencode(".jpg", np.full((32, 32, 3), 100, np.uint8))[1].tobytes()
+    cases = {"empty.jpg": b"", "text.png": b"hello", "trunc.jpg": jpg[: len(jpg) // 2]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(DecodeError, match="0 bytes"):
+        read_image(tmp_path / "empty.jpg")
+    with pytest.raises(DecodeError, match="not a decodable"):
+        read_image(tmp_path / "text.png")
+    with pytest.raises(DecodeError, match="truncated"):
+        read_image(tmp_path / "trunc.jpg")
+    with pytest.raises(DecodeError, match="not found"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(DecodeError, match="decodable"):
+        decode_image(b"\x00" * 10, source="x")
+    paths = [good, tmp_path / "text.png", good, tmp_path / "missing.png"] * 5
+    results = list(read_images(paths, threads=2))
+    assert [i for i, _ in results] == list(range(20))
+    assert [isinstance(r, DecodeError) for _, r in results] == [False, True, False, True] * 5
+
+
+def test_gray_and_16bit_inputs_become_bgr(tmp_path):
+    gray16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    path = tmp_path / "g16.png"
+    cv2.imwrite(str(path), gray16)
+    image = read_image(path)
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8
