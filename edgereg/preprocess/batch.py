@@ -6,7 +6,7 @@ import numpy as np
 
 from edgereg.errors import ShapeError, TTAError
 from edgereg.preprocess.config import PreprocessConfig
-from edgereg.preprocess.kernels import fused_d4, fused_rotations
+from edgereg.preprocess.kernels import fused_d4, fused_identity, fused_rotations
 from edgereg.tta import TTASpec, parse_tta
 
 
@@ -48,7 +48,8 @@ def preprocess_batch(images: np.ndarray, config: PreprocessConfig, tta: TTASpec 
     if spec.mode == "rot":
         angles = np.deg2rad(spec.angles_deg())
         fused_rotations(images, angles, scale, offset, float(config.fill), gray, out)
+    elif spec.mode == "d4":
+        fused_d4(images, scale, offset, float(config.fill), config.circle, gray, out)
     else:
-        codes = np.arange(spec.n, dtype=np.int64)
-        fused_d4(images, codes, scale, offset, float(config.fill), config.circle, gray, out)
+        fused_identity(images, scale, offset, float(config.fill), config.circle, gray, out)
     return out

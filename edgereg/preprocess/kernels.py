@@ -42,70 +42,87 @@ def _row_span(y, height, width, circle):
 
 
 @njit(cache=True, inline="always")
-def _d4_source(y, x, n, code):
-    """Source (row, col) of output pixel (y, x) in D4 view ``code`` of an n x n image."""
-    if code >= 4:
-        x = n - 1 - x
-    rot = code % 4
-    if rot == 0:
-        return y, x
-    if rot == 1:
-        return x, n - 1 - y
-    if rot == 2:
-        return n - 1 - y, n - 1 - x
-    return n - 1 - x, y
+def _normalize_into(images, b, scale, offset, fill, circle, gray, out, o):
+    """Write image b of ``images`` as the identity view into ``out[o]`` (steps 2-5 above)."""
+    height, width = images.shape[1], images.shape[2]
+    for y in range(height):
+        lo, hi = _row_span(y, height, width, circle)
+        for c in range(out.shape[1]):
+            for x in range(0, lo):
+                out[o, c, y, x] = fill
+            for x in range(hi, width):
+                out[o, c, y, x] = fill
+        if gray:
+            for x in range(lo, hi):
+                out[o, 0, y, x] = (0.114 * images[b, y, x, 0] + 0.587 * images[b, y, x, 1]
+                                   + 0.299 * images[b, y, x, 2]) * scale[0] + offset[0]
+        else:
+            for x in range(lo, hi):
+                out[o, 0, y, x] = images[b, y, x, 2] * scale[0] + offset[0]
+                out[o, 1, y, x] = images[b, y, x, 1] * scale[1] + offset[1]
+                out[o, 2, y, x] = images[b, y, x, 0] * scale[2] + offset[2]
 
 
 @njit(parallel=True, cache=True)
-def fused_d4(images, codes, scale, offset, fill, circle, gray, out):
-    """Identity or D4 views. ``codes: (V,) int64`` in 0..7 (0 = identity); square images for codes > 0.
+def fused_identity(images, scale, offset, fill, circle, gray, out):
+    """One view per image.
 
     Args:
         images: (B, H, W, 3) uint8, BGR.
-        codes: (V,) int64, the D4 view of each output row (see edgereg.tta).
         scale, offset: (C,) float32 normalization.
         fill: float, value outside the circle.
         circle: bool, apply the circular mask.
         gray: bool, C == 1.
-        out: (B * V, C, H, W) float32, written in place.
+        out: (B, C, H, W) float32, written in place.
     """
-    n_images, height, width, _ = images.shape
-    n_views = codes.shape[0]
-    for task in prange(n_images * height):
-        b = task // height
-        y = task % height
-        lo, hi = _row_span(y, height, width, circle)
-        for v in range(n_views):
-            o = b * n_views + v
-            code = codes[v]
-            n_out = out.shape[1]
-            for c in range(n_out):
-                for x in range(0, lo):
-                    out[o, c, y, x] = fill
-                for x in range(hi, width):
-                    out[o, c, y, x] = fill
-            if code == 0:
-                if gray:
-                    for x in range(lo, hi):
-                        value = (0.114 * images[b, y, x, 0] + 0.587 * images[b, y, x, 1]
-                                 + 0.299 * images[b, y, x, 2])
-                        out[o, 0, y, x] = value * scale[0] + offset[0]
-                else:
-                    for x in range(lo, hi):
-                        out[o, 0, y, x] = images[b, y, x, 2] * scale[0] + offset[0]
-                        out[o, 1, y, x] = images[b, y, x, 1] * scale[1] + offset[1]
-                        out[o, 2, y, x] = images[b, y, x, 0] * scale[2] + offset[2]
-            else:
-                for x in range(lo, hi):
-                    sy, sx = _d4_source(y, x, width, code)
-                    if gray:
-                        value = (0.114 * images[b, sy, sx, 0] + 0.587 * images[b, sy, sx, 1]
-                                 + 0.299 * images[b, sy, sx, 2])
-                        out[o, 0, y, x] = value * scale[0] + offset[0]
-                    else:
-                        out[o, 0, y, x] = images[b, sy, sx, 2] * scale[0] + offset[0]
-                        out[o, 1, y, x] = images[b, sy, sx, 1] * scale[1] + offset[1]
-                        out[o, 2, y, x] = images[b, sy, sx, 0] * scale[2] + offset[2]
+    for b in prange(images.shape[0]):
+        _normalize_into(images, b, scale, offset, fill, circle, gray, out, b)
+
+
+_TILE = 16  # transpose tile: 16 x 16 float32 = 1 KiB, two tiles stay in L1
+
+
+@njit(parallel=True, cache=True)
+def fused_d4(images, scale, offset, fill, circle, gray, out):
+    """The 8 exact D4 views of square images (view k as in edgereg.tta).
+
+    Each source pixel is converted and normalized once, into view 0; the other seven views are
+    derived from that float plane: four by (reversed) row copies and four from one tiled
+    transpose ``T = P.T``, since view 1 = flipud(T), 2 = rot180(P), 3 = fliplr(T), 4 = fliplr(P),
+    5 = rot180(T), 6 = flipud(P), 7 = T. The circular mask is D4-invariant, so it is applied once.
+
+    Args:
+        images: (B, N, N, 3) uint8, BGR.
+        scale, offset: (C,) float32 normalization.
+        fill: float, value outside the circle.
+        circle: bool, apply the circular mask.
+        gray: bool, C == 1.
+        out: (B * 8, C, N, N) float32, written in place.
+    """
+    n = images.shape[1]
+    for b in prange(images.shape[0]):
+        o = b * 8
+        _normalize_into(images, b, scale, offset, fill, circle, gray, out, o)
+        for c in range(out.shape[1]):
+            p = out[o, c]
+            t = out[o + 7, c]
+            for ty in range(0, n, _TILE):
+                for tx in range(0, n, _TILE):
+                    for y in range(ty, min(ty + _TILE, n)):
+                        for x in range(tx, min(tx + _TILE, n)):
+                            t[x, y] = p[y, x]
+            v1, v2, v3 = out[o + 1, c], out[o + 2, c], out[o + 3, c]
+            v4, v5, v6 = out[o + 4, c], out[o + 5, c], out[o + 6, c]
+            for r in range(n):
+                rr = n - 1 - r
+                for x in range(n):
+                    xx = n - 1 - x
+                    v1[r, x] = t[rr, x]
+                    v2[r, x] = p[rr, xx]
+                    v3[r, x] = t[r, xx]
+                    v4[r, x] = p[r, xx]
+                    v5[r, x] = t[rr, xx]
+                    v6[r, x] = p[rr, x]
 
 
 @njit(parallel=True, cache=True)
@@ -177,7 +194,7 @@ def warm_up() -> None:
         c = 1 if gray else 3
         scale = np.ones(c, dtype=np.float32)
         offset = np.zeros(c, dtype=np.float32)
-        fused_d4(images, np.zeros(1, dtype=np.int64), scale, offset, 0.0, True, gray,
-                 np.empty((1, c, 8, 8), dtype=np.float32))
+        fused_identity(images, scale, offset, 0.0, True, gray, np.empty((1, c, 8, 8), dtype=np.float32))
+        fused_d4(images, scale, offset, 0.0, True, gray, np.empty((8, c, 8, 8), dtype=np.float32))
         fused_rotations(images, np.zeros(1, dtype=np.float64), scale, offset, 0.0, gray,
                         np.empty((1, c, 8, 8), dtype=np.float32))
