@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m edgereg.demo --out demo_out
+	$(PY) -m edgereg demo --out demo_out
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
