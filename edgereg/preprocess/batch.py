@@ -6,12 +6,12 @@ import numpy as np
 
 from edgereg.errors import ShapeError, TTAError
 from edgereg.preprocess.config import PreprocessConfig
-from edgereg.preprocess.kernels import fused_d4, fused_identity, fused_rotations
+from edgereg.preprocess import kernels
 from edgereg.tta import TTASpec, parse_tta
 
 
 def preprocess_batch(images: np.ndarray, config: PreprocessConfig, tta: TTASpec | str | None = None,
-                     *, out: np.ndarray | None = None) -> np.ndarray:
+                     *, out: np.ndarray | None = None, parallel: bool | None = None) -> np.ndarray:
     """Normalize, mask, lay out and expand TTA views of a batch in one numba pass.
 
     Args:
@@ -19,6 +19,9 @@ def preprocess_batch(images: np.ndarray, config: PreprocessConfig, tta: TTASpec 
         config: the preprocessing configuration (channels, mean/std, circle, fill).
         tta: a TTASpec, "none", "d4" or "rot:N".
         out: optional preallocated (B * V, C, H, W) float32, C-contiguous.
+        parallel: spread the batch over numba's threads (True), run on the calling thread
+            (False), or decide by size (None: parallel from about 1 MiB of output). Callers that
+            already keep every core busy (decoder threads, ONNX Runtime) should pass False.
 
     Returns:
         (B * V, C, H, W) float32; the V views of image b are rows b*V .. b*V + V - 1.
@@ -45,11 +48,14 @@ def preprocess_batch(images: np.ndarray, config: PreprocessConfig, tta: TTASpec 
     images = np.ascontiguousarray(images)
     scale, offset = config.affine()
     gray = config.channels == "gray"
+    size = out.size if parallel is None else (kernels.PARALLEL_MIN_VALUES if parallel else 0)
     if spec.mode == "rot":
-        angles = np.deg2rad(spec.angles_deg())
-        fused_rotations(images, angles, scale, offset, float(config.fill), gray, out)
+        kernel = kernels.pick(kernels.fused_rotations, kernels.fused_rotations_serial, size)
+        kernel(images, np.deg2rad(spec.angles_deg()), scale, offset, float(config.fill), gray, out)
     elif spec.mode == "d4":
-        fused_d4(images, scale, offset, float(config.fill), config.circle, gray, out)
+        kernel = kernels.pick(kernels.fused_d4, kernels.fused_d4_serial, size)
+        kernel(images, scale, offset, float(config.fill), config.circle, gray, out)
     else:
-        fused_identity(images, scale, offset, float(config.fill), config.circle, gray, out)
+        kernel = kernels.pick(kernels.fused_identity, kernels.fused_identity_serial, size)
+        kernel(images, scale, offset, float(config.fill), config.circle, gray, out)
     return out

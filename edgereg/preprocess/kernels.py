@@ -79,7 +79,42 @@ def fused_identity(images, scale, offset, fill, circle, gray, out):
         _normalize_into(images, b, scale, offset, fill, circle, gray, out, b)
 
 
+@njit(cache=True)
+def fused_identity_serial(images, scale, offset, fill, circle, gray, out):
+    """:func:`fused_identity` on one thread, for small batches."""
+    for b in range(images.shape[0]):
+        _normalize_into(images, b, scale, offset, fill, circle, gray, out, b)
+
+
 _TILE = 16  # transpose tile: 16 x 16 float32 = 1 KiB, two tiles stay in L1
+
+
+@njit(cache=True, inline="always")
+def _d4_image(images, b, scale, offset, fill, circle, gray, out):
+    """The 8 D4 views of image b into ``out[8 b : 8 b + 8]``."""
+    n = images.shape[1]
+    o = b * 8
+    _normalize_into(images, b, scale, offset, fill, circle, gray, out, o)
+    for c in range(out.shape[1]):
+        p = out[o, c]
+        t = out[o + 7, c]
+        for ty in range(0, n, _TILE):
+            for tx in range(0, n, _TILE):
+                for y in range(ty, min(ty + _TILE, n)):
+                    for x in range(tx, min(tx + _TILE, n)):
+                        t[x, y] = p[y, x]
+        v1, v2, v3 = out[o + 1, c], out[o + 2, c], out[o + 3, c]
+        v4, v5, v6 = out[o + 4, c], out[o + 5, c], out[o + 6, c]
+        for r in range(n):
+            rr = n - 1 - r
+            for x in range(n):
+                xx = n - 1 - x
+                v1[r, x] = t[rr, x]
+                v2[r, x] = p[rr, xx]
+                v3[r, x] = t[r, xx]
+                v4[r, x] = p[r, xx]
+                v5[r, x] = t[rr, xx]
+                v6[r, x] = p[rr, x]
 
 
 @njit(parallel=True, cache=True)
@@ -99,30 +134,61 @@ def fused_d4(images, scale, offset, fill, circle, gray, out):
         gray: bool, C == 1.
         out: (B * 8, C, N, N) float32, written in place.
     """
-    n = images.shape[1]
     for b in prange(images.shape[0]):
-        o = b * 8
-        _normalize_into(images, b, scale, offset, fill, circle, gray, out, o)
+        _d4_image(images, b, scale, offset, fill, circle, gray, out)
+
+
+@njit(cache=True)
+def fused_d4_serial(images, scale, offset, fill, circle, gray, out):
+    """:func:`fused_d4` on one thread, for small batches."""
+    for b in range(images.shape[0]):
+        _d4_image(images, b, scale, offset, fill, circle, gray, out)
+
+
+@njit(cache=True, inline="always")
+def _rotate_row(images, b, y, angles_rad, scale, offset, fill, gray, out):
+    """Row y of every rotated view of image b."""
+    height, width = images.shape[1], images.shape[2]
+    n_views = angles_rad.shape[0]
+    cy = (height - 1) / 2.0
+    cx = (width - 1) / 2.0
+    lo, hi = _row_span(y, height, width, True)
+    for v in range(n_views):
+        o = b * n_views + v
+        cos_t = math.cos(angles_rad[v])
+        sin_t = math.sin(angles_rad[v])
         for c in range(out.shape[1]):
-            p = out[o, c]
-            t = out[o + 7, c]
-            for ty in range(0, n, _TILE):
-                for tx in range(0, n, _TILE):
-                    for y in range(ty, min(ty + _TILE, n)):
-                        for x in range(tx, min(tx + _TILE, n)):
-                            t[x, y] = p[y, x]
-            v1, v2, v3 = out[o + 1, c], out[o + 2, c], out[o + 3, c]
-            v4, v5, v6 = out[o + 4, c], out[o + 5, c], out[o + 6, c]
-            for r in range(n):
-                rr = n - 1 - r
-                for x in range(n):
-                    xx = n - 1 - x
-                    v1[r, x] = t[rr, x]
-                    v2[r, x] = p[rr, xx]
-                    v3[r, x] = t[r, xx]
-                    v4[r, x] = p[r, xx]
-                    v5[r, x] = t[rr, xx]
-                    v6[r, x] = p[rr, x]
+            for x in range(0, lo):
+                out[o, c, y, x] = fill
+            for x in range(hi, width):
+                out[o, c, y, x] = fill
+        for x in range(lo, hi):
+            xs = cx + cos_t * (x - cx) - sin_t * (y - cy)
+            ys = cy + sin_t * (x - cx) + cos_t * (y - cy)
+            fx0 = math.floor(xs)
+            fy0 = math.floor(ys)
+            wx = xs - fx0
+            wy = ys - fy0
+            x0 = min(max(int(fx0), 0), width - 1)
+            y0 = min(max(int(fy0), 0), height - 1)
+            x1 = min(max(int(fx0) + 1, 0), width - 1)
+            y1 = min(max(int(fy0) + 1, 0), height - 1)
+            w00 = (1.0 - wx) * (1.0 - wy)
+            w01 = wx * (1.0 - wy)
+            w10 = (1.0 - wx) * wy
+            w11 = wx * wy
+            bgr0 = (w00 * images[b, y0, x0, 0] + w01 * images[b, y0, x1, 0]
+                    + w10 * images[b, y1, x0, 0] + w11 * images[b, y1, x1, 0])
+            bgr1 = (w00 * images[b, y0, x0, 1] + w01 * images[b, y0, x1, 1]
+                    + w10 * images[b, y1, x0, 1] + w11 * images[b, y1, x1, 1])
+            bgr2 = (w00 * images[b, y0, x0, 2] + w01 * images[b, y0, x1, 2]
+                    + w10 * images[b, y1, x0, 2] + w11 * images[b, y1, x1, 2])
+            if gray:
+                out[o, 0, y, x] = (0.114 * bgr0 + 0.587 * bgr1 + 0.299 * bgr2) * scale[0] + offset[0]
+            else:
+                out[o, 0, y, x] = bgr2 * scale[0] + offset[0]
+                out[o, 1, y, x] = bgr1 * scale[1] + offset[1]
+                out[o, 2, y, x] = bgr0 * scale[2] + offset[2]
 
 
 @njit(parallel=True, cache=True)
@@ -141,50 +207,28 @@ def fused_rotations(images, angles_rad, scale, offset, fill, gray, out):
         gray: bool, C == 1.
         out: (B * V, C, H, W) float32, written in place.
     """
-    n_images, height, width, _ = images.shape
-    n_views = angles_rad.shape[0]
-    cy = (height - 1) / 2.0
-    cx = (width - 1) / 2.0
-    for task in prange(n_images * height):
-        b = task // height
-        y = task % height
-        lo, hi = _row_span(y, height, width, True)
-        for v in range(n_views):
-            o = b * n_views + v
-            cos_t = math.cos(angles_rad[v])
-            sin_t = math.sin(angles_rad[v])
-            for c in range(out.shape[1]):
-                for x in range(0, lo):
-                    out[o, c, y, x] = fill
-                for x in range(hi, width):
-                    out[o, c, y, x] = fill
-            for x in range(lo, hi):
-                xs = cx + cos_t * (x - cx) - sin_t * (y - cy)
-                ys = cy + sin_t * (x - cx) + cos_t * (y - cy)
-                fx0 = math.floor(xs)
-                fy0 = math.floor(ys)
-                wx = xs - fx0
-                wy = ys - fy0
-                x0 = min(max(int(fx0), 0), width - 1)
-                y0 = min(max(int(fy0), 0), height - 1)
-                x1 = min(max(int(fx0) + 1, 0), width - 1)
-                y1 = min(max(int(fy0) + 1, 0), height - 1)
-                w00 = (1.0 - wx) * (1.0 - wy)
-                w01 = wx * (1.0 - wy)
-                w10 = (1.0 - wx) * wy
-                w11 = wx * wy
-                bgr0 = (w00 * images[b, y0, x0, 0] + w01 * images[b, y0, x1, 0]
-                        + w10 * images[b, y1, x0, 0] + w11 * images[b, y1, x1, 0])
-                bgr1 = (w00 * images[b, y0, x0, 1] + w01 * images[b, y0, x1, 1]
-                        + w10 * images[b, y1, x0, 1] + w11 * images[b, y1, x1, 1])
-                bgr2 = (w00 * images[b, y0, x0, 2] + w01 * images[b, y0, x1, 2]
-                        + w10 * images[b, y1, x0, 2] + w11 * images[b, y1, x1, 2])
-                if gray:
-                    out[o, 0, y, x] = (0.114 * bgr0 + 0.587 * bgr1 + 0.299 * bgr2) * scale[0] + offset[0]
-                else:
-                    out[o, 0, y, x] = bgr2 * scale[0] + offset[0]
-                    out[o, 1, y, x] = bgr1 * scale[1] + offset[1]
-                    out[o, 2, y, x] = bgr0 * scale[2] + offset[2]
+    height = images.shape[1]
+    for task in prange(images.shape[0] * height):
+        _rotate_row(images, task // height, task % height, angles_rad, scale, offset, fill, gray, out)
+
+
+@njit(cache=True)
+def fused_rotations_serial(images, angles_rad, scale, offset, fill, gray, out):
+    """:func:`fused_rotations` on one thread, for small batches."""
+    height = images.shape[1]
+    for task in range(images.shape[0] * height):
+        _rotate_row(images, task // height, task % height, angles_rad, scale, offset, fill, gray, out)
+
+
+# Each kernel has a serial twin for small batches, where waking worker threads costs more than the
+# work (one 64x64 frame: ~0.02 ms serial, several ms in parallel on a busy 2-core machine).
+# Below this many output values per call the serial kernels are used (about 1 MiB of float32).
+PARALLEL_MIN_VALUES = 1 << 18
+
+
+def pick(parallel_kernel, serial_kernel, out_values: int):
+    """The parallel kernel for big outputs, the serial one for small outputs."""
+    return parallel_kernel if out_values >= PARALLEL_MIN_VALUES else serial_kernel
 
 
 def warm_up() -> None:
@@ -194,7 +238,9 @@ def warm_up() -> None:
         c = 1 if gray else 3
         scale = np.ones(c, dtype=np.float32)
         offset = np.zeros(c, dtype=np.float32)
-        fused_identity(images, scale, offset, 0.0, True, gray, np.empty((1, c, 8, 8), dtype=np.float32))
-        fused_d4(images, scale, offset, 0.0, True, gray, np.empty((8, c, 8, 8), dtype=np.float32))
-        fused_rotations(images, np.zeros(1, dtype=np.float64), scale, offset, 0.0, gray,
-                        np.empty((1, c, 8, 8), dtype=np.float32))
+        for identity, d4, rotations in ((fused_identity, fused_d4, fused_rotations),
+                                        (fused_identity_serial, fused_d4_serial, fused_rotations_serial)):
+            identity(images, scale, offset, 0.0, True, gray, np.empty((1, c, 8, 8), dtype=np.float32))
+            d4(images, scale, offset, 0.0, True, gray, np.empty((8, c, 8, 8), dtype=np.float32))
+            rotations(images, np.zeros(1, dtype=np.float64), scale, offset, 0.0, gray,
+                      np.empty((1, c, 8, 8), dtype=np.float32))

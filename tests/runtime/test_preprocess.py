@@ -23,10 +23,11 @@ def config_for(size, channels, crop, fill=0.0):
 @pytest.mark.parametrize("crop", ["none", "center", "circle"])
 @pytest.mark.parametrize("tta", ["none", "d4", "rot:3", "rot:8"])
 @pytest.mark.parametrize("size", [(8, 8), (17, 17), (32, 32)])
-def test_kernel_matches_reference(rng, channels, crop, tta, size):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_kernel_matches_reference(rng, channels, crop, tta, size, parallel):
     config = config_for(size, channels, crop, fill=-2.0)
     images = rng.integers(0, 256, (3, *size, 3), dtype=np.uint8)
-    got = preprocess_batch(images, config, tta)
+    got = preprocess_batch(images, config, tta, parallel=parallel)
     want = preprocess_batch_ref(images, config, tta)
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
@@ -57,6 +58,14 @@ def test_reference_itself_is_what_the_docs_say(rng):
     marker[0, 3] = 1  # top-right
     assert d4_view(marker, 1)[0, 0] == 1  # display-CCW: top-right goes to top-left
     assert d4_view(marker, 4)[0, 0] == 1  # flip: top-right goes to top-left
+
+
+def test_automatic_parallel_choice_on_a_large_batch_matches_reference(rng):
+    config = config_for((48, 48), "rgb", "circle")
+    images = rng.integers(0, 256, (40, 48, 48, 3), dtype=np.uint8)  # above the parallel threshold
+    for tta in ("none", "d4", "rot:2"):
+        np.testing.assert_allclose(preprocess_batch(images, config, tta),
+                                   preprocess_batch_ref(images, config, tta), atol=1e-5)
 
 
 def test_rot_views_at_right_angles_equal_d4_views(rng):
