@@ -1,0 +1,363 @@
+"""`edgereg infer MODEL PATH` (batch scoring) and `edgereg infer MODEL --camera SRC` (live readout).
+
+This module parses options and renders output; the work is in ``edgereg.scoring`` (batch),
+``edgereg.live`` (camera loop), ``edgereg.sources`` and ``edgereg.writers``.
+
+Progress: a one-line progress display on stderr, only when stderr is a terminal (tqdm is not a
+runtime dependency, and a plain line is all that is needed); nothing when piped. The summary line
+is always printed on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+DESCRIPTION = """\
+Read values from images with an edgereg model.
+
+Batch scoring (PATH): an image, a folder (--recursive for sub-folders), a glob, a .txt file
+listing paths, or a video (every frame; path column 'video.mp4#frame=N'). One row per image, in
+input order: path, one column per target, the TTA spread per target when TTA is on, and flags
+(out_of_range, tta_disagreement, not_finite). A file that cannot be read never stops the run:
+it goes to <out stem>.errors.csv with the reason. Exit 0 when all were scored, 3 when some failed.
+Rows are written whole, so after a crash or kill, --resume scores only what is missing.
+
+Live readout (--camera): a device index, a video file or a stream URL. Each frame passes a
+quality gate (black, overexposed, frozen, blurred frames give no number, and say why), then the
+model; the reading is smoothed over --smooth N frames and marked stable once the smoothed value
+has held within tolerance for N frames. A camera that drops out is retried with back-off.
+"""
+
+EXAMPLES = """\
+examples:
+  edgereg infer model.onnx photo.jpg
+  edgereg infer model.onnx photos/ --recursive --out preds.csv
+  edgereg infer model.onnx 'photos/**/*.png' --out preds.jsonl --tta d4 --batch 64
+  edgereg infer model.onnx photos/ --out preds.csv --resume          # after a crash or kill
+  edgereg infer model.onnx photos/ --out part$ID.csv --shard $ID/16  # job array, IDs 1..16
+  edgereg infer model.onnx run.mp4 --out frames.csv
+  edgereg infer model.onnx --camera 0
+  edgereg infer model.onnx --camera 0 --jsonl --smooth 10 | ./forward_to_analyzer
+  edgereg infer model.onnx --camera rtsp://10.0.0.5/stream --show
+"""
+
+# options that only make sense for one mode, with their defaults (given -> a clear error)
+BATCH_ONLY = {"out": None, "recursive": False, "resume": False, "overwrite": False, "fail_fast": False,
+              "shard": None, "decode_threads": None, "queue": None}
+LIVE_ONLY = {"show": False, "smooth": 5, "smooth_method": "median", "stable_tol": None, "frames": None,
+             "max_retries": None, "no_quality_gate": False, "blur_threshold": None}
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "infer", help="score images, folders, videos, or read a camera live",
+        description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="an .onnx model exported by edgereg (fp32 or int8)")
+    parser.add_argument("path", nargs="?",
+                        help="image, folder, glob ('photos/*.jpg', quoted), .txt list of paths, or video")
+    parser.add_argument("--camera", metavar="SRC",
+                        help="live readout from a device index (0), a video file or a stream URL")
+    parser.add_argument("--jsonl", action="store_true",
+                        help="JSON lines on stdout (PATH: one per image; --camera: one per frame)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the model card's)")
+    model.add_argument("--batch", type=_count(1), default=32, metavar="N", help="images per inference call (default 32)")
+    model.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt, or a comma list")
+    model.add_argument("--threads", type=_count(1), default=None, metavar="N",
+                       help="ONNX Runtime intra-op threads (default: half the cores for PATH, "
+                            "leaving the rest to the decoders; one per core for --camera)")
+
+    batch = parser.add_argument_group("batch scoring (PATH)")
+    batch.add_argument("--out", metavar="FILE", help="preds.csv or preds.jsonl (default: CSV on stdout)")
+    batch.add_argument("--recursive", action="store_true", help="descend into sub-folders of a folder PATH")
+    batch.add_argument("--resume", action="store_true",
+                       help="skip paths already in --out and append the rest (a missing file is created)")
+    batch.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    batch.add_argument("--fail-fast", action="store_true", help="stop at the first file that fails (exit 3)")
+    batch.add_argument("--shard", metavar="I/N",
+                       help="score inputs whose position p has p %% N == I-1 (I = 1..N); cat the N outputs")
+    batch.add_argument("--decode-threads", type=_count(1), default=None, metavar="N",
+                       help="image decoder threads (default: one per core, at least 2)")
+    batch.add_argument("--queue", type=_count(1), default=None, metavar="N",
+                       help="decoded images allowed to wait for inference (default 2*batch + 4*threads)")
+
+    live = parser.add_argument_group("live readout (--camera)")
+    live.add_argument("--smooth", type=_count(1), default=5, metavar="N",
+                      help="smooth over N frames; stable = held within tolerance for N frames (default 5)")
+    live.add_argument("--smooth-method", choices=("median", "ema"), default="median",
+                      help="median (default; ignores odd frames) or ema")
+    live.add_argument("--stable-tol", type=float, default=None, metavar="X",
+                      help="tolerance of 'stable' in target units (default: 1%% of the card's range)")
+    live.add_argument("--show", action="store_true", help="show frames with the reading (needs an OpenCV GUI)")
+    live.add_argument("--frames", type=_count(1), default=None, metavar="N", help="stop after this many frames")
+    live.add_argument("--max-retries", type=_count(0), default=None, metavar="N",
+                      help="give up after this many failed reads in a row (default: retry forever)")
+    live.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
+    live.add_argument("--blur-threshold", type=_non_negative, default=None, metavar="X",
+                      help="variance of the Laplacian below which a frame is blurred (default 10; 0: off)")
+    return parser
+
+
+def run(args) -> int:
+    from edgereg.errors import EdgeregError
+
+    if (args.path is None) == (args.camera is None):
+        raise EdgeregError("give either PATH (images to score) or --camera SRC (live readout), not "
+                           f"{'both' if args.path else 'neither'}; see `edgereg infer --help`")
+    foreign = BATCH_ONLY if args.camera is not None else LIVE_ONLY
+    given = [name for name, default in foreign.items() if getattr(args, name) != default]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        mode = "PATH scoring" if args.camera is not None else "--camera"
+        raise EdgeregError(f"{option} applies to {mode} only; remove it or switch mode")
+    return _run_live(args) if args.camera is not None else _run_batch(args)
+
+
+def _load_predictor(args, *, batch_size: int, threads: int | None):
+    from edgereg.predictor import Predictor
+
+    return Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
+                     threads=threads, decode_threads=args.decode_threads)
+
+
+# ---------------------------------------------------------------- batch scoring
+
+
+class _Progress:
+    """Keeps the latest ScoreStats; on a terminal, also shows them as one line rewritten in place:
+    ``1,234/5,000  25% | 312 img/s | 2 failed | ETA 0:00:12``."""
+
+    def __init__(self, stream, *, show: bool, every_s: float = 0.25) -> None:
+        self.stream = stream
+        self.show = show
+        self.every_s = every_s
+        self.latest = None
+        self._last = 0.0
+        self._shown = False
+
+    def update(self, stats, *, force: bool = False) -> None:
+        self.latest = stats
+        now = time.monotonic()
+        if not self.show or (now - self._last < self.every_s and not force):
+            return
+        self._last = now
+        rate = stats.images_per_s
+        text = f"{stats.done:,}"
+        if stats.total:
+            text += f"/{stats.total:,} {100 * stats.done / stats.total:3.0f}%"
+        text += f" | {rate:,.0f} img/s | {stats.failed:,} failed"
+        if stats.total and rate > 0:
+            eta = int((stats.total - stats.done) / rate)
+            text += f" | ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+        self.stream.write("\r" + text + "\x1b[K")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        """Show the final counts and end the line (when the line was shown at all)."""
+        if self._shown:
+            self.update(self.latest, force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _run_batch(args) -> int:
+    from pathlib import Path
+
+    from edgereg.errors import EdgeregError
+    from edgereg.scoring import Shard, default_inference_threads, score_source
+    from edgereg.sources import open_source
+    from edgereg.writers import load_done_keys, open_errors, open_rows, output_format, prediction_columns
+
+    if args.jsonl and args.out:
+        raise EdgeregError("--jsonl writes to stdout and --out to a file; for a JSONL file use --out preds.jsonl")
+    if args.resume and args.overwrite:
+        raise EdgeregError("--resume keeps the rows in --out and --overwrite replaces them; choose one")
+    out = Path(args.out) if args.out and args.out != "-" else None
+    fmt = "jsonl" if args.jsonl else (output_format(out) if out else "csv")
+    shard = Shard.parse(args.shard) if args.shard else None
+    source = open_source(args.path, recursive=args.recursive)
+    predictor = _load_predictor(args, batch_size=args.batch, threads=args.threads or default_inference_threads())
+    columns = prediction_columns(predictor.names, with_spread=predictor.tta.n > 1)
+    done = load_done_keys(out, columns, fmt=fmt) if args.resume and out else set()
+
+    def on_error(key: str, reason: str) -> None:
+        if out is None:  # no errors file: say it on stderr
+            print(f"edgereg: failed '{key}': {reason}", file=sys.stderr)
+
+    progress = _Progress(sys.stderr, show=sys.stderr.isatty())
+    rows = open_rows(out, columns, fmt=fmt, resume=args.resume, overwrite=args.overwrite)
+    errors = open_errors(out) if out else None
+    try:
+        stats = score_source(source, predictor, rows, errors, skip=done, shard=shard,
+                             decode_threads=args.decode_threads, queue_size=args.queue,
+                             fail_fast=args.fail_fast, on_error=on_error, on_progress=progress.update)
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        summary = _batch_summary(progress.latest, out=out, done=done, shard=shard, source=source)
+        print(f"edgereg: interrupted: {summary}" + ("; finish with --resume" if out else ""), file=sys.stderr)
+        return 130
+    finally:
+        rows.close()
+        if errors is not None:
+            errors.close()
+        progress.close()
+    summary = _batch_summary(stats, out=out, done=done, shard=shard, source=source)
+    if args.fail_fast and stats.failed:
+        summary += "; stopped at the first failure (--fail-fast)"
+    print(f"edgereg: {summary}", file=sys.stderr)
+    return 3 if stats.failed else 0
+
+
+def _batch_summary(stats, *, out, done, shard, source) -> str:
+    """``scored 1,998, failed 2 (reasons in preds.errors.csv); folder 'photos' (2,000 images); 312.4 images/s``."""
+    from edgereg.writers import errors_path_for
+
+    scored, failed = (stats.scored, stats.failed) if stats else (0, 0)
+    summary = f"scored {scored:,}, failed {failed:,}"
+    if failed and out is not None:
+        summary += f" (reasons in {errors_path_for(out)})"
+    if done:
+        summary += f"; {len(done):,} already in {out}"
+    summary += f"; shard {shard.index}/{shard.count} of {source.description}" if shard else f"; {source.description}"
+    if stats and stats.elapsed_s > 0:
+        summary += f"; {stats.images_per_s:,.1f} images/s"
+    return summary
+
+
+# ---------------------------------------------------------------- live readout
+
+
+def format_reading(reading, units: dict[str, str]) -> str:
+    """One human line for a live reading."""
+    from edgereg.live import NO_FRAME
+
+    if reading.quality == NO_FRAME:
+        return f"no frame: {reading.note}"
+    head = f"#{reading.frame:<6}"
+    if not reading.ok:
+        return f"{head} withheld ({reading.note})"
+    parts = []
+    for name, value in reading.values.items():
+        unit = f" {units[name]}" if units.get(name) else ""
+        spread = f" ±{reading.spread[name]:.2g}" if reading.spread else ""
+        parts.append(f"{name} {value:.4g}{spread}{unit} (smoothed {reading.smoothed[name]:.4g})")
+    text = f"{head} " + " | ".join(parts) + ("  STABLE" if reading.stable else "  settling")
+    return text + (f"  [{reading.note}]" if reading.note else "")
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``| head``, a forwarder that died): stop quietly, exit 141."""
+    try:  # later writes, and Python's own flush at exit, go nowhere instead of failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    print("edgereg: stdout was closed by its reader; stopped", file=sys.stderr)
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+
+
+def _run_live(args) -> int:
+    import signal
+
+    from edgereg.live import NO_FRAME, LiveConfig, LiveStats, check_gui, run_live
+    from edgereg.quality import QualityConfig
+    from edgereg.sources import CameraSource
+
+    if args.show:
+        check_gui()
+    quality = None
+    if not args.no_quality_gate:
+        quality = QualityConfig() if args.blur_threshold is None else QualityConfig(blur_threshold=args.blur_threshold)
+    config = LiveConfig(smooth_window=args.smooth, smooth_method=args.smooth_method,
+                        stable_tolerance=args.stable_tol, quality=quality, max_retries=args.max_retries,
+                        max_frames=args.frames)
+    source = CameraSource(args.camera)
+    predictor = _load_predictor(args, batch_size=1, threads=args.threads)
+    units = predictor.card.unit_of
+    stats = LiveStats()
+    in_place = not args.jsonl and sys.stdout.isatty()
+    code = 0
+    print(f"edgereg: reading {source.name} with {args.model} (tta {predictor.tta}, smoothing "
+          f"{args.smooth_method} over {args.smooth}); Ctrl-C to stop", file=sys.stderr)
+
+    def on_sigterm(signum, frame):  # a service manager's stop: end as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    import cv2
+
+    # OpenCV warns on every failed open; the retry message below says it once, with the fix
+    previous_log_level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+    try:
+        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous_handler = None
+    readings = run_live(source, predictor, config=config)
+    try:
+        for reading in readings:
+            stats.add(reading)
+            if args.jsonl:
+                print(reading.to_json(), flush=True)
+                if reading.note:
+                    print(f"edgereg: {source.name}: {reading.note}", file=sys.stderr)
+            elif in_place:
+                sys.stdout.write("\r" + format_reading(reading, units) + "\x1b[K")
+                sys.stdout.flush()
+            else:
+                print(format_reading(reading, units), flush=True)
+            if args.show and reading.quality != NO_FRAME and reading.image is not None and _show(reading, units):
+                break
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        code = _stdout_closed()
+    finally:
+        readings.close()  # releases the camera
+        cv2.utils.logging.setLogLevel(previous_log_level)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        if in_place:
+            sys.stdout.write("\n")
+        print(f"edgereg: {stats.summary()}", file=sys.stderr)  # also when giving up on the camera
+    return code
+
+
+def _show(reading, units) -> bool:
+    """Draw the reading over its frame in a window; True when the user pressed q or Esc."""
+    import cv2
+
+    from edgereg.live import draw_overlay
+
+    text = format_reading(reading, units)
+    lines = [text[i:i + 60] for i in range(0, len(text), 60)]
+    cv2.imshow("edgereg", draw_overlay(reading.image, lines, ok=reading.ok))
+    return (cv2.waitKey(1) & 0xFF) in (ord("q"), 27)

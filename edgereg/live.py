@@ -1,0 +1,280 @@
+"""The live readout loop: frames from a camera -> quality gate -> model -> smoothed, stable readings.
+
+:func:`run_live` works with any frame source that has ``read() -> (ok, frame)`` and ``release()``
+(``cv2.VideoCapture``, :class:`edgereg.sources.CameraSource`, or a test double). A source that can
+end (a video file) sets ``ended = True`` at its end and the loop stops; a source may also raise
+:class:`~edgereg.errors.CameraError` from ``read()`` when it cannot open (the error propagates
+when the source has also ``ended``: it will never open). Any other failed read is a drop-out: the
+loop yields a ``quality="no_frame"`` reading with the reason, waits (back-off doubling from
+``retry_initial_s`` to ``retry_max_s``, through the injected ``sleep``) and tries again, forever
+unless ``max_retries`` is set; the readout resumes when frames return.
+
+Per frame it yields one :class:`Reading`. A frame the quality gate rejects (black, overexposed,
+frozen, blurred) is not sent to the model and its reading carries no number. The smoother and
+the stability window start again after a drop-out (the sample may have changed); a withheld frame
+only restarts the stability window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgereg.errors import CameraError, EdgeregError, ShapeError
+from edgereg.quality import QualityConfig, QualityGate, QualityReport
+from edgereg.smoothing import StabilityTracker, make_smoother, stability_tolerance
+
+NO_FRAME = "no_frame"  # the quality of a reading for a failed read
+INVALID = "invalid_frame"  # the quality of a frame that is not an image (wrong shape or dtype)
+
+
+class FrameSource(Protocol):
+    """What :func:`run_live` reads from (``cv2.VideoCapture`` is one)."""
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """Options of the live loop."""
+
+    smooth_window: int = 5  # readings smoothed over, and how long a reading must hold to be stable
+    smooth_method: str = "median"  # "median" ignores single odd frames; "ema" reacts more smoothly
+    stable_tolerance: float | None = None  # max - min allowed while stable, in target units; None = per card
+    quality: QualityConfig | None = QualityConfig()  # None turns the gate off (every frame is read)
+    retry_initial_s: float = 0.5  # first wait after a failed read: a USB camera needs about that
+    retry_max_s: float = 10.0  # the back-off stops doubling here, so recovery is noticed within 10 s
+    max_retries: int | None = None  # consecutive failed reads before giving up; None = never give up
+    max_frames: int | None = None  # stop after this many frames (None = until the source ends)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One frame's outcome (or one failed read).
+
+    Attributes:
+        timestamp: seconds since the epoch (the injected clock) when the frame was read.
+        frame: 0-based number of the frame since the start; None for a failed read.
+        quality: "ok", a quality-gate reason (``black``, ``overexposed``, ``frozen``, ``blurred``),
+            ``invalid_frame`` or ``no_frame``.
+        values: {target: value} in physical units, or None when withheld.
+        spread: {target: TTA spread}, or None without TTA or when withheld.
+        smoothed: {target: smoothed value}, or None when withheld.
+        stable: the smoothed value has stayed within tolerance for ``smooth_window`` readings.
+        note: a human explanation when withheld or after a drop-out (e.g. "blurred: sharpness 3.1 < 10").
+        report: the quality gate's measurements, or None.
+        process_ms: time spent on this frame (gate + model), in milliseconds.
+        image: the (H, W, 3) uint8 BGR frame itself, for display (not serialized).
+    """
+
+    timestamp: float
+    frame: int | None
+    quality: str
+    values: dict[str, float] | None = None
+    spread: dict[str, float] | None = None
+    smoothed: dict[str, float] | None = None
+    stable: bool = False
+    note: str | None = None
+    report: QualityReport | None = None
+    process_ms: float = 0.0
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.quality == "ok"
+
+    def to_json(self) -> str:
+        """One JSON object (no newline): timestamp, frame, value, spread, smoothed, stable,
+        quality, note, and the gate's measurements under ``quality_detail``."""
+        def clean(mapping):
+            if mapping is None:
+                return None
+            return {k: (round(v, 6) if math.isfinite(v) else None) for k, v in mapping.items()}
+
+        record: dict[str, Any] = {
+            "timestamp": round(self.timestamp, 3), "frame": self.frame, "value": clean(self.values),
+            "spread": clean(self.spread), "smoothed": clean(self.smoothed), "stable": self.stable,
+            "quality": self.quality, "note": self.note,
+            "quality_detail": self.report.as_dict() if self.report is not None else None,
+        }
+        return json.dumps(record, ensure_ascii=False)
+
+
+class LiveStats:
+    """Counts for the end-of-run summary; feed it every reading."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.readings = 0
+        self.withheld: Counter[str] = Counter()
+        self.failed_reads = 0
+        self.dropouts = 0
+        self.process_ms: list[float] = []
+        self._in_dropout = False
+        self._started = time.perf_counter()
+
+    def add(self, reading: Reading) -> None:
+        if reading.quality == NO_FRAME:
+            self.failed_reads += 1
+            self.dropouts += not self._in_dropout
+            self._in_dropout = True
+            return
+        self._in_dropout = False
+        self.frames += 1
+        self.process_ms.append(reading.process_ms)
+        if reading.ok:
+            self.readings += 1
+        else:
+            self.withheld[reading.quality] += 1
+
+    def summary(self) -> str:
+        elapsed = time.perf_counter() - self._started
+        withheld = sum(self.withheld.values())
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.withheld.most_common())
+        text = f"{self.frames} frames: {self.readings} readings, {withheld} withheld"
+        text += f" ({reasons})" if reasons else ""
+        if self.failed_reads:
+            text += f"; {self.dropouts} camera drop-out(s), {self.failed_reads} failed reads"
+        if self.process_ms:
+            text += f"; {float(np.median(self.process_ms)):.1f} ms/frame (median)"
+        if elapsed > 0:
+            text += f"; {self.frames / elapsed:.1f} frames/s over {elapsed:.1f} s"
+        return text
+
+
+def run_live(source: FrameSource, predictor, *, config: LiveConfig = LiveConfig(),
+             clock: Callable[[], float] = time.time,
+             sleep: Callable[[float], None] = time.sleep) -> Iterator[Reading]:
+    """Read frames until the source ends, ``max_frames`` is reached or the consumer stops.
+
+    Args:
+        source: anything with ``read() -> (ok, (H, W, 3) uint8 BGR frame)`` and ``release()``;
+            released when this generator finishes or is closed.
+        predictor: an ``edgereg.Predictor`` (``predict([frame])``, ``card``, ``names``).
+        config: smoothing, stability, quality gate and retry options.
+        clock: returns the timestamp of a reading (seconds since the epoch).
+        sleep: waits between retries (inject a fake in tests).
+
+    Yields:
+        One Reading per frame read, and one per failed read.
+
+    Raises:
+        CameraError: ``max_retries`` consecutive reads failed.
+    """
+    readout = _Readout(predictor, config, clock)
+    failures = 0
+    frame_number = 0
+    try:
+        while config.max_frames is None or frame_number < config.max_frames:
+            try:
+                ok, frame = source.read()
+                reason = "the source returned no frame"
+            except CameraError as exc:
+                if getattr(source, "ended", False):
+                    raise  # it cannot open and never will (a video file OpenCV cannot decode)
+                ok, frame, reason = False, None, str(exc)
+            if not ok or frame is None:
+                if getattr(source, "ended", False):
+                    return
+                failures += 1
+                if config.max_retries is not None and failures > config.max_retries:
+                    raise CameraError(f"no frame after {failures} attempts ({reason}); check the camera "
+                                      "and its cable, or raise --max-retries")
+                delay = min(config.retry_max_s, config.retry_initial_s * 2 ** (failures - 1))
+                readout.reset()
+                yield Reading(clock(), None, NO_FRAME, note=f"{reason}; retry {failures} in {delay:.1f} s")
+                sleep(delay)
+                continue
+            note = f"frames are back after {failures} failed read(s)" if failures else None
+            failures = 0
+            yield readout.read(frame, frame_number, note)
+            frame_number += 1
+    finally:
+        source.release()
+
+
+class _Readout:
+    """Turns one frame into a Reading: gate, model, smoother and stability window."""
+
+    def __init__(self, predictor, config: LiveConfig, clock: Callable[[], float]) -> None:
+        card = predictor.card
+        self.predictor = predictor
+        self.names = tuple(predictor.names)
+        self.clock = clock
+        self.smoother = make_smoother(config.smooth_method, config.smooth_window, kind=card.kind)
+        self.stability = StabilityTracker(config.smooth_window,
+                                          stability_tolerance(card, config.stable_tolerance),
+                                          circular=card.kind == "angle")
+        self.gate = QualityGate(config.quality) if config.quality is not None else None
+
+    def reset(self) -> None:
+        """Start smoothing, stability and the frozen check afresh (after a drop-out)."""
+        self.smoother.reset()
+        self.stability.reset()
+        if self.gate is not None:
+            self.gate.reset()
+
+    def read(self, frame: np.ndarray, number: int, note: str | None) -> Reading:
+        timestamp = self.clock()
+        started = time.perf_counter()
+        try:
+            report = self.gate.check(frame) if self.gate is not None else None
+            if report is not None and not report.ok:
+                self.stability.reset()
+                return Reading(timestamp, number, report.reason, note=report.describe(self.gate.config),
+                               report=report, process_ms=_ms_since(started), image=frame)
+            result = self.predictor.predict([frame])
+        except ShapeError as exc:
+            self.stability.reset()
+            return Reading(timestamp, number, INVALID, note=str(exc), process_ms=_ms_since(started))
+        values = result.values[0]  # (T,)
+        smoothed = self.smoother.update(values)
+        stable = self.stability.update(smoothed)
+        spread = dict(zip(self.names, map(float, result.spread[0]))) if result.spread is not None else None
+        return Reading(timestamp, number, "ok", values=dict(zip(self.names, map(float, values))),
+                       spread=spread, smoothed=dict(zip(self.names, map(float, smoothed))), stable=stable,
+                       note=note, report=report, process_ms=_ms_since(started), image=frame)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1e3
+
+
+def check_gui() -> None:
+    """Raise a clear error when this OpenCV cannot open windows (``--show``).
+
+    Raises:
+        EdgeregError: OpenCV was built without a GUI backend (e.g. opencv-python-headless) or
+            no display is available.
+    """
+    import cv2
+
+    try:
+        cv2.namedWindow("edgereg", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise EdgeregError("--show needs OpenCV with a GUI and a display; this OpenCV has no GUI "
+                           "(opencv-python-headless) or there is no display: pip install opencv-python, "
+                           "or drop --show and use --jsonl") from None
+
+
+def draw_overlay(image: np.ndarray, lines: list[str], *, ok: bool) -> np.ndarray:
+    """A copy of ``image`` ((H, W, 3) uint8 BGR) with ``lines`` written in its top-left corner."""
+    import cv2
+
+    canvas = image.copy()
+    colour = (60, 220, 60) if ok else (40, 40, 230)  # BGR green / red
+    scale = max(0.5, canvas.shape[1] / 1000)
+    for i, line in enumerate(lines):
+        origin = (10, int(30 * scale * (i + 1)))
+        cv2.putText(canvas, line, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.putText(canvas, line, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return canvas

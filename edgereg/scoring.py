@@ -1,0 +1,389 @@
+"""Batch scoring: a source of images -> a predictor -> one output row per image, none lost.
+
+Threads: a producer thread walks the source (decoding video frames itself) and submits each file
+to a pool of daemon decoder threads that read, decode and crop/resize it (OpenCV releases the
+GIL). The
+futures go, in input order, into a bounded queue (``queue_size``), so at most that many decoded
+frames exist at any time, whatever the number of inputs. The calling thread takes them in order,
+gathers batches of ``predictor.batch_size`` and runs ONNX Runtime (which releases the GIL too)
+while the pool decodes the next ones. Taking futures in submission order is the reorder buffer:
+rows come out in input order whatever order the decodes finish in.
+
+A file that cannot be read or decoded is never fatal: it is written to the errors writer with
+its reason and scoring goes on (``fail_fast`` stops at the first). Rows are written one at a time
+(see ``edgereg.writers``), so a killed run leaves only complete rows.
+
+Flags (the ``flags`` column), see :func:`reading_flags`:
+
+* ``out_of_range``: a target with a range in the card (scalar/vector) reads within
+  ``OUT_OF_RANGE_MARGIN`` of the span from a limit, or beyond it. A bounded head saturates at its
+  limits, so such a reading means "at or past the trained range", not the number shown.
+* ``tta_disagreement``: with TTA, a target's spread (std across views) exceeds
+  ``TTA_DISAGREEMENT_FRACTION`` of the target's span: its range (scalar/vector with a range), 1
+  (distribution bins), 360 degrees (angle), or the side of the crop in source pixels (coords).
+* ``not_finite``: the model returned NaN or infinity.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgereg.card import ModelCard
+from edgereg.errors import EdgeregError
+from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads, read_image
+from edgereg.sources import BatchSource, Entry
+from edgereg.writers import RowWriter
+
+OUT_OF_RANGE_MARGIN = 0.005  # fraction of the range span from a limit that counts as "at the limit"
+TTA_DISAGREEMENT_FRACTION = 0.05  # spread above this fraction of the target's span is disagreement
+
+
+def default_inference_threads() -> int:
+    """ONNX Runtime intra-op threads while decoder threads run: half the cores, at least 1.
+
+    ORT's worker threads spin while they wait; with one per core they take the CPU the decoder
+    threads need (measured on 2 cores: 1 ORT thread scores ~1.5x more images/s than 2).
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """``--shard i/n``: every input whose 0-based position p satisfies ``p % n == i - 1``.
+
+    Shards are numbered 1..n (shard 1/4 is the first quarter), so the n outputs of a job array
+    together hold every input exactly once.
+    """
+
+    index: int  # 1-based shard number, 1..count
+    count: int  # number of shards n >= 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """Parse ``"i/n"`` with 1 <= i <= n.
+
+        Raises:
+            EdgeregError: anything else, with the fix.
+        """
+        parts = str(text).split("/")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            index, count = int(parts[0]), int(parts[1])
+            if count >= 1 and 1 <= index <= count:
+                return cls(index, count)
+        hint = ""
+        if len(parts) == 2 and parts[0].strip() == "0":
+            hint = "; shards are numbered from 1 — for a 0-based job array id use --shard $((ID + 1))/n"
+        raise EdgeregError(f"--shard must be i/n with 1 <= i <= n (e.g. --shard 2/8), got {text!r}{hint}")
+
+    def selects(self, position: int) -> bool:
+        return position % self.count == self.index - 1
+
+
+@dataclass
+class ScoreStats:
+    """Counters of a scoring run (also what the progress callback receives).
+
+    Attributes:
+        scored: rows written.
+        failed: inputs written to the errors file.
+        total: inputs this run will attempt (after shard and resume), when known.
+        elapsed_s: seconds since the run started.
+    """
+
+    scored: int = 0
+    failed: int = 0
+    total: int | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.scored + self.failed
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def target_spans(card: ModelCard, boxes: list[CropBox]) -> np.ndarray:
+    """(B, T) float64: the scale each target's spread is compared with (NaN: none known)."""
+    n_targets = len(card.targets)
+    spans = np.full((len(boxes), n_targets), np.nan)
+    if card.kind == "distribution":
+        spans[:] = 1.0
+    elif card.kind == "angle":
+        spans[:] = 360.0
+    elif card.kind == "coords":
+        sides = np.array([[box.w, box.h] for box in boxes]).reshape(len(boxes), 2)  # (B, 2) x, y
+        spans[:] = np.tile(sides, n_targets // 2)  # (B, 2) -> (B, T): x, y, x, y, ...
+    elif card.range is not None:
+        spans[:] = [hi - lo for lo, hi in card.range]
+    return spans
+
+
+def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None,
+                  spans: np.ndarray) -> list[tuple[str, ...]]:
+    """The flags of each reading (see the module docstring).
+
+    Args:
+        card: the model card (kind and ranges).
+        values: (B, T) float64 readings in physical units.
+        spread: (B, T) float64 TTA spread, or None without TTA.
+        spans: (B, T) float64 from :func:`target_spans`.
+
+    Returns:
+        B tuples of flag names, in a fixed order.
+    """
+    not_finite = ~np.isfinite(values).all(axis=1)
+    out_of_range = np.zeros(len(values), dtype=bool)
+    if card.range is not None and card.kind in ("scalar", "vector"):
+        bounds = np.asarray(card.range, dtype=np.float64)  # (T, 2)
+        margin = OUT_OF_RANGE_MARGIN * (bounds[:, 1] - bounds[:, 0])
+        out_of_range = ((values <= bounds[:, 0] + margin) | (values >= bounds[:, 1] - margin)).any(axis=1)
+    disagreement = np.zeros(len(values), dtype=bool)
+    if spread is not None:
+        with np.errstate(invalid="ignore"):
+            disagreement = (spread > TTA_DISAGREEMENT_FRACTION * spans).any(axis=1)
+    flags = []
+    for i in range(len(values)):
+        flags.append(tuple(name for name, on in (("out_of_range", out_of_range[i]),
+                                                  ("tta_disagreement", disagreement[i]),
+                                                  ("not_finite", not_finite[i])) if on))
+    return flags
+
+
+def _reason(exc: BaseException, key: str) -> str:
+    """The error message without the ``'path': `` prefix that edgereg's errors start with."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    prefix = f"'{key}': "
+    if text.startswith(prefix):
+        text = text[len(prefix):]
+    return text if isinstance(exc, EdgeregError) else f"{type(exc).__name__}: {text}"
+
+
+def _load(entry: Entry, config: PreprocessConfig) -> tuple[np.ndarray, CropBox] | str:
+    """Read, decode, crop and resize one entry (in a worker thread); a string is the failure reason."""
+    if entry.error is not None:
+        return entry.error
+    try:
+        image = entry.frame if entry.frame is not None else read_image(entry.path)
+        return crop_resize(image, config)
+    except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
+        return _reason(exc, entry.key)
+
+
+class _DecoderPool:
+    """Daemon threads that run ``fn(*args)`` for each submitted task and fill a Future.
+
+    Not ``ThreadPoolExecutor``: its threads are joined when the interpreter exits, so one read
+    hanging on a network file system (or a FIFO) would keep a Ctrl-C'd run from ever exiting.
+    """
+
+    def __init__(self, threads: int, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"edgereg-decode-{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, *args: Any) -> Future:
+        future: Future = Future()
+        self._tasks.put((future, args))
+        return future
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, args = task
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                future.set_result(self._fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+
+    def shutdown(self, *, timeout_s: float = 1.0) -> None:
+        """Stop the threads after their current task, waiting at most ``timeout_s`` for them.
+
+        Waiting lets a decode in progress leave OpenCV before the interpreter may exit (exiting
+        under a running OpenCV call aborts the process); the bound keeps a hung read from
+        blocking the exit.
+        """
+        for _ in self._threads:
+            self._tasks.put(None)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+_END = object()  # the producer's last item
+
+
+class _Failure:
+    """An exception raised in the producer thread, handed to the consumer to re-raise."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _produce(source: BatchSource, select, pool: _DecoderPool, config: PreprocessConfig,
+             pending: queue.Queue, stop: threading.Event) -> None:
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                pending.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for entry in source.entries(select):
+            if not put((entry, pool.submit(entry, config))):
+                return
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
+        put(_Failure(exc))
+    finally:
+        put(_END)
+
+
+def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, threads: int,
+                     queue_size: int) -> Iterator[tuple[Entry, tuple[np.ndarray, CropBox] | str]]:
+    """Yield ``(entry, (frame, box) or failure reason)`` in input order, decoding ahead in threads.
+
+    ``frame`` is (h, w, 3) uint8 BGR at the model input size. At most ``queue_size`` entries are
+    decoded ahead of the consumer. Close the generator to stop the threads.
+    """
+    pending: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+    stop = threading.Event()
+    pool = _DecoderPool(threads, _load)
+    producer = threading.Thread(target=_produce, name="edgereg-sources", daemon=True,
+                                args=(source, select, pool, config, pending, stop))
+    producer.start()
+    try:
+        while (item := pending.get()) is not _END:
+            if isinstance(item, _Failure):
+                raise item.exc
+            entry, future = item
+            yield entry, future.result()
+    finally:
+        stop.set()
+        _drain(pending)
+        producer.join(timeout=1.0)
+        pool.shutdown(timeout_s=1.0)
+
+
+def _rows(predictor, entries: list[Entry], frames: np.ndarray, boxes: list[CropBox]) -> Iterator[dict[str, Any]]:
+    """Score one batch and yield its output rows (``path``, targets, spreads, ``flags``).
+
+    Args:
+        frames: (B, h, w, 3) uint8 BGR at the model input size.
+        boxes: the B crop boxes in source pixels.
+    """
+    result = predictor.predict_prepared(frames, boxes)
+    flags = reading_flags(predictor.card, result.values, result.spread, target_spans(predictor.card, boxes))
+    for i, entry in enumerate(entries):
+        row: dict[str, Any] = {"path": entry.key}
+        row.update(zip(predictor.names, map(float, result.values[i])))
+        if result.spread is not None:
+            row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[i]))
+        row["flags"] = flags[i]
+        yield row
+
+
+def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWriter | None = None, *,
+                 skip: Collection[str] = frozenset(), shard: Shard | None = None,
+                 decode_threads: int | None = None, queue_size: int | None = None,
+                 fail_fast: bool = False, on_error: Callable[[str, str], None] | None = None,
+                 on_progress: Callable[[ScoreStats], None] | None = None) -> ScoreStats:
+    """Score every selected input of ``source`` and write one row each, in input order.
+
+    Args:
+        source: the inputs (see ``edgereg.sources``).
+        predictor: an ``edgereg.Predictor`` (its ``batch_size``, TTA and card apply).
+        rows: the predictions writer, with columns ``prediction_columns(predictor.names, ...)``.
+        errors: the errors writer (columns ``path, reason``), or None.
+        skip: keys already scored (``--resume``).
+        shard: score only this shard of the inputs.
+        decode_threads: decoder threads (default: one per core, at least 2).
+        queue_size: decoded frames allowed to wait for inference; bounds memory (default:
+            two batches plus four per decoder thread).
+        fail_fast: stop at the first input that fails.
+        on_error: called with ``(key, reason)`` for each failure (e.g. to print it).
+        on_progress: called with the running :class:`ScoreStats` after each batch and each failure.
+
+    Returns:
+        The final ScoreStats.
+    """
+    decode_threads = decode_threads or default_threads()
+    queue_size = queue_size or 2 * predictor.batch_size + 4 * decode_threads
+    skip = skip if isinstance(skip, (set, frozenset)) else set(skip)
+
+    def select(position: int, key: str) -> bool:
+        return (shard is None or shard.selects(position)) and key not in skip
+
+    stats = ScoreStats(total=_count_selected(source, select))
+    started = time.perf_counter()
+    batch: list[tuple[Entry, np.ndarray, CropBox]] = []
+
+    def report() -> None:
+        stats.elapsed_s = time.perf_counter() - started
+        if on_progress:
+            on_progress(stats)
+
+    def flush() -> None:
+        if batch:
+            entries, frames, boxes = zip(*batch)
+            for row in _rows(predictor, list(entries), np.stack(frames), list(boxes)):  # (B, h, w, 3)
+                rows.write(row)
+            stats.scored += len(batch)
+            batch.clear()
+            report()
+
+    with closing(_decode_in_order(source, select, predictor.config, threads=decode_threads,
+                                  queue_size=queue_size)) as decoded:
+        for entry, loaded in decoded:
+            if isinstance(loaded, str):
+                if errors is not None:
+                    errors.write({"path": entry.key, "reason": loaded})
+                stats.failed += 1
+                if on_error:
+                    on_error(entry.key, loaded)
+                report()
+                if fail_fast:
+                    break
+                continue
+            batch.append((entry, *loaded))
+            if len(batch) >= predictor.batch_size:
+                flush()
+        flush()
+    stats.elapsed_s = time.perf_counter() - started
+    return stats
+
+
+def _count_selected(source: BatchSource, select) -> int | None:
+    """How many inputs this run will attempt: exact for file lists, from the header for video."""
+    keys = source.planned_keys()
+    if keys is None:
+        return None
+    return sum(1 for position, key in enumerate(keys) if select(position, key))
+
+
+def _drain(pending: queue.Queue) -> None:
+    """Empty the queue so a producer blocked on ``put`` sees the stop event; cancel its futures."""
+    while True:
+        try:
+            item = pending.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, tuple) and isinstance(item[1], Future):
+            item[1].cancel()

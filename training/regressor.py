@@ -1,0 +1,309 @@
+"""Output transforms and the Regressor: a model plus the map from raw outputs to physical units.
+
+The transform travels with the model: it is a layer of the network (constants as buffers), so the
+exported ONNX graph outputs physical units exactly as the ONNX contract says:
+
+| kind | raw (``forward_raw``, what losses see) | ``forward`` (and the ONNX ``value``) | encoded target |
+|---|---|---|---|
+| scalar | logit per target | ``lo + (hi - lo) * sigmoid(raw)`` | ``(y - lo) / (hi - lo)`` in [0, 1] |
+| vector | standardized value | ``mean + std * raw`` | ``(y - mean) / std`` |
+| distribution | logit per bin | ``softmax(raw)`` | ``y / sum(y)`` |
+| coords | (x, y) per point in [0, 1] | ``clip(raw, 0, 1)`` | ``y`` ([0, 1] of the input) |
+| angle | (sin, cos) per target | degrees in [0, 360) from atan2 | ``(sin y, cos y)`` |
+
+Losses (:mod:`edgereg.training.losses`) compare ``forward_raw`` with ``encode_targets`` and apply
+the kind's link (sigmoid, softmax) themselves, so the trainer has no kind-specific code.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgereg.errors import DatasetError, EdgeregError, ShapeError, require_extra
+from edgereg.training.heads import check_kind
+
+
+@dataclass(frozen=True)
+class OutputTransform:
+    """How raw model outputs become physical units, and targets become loss targets.
+
+    Build it from the training split with :meth:`from_targets`; store it with :meth:`to_dict`.
+    """
+
+    kind: str  # one of KINDS: picks the link (sigmoid range, de-standardization, softmax, atan2)
+    n_targets: int  # T: columns of the physical output (1 per angle, 2 per coords point)
+    mean: tuple[float, ...] = ()  # vector only: training-split mean per target, physical units
+    std: tuple[float, ...] = ()  # vector only: training-split std per target (> 0)
+    lo: tuple[float, ...] = ()  # scalar only: lower end of each target's range, physical units
+    hi: tuple[float, ...] = ()  # scalar only: upper end of each target's range (> lo)
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind)
+        if isinstance(self.n_targets, bool) or int(self.n_targets) != self.n_targets or self.n_targets < 1:
+            raise EdgeregError(f"n_targets must be a positive integer, got {self.n_targets!r}")
+        object.__setattr__(self, "n_targets", int(self.n_targets))
+        if self.kind == "coords" and self.n_targets % 2:
+            raise ShapeError(
+                f"coords targets come as (x, y) pairs; got {self.n_targets} columns, expected an even number"
+            )
+        for name in ("mean", "std", "lo", "hi"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        needed = {"scalar": ("lo", "hi"), "vector": ("mean", "std")}.get(self.kind, ())
+        for name in ("mean", "std", "lo", "hi"):
+            values = getattr(self, name)
+            if name in needed and len(values) != self.n_targets:
+                raise ShapeError(
+                    f"{self.kind} output transform needs {name} for each of {self.n_targets} targets, "
+                    f"got {len(values)}"
+                )
+            if name not in needed and values:
+                raise EdgeregError(f"{name} is not used by kind {self.kind!r}; leave it empty")
+            if not all(math.isfinite(v) for v in values):
+                raise EdgeregError(f"{name} must be finite, got {values}")
+        if any(s <= 0 for s in self.std):
+            raise DatasetError(
+                f"target std must be > 0, got {self.std}: a constant target cannot be learned; drop it"
+            )
+        if any(h <= l for l, h in zip(self.lo, self.hi)):
+            raise EdgeregError(
+                f"range must have lo < hi per target, got lo={self.lo} hi={self.hi}; fix --range"
+            )
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the raw model output: 2 per angle target (sin, cos), else one per target."""
+        return 2 * self.n_targets if self.kind == "angle" else self.n_targets
+
+    @classmethod
+    def from_targets(cls, kind: str, targets: np.ndarray, *,
+                     value_range: Sequence[float] | Sequence[Sequence[float]] | None = None,
+                     ) -> "OutputTransform":
+        """Fit the transform on training targets.
+
+        Args:
+            kind: target kind.
+            targets: (N, T) float, physical units, the training split only.
+            value_range: scalar only: (lo, hi) for every target or one (lo, hi) per target.
+        """
+        y = np.asarray(targets, dtype=np.float64)
+        if y.ndim != 2 or y.shape[0] < 1:
+            raise ShapeError(f"targets must be (N, T) with N >= 1, got shape {y.shape}")
+        t = y.shape[1]
+        if kind == "vector":
+            return cls(kind, t, mean=tuple(y.mean(axis=0)), std=tuple(y.std(axis=0)))
+        if kind == "scalar":
+            if value_range is None:
+                raise EdgeregError("a scalar output transform needs value_range=(lo, hi); pass the --range")
+            bounds = np.asarray(value_range, dtype=np.float64)
+            bounds = np.broadcast_to(bounds, (t, 2)) if bounds.shape == (2,) else bounds
+            if bounds.shape != (t, 2):
+                raise ShapeError(f"value_range must be (lo, hi) or {t} such pairs, got {value_range!r}")
+            return cls(kind, t, lo=tuple(bounds[:, 0]), hi=tuple(bounds[:, 1]))
+        return cls(kind, t)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (lists for tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OutputTransform":
+        """Inverse of :meth:`to_dict`."""
+        known = {"kind", "n_targets", "mean", "std", "lo", "hi"}
+        unknown = set(data) - known
+        if unknown:
+            raise EdgeregError(f"unknown output transform fields {sorted(unknown)}; expected {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def encode(self, targets: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Physical targets -> what the loss compares with the raw output.
+
+        Args:
+            targets: (N, T) physical units (degrees for angle, [0, 1] of the input for coords).
+
+        Returns:
+            (N, n_outputs) float32 tensor on the targets' device (CPU for numpy input).
+        """
+        y = torch.as_tensor(targets).to(torch.float32)
+        if y.ndim != 2 or y.shape[1] != self.n_targets:
+            raise ShapeError(f"targets must be (N, {self.n_targets}) for this model, got {tuple(y.shape)}")
+        if not bool(torch.isfinite(y).all()):
+            raise DatasetError("targets contain NaN or infinity; fix or drop those rows")
+        if self.kind == "scalar":
+            lo, hi = (torch.tensor(v, dtype=torch.float32, device=y.device) for v in (self.lo, self.hi))
+            return ((y - lo) / (hi - lo)).clamp(0.0, 1.0)
+        if self.kind == "vector":
+            mean, std = (torch.tensor(v, dtype=torch.float32, device=y.device) for v in (self.mean, self.std))
+            return (y - mean) / std
+        if self.kind == "distribution":
+            y = y.clamp_min(0.0)
+            total = y.sum(dim=1, keepdim=True)
+            if not bool((total > 0).all()):
+                raise DatasetError("a distribution target row sums to 0; every row needs a positive total")
+            return y / total
+        if self.kind == "angle":
+            radians = torch.deg2rad(y)
+            pairs = torch.stack([torch.sin(radians), torch.cos(radians)], dim=2)  # (N,T) -> (N,T,2)
+            return pairs.flatten(1)  # (N,T,2) -> (N,2T)
+        return y
+
+
+def atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``atan2(y, x)`` in radians, (-pi, pi], from ONNX-exportable ops (Atan, Div, Sqrt, Where).
+
+    ONNX has no Atan2. The half-angle identity ``tan(t / 2) = y / (r + x) = (r - x) / y`` with
+    ``r = hypot(x, y)`` gives it without cancellation: the first form where ``x > 0``, the second
+    where ``x <= 0`` and ``y != 0``; ``y == 0, x < 0`` is pi and the origin 0. Both inputs are first
+    divided by ``max(|x|, |y|)`` so ``r`` neither underflows nor overflows, and denominators of the
+    branch not taken are replaced by 1, so no NaN or infinity is ever computed.
+    """
+    largest = torch.maximum(x.abs(), y.abs())
+    largest = torch.where(largest > 0, largest, 1.0)
+    x, y = x / largest, y / largest  # now max(|x|, |y|) is 1 (or both are 0)
+    r = torch.sqrt(x * x + y * y)
+    right = x > 0
+    off_axis = y != 0
+    half_right = torch.atan(y / torch.where(right, r + x, 1.0))
+    half_left = torch.atan((r - x) / torch.where(off_axis, y, 1.0))
+    negative_axis = math.pi * (x < 0).to(x.dtype)
+    return torch.where(right, 2 * half_right, torch.where(off_axis, 2 * half_left, negative_axis))
+
+
+def degrees_from_sin_cos(sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees, [0, 360), of the vector (cos, sin); any scale of the pair works."""
+    degrees = atan2(sin, cos) * (180.0 / math.pi)
+    degrees = torch.where(degrees < 0, degrees + 360.0, degrees)
+    return torch.where(degrees >= 360.0, degrees - 360.0, degrees)  # -tiny + 360 rounds to 360
+
+
+class OutputLayer(nn.Module):
+    """The output transform as a layer: ``(B, n_outputs)`` raw -> ``(B, T)`` physical units."""
+
+    def __init__(self, transform: OutputTransform):
+        super().__init__()
+        self.kind = transform.kind
+        self.n_targets = transform.n_targets
+        if transform.kind == "scalar":
+            lo, hi = np.asarray(transform.lo), np.asarray(transform.hi)
+            self._constant("offset", lo)
+            self._constant("scale", hi - lo)
+        elif transform.kind == "vector":
+            self._constant("offset", np.asarray(transform.mean))
+            self._constant("scale", np.asarray(transform.std))
+
+    def _constant(self, name: str, values: np.ndarray) -> None:
+        self.register_buffer(name, torch.tensor(values, dtype=torch.float32)[None], persistent=False)  # (1,T)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.kind == "scalar":
+            return self.offset + self.scale * torch.sigmoid(raw)
+        if self.kind == "vector":
+            return self.offset + self.scale * raw
+        if self.kind == "distribution":
+            return torch.softmax(raw, dim=1)
+        if self.kind == "coords":
+            return raw.clamp(0.0, 1.0)
+        pairs = raw.reshape(-1, self.n_targets, 2)  # (B,2T) -> (B,T,2): (sin, cos) per target
+        return degrees_from_sin_cos(pairs[:, :, 0], pairs[:, :, 1])
+
+
+class Regressor(nn.Module):
+    """A model and its output transform.
+
+    Args:
+        model: maps ``(B, C, H, W) float32`` normalized images to raw ``(B, n_outputs)``; models
+            from ``create_model`` carry ``input_shape = (C, H, W)``, used to check the output
+            width here and by :meth:`export_onnx`.
+        output_transform: the kind's transform, fitted on the training split.
+    """
+
+    def __init__(self, model: nn.Module, output_transform: OutputTransform):
+        super().__init__()
+        self.model = model
+        self.output_transform = output_transform
+        self.output = OutputLayer(output_transform)
+        self.input_shape: tuple[int, int, int] | None = getattr(model, "input_shape", None)
+        if self.input_shape is not None:
+            width = self._raw_width()
+            if width != output_transform.n_outputs:
+                raise ShapeError(
+                    f"the model returns {width} raw outputs but the {output_transform.kind} transform of "
+                    f"{output_transform.n_targets} targets needs {output_transform.n_outputs}; "
+                    f"build the model with n_outputs=output_transform.n_outputs"
+                )
+
+    @property
+    def kind(self) -> str:
+        return self.output_transform.kind
+
+    def forward_raw(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float32 normalized -> (B, n_outputs) raw outputs (what losses see)."""
+        return self.model(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float32 normalized -> (B, T) float32 physical units (the ONNX ``value``)."""
+        return self.output(self.model(images))
+
+    def encode_targets(self, targets: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, T) physical targets -> (N, n_outputs) float32 loss targets on the model's device."""
+        device = next(self.model.parameters()).device
+        return self.output_transform.encode(torch.as_tensor(targets).to(device))
+
+    def export_onnx(self, path: str | Path, *, opset: int = 17,
+                    input_shape: tuple[int, int, int] | None = None) -> Path:
+        """Write the model, output transform included, as ONNX (eval mode, BN folded).
+
+        Input ``image (N, C, H, W) float32``, output ``value (N, T) float32``, dynamic batch axis.
+        Uses the TorchScript exporter (``dynamo=False``: faster and more robust than the dynamo
+        exporter for these small graphs, and it folds BN into the preceding conv in eval mode) with
+        constant folding, then runs ``onnx.checker``. The train/eval mode is restored afterwards.
+
+        Args:
+            path: the .onnx file to write.
+            opset: ONNX opset, >= 17.
+            input_shape: (C, H, W); default: the model's ``input_shape``.
+
+        Returns:
+            ``path`` as a Path.
+        """
+        onnx = require_extra("onnx")
+        shape = tuple(input_shape or self.input_shape or ())
+        if len(shape) != 3:
+            raise EdgeregError("export needs the input shape; pass input_shape=(C, H, W) or build the model "
+                               "with create_model")
+        if opset < 17:
+            raise EdgeregError(f"opset must be >= 17 (the ONNX contract), got {opset}")
+        path = Path(path)
+        was_training = self.training
+        self.eval()
+        example = torch.zeros(2, *shape, device=next(self.model.parameters()).device)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                # dynamo=False is deliberate (see the docstring); its deprecation notices are noise here
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                torch.onnx.export(
+                    self, (example,), str(path), input_names=["image"], output_names=["value"],
+                    dynamic_axes={"image": {0: "batch"}, "value": {0: "batch"}},
+                    opset_version=opset, do_constant_folding=True, dynamo=False,
+                )
+        finally:
+            self.train(was_training)
+        onnx.checker.check_model(str(path))
+        return path
+
+    def _raw_width(self) -> int:
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            device = next(self.model.parameters()).device
+            width = self.model(torch.zeros(1, *self.input_shape, device=device)).shape[1]
+        self.model.train(was_training)
+        return int(width)
