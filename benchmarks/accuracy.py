@@ -1,0 +1,250 @@
+"""Accuracy benchmark: one row per synthetic task, fp32 and int8 side by side, on test images never
+used for training or model selection. Each task trains within its time budget on this machine's
+cores through the public CLI (`edgereg synth / train / export / eval`).
+
+Goals (issue "Training"):
+* assay: RMSE <= 1.0 mg/L (range 80..350) and within 1.2x of an oracle that knows the generator's
+  colour curve (mean colour inside the well, curve inverted);
+* gravel: per-bin MAE <= 4 percentage points on distribution groups never seen in training, at most
+  1 point worse than on seen groups, and predictions no closer to the training groups than the truth;
+* box (x, y): RMSE <= 0.5 px on 64x64, on a uniform split and on a quadrant hold-out (training never
+  sees the box in quadrant q3, the test only there);
+* pixel statistics: test MSE at or below the seed paper's Base (mean 1.12e-5, median 9.43e-4,
+  std 1.57e-5, values in [0, 1]); plus the paper's depth sweep (Base + N layers).
+
+Run: ``python benchmarks/accuracy.py --out bench_acc`` (about an hour on 2 cores; ``--tasks`` and
+``--minutes`` shorten it). Writes ``OUT/accuracy.json`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgereg.training.synth import ASSAY_RANGE, assay_oracle, make_dataset
+
+PAPER_BASE_MSE = {"mean": 1.12e-5, "median": 9.43e-4, "std": 1.57e-5}
+DEPTHS = (0, 1, 2, 3, 4, 5, 10)
+
+
+def edgereg(*args: str, allowed=(0,)) -> int:
+    """Run the CLI in a subprocess (a fresh process per step, as a user would)."""
+    command = [sys.executable, "-m", "edgereg", *map(str, args)]
+    print("$ edgereg " + " ".join(map(str, args)), flush=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-6:])
+    print("  " + tail.replace("\n", "\n  "), flush=True)
+    if result.returncode not in allowed:
+        raise RuntimeError(f"edgereg {' '.join(map(str, args))} exited {result.returncode}")
+    return result.returncode
+
+
+def read_rows(labels: Path) -> tuple[list[str], list[dict]]:
+    with open(labels, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+def write_subset(pool: Path, out: Path, keep) -> Path:
+    """A dataset folder whose labels.csv lists the rows of ``pool`` with ``keep(row)``, pointing at
+    the pool's images (no copies)."""
+    fields, rows = read_rows(pool / "labels.csv")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            if keep(row):
+                writer.writerow(dict(row, path=str(Path("..") / pool.name / row["path"])))
+    return out
+
+
+def evaluate(model: Path, dataset: Path, out: Path) -> dict:
+    edgereg("eval", model, dataset, "--out", out)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def train_export_eval(name: str, data: Path, tests: dict[str, Path], work: Path, minutes: float,
+                      train_args: list[str]) -> dict:
+    """Train on ``data``, export fp32 + int8 (gated), evaluate both on each test set."""
+    run = work / f"run_{name}"
+    started = time.perf_counter()
+    edgereg("train", data, "--out", run, "--time-budget", minutes, "--quiet", *train_args)
+    train_seconds = time.perf_counter() - started
+    edgereg("export", run, "--int8", "--no-speed", allowed=(0, 1))
+    result = {"train_seconds": round(train_seconds, 1), "int8_gate": (run / "model.int8.onnx").exists()}
+    for test_name, test_dir in tests.items():
+        result[test_name] = {"fp32": evaluate(run / "model.onnx", test_dir, work / f"eval_{name}_{test_name}_fp32")}
+        if result["int8_gate"]:
+            result[test_name]["int8"] = evaluate(run / "model.int8.onnx", test_dir,
+                                                 work / f"eval_{name}_{test_name}_int8")
+    return result
+
+
+def task_assay(work: Path, minutes: float, n: int) -> dict:
+    train = work / "assay"
+    test = work / "assay_test"
+    make_dataset("assay", train, n=n, seed=0, overwrite=True)
+    make_dataset("assay", test, n=max(400, n // 5), seed=777, overwrite=True)  # new samples
+    result = train_export_eval("assay", train, {"test": test}, work, minutes, ["--split", "group"])
+    import cv2
+
+    fields, rows = read_rows(test / "labels.csv")
+    images = np.stack([cv2.imread(str(test / r["path"])) for r in rows])
+    truth = np.array([float(r["concentration"]) for r in rows])
+    oracle = float(np.sqrt(np.mean((assay_oracle(images) - truth) ** 2)))
+    result["oracle_rmse"] = oracle
+    fp32 = result["test"]["fp32"]["rmse"]
+    result["row"] = {
+        "metric": "RMSE mg/L", "fp32": fp32, "int8": result["test"].get("int8", {}).get("rmse"),
+        "reference": f"oracle {oracle:.2f}", "goal": "<= 1.0 and <= 1.2x oracle",
+        "met": fp32 <= 1.0 and fp32 <= 1.2 * oracle, "range": ASSAY_RANGE,
+    }
+    return result
+
+
+def _bins(metrics: dict) -> float:
+    """Mean per-bin MAE in percentage points from an eval metrics dict."""
+    return 100.0 * float(np.mean([t["mae"] for t in metrics["targets"].values()]))
+
+
+def _nearest_group_distance(predictions_csv: Path, names: list[str], train_groups: np.ndarray) -> tuple[float, float]:
+    """Mean L1 distance to the nearest training-group distribution: of the predictions, of the truth."""
+    fields, rows = read_rows(predictions_csv)
+    pred = np.array([[float(r[f"{n}"]) for n in names] for r in rows])
+    true = np.array([[float(r[f"{n}_true"]) for n in names] for r in rows])
+    d = lambda x: np.abs(x[:, None, :] - train_groups[None]).sum(-1).min(1).mean()  # noqa: E731
+    return float(d(pred)), float(d(true))
+
+
+def task_gravel(work: Path, minutes: float, n: int) -> dict:
+    pool = work / "gravel_pool"
+    make_dataset("gravel", pool, n=n, seed=0, overwrite=True)
+    fields, rows = read_rows(pool / "labels.csv")
+    groups = sorted({r["group"] for r in rows})
+    unseen = set(groups[-len(groups) // 4:])  # a quarter of the distributions, never in training
+    counter: dict[str, int] = {}
+
+    def seen_holdout(row) -> bool:  # every 5th photo of a training distribution is kept back
+        counter[row["group"]] = counter.get(row["group"], 0) + 1
+        return row["group"] not in unseen and counter[row["group"]] % 5 == 0
+
+    held = {r["path"] for r in rows if seen_holdout(r)}
+    train = write_subset(pool, work / "gravel_train", lambda r: r["group"] not in unseen and r["path"] not in held)
+    seen = write_subset(pool, work / "gravel_seen", lambda r: r["path"] in held)
+    unseen_dir = write_subset(pool, work / "gravel_unseen", lambda r: r["group"] in unseen)
+    result = train_export_eval("gravel", train, {"seen": seen, "unseen": unseen_dir}, work, minutes,
+                               ["--split", "group", "--test-frac", "0"])
+    names = [f"bin{i}" for i in range(5)]
+    train_groups = np.array(sorted({tuple(float(r[n]) for n in names) for r in rows if r["group"] not in unseen}))
+    d_pred, d_true = _nearest_group_distance(work / "eval_gravel_unseen_fp32" / "predictions.csv", names, train_groups)
+    unseen_pp, seen_pp = _bins(result["unseen"]["fp32"]), _bins(result["seen"]["fp32"])
+    result["nearest_training_group_l1"] = {"predictions": d_pred, "truth": d_true}
+    result["row"] = {
+        "metric": "per-bin MAE pp (unseen groups)", "fp32": unseen_pp,
+        "int8": _bins(result["unseen"]["int8"]) if "int8" in result["unseen"] else None,
+        "reference": f"seen {seen_pp:.2f}; L1 to nearest train group: pred {d_pred:.3f} vs truth {d_true:.3f}",
+        "goal": "<= 4, <= seen + 1, pred not closer", "met": unseen_pp <= 4 and unseen_pp <= seen_pp + 1 and d_pred >= 0.9 * d_true,
+    }
+    return result
+
+
+def task_box(work: Path, minutes: float, n: int, quadrant: bool) -> dict:
+    pool = work / "box_pool"
+    if not (pool / "labels.csv").exists():
+        make_dataset("box", pool, n=n, seed=0, overwrite=True)
+    fields, rows = read_rows(pool / "labels.csv")
+    name = "box_quadrant" if quadrant else "box_uniform"
+    if quadrant:  # training never sees q3; the test only there
+        train = write_subset(pool, work / f"{name}_train", lambda r: r["group"] != "q3")
+        test = write_subset(pool, work / f"{name}_test", lambda r: r["group"] == "q3")
+    else:
+        train = write_subset(pool, work / f"{name}_train", lambda r: int(Path(r["path"]).stem) % 5 != 0)
+        test = write_subset(pool, work / f"{name}_test", lambda r: int(Path(r["path"]).stem) % 5 == 0)
+    result = train_export_eval(name, train, {"test": test}, work, minutes, ["--split", "random"])
+    fp32 = result["test"]["fp32"]["rmse"]
+    result["row"] = {"metric": "RMSE px", "fp32": fp32, "int8": result["test"].get("int8", {}).get("rmse"),
+                     "reference": "q3 never in training" if quadrant else "uniform split",
+                     "goal": "<= 0.5", "met": fp32 <= 0.5}
+    return result
+
+
+def task_pixelstats(work: Path, minutes: float, n: int) -> dict:
+    data, test = work / "pixelstats", work / "pixelstats_test"
+    make_dataset("pixelstats", data, n=n, seed=0, overwrite=True)
+    make_dataset("pixelstats", test, n=max(1000, n // 5), seed=777, overwrite=True)
+    result = {}
+    for target in ("mean", "median", "std"):
+        r = train_export_eval(f"pixelstats_{target}", data, {"test": test}, work, minutes / 3,
+                              ["--targets", target])
+        r["mse"] = r["test"]["fp32"]["rmse"] ** 2
+        r["mse_int8"] = r["test"]["int8"]["rmse"] ** 2 if "int8" in r["test"] else None
+        result[target] = r
+    result["row"] = {
+        "metric": "MSE mean/median/std",
+        "fp32": "/".join(f"{result[t]['mse']:.2e}" for t in PAPER_BASE_MSE),
+        "int8": "/".join(f"{result[t]['mse_int8']:.2e}" if result[t]["mse_int8"] else "gate" for t in PAPER_BASE_MSE),
+        "reference": "paper Base " + "/".join(f"{v:.2e}" for v in PAPER_BASE_MSE.values()),
+        "goal": "<= paper Base", "met": all(result[t]["mse"] <= PAPER_BASE_MSE[t] for t in PAPER_BASE_MSE),
+    }
+    return result
+
+
+def task_depth(work: Path, minutes: float, n: int) -> dict:
+    """The seed paper's depth sweep (Base + N extra conv layers) on the mean task."""
+    data, test = work / "pixelstats", work / "pixelstats_test"
+    if not (data / "labels.csv").exists():
+        make_dataset("pixelstats", data, n=n, seed=0, overwrite=True)
+        make_dataset("pixelstats", test, n=max(1000, n // 5), seed=777, overwrite=True)
+    sweep = {}
+    for depth in DEPTHS:
+        r = train_export_eval(f"depth{depth}", data, {"test": test}, work, minutes / len(DEPTHS),
+                              ["--targets", "mean", "--model", "base_seed004", "--model-opt", f"depth={depth}"])
+        sweep[depth] = r["test"]["fp32"]["rmse"] ** 2
+    return {"sweep_mse": sweep, "row": {
+        "metric": "MSE mean by depth", "fp32": " ".join(f"{d}:{m:.1e}" for d, m in sweep.items()), "int8": "-",
+        "reference": "paper: deeper is not better", "goal": "table", "met": None}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench_accuracy")
+    parser.add_argument("--tasks", default="assay,gravel,box_uniform,box_quadrant,pixelstats,depth")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training budget per task")
+    parser.add_argument("--n", type=int, default=3000, help="images per synthetic training pool")
+    args = parser.parse_args()
+    work = Path(args.out).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    runners = {
+        "assay": lambda: task_assay(work, args.minutes, args.n),
+        "gravel": lambda: task_gravel(work, args.minutes, args.n),
+        "box_uniform": lambda: task_box(work, args.minutes, args.n, quadrant=False),
+        "box_quadrant": lambda: task_box(work, args.minutes, args.n, quadrant=True),
+        "pixelstats": lambda: task_pixelstats(work, args.minutes, max(args.n, 6000)),
+        "depth": lambda: task_depth(work, args.minutes, max(args.n, 6000)),
+    }
+    results_path = work / "accuracy.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for task in args.tasks.split(","):
+        print(f"\n=== {task}", flush=True)
+        results[task] = runners[task]()
+        results_path.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\n{'task':<14}{'metric':<32}{'fp32':>24}{'int8':>24}  goal / reference")
+    for task, result in results.items():
+        row = result["row"]
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+        met = {True: "MET", False: "MISSED", None: ""}[row["met"]]
+        print(f"{task:<14}{row['metric']:<32}{fmt(row['fp32']):>24}{fmt(row['int8']):>24}  "
+              f"{row['goal']} {met}; {row['reference']}")
+    print(f"\nresults: {results_path}")
+
+
+if __name__ == "__main__":
+    main()

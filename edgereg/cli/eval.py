@@ -1,0 +1,122 @@
+"""`edgereg eval MODEL DATASET`: metrics (JSON) and plots of any exported model on a labelled dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EPILOG = """examples:
+  edgereg eval runs/assay/model.onnx data/assay_holdout
+  edgereg eval runs/assay/model.int8.onnx data/assay_holdout --out eval/int8 --tta d4
+
+writes OUT/metrics.json, OUT/predictions.csv and OUT/pred_vs_true.png (the plot needs edgereg[train])
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval", help="metrics and plots of an exported model on a labelled dataset",
+        description="Score an exported model (fp32, int8 or fp16 .onnx with an edgereg card) on a dataset\n"
+                    "directory (labels.csv + images) with the runtime's own preprocessing, and report RMSE,\n"
+                    "MAE, R², max error per target in the dataset's units (coords in source pixels, angles\n"
+                    "in degrees), and per group when labels.csv has a group column.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="an .onnx file exported by edgereg")
+    parser.add_argument("dataset", metavar="DATASET", help="a folder with labels.csv (or the labels.csv itself)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where to write metrics.json and plots (default: eval-<dataset> next to MODEL)")
+    parser.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the model card's)")
+    parser.add_argument("--batch", type=int, default=32, help="images per inference call (default 32)")
+    parser.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt (default auto)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    return parser
+
+
+def run(args) -> int:
+    from edgereg.errors import EdgeregError
+    from edgereg.export.gate import to_user_units
+    from edgereg.predictor import Predictor
+    from edgereg.preprocess import CropBox
+    from edgereg.training.data import load_dataset
+    from edgereg.training.metrics import compute_metrics
+
+    if args.batch < 1:
+        raise EdgeregError(f"--batch must be >= 1, got {args.batch}")
+    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch)
+    card = predictor.card
+    dataset = load_dataset(args.dataset, config=predictor.config, targets=list(card.targets), kind=card.kind,
+                           strict=args.strict)
+    boxes = [CropBox(*map(float, box)) for box in dataset.crop_boxes]
+    predictions = predictor.predict_prepared(dataset.images, boxes)
+    truth = to_user_units(card.kind, dataset.targets, dataset.crop_boxes)  # (N, T), the dataset's units
+    metrics = compute_metrics(card.kind, truth, predictions.values, card.targets, groups=dataset.groups)
+
+    out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"model": str(args.model), "dataset": str(args.dataset), "tta": str(predictor.tta),
+              "providers": predictor.providers, "n": int(len(truth)), "skipped": len(dataset.skipped),
+              "quantization": card.quantization or None, "metrics": metrics}
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    _write_predictions(out_dir / "predictions.csv", dataset.paths, card.targets, truth, predictions.values)
+    plot = _plot(out_dir / "pred_vs_true.png", card, truth, predictions.values, metrics)
+
+    units = card.unit_of
+    print(f"{args.model} on {args.dataset}: {len(truth)} images ({len(dataset.skipped)} rows skipped), "
+          f"tta {predictor.tta}")
+    print(f"  overall RMSE {metrics['rmse']:.4g}  MAE {metrics['mae']:.4g}  max error {metrics['max_error']:.4g}")
+    for name, target in metrics["targets"].items():
+        r2 = "n/a" if target["r2"] is None else f"{target['r2']:.3f}"
+        unit = f" {units[name]}" if units[name] else ""
+        print(f"  {name}: RMSE {target['rmse']:.4g}{unit}  MAE {target['mae']:.4g}  "
+              f"max error {target['max_error']:.4g}  R² {r2}")
+    print(f"metrics: {out_dir / 'metrics.json'}")
+    print(f"plot: {plot}" if plot else "plot: skipped (matplotlib missing: pip install 'edgereg[train]')")
+    return 0
+
+
+def _dataset_name(dataset: str) -> str:
+    path = Path(dataset)
+    return (path.parent if path.suffix.lower() == ".csv" else path).resolve().name or "dataset"
+
+
+def _write_predictions(path: Path, paths, names, truth, predicted) -> None:
+    """One row per image: path, then true and predicted value of each target."""
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", *(f"{n}_true" for n in names), *(f"{n}_pred" for n in names)])
+        for source, true_row, pred_row in zip(paths, truth, predicted):
+            writer.writerow([str(source), *(f"{v:.9g}" for v in true_row), *(f"{v:.9g}" for v in pred_row)])
+
+
+def _plot(path: Path, card, truth, predicted, metrics: dict) -> Path | None:
+    """Predicted vs true per target, RMSE in the title (matplotlib, Agg); None without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(card.targets)
+    columns = min(count, 4)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
+    units = card.unit_of
+    for j, name in enumerate(card.targets):
+        ax = axes[j // columns][j % columns]
+        lo, hi = min(truth[:, j].min(), predicted[:, j].min()), max(truth[:, j].max(), predicted[:, j].max())
+        ax.plot([lo, hi], [lo, hi], color="0.6", linewidth=1)
+        ax.scatter(truth[:, j], predicted[:, j], s=8, alpha=0.6)
+        unit = f" [{units[name]}]" if units[name] else ""
+        ax.set(xlabel=f"true {name}{unit}", ylabel=f"predicted {name}{unit}",
+               title=f"{name}: RMSE {metrics['targets'][name]['rmse']:.4g}")
+    for k in range(count, rows * columns):
+        axes[k // columns][k % columns].axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

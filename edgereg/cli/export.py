@@ -1,0 +1,220 @@
+"""`edgereg export RUN_DIR [--int8] [--fp16] [--c]`: a trained run -> deployable ONNX models + a report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+CALIBRATION_CHOICES = ("auto", "minmax", "entropy", "percentile")
+
+EPILOG = """examples:
+  edgereg export runs/assay                       # model.onnx (fp32) with its card
+  edgereg export runs/assay --int8                # + model.int8.onnx if it stays within 10% RMSE
+  edgereg export runs/assay --int8 --max-drop 0.05 --calib-method entropy
+  edgereg export runs/assay --int8 --calib-dir camera_frames/   # calibrate on deployment images
+  edgereg export runs/assay --fp16                # + model.fp16.onnx for CUDA/TensorRT (Jetson)
+  edgereg export runs/assay --int8 --c            # + C99 sources for a microcontroller
+
+exit codes: 0 exported; 1 the int8 gate failed (report written, no model.int8.onnx); 2 user error
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export", help="export a trained run to ONNX (fp32, int8 with an accuracy gate, fp16, C)",
+        description="Export a training run to model.onnx: opset >= 17, dynamic batch, output transforms baked\n"
+                    "in (physical units out), BatchNorm folded, the model card embedded; checked with\n"
+                    "onnx.checker and against torch (relative 1e-4) on the validation images.\n\n"
+                    "--int8 adds an ONNX Runtime static QDQ quantization (per-channel int8 weights, calibrated\n"
+                    "on training images through edgereg's preprocessing), kept only when its RMSE on the\n"
+                    "held-out split, overall and per target, stays within --max-drop of fp32's.\n\n"
+                    "Writes export_report.json and prints a summary: accuracy, speed at batch 1 and 32,\n"
+                    "size, peak memory.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `edgereg train`")
+    parser.add_argument("--out", metavar="DIR", help="where to write the models and report (default: RUN_DIR)")
+    parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx, if it passes the gate")
+    parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for CUDA / TensorRT)")
+    parser.add_argument("--c", dest="c_code", action="store_true",
+                        help="also generate C99 sources (for model.onnx, and model.int8.onnx with --int8)")
+    parser.add_argument("--calib-method", type=_calibration_method, default="auto", metavar="METHOD",
+                        help="minmax, entropy, percentile, or auto: try each, keep the most accurate (default)")
+    parser.add_argument("--calib-images", type=int, default=256, metavar="N",
+                        help="calibration images drawn from the training split (default 256)")
+    parser.add_argument("--calib-dir", metavar="DIR",
+                        help="calibrate on the images in DIR instead of the training split")
+    parser.add_argument("--max-drop", type=float, default=0.10, metavar="X",
+                        help="int8 RMSE (overall and per target) may exceed fp32's by at most this fraction "
+                             "(default 0.10 = 10%%)")
+    parser.add_argument("--quantize-head", action="store_true",
+                        help="quantize the last layer and the output transform too (default: keep them float)")
+    parser.add_argument("--quantize-first", action="store_true",
+                        help="quantize the first layer's input too (default: keep the first layer float)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the speed/memory measurement")
+    parser.add_argument("--repeats", type=int, default=10, metavar="N",
+                        help="timed runs per batch size for the speed measurement (median kept; default 10)")
+    return parser
+
+
+def _calibration_method(value: str) -> str:
+    from edgereg.errors import did_you_mean
+
+    if value not in CALIBRATION_CHOICES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(CALIBRATION_CHOICES)}, got {value!r}"
+                                         f"{did_you_mean(value, CALIBRATION_CHOICES)}")
+    return value
+
+
+def run(args) -> int:
+    from edgereg.errors import EdgeregError, GateError, require_extra
+
+    require_extra("torch")
+    require_extra("onnx")
+    from edgereg.export.gate import evaluate, quantize_with_gate
+    from edgereg.export.onnx_export import export_card, export_fp32
+    from edgereg.export.report import build_report, format_summary, write_report
+    from edgereg.preprocess import preprocess_batch
+    from edgereg.training.run import load_run, load_run_dataset
+
+    run_dir = Path(args.run_dir)
+    _check_args(args, run_dir)
+    out_dir = Path(args.out) if args.out else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    regressor, info = load_run(run_dir)
+    dataset = load_run_dataset(info)
+    gate_set, holdout = _held_out_sets(dataset, info)
+    card = export_card(info.card, opset=args.opset)
+    check_inputs = preprocess_batch(gate_set.frames, info.preprocess)  # (N, C, H, W) float32
+    fp32 = export_fp32(regressor, card, out_dir / "model.onnx", check_inputs=check_inputs, opset=args.opset)
+    fp32_metrics = evaluate(fp32.path, gate_set, card=card)
+
+    int8 = None
+    if args.int8:
+        calibration, calibration_info = _calibration(args, dataset, info)
+        int8 = quantize_with_gate(
+            fp32.path, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
+            methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
+            keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout, calibration_info=calibration_info)
+        if int8.path is None:
+            (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
+
+    fp16 = None
+    if args.fp16:
+        from edgereg.export.fp16 import convert_fp16
+
+        fp16 = convert_fp16(fp32.path, out_dir / "model.fp16.onnx", card=card, check_inputs=check_inputs)
+
+    written = {"fp32": fp32.path, **({"int8": int8.path} if int8 and int8.path else {})}
+    speed = {}
+    if args.speed:
+        from edgereg.export.speed import measure_speed
+
+        speed = {name: measure_speed(path, repeats=args.repeats) for name, path in written.items()}
+    c_code = _generate_c(written, out_dir) if args.c_code else None
+
+    holdout_fp32 = evaluate(fp32.path, holdout, card=card) if holdout is not None and int8 is None else None
+    report = build_report(run_dir=run_dir, out_dir=out_dir, fp32=fp32, fp32_metrics=fp32_metrics, int8=int8,
+                          fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32)
+    report_path = write_report(report, out_dir / "export_report.json")
+    print(format_summary(report))
+    rewritten = {path.name for path in written.values()} | ({fp16.path.name} if fp16 else set())
+    for stale in ("model.int8.onnx", "model.fp16.onnx"):
+        if stale not in rewritten and (out_dir / stale).is_file():
+            print(f"note: {out_dir / stale} is from an earlier export (not rewritten now)")
+    print(f"report: {report_path}")
+    if int8 is not None and not int8.gate.passed:
+        raise GateError(f"{int8.gate.summary()}; model.int8.onnx not written. {_gate_hint(args)}")
+    failed_c = [f"{name}: {c['error']}" for name, c in (c_code or {}).items() if "error" in c]
+    if failed_c:
+        raise EdgeregError(f"C generation failed ({'; '.join(failed_c)}); the ONNX models were written")
+    return 0
+
+
+def _check_args(args, run_dir: Path) -> None:
+    """Refuse bad options before any work is done (EdgeregError, exit 2)."""
+    from edgereg.errors import EdgeregError
+    from edgereg.export.gate import validate_max_drop
+    from edgereg.export.onnx_export import check_opset
+
+    if not run_dir.is_dir():
+        raise EdgeregError(f"run directory '{run_dir}' not found; train one first: "
+                           f"edgereg train DATASET --out {run_dir}")
+    validate_max_drop(args.max_drop)
+    check_opset(args.opset)
+    if args.calib_images < 1 or args.repeats < 1:
+        raise EdgeregError(f"--calib-images and --repeats must be >= 1, got {args.calib_images} and {args.repeats}")
+
+
+def _held_out_sets(dataset, info):
+    """(the gate split: val, or test when the run has no val; test as a second split, or None)."""
+    from edgereg.errors import EdgeregError
+    from edgereg.export.gate import eval_set
+
+    kind = info.card.kind
+    if len(info.split.val):
+        holdout = eval_set(dataset, info.split.test, kind=kind, split="test") if len(info.split.test) else None
+        return eval_set(dataset, info.split.val, kind=kind, split="val"), holdout
+    if len(info.split.test):
+        return eval_set(dataset, info.split.test, kind=kind, split="test"), None
+    raise EdgeregError(f"run '{info.run_dir}' has no validation or test images to check the export on; "
+                       "retrain with a validation split (the default)")
+
+
+def _gate_hint(args) -> str:
+    """What to try after a gate failure, given what this export already tried."""
+    tries = []
+    if args.calib_method != "auto":
+        tries.append("--calib-method auto (try every calibrator)")
+    tries.append("calibration images like the deployment's (--calib-dir)" if args.calib_dir
+                 else "more calibration images (--calib-images)")
+    if args.quantize_head:
+        tries.append("leaving out --quantize-head")
+    if args.quantize_first:
+        tries.append("leaving out --quantize-first")
+    return f"Try {', '.join(tries)}, or allow more with --max-drop"
+
+
+def _calibration(args, dataset, info):
+    """Calibration inputs (N, C, H, W) float32 and their facts for the card."""
+    from edgereg.export.quantize import calibration_fingerprint, frames_from_dir, pick_calibration
+    from edgereg.preprocess import preprocess_batch
+
+    if args.calib_dir:
+        frames, paths = frames_from_dir(args.calib_dir, info.preprocess, limit=args.calib_images)
+        source = {"source": f"folder {args.calib_dir}", "files": len(paths)}
+    else:
+        index = pick_calibration(info.split.train, limit=args.calib_images, seed=info.card.provenance.get("seed") or 0)
+        frames = dataset.images[index]
+        source = {"source": "training split", "dataset_fingerprint": dataset.fingerprint}
+    return preprocess_batch(frames, info.preprocess), {**source, "fingerprint": calibration_fingerprint(frames)}
+
+
+def _generate_c(models: dict, out_dir: Path) -> dict:
+    """C sources for each written model (edgereg.export.c_codegen): where, flash/RAM bytes, or the error.
+
+    Returns:
+        {"fp32" | "int8": {"dir", "flash_bytes", "ram_bytes", "ops"} or {"dir", "error"}}.
+    """
+    from edgereg.errors import EdgeregError
+
+    try:
+        from edgereg.export.c_codegen import generate_c
+    except ModuleNotFoundError as exc:
+        if exc.name != "edgereg.export.c_codegen":
+            raise
+        raise EdgeregError("--c needs edgereg.export.c_codegen, which this edgereg build lacks; "
+                           "export without --c") from None
+    sizes = {}
+    for name, path in models.items():
+        target = out_dir / ("c" if name == "fp32" else f"c_{name}")
+        try:
+            result = generate_c(path, target, int8=name == "int8")
+        except EdgeregError as exc:  # e.g. an op the generator does not support: the ONNX models stand
+            sizes[name] = {"dir": str(target), "error": str(exc)}
+            continue
+        sizes[name] = {"dir": str(target), "flash_bytes": int(result.flash_bytes), "ram_bytes": int(result.ram_bytes),
+                       "ops": list(result.ops)}
+    return sizes

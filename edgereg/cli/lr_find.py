@@ -1,0 +1,59 @@
+"""`edgereg lr-find DATASET`: the learning-rate range test, its suggestion and its plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """examples:
+  edgereg lr-find data/assay
+  edgereg lr-find data/gravel --model resnet_tiny --out gravel_lr.png
+  edgereg train data/assay --out runs/assay --lr auto      # the same test, inside training
+
+Read the plot: the loss is flat at tiny learning rates, falls, then blows up. The suggestion is where
+it falls fastest (steepest descent of the smoothed loss); pass it to `edgereg train --lr`.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from edgereg.cli.train import add_data_options
+
+    parser = subparsers.add_parser(
+        "lr-find", help="find a learning rate with the LR range test",
+        description="Train a fresh model for a few dozen steps while the learning rate grows "
+                    "exponentially, track the smoothed loss and suggest the learning rate of its "
+                    "steepest descent. Uses the same data, split, model and augmentation as `train`.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_options(parser)
+    parser.add_argument("--out", default="lr_find.png", help="the plot to write (default lr_find.png)")
+    parser.add_argument("--start", type=float, default=1e-6, help="first learning rate (default 1e-6)")
+    parser.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
+    parser.add_argument("--steps", type=int, default=100, help="sweep steps (default 100)")
+    return parser
+
+
+def run(args) -> int:
+    from edgereg.errors import require_extra
+
+    require_extra("torch")
+    import torch
+
+    from edgereg.cli.train import data_config
+    from edgereg.training import ddp
+    from edgereg.training.lr_find import LRFindConfig, plot_lr_find
+    from edgereg.training.trainer import TrainConfig, find_lr, load_data, make_plan, make_run_split
+
+    config = TrainConfig(**data_config(args))
+    lr_config = LRFindConfig(start=args.start, end=args.end, steps=args.steps)
+    torch.set_num_threads(ddp.threads_per_process(ddp.DistContext(), config.threads))
+    loaded = load_data(args.dataset, config)
+    plan = make_plan(loaded, config, make_run_split(loaded, config))
+    result = find_lr(plan, config, device=ddp.resolve_device(config.device), lr_config=lr_config)
+    path = plot_lr_find(result, Path(args.out))
+    print(f"swept {len(result.lrs)} steps from {result.lrs[0]:.2g} to {result.lrs[-1]:.2g}; "
+          f"loss minimum at {result.minimum:.2g}")
+    print(f"suggested learning rate: {result.suggestion:.3g} (steepest descent)  ->  "
+          f"edgereg train {args.dataset} --out RUN --lr {result.suggestion:.3g}")
+    print(f"look at: {path}")
+    return 0

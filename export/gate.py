@@ -1,0 +1,289 @@
+"""The int8 accuracy gate: quantize, measure fp32 and int8 in the user's units, keep int8 only if it holds.
+
+Both models are scored as deployed (``edgereg.Predictor``, no TTA) on held-out images against their
+labels, with ``edgereg.training.metrics.compute_metrics``: RMSE, max error and per-target errors in
+physical units (coords in source pixels, angles in degrees). The int8 model passes when its RMSE,
+overall and for every target, is at most ``(1 + max_drop)`` times the fp32 model's. Checking each
+target catches the failure an overall RMSE hides: one small-range output rounded to a constant.
+
+When no method is forced, every calibration method is tried and the one with the lowest overall RMSE
+on the gate split is kept; the gate is then applied to that one. The choice uses the gate split, so
+the report also scores both models on a second held-out split (test) when there is one, which no
+choice has seen.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgereg.card import ModelCard
+from edgereg.errors import EdgeregError, require_extra
+
+DEFAULT_MAX_DROP = 0.10
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled images to score models on.
+
+    Attributes:
+        frames: (N, H, W, 3) uint8 BGR, already cropped and resized to the model input
+            (``edgereg.preprocess.crop_resize``).
+        targets: (N, T) float64 in the user's units (coords in source pixels, angles in degrees).
+        crop_boxes: (N, 4) float64 (x0, y0, w, h) of each frame's crop in source pixels, used to
+            map coords to source pixels; None for kinds other than coords.
+        split: which part of the data this is ("val", "test", or a dataset name), reported with
+            every number.
+        groups: (N,) group labels, or None.
+    """
+
+    frames: np.ndarray
+    targets: np.ndarray
+    crop_boxes: np.ndarray | None
+    split: str
+    groups: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def eval_set(dataset, index: np.ndarray, *, kind: str, split: str) -> EvalSet:
+    """The rows ``index`` of a loaded dataset as an EvalSet in the user's units.
+
+    Args:
+        dataset: ``edgereg.training.data.Dataset`` (images cropped and resized; targets in model
+            units, i.e. coords in [0, 1] of the input; ``crop_boxes (N, 4)``).
+        index: (M,) int rows to take.
+        kind: target kind.
+        split: the name to report ("val", "test", ...).
+    """
+    index = np.asarray(index, dtype=np.int64)
+    boxes = np.asarray(dataset.crop_boxes, dtype=np.float64)[index] if kind == "coords" else None
+    groups = None if dataset.groups is None else np.asarray(dataset.groups)[index]
+    return EvalSet(frames=dataset.images[index], targets=to_user_units(kind, dataset.targets[index], boxes),
+                   crop_boxes=boxes, split=split, groups=groups)
+
+
+def to_user_units(kind: str, values: np.ndarray, crop_boxes: np.ndarray | None) -> np.ndarray:
+    """Model-output units -> the user's units: coords from [0, 1] of the input to source pixels.
+
+    Args:
+        kind: target kind.
+        values: (N, T) float, as the ONNX model outputs them (or as the dataset stores targets).
+        crop_boxes: (N, 4) float64 (x0, y0, w, h); required for coords.
+
+    Returns:
+        (N, T) float64.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if kind != "coords":
+        return values
+    from edgereg.training.metrics import uv_to_source_pixels
+
+    if crop_boxes is None:
+        raise EdgeregError("coords need each image's crop box to be reported in source pixels; got none")
+    return uv_to_source_pixels(values, crop_boxes)
+
+
+def predict(model_path: str | Path, evalset: EvalSet, *, card: ModelCard | None = None,
+            batch_size: int = 64) -> np.ndarray:
+    """Score a model on an EvalSet exactly as the runtime would (no TTA).
+
+    Returns:
+        (N, T) float64 in the user's units (coords in source pixels).
+    """
+    from edgereg.predictor import Predictor
+    from edgereg.preprocess import CropBox
+
+    predictor = Predictor(model_path, providers="cpu", tta="none", batch_size=batch_size, card=card)
+    boxes = None if evalset.crop_boxes is None else [CropBox(*map(float, box)) for box in evalset.crop_boxes]
+    return predictor.predict_prepared(evalset.frames, boxes).values
+
+
+def evaluate(model_path: str | Path, evalset: EvalSet, *, card: ModelCard) -> dict:
+    """Metrics (``compute_metrics``) of a model on an EvalSet, plus ``"split"``."""
+    from edgereg.training.metrics import compute_metrics
+
+    predictions = predict(model_path, evalset, card=card)
+    metrics = compute_metrics(card.kind, evalset.targets, predictions, card.targets, groups=evalset.groups)
+    return {"split": evalset.split, **metrics}
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """fp32 vs int8 on the gate split.
+
+    Attributes:
+        passed: every RMSE (overall and per target) of int8 is within ``(1 + max_drop)`` of fp32.
+        max_drop: allowed relative RMSE increase (0.10 = 10%).
+        split: the split the gate compared on; n_images: its size.
+        fp32_rmse, int8_rmse: overall RMSE in the user's units.
+        worst: the name ("overall" or a target) with the largest relative increase, and
+            worst_drop: that increase (int8 / fp32 - 1; inf when fp32 is exact and int8 is not).
+    """
+
+    passed: bool
+    max_drop: float
+    split: str
+    n_images: int
+    fp32_rmse: float
+    int8_rmse: float
+    worst: str
+    worst_drop: float
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "max_drop": self.max_drop, "split": self.split, "n_images": self.n_images,
+                "fp32_rmse": self.fp32_rmse, "int8_rmse": self.int8_rmse, "worst": self.worst,
+                "worst_drop": self.worst_drop}
+
+    def summary(self) -> str:
+        """One line: what was compared, the numbers, and the verdict."""
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"int8 gate {verdict} on {self.split} ({self.n_images} images): RMSE {self.int8_rmse:.4g} vs fp32 "
+                f"{self.fp32_rmse:.4g}; worst {self.worst} {self.worst_drop:+.1%} (allowed {self.max_drop:+.1%})")
+
+
+def check_gate(fp32: dict, int8: dict, *, max_drop: float = DEFAULT_MAX_DROP) -> GateResult:
+    """Hold int8 metrics to fp32 metrics (both from :func:`evaluate` on the same split).
+
+    Raises:
+        EdgeregError: a negative max_drop.
+    """
+    validate_max_drop(max_drop)
+    pairs = [("overall", fp32["rmse"], int8["rmse"])]
+    pairs += [(name, fp32["targets"][name]["rmse"], int8["targets"][name]["rmse"]) for name in fp32["targets"]]
+    drops = [(name, _relative_increase(reference, value)) for name, reference, value in pairs]
+    worst, worst_drop = max(drops, key=lambda item: item[1])  # the first of equals: "overall"
+    return GateResult(passed=bool(worst_drop <= max_drop + 1e-12), max_drop=float(max_drop), split=fp32["split"],
+                      n_images=int(fp32["n"]), fp32_rmse=float(fp32["rmse"]), int8_rmse=float(int8["rmse"]),
+                      worst=worst, worst_drop=float(worst_drop))
+
+
+def rmse_changes(fp32: dict, int8: dict) -> dict[str, float | None]:
+    """Relative RMSE change int8 / fp32 - 1, overall and per target (None where fp32 is exact)."""
+    pairs = [("overall", fp32["rmse"], int8["rmse"])]
+    pairs += [(name, fp32["targets"][name]["rmse"], int8["targets"][name]["rmse"]) for name in fp32["targets"]]
+    return {name: (value / reference - 1.0 if reference > 0 else None) for name, reference, value in pairs}
+
+
+def validate_max_drop(max_drop: float) -> None:
+    """Raise EdgeregError unless ``max_drop`` is a finite number >= 0."""
+    if not (isinstance(max_drop, (int, float)) and 0 <= max_drop < float("inf")):
+        raise EdgeregError(f"--max-drop must be a number >= 0 (0.10 allows int8 RMSE 10% above fp32), got {max_drop}")
+
+
+def _relative_increase(reference: float, value: float) -> float:
+    if reference > 0:
+        return value / reference - 1.0
+    return 0.0 if value <= 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Int8Export:
+    """The result of :func:`quantize_with_gate`.
+
+    Attributes:
+        path: the written int8 model, or None when the gate failed (nothing is written then).
+        gate: the verdict on the chosen calibration method.
+        method: the calibration method kept.
+        fp32_metrics, int8_metrics: on the gate split (see :func:`evaluate`).
+        candidates: overall int8 RMSE on the gate split per calibration method tried.
+        holdout: ``{"fp32": metrics, "int8": metrics}`` on a second held-out split, or None.
+        card: the card embedded (with ``quantization``), or the one that would have been.
+        float_nodes: graph nodes kept in float.
+    """
+
+    path: Path | None
+    gate: GateResult
+    method: str
+    fp32_metrics: dict
+    int8_metrics: dict
+    candidates: dict[str, float]
+    holdout: dict | None
+    card: ModelCard
+    float_nodes: tuple[str, ...]
+
+
+def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: ModelCard, calibration: np.ndarray,
+                       evalset: EvalSet, methods: Sequence[str] | None = None, max_drop: float = DEFAULT_MAX_DROP,
+                       per_channel: bool = True, keep_head_float: bool = True,
+                       keep_first_float: bool = True, holdout: EvalSet | None = None,
+                       calibration_info: dict | None = None) -> Int8Export:
+    """Quantize with each calibration method, keep the most accurate, and write it only if it passes.
+
+    Args:
+        fp32_path: the exported fp32 model (with its card).
+        out_path: where the int8 model goes (``model.int8.onnx``); written atomically, on a pass only.
+        card: the fp32 model's card; the int8 card adds ``quantization``.
+        calibration: (N, C, H, W) float32 normalized calibration images (``preprocess_batch`` output).
+        evalset: the gate split (validation, or test when the run has no validation split).
+        methods: calibration methods to try (default: all of minmax, entropy, percentile).
+        max_drop: allowed relative RMSE increase of int8 over fp32.
+        per_channel, keep_head_float, keep_first_float: see ``QuantizeOptions``.
+        holdout: an optional second split scored for the report only.
+        calibration_info: facts about the calibration images for the card (source, fingerprint).
+
+    Returns:
+        Int8Export; ``path`` is None when the gate failed.
+    """
+    onnx = require_extra("onnx")
+    from edgereg.export.card_io import embed_card
+    from edgereg.export.quantize import CALIBRATION_METHODS, QuantizeOptions, quantize_int8
+
+    methods = tuple(methods or CALIBRATION_METHODS)
+    validate_max_drop(max_drop)
+    out_path = Path(out_path)
+    fp32_metrics = evaluate(fp32_path, evalset, card=card)
+    candidates: dict[str, tuple[float, dict]] = {}
+    quantized = {}
+    with tempfile.TemporaryDirectory(prefix=".edgereg-int8-", dir=out_path.parent) as tmp:
+        for method in methods:
+            options = QuantizeOptions(method=method, per_channel=per_channel, keep_head_float=keep_head_float,
+                                      keep_first_float=keep_first_float)
+            quantized[method] = quantize_int8(fp32_path, Path(tmp) / f"{method}.onnx", calibration, options=options)
+            metrics = evaluate(quantized[method].path, evalset, card=card)
+            candidates[method] = (metrics["rmse"], metrics)
+        method = min(methods, key=lambda m: candidates[m][0])
+        int8_metrics = candidates[method][1]
+        gate = check_gate(fp32_metrics, int8_metrics, max_drop=max_drop)
+        chosen = quantized[method].path
+        float_nodes = quantized[method].float_nodes
+        scored_holdout = None
+        if holdout is not None and len(holdout):
+            scored_holdout = {"fp32": evaluate(fp32_path, holdout, card=card),
+                              "int8": evaluate(chosen, holdout, card=card)}
+        quantization = {
+            "format": "QDQ",
+            "weights": "int8, symmetric, " + ("per output channel" if per_channel else "per tensor"),
+            "activations": "int8, asymmetric, per tensor",
+            "method": method,
+            "methods_tried": {m: candidates[m][0] for m in methods},
+            "calibration": {"images": int(len(calibration)), **(calibration_info or {})},
+            "float_nodes": list(float_nodes),
+            "gate": {**gate.to_dict(), "fp32": _summary_metrics(fp32_metrics), "int8": _summary_metrics(int8_metrics)},
+            "rmse_change": rmse_changes(fp32_metrics, int8_metrics),
+        }
+        int8_card = card.with_(quantization=quantization)
+        path = None
+        if gate.passed:
+            model = onnx.load(str(chosen))
+            onnx.checker.check_model(model)
+            embed_card(model, int8_card)
+            partial = Path(tmp) / "final.onnx"
+            onnx.save(model, str(partial))
+            partial.replace(out_path)
+            path = out_path
+    return Int8Export(path=path, gate=gate, method=method, fp32_metrics=fp32_metrics, int8_metrics=int8_metrics,
+                      candidates={m: candidates[m][0] for m in methods}, holdout=scored_holdout, card=int8_card,
+                      float_nodes=float_nodes)
+
+
+def _summary_metrics(metrics: dict) -> dict:
+    """The card-sized part of a metrics dict: overall and per-target RMSE and max error."""
+    targets = {name: {"rmse": t["rmse"], "max_error": t["max_error"]} for name, t in metrics["targets"].items()}
+    return {"rmse": metrics["rmse"], "max_error": metrics["max_error"], "targets": targets}

@@ -1,0 +1,195 @@
+"""``export_report.json`` and the printed summary of ``edgereg export``.
+
+The report is plain JSON: what was written (paths, sizes), how each model was checked (torch vs ONNX
+Runtime agreement, fp16 vs fp32), accuracy of fp32 and int8 in the user's units on the gate split
+(and on the test split when it was not used for any choice), the gate's verdict, speed at each batch
+size with the int8/fp32 ratio, peak memory, and the flash/RAM bytes of generated C code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+STATUS_OK = "ok"  # exported, no int8 asked for
+STATUS_PASSED = "passed"  # int8 gate passed
+STATUS_FAILED = "failed"  # int8 gate failed: no int8 model written
+
+
+def build_report(*, run_dir: str | Path, out_dir: str | Path, fp32, fp32_metrics: dict, int8=None, fp16=None,
+                 speed: dict | None = None, c_code: dict | None = None, holdout_fp32: dict | None = None) -> dict:
+    """Assemble the report.
+
+    Args:
+        run_dir: the training run exported.
+        out_dir: where the models were written.
+        fp32: ``onnx_export.Fp32Export``.
+        fp32_metrics: fp32 metrics on the gate split (``gate.evaluate``).
+        int8: ``gate.Int8Export`` or None.
+        fp16: ``fp16.Fp16Export`` or None.
+        speed: {"fp32" | "int8" | "fp16": ``speed.SpeedResult``}.
+        c_code: {"fp32" | "int8": {"dir", "flash_bytes", "ram_bytes", "ops"} or {"dir", "error"}}.
+        holdout_fp32: fp32 metrics on the test split when there was no int8 to report it with.
+
+    Returns:
+        A JSON-ready dict (see :func:`write_report`).
+    """
+    out_dir = Path(out_dir)
+    models = {"fp32": {"path": fp32.path.name, "size_bytes": _size(fp32.path), "opset": fp32.opset,
+                       "batchnorm_folded_after_export": fp32.batchnorm_folded,
+                       "torch_vs_onnxruntime": fp32.agreement.to_dict()}}
+    accuracy = {"split": fp32_metrics["split"], "n": fp32_metrics["n"], "units": fp32.card.unit_of,
+                "fp32": fp32_metrics}
+    status = STATUS_OK
+    gate = None
+    if int8 is not None:
+        status = STATUS_PASSED if int8.gate.passed else STATUS_FAILED
+        models["int8"] = {"path": int8.path.name if int8.path else None,
+                          "size_bytes": _size(int8.path) if int8.path else None,
+                          "written": int8.path is not None, **int8.card.quantization}
+        accuracy["int8"] = int8.int8_metrics
+        if int8.holdout:
+            accuracy["holdout"] = int8.holdout
+        gate = int8.gate.to_dict()
+    elif holdout_fp32 is not None:
+        accuracy["holdout"] = {"fp32": holdout_fp32}
+    if fp16 is not None:
+        models["fp16"] = {"path": fp16.path.name, "size_bytes": _size(fp16.path),
+                          "fp16_vs_fp32": fp16.agreement.to_dict(), "float_nodes": list(fp16.float_nodes)}
+    report = {
+        "status": status,
+        "run_dir": str(run_dir),
+        "out_dir": str(out_dir),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "card_provenance": fp32.card.provenance,
+        "models": models,
+        "accuracy": accuracy,
+        "gate": gate,
+        "speed": _speed_section(speed or {}),
+        "c": c_code or None,
+    }
+    return report
+
+
+def _speed_section(speed: dict) -> dict | None:
+    if not speed:
+        return None
+    section = {name: result.to_dict() for name, result in speed.items()}
+    notes = []
+    if "fp32" in speed and "int8" in speed:
+        ratios = {}
+        for batch, fp32_rate in speed["fp32"].images_per_s.items():
+            ratio = speed["int8"].images_per_s[batch] / fp32_rate
+            ratios[str(batch)] = ratio
+            if ratio <= 1.0:
+                notes.append(f"int8 is not faster than fp32 at batch {batch} on this machine ({ratio:.2f}x); "
+                             "int8 still saves size, and pays off on CPUs with int8 dot products (VNNI, ARM dotprod)")
+        section["int8_vs_fp32"] = ratios
+    section["notes"] = notes
+    return section
+
+
+def _size(path: Path | None) -> int | None:
+    return os.path.getsize(path) if path is not None and Path(path).is_file() else None
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    """Write the report as indented JSON, atomically (a killed export leaves the old file or none)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    partial.replace(path)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def format_summary(report: dict) -> str:
+    """The printed summary: files, accuracy fp32 vs int8, the gate, speed, memory, C sizes."""
+    lines = [f"exported {report['run_dir']} -> {report['out_dir']}"]
+    models = report["models"]
+    fp32 = models["fp32"]
+    agreement = fp32["torch_vs_onnxruntime"]
+    lines.append(f"  {fp32['path']:<18}{_kib(fp32['size_bytes']):>11}  opset {fp32['opset']}; torch vs ONNX Runtime "
+                 f"max relative diff {agreement['max_rel_diff']:.1e} on {agreement['n_images']} images")
+    if "int8" in models:
+        int8 = models["int8"]
+        tried = ", ".join(f"{m} {rmse:.4g}" for m, rmse in int8["methods_tried"].items())
+        name = int8["path"] or "model.int8.onnx"
+        size = _kib(int8["size_bytes"]) if int8["written"] else "not written"
+        lines.append(f"  {name:<18}{size:>11}  calibration {int8['method']} on {int8['calibration']['images']} "
+                     f"images (RMSE by method: {tried})")
+    if "fp16" in models:
+        fp16 = models["fp16"]
+        lines.append(f"  {fp16['path']:<18}{_kib(fp16['size_bytes']):>11}  fp16 vs fp32 max relative diff "
+                     f"{fp16['fp16_vs_fp32']['max_rel_diff']:.1e} (CPU provider)")
+    lines += _accuracy_lines(report["accuracy"])
+    if report["gate"]:
+        gate = report["gate"]
+        verdict = "passed" if gate["passed"] else "FAILED (model.int8.onnx not written)"
+        lines.append(f"int8 gate {verdict}: worst {gate['worst']} {gate['worst_drop']:+.1%}, "
+                     f"allowed {gate['max_drop']:+.1%} (--max-drop {gate['max_drop']:g})")
+    lines += _speed_lines(report["speed"])
+    for name, c in (report["c"] or {}).items():
+        if "error" in c:
+            lines.append(f"C code ({name}): FAILED: {c['error']}")
+        else:
+            lines.append(f"C code ({name}): flash {c['flash_bytes']:,} bytes, RAM {c['ram_bytes']:,} bytes "
+                         f"in {c['dir']}")
+    return "\n".join(lines)
+
+
+def _accuracy_lines(accuracy: dict) -> list[str]:
+    sections = [(accuracy["split"], accuracy["n"], accuracy["fp32"], accuracy.get("int8"))]
+    holdout = accuracy.get("holdout")
+    if holdout:
+        sections.append((holdout["fp32"]["split"], holdout["fp32"]["n"], holdout["fp32"], holdout.get("int8")))
+    units = accuracy["units"]
+    only_unit = set(units.values()).pop() if len(set(units.values())) == 1 else ""
+    lines = []
+    for split, n, fp32, int8 in sections:
+        header = f"accuracy on {split} ({n} images{', ' + only_unit if only_unit else ''})"
+        lines.append(f"{header:<36}{'fp32':>12}" + (f"{'int8':>12}{'change':>10}" if int8 else ""))
+        rows = [("overall RMSE", fp32["rmse"], int8["rmse"] if int8 else None),
+                ("overall max error", fp32["max_error"], int8["max_error"] if int8 else None)]
+        per_target = fp32["targets"].items() if len(fp32["targets"]) > 1 else ()  # one target: the overall rows
+        for name, target in per_target:
+            unit = f" [{units[name]}]" if units[name] and not only_unit else ""
+            rows.append((f"{name} RMSE{unit}", target["rmse"], int8["targets"][name]["rmse"] if int8 else None))
+            rows.append((f"{name} max error{unit}", target["max_error"],
+                         int8["targets"][name]["max_error"] if int8 else None))
+        for label, a, b in rows:
+            line = f"  {label:<34}{a:>12.4g}"
+            if b is not None:
+                change = f"{b / a - 1:+.1%}" if a > 0 else "n/a"
+                line += f"{b:>12.4g}{change:>10}"
+            lines.append(line)
+    return lines
+
+
+def _speed_lines(speed: dict | None) -> list[str]:
+    if not speed:
+        return []
+    names = [n for n in ("fp32", "int8", "fp16") if n in speed]
+    batches = list(speed[names[0]]["images_per_s"])
+    lines = [f"{'speed, images/s (CPU, median)':<36}" + "".join(f"{'batch ' + b:>12}" for b in batches)]
+    for name in names:
+        lines.append(f"  {name:<34}" + "".join(f"{speed[name]['images_per_s'][b]:>12.1f}" for b in batches))
+    if "int8_vs_fp32" in speed:
+        lines.append(f"  {'int8 / fp32':<34}" + "".join(f"{speed['int8_vs_fp32'][b]:>11.2f}x" for b in batches))
+    memory = ", ".join(f"{n} {speed[n]['peak_rss_mib']:.0f}" for n in names)
+    lines.append(f"peak memory, MiB: {memory} (onnxruntime alone: {speed[names[0]]['baseline_rss_mib']:.0f})")
+    lines += [f"note: {note}" for note in speed["notes"]]
+    return lines
+
+
+def _kib(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1024:.1f} KiB"

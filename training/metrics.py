@@ -1,0 +1,199 @@
+"""Regression metrics in the user's units, per target kind (numpy only: training, export and eval use it).
+
+Every function takes predictions and targets already in physical units: the trainer, the export gate
+and ``edgereg eval`` all compare numbers a lab scientist can read (mg/L, fractions, pixels, degrees).
+Coordinates must be given in pixels (see :func:`uv_to_source_pixels` for converting the model's
+[0, 1] outputs through each image's crop box).
+
+The result of :func:`compute_metrics` is plain JSON (floats, ints, strings, None for undefined values
+such as R² of a constant target) so it can go straight into metrics.json and the model card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgereg.card import KINDS
+from edgereg.errors import ShapeError, did_you_mean
+
+
+def circular_difference(pred_deg: np.ndarray, true_deg: np.ndarray) -> np.ndarray:
+    """Signed smallest angle from ``true`` to ``pred``.
+
+    Args:
+        pred_deg: (...) float, degrees.
+        true_deg: (...) float, degrees, broadcastable to ``pred_deg``.
+
+    Returns:
+        (...) float64 in [-180, 180) degrees.
+    """
+    diff = np.asarray(pred_deg, dtype=np.float64) - np.asarray(true_deg, dtype=np.float64)
+    return np.mod(diff + 180.0, 360.0) - 180.0
+
+
+def circular_mean(angles_deg: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Mean direction of angles in degrees, in [0, 360).
+
+    Args:
+        angles_deg: (...) float, degrees.
+        axis: the axis to average over.
+    """
+    radians = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    mean = np.rad2deg(np.arctan2(np.sin(radians).mean(axis=axis), np.cos(radians).mean(axis=axis)))
+    return np.mod(mean, 360.0)
+
+
+def uv_to_source_pixels(uv: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
+    """Map coords in [0, 1] of the model input to source-image pixels (CONTRACTS geometry).
+
+    ``x = x0 + u * w - 0.5`` and ``y = y0 + v * h - 0.5`` for each (x, y) pair of columns.
+
+    Args:
+        uv: (N, 2K) float, columns u0, v0, u1, v1, ...
+        crop_boxes: (N, 4) float, (x0, y0, w, h) of each image's crop in source pixels.
+
+    Returns:
+        (N, 2K) float64 source pixels.
+    """
+    uv = np.asarray(uv, dtype=np.float64)
+    boxes = np.asarray(crop_boxes, dtype=np.float64)
+    if uv.ndim != 2 or uv.shape[1] % 2 or boxes.shape != (uv.shape[0], 4):
+        raise ShapeError(f"expected uv (N, 2K) and crop_boxes (N, 4), got {uv.shape} and {boxes.shape}")
+    pixels = np.empty_like(uv)
+    pixels[:, 0::2] = boxes[:, 0:1] + uv[:, 0::2] * boxes[:, 2:3] - 0.5
+    pixels[:, 1::2] = boxes[:, 1:2] + uv[:, 1::2] * boxes[:, 3:4] - 0.5
+    return pixels
+
+
+def errors_of(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Per-element signed errors ``pred - true`` in the kind's units (circular for angles).
+
+    Args:
+        kind: a target kind (see edgereg.card.KINDS).
+        y_true: (N, T) float, physical units.
+        y_pred: (N, T) float, physical units.
+
+    Returns:
+        (N, T) float64.
+    """
+    if kind == "angle":
+        return circular_difference(y_pred, y_true)
+    return np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
+
+
+def sample_errors(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """One squared error per sample, the quantity the overall RMSE averages.
+
+    Coords: squared Euclidean distance summed over points; other kinds: mean squared error over the
+    sample's targets.
+
+    Returns:
+        (N,) float64.
+    """
+    squared = errors_of(kind, y_true, y_pred) ** 2
+    if kind == "coords":
+        return squared.reshape(len(squared), -1, 2).sum(axis=2).mean(axis=1)  # (N, 2K) -> (N, K, 2)
+    return squared.mean(axis=1)
+
+
+def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], *,
+                    groups: np.ndarray | None = None) -> dict:
+    """Metrics of predictions against targets, in physical units.
+
+    Args:
+        kind: "scalar", "vector", "distribution", "coords" or "angle".
+        y_true: (N, T) float, physical units (coords in pixels, angles in degrees).
+        y_pred: (N, T) float, same units.
+        names: T target names.
+        groups: optional (N,) group labels; adds per-group errors.
+
+    Returns:
+        A JSON-ready dict::
+
+            {"kind", "n",
+             "rmse": overall RMSE (the number the int8 gate compares): over all targets for scalar,
+                     vector and distribution; Euclidean point error in pixels for coords; circular
+                     error in degrees for angle,
+             "mae", "max_error": overall, same units,
+             "targets": {name: {"rmse", "mae", "max_error", "bias", "r2"}},  # r2 None for angle
+             "groups": {group: {"n", "rmse", "mae"}}}                         # when groups given
+
+        Distributions report per-bin MAE under ``targets`` in the targets' own units.
+
+    Raises:
+        ShapeError: mismatched shapes, or names that do not match T.
+        ValueError: an unknown kind (a programming error).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}{did_you_mean(str(kind), KINDS)}")
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.ndim != 2 or y_true.shape != y_pred.shape or y_true.shape[1] != len(names) or not len(y_true):
+        raise ShapeError(f"expected y_true and y_pred (N, {len(names)}) with N >= 1, "
+                         f"got {y_true.shape} and {y_pred.shape}")
+    errors = errors_of(kind, y_true, y_pred)  # (N, T)
+    per_sample = sample_errors(kind, y_true, y_pred)  # (N,)
+    distances = np.sqrt(per_sample)
+    result = {
+        "kind": kind,
+        "n": int(len(y_true)),
+        "rmse": float(np.sqrt(per_sample.mean())),
+        "mae": float(np.abs(errors).mean()) if kind != "coords" else float(distances.mean()),
+        "max_error": float(np.abs(errors).max()) if kind != "coords" else float(distances.max()),
+        "targets": {name: _target_metrics(kind, y_true[:, j], errors[:, j]) for j, name in enumerate(names)},
+    }
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (len(y_true),):
+            raise ShapeError(f"expected groups ({len(y_true)},), got {groups.shape}")
+        labels = groups.astype(str)
+        result["groups"] = {}
+        for group in np.unique(labels):
+            mask = labels == group
+            result["groups"][str(group)] = {
+                "n": int(mask.sum()),
+                "rmse": float(np.sqrt(per_sample[mask].mean())),
+                "mae": float(np.abs(errors[mask]).mean()),
+            }
+    return result
+
+
+def _target_metrics(kind: str, truth: np.ndarray, error: np.ndarray) -> dict:
+    """rmse, mae, max_error, bias and R² of one target column."""
+    total = float(((truth - truth.mean()) ** 2).sum())
+    r2 = None if kind == "angle" or total == 0.0 else 1.0 - float((error ** 2).sum()) / total
+    return {
+        "rmse": float(np.sqrt((error ** 2).mean())),
+        "mae": float(np.abs(error).mean()),
+        "max_error": float(np.abs(error).max()),
+        "bias": float(error.mean()),
+        "r2": r2,
+    }
+
+
+def prediction_spread(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Spread of the predictions relative to the spread of the targets, per target.
+
+    A model that has collapsed to predicting the mean has a ratio near 0; a good one near 1.
+
+    Returns:
+        (T,) float64: std(pred) / std(true) per column (circular std for angles); NaN where the
+        targets are constant.
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if kind == "angle":
+        true_std, pred_std = _circular_std(y_true), _circular_std(y_pred)
+    else:
+        true_std, pred_std = y_true.std(axis=0), y_pred.std(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(true_std > 0, pred_std / np.where(true_std > 0, true_std, 1.0), np.nan)
+
+
+def _circular_std(angles_deg: np.ndarray) -> np.ndarray:
+    """(N, T) degrees -> (T,) circular standard deviation in degrees."""
+    radians = np.deg2rad(angles_deg)
+    length = np.hypot(np.sin(radians).mean(axis=0), np.cos(radians).mean(axis=0))
+    return np.rad2deg(np.sqrt(-2.0 * np.log(np.clip(length, 1e-12, 1.0))))
