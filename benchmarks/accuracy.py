@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -68,13 +69,14 @@ def write_subset(pool: Path, out: Path, keep) -> Path:
 
 def evaluate(model: Path, dataset: Path, out: Path) -> dict:
     edgereg("eval", model, dataset, "--out", out)
-    return json.loads((out / "metrics.json").read_text())
+    return json.loads((out / "metrics.json").read_text())["metrics"]
 
 
 def train_export_eval(name: str, data: Path, tests: dict[str, Path], work: Path, minutes: float,
                       train_args: list[str]) -> dict:
     """Train on ``data``, export fp32 + int8 (gated), evaluate both on each test set."""
     run = work / f"run_{name}"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run each time the benchmark runs
     started = time.perf_counter()
     edgereg("train", data, "--out", run, "--time-budget", minutes, "--quiet", *train_args)
     train_seconds = time.perf_counter() - started
@@ -118,7 +120,7 @@ def _bins(metrics: dict) -> float:
 def _nearest_group_distance(predictions_csv: Path, names: list[str], train_groups: np.ndarray) -> tuple[float, float]:
     """Mean L1 distance to the nearest training-group distribution: of the predictions, of the truth."""
     fields, rows = read_rows(predictions_csv)
-    pred = np.array([[float(r[f"{n}"]) for n in names] for r in rows])
+    pred = np.array([[float(r[f"{n}_pred"]) for n in names] for r in rows])
     true = np.array([[float(r[f"{n}_true"]) for n in names] for r in rows])
     d = lambda x: np.abs(x[:, None, :] - train_groups[None]).sum(-1).min(1).mean()  # noqa: E731
     return float(d(pred)), float(d(true))
@@ -141,7 +143,7 @@ def task_gravel(work: Path, minutes: float, n: int) -> dict:
     seen = write_subset(pool, work / "gravel_seen", lambda r: r["path"] in held)
     unseen_dir = write_subset(pool, work / "gravel_unseen", lambda r: r["group"] in unseen)
     result = train_export_eval("gravel", train, {"seen": seen, "unseen": unseen_dir}, work, minutes,
-                               ["--split", "group", "--test-frac", "0"])
+                               ["--split", "group", "--test-frac", "0", "--size", "128"])
     names = [f"bin{i}" for i in range(5)]
     train_groups = np.array(sorted({tuple(float(r[n]) for n in names) for r in rows if r["group"] not in unseen}))
     d_pred, d_true = _nearest_group_distance(work / "eval_gravel_unseen_fp32" / "predictions.csv", names, train_groups)

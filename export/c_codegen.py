@@ -28,7 +28,8 @@ import numpy as np
 from edgereg import __version__
 from edgereg.card import ModelCard, card_from_metadata
 from edgereg.errors import EdgeregError, ModelFileError, require_extra
-from edgereg.export.c_ops import C_TYPES, Program, Tensor, c_float, lower
+from edgereg.export.c_lowering import Program, lower
+from edgereg.export.c_ops import C_TYPES, Tensor, c_float
 from edgereg.preprocess.config import PreprocessConfig
 from edgereg.preprocess.geometry import crop_box
 

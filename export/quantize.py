@@ -205,10 +205,7 @@ def head_nodes(model) -> tuple[str, ...]:
     """
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     last = _nearest_to_output(graph, producer, LEARNED_OPS) or _nearest_to_output(graph, producer, ("MatMul",))
     if last is None:
         return ()
@@ -230,10 +227,7 @@ def first_nodes(model) -> tuple[str, ...]:
     Nodes must be named (see :func:`name_nodes`).
     """
     graph = model.graph
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     frontier = [node for i in graph.input for node in consumers.get(i.name, [])]
     seen: set[str] = set()
     while frontier:
@@ -247,6 +241,15 @@ def first_nodes(model) -> tuple[str, ...]:
             following += [c for out in node.output for c in consumers.get(out, [])]
         frontier = following
     return ()
+
+
+def _consumers(graph) -> dict[str, list]:
+    """{tensor name: the nodes that read it}."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
 
 
 def _nearest_to_output(graph, producer: dict, op_types: tuple[str, ...]):

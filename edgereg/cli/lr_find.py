@@ -41,8 +41,10 @@ def run(args) -> int:
 
     from edgereg.cli.train import data_config
     from edgereg.training import ddp
+    from edgereg.training.config import TrainConfig
+    from edgereg.training.fit import find_lr
     from edgereg.training.lr_find import LRFindConfig, plot_lr_find
-    from edgereg.training.trainer import TrainConfig, find_lr, load_data, make_plan, make_run_split
+    from edgereg.training.plan import load_data, make_plan, make_run_split
 
     config = TrainConfig(**data_config(args))
     lr_config = LRFindConfig(start=args.start, end=args.end, steps=args.steps)

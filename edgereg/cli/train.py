@@ -134,7 +134,7 @@ def data_config(args) -> dict:
 
 def config_from_args(args):
     """The TrainConfig described by `edgereg train`'s options."""
-    from edgereg.training.trainer import TrainConfig
+    from edgereg.training.config import TrainConfig
 
     lr = args.lr.strip().lower()
     if lr != "auto":

@@ -370,7 +370,7 @@ def _op_zoo_model(path: Path) -> tuple[Path, set[str]]:
     generator supports to a (N, 3, 8, 8) image; each result is averaged to one output column."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgereg.export.c_ops import BINARY, UNARY
+    from edgereg.export.c_lowering import BINARY, UNARY
 
     nodes, inits, features = [], [], []
 
@@ -447,7 +447,7 @@ def _op_zoo_model(path: Path) -> tuple[Path, set[str]]:
 
 
 def test_every_elementwise_and_data_movement_op_matches_onnxruntime(tmp_path):
-    from edgereg.export.c_ops import BINARY, UNARY
+    from edgereg.export.c_lowering import BINARY, UNARY
 
     path, exercised = _op_zoo_model(tmp_path / "zoo.onnx")
     assert exercised >= set(UNARY) | set(BINARY) | {"Transpose", "Split", "Gather", "Tile", "DepthToSpace",

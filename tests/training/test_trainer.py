@@ -9,10 +9,11 @@ import torch
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import preprocess_batch
+from edgereg.training.config import TrainConfig
 from edgereg.training.lr_find import LRFindConfig, lr_range_test
 from edgereg.training.metrics import compute_metrics, uv_to_source_pixels
 from edgereg.training.run import load_checkpoint, load_run, load_run_dataset
-from edgereg.training.trainer import TrainConfig, train
+from edgereg.training.trainer import train
 
 torch.set_num_threads(1)
 

@@ -1,0 +1,415 @@
+"""The optimisation of one planned fit: batches, loss, the epoch loop, and scoring the best weights.
+
+Each epoch shuffles the train rows with a generator seeded by ``(seed, epoch)``, so a resumed run
+replays exactly; each batch goes uint8 -> float -> :func:`~edgereg.training.augment.augment_batch`
+-> :func:`~edgereg.training.augment.to_model_input` -> ``Regressor.forward_raw`` -> loss on the
+encoded targets. Validation (:func:`predict`) preprocesses with :func:`edgereg.preprocess.preprocess_batch`
+itself, so training and deployment never differ. Also here: the LR range test (:func:`find_lr`) and
+the one-batch overfit check (:func:`sanity_check`) on the same batches and optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edgereg.errors import EdgeregError
+from edgereg.preprocess import PreprocessConfig, preprocess_batch
+from edgereg.training import ddp
+from edgereg.training.augment import augment_batch, to_float_batch, to_model_input
+from edgereg.training.config import AUTO_EPOCHS, AUTO_STEPS, ONECYCLE_WARMUP, TrainConfig
+from edgereg.training.losses import make_loss
+from edgereg.training.lr_find import LRFindConfig, LRFindResult, lr_range_test
+from edgereg.training.metrics import compute_metrics, uv_to_source_pixels
+from edgereg.training.plan import FitPlan, LoadedData, new_regressor
+from edgereg.training.report import SplitEvaluation, baseline_predictions, evaluate_split, thumbnail_features
+from edgereg.training.run import BEST_FILE, CHECKPOINT_FILE, RUN_FORMAT, save_checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batches, the loss of a batch, and prediction.
+
+
+class RawOutputs(nn.Module):
+    """``Regressor.forward_raw`` as ``forward``, so DistributedDataParallel sees (and syncs) it."""
+
+    def __init__(self, regressor: nn.Module):
+        super().__init__()
+        self.regressor = regressor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.regressor.forward_raw(images)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of one epoch: shuffling and augmentation depend only on (seed, epoch)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def epoch_batches(rows: np.ndarray, batch_size: int, generator: torch.Generator,
+                  ctx: ddp.DistContext) -> list[np.ndarray]:
+    """Shuffle ``rows``, take this rank's shard and cut it into batches of nearly equal size.
+
+    Equal sizes (``np.array_split``) avoid a 1-image last batch, which BatchNorm cannot train on.
+    """
+    order = rows[torch.randperm(len(rows), generator=generator).numpy()]
+    mine = ddp.shard(order, ctx)
+    return np.array_split(mine, max(1, round(len(mine) / batch_size)))
+
+
+@dataclass(frozen=True)
+class BatchLoss:
+    """Computes the training loss of a batch of row indices (augmented unless told otherwise)."""
+
+    plan: FitPlan
+    loss_fn: Callable
+    device: str
+
+    def __call__(self, net: nn.Module, regressor, rows: np.ndarray, generator: torch.Generator | None
+                 ) -> torch.Tensor:
+        dataset = self.plan.loaded.dataset
+        images = to_float_batch(dataset.images[rows], self.device)  # (B,3,H,W) float32 0..255 BGR
+        targets = torch.from_numpy(dataset.targets[rows]).to(self.device)  # (B,T) dataset units
+        if generator is not None:
+            images, targets = augment_batch(images, targets, kind=self.plan.loaded.kind,
+                                            config=self.plan.augment, generator=generator)
+        raw = net(to_model_input(images, self.plan.preprocess))  # (B, n_outputs)
+        return self.loss_fn(raw, regressor.encode_targets(targets))
+
+
+@torch.no_grad()
+def predict(regressor, images: np.ndarray, preprocess: PreprocessConfig, *, device: str = "cpu",
+            batch_size: int = 256) -> np.ndarray:
+    """Model outputs for images, preprocessed by the runtime's own kernel.
+
+    Args:
+        regressor: the model (put in eval mode here).
+        images: (N, H, W, 3) uint8 BGR, cropped and resized to the model input.
+        preprocess: the run's preprocessing.
+
+    Returns:
+        (N, T) float64 in model-output units (physical; coords in [0, 1] of the input).
+    """
+    regressor.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = preprocess_batch(images[start:start + batch_size], preprocess)  # (b, C, H, W) float32
+        outputs.append(regressor(torch.from_numpy(x).to(device)).double().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0))
+
+
+def to_user_units(loaded: LoadedData, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(N, T) model/dataset units -> the user's units: coords to source pixels, others unchanged."""
+    if loaded.kind != "coords":
+        return np.asarray(values, dtype=np.float64)
+    return uv_to_source_pixels(values, loaded.dataset.crop_boxes[rows])
+
+
+def validation_rmse(plan: FitPlan, regressor, rows: np.ndarray, *, device: str, batch_size: int) -> float | None:
+    """Overall RMSE in user units on ``rows`` (None when there are none)."""
+    if not len(rows):
+        return None
+    loaded = plan.loaded
+    pred = to_user_units(loaded, predict(regressor, loaded.dataset.images[rows], plan.preprocess,
+                                         device=device, batch_size=batch_size), rows)
+    true = to_user_units(loaded, loaded.dataset.targets[rows], rows)
+    return compute_metrics(loaded.kind, true, pred, loaded.dataset.names)["rmse"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# LR range test and the one-batch sanity check.
+
+
+def make_optimizer(regressor, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters."""
+    return torch.optim.AdamW([p for p in regressor.parameters() if p.requires_grad], lr=lr,
+                             weight_decay=config.weight_decay)
+
+
+def find_lr(plan: FitPlan, config: TrainConfig, *, device: str = "cpu",
+            lr_config: LRFindConfig = LRFindConfig()) -> LRFindResult:
+    """Run the LR range test on the train split (augmented batches) with a fresh model."""
+    regressor = new_regressor(plan, config.seed).to(device)
+    net = RawOutputs(regressor)
+    optimizer = make_optimizer(regressor, config, lr_config.start)
+    batch_loss = BatchLoss(plan, make_loss(plan.loss_name, plan.loaded.kind), device)
+    generator = epoch_generator(config.seed, -1)
+    train = np.asarray(plan.split.train)
+    batches: list[np.ndarray] = []
+
+    def loss_of_step(step: int) -> torch.Tensor:
+        if not batches:
+            batches.extend(epoch_batches(train, config.batch_size, generator, ddp.DistContext()))
+        return batch_loss(net, regressor, batches.pop(0), generator)
+
+    return lr_range_test(net, optimizer, loss_of_step, lr_config)
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    """The one-batch overfit check (seed 003: "overfit one example first")."""
+
+    passed: bool
+    steps: int  # optimizer steps taken
+    batch: int  # images in the batch
+    first_loss: float
+    last_loss: float
+    rmse: float  # RMSE on the batch after fitting, user units
+    mean_rmse: float  # RMSE of answering the batch's mean, user units
+
+    def describe(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"sanity check {verdict}: one batch of {self.batch} fitted for {self.steps} steps: loss "
+                f"{self.first_loss:.4g} -> {self.last_loss:.4g}, RMSE {self.rmse:.4g} vs {self.mean_rmse:.4g} "
+                "for the batch mean")
+
+
+def sanity_check(plan: FitPlan, config: TrainConfig, *, device: str = "cpu", max_steps: int = 200,
+                 batch: int = 16, target_ratio: float = 0.3) -> SanityResult:
+    """Overfit one un-augmented batch with a fresh model; it passes when the batch RMSE falls below
+    ``target_ratio`` x the RMSE of predicting the batch mean (the loss itself may have a floor, e.g.
+    the entropy of soft labels)."""
+    regressor = new_regressor(plan, config.seed).to(device)
+    net = RawOutputs(regressor)
+    lr = 1e-3 if config.lr == "auto" else min(float(config.lr), 3e-3)
+    optimizer = make_optimizer(regressor, replace(config, weight_decay=0.0), lr)
+    batch_loss = BatchLoss(plan, make_loss(plan.loss_name, plan.loaded.kind), device)
+    rows = np.asarray(plan.split.train)[:batch]
+    loaded = plan.loaded
+    true = to_user_units(loaded, loaded.dataset.targets[rows], rows)
+    mean_pred = np.tile(true.mean(axis=0), (len(rows), 1))
+    mean_rmse = compute_metrics(loaded.kind, true, mean_pred, loaded.dataset.names)["rmse"]
+    x = torch.from_numpy(preprocess_batch(loaded.dataset.images[rows], plan.preprocess)).to(device)
+    losses, rmse, step = [], math.inf, 0
+    for step in range(1, max_steps + 1):
+        regressor.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = batch_loss(net, regressor, rows, None)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if step % 10 == 0 or step == max_steps:
+            with torch.no_grad():  # train-mode BatchNorm: the batch's own statistics, as fitted
+                pred = to_user_units(loaded, regressor(x).double().cpu().numpy(), rows)
+            rmse = compute_metrics(loaded.kind, true, pred, loaded.dataset.names)["rmse"]
+            if rmse < target_ratio * mean_rmse:
+                break
+    passed = bool(mean_rmse == 0 or rmse < target_ratio * mean_rmse)
+    return SanityResult(passed, step, len(rows), losses[0], losses[-1], float(rmse), float(mean_rmse))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fit: epochs, checkpoints, early stopping, time budget.
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What a finished fit hands to the report."""
+
+    regressor: Any  # best validation weights, eval mode
+    history: list  # per-epoch dicts: epoch, train_loss, val_rmse, lr, steps, seconds
+    best_epoch: int  # 1-based; 0 when there was no validation split (last weights kept)
+    planned_epochs: int
+    stopped: str  # why the loop ended
+    lr: float  # the peak learning rate used
+    seconds: float  # fitting time, across resumes
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """Default epoch count: about AUTO_STEPS optimizer steps, within AUTO_EPOCHS."""
+    low, high = AUTO_EPOCHS
+    return int(min(high, max(low, math.ceil(AUTO_STEPS / max(1, steps_per_epoch)))))
+
+
+def make_scheduler(optimizer, config: TrainConfig, lr: float, total_steps: int):
+    """The per-step LR schedule over ``total_steps``."""
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(2, total_steps),
+                                                   pct_start=ONECYCLE_WARMUP)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+class Fitter:
+    """Runs the epochs of one fit, checkpointing into ``run_dir`` (rank 0 writes)."""
+
+    def __init__(self, plan: FitPlan, config: TrainConfig, run_dir: Path, ctx: ddp.DistContext, *,
+                 lr: float, progress: bool, log: Callable[[str], None]):
+        self.plan, self.config, self.run_dir, self.ctx = plan, config, run_dir, ctx
+        self.lr, self.progress, self.log = lr, progress, log
+        self.regressor = new_regressor(plan, config.seed).to(ctx.device)
+        self.net = ddp.wrap(RawOutputs(self.regressor), ctx)
+        self.optimizer = make_optimizer(self.regressor, config, lr)
+        self.batch_loss = BatchLoss(plan, make_loss(plan.loss_name, plan.loaded.kind), ctx.device)
+        self.train_rows = np.asarray(plan.split.train)
+        self.val_rows = np.asarray(plan.split.val)
+        self.steps_per_epoch = len(epoch_batches(self.train_rows, config.batch_size, torch.Generator(), ctx))
+        self.planned = config.epochs or auto_epochs(self.steps_per_epoch)
+        self.scheduler = make_scheduler(self.optimizer, config, lr, self.planned * self.steps_per_epoch)
+        self.epoch, self.history, self.bad_epochs, self.seconds = 0, [], 0, 0.0
+        self.best_rmse, self.best_epoch = math.inf, 0
+        self.best_state = self._state_copy()
+
+    def _state_copy(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.regressor.state_dict().items()}
+
+    def restore(self, checkpoint: dict) -> None:
+        """Continue from a checkpoint written by :meth:`save`."""
+        self.planned = int(checkpoint["planned_epochs"])
+        self.regressor.load_state_dict(checkpoint["model"])
+        # A new scheduler resets the optimizer's lr and momentum: build it first, then restore both.
+        self.scheduler = make_scheduler(self.optimizer, self.config, self.lr, self.planned * self.steps_per_epoch)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.epoch, self.history = int(checkpoint["epoch"]), list(checkpoint["history"])
+        self.bad_epochs, self.seconds = int(checkpoint["bad_epochs"]), float(checkpoint["seconds"])
+        self.best_rmse, self.best_epoch = float(checkpoint["best_rmse"]), int(checkpoint["best_epoch"])
+        self.best_state = checkpoint["best_model"]
+
+    def save(self) -> None:
+        """Atomically write checkpoint.pt (everything to resume) then best.pt (rank 0 only)."""
+        if not self.ctx.is_main:
+            return
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, {
+            "format": RUN_FORMAT, "epoch": self.epoch, "planned_epochs": self.planned,
+            "model": self.regressor.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "history": self.history,
+            "bad_epochs": self.bad_epochs, "seconds": self.seconds, "best_rmse": self.best_rmse,
+            "best_epoch": self.best_epoch, "best_model": self.best_state,
+        })
+        save_checkpoint(self.run_dir / BEST_FILE, self.best_state)
+
+    def _replan(self, epoch_seconds: float) -> None:
+        """Fit the remaining epochs into the time budget after the first epoch's timing."""
+        budget = self.config.time_budget_min * 60.0
+        epoch_seconds = ddp.broadcast_float(epoch_seconds, self.ctx)
+        fit = max(1, int((budget - 0.05 * budget) // max(epoch_seconds, 1e-6)))
+        if fit >= self.planned:
+            return
+        self.planned = fit
+        done = self.scheduler.last_epoch
+        self.scheduler = make_scheduler(self.optimizer, self.config, self.lr, self.planned * self.steps_per_epoch)
+        for _ in range(done):  # fast-forward the new schedule to the current step
+            self.scheduler.step()
+        self.log(f"time budget {self.config.time_budget_min:g} min: ~{epoch_seconds:.1f} s/epoch, "
+                 f"planning {self.planned} epochs")
+
+    def train_epoch(self) -> tuple[float, int]:
+        """One pass over this rank's shard.
+
+        Returns:
+            (mean training loss over all ranks, optimizer steps taken by this rank).
+        """
+        torch.manual_seed(self.config.seed * 1_000_003 + self.epoch)  # dropout etc.
+        generator = epoch_generator(self.config.seed, self.epoch)
+        batches = epoch_batches(self.train_rows, self.config.batch_size, generator, self.ctx)
+        self.net.train()
+        total, count = 0.0, 0
+        shown = self.progress and self.ctx.is_main and sys.stderr.isatty()
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.planned}", leave=False, unit="batch",
+                   disable=not shown, dynamic_ncols=True)
+        last_val = self.history[-1]["val_rmse"] if self.history else None
+        for rows in bar:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.batch_loss(self.net, self.regressor, rows, generator)
+            loss.backward()
+            if self.config.grad_clip:
+                nn.utils.clip_grad_norm_(self.regressor.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            if self.scheduler.last_epoch < self.scheduler_total():
+                self.scheduler.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise EdgeregError(f"the training loss became {value} at epoch {self.epoch + 1}: the learning rate "
+                                   f"{self.lr:g} is too high; run `edgereg lr-find` or pass a lower --lr")
+            total, count = total + value * len(rows), count + len(rows)
+            bar.set_postfix(loss=f"{value:.4g}", val_rmse="-" if last_val is None else f"{last_val:.4g}")
+        bar.close()
+        return ddp.mean_over_ranks(total / max(count, 1), self.ctx), len(batches)
+
+    def warmup_epochs(self) -> int:
+        """Epochs of rising learning rate, when validation may worsen: early stopping waits them out."""
+        return math.ceil(ONECYCLE_WARMUP * self.planned) if self.config.schedule == "onecycle" else 0
+
+    def scheduler_total(self) -> int:
+        return max(2, self.planned * self.steps_per_epoch) - 1
+
+    def run(self) -> FitOutcome:
+        """Train until the planned epochs, early stopping or the time budget; return the best weights."""
+        stopped = "finished the planned epochs"
+        while self.epoch < self.planned:
+            started = time.perf_counter()
+            train_loss, steps = self.train_epoch()
+            val_rmse = validation_rmse(self.plan, self.regressor, self.val_rows, device=self.ctx.device,
+                                       batch_size=self.config.eval_batch)
+            self.epoch += 1
+            seconds = time.perf_counter() - started
+            self.seconds += seconds
+            improved = val_rmse is None or val_rmse < self.best_rmse * (1 - 1e-4)
+            if improved:
+                self.best_rmse = math.inf if val_rmse is None else val_rmse
+                self.best_epoch = 0 if val_rmse is None else self.epoch
+                self.best_state = self._state_copy()
+                self.bad_epochs = 0
+            elif self.epoch > self.warmup_epochs():
+                self.bad_epochs += 1
+            lr_now = self.optimizer.param_groups[0]["lr"]
+            self.history.append({"epoch": self.epoch, "train_loss": train_loss, "val_rmse": val_rmse,
+                                 "lr": lr_now, "steps": steps, "seconds": seconds})
+            val_text = "-" if val_rmse is None else f"{val_rmse:.4g}" + (" *" if improved else "")
+            self.log(f"epoch {self.epoch:>3}/{self.planned}  loss {train_loss:.4g}  val RMSE {val_text}  "
+                     f"lr {lr_now:.2g}  {seconds:.1f}s")
+            if self.epoch == 1 and self.config.time_budget_min:
+                self._replan(seconds)
+            self.save()
+            if ddp.any_rank(self.bad_epochs >= self.config.patience, self.ctx):
+                stopped = f"early stopping: no validation improvement for {self.config.patience} epochs"
+                break
+            budget = self.config.time_budget_min
+            if budget and ddp.any_rank(self.seconds + seconds > budget * 60.0, self.ctx):
+                stopped = f"time budget of {budget:g} min reached"
+                break
+        self.regressor.load_state_dict(self.best_state)
+        self.regressor.eval()
+        return FitOutcome(self.regressor, self.history, self.best_epoch, self.planned, stopped, self.lr, self.seconds)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring the best weights.
+
+
+def evaluate_fit(plan: FitPlan, regressor, *, device: str = "cpu", batch_size: int = 256) -> dict[str, SplitEvaluation]:
+    """Score the best weights on val, test and seen-group rows, with baselines fitted on train."""
+    loaded = plan.loaded
+    dataset = loaded.dataset
+    train = np.asarray(plan.split.train)
+    train_groups = None if dataset.groups is None else np.asarray(dataset.groups)[train]
+    train_features = None if train_groups is None else thumbnail_features(dataset.images[train])
+    parts = {"val": plan.split.val, "test": plan.split.test, "seen": plan.seen}
+    evaluations = {}
+    for name, rows in parts.items():
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            continue
+        raw_pred = predict(regressor, dataset.images[rows], plan.preprocess, device=device, batch_size=batch_size)
+        raw_true = dataset.targets[rows]
+        baselines = baseline_predictions(loaded.kind, dataset.targets[train], len(rows), train_groups=train_groups,
+                                         train_features=train_features, eval_features=thumbnail_features(
+                                             dataset.images[rows]) if train_groups is not None else None)
+        groups = None if dataset.groups is None else np.asarray(dataset.groups)[rows]
+        evaluations[name] = evaluate_split(
+            name, loaded.kind, dataset.names, to_user_units(loaded, raw_true, rows),
+            to_user_units(loaded, raw_pred, rows),
+            {key: to_user_units(loaded, pred, rows) for key, pred in baselines.items()}, groups=groups)
+    return evaluations
