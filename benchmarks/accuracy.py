@@ -238,12 +238,12 @@ def main() -> None:
         print(f"\n=== {task}", flush=True)
         results[task] = runners[task]()
         results_path.write_text(json.dumps(results, indent=1, default=str))
-    print(f"\n{'task':<14}{'metric':<32}{'fp32':>24}{'int8':>24}  goal / reference")
+    print(f"\n{'task':<14}{'metric':<32}{'fp32':>34}{'int8':>34}  goal / reference")
     for task, result in results.items():
         row = result["row"]
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
         met = {True: "MET", False: "MISSED", None: ""}[row["met"]]
-        print(f"{task:<14}{row['metric']:<32}{fmt(row['fp32']):>24}{fmt(row['int8']):>24}  "
+        print(f"{task:<14}{row['metric']:<32}{fmt(row['fp32']):>34}{fmt(row['int8']):>34}  "
               f"{row['goal']} {met}; {row['reference']}")
     print(f"\nresults: {results_path}")
 

@@ -153,7 +153,8 @@ def main() -> None:
         folder.mkdir()
         model = Path(args.model) if args.model else build_cnn(tmp / "cnn.onnx")
         paths = make_jpegs(folder, n, height, width)
-        predictor = Predictor(model, batch_size=args.batch, threads=args.ort_threads, providers="cpu")
+        predictor = Predictor(model, batch_size=args.batch, threads=args.ort_threads, providers="cpu",
+                              preprocess_parallel=False)  # as `edgereg infer` runs it
         predictor.predict([cv2.imread(str(paths[0]))] * 2)  # warm-up: kernels, ORT arenas
         decode_only(paths[:50], args.threads)  # warm the page cache
 

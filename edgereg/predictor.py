@@ -75,12 +75,15 @@ class Predictor:
         card: a card to use instead of the embedded one (e.g. to override preprocessing).
         graph_optimization: "none", "basic", "extended" or "all".
         decode_threads: threads that decode files in predict_paths.
+        preprocess_parallel: run the preprocessing kernel on numba's threads (True), on the calling
+            thread (False), or by batch size (None). Folder scoring passes False: its decoder
+            threads already keep every core busy.
     """
 
     def __init__(self, model_path: str | os.PathLike, *, providers: str | Sequence[str] = "auto",
                  tta: str | None = None, batch_size: int = 32, threads: int | None = None,
                  card: ModelCard | None = None, graph_optimization: str = "all",
-                 decode_threads: int | None = None) -> None:
+                 decode_threads: int | None = None, preprocess_parallel: bool | None = None) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise ModelFileError(f"model file not found: '{path}'; check the path (expected an .onnx file)")
@@ -105,6 +108,7 @@ class Predictor:
         self.tta: TTASpec = parse_tta(self.card.tta if tta is None else tta)
         self.batch_size = int(batch_size)
         self.decode_threads = decode_threads or default_threads()
+        self.preprocess_parallel = preprocess_parallel
         self.providers = self.session.get_providers()
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
@@ -157,7 +161,8 @@ class Predictor:
         spread = np.empty((n, n_targets)) if self.tta.n > 1 else None
         for start in range(0, n, self.batch_size):
             chunk = frames[start:start + self.batch_size]
-            tensor = preprocess_batch(chunk, self.config, self.tta)  # (b*V, C, H, W)
+            tensor = preprocess_batch(chunk, self.config, self.tta,
+                                      parallel=self.preprocess_parallel)  # (b*V, C, H, W)
             raw = self.session.run([self._output], {self._input: tensor})[0]
             if raw.ndim != 2 or raw.shape != (len(chunk) * self.tta.n, n_targets):
                 raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "

@@ -79,7 +79,7 @@ def run(args) -> int:
     _call(["synth", "assay", str(field), "--n", str(field_n), "--seed", "12345"])
 
     _step("2/5 train (group-aware split, baselines, collapse check, report.png)")
-    train = ["train", str(data), "--out", str(run_dir), "--split", "group"]
+    train = ["train", str(data), "--out", str(run_dir), "--split", "group", "--units", "mg/L"]
     train += ["--epochs", "1"] if args.quick else ["--time-budget", str(args.minutes)]
     _call(train)
 
