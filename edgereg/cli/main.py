@@ -55,12 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgereg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"edgereg.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"edgereg.cli.{name}":
-                raise
-            continue  # a command not built yet
+        module = importlib.import_module(f"edgereg.cli.{name}")
         sub = module.add_parser(subparsers)
         sub.set_defaults(_run=module.run)
     return parser
