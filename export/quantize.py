@@ -228,19 +228,9 @@ def first_nodes(model) -> tuple[str, ...]:
     """
     graph = model.graph
     consumers = _consumers(graph)
-    frontier = [node for i in graph.input for node in consumers.get(i.name, [])]
-    seen: set[str] = set()
-    while frontier:
-        following = []
-        for node in frontier:
-            if node.name in seen:
-                continue
-            seen.add(node.name)
-            if node.op_type in LEARNED_OPS:
-                return (node.name,)
-            following += [c for out in node.output for c in consumers.get(out, [])]
-        frontier = following
-    return ()
+    start = [node for i in graph.input for node in consumers.get(i.name, [])]
+    first = _first_of_type(start, lambda n: [c for out in n.output for c in consumers.get(out, [])], LEARNED_OPS)
+    return (first.name,) if first is not None else ()
 
 
 def _consumers(graph) -> dict[str, list]:
@@ -254,7 +244,12 @@ def _consumers(graph) -> dict[str, list]:
 
 def _nearest_to_output(graph, producer: dict, op_types: tuple[str, ...]):
     """The first node of ``op_types`` met walking back from the outputs, breadth first, or None."""
-    frontier = [producer[o.name] for o in graph.output if o.name in producer]
+    start = [producer[o.name] for o in graph.output if o.name in producer]
+    return _first_of_type(start, lambda n: [producer[i] for i in n.input if i in producer], op_types)
+
+
+def _first_of_type(frontier: list, neighbours, op_types: tuple[str, ...]):
+    """Breadth first from ``frontier`` along ``neighbours(node)``: the first node of ``op_types``, or None."""
     seen: set[str] = set()
     while frontier:
         following = []
@@ -264,7 +259,7 @@ def _nearest_to_output(graph, producer: dict, op_types: tuple[str, ...]):
             seen.add(node.name)
             if node.op_type in op_types:
                 return node
-            following += [producer[i] for i in node.input if i in producer]
+            following += neighbours(node)
         frontier = following
     return None
 
