@@ -59,3 +59,23 @@ def pixelstats_dir(tmp_path_factory) -> Path:
 def angle_dir(tmp_path_factory) -> Path:
     """48 arrow images, 32x32; column angle (degrees, counter-clockwise from +x)."""
     return _build(tmp_path_factory, "angle")
+
+
+@pytest.fixture
+def randomize_batchnorm():
+    """``randomize_batchnorm(module, seed=0) -> module``: non-trivial BN statistics and affine terms
+    (as after training), so BN folding and exports are really exercised; returns it in eval mode."""
+    import torch
+
+    def randomize(module, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+                n = bn.num_features
+                bn.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                bn.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                bn.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                bn.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+        return module.eval()
+
+    return randomize

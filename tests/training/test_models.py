@@ -35,18 +35,6 @@ def make_transform(kind: str) -> OutputTransform:
     return OutputTransform(kind, t)
 
 
-def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
-    """Give every BN non-trivial statistics and affine terms, so BN folding is really exercised."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            n = bn.num_features
-            bn.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            bn.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            bn.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-            bn.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-
-
 def run_onnx(path, images: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(["value"], {"image": images})[0]
@@ -65,7 +53,7 @@ CASES = [(name, kind) for name in list_models() for kind in model_entry(name).ki
 
 
 @pytest.mark.parametrize(("name", "kind"), CASES, ids=[f"{n}-{k}" for n, k in CASES])
-def test_every_model_runs_and_exports_to_onnx_that_agrees_with_torch(name, kind, tmp_path):
+def test_every_model_runs_and_exports_to_onnx_that_agrees_with_torch(name, kind, tmp_path, randomize_batchnorm):
     torch.manual_seed(0)
     transform = make_transform(kind)
     model = create_model(name, n_outputs=transform.n_outputs, kind=kind)
@@ -115,7 +103,7 @@ OPTION_CASES = [
 
 @pytest.mark.parametrize(("name", "kind", "options"), OPTION_CASES,
                          ids=[f"{c[0]}-{c[1]}" for c in OPTION_CASES])
-def test_model_options_build_and_export(name, kind, options, tmp_path):
+def test_model_options_build_and_export(name, kind, options, tmp_path, randomize_batchnorm):
     transform = make_transform(kind)
     regressor = Regressor(create_model(name, n_outputs=transform.n_outputs, kind=kind, **options), transform)
     randomize_batchnorm(regressor, seed=1)

@@ -38,19 +38,6 @@ def structured_images(size: int, seed: int = 0) -> np.ndarray:
     return images.astype(np.float32)
 
 
-def trained_looking(regressor: Regressor, seed: int = 0) -> Regressor:
-    """Random BN statistics and affine terms (as after training), then eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in (m for m in regressor.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            n = bn.num_features
-            bn.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            bn.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            bn.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-            bn.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-    return regressor.eval()
-
-
 def onnx_outputs_of_views(regressor: Regressor, path, images: np.ndarray) -> list[np.ndarray]:
     regressor.export_onnx(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -65,10 +52,10 @@ def onnx_outputs_of_views(regressor: Regressor, path, images: np.ndarray) -> lis
         ("scalar", OutputTransform("scalar", 1, lo=(0.0,), hi=(1.0,)), 30),  # 30 -> 15 -> 8 -> 4
     ],
 )
-def test_onnx_output_is_invariant_under_all_8_d4_transforms(kind, transform, size, tmp_path):
+def test_onnx_output_is_invariant_under_all_8_d4_transforms(kind, transform, size, tmp_path, randomize_batchnorm):
     torch.manual_seed(0)
     model = create_model("p4m_small", n_outputs=transform.n_outputs, kind=kind, input_size=(size, size))
-    regressor = trained_looking(Regressor(model, transform))
+    regressor = randomize_batchnorm(Regressor(model, transform))
     images = structured_images(size)
     outputs = onnx_outputs_of_views(regressor, tmp_path / "p4m.onnx", images)
     for output in outputs[1:]:
@@ -79,10 +66,10 @@ def test_onnx_output_is_invariant_under_all_8_d4_transforms(kind, transform, siz
     assert np.ptp(outputs[0], axis=0).max() > 1e-3  # different images still give different outputs
 
 
-def test_non_square_inputs_stay_invariant_to_flips_and_half_turns():
+def test_non_square_inputs_stay_invariant_to_flips_and_half_turns(randomize_batchnorm):
     transform = OutputTransform("vector", 2, mean=(0.0, 0.0), std=(1.0, 1.0))
     torch.manual_seed(0)
-    regressor = trained_looking(Regressor(create_model("p4m_small", n_outputs=2, kind="vector",
+    regressor = randomize_batchnorm(Regressor(create_model("p4m_small", n_outputs=2, kind="vector",
                                                        input_size=(30, 44)), transform))
     images = torch.from_numpy(structured_images(44)[:, :, :30, :])
     with torch.no_grad():
@@ -91,18 +78,18 @@ def test_non_square_inputs_stay_invariant_to_flips_and_half_turns():
             torch.testing.assert_close(regressor(view), reference, rtol=1e-5, atol=1e-5)
 
 
-def test_the_invariance_check_catches_a_net_that_is_not_invariant(tmp_path):
+def test_the_invariance_check_catches_a_net_that_is_not_invariant(tmp_path, randomize_batchnorm):
     """Global pooling alone does not make a CNN invariant: the same check fails by far on resnet_tiny."""
     transform = OutputTransform("vector", 3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     torch.manual_seed(0)
-    regressor = trained_looking(Regressor(create_model("resnet_tiny", n_outputs=3, kind="vector"), transform))
+    regressor = randomize_batchnorm(Regressor(create_model("resnet_tiny", n_outputs=3, kind="vector"), transform))
     outputs = onnx_outputs_of_views(regressor, tmp_path / "resnet.onnx", structured_images(64))
     assert max(np.abs(output - outputs[0]).max() for output in outputs[1:]) > 1e-3  # 100x the tolerance
 
 
-def test_onnx_graph_is_plain_convolutions_with_standard_ops(tmp_path):
+def test_onnx_graph_is_plain_convolutions_with_standard_ops(tmp_path, randomize_batchnorm):
     transform = OutputTransform("vector", 2, mean=(0.0, 0.0), std=(1.0, 1.0))
-    regressor = trained_looking(Regressor(create_model("p4m_small", n_outputs=2, kind="vector"), transform))
+    regressor = randomize_batchnorm(Regressor(create_model("p4m_small", n_outputs=2, kind="vector"), transform))
     graph = onnx.load(str(regressor.export_onnx(tmp_path / "p4m.onnx"))).graph
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
     assert {node.op_type for node in graph.node} <= STANDARD_OPS
