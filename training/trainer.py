@@ -102,9 +102,13 @@ def report_fit(plan: FitPlan, outcome: FitOutcome, evaluations: dict[str, SplitE
     shown = evaluations.get("test") or evaluations.get("val")
     trained = (f"trained {len(outcome.history)} epochs / {outcome.steps} steps (best {outcome.best_epoch or 'last'}; "
                f"{outcome.stopped}) in {outcome.seconds:.0f} s, model {plan.model_name}, lr {outcome.lr:.2g}")
+    validation = facts.get("validation") or {}
+    val = evaluations.get("val")
+    if val is not None and validation.get("val_se") is not None:
+        trained += (f"\nvalidation ({validation.get('scored', 'the final model')}): RMSE {val.metrics['rmse']:.4g} "
+                    f"± {validation['val_se']:.2g} (standard error)")
     if budget_line is not None:
-        facts_budget = budget_line()
-        trained += "\n" + facts_budget
+        trained += "\n" + budget_line()
     metrics["budget"] = facts.get("budget_record", metrics.get("budget"))
     metrics = json_ready(metrics)
     write_json(run_dir / METRICS_FILE, metrics)
@@ -317,8 +321,8 @@ def train_folds(loaded: LoadedData, config: TrainConfig, run_dir: Path, ctx: ddp
 class BudgetClock:
     """Wall-clock accounting of one ``train`` call against its time budget (None: no budget)."""
 
-    def __init__(self, budget_s: float | None):
-        self.started = time.perf_counter()
+    def __init__(self, budget_s: float | None, started: float | None = None):
+        self.started = time.perf_counter() if started is None else started
         self.budget = budget_s
         self.stages: dict[str, float] = {}
         self._mark = self.started
@@ -403,7 +407,8 @@ def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: Validati
 
 
 def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = TrainConfig(), *,
-          resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+          resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+          started: float | None = None) -> TrainResult:
     """Train a regressor on a dataset directory into ``run_dir``.
 
     Args:
@@ -415,6 +420,8 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
             none: a run killed before its first checkpoint).
         progress: show a progress bar (rank 0, and only on a terminal).
         log: where progress lines go (rank 0 only).
+        started: ``time.perf_counter()`` when the command started (the budget counts from there;
+            default: now).
 
     Under ``torchrun`` every process calls this; they share the work through DDP and only rank 0
     writes files and returns the metrics (the others return an empty TrainResult).
@@ -429,7 +436,7 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
         EdgeregError: bad configuration, unusable data, a run directory already in use, a failed
             sanity check, or a diverging loss.
     """
-    clock = BudgetClock(None if config.time_budget_min is None else 60.0 * config.time_budget_min)
+    clock = BudgetClock(None if config.time_budget_min is None else 60.0 * config.time_budget_min, started)
     run_dir = Path(run_dir)
     # A K-fold run writes RUN/run.json last; until then its first fold's record holds the settings.
     records = [path for path in (run_dir / RUN_FILE, run_dir / "fold0" / RUN_FILE) if path.exists()]
@@ -572,9 +579,6 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     write_json(run_dir / METRICS_FILE, json_ready(metrics))
     write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=winner.lr,
                                               choice=choice))
-    if "val_se" in facts["validation"]:
-        summary += (f"\nvalidation ({facts['validation']['scored']}): RMSE {val.metrics['rmse']:.4g} ± "
-                    f"{facts['validation']['val_se']:.2g} (standard error)")
     return TrainResult(run_dir, metrics, tuple(warnings), summary)
 
 

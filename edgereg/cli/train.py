@@ -172,6 +172,9 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    import time
+
+    started = time.perf_counter()  # the time budget counts from here, torch's import included
     from edgereg.errors import require_extra
 
     require_extra("torch")
@@ -179,7 +182,8 @@ def run(args) -> int:
 
     config = config_from_args(args)
     result = train(args.dataset, args.out, config, resume=args.resume, progress=not args.quiet,
-                   log=(lambda message: None) if args.quiet else (lambda message: print(message, flush=True)))
+                   log=(lambda message: None) if args.quiet else (lambda message: print(message, flush=True)),
+                   started=started)
     if result.summary:
         print(result.summary)
     return 0

@@ -33,8 +33,9 @@ def test_a_run_reloads_and_reproduces_its_recorded_metrics(fixture, kind, reques
     back exactly the validation metrics the run recorded (physical units, coords in source pixels)."""
     dataset_dir = request.getfixturevalue(fixture)
     size = (28, 28) if kind == "vector" else (24, 24)
-    result = train(dataset_dir, tmp_path / "run", TrainConfig(**{**TINY, "input_size": size, "epochs": 1}),
-                   progress=False, log=_quiet)
+    split = "random" if kind == "coords" else "auto"  # the 4 quadrant groups would mean k-fold + refit
+    result = train(dataset_dir, tmp_path / "run", TrainConfig(**{**TINY, "input_size": size, "epochs": 1},
+                                                              split=split), progress=False, log=_quiet)
     for name in ("run.json", "checkpoint.pt", "best.pt", "metrics.json", "report.png"):
         assert (tmp_path / "run" / name).is_file(), name
     assert result.metrics["kind"] == kind
