@@ -350,7 +350,11 @@ class Fitter:
                          + ("" if first else f" (re-planned at step {self.schedule.step})"))
 
     def _out_of_time(self) -> bool:
-        return self.deadline is not None and ddp.any_rank(time.perf_counter() >= self.deadline, self.ctx)
+        """Whether the deadline is reached, counting the validation pass that closes the epoch."""
+        if self.deadline is None:
+            return False
+        closing = self.eval_seconds if len(self.val_rows) else 0.0
+        return ddp.any_rank(time.perf_counter() + closing >= self.deadline, self.ctx)
 
     def train_epoch(self) -> tuple[float, int, bool]:
         """One pass over this rank's shard (cut short by the deadline or the end of the schedule).

@@ -33,7 +33,7 @@ from edgereg.training import ddp
 from edgereg.training.config import TrainConfig
 from edgereg.training.metrics import rmse_standard_error, sample_errors
 
-RACE_SHARE = 0.3  # share of the budget left after loading that the race may use
+RACE_SHARE = 0.25  # share of the budget left after loading that the race may use
 RACE_LRS = (3e-3, 1e-3, 1e-2)  # middle first: ties go to it
 ETA = 3  # successive halving keeps the best 1/ETA of each rung
 MIN_RUNG_SECONDS = 6.0  # a rung-0 candidate gets at least this much time, else fewer candidates race

@@ -125,26 +125,44 @@ class ReferenceNorm(nn.Module):
 
     ``(B, C, H, W) float32`` normalized images (``(p - mean_in) / std_in``, p in [0, 1]) ->
     ``(B, C, H, W) float32``: ``(p / (ref + EPS) - mean_out) / std_out`` where ``ref`` is the mean
-    of ``p`` over the region, per image and channel. Pixels outside ``keep`` (the circle of a
-    circle crop) are set to 0.
+    of ``p`` over the region, per image and channel.
+
+    Built from fixed (non-trained) convolutions and one Div so that int8 export keeps the input in
+    float: the first op on the image is a per-channel 1x1 Conv (``p``), which the quantizer treats
+    as the first learned layer and leaves in float; the region mean is a per-channel Conv with an
+    H x W kernel (its bias holds EPS); the division is a Div, which ONNX Runtime does not quantize;
+    the re-standardization is another per-channel 1x1 Conv. Pixels outside a circle crop hold a
+    constant before the division and so only carry the reference, as every other pixel does.
     """
 
-    def __init__(self, mask: np.ndarray, mean_in, std_in, mean_out, std_out, keep: np.ndarray | None = None):
+    def __init__(self, mask: np.ndarray, mean_in, std_in, mean_out, std_out):
         super().__init__()
         channels = len(mean_in)
-        weights = mask.astype(np.float32) / max(1, int(mask.sum()))
-        self.register_buffer("weights", torch.from_numpy(weights)[None, None], persistent=False)  # (1,1,H,W)
-        keep = np.ones_like(mask) if keep is None else keep
-        self.register_buffer("keep", torch.from_numpy(keep.astype(np.float32))[None, None], persistent=False)
-        for name, values in (("mean_in", mean_in), ("std_in", std_in), ("mean_out", mean_out), ("std_out", std_out)):
-            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, channels, 1, 1),
-                                 persistent=False)
+        height, width = mask.shape
+        self.to_pixels = self._fixed(nn.Conv2d(channels, channels, 1, groups=channels),
+                                     torch.tensor(std_in, dtype=torch.float32).view(channels, 1, 1, 1),
+                                     torch.tensor(mean_in, dtype=torch.float32))
+        weights = torch.from_numpy(mask.astype(np.float32) / max(1, int(mask.sum())))  # (H, W)
+        self.region_mean = self._fixed(nn.Conv2d(channels, channels, (height, width), groups=channels),
+                                       weights.expand(channels, 1, height, width).clone(),
+                                       torch.full((channels,), EPS))
+        scale = 1.0 / torch.tensor(std_out, dtype=torch.float32)
+        self.standardize = self._fixed(nn.Conv2d(channels, channels, 1, groups=channels),
+                                       scale.view(channels, 1, 1, 1),
+                                       -torch.tensor(mean_out, dtype=torch.float32) * scale)
+
+    @staticmethod
+    def _fixed(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias)
+        conv.requires_grad_(False)
+        return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pixels = x * self.std_in + self.mean_in  # (B,C,H,W) in [0, 1]
-        reference = (pixels * self.weights).sum(dim=(2, 3), keepdim=True)  # (B,C,H,W) -> (B,C,1,1)
-        ratio = pixels / (reference + EPS)
-        return (ratio - self.mean_out) / self.std_out * self.keep
+        pixels = self.to_pixels(x)  # (B,C,H,W) in [0, 1]
+        reference = self.region_mean(pixels)  # (B,C,H,W) -> (B,C,1,1), EPS included
+        return self.standardize(pixels / reference)
 
 
 def ratio_statistics(images: np.ndarray, region: str, *, circle: bool, limit: int = 512,
@@ -172,6 +190,5 @@ def build_reference(record: dict | None, *, input_size: tuple[int, int], mean_in
     if not record:
         return None
     height, width = input_size
-    keep = radius_map(height, width) <= 1.0 if circle else None
     return ReferenceNorm(region_mask(record["region"], height, width), mean_in, std_in,
-                         record["mean_out"], record["std_out"], keep)
+                         record["mean_out"], record["std_out"])

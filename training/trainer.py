@@ -357,14 +357,14 @@ class BudgetClock:
                 f"{stages}; stopped: {stopped}")
 
 
-FIT_SHARE_GUESS = 0.55  # share of the budget the final fit gets, assumed when choosing the input size
-REFIT_SHARE = 0.5  # with a refit, the first fit gets this share of the time left, the refit the rest
-FOLDS_SHARE = 0.5  # under k-fold, the fold fits share this part of the time left, the refit the rest
+FIT_SHARE_GUESS = 0.5  # share of the budget the final fit gets, assumed when choosing the input size
+REFIT_SHARE = 0.45  # with a refit, the first fit gets this share of the time left, the refit the rest
+FOLDS_SHARE = 0.4  # under k-fold, the fold fits together get this share of the time left, the refit the rest
 
 
 def eval_reserve(budget: float | None) -> float:
     """Seconds kept back at the end of a budget for the final evaluation, report and run.json."""
-    return 0.0 if budget is None else min(60.0, 3.0 + 0.03 * budget)
+    return 0.0 if budget is None else min(60.0, 3.0 + 0.04 * budget)
 
 
 def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: str | None,
@@ -528,12 +528,14 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
             epochs = None if clock.budget is not None else max(1, len(outcome.history))
         else:  # k-fold: out-of-fold scores, then a refit on every row
             parts = []
+            fold_seconds = None if clock.budget is None else FOLDS_SHARE * max(0.0, clock.left() - reserve) / len(
+                vplan.folds)
             for k, fold in enumerate(vplan.folds):
                 plan_k = make_plan(loaded, config, fold, model_name=winner.model, reference_region=reference,
                                    seen_frac=0.0)
-                share = FOLDS_SHARE / (len(vplan.folds) - k) if clock.budget is not None else 1.0
+                deadline_k = None if fold_seconds is None else time.perf_counter() + fold_seconds
                 outcome_k, _ = run_fit(plan_k, config, None, ctx, lr=winner.lr, resume=False, progress=progress,
-                                       log=log, deadline=end(share), quiet=True)
+                                       log=log, deadline=deadline_k, quiet=True)
                 rows = np.asarray(fold.val)
                 groups = None if loaded.dataset.groups is None else np.asarray(loaded.dataset.groups)[rows]
                 parts.append(scored_rows(plan_k, outcome_k.regressor, loaded.dataset.images[rows],
