@@ -157,9 +157,9 @@ def make_split(n: int, *, mode: str = "random", groups: Sequence | np.ndarray | 
     if not test_groups:
         keep = 1 + (min_groups if val_frac > 0 else 0)  # train, val
         chosen_test = _take_groups(order, sizes, test_frac * n, keep=keep, min_groups=min_groups)
-        order = order[len(chosen_test):]
+        order = [g for g in order if g not in chosen_test]
     chosen_val = _take_groups(order, sizes, val_frac * n, keep=1, min_groups=min_groups)  # train
-    chosen_train = order[len(chosen_val):]
+    chosen_train = [g for g in order if g not in chosen_val]
     required = {"train": chosen_train}  # every part asked for must get at least one whole group
     if val_frac > 0:
         required["val"] = chosen_val
@@ -181,15 +181,36 @@ def make_split(n: int, *, mode: str = "random", groups: Sequence | np.ndarray | 
 
 def _take_groups(order: list[int], sizes: np.ndarray, target_rows: float, *, keep: int,
                  min_groups: int = 1) -> list[int]:
-    """Groups from the front of ``order`` whose rows come closest to ``target_rows``.
+    """Groups from the front of ``order`` for one held-out part; never the last ``keep`` groups
+    (left for the other parts).
 
-    Takes ``min_groups`` groups at least when ``target_rows > 0``, then each next group while that
-    brings the total nearer the target; never touches the last ``keep`` groups (left for the other
-    parts).
+    With ``min_groups == 1``: one group at least when ``target_rows > 0``, then each next group
+    while that brings the total nearer the target. With ``min_groups > 1`` the part must hold at
+    least ``min_groups`` groups and at least ``target_rows`` rows: groups are taken in order,
+    passing over any that would more than double the target while smaller ones remain.
     """
-    taken, rows = [], 0
-    for g in order[:max(0, len(order) - keep)]:
-        if target_rows <= 0 or (len(taken) >= min_groups and rows + sizes[g] / 2 >= target_rows):
+    available = order[:max(0, len(order) - keep)]
+    if target_rows <= 0:
+        return []
+    if min_groups <= 1:
+        taken, rows = [], 0
+        for g in available:
+            if taken and rows + sizes[g] / 2 >= target_rows:
+                break
+            taken.append(g)
+            rows += int(sizes[g])
+        return taken
+    taken, rows, passed = [], 0, []
+    for g in available:
+        if len(taken) >= min_groups and rows >= target_rows:
+            break
+        if rows + sizes[g] > 2 * target_rows and len(available) - len(passed) > min_groups:
+            passed.append(g)
+            continue
+        taken.append(g)
+        rows += int(sizes[g])
+    for g in passed:  # still short: the big groups after all
+        if len(taken) >= min_groups and rows >= target_rows:
             break
         taken.append(g)
         rows += int(sizes[g])

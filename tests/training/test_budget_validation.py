@@ -1,0 +1,185 @@
+"""Budget-true schedules, the validation plan, the race, reference normalisation and input sizes."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from edgereg.training.config import TrainConfig
+from edgereg.training.metrics import rmse_standard_error
+from edgereg.training.plan import (SourceProbe, capped_size, choose_input_size, corners_are_background, load_data,
+                                   plan_validation)
+from edgereg.training.race import Candidate, affordable, race_candidates, rung_plan
+from edgereg.training.reference import ReferenceNorm, choose_reference, region_mask
+from edgereg.training.schedule import StepClock, StepSchedule, steps_that_fit
+from edgereg.training.splits import make_split
+
+
+# ---------------------------------------------------------------------------------------------------
+# schedule and clock
+
+
+def test_onecycle_peaks_at_30_percent_and_replanning_continues_the_curve():
+    schedule = StepSchedule("onecycle", 0.01, 100)
+    lrs = [schedule.lr_at(s) for s in range(100)]
+    assert int(np.argmax(lrs)) == schedule.peak_step == 30
+    assert lrs[0] == pytest.approx(0.01 / 25) and lrs[-1] == pytest.approx(0.01 / 1e4, rel=1e-3)
+    schedule.step = 50
+    before = schedule.lr_at(50)
+    schedule.replan(200)  # more time than planned: the curve stretches from the current step on
+    assert schedule.peak_step == 60 and schedule.lr_at(50) > before  # back before the (moved) peak
+    schedule.replan(10)  # never shorter than the steps already taken
+    assert schedule.total == 51
+    restored = StepSchedule("onecycle", 0.01, 5)
+    restored.load_state_dict(schedule.state_dict())
+    assert (restored.total, restored.step) == (51, 50)
+
+
+def test_step_clock_ignores_warmup_and_takes_the_median():
+    clock = StepClock(warmup=2, min_samples=3)
+    for seconds in (5.0, 4.0, 0.10, 0.11, 0.5, 0.12):
+        clock.record(seconds)
+    assert clock.seconds_per_step == pytest.approx(0.115)
+    assert steps_that_fit(10.0, 0.1, steps_per_epoch=10, eval_seconds_per_epoch=1.0) == 50
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation
+
+
+def test_group_split_holds_out_at_least_three_groups_and_a_fifth_of_the_rows():
+    groups = np.repeat([f"g{i}" for i in range(12)], [40] + [5] * 11)  # one big group, eleven small ones
+    split = make_split(len(groups), mode="group", groups=groups, val_frac=0.2, test_frac=0.15, min_groups=3)
+    assert len(set(groups[split.val])) >= 3 and len(set(groups[split.test])) >= 3
+    assert len(split.val) >= 0.2 * len(groups) * 0.8  # near the share (whole groups)
+    assert not set(groups[split.val]) & set(groups[split.train])
+
+
+class _Loaded:
+    def __init__(self, n, groups):
+        self.dataset = type("D", (), {"groups": groups, "targets": np.zeros((n, 1))})()
+
+
+def test_few_groups_get_grouped_kfold_and_a_refit_many_groups_a_holdout():
+    few = np.repeat([f"level{i}" for i in range(9)], 10)
+    plan = plan_validation(_Loaded(90, few), TrainConfig())
+    assert plan.mode == "kfold" and plan.refit and len(plan.folds) == 3
+    held = [set(few[f.val]) for f in plan.folds]
+    assert all(len(h) >= 3 for h in held) and set().union(*held) == set(few)  # every group scored once
+    many = np.repeat([f"s{i}" for i in range(30)], 4)
+    plan = plan_validation(_Loaded(120, many), TrainConfig())
+    assert plan.mode == "holdout" and not plan.refit and len(set(many[plan.split.val])) >= 3
+    external = plan_validation(_Loaded(120, many), TrainConfig(), external_test=True)
+    assert len(external.split.test) == 0  # --test DIR replaces the internal test split
+
+
+def test_rmse_standard_error_counts_groups_not_photos():
+    rng = np.random.default_rng(0)
+    errors = rng.normal(0, 1, 400) ** 2
+    se_rows = rmse_standard_error(errors)
+    assert 0.02 < se_rows < 0.06  # ~ sqrt(2) / (2 sqrt(400))
+    groups = np.repeat(np.arange(4), 100)
+    shifted = errors * np.repeat([0.2, 0.5, 2.0, 4.0], 100)  # errors that differ by group
+    assert rmse_standard_error(shifted, groups) > 3 * rmse_standard_error(shifted)  # 4 groups: a wide interval
+    assert math.isinf(rmse_standard_error(errors[:1]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# input size and crop from the data
+
+
+def test_input_size_is_native_after_the_crop_up_to_the_cap_and_shrinks_only_for_the_budget():
+    probe = SourceProbe(("path", "y"), ((96, 96),) * 4, False, rows=2000)
+    size, why = choose_input_size(probe, TrainConfig(), crop="center", kind="scalar", model_name="cnn_small",
+                                  fit_seconds=None, log=print)
+    assert size == (96, 96) and "native 96x96" in why
+    assert capped_size((250, 250), 128) == (128, 128) and capped_size((100, 300), 128) == (43, 128)
+    tight, why = choose_input_size(probe, TrainConfig(), crop="center", kind="scalar", model_name="cnn_small",
+                                   fit_seconds=0.5, log=print)
+    assert tight[0] < 96 and tight[0] >= 48 and "shrunk" in why  # never below half the native side
+
+
+def test_circle_crop_only_for_plain_corners():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    disk = np.hypot(xx - 31.5, yy - 31.5) <= 32
+    well = [np.where(disk, rng.normal(128, 30, (64, 64)), 200.0).astype(np.float32) for _ in range(5)]
+    texture = [rng.normal(128, 30, (64, 64)).astype(np.float32) for _ in range(5)]
+    assert corners_are_background(well)[0]
+    assert not corners_are_background(texture)[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# race
+
+
+def test_successive_halving_plan_and_candidates():
+    plan = rung_plan(6, 120.0)
+    assert [c for c, _ in plan] == [6, 2] and sum(c * s for c, s in plan) == pytest.approx(120.0)
+    assert plan[1][1] == pytest.approx(3 * plan[0][1])
+    config = TrainConfig(invariance="d4")
+    models = {c.model for c in race_candidates("scalar", config, invariant_ok=True)}
+    assert models == {"cnn_small", "resnet_tiny", "p4m_small"}
+    assert {c.model for c in race_candidates("coords", TrainConfig(), invariant_ok=False)} == {"heatmap_small"}
+    assert race_candidates("scalar", TrainConfig(model="cnn_small", lr=1e-3), invariant_ok=True) == [
+        Candidate("cnn_small", 1e-3)]
+    few = affordable(race_candidates("scalar", TrainConfig(), invariant_ok=True), 30.0)
+    assert 1 <= len(few) < 6 and all(c.lr == 3e-3 for c in few)  # the outer rates go first
+
+
+# ---------------------------------------------------------------------------------------------------
+# reference normalisation
+
+
+def _wells(n: int, rng, *, lighting: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Gray-plate images with a centre disk whose colour encodes c; lighting gains scale both."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    centre = np.hypot(xx - 15.5, yy - 15.5) < 8
+    c = rng.uniform(0, 1, n)
+    images = np.empty((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        gain = rng.uniform(0.6, 1.2, 3) if lighting else np.ones(3)
+        liquid = np.array([200, 150 - 100 * c[i], 120]) * gain
+        plate = np.array([210.0, 210.0, 210.0]) * gain
+        images[i] = np.where(centre[..., None], liquid, plate).clip(0, 255)
+    return images, c[:, None]
+
+
+def test_reference_is_chosen_when_lighting_varies_and_cancels_a_gain():
+    rng = np.random.default_rng(1)
+    images, targets = _wells(80, rng, lighting=True)
+    assert choose_reference(images, targets, groups=None, circle=False).region in ("ring", "corners")
+    images, targets = _wells(80, rng, lighting=False)
+    assert choose_reference(images, targets, groups=None, circle=False).region is None
+    module = ReferenceNorm(region_mask("corners", 32, 32), (0.5,) * 3, (0.25,) * 3, (1.0,) * 3, (0.3,) * 3)
+    pixels = torch.rand(1, 3, 32, 32) * 0.8 + 0.1
+    gain = torch.tensor([0.7, 1.1, 0.9]).view(1, 3, 1, 1)
+    normalized = lambda p: (p - 0.5) / 0.25  # noqa: E731
+    torch.testing.assert_close(module(normalized(pixels)), module(normalized(pixels * gain)), atol=2e-3, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end: the budget is used, the race and the decisions are reported
+
+
+@pytest.mark.slow
+def test_train_with_only_a_time_budget_fills_it_and_reports_why_it_stopped(assay_dir, tmp_path):
+    from edgereg.training.trainer import train
+
+    budget_min = 0.5
+    started = time.perf_counter()
+    result = train(assay_dir, tmp_path / "run", TrainConfig(time_budget_min=budget_min, threads=1, max_size=32),
+                   progress=False, log=lambda m: None, started=started)
+    used = time.perf_counter() - started
+    assert 0.9 * 60 * budget_min <= used <= 1.1 * 60 * budget_min
+    budget = result.metrics["budget"]
+    assert budget["budget_s"] == 30 and budget["used_share"] >= 0.9 and budget["stopped"]
+    assert {"load", "race", "evaluation"} <= set(budget["stages_s"])
+    assert result.metrics["race"]["winner"]["model"] in ("cnn_small", "resnet_tiny")
+    assert {d["what"] for d in result.metrics["decisions"]} >= {"input size", "crop", "channels", "kind"}
+    assert result.metrics["validation"]["val_se"] > 0
+    assert "time budget: used" in result.summary
