@@ -240,6 +240,7 @@ def auto_epochs(steps_per_epoch: int) -> int:
 SMOOTHING = 0.5  # EMA weight of the newest validation score in the smoothed metric early stopping reads
 REPLAN_DRIFT = 0.1  # re-plan when the steady step time moves this much from the one the plan used
 MAX_EPOCHS_WITH_BUDGET = 100_000  # with a time budget the clock, not an epoch count, ends the fit
+PATIENCE_SHARE = 0.25  # early stopping waits at least this share of the planned epochs
 
 
 class Fitter:
@@ -349,6 +350,13 @@ class Fitter:
                          f"(~{self.planned} epochs of {self.steps_per_epoch}) end at the deadline"
                          + ("" if first else f" (re-planned at step {self.schedule.step})"))
 
+    @property
+    def patience(self) -> int:
+        """Epochs without improvement that stop the fit: ``config.patience``, or a quarter of the
+        planned epochs when that is more (the annealing phase of a long one-cycle plan improves
+        slowly before it improves most)."""
+        return max(self.config.patience, math.ceil(PATIENCE_SHARE * self.planned))
+
     def _out_of_time(self) -> bool:
         """Whether the deadline is reached, counting the validation pass that closes the epoch."""
         if self.deadline is None:
@@ -444,9 +452,9 @@ class Fitter:
             if timed_out:
                 stopped = "time budget reached"
                 break
-            if ddp.any_rank(self.bad_epochs >= self.config.patience, self.ctx):
+            if ddp.any_rank(self.bad_epochs >= self.patience, self.ctx):
                 stopped = (f"early stopping: the smoothed validation RMSE did not improve for "
-                           f"{self.config.patience} epochs after the learning-rate peak")
+                           f"{self.patience} epochs after the learning-rate peak")
                 break
             self._replan()
         self.regressor.load_state_dict(self.best_state)

@@ -4,7 +4,9 @@ Which architecture and which peak learning rate suit a dataset is not known from
 (issue 9: one model at one learning rate lost to classical readers on every task class). With a
 time budget, the first part of it (:data:`RACE_SHARE`) races the candidates:
 
-* candidates: ``cnn_small`` and ``resnet_tiny`` for every kind but coords; ``p4m_small`` as well
+* candidates: ``cnn_small`` and ``resnet_tiny`` for every kind but coords (plus the seed paper's
+  ``base_seed004`` for scalar/vector inputs of at most 32 px, whose flatten head reads every pixel
+  linearly: pixel statistics of patches); ``p4m_small`` as well
   when the targets are declared rotation-invariant (``--invariance d4|rotation``); the
   full-resolution ``heatmap_small`` alone for coords (its soft-argmax is translation-equivariant,
   which is what finds an object in a part of the frame training never saw); each at peak learning
@@ -62,7 +64,11 @@ class RaceEntry:
     advanced: bool  # went on to the next rung (or won the last)
 
 
-def race_candidates(kind: str, config: TrainConfig, *, invariant_ok: bool) -> list[Candidate]:
+SMALL_INPUT = 32  # inputs no larger than this also race the seed paper's Base (flatten head, whole-frame stats)
+
+
+def race_candidates(kind: str, config: TrainConfig, *, invariant_ok: bool,
+                    input_size: tuple[int, int] | None = None) -> list[Candidate]:
     """The (model, learning rate) pairs to race, in tie-break order."""
     if config.model not in (None, "auto"):
         models = [config.model]
@@ -70,6 +76,8 @@ def race_candidates(kind: str, config: TrainConfig, *, invariant_ok: bool) -> li
         models = ["heatmap_small"]
     else:
         models = ["cnn_small", "resnet_tiny"]
+        if input_size is not None and max(input_size) <= SMALL_INPUT and kind in ("scalar", "vector"):
+            models.append("base_seed004")  # small whole-frame patches: a linear path to every pixel
         if config.invariance in ("d4", "rotation") and invariant_ok:
             models.append("p4m_small")
     lrs = (float(config.lr),) if isinstance(config.lr, (int, float)) else RACE_LRS

@@ -377,7 +377,8 @@ def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: Validati
         plan = make_plan(loaded, config, vplan.split, reference_region=reference, seen_frac=0.0)
         lr = auto_lr(plan, config, run_dir, ctx, log=log)
         config = replace(config, lr=lr)
-    candidates = race_candidates(kind, config, invariant_ok=kind in ("scalar", "vector", "distribution"))
+    candidates = race_candidates(kind, config, invariant_ok=kind in ("scalar", "vector", "distribution"),
+                                 input_size=loaded.geometry.input_size)
     if len(candidates) == 1:
         winner = candidates[0]
         return winner, race_record([], winner, "one candidate: --model and --lr given")

@@ -194,3 +194,22 @@ def test_train_with_only_a_time_budget_fills_it_and_reports_why_it_stopped(assay
     assert {d["what"] for d in result.metrics["decisions"]} >= {"input size", "crop", "channels", "kind"}
     assert result.metrics["validation"]["val_se"] > 0
     assert "time budget: used" in result.summary
+
+
+@pytest.mark.slow
+def test_few_groups_score_out_of_fold_refit_on_all_rows_and_score_an_external_test(box_dir, tmp_path):
+    from edgereg.cli.main import main
+
+    run = tmp_path / "run"
+    code = main(["train", str(box_dir), "--out", str(run), "--epochs", "1", "--size", "24", "--threads", "1",
+                 "--batch-size", "16", "--test", str(box_dir), "--quiet"])
+    assert code == 0
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    record = json.loads((run / "run.json").read_text())
+    assert metrics["validation"]["mode"] == "kfold" and metrics["validation"]["refit"]
+    assert metrics["val"]["n"] == 48  # every row scored once, out of fold
+    assert metrics["test"]["n"] == 48  # the external folder
+    assert len(record["split"]["train"]) == 48 and not record["split"]["val"]  # the refit saw every row
+    assert metrics["augment"] == "translate=0.25"  # coords: translation only by default
