@@ -98,7 +98,8 @@ def test_time_budget_and_early_stopping_end_the_run(assay_dir, tmp_path):
     early = train(assay_dir, tmp_path / "early", stalled, progress=False, log=_quiet)
     training = early.metrics["training"]
     assert "early stopping" in training["stopped"] and training["epochs"] < 30
-    assert training["best_epoch"] == training["epochs"] - 2  # stopped exactly `patience` epochs after the best
+    # stopped exactly `patience` epochs after the best; patience is at least a quarter of the planned 30
+    assert training["best_epoch"] == training["epochs"] - 8
 
 
 def test_sanity_check_passes_on_a_learnable_batch_and_fails_loudly_when_nothing_learns(assay_dir, tmp_path):
