@@ -35,7 +35,8 @@ from edgereg.training import ddp
 from edgereg.training.config import TrainConfig
 from edgereg.training.metrics import rmse_standard_error, sample_errors
 
-RACE_SHARE = 0.25  # share of the budget left after loading that the race may use
+RACE_SHARE = 0.2  # share of the budget left after loading that the race may use
+SCORING_SHARE = 0.15  # share of a candidate's time kept for its validation pass
 RACE_LRS = (3e-3, 1e-3, 1e-2)  # middle first: ties go to it
 ETA = 3  # successive halving keeps the best 1/ETA of each rung
 MIN_RUNG_SECONDS = 6.0  # a rung-0 candidate gets at least this much time, else fewer candidates race
@@ -146,7 +147,8 @@ def run_race(make_plan_for: Callable[[str], object], candidates: list[Candidate]
             plan = plans.setdefault(candidate.model, make_plan_for(candidate.model))
             started = time.perf_counter()
             fitter = Fitter(plan, replace(config, patience=10 ** 9), None, ctx, lr=candidate.lr, progress=False,
-                            log=quiet, deadline=started + each, checkpoints=False, validate_every_epoch=False)
+                            log=quiet, deadline=started + (1 - SCORING_SHARE) * each, checkpoints=False,
+                            validate_every_epoch=False)
             outcome = fitter.run()
             rmse, se = score(plan, outcome.regressor, device=ctx.device, batch_size=config.eval_batch)
             if not math.isfinite(rmse):

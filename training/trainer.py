@@ -150,8 +150,15 @@ def validation_warnings(evaluations: dict[str, SplitEvaluation], validation: dic
 
 
 def run_record(plan: FitPlan, config: TrainConfig, *, status: str, metrics: dict | None = None,
-               lr: float | None = None, fold: int | None = None, choice: dict | None = None) -> dict:
-    """The run.json contents (see :mod:`edgereg.training.run`)."""
+               lr: float | None = None, fold: int | None = None, choice: dict | None = None,
+               validation_split=None) -> dict:
+    """The run.json contents (see :mod:`edgereg.training.run`).
+
+    ``validation_split``: a refitted model's record keeps the split it was validated on (export
+    calibrates on its train part and gates int8 against fp32 on its val/test parts; the refit saw
+    those rows too, which the gate's fp32-vs-int8 comparison does not mind) and lists the rows the
+    refit was trained on under ``refit_rows``.
+    """
     dataset = plan.loaded.dataset
     transform = plan.transform
     ranges = list(zip(transform.lo, transform.hi)) if plan.loaded.kind == "scalar" else None
@@ -171,7 +178,9 @@ def run_record(plan: FitPlan, config: TrainConfig, *, status: str, metrics: dict
         "range": None if ranges is None else [list(r) for r in ranges],
         **run_record_model_part(plan),
         "preprocess": asdict(plan.preprocess), "tta": config.tta, "augment": asdict(plan.augment),
-        "split": {**plan.split.to_dict(), "seen": plan.seen},
+        "split": ({**plan.split.to_dict(), "seen": plan.seen} if validation_split is None
+                  else {**validation_split.to_dict(), "seen": []}),
+        "refit_rows": None if validation_split is None else plan.split.train,
         "seed": config.seed, "lr": lr, "config": config.to_dict(), "choice": choice,
         "versions": {"edgereg": edgereg.__version__, "torch": torch.__version__, "numpy": np.__version__},
         "metrics": summary,
@@ -359,7 +368,7 @@ class BudgetClock:
 
 FIT_SHARE_GUESS = 0.5  # share of the budget the final fit gets, assumed when choosing the input size
 REFIT_SHARE = 0.45  # with a refit, the first fit gets this share of the time left, the refit the rest
-FOLDS_SHARE = 0.4  # under k-fold, the fold fits together get this share of the time left, the refit the rest
+FOLDS_SHARE = 0.3  # under k-fold, the fold fits together get this share of the time left, the refit the rest
 
 
 def eval_reserve(budget: float | None) -> float:
@@ -555,7 +564,7 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         plan = make_plan(loaded, final_config, final_split, model_name=winner.model, reference_region=reference,
                          seen_frac=0.0)
         record = lambda status, metrics=None: run_record(plan, config, status=status, metrics=metrics,  # noqa: E731
-                                                         lr=winner.lr, choice=choice)
+                                                         lr=winner.lr, choice=choice, validation_split=vplan.split)
         log(f"refit on {len(final_split.train)} rows with the chosen settings")
         outcome, _ = run_fit(plan, final_config, run_dir, ctx, lr=winner.lr, resume=resume, progress=progress,
                              log=log, deadline=end(), record=record)
@@ -580,8 +589,9 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
                                             budget_line=lambda: clock.line(outcome.stopped))
     metrics["budget"] = clock.record(outcome.stopped)
     write_json(run_dir / METRICS_FILE, json_ready(metrics))
+    refitted = vplan.mode == "kfold" or vplan.refit
     write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=winner.lr,
-                                              choice=choice))
+                                              choice=choice, validation_split=vplan.split if refitted else None))
     return TrainResult(run_dir, metrics, tuple(warnings), summary)
 
 

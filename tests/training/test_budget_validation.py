@@ -211,5 +211,7 @@ def test_few_groups_score_out_of_fold_refit_on_all_rows_and_score_an_external_te
     assert metrics["validation"]["mode"] == "kfold" and metrics["validation"]["refit"]
     assert metrics["val"]["n"] == 48  # every row scored once, out of fold
     assert metrics["test"]["n"] == 48  # the external folder
-    assert len(record["split"]["train"]) == 48 and not record["split"]["val"]  # the refit saw every row
+    assert len(record["refit_rows"]) == 48 and record["split"]["val"]  # refit on every row; fold 0 kept
     assert metrics["augment"] == "translate=0.25"  # coords: translation only by default
+    assert main(["export", str(run), "--int8", "--no-speed"]) in (0, 1)  # the gate has images to compare on
+    assert (run / "model.onnx").is_file()
