@@ -127,42 +127,34 @@ class ReferenceNorm(nn.Module):
     ``(B, C, H, W) float32``: ``(p / (ref + EPS) - mean_out) / std_out`` where ``ref`` is the mean
     of ``p`` over the region, per image and channel.
 
-    Built from fixed (non-trained) convolutions and one Div so that int8 export keeps the input in
-    float: the first op on the image is a per-channel 1x1 Conv (``p``), which the quantizer treats
-    as the first learned layer and leaves in float; the region mean is a per-channel Conv with an
-    H x W kernel (its bias holds EPS); the division is a Div, which ONNX Runtime does not quantize;
-    the re-standardization is another per-channel 1x1 Conv. Pixels outside a circle crop hold a
-    constant before the division and so only carry the reference, as every other pixel does.
+    Written with Div, Sub, Min and ReduceSum only, ops ONNX Runtime's quantizer leaves in float, so
+    that the network's first Conv stays the first learned layer, which int8 export keeps in float:
+    the image is never quantized (quantizing it coarsened the colour an assay reads). The region
+    mask enters as ``min(p, 2 * mask)``: p is in [0, 1], so that is p inside the region and 0
+    outside, without a Mul.
     """
 
     def __init__(self, mask: np.ndarray, mean_in, std_in, mean_out, std_out):
         super().__init__()
         channels = len(mean_in)
-        height, width = mask.shape
-        self.to_pixels = self._fixed(nn.Conv2d(channels, channels, 1, groups=channels),
-                                     torch.tensor(std_in, dtype=torch.float32).view(channels, 1, 1, 1),
-                                     torch.tensor(mean_in, dtype=torch.float32))
-        weights = torch.from_numpy(mask.astype(np.float32) / max(1, int(mask.sum())))  # (H, W)
-        self.region_mean = self._fixed(nn.Conv2d(channels, channels, (height, width), groups=channels),
-                                       weights.expand(channels, 1, height, width).clone(),
-                                       torch.full((channels,), EPS))
-        scale = 1.0 / torch.tensor(std_out, dtype=torch.float32)
-        self.standardize = self._fixed(nn.Conv2d(channels, channels, 1, groups=channels),
-                                       scale.view(channels, 1, 1, 1),
-                                       -torch.tensor(mean_out, dtype=torch.float32) * scale)
+        count = max(1, int(mask.sum()))
 
-    @staticmethod
-    def _fixed(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            conv.bias.copy_(bias)
-        conv.requires_grad_(False)
-        return conv
+        def constant(name: str, values) -> None:
+            self.register_buffer(name, torch.as_tensor(np.asarray(values, dtype=np.float32)).view(1, channels, 1, 1),
+                                 persistent=False)
+
+        constant("inv_std_in", 1.0 / np.asarray(std_in, dtype=np.float64))
+        constant("neg_mean_in", -np.asarray(mean_in, dtype=np.float64))
+        constant("mean_out", mean_out)
+        constant("std_out", std_out)
+        self.register_buffer("cap", torch.from_numpy(2.0 * mask.astype(np.float32))[None, None], persistent=False)
+        self.count = float(count)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pixels = self.to_pixels(x)  # (B,C,H,W) in [0, 1]
-        reference = self.region_mean(pixels)  # (B,C,H,W) -> (B,C,1,1), EPS included
-        return self.standardize(pixels / reference)
+        pixels = x / self.inv_std_in - self.neg_mean_in  # (B,C,H,W) in [0, 1]
+        inside = torch.minimum(pixels, self.cap)  # p in the region, 0 elsewhere (p >= 0: a uint8 image)
+        reference = inside.sum(dim=(2, 3), keepdim=True) / self.count - (-EPS)  # (B,C,1,1)
+        return (pixels / reference - self.mean_out) / self.std_out
 
 
 def ratio_statistics(images: np.ndarray, region: str, *, circle: bool, limit: int = 512,
