@@ -96,11 +96,15 @@ def rung_plan(n: int, seconds: float) -> list[tuple[int, float]]:
     return [(c, unit * ETA ** i) for i, c in enumerate(counts)]
 
 
-def affordable(candidates: list[Candidate], seconds: float) -> list[Candidate]:
+MIN_RACE_STEPS = 40  # a rung-0 candidate must get at least this many optimizer steps
+
+
+def affordable(candidates: list[Candidate], seconds: float, *, min_rung: float = MIN_RUNG_SECONDS) -> list[Candidate]:
     """Drop candidates (the outer learning rates first, then the later models) until rung 0 gives
-    each at least MIN_RUNG_SECONDS."""
+    each at least ``min_rung`` seconds (MIN_RUNG_SECONDS, or the measured time of MIN_RACE_STEPS
+    steps and a validation pass)."""
     chosen = list(candidates)
-    while len(chosen) > 1 and rung_plan(len(chosen), seconds)[0][1] < MIN_RUNG_SECONDS:
+    while len(chosen) > 1 and rung_plan(len(chosen), seconds)[0][1] < max(min_rung, MIN_RUNG_SECONDS):
         lrs = sorted({c.lr for c in chosen}, key=lambda lr: RACE_LRS.index(lr) if lr in RACE_LRS else 0)
         if len(lrs) > 1:
             drop = lrs[-1]

@@ -57,8 +57,9 @@ from edgereg.training.lr_find import plot_lr_find
 from edgereg.training.metrics import rmse_standard_error, sample_errors
 from edgereg.training.models import default_model
 from edgereg.training.plan import (FitPlan, LoadedData, ValidationPlan, load_data, load_external_test, make_plan,
-                                   plan_validation, resolve_reference, run_record_model_part)
-from edgereg.training.race import RACE_SHARE, Candidate, affordable, race_candidates, race_record, run_race
+                                   plan_validation, resolve_reference, run_record_model_part, seconds_per_step)
+from edgereg.training.race import (MIN_RACE_STEPS, RACE_SHARE, SCORING_SHARE, Candidate, affordable,
+                                   race_candidates, race_record, run_race)
 from edgereg.training.report import SplitEvaluation, build_metrics, evaluate_split, format_summary, plot_report
 from edgereg.training.run import (BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, REPORT_FILE, RUN_FILE, RUN_FORMAT,
                                   atomic_write_bytes, json_ready, load_checkpoint, read_json, write_json)
@@ -398,7 +399,12 @@ def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: Validati
         log(f"model: {winner.label()} ({reason})")
         return winner, race_record([], winner, reason)
     seconds = RACE_SHARE * max(0.0, clock.left() - eval_reserve(clock.budget))
-    racing = affordable(candidates, seconds)
+    # what one rung-0 candidate needs, measured on this machine: MIN_RACE_STEPS steps of the first
+    # candidate and a validation pass (a forward pass costs about a third of a training step)
+    step = seconds_per_step(candidates[0].model, kind, loaded.geometry.input_size, loaded.geometry.n_channels,
+                            config.batch_size)
+    scoring = step / 3 * math.ceil(len(vplan.split.val) / config.batch_size)
+    racing = affordable(candidates, seconds, min_rung=(MIN_RACE_STEPS * step + scoring) / (1 - SCORING_SHARE))
     if len(racing) == 1:
         reason = f"the budget leaves {seconds:.0f} s to race: too little for two candidates"
         log(f"model: {racing[0].label()} ({reason})")
