@@ -148,12 +148,15 @@ class ReferenceNorm(nn.Module):
         constant("mean_out", mean_out)
         constant("std_out", std_out)
         self.register_buffer("cap", torch.from_numpy(2.0 * mask.astype(np.float32))[None, None], persistent=False)
-        self.count = float(count)
+        # tensors, not Python floats: they become initializers rather than Constant nodes, which
+        # ONNX Runtime's histogram calibrators would otherwise try to bin (and fail on)
+        self.register_buffer("count", torch.full((1, 1, 1, 1), float(count)), persistent=False)
+        self.register_buffer("neg_eps", torch.full((1, 1, 1, 1), -EPS), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = x / self.inv_std_in - self.neg_mean_in  # (B,C,H,W) in [0, 1]
         inside = torch.minimum(pixels, self.cap)  # p in the region, 0 elsewhere (p >= 0: a uint8 image)
-        reference = inside.sum(dim=(2, 3), keepdim=True) / self.count - (-EPS)  # (B,C,1,1)
+        reference = inside.sum(dim=(2, 3), keepdim=True) / self.count - self.neg_eps  # (B,C,1,1)
         return (pixels / reference - self.mean_out) / self.std_out
 
 
