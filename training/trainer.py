@@ -374,7 +374,7 @@ FOLDS_SHARE = 0.3  # under k-fold, the fold fits together get this share of the 
 
 def eval_reserve(budget: float | None) -> float:
     """Seconds kept back at the end of a budget for the final evaluation, report and run.json."""
-    return 0.0 if budget is None else min(60.0, 3.0 + 0.04 * budget)
+    return 0.0 if budget is None else min(60.0, 5.0 + 0.04 * budget)
 
 
 def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: str | None,
