@@ -187,7 +187,7 @@ def test_train_with_only_a_time_budget_fills_it_and_reports_why_it_stopped(assay
                    progress=False, log=lambda m: None, started=started)
     used = time.perf_counter() - started
     # at least 90 %; the report (matplotlib) may run over a little on a loaded machine
-    assert 0.9 * 60 * budget_min <= used <= 1.3 * 60 * budget_min
+    assert 0.9 * 60 * budget_min <= used <= 60 * budget_min + 45
     budget = result.metrics["budget"]
     assert budget["budget_s"] == 30 and budget["used_share"] >= 0.9 and budget["stopped"]
     assert {"load", "race", "evaluation"} <= set(budget["stages_s"])
