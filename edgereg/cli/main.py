@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from edgereg import __version__
 from edgereg.errors import EdgeregError, did_you_mean
 
-COMMANDS = ("info", "infer", "bench", "synth", "train", "lr_find", "models", "export", "eval", "demo")
+COMMANDS = ("info", "infer", "serve", "bench", "synth", "train", "lr_find", "models", "export", "eval", "demo")
 
 EPILOG = """examples:
   edgereg synth assay data/assay --n 2000
