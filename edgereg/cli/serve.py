@@ -200,7 +200,7 @@ def bind_socket(host: str, port: int):
 def run(args) -> int:
     from edgereg.errors import require_extra
 
-    for module in ("starlette", "uvicorn", "prometheus_client", "multipart"):
+    for module in ("starlette", "uvicorn", "prometheus_client", "python_multipart"):
         require_extra(module, "serve")
     token = resolve_token(args)
 

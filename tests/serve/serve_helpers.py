@@ -50,11 +50,12 @@ def make_assay_model(path: Path) -> Path:
 
 
 def sample_frame(i: int, *, size=(240, 320), seed=0) -> np.ndarray:
-    """(H, W, 3) uint8 BGR: a white plate with a well whose green level cycles with ``i``, plus grain."""
+    """(H, W, 3) uint8 BGR: a white plate with a well whose colour holds for 12 frames, then steps
+    (a new sample: red -> orange -> yellow -> orange), plus grain that differs in every frame."""
     height, width = size
     rng = np.random.default_rng(seed * 10_000 + i)
     frame = np.full((height, width, 3), 205, np.uint8)
-    green = int(120 + 80 * np.sin(i / 4.0))  # the reaction's colour: red (low) to yellow (high)
+    green = (70, 120, 175, 120)[(i // 12) % 4]
     cv2.circle(frame, (width // 2, height // 2), int(min(size) * 0.36), (50, green, 225), -1, cv2.LINE_AA)
     grain = rng.integers(-12, 13, frame.shape)
     return np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)

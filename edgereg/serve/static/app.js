@@ -34,6 +34,11 @@ function formatValue(v) {
   return v.toFixed(Math.min(6, Math.max(0, 3 - magnitude)));
 }
 
+// A number as short as it can be written exactly to 6 significant digits (ranges: 80, 350, 0.5).
+function formatCompact(v) {
+  return Number.isFinite(v) ? String(Number(v.toPrecision(6))) : String(v);
+}
+
 function formatShort(v) {
   if (typeof v === "number") return Number.isInteger(v) ? String(v) : formatValue(v);
   if (v === null || v === undefined) return "–";
@@ -68,7 +73,7 @@ function renderCard() {
   const ranges = card.range || [];
   add("targets", card.targets.map((t, i) => {
     const unit = state.units[t] ? ` ${state.units[t]}` : "";
-    const range = ranges[i] ? ` (${formatValue(ranges[i][0])}..${formatValue(ranges[i][1])}${unit})` : unit;
+    const range = ranges[i] ? ` (${formatCompact(ranges[i][0])}..${formatCompact(ranges[i][1])}${unit})` : unit;
     return t + range;
   }).join(", "));
   add("input", `${card.input_size[0]}×${card.input_size[1]} ${card.channels}, crop ${card.crop}` +
@@ -224,7 +229,8 @@ function drawCharts() {
       el("canvas", { "data-target": t }))));
   }
   const now = state.points.length ? state.points.at(-1).t : Date.now() / 1000;
-  const start = now - state.windowS;
+  // the window, or less while the data is younger than the window (the chart fills as it comes)
+  const start = Math.min(now - 10, Math.max(now - state.windowS, state.points.length ? state.points[0].t : now));
   const points = state.points.filter((p) => p.t >= start);
   for (const canvas of box.querySelectorAll("canvas")) drawChart(canvas, canvas.dataset.target, points, start, now);
 }
@@ -246,7 +252,8 @@ function drawChart(canvas, target, points, start, end) {
   ctx.strokeStyle = "#2a3340";
   ctx.lineWidth = 1;
   ctx.strokeRect(left + 0.5, top + 0.5, plotW, plotH);
-  ctx.fillText(`-${Math.round((end - start) / 60)} min`, left, height - 4);
+  const span = end - start;
+  ctx.fillText(span >= 120 ? `-${Math.round(span / 60)} min` : `-${Math.round(span)} s`, left, height - 4);
   ctx.fillText("now", left + plotW - 22, height - 4);
   if (!values.length) { ctx.fillText("no reading yet", left + 8, top + 16); return; }
   let lo = Math.min(...values), hi = Math.max(...values);
