@@ -50,13 +50,15 @@ class Server:
     """`edgereg serve` in a subprocess; ``start()`` again restarts it on the same port."""
 
     def __init__(self, model: Path, video: Path) -> None:
-        self.argv = [sys.executable, "-m", "edgereg", "serve", str(model), "--camera", str(video)]
+        # run in the video's folder with a relative path: the page shows "file 'sample.avi'"
+        self.argv = [sys.executable, "-m", "edgereg", "serve", str(model), "--camera", video.name]
+        self.cwd = video.parent
         self.port = 0
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen([*self.argv, "--port", str(self.port)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True)
+                                        stderr=subprocess.PIPE, text=True, cwd=self.cwd)
         line = self.process.stderr.readline()
         match = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
         assert match, f"edgereg serve did not start: {line}{self.process.stderr.read()}"
