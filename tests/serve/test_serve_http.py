@@ -4,8 +4,6 @@ ones (/events, /stream.mjpg) through a real uvicorn server on a thread, read wit
 
 from __future__ import annotations
 
-import io
-import json
 import socket
 import threading
 import time

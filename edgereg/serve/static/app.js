@@ -150,6 +150,7 @@ function renderValues(reading) {
     node.querySelector(".sub").textContent = parts.join(" · ");
   }
   box.dataset.frame = reading.frame;
+  box.classList.toggle("many", targets.length > 2);  // distributions, vectors: smaller numbers
   box.classList.remove("stale");
 }
 
