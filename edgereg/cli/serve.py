@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import sys
 
 from edgereg.cli.infer import _count, _non_negative
@@ -42,6 +43,7 @@ examples:
 """
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
 
 def _positive(text: str) -> float:
@@ -155,6 +157,9 @@ def resolve_token(args) -> str | None:
             raise EdgeregError(f"--token-file '{args.token_file}' is empty; write the token into it")
     if token is not None and not token.strip():
         raise EdgeregError("--token is empty; give a secret, e.g. --token $(openssl rand -hex 16)")
+    if token is not None and not TOKEN_CHARS.fullmatch(token):
+        raise EdgeregError("the token may hold letters, digits and - . _ ~ + / = only (it travels in headers, "
+                           "URLs and a cookie); e.g. openssl rand -hex 16")
     if token is not None and args.no_auth:
         raise EdgeregError("--no-auth turns the token check off, and --token turns it on; choose one")
     if token is None and not args.no_auth and not is_loopback(args.host):

@@ -58,7 +58,7 @@ class ServeConfig:
     """Options of the server (the CLI's flags)."""
 
     token: str | None = None  # bearer token for every endpoint but /healthz; None: no check
-    stream_fps: float = 10.0  # /stream.mjpg sends at most this many frames per second per client
+    stream_fps: float = 10.0  # /stream.mjpg shows at most this many frames per second (one clock for all clients)
     jpeg: JpegOptions = field(default_factory=JpegOptions)
     max_request_bytes: int = 32 * 2**20  # larger request bodies get 413
     max_images: int = 32  # images per /api/predict request

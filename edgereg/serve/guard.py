@@ -4,8 +4,10 @@
 must carry it, as ``Authorization: Bearer TOKEN`` (API clients, Prometheus), as the
 ``edgereg_token`` cookie (the page's own requests: an ``<img>`` and an ``EventSource`` cannot set
 headers), or as ``?token=TOKEN`` in the URL (to open the page, or a stream in a viewer that can
-only take a URL). A page opened with ``?token=`` gets the cookie (HttpOnly, SameSite=Strict), so
-its requests authenticate without the token in every URL. Tokens are compared in constant time.
+only take a URL). A page opened with ``?token=`` gets the cookie (HttpOnly, SameSite=Lax), so
+its requests authenticate without the token in every URL; Lax keeps other sites' scripts, images
+and form posts from carrying it, and lets a link from another page open ours. Tokens are
+compared in constant time.
 Failures get 401 with ``WWW-Authenticate: Bearer`` and a one-line JSON reason.
 
 :class:`BodyLimit`: a request body larger than ``max_bytes`` is refused with 413, at once when
@@ -94,7 +96,7 @@ class TokenGuard:
 
     def _setting_cookie(self, send: Send) -> Send:
         """``send`` that adds the session cookie to the response (the token came in the URL)."""
-        value = f"{COOKIE}={self.token.decode()}; Path=/; HttpOnly; SameSite=Strict".encode("latin-1")
+        value = f"{COOKIE}={self.token.decode()}; Path=/; HttpOnly; SameSite=Lax".encode("latin-1")
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":

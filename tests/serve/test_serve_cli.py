@@ -38,6 +38,7 @@ def test_serve_refuses_unsafe_and_contradictory_options(assay_model, tmp_path, c
     assert "cannot read --token-file" in refused("--token-file", str(tmp_path / "missing"))
     (tmp_path / "empty").write_text("\n")
     assert "is empty" in refused("--token-file", str(tmp_path / "empty"))
+    assert "letters, digits" in refused("--token", "two words;")
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
