@@ -238,7 +238,6 @@ class LiveFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._latest: Reading | None = None
-        self._latest_at: float | None = None  # time.monotonic() of the latest reading
         self._last_frame_at: float | None = None  # time.monotonic() of the latest frame read
 
     def subscribe(self, callback: Callable[[Reading], None]) -> Callable[[], None]:
@@ -300,7 +299,7 @@ class LiveFeed:
     def _publish(self, reading: Reading) -> None:
         now = time.monotonic()
         self.stats.add(reading)
-        self._latest, self._latest_at = reading, now
+        self._latest = reading
         if reading.quality != NO_FRAME:
             self._last_frame_at = now
         with self._lock:
