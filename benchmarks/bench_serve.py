@@ -17,7 +17,8 @@
        uncompressed BMP, so decoding them is a copy and the ratio is the cost of HTTP + batching),
      * ``decode_image`` (in a thread pool, one thread per core) + ``Predictor.predict`` on the
        same JPEG bytes as the JPEG uploads.
-   Throughput (images/s) ratios, goal >= 0.8; p50 / p99 request latency printed. HTTP and
+   Throughput (images/s) ratios, goal >= 0.8; p50 / p99 request latency printed; for 320x240 and
+   640x480 uploads by default (``--frames``). HTTP and
    in-process rounds alternate and the median of the per-round ratios is reported, so load from
    other processes hits both sides alike.
 
@@ -248,9 +249,17 @@ def bench_api(model: Path, *, seconds: float, rounds: int, clients: int, frame_s
             http_round(port, uploads[kind], f"image/{kind}", clients, 1.5)  # warm-up
             inprocess_round(predictor, in_process[kind], clients, 1.0)
             ratios, rates_http, rates_local, all_latencies = [], [], [], []
+            cpu = {"local": 0.0, "server": 0.0, "client": 0.0, "local_images": 0, "http_images": 0}
             for _ in range(rounds):
+                cpu_start = time.process_time()
                 local = inprocess_round(predictor, in_process[kind], clients, seconds)
+                cpu["local"] += time.process_time() - cpu_start
+                cpu["local_images"] += local * seconds
+                cpu_start, server_start = time.process_time(), cpu_seconds(server.pid)
                 rate, latencies = http_round(port, uploads[kind], f"image/{kind}", clients, seconds)
+                cpu["client"] += time.process_time() - cpu_start
+                cpu["server"] += cpu_seconds(server.pid) - server_start
+                cpu["http_images"] += len(latencies)
                 ratios.append(rate / local)
                 rates_http.append(rate)
                 rates_local.append(local)
@@ -262,6 +271,9 @@ def bench_api(model: Path, *, seconds: float, rounds: int, clients: int, frame_s
             print(f"{kind.upper():<5} uploads: HTTP {statistics.median(rates_http):,.0f} img/s vs in-process "
                   f"{statistics.median(rates_local):,.0f} img/s ({what}); ratio {ratio:.2f}{goal}; "
                   f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(all_latencies):,} requests)")
+            print(f"      CPU per image: server {1e3 * cpu['server'] / cpu['http_images']:.2f} ms + clients "
+                  f"{1e3 * cpu['client'] / cpu['http_images']:.2f} ms vs in-process "
+                  f"{1e3 * cpu['local'] / cpu['local_images']:.2f} ms")
         _, _, metrics = _get(port, "/metrics")
         batches = re.search(rb"edgereg_predict_batch_images_count ([\d.e+]+)", metrics)
         images = re.search(rb"edgereg_predict_batch_images_sum ([\d.e+]+)", metrics)
@@ -288,14 +300,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians are reported)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent /api/predict clients")
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate of the video and the stream cap")
-    parser.add_argument("--frame", default="480x640", help="size HxW of the uploaded images (default 480x640)")
+    parser.add_argument("--frames", default="240x320,480x640",
+                        help="sizes HxW of the uploaded images, comma-separated (default 240x320,480x640)")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="the server's --batch-wait-ms")
     parser.add_argument("--only", choices=("streams", "api"), default=None, help="run one part")
     parser.add_argument("--quick", action="store_true", help="short windows, one round: a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 3.0, 1
-    height, width = (int(v) for v in args.frame.lower().split("x"))
+    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.frames.split(",")]
     load = os.getloadavg()[0]
     print(f"{os.cpu_count()} cores, load average {load:.1f} (ratios are from one run; a shared machine is noisy)")
     with tempfile.TemporaryDirectory(prefix="edgereg-bench-serve-") as tmp:
@@ -304,8 +317,9 @@ def main() -> None:
         if args.only in (None, "streams"):
             bench_streams(model, Path(tmp), seconds=args.seconds, rounds=args.rounds, fps=args.fps)
         if args.only in (None, "api"):
-            bench_api(model, seconds=args.seconds, rounds=args.rounds, clients=args.clients,
-                      frame_shape=(height, width), batch_wait_ms=args.batch_wait_ms)
+            for height, width in sizes:
+                bench_api(model, seconds=args.seconds, rounds=args.rounds, clients=args.clients,
+                          frame_shape=(height, width), batch_wait_ms=args.batch_wait_ms)
 
 
 if __name__ == "__main__":
