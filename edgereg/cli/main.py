@@ -24,6 +24,7 @@ EPILOG = """examples:
   edgereg export runs/assay --int8
   edgereg infer runs/assay/model.int8.onnx photos/ --out preds.csv
   edgereg infer model.onnx --camera 0 --jsonl
+  edgereg serve model.onnx --camera 0
 """
 
 
