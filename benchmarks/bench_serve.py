@@ -235,7 +235,9 @@ def bench_api(model: Path, *, seconds: float, rounds: int, clients: int, frame_s
     frame = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 3)
     uploads = {"bmp": cv2.imencode(".bmp", frame)[1].tobytes(), "jpeg": cv2.imencode(".jpg", frame)[1].tobytes()}
     predictor = Predictor(model, preprocess_parallel=False)
-    frames = [decode_image(uploads["bmp"])] * clients  # the in-process reference: decoded frames
+    # the in-process reference: decoded frames, distinct arrays like the server's (one array 8 times
+    # would stay in the CPU cache and flatter the reference)
+    frames = [decode_image(uploads["bmp"]) for _ in range(clients)]
     decoders = ThreadPoolExecutor(default_threads())  # decoding in threads, as predict_paths does
     in_process = {
         "bmp": lambda: predictor.predict(frames),
