@@ -271,7 +271,7 @@ def bench_api(model: Path, *, seconds: float, rounds: int, clients: int, frame_s
             ratio = statistics.median(ratios)
             goal = f" (goal >= 0.8): {'met' if ratio >= 0.8 else 'MISSED'}" if kind == "bmp" else ""
             print(f"{kind.upper():<5} uploads: HTTP {statistics.median(rates_http):,.0f} img/s vs in-process "
-                  f"{statistics.median(rates_local):,.0f} img/s ({what}); ratio {ratio:.2f}{goal}; "
+                  f"{statistics.median(rates_local):,.0f} img/s ({what}); ratio {ratio:.3f}{goal}; "
                   f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(all_latencies):,} requests)")
             print(f"      CPU per image: server {1e3 * cpu['server'] / cpu['http_images']:.2f} ms + clients "
                   f"{1e3 * cpu['client'] / cpu['http_images']:.2f} ms vs in-process "
