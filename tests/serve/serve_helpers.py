@@ -70,12 +70,14 @@ def write_video(path: Path, n: int = 30, fps: float = 15.0, size=(240, 320)) -> 
 
 
 class SwitchableCamera:
-    """Frames of a drifting sample at ``fps``; ``unplugged = True`` makes reads fail until reset."""
+    """Frames of a drifting sample at ``fps``; ``unplugged = True`` makes reads fail and
+    ``black = True`` gives black frames, until reset."""
 
     def __init__(self, fps: float = 30.0, size=(120, 160)) -> None:
         self.period = 1.0 / fps
         self.size = size
         self.unplugged = False
+        self.black = False  # frames with the light off: the quality gate withholds them
         self.count = 0
         self.released = False
         self.name = "test camera"
@@ -85,6 +87,8 @@ class SwitchableCamera:
         if self.unplugged:
             return False, None
         self.count += 1
+        if self.black:
+            return True, np.zeros((*self.size, 3), np.uint8)
         return True, sample_frame(self.count, size=self.size)
 
     def release(self) -> None:

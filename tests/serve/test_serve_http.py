@@ -217,6 +217,11 @@ def test_events_one_reading_per_frame_resume_and_loss(camera_app, camera, predic
         assert int(foreign.wait(1)[0][0].split(":")[1]) >= seqs[-1]  # the latest, not seq 6
         foreign.close()
 
+        camera.black = True  # the light goes off: readings withheld, with the reason
+        black = wait_for(lambda: [r for _, r in reader.records if r["quality"] == "black"], 5)
+        assert black and black[0]["value"] is None and black[0]["note"].startswith("black: brightness")
+        assert metric(port, 'edgereg_withheld_total{reason="black"}') >= 1
+        camera.black = False
         camera.unplugged = True
         lost = wait_for(lambda: [r for _, r in reader.records if r["quality"] == "no_frame"], 5)
         assert lost and lost[0]["value"] is None and "retry" in lost[0]["note"]
