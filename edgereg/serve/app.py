@@ -334,6 +334,13 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """A bug or a failing model: JSON like every other error (the traceback goes to the server's log)."""
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    return JSONResponse({"error": f"internal error ({type(exc).__name__}: {first_line}); see the server's log"},
+                        status_code=500)
+
+
 def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: ServeConfig = ServeConfig(), *,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     """The ASGI application: the page, the streams and the API around one predictor and one capture loop.
@@ -362,6 +369,6 @@ def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: Serve
         middleware.append(Middleware(TokenGuard, token=config.token))
     middleware.append(Middleware(BodyLimit, max_bytes=config.max_request_bytes))
     app = Starlette(routes=routes, middleware=middleware, lifespan=server.lifespan,
-                    exception_handlers={HTTPException: _http_error})
+                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.server = server
     return app

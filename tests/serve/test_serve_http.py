@@ -131,6 +131,19 @@ def test_predict_raw_body_and_request_errors(predictor):
     assert 'edgereg_predict_requests_total{code="413"} 1.0' in codes  # the streamed one (Content-Length: refused before)
 
 
+def test_a_failing_model_is_a_json_500_and_the_server_goes_on(predictor, monkeypatch):
+    with TestClient(create_app(predictor), raise_server_exceptions=False) as client:
+        def broken(frames, boxes):
+            raise RuntimeError("ORT went away")
+        monkeypatch.setattr(client.app.state.server.batcher, "_predict", broken)
+        response = client.post("/api/predict", content=jpeg(sample_frame(1)), headers={"content-type": "image/jpeg"})
+        assert response.status_code == 500 and "RuntimeError: ORT went away" in response.json()["error"]
+        monkeypatch.undo()
+        again = client.post("/api/predict", content=jpeg(sample_frame(1)), headers={"content-type": "image/jpeg"})
+        assert again.status_code == 200
+        assert 'edgereg_predict_requests_total{code="500"} 1.0' in client.get("/metrics").text
+
+
 def test_token_guards_every_endpoint_but_healthz_and_no_cors(predictor):
     with TestClient(create_app(predictor, config=ServeConfig(token="s3cret"))) as client:
         assert client.get("/healthz").status_code == 200
