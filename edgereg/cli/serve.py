@@ -12,7 +12,6 @@ import ipaddress
 import re
 import sys
 
-from edgereg.cli.infer import _count, _non_negative
 
 DESCRIPTION = """\
 Serve a model over HTTP: a live page for people, an API for the software around the analyzer.
@@ -44,6 +43,29 @@ examples:
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
+
+
+def _count(minimum: int):
+    """A parser of integers >= ``minimum`` (argparse ``type=``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
 
 
 def _positive(text: str) -> float:
