@@ -77,7 +77,9 @@ def test_every_good_image_scored_once_in_order_and_every_bad_one_listed(model_fa
 
     expected = Predictor(model).predict([read_image(r["path"]) for r in rows]).values
     got = np.array([[float(r["a"]), float(r["b"])] for r in rows])
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    # float32 means of 768 normalized pixels summed in another order (batch 4 vs 32, other threads):
+    # about sqrt(768) * 1.2e-7 * |x| <= 2 apart, plus the CSV's 7 significant digits
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_shards_partition_the_inputs(model_factory, tmp_path, rng):
