@@ -191,6 +191,24 @@ def card_from_metadata(metadata: dict[str, str], *, source: str) -> ModelCard:
     return ModelCard.from_json(metadata[CARD_KEY], source=source)
 
 
+def read_card_file(path: str | Path) -> ModelCard:
+    """Read and validate a card saved as JSON (``--card CARD.json``), e.g. from ``edgereg info --json``.
+
+    Raises:
+        CardError: the file is missing, unreadable, not JSON, or not a valid card.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CardError(f"card file not found: '{path}'; write one with `edgereg info MODEL --json > {path}`") \
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CardError(f"cannot read card file '{path}' ({getattr(exc, 'strerror', None) or exc}); "
+                        "expected a UTF-8 JSON file") from None
+    return ModelCard.from_json(text, source=str(path))
+
+
 def read_card(model_path: str | Path) -> ModelCard:
     """Read and validate the card of an ONNX file (needs only onnxruntime)."""
     import onnxruntime as ort

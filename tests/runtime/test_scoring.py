@@ -46,8 +46,8 @@ def make_mixed_folder(root, rng, n_good=9):
     (root / "bad_zero.png").write_bytes(b"")
     (root / "bad_text.jpg").write_text("this is not an image\n")
     (root / "bad_noise.png").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
-    (root / "bad_dir.png").mkdir()  # a folder with an image name is not listed at all
-    return good, ["bad_noise.png", "bad_text.jpg", "bad_truncated.jpg", "bad_zero.png"]
+    (root / "bad_dir.png").mkdir()  # a folder with an image name is listed as an error, not dropped
+    return good, ["bad_dir.png", "bad_noise.png", "bad_text.jpg", "bad_truncated.jpg", "bad_zero.png"]
 
 
 def score_to_csv(source, predictor, out, **kwargs):
