@@ -97,6 +97,7 @@ _OS_REASONS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EISDIR: "a folder is in the way (it is a directory)",
+    errno.EEXIST: "a file is in the way",
     errno.ENOTDIR: "a file is in the way of a folder in its path",
     errno.ENOENT: "its folder does not exist",
     errno.EFBIG: "file too large for the file system",

@@ -464,14 +464,16 @@ class OutputIdentity:
                 f"columns [{', '.join(self.columns)}]")
 
 
-def write_identity(out_path: str | os.PathLike, identity: OutputIdentity) -> Path:
-    """Write ``<out>.meta.json`` atomically (a temporary file in the same folder, then rename).
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers only ever see the old file or the whole new one
+    (a temporary file in the same folder, fsync, rename); on failure nothing is left behind.
 
     Raises:
-        OutputError: the folder is not writable.
+        OutputError: the folder is missing or not writable, or the disk is full.
     """
-    target = identity_path_for(out_path)
-    data = (json.dumps(identity.to_dict(), indent=2) + "\n").encode()
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"cannot write '{target}': a folder is in the way; move it or choose another output")
     temp = None
     try:
         handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
@@ -484,7 +486,7 @@ def write_identity(out_path: str | os.PathLike, identity: OutputIdentity) -> Pat
         os.replace(temp, target)
         temp = None
     except OSError as exc:
-        raise output_error(exc, target) from None
+        raise output_error(exc, target, fix="choose another output folder") from None
     finally:
         if temp is not None:
             try:
@@ -492,6 +494,15 @@ def write_identity(out_path: str | os.PathLike, identity: OutputIdentity) -> Pat
             except OSError:
                 pass
     return target
+
+
+def write_identity(out_path: str | os.PathLike, identity: OutputIdentity) -> Path:
+    """Write ``<out>.meta.json`` atomically (a temporary file in the same folder, then rename).
+
+    Raises:
+        OutputError: the folder is not writable.
+    """
+    return atomic_write(identity_path_for(out_path), (json.dumps(identity.to_dict(), indent=2) + "\n").encode())
 
 
 def read_identity(out_path: str | os.PathLike) -> OutputIdentity | None:
