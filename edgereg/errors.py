@@ -112,10 +112,12 @@ def os_error_reason(exc: OSError) -> str:
     return _OS_REASONS.get(exc.errno, exc.strerror or type(exc).__name__)
 
 
-def output_error(exc: OSError, path, *, fix: str = "choose another --out", mid_run: bool = False) -> OutputError:
+def output_error(exc: OSError, path, *, fix: str = "choose another --out", mid_run: bool = False,
+                 resumable: bool = False) -> OutputError:
     """The typed error for failing to write ``path``: one line with the reason and ``fix``.
 
-    ``mid_run`` (some output was already written) gives :class:`WriteFailedError` (exit 1).
+    ``mid_run`` (some output was already written) gives :class:`WriteFailedError` (exit 1);
+    ``resumable`` says that ``--resume`` continues the work.
     """
     reason = os_error_reason(exc)
     if exc.errno == errno.ENOENT:
@@ -124,6 +126,6 @@ def output_error(exc: OSError, path, *, fix: str = "choose another --out", mid_r
         reason = f"folder '{os.path.dirname(os.fspath(path)) or '.'}' does not exist"
         fix = f"create it first (mkdir -p) or {fix}"
     elif exc.errno in FULL_ERRNOS:
-        fix = "free some space, then run again" + (" with --resume" if mid_run else "")
+        fix = "free some space, then run again" + (" with --resume" if resumable else "")
     cls = WriteFailedError if mid_run else OutputError
     return cls(f"cannot write '{path}': {reason}; {fix}")

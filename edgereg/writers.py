@@ -145,7 +145,7 @@ class _LineSink:
             if not self._owned or isinstance(exc, BrokenPipeError):
                 raise  # stdout: the caller handles a closed pipe
             self._cut_back()
-            raise output_error(exc, self.path, mid_run=True) from None
+            raise output_error(exc, self.path, mid_run=True, resumable=True) from None
         self._end += len(data)
         self._dirty = True
         if self._owned and time.monotonic() - self._last_sync >= self._fsync_every:
@@ -164,7 +164,7 @@ class _LineSink:
             try:
                 os.fsync(self._file.fileno())
             except OSError as exc:
-                raise output_error(exc, self.path, mid_run=True) from None
+                raise output_error(exc, self.path, mid_run=True, resumable=True) from None
             self._dirty = False
         self._last_sync = time.monotonic()
 

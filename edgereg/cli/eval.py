@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 from pathlib import Path
 
 from edgereg.cli.options import MAX_PIXELS_HELP, add_card_option, count, pixels
@@ -47,7 +48,7 @@ def run(args) -> int:
     from edgereg.export.gate import to_user_units
     from edgereg.predictor import Predictor
     from edgereg.preprocess import CropBox
-    from edgereg.training.data import load_dataset
+    from edgereg.training.data import load_dataset, skip_summary
     from edgereg.training.metrics import compute_metrics
     from edgereg.writers import atomic_write
 
@@ -73,6 +74,9 @@ def run(args) -> int:
     plot = _plot(out_dir / "pred_vs_true.png", card, truth, predictions.values, metrics)
 
     units = card.unit_of
+    skipped = skip_summary(dataset.skipped)
+    if skipped:  # always said, whatever else is printed: rows left out change the metrics
+        print(f"edgereg: {skipped}", file=sys.stderr)
     print(f"{args.model} on {args.dataset}: {len(truth)} images ({len(dataset.skipped)} rows skipped), "
           f"tta {predictor.tta}")
     print(f"  overall RMSE {metrics['rmse']:.4g}  MAE {metrics['mae']:.4g}  max error {metrics['max_error']:.4g}")

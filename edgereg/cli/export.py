@@ -87,8 +87,8 @@ def run(args) -> int:
         from edgereg.errors import output_error
 
         error = output_error(exc, exc.filename or out_dir, fix="choose another --out", mid_run=True)
-        note = f" ({len(removed)} file(s) of this export removed: all or nothing)" if removed else ""
-        raise type(error)(f"{error}{note}") from None
+        kept = f"; the {len(removed)} file(s) it had written were removed" if removed else ""
+        raise type(error)(f"{error} (an export is all or nothing{kept})") from None
 
 
 OUTPUT_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "export_report.json")
@@ -133,7 +133,8 @@ def _remove_partial_outputs(out_dir: Path, *, since: float) -> list[Path]:
                 removed.append(folder)
         except OSError:
             continue
-    for temp in out_dir.glob(".*.tmp"):  # atomic writes interrupted half-way
+    temps = [*out_dir.glob(".*.tmp"), *out_dir.glob("*.tmp"), *out_dir.glob("*.partial")]
+    for temp in temps:  # atomic writes interrupted half-way
         try:
             if temp.stat().st_mtime >= since:
                 temp.unlink()
