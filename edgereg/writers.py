@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgereg.errors import EdgeregError, OutputError, output_error
+from edgereg.preprocess.decode import file_kind
 
 ENCODING = "utf-8"
 ENCODING_ERRORS = "surrogateescape"  # paths that are not UTF-8 round-trip byte for byte
@@ -277,6 +278,13 @@ def check_output_target(out: str | os.PathLike, *, resume: bool = False, overwri
     out = Path(out)
     if out.is_dir():
         raise OutputError(f"cannot write '{out}': a folder is in the way; choose another --out (a file name)")
+    for path in (out, errors_path_for(out), identity_path_for(out)):  # a FIFO would block the open
+        kind = file_kind(path.stat().st_mode) if path.exists() else None
+        if kind not in (None, "directory"):
+            raise OutputError(f"cannot write '{path}': not a regular file ({kind}); choose another --out "
+                              "(to stream rows, leave --out out: they go to stdout)")
+        if kind == "directory":
+            raise OutputError(f"cannot write '{path}': a folder is in the way; choose another --out")
     parent = out.parent
     if not parent.exists():
         raise OutputError(f"cannot write '{out}': folder '{parent}' does not exist; create it first "

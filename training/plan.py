@@ -55,6 +55,8 @@ def probe_sources(root: str | Path, *, count: int = 16, allow_outside: bool = Fa
     root = Path(root)
     csv_path = root if root.suffix == ".csv" else root / LABELS_FILE
     sizes, gray = [], True
+    if not csv_path.is_file():  # missing, a folder or a FIFO (which would block): the loader says so
+        return SourceProbe((), (), False)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)

@@ -86,6 +86,8 @@ def write_json(path: str | Path, data: dict) -> Path:
 def read_json(path: str | Path) -> dict:
     """Read a run file; a missing or broken file is an EdgeregError naming the fix."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, or a FIFO that would block the read
+        raise EdgeregError(f"'{path}' is not a regular file; expected a run directory made by `edgereg train`")
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

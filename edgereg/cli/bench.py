@@ -7,7 +7,7 @@ import argparse
 import re
 import time
 
-from edgereg.cli.options import MAX_PIXELS_HELP, add_card_option, count, pixels
+from edgereg.cli.options import MAX_PIXELS_HELP, MAX_THREADS, add_card_option, count, pixels
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, check_pixels
 
 MAX_BATCH = 4096  # images per timed call
@@ -51,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="source frame HxW (default 480x640)")
     parser.add_argument("--repeats", type=count(1, 10_000), default=5, metavar="N",
                         help="timed repeats per measurement (default 5)")
-    parser.add_argument("--threads", type=count(1, 1024), default=None, metavar="N",
+    parser.add_argument("--threads", type=count(1, MAX_THREADS), default=None, metavar="N",
                         help="ONNX Runtime intra-op threads (default: one per core)")
     parser.add_argument("--max-pixels", type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
     add_card_option(parser)

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from edgereg.cli.options import MAX_PIXELS_HELP, add_card_option, count, non_negative, pixels
+from edgereg.cli.options import MAX_PIXELS_HELP, MAX_THREADS, add_card_option, count, non_negative, pixels
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 DESCRIPTION = """\
@@ -78,7 +78,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the model card's)")
     model.add_argument("--batch", type=count(1), default=32, metavar="N", help="images per inference call (default 32)")
     model.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt, or a comma list")
-    model.add_argument("--threads", type=count(1), default=None, metavar="N",
+    model.add_argument("--threads", type=count(1, MAX_THREADS), default=None, metavar="N",
                        help="ONNX Runtime intra-op threads (default: half the cores for PATH, "
                             "leaving the rest to the decoders; one per core for --camera)")
     add_card_option(model)
@@ -92,7 +92,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     batch.add_argument("--fail-fast", action="store_true", help="stop at the first file that fails (exit 3)")
     batch.add_argument("--shard", metavar="I/N",
                        help="score inputs whose position p has p %% N == I-1 (I = 1..N); cat the N outputs")
-    batch.add_argument("--decode-threads", type=count(1), default=None, metavar="N",
+    batch.add_argument("--decode-threads", type=count(1, MAX_THREADS), default=None, metavar="N",
                        help="image decoder threads (default: one per core, at least 2)")
     batch.add_argument("--queue", type=count(1), default=None, metavar="N",
                        help="decoded images allowed to wait for inference (default 2*batch + 4*threads)")

@@ -12,6 +12,8 @@ import re
 
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, format_megapixels
 
+MAX_THREADS = 256  # thread-count options: more than any machine edgereg runs on has cores, far below
+# what would exhaust memory (a typo like --decode-threads 100000 must not start 100,000 threads)
 MAX_PIXELS_HELP = (f"refuse images larger than this, read from the file header before decoding: a count "
                    f"like 50M, 12.5MP or 8000000; 0 for no limit (default {format_megapixels(DEFAULT_MAX_PIXELS)})")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgereg.cli.options import MAX_THREADS, count
 from edgereg.errors import EdgeregError
 
 EPILOG = """examples:
@@ -47,7 +48,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--augment", default="auto",
                        help="augmentation preset[,key=value...]: auto, none, geometric, all; e.g. auto,noise=0.01")
     model.add_argument("--seed", type=int, default=0, help="seed of split, init, shuffling, augmentation")
-    model.add_argument("--threads", type=int, help="torch CPU threads (default: the cores)")
+    model.add_argument("--threads", type=count(1, MAX_THREADS), metavar="N",
+                       help="torch CPU threads (default: the cores)")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     model.add_argument("--nondeterministic", action="store_true",
                        help="allow faster convolution kernels whose results vary in the last bits between runs")

@@ -129,3 +129,15 @@ def test_output_error_is_typed(tmp_path):
 
     with pytest.raises(OutputError, match="does not exist"):
         atomic_write(tmp_path / "missing" / "x.json", b"{}")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_a_fifo_as_out_or_card_is_refused_instead_of_blocking(tiny_model, tmp_path, capsys):
+    """Found by the CLI fuzzing: opening a FIFO to write rows, or to read a card, blocked forever."""
+    write_pngs(tmp_path / "photos", 1)
+    os.mkfifo(tmp_path / "rows.csv")
+    assert main(["infer", str(tiny_model), str(tmp_path / "photos"), "--out", str(tmp_path / "rows.csv")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "not a regular file (fifo)", "stdout")
+    os.mkfifo(tmp_path / "card.json")
+    assert main(["info", str(tiny_model), "--card", str(tmp_path / "card.json")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "not a regular file (fifo)")
