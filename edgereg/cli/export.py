@@ -187,8 +187,14 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
     holdout_fp32 = evaluate(fp32.path, holdout, card=card) if holdout is not None and int8 is None else None
     report = build_report(run_dir=run_dir, out_dir=out_dir, fp32=fp32, fp32_metrics=fp32_metrics, int8=int8,
                           fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32)
+    from edgereg.platform_info import cpu_info, runtime_line
+
+    info = cpu_info()
+    report["machine"] = {"cpu": info.describe(), "isa": info.isa}  # where the speed numbers come from
     report_path = write_report(report, out_dir / "export_report.json")
     print(format_summary(report))
+    if speed:
+        print(f"speed measured on: {runtime_line()}")
     rewritten = {path.name for path in written.values()} | ({fp16.path.name} if fp16 else set())
     for stale in ("model.int8.onnx", "model.fp16.onnx"):
         if stale not in rewritten and (out_dir / stale).is_file():
