@@ -189,8 +189,8 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
                           fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32)
     from edgereg.platform_info import cpu_info, runtime_line
 
-    info = cpu_info()
-    report["machine"] = {"cpu": info.describe(), "isa": info.isa}  # where the speed numbers come from
+    machine = cpu_info()
+    report["machine"] = {"cpu": machine.describe(), "isa": machine.isa}  # where the speed numbers come from
     report_path = write_report(report, out_dir / "export_report.json")
     print(format_summary(report))
     if speed:
