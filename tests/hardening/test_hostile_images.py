@@ -13,7 +13,6 @@ from hostile_helpers import png_bomb, run_cli_measured, write_pngs
 
 from edgereg.errors import DecodeError
 from edgereg.preprocess import decode_image, read_image
-from edgereg.preprocess.decode import image_dimensions
 
 BOMB_REASON = "too large: 30000x30000 = 900 MP > 50 MP (--max-pixels)"
 
@@ -51,6 +50,8 @@ def test_folder_with_a_bomb_a_fifo_a_socket_and_a_folder_named_png_scores_the_re
 
 def test_size_is_read_from_the_header_before_decoding():
     """Defect 1 at the API: PNG IHDR and JPEG SOF declare the size; over --max-pixels is refused."""
+    from edgereg.preprocess.decode import image_dimensions
+
     with pytest.raises(DecodeError, match=r"too large: 30000x30000 = 900 MP > 50 MP \(--max-pixels\)"):
         decode_image(png_bomb(30000, 30000), source="bomb.png")
     jpeg = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())

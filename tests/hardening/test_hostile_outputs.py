@@ -11,7 +11,6 @@ import pytest
 from hostile_helpers import assert_one_line_error, read_only_dir, small_tmpfs, write_pngs
 
 from edgereg.cli.main import main
-from edgereg.errors import OutputError
 
 
 def read_csv(path):
@@ -125,6 +124,7 @@ def test_disk_full_mid_run_keeps_whole_rows_exits_1_and_resume_finishes(tiny_mod
 
 
 def test_output_error_is_typed(tmp_path):
+    from edgereg.errors import OutputError
     from edgereg.writers import atomic_write
 
     with pytest.raises(OutputError, match="does not exist"):
