@@ -55,7 +55,8 @@ examples:
 
 # options that only make sense for one mode, with their defaults (given -> a clear error)
 BATCH_ONLY = {"out": None, "recursive": False, "resume": False, "overwrite": False, "fail_fast": False,
-              "shard": None, "decode_threads": None, "queue": None, "gate": False}
+              "shard": None, "decode_threads": None, "queue": None, "gate": False,
+              "max_pixels": DEFAULT_MAX_PIXELS}
 LIVE_ONLY = {"show": False, "smooth": 5, "smooth_method": "median", "stable_tol": None, "frames": None,
              "max_retries": None}
 FAILURES_SHOWN = 3  # failures quoted in the summary line
