@@ -69,12 +69,12 @@ def _not_available(name: str, full: str, available: list[str]) -> str:
     gpu = full in GPU_PROVIDERS
     if gpu:
         spelled = f" ({full})" if full != name else ""
-        return (f"execution provider {name!r}{spelled} is not in this onnxruntime build, which has: {have}; "
+        return (f"execution provider {name!r}{spelled} is not in this onnxruntime build (available: {have}); "
                 f"for CUDA/TensorRT install the GPU build: pip install 'edgereg[gpu]' (onnxruntime-gpu, "
                 f"with NVIDIA's CUDA and cuDNN libraries), or use --providers cpu")
     if full in KNOWN_PROVIDERS:
-        return (f"execution provider {name!r} is not in this onnxruntime build, which has: {have}; "
+        return (f"execution provider {name!r} is not in this onnxruntime build (available: {have}); "
                 "install an onnxruntime package built with it, or use --providers cpu")
     hint = did_you_mean(name.lower(), [*ALIASES, *available])
-    return (f"unknown execution provider {name!r}{hint}; this onnxruntime build has: {have} "
+    return (f"unknown execution provider {name!r}{hint}; available in this onnxruntime build: {have} "
             f"(aliases: {', '.join(ALIASES)}, or 'auto'); for CUDA/TensorRT: pip install 'edgereg[gpu]'")

@@ -35,6 +35,8 @@ so ``frozen`` needs its few frames of history again.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import queue
 import threading
@@ -49,12 +51,14 @@ import numpy as np
 
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
-from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads, read_image
-from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, explain_cv2_error
+from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
+from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, decode_image, explain_cv2_error, max_file_bytes,
+                                       read_file_bytes)
 from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.sources import BatchSource, Entry
 from edgereg.writers import RowWriter
 
+OPENCV_EXIT_WAIT_S = 60.0  # the longest an exit waits for a decode in progress (a 50 MP image takes ~1 s)
 OUT_OF_RANGE_MARGIN = 0.005  # fraction of the range span from a limit that counts as "at the limit"
 TTA_DISAGREEMENT_FRACTION = 0.05  # spread above this fraction of the target's span is disagreement
 
@@ -192,14 +196,47 @@ def _reason(exc: BaseException, key: str) -> str:
     return text if isinstance(exc, EdgeregError) else f"{type(exc).__name__}: {text}"
 
 
-def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS
-          ) -> tuple[np.ndarray, CropBox] | str:
-    """Read, decode, crop and resize one entry (in a worker thread); a string is the failure reason."""
+class _OpenCVCalls:
+    """Counts worker threads inside OpenCV, so that an exit can wait for them.
+
+    The interpreter must not exit while a thread runs OpenCV code (its teardown then aborts the
+    process with SIGABRT); a thread blocked reading a file, on the other hand, may be abandoned.
+    """
+
+    def __init__(self) -> None:
+        self._inside = 0
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._changed:
+            self._inside += 1
+
+    def __exit__(self, *exc_info) -> None:
+        with self._changed:
+            self._inside -= 1
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no thread is inside OpenCV; False when ``timeout_s`` passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._inside == 0, timeout=timeout_s)
+
+
+def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+          opencv: _OpenCVCalls | None = None) -> tuple[np.ndarray, CropBox] | str:
+    """Read, decode, crop and resize one entry (in a worker thread); a string is the failure reason.
+
+    The file is read first (I/O, which may hang on a dead network file system), then decoded and
+    cropped inside ``opencv`` (which an exit waits for).
+    """
     if entry.error is not None:
         return entry.error
     try:
-        image = entry.frame if entry.frame is not None else read_image(entry.path, max_pixels=max_pixels)
-        return crop_resize(image, config)
+        data = None if entry.frame is not None else read_file_bytes(entry.path, max_bytes=max_file_bytes(max_pixels))
+        with opencv or contextlib.nullcontext():
+            image = entry.frame if data is None else decode_image(data, source=str(entry.path),
+                                                                   max_pixels=max_pixels)
+            return crop_resize(image, config)
     except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
         return _reason(exc, entry.key)
 
@@ -211,8 +248,9 @@ class _DecoderPool:
     hanging on a network file system (or a FIFO) would keep a Ctrl-C'd run from ever exiting.
     """
 
-    def __init__(self, threads: int, fn: Callable[..., Any]) -> None:
+    def __init__(self, threads: int, fn: Callable[..., Any], opencv: _OpenCVCalls | None = None) -> None:
         self._fn = fn
+        self.opencv = opencv or _OpenCVCalls()
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"edgereg-decode-{i}", daemon=True)
                          for i in range(threads)]
@@ -234,18 +272,22 @@ class _DecoderPool:
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
                 future.set_exception(exc)
 
-    def shutdown(self, *, timeout_s: float = 1.0) -> None:
-        """Stop the threads after their current task, waiting at most ``timeout_s`` for them.
+    def shutdown(self, *, timeout_s: float = 1.0, opencv_timeout_s: float = OPENCV_EXIT_WAIT_S) -> None:
+        """Stop the threads after their current task, waiting at most ``timeout_s`` for them, and
+        up to ``opencv_timeout_s`` more while one of them is inside OpenCV.
 
         Waiting lets a decode in progress leave OpenCV before the interpreter may exit (exiting
-        under a running OpenCV call aborts the process); the bound keeps a hung read from
-        blocking the exit.
+        under a running OpenCV call aborts the process); a decode is bounded by --max-pixels, so
+        that wait ends. A thread stuck reading a file (a dead network file system) is not in
+        OpenCV and is abandoned after ``timeout_s``: it cannot keep the run from exiting.
         """
         for _ in self._threads:
             self._tasks.put(None)
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            self.opencv.wait_idle(opencv_timeout_s)
 
 
 _END = object()  # the producer's last item
@@ -296,7 +338,8 @@ def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, t
     """
     pending: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
     stop = threading.Event()
-    pool = _DecoderPool(threads, _load)
+    opencv = _OpenCVCalls()
+    pool = _DecoderPool(threads, functools.partial(_load, opencv=opencv), opencv)
     producer = threading.Thread(target=_produce, name="edgereg-sources", daemon=True,
                                 args=(source, select, pool, config, pending, stop, max_pixels, quality))
     producer.start()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 
 import cv2
 import numpy as np
@@ -51,8 +50,15 @@ def world(tmp_path_factory):
     """Real files for the path tokens: models, a dataset, photos, a video, a list, a FIFO, a run."""
     import onnx
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-    from conftest import make_onnx_model
+    import importlib.util
+
+    # tests/conftest.py's model builder (loaded by path: "conftest" names several modules in a session)
+    spec = importlib.util.spec_from_file_location("edgereg_tests_root_conftest",
+                                                  os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                                               "conftest.py"))
+    shared = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shared)
+    make_onnx_model = shared.make_onnx_model
 
     root = tmp_path_factory.mktemp("cli_fuzz")
     card = ModelCard(kind="scalar", targets=("conc",), input_size=(16, 16), range=((-3.0, 3.0),))

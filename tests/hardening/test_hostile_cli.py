@@ -31,7 +31,7 @@ def read_csv(path):
     (["--frame", "100000x100000"], "too large: 100000x100000 = 10000 MP > 50 MP (--max-pixels)"),
     (["--batch", "-1"], "--batch: expected batch sizes 1..4096"),
     (["--batch", "8,0"], "--batch: expected batch sizes 1..4096"),
-    (["--threads", "-1"], "--threads: expected an integer in 1..1024, got -1"),
+    (["--threads", "-1"], "--threads: expected an integer in 1..256, got -1"),
     (["--batch", "4096", "--frame", "2000x2000"], "GiB of decoded frames (at most 1 GiB)"),
 ])
 def test_bench_refuses_bad_arguments_like_infer(tiny_model, args, expected, capsys):
