@@ -148,9 +148,10 @@ def argv_for(draw, command: str):
             tokens.append(draw(st.sampled_from(INPUTS)))
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     required = [a for a in options if a.required]
-    for action in required:  # usually given, with a small count (synth --n)
+    for action in required:  # usually given: an output (train --out) or a small count (synth --n)
         if draw(st.integers(0, 5)):
-            tokens += [action.option_strings[0], draw(st.sampled_from(["1", "2", "3", "0", "x"]))]
+            pool = OUTPUTS if _is_output(action) else ["1", "2", "3", "0", "x"]
+            tokens += [action.option_strings[0], draw(st.sampled_from(pool))]
     for action in draw(st.lists(st.sampled_from(options), max_size=4)):
         tokens.append(draw(st.sampled_from(action.option_strings)))
         if action.nargs == 0:
@@ -193,15 +194,21 @@ def resolve(tokens: list[str], world: dict, out_dir) -> list[str]:
     return resolved
 
 
-def run_main(argv: list[str], limit: float) -> tuple[int, str]:
-    """main(argv) with stdout/stderr captured (byte-capable, as the row writers need), bounded."""
+def run_main(argv: list[str], limit: float, cwd) -> tuple[int, str]:
+    """main(argv) in ``cwd`` (outputs with default or relative names land there), with stdout and
+    stderr captured (byte-capable, as the row writers need), bounded."""
     stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
     stderr = io.StringIO()
-    with bounded(limit), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-            code = exc.code
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with bounded(limit), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+                code = exc.code
+    finally:
+        os.chdir(previous)
     return code, stderr.getvalue()
 
 
@@ -221,8 +228,8 @@ def _property(command: str):
     def test(world, tmp_path_factory, tokens):
         if tokens[tokens.index(command) + 1:tokens.index(command) + 2] == ["RUN"] and not world["RUN"].exists():
             pytest.skip("no torch: no run directory to export")
-        argv = resolve(tokens, world, tmp_path_factory.mktemp("case"))
-        code, err = run_main(argv, TIME_LIMIT.get(command, 15.0))
+        case = tmp_path_factory.mktemp("case")
+        code, err = run_main(resolve(tokens, world, case), TIME_LIMIT.get(command, 15.0), case)
         check(code, err)
 
     test.__name__ = f"test_any_{command.replace('-', '_')}_command_line_exits_cleanly"
