@@ -12,6 +12,9 @@ import ipaddress
 import re
 import sys
 
+from edgereg.cli.options import MAX_PIXELS_HELP, MAX_THREADS, add_card_option, count, non_negative, pixels
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
+
 
 DESCRIPTION = """\
 Serve a model over HTTP: a live page for people, an API for the software around the analyzer.
@@ -45,47 +48,10 @@ LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
 
-def _count(minimum: int):
-    """A parser of integers >= ``minimum`` (argparse ``type=``)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
 def _positive(text: str) -> float:
-    value = _non_negative(text)
+    value = non_negative(text)
     if value == 0:
         raise argparse.ArgumentTypeError("expected a number > 0, got 0")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _count(0)(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0..65535 (0: any free port), got {value}")
-    return value
-
-
-def _quality(text: str) -> int:
-    value = _count(1)(text)
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"expected a JPEG quality 1..100, got {value}")
     return value
 
 
@@ -98,7 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--camera", metavar="SRC", help="device index (0), video file or stream URL; "
                                                        "without it, the API alone")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080; 0: any free port)")
+    parser.add_argument("--port", type=count(0, 65535), default=8080, help="TCP port (default 8080; 0: any free port)")
 
     auth = parser.add_argument_group("access")
     auth.add_argument("--token", default=None, help="bearer token required on every endpoint but /healthz")
@@ -108,32 +74,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="serve a non-loopback --host without a token (a trusted network only)")
     auth.add_argument("--max-request-mb", type=_positive, default=32.0, metavar="MB",
                       help="largest request body accepted (default 32 MiB)")
-    auth.add_argument("--max-images", type=_count(1), default=32, metavar="N",
+    auth.add_argument("--max-images", type=count(1), default=32, metavar="N",
                       help="images per /api/predict request (default 32)")
+    auth.add_argument("--max-pixels", type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+                      help=MAX_PIXELS_HELP.replace("refuse images", "refuse uploaded images"))
 
     model = parser.add_argument_group("model")
     model.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the model card's)")
     model.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt, or a comma list")
-    model.add_argument("--threads", type=_count(1), default=None, metavar="N",
+    model.add_argument("--threads", type=count(1, MAX_THREADS), default=None, metavar="N",
                        help="ONNX Runtime intra-op threads (default: one per core)")
-    model.add_argument("--batch", type=_count(1), default=32, metavar="N",
+    model.add_argument("--batch", type=count(1), default=32, metavar="N",
                        help="images per inference call when API requests are batched together (default 32)")
-    model.add_argument("--batch-wait-ms", type=_non_negative, default=2.0, metavar="MS",
+    model.add_argument("--batch-wait-ms", type=non_negative, default=2.0, metavar="MS",
                        help="how long a lone API request waits for others to batch with (default 2)")
+    add_card_option(model)
 
     live = parser.add_argument_group("live readout (--camera)")
-    live.add_argument("--smooth", type=_count(1), default=5, metavar="N",
+    live.add_argument("--smooth", type=count(1), default=5, metavar="N",
                       help="smooth over N frames; stable = held within tolerance for N frames (default 5)")
     live.add_argument("--smooth-method", choices=("median", "ema"), default="median",
                       help="median (default; ignores odd frames) or ema")
     live.add_argument("--stable-tol", type=float, default=None, metavar="X",
                       help="tolerance of 'stable' in target units (default: 1%% of the card's range)")
     live.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
-    live.add_argument("--blur-threshold", type=_non_negative, default=None, metavar="X",
+    live.add_argument("--blur-threshold", type=non_negative, default=None, metavar="X",
                       help="variance of the Laplacian below which a frame is blurred (default 10; 0: off)")
     live.add_argument("--stream-fps", type=_positive, default=10.0, metavar="FPS",
                       help="frames per second sent to each /stream.mjpg client at most (default 10)")
-    live.add_argument("--jpeg-quality", type=_quality, default=80, metavar="Q",
+    live.add_argument("--jpeg-quality", type=count(1, 100), default=80, metavar="Q",
                       help="JPEG quality of the stream and snapshots, 1..100 (default 80)")
     live.add_argument("--history", type=_positive, default=300.0, metavar="S",
                       help="seconds of readings kept for the page's chart (default 300)")
@@ -225,6 +194,7 @@ def bind_socket(host: str, port: int):
 
 
 def run(args) -> int:
+    from edgereg.cli.options import card_from_option
     from edgereg.errors import require_extra
 
     for module in ("starlette", "uvicorn", "prometheus_client", "python_multipart"):
@@ -242,10 +212,11 @@ def run(args) -> int:
 
     config = ServeConfig(token=token, stream_fps=args.stream_fps, jpeg=JpegOptions(quality=args.jpeg_quality),
                          max_request_bytes=int(args.max_request_mb * 2**20), max_images=args.max_images,
-                         batch_images=args.batch, batch_wait_s=args.batch_wait_ms / 1e3, history_s=args.history)
+                         batch_images=args.batch, batch_wait_s=args.batch_wait_ms / 1e3, history_s=args.history,
+                         max_pixels=args.max_pixels)
     # one predictor for the camera and the API; frames are too small to wake numba's workers
     predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch,
-                          threads=args.threads, preprocess_parallel=False)
+                          threads=args.threads, preprocess_parallel=False, card=card_from_option(args))
     feed = None
     if args.camera is not None:
         quality = None

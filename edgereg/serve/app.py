@@ -40,6 +40,7 @@ from starlette.staticfiles import StaticFiles
 from edgereg import __version__
 from edgereg.live import NO_FRAME, LiveFeed, Reading
 from edgereg.predictor import Predictor
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.scoring import reading_flags, target_spans
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.frames import FrameEncoder, JpegOptions, StreamClock
@@ -62,6 +63,7 @@ class ServeConfig:
     jpeg: JpegOptions = field(default_factory=JpegOptions)
     max_request_bytes: int = 32 * 2**20  # larger request bodies get 413
     max_images: int = 32  # images per /api/predict request
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # uploads declaring more pixels are refused (None: no limit)
     batch_images: int = 32  # images per ONNX Runtime call when requests are micro-batched
     batch_wait_s: float = 0.002  # how long a lone request waits for others to batch with
     history_s: float = 300.0  # readings kept for the chart and for event-stream resumes
@@ -150,6 +152,7 @@ class _Server:
             "camera": redact(self.feed.name) if self.feed is not None else None,
             "stream_fps": self.config.stream_fps, "history_s": self.config.history_s,
             "max_images": self.config.max_images, "max_request_bytes": self.config.max_request_bytes,
+            "max_pixels": self.config.max_pixels,
         })
 
     # ------------------------------------------------------------------ health and metrics
@@ -281,7 +284,8 @@ class _Server:
 
     async def _predict(self, request: Request) -> Response:
         uploads = await self._read_uploads(request)
-        prepared = await anyio.to_thread.run_sync(prepare_uploads, uploads, self.predictor.config)
+        prepared = await anyio.to_thread.run_sync(
+            lambda: prepare_uploads(uploads, self.predictor.config, max_pixels=self.config.max_pixels))
         readings: list[dict | None] = [None] * len(uploads)
         if len(prepared.frames):
             result = await asyncio.wrap_future(self.batcher.submit(prepared.frames, prepared.boxes))

@@ -1,7 +1,8 @@
 """Uploaded images -> frames for the model, through the same checks as folder scoring.
 
-Each upload is decoded with :func:`edgereg.preprocess.decode_image` (empty, truncated, corrupt and
-oversized images are refused with the same reasons as ``edgereg infer PATH``), then cropped and
+Each upload is decoded with :func:`edgereg.preprocess.decode_image` (empty, truncated, corrupt
+images, and images whose header declares more than ``max_pixels``, are refused before decoding
+with the same reasons as ``edgereg infer PATH``), then cropped and
 resized with :func:`edgereg.preprocess.crop_resize`. A bad upload never fails the others: it gets
 its reason, and the good ones are read.
 """
@@ -14,6 +15,7 @@ import numpy as np
 
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, decode_image
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,19 @@ def _reason(exc: BaseException, name: str) -> str:
     return text if isinstance(exc, EdgeregError) else f"{type(exc).__name__}: {text}"
 
 
-def prepare_uploads(uploads: list[Upload], config: PreprocessConfig) -> PreparedUploads:
-    """Decode, check, crop and resize uploads (blocking: call from a worker thread)."""
+def prepare_uploads(uploads: list[Upload], config: PreprocessConfig, *,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PreparedUploads:
+    """Decode, check, crop and resize uploads (blocking: call from a worker thread).
+
+    Args:
+        uploads: the request's images.
+        config: the model's preprocessing.
+        max_pixels: refuse images whose header declares more pixels (None: no limit of ours).
+    """
     frames, boxes, index, errors = [], [], [], []
     for position, upload in enumerate(uploads):
         try:
-            image = decode_image(upload.data, source=upload.name)
+            image = decode_image(upload.data, source=upload.name, max_pixels=max_pixels)
             frame, box = crop_resize(image, config)
         except Exception as exc:  # noqa: BLE001 - a bad upload is reported, never a server error
             errors.append((position, upload.name, _reason(exc, upload.name)))

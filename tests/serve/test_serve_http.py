@@ -100,6 +100,20 @@ def test_predict_reads_uploads_like_the_predictor_and_reports_bad_ones(predictor
     assert 'edgereg_predict_images_total{outcome="failed"} 3.0' in metrics
 
 
+def test_predict_refuses_image_bombs_from_the_header(predictor):
+    png = bytearray(jpeg(sample_frame(2, size=(48, 64)), ".png"))
+    png[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR declares 30000x30000: 900 MP in a few KB
+    files = [("image", ("bomb.png", bytes(png), "image/png")), ("image", ("ok.png", jpeg(sample_frame(2), ".png"), "image/png"))]
+    with TestClient(create_app(predictor)) as client:
+        readings = client.post("/api/predict", files=files).json()["readings"]
+    assert readings[0]["error"] == "too large: 30000x30000 = 900 MP > 50 MP (--max-pixels)"
+    assert "value" in readings[1]
+    small = ServeConfig(max_pixels=1000)  # the server's --max-pixels applies to every upload
+    with TestClient(create_app(predictor, config=small)) as client:
+        refused = client.post("/api/predict", files=files[1:])
+    assert refused.status_code == 422 and "(--max-pixels)" in refused.json()["readings"][0]["error"]
+
+
 def test_predict_raw_body_and_request_errors(predictor):
     image = jpeg(sample_frame(1))
     config = ServeConfig(max_images=2, max_request_bytes=200_000)
