@@ -139,7 +139,8 @@ def capped_size(native: tuple[int, int], cap: int) -> tuple[int, int]:
 
 
 MIN_FIT_EPOCHS = 15  # the budget must leave the fit this many epochs ...
-MIN_FIT_STEPS = 3000  # ... or this many steps, whichever is fewer, else the input shrinks
+MIN_FIT_STEPS = 1500  # ... and at least this many steps (a one-cycle fit from scratch needs them) ...
+MAX_FIT_STEPS = 3000  # ... but never more than this many, else the input shrinks
 SIZE_STEP = 0.8  # each shrink multiplies the side by this
 MIN_AUTO_SIDE = 32  # the budget never shrinks the input below this side ...
 MAX_SHRINK = 0.5  # ... nor below this fraction of the native side: detail is what a small input loses
@@ -166,8 +167,8 @@ def seconds_per_step(model_name: str, kind: str, size: tuple[int, int], channels
 def choose_input_size(probe: SourceProbe, config: TrainConfig, *, crop: str, kind: str, model_name: str,
                       fit_seconds: float | None, log: Callable[[str], None]) -> tuple[tuple[int, int], str]:
     """The model input size and why: native after the crop, capped at ``config.max_size``, and
-    smaller only when the time budget could not otherwise give the fit MIN_FIT_EPOCHS epochs (or
-    MIN_FIT_STEPS steps).
+    smaller only when the time budget could not otherwise give the fit MIN_FIT_EPOCHS epochs and
+    MIN_FIT_STEPS steps (at most MAX_FIT_STEPS steps are asked for).
 
     Args:
         fit_seconds: seconds the final fit is expected to get (None: no budget, no shrinking).
@@ -183,7 +184,7 @@ def choose_input_size(probe: SourceProbe, config: TrainConfig, *, crop: str, kin
         return size, reason
     channels = 1 if probe.gray and config.channels != "rgb" else 3
     steps_per_epoch = max(1, round(probe.rows * (1 - config.val_frac - config.test_frac) / config.batch_size))
-    wanted = min(MIN_FIT_EPOCHS * steps_per_epoch, MIN_FIT_STEPS)
+    wanted = min(max(MIN_FIT_EPOCHS * steps_per_epoch, MIN_FIT_STEPS), MAX_FIT_STEPS)
     step = seconds_per_step(model_name, kind, size, channels, config.batch_size)
     affordable = fit_seconds / max(step, 1e-6)
     original = size
@@ -474,26 +475,28 @@ def resolve_reference(loaded: LoadedData, config: TrainConfig, train_rows: np.nd
     answer (:func:`edgereg.training.reference.choose_reference`) for RGB scalar/vector/distribution."""
     from edgereg.training.reference import ReferenceChoice, choose_reference
 
-    if config.reference != "auto":
-        region = None if config.reference == "none" else config.reference
-        return ReferenceChoice(region, f"--reference {config.reference}", {})
-    if loaded.kind not in ("scalar", "vector", "distribution") or loaded.geometry.channels != "rgb":
+    if config.reference == "none":
+        return ReferenceChoice(None, "--reference none", {})
+    if config.reference == "auto" and (loaded.kind not in ("scalar", "vector", "distribution")
+                                       or loaded.geometry.channels != "rgb"):
         return ReferenceChoice(None, f"only colour readings (RGB scalar/vector/distribution) are tested; this is "
                                      f"{loaded.geometry.channels} {loaded.kind}", {})
     dataset = loaded.dataset
     rows = np.asarray(train_rows)
     return choose_reference(dataset.images[rows], dataset.targets[rows],
                             groups=None if dataset.groups is None else np.asarray(dataset.groups)[rows],
-                            circle=loaded.crop == "circle", seed=seed)
+                            circle=loaded.crop == "circle", seed=seed,
+                            only=None if config.reference == "auto" else config.reference)
 
 
 def make_plan(loaded: LoadedData, config: TrainConfig, split, *, model_name: str | None = None,
-              reference_region: str | None = None, seen_frac: float | None = None) -> FitPlan:
+              reference_region: dict | None = None, seen_frac: float | None = None) -> FitPlan:
     """Fit normalization and target transforms on the train split and pick model, loss, augmentation.
 
     Args:
         model_name: the model (default ``config.model``, else the kind's default).
-        reference_region: divide colours by this region's mean (see edgereg.training.reference).
+        reference_region: divide colours by this region's mean (a ``ReferenceChoice.region``; see
+            edgereg.training.reference).
         seen_frac: share of train rows held back to measure memorisation (default config.seen_frac).
     """
     from edgereg.training.reference import ratio_statistics
@@ -513,7 +516,7 @@ def make_plan(loaded: LoadedData, config: TrainConfig, split, *, model_name: str
     if reference_region is not None:
         mean_out, std_out = ratio_statistics(dataset.images[train], reference_region, circle=preprocess.circle,
                                              seed=config.seed)
-        reference = {"region": reference_region, "mean_out": list(mean_out), "std_out": list(std_out)}
+        reference = {**reference_region, "mean_out": list(mean_out), "std_out": list(std_out)}
     augment = parse_augment(config.augment, kind=loaded.kind, crop=preprocess.crop, square=height == width,
                             invariance=config.invariance, lighting=reference is not None)
     value_range = None

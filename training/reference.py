@@ -6,17 +6,22 @@ reflectance in the same photo (the white plate around a well) sees the same ligh
 sample / reference cancels a per-channel gain, which no augmentation can teach a model that only
 sees the sample. :class:`ReferenceNorm` divides every pixel by the mean colour of a fixed region
 of the model input before the network sees it; it is part of the torch model, so the exported
-ONNX graph computes it (Mul, ReduceSum, Div, Add: standard ops) and the runtime needs nothing new.
+ONNX graph computes it (Div, Sub, Min, ReduceSum: standard ops) and the runtime needs nothing new.
 
-Regions (fractions of the inscribed circle's radius ``R = min(H, W) / 2`` about the image centre
-``((W-1)/2, (H-1)/2)``): ``ring`` is ``0.85 R <= r <= R`` (the rim of a round sample's plate),
-``corners`` is ``r > R`` (outside the inscribed circle; not available with a circle crop).
+Regions are annuli about the image centre ``((W-1)/2, (H-1)/2)``, in fractions of the inscribed
+circle's radius ``R = min(H, W) / 2``: a ring ``inner R <= r <= outer R``, or the corners
+``r > R`` (outside the inscribed circle; not available with a circle crop). Where the plate is
+depends on the photos (a well filling 80 % of the frame, a small well on a wide plate, a plate on
+a patterned bench), so the radii are not fixed: :data:`RING_CANDIDATES` tiles ``0.35 R .. R`` with
+rings of 0.15 R (every ring outside the sample disk the test reads).
 
 ``--reference auto`` decides from the data with a cheap test (:func:`choose_reference`): a ridge
-regression of the targets on the log mean colour of the centre disk (``r < 0.5 R``), against the
+regression of the targets on the log mean colour of the centre disk (``r < 0.3 R``), against the
 same on the log ratio to each candidate region, scored by (grouped) 5-fold cross-validation on the
-training rows. A region is used when its ratio reader is at least 10 % better: then lighting, not
-the sample, explains part of the colour, and the region carries it.
+training rows. The best region is used when its ratio reader is at least 10 % better than the
+plain one: then lighting, not the sample, explains part of the colour, and the region carries it.
+A region that straddles the plate and a changing background scores worse than the plate alone,
+so the test picks the plate.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import torch
 from torch import nn
 
 REGIONS = ("ring", "corners")
-RING_INNER = 0.85  # the ring region starts at this fraction of the inscribed radius
-SAMPLE_RADIUS = 0.5  # the test's sample region: the centre disk of this fraction of the radius
+RING_INNER, RING_OUTER = 0.85, 1.0  # a ring recorded without radii (runs of an earlier version)
+RING_WIDTH = 0.15  # candidate rings are this wide (fraction of the inscribed radius) ...
+RING_CANDIDATES = tuple((round(a, 2), round(a + RING_WIDTH, 2)) for a in (0.35, 0.5, 0.65, 0.775, 0.85))
+SAMPLE_RADIUS = 0.3  # the test's sample region: the centre disk of this fraction of the radius
 MIN_GAIN = 0.9  # a region must bring the test's RMSE below this fraction of the plain reader's
 EPS = 1e-3  # added to reference means (pixel units in [0, 1]): a black reference cannot divide by 0
 
@@ -40,14 +47,41 @@ def radius_map(height: int, width: int) -> np.ndarray:
     return np.hypot(xx - (width - 1) / 2, yy - (height - 1) / 2) / (min(height, width) / 2)
 
 
-def region_mask(region: str, height: int, width: int) -> np.ndarray:
-    """(H, W) bool pixels of ``region`` (see the module docstring)."""
+def region_mask(region: str, height: int, width: int, *, inner: float = RING_INNER,
+                outer: float = RING_OUTER) -> np.ndarray:
+    """(H, W) bool pixels of ``region``: ``ring`` (``inner <= r <= outer``, fractions of the
+    inscribed radius) or ``corners`` (``r > 1``); see the module docstring."""
     r = radius_map(height, width)
     if region == "ring":
-        return (r >= RING_INNER) & (r <= 1.0)
+        return (r >= inner) & (r <= outer)
     if region == "corners":
         return r > 1.0
     raise ValueError(f"unknown reference region {region!r}; expected one of {REGIONS}")
+
+
+def record_mask(record: dict, height: int, width: int) -> np.ndarray:
+    """(H, W) bool mask of a run.json ``reference`` entry (``region`` and, for rings, its radii)."""
+    return region_mask(record["region"], height, width, inner=float(record.get("inner", RING_INNER)),
+                       outer=float(record.get("outer", RING_OUTER)))
+
+
+def describe_region(region: dict) -> str:
+    """``ring 0.65-0.80 R`` or ``corners``."""
+    if region["region"] == "ring":
+        return f"ring {region.get('inner', RING_INNER):.2f}-{region.get('outer', RING_OUTER):.2f} R"
+    return region["region"]
+
+
+def candidate_regions(*, circle: bool, only: str | None = None) -> list[dict]:
+    """The reference regions the test tries: every candidate ring, and the corners without a circle crop.
+
+    Args:
+        only: ``ring`` or ``corners`` to try only that kind (``--reference ring|corners``).
+    """
+    regions = [{"region": "ring", "inner": a, "outer": b} for a, b in RING_CANDIDATES]
+    if not circle:
+        regions.append({"region": "corners"})
+    return [r for r in regions if only is None or r["region"] == only]
 
 
 def mean_colours(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -82,40 +116,44 @@ def cv_folds(n: int, groups: np.ndarray | None, *, k: int = 5, seed: int = 0) ->
 class ReferenceChoice:
     """What the reference test found (stored in metrics.json)."""
 
-    region: str | None  # the chosen region, or None
+    region: dict | None  # the chosen region ({"region": "ring", "inner": .., "outer": ..} or corners), or None
     reason: str
-    scores: dict  # region name (or "none") -> cross-validated RMSE of the linear reader (standardized)
+    scores: dict  # region description (or "none") -> cross-validated RMSE of the linear reader (standardized)
 
 
 def choose_reference(images: np.ndarray, targets: np.ndarray, *, groups: np.ndarray | None, circle: bool,
-                     seed: int = 0) -> ReferenceChoice:
-    """Whether dividing by a reference region helps a linear colour reader (module docstring).
+                     seed: int = 0, only: str | None = None) -> ReferenceChoice:
+    """Whether, and against which region, dividing by a reference helps a linear colour reader
+    (module docstring).
 
     Args:
         images: (N, H, W, 3) uint8 BGR training images (as loaded).
         targets: (N, T) float training targets.
         groups: (N,) group labels or None (folds keep groups whole).
-        circle: the model input is circle-masked (then only ``ring`` is possible).
+        circle: the model input is circle-masked (then only rings are possible).
+        only: ``ring`` or ``corners``: the user chose the kind of region; the test picks the radii
+            and the region is used whatever it scores.
     """
     n, height, width = images.shape[:3]
-    if n < 20:
+    if n < 20 and only is None:
         return ReferenceChoice(None, f"{n} training images are too few to test a reference", {})
-    folds = cv_folds(n, groups, seed=seed)
+    folds = cv_folds(n, groups, seed=seed, k=min(5, max(2, n // 4)))
     sample = np.log(mean_colours(images, radius_map(height, width) < SAMPLE_RADIUS) + EPS)  # (N,3)
     scores = {"none": _cv_rmse(sample, targets, folds)}
-    for region in REGIONS:
-        if region == "corners" and circle:
-            continue
-        mask = region_mask(region, height, width)
+    regions = {}
+    for region in candidate_regions(circle=circle, only=only):
+        mask = record_mask(region, height, width)
         if mask.sum() < 8:
             continue
         reference = np.log(mean_colours(images, mask) + EPS)
-        scores[region] = _cv_rmse(sample - reference, targets, folds)
-    best = min((r for r in scores if r != "none"), key=scores.get, default=None)
+        name = describe_region(region)
+        regions[name] = region
+        scores[name] = _cv_rmse(sample - reference, targets, folds)
+    best = min(regions, key=scores.get, default=None)
     text = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
-    if best is not None and scores[best] < MIN_GAIN * scores["none"]:
-        return ReferenceChoice(best, f"a linear colour reader improves with the {best} as reference "
-                                     f"(CV RMSE, standardized: {text})", scores)
+    if best is not None and (only is not None or scores[best] < MIN_GAIN * scores["none"]):
+        return ReferenceChoice(regions[best], f"a linear colour reader is best with the {best} as reference "
+                                              f"(CV RMSE, standardized: {text})", scores)
     return ReferenceChoice(None, f"no region explains the lighting (CV RMSE of a linear colour reader, "
                                  f"standardized: {text})", scores)
 
@@ -160,7 +198,7 @@ class ReferenceNorm(nn.Module):
         return (pixels / reference - self.mean_out) / self.std_out
 
 
-def ratio_statistics(images: np.ndarray, region: str, *, circle: bool, limit: int = 512,
+def ratio_statistics(images: np.ndarray, region: dict, *, circle: bool, limit: int = 512,
                      seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (RGB) mean and std of ``pixel / reference mean`` over (a sample of) the images.
 
@@ -172,7 +210,7 @@ def ratio_statistics(images: np.ndarray, region: str, *, circle: bool, limit: in
     sample = images if len(images) <= limit else images[rng.choice(len(images), limit, replace=False)]
     height, width = sample.shape[1:3]
     pixels = sample[..., ::-1].astype(np.float64) / 255.0  # (S,H,W,3) RGB
-    reference = mean_colours(sample, region_mask(region, height, width))  # (S,3)
+    reference = mean_colours(sample, record_mask(region, height, width))  # (S,3)
     ratio = pixels / (reference[:, None, None, :] + EPS)
     if circle:
         ratio = ratio[:, radius_map(height, width) <= 1.0]  # (S,H,W,3) -> (S,P,3)
@@ -185,5 +223,4 @@ def build_reference(record: dict | None, *, input_size: tuple[int, int], mean_in
     if not record:
         return None
     height, width = input_size
-    return ReferenceNorm(region_mask(record["region"], height, width), mean_in, std_in,
-                         record["mean_out"], record["std_out"])
+    return ReferenceNorm(record_mask(record, height, width), mean_in, std_in, record["mean_out"], record["std_out"])

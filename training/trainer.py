@@ -61,6 +61,7 @@ from edgereg.training.plan import (FitPlan, LoadedData, ValidationPlan, load_dat
                                    plan_validation, resolve_reference, run_record_model_part, seconds_per_step)
 from edgereg.training.race import (MIN_RACE_STEPS, RACE_SHARE, SCORING_SHARE, Candidate, affordable,
                                    race_candidates, race_record, run_race)
+from edgereg.training.reference import describe_region
 from edgereg.training.report import SplitEvaluation, build_metrics, evaluate_split, format_summary, plot_report
 from edgereg.training.run import (BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, REPORT_FILE, RUN_FILE, RUN_FORMAT,
                                   atomic_write_bytes, failure_reason, json_ready, load_checkpoint, mark_failed,
@@ -258,7 +259,7 @@ def run_fit(plan: FitPlan, config: TrainConfig, run_dir: Path | None, ctx: ddp.D
     if not quiet:
         log(f"model {plan.model_name} ({parameters:,} parameters), loss {loss}, {length} of {config.batch_size}, "
             f"lr {lr:.2g} {config.schedule}; augment {plan.augment.describe()}"
-            + (f"; reference {plan.reference['region']}" if plan.reference else ""))
+            + (f"; reference {describe_region(plan.reference)}" if plan.reference else ""))
     if checkpoint is not None:
         fitter.restore(checkpoint)
         log(f"resuming {run_dir} after epoch {fitter.epoch}/{fitter.planned}")
@@ -379,7 +380,7 @@ def eval_reserve(budget: float | None) -> float:
     return 0.0 if budget is None else min(60.0, 5.0 + 0.04 * budget)
 
 
-def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: str | None,
+def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None,
                         ctx: ddp.DistContext, clock: BudgetClock, run_dir: Path, *,
                         log: Callable[[str], None]) -> tuple[Candidate, dict]:
     """The race (or the fixed choice) and its metrics.json record."""
@@ -506,12 +507,12 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         reference = choice["reference"]
         winner = Candidate(choice["model"], float(choice["lr"]))
         race, reference_record = choice.get("race", {}), choice.get("reference_test", {})
-        log(f"resuming with {winner.label()}, reference {reference or 'none'}")
+        log(f"resuming with {winner.label()}, reference {describe_region(reference) if reference else 'none'}")
     else:
         found = resolve_reference(loaded, config, vplan.split.train, seed=config.seed)
         reference = found.region
         reference_record = {"region": found.region, "reason": found.reason, "scores": found.scores}
-        log(f"reference: {reference or 'none'} ({found.reason})")
+        log(f"reference: {describe_region(reference) if reference else 'none'} ({found.reason})")
         clock.mark("reference test")
         winner, race = choose_model_and_lr(loaded, config, vplan, reference, ctx, clock, run_dir, log=log)
         clock.mark("race")

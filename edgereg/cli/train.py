@@ -58,7 +58,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                             "d4/rotation also race the rotation-invariant p4m_small (default: from the kind)")
     model.add_argument("--reference", default="auto", choices=("auto", "none", "ring", "corners"),
                        help="divide colours by a reference region's mean, inside the exported model "
-                            "(default: when a linear test on the data says it helps)")
+                            "(auto: when a linear test on the data says it helps; ring: a ring about the "
+                            "centre, its radii chosen from the data; corners: outside the inscribed circle)")
     model.add_argument("--seed", type=int, default=0, help="seed of split, init, shuffling, augmentation")
     model.add_argument("--threads", type=count(1, MAX_THREADS), metavar="N",
                        help="torch CPU threads (default: the cores)")
