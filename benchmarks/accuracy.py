@@ -282,13 +282,22 @@ def real_texture(work: Path, minutes: float) -> dict:
     ours = default_train("real_texture", data, test, work, minutes)
     train_images, train_y, _ = rp.read_dataset(data)
     test_images, test_y, _ = rp.read_dataset(test)
-    fft = rp.ridge_fit_predict(rp.band_powers(train_images), train_y, rp.band_powers(test_images))
-    baseline = _rmse(fft, test_y)
+    train_bands, test_bands = rp.band_powers(train_images), rp.band_powers(test_images)
+    baseline = _rmse(rp.ridge_fit_predict(train_bands, train_y, test_bands), test_y)
     mean = _rmse(np.full_like(test_y, train_y.mean()), test_y)
+    # the FFT reader fitted on the test columns' own levels (5-fold): no unseen parts, no
+    # interpolation; what remains is the reader's error plus the label's ambiguity (perspective),
+    # an upper bound of the floor
+    folds = np.random.default_rng(0).permutation(len(test_y)) % 5
+    in_place = np.zeros_like(test_y)
+    for k in range(5):
+        in_place[folds == k] = rp.ridge_fit_predict(test_bands[folds != k], test_y[folds != k], test_bands[folds == k])
+    floor = _rmse(in_place, test_y)
     fp32 = ours["fp32"]["rmse"]
-    return {"ours": ours, "fft_rmse": baseline, "mean_rmse": mean, "row": {
+    return {"ours": ours, "fft_rmse": baseline, "mean_rmse": mean, "fft_in_place_rmse": floor, "row": {
         "metric": "RMSE (scale 1..3)", "fp32": fp32, "int8": ours.get("int8", {}).get("rmse"),
-        "baseline": f"FFT band powers {baseline:.3f} (mean {mean:.3f})", "floor": "not separable (labels exact)",
+        "baseline": f"FFT band powers {baseline:.3f} (mean {mean:.3f})",
+        "floor": f"<= {floor:.3f} (FFT reader fitted in place)",
         "ratio": f"{baseline / fp32:.1f}x", "met": baseline / fp32 >= 2, "budget_used": ours["budget_used"]}}
 
 

@@ -251,19 +251,26 @@ class Fitter:
     after the first steps (warm-up excluded) the steady step time and the validation time give the
     steps that fit, the one-cycle curve is laid over them, and at every epoch end the plan is
     re-made when the step time drifted by more than 10 %. The loop ends when the schedule is done,
-    the deadline passes (checked after every step), or, after the learning-rate peak only, when the
-    smoothed validation RMSE has not improved for ``config.patience`` epochs.
+    the deadline passes (checked after every step), or, without a deadline and after the
+    learning-rate peak only, when the smoothed validation RMSE has not improved for
+    :attr:`patience` epochs. With a deadline the time is given: the one-cycle schedule was laid
+    over it, its annealing end is where the best scores usually come, and the best weights are
+    kept whatever follows them, so stopping early would only leave budget unused.
 
     Args:
         rows: train rows (default ``plan.split.train``); val rows come from ``plan.split.val``.
         checkpoints: write checkpoint.pt / best.pt each epoch (False for short race fits).
         validate_every_epoch: score validation after each epoch (False: only at the end).
+        closing_rows: rows the caller scores after the fit besides validation (test, seen, an
+            external test); the deadline keeps time for them at the measured validation speed.
     """
 
     def __init__(self, plan: FitPlan, config: TrainConfig, run_dir: Path | None, ctx: ddp.DistContext, *,
                  lr: float, progress: bool, log: Callable[[str], None], deadline: float | None = None,
-                 checkpoints: bool = True, validate_every_epoch: bool = True, seed: int | None = None):
+                 checkpoints: bool = True, validate_every_epoch: bool = True, seed: int | None = None,
+                 closing_rows: int = 0):
         self.plan, self.config, self.run_dir, self.ctx = plan, config, run_dir, ctx
+        self.closing_rows = closing_rows
         self.lr, self.progress, self.log = lr, progress, log
         self.deadline, self.checkpoints, self.validate_every_epoch = deadline, checkpoints, validate_every_epoch
         self.seed = config.seed if seed is None else seed
@@ -335,7 +342,7 @@ class Fitter:
         if not (force or drifted):
             return
         eval_seconds = self.eval_seconds if self.validate_every_epoch and len(self.val_rows) else 0.0
-        left = self.deadline - time.perf_counter()
+        left = self.deadline - time.perf_counter() - self._closing_seconds()
         total = self.schedule.step + steps_that_fit(left, rate, steps_per_epoch=self.steps_per_epoch,
                                                     eval_seconds_per_epoch=eval_seconds)
         total = min(total, self.max_steps)
@@ -357,12 +364,19 @@ class Fitter:
         slowly before it improves most)."""
         return max(self.config.patience, math.ceil(PATIENCE_SHARE * self.planned))
 
+    def _closing_seconds(self) -> float:
+        """Time of the scoring after the fit (validation, then the caller's ``closing_rows``) at the
+        measured speed of a validation pass."""
+        if not len(self.val_rows):
+            return 0.0
+        return self.eval_seconds * (1.0 + self.closing_rows / len(self.val_rows))
+
     def _out_of_time(self) -> bool:
-        """Whether the deadline is reached, counting the validation pass that closes the epoch."""
+        """Whether the deadline is reached, counting the validation pass that closes the epoch and
+        the scoring that follows the fit."""
         if self.deadline is None:
             return False
-        closing = self.eval_seconds if len(self.val_rows) else 0.0
-        return ddp.any_rank(time.perf_counter() + closing >= self.deadline, self.ctx)
+        return ddp.any_rank(time.perf_counter() + self._closing_seconds() >= self.deadline, self.ctx)
 
     def train_epoch(self) -> tuple[float, int, bool]:
         """One pass over this rank's shard (cut short by the deadline or the end of the schedule).
@@ -452,7 +466,7 @@ class Fitter:
             if timed_out:
                 stopped = "time budget reached"
                 break
-            if ddp.any_rank(self.bad_epochs >= self.patience, self.ctx):
+            if self.deadline is None and ddp.any_rank(self.bad_epochs >= self.patience, self.ctx):
                 stopped = (f"early stopping: the smoothed validation RMSE did not improve for "
                            f"{self.patience} epochs after the learning-rate peak")
                 break

@@ -195,11 +195,16 @@ def test_train_with_only_a_time_budget_fills_it_and_reports_why_it_stopped(assay
     result = train(assay_dir, tmp_path / "run", TrainConfig(time_budget_min=budget_min, threads=1, max_size=32),
                    progress=False, log=lambda m: None, started=started)
     used = time.perf_counter() - started
-    # at least 90 %; the report (matplotlib) may run over a little on a loaded machine
-    assert 0.9 * 60 * budget_min <= used <= 60 * budget_min + 45
     budget = result.metrics["budget"]
-    assert budget["budget_s"] == 30 and budget["used_share"] >= 0.9 and budget["stopped"]
-    assert {"load", "race", "evaluation"} <= set(budget["stages_s"])
+    assert budget["budget_s"] == 30 and budget["stopped"]
+    assert used >= 0.9 * 30 and budget["used_share"] >= 0.9  # the budget is used ...
+    stages = budget["stages_s"]
+    assert {"load", "race", "fit", "evaluation"} <= set(stages)
+    # ... and not overrun by the fit: everything before the final scoring ends by the deadline, give
+    # or take the step and the validation pass in flight when the clock is checked (seconds on a
+    # loaded machine); only the scoring and the report may run over
+    assert sum(stages.values()) - stages["evaluation"] <= 30 + 5
+    assert result.metrics["training"]["steps"] > 0
     assert result.metrics["race"]["winner"]["model"] in ("cnn_small", "resnet_tiny")
     assert {d["what"] for d in result.metrics["decisions"]} >= {"input size", "crop", "channels", "kind"}
     assert result.metrics["validation"]["val_se"] > 0
