@@ -78,7 +78,9 @@ def race_candidates(kind: str, config: TrainConfig, *, invariant_ok: bool,
     else:
         models = ["cnn_small", "resnet_tiny"]
         if input_size is not None and max(input_size) <= SMALL_INPUT and kind in ("scalar", "vector"):
-            models.append("base_seed004")  # small whole-frame patches: a linear path to every pixel
+            # small whole-frame patches: the seed paper's Base, a linear path to every pixel; second,
+            # so that a short race drops the deeper resnet_tiny before it
+            models.insert(1, "base_seed004")
         if config.invariance in ("d4", "rotation") and invariant_ok:
             models.append("p4m_small")
     lrs = (float(config.lr),) if isinstance(config.lr, (int, float)) else RACE_LRS

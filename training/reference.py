@@ -18,8 +18,11 @@ rings of 0.15 R (every ring outside the sample disk the test reads).
 ``--reference auto`` decides from the data with a cheap test (:func:`choose_reference`): a ridge
 regression of the targets on the log mean colour of the centre disk (``r < 0.3 R``), against the
 same on the log ratio to each candidate region, scored by (grouped) 5-fold cross-validation on the
-training rows. The best region is used when its ratio reader is at least 10 % better than the
-plain one: then lighting, not the sample, explains part of the colour, and the region carries it.
+training rows. The best region is used when its ratio reader is at least 30 % better than the
+plain one: then lighting, not the sample, explains much of the colour, and the region carries it.
+A smaller gain is not worth the ratio's cost to a network (it divides by a noisy mean and hides
+the absolute colour): on the synthetic assay, whose lighting varies by a few percent, a 19 %
+better ratio reader came with a CNN at 3.3 mg/L against 2.6 without the reference.
 A region that straddles the plate and a changing background scores worse than the plate alone,
 so the test picks the plate.
 """
@@ -37,7 +40,7 @@ RING_INNER, RING_OUTER = 0.85, 1.0  # a ring recorded without radii (runs of an 
 RING_WIDTH = 0.15  # candidate rings are this wide (fraction of the inscribed radius) ...
 RING_CANDIDATES = tuple((round(a, 2), round(a + RING_WIDTH, 2)) for a in (0.35, 0.5, 0.65, 0.775, 0.85))
 SAMPLE_RADIUS = 0.3  # the test's sample region: the centre disk of this fraction of the radius
-MIN_GAIN = 0.9  # a region must bring the test's RMSE below this fraction of the plain reader's
+MIN_GAIN = 0.7  # a region must bring the test's RMSE below this fraction of the plain reader's
 EPS = 1e-3  # added to reference means (pixel units in [0, 1]): a black reference cannot divide by 0
 
 
