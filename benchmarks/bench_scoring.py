@@ -32,9 +32,9 @@ import numpy as np
 from edgereg import Predictor
 from edgereg.card import ModelCard
 from edgereg.preprocess import crop_resize, default_threads, read_image
-from edgereg.scoring import default_inference_threads, score_source
+from edgereg.scoring import default_inference_threads, output_columns, score_source
 from edgereg.sources import FolderSource
-from edgereg.writers import CsvRowWriter, prediction_columns
+from edgereg.writers import CsvRowWriter
 
 
 def build_cnn(path: Path, *, input_size: int = 64, widths=(32, 64, 128), seed: int = 0) -> Path:
@@ -98,7 +98,7 @@ def decode_only(paths: list[Path], threads: int) -> float:
 
 def end_to_end(folder: Path, predictor: Predictor, threads: int, out: Path) -> float:
     """Images/s of score_source on the folder, writing real CSV rows."""
-    columns = prediction_columns(predictor.names, with_spread=predictor.tta.n > 1)
+    columns = output_columns(predictor)
     start = time.perf_counter()
     with CsvRowWriter(out, columns) as rows:
         stats = score_source(FolderSource(folder), predictor, rows, decode_threads=threads)

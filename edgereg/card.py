@@ -50,6 +50,10 @@ class ModelCard:
     tta: str = "none"  # default TTA: "none", "d4" or "rot:N"
     provenance: dict[str, Any] = field(default_factory=dict)  # dataset, metrics, seed, versions
     quantization: dict[str, Any] = field(default_factory=dict)  # calibration and int8 deltas
+    # Lab-grade readings (docs/lab-grade.md); empty for models exported before they existed:
+    intervals: dict[str, Any] = field(default_factory=dict)  # conformal quantiles (edgereg.intervals)
+    calibration: dict[str, Any] = field(default_factory=dict)  # reading -> reference (edgereg.calibration)
+    validation: dict[str, Any] = field(default_factory=dict)  # LoB/LoD/LoQ and range (edgereg.lab)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -179,6 +183,21 @@ def _validate(card: ModelCard) -> None:
         raise bad("provenance", "an object", card.provenance)
     if not isinstance(card.quantization, dict):
         raise bad("quantization", "an object", card.quantization)
+    _validate_lab_sections(card, bad)
+
+
+def _validate_lab_sections(card: ModelCard, bad) -> None:
+    """Parse the lab sections, so a malformed one fails when the card is read, not mid-run."""
+    from edgereg.calibration import parse_calibration
+    from edgereg.intervals import parse_intervals
+    from edgereg.lab import parse_validation
+
+    for name in ("intervals", "calibration", "validation"):
+        if not isinstance(getattr(card, name), dict):
+            raise bad(name, "an object", getattr(card, name))
+    parse_intervals(card.intervals, card.targets)
+    parse_calibration(card.calibration, card.targets)
+    parse_validation(card.validation, card.targets)
 
 
 def card_from_metadata(metadata: dict[str, str], *, source: str) -> ModelCard:

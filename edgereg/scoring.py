@@ -22,6 +22,10 @@ Flags (the ``flags`` column), see :func:`reading_flags`:
   ``TTA_DISAGREEMENT_FRACTION`` of the target's span: its range (scalar/vector with a range), 1
   (distribution bins), 360 degrees (angle), or the side of the crop in source pixels (coords).
 * ``not_finite``: the model returned NaN or infinity.
+
+followed by the lab flags of the predictor (``below_lod``, ``interval_wide``, ...; see
+``edgereg.lab``). With intervals in the card, each target is followed by ``<target>_lo`` and
+``<target>_hi`` (the predictor's confidence level).
 """
 
 from __future__ import annotations
@@ -128,6 +132,16 @@ def target_spans(card: ModelCard, boxes: list[CropBox]) -> np.ndarray:
     elif card.range is not None:
         spans[:] = [hi - lo for lo, hi in card.range]
     return spans
+
+
+def output_columns(predictor, *, audit: bool = False) -> tuple[str, ...]:
+    """The columns :func:`score_source` writes for ``predictor`` (bounds when it has intervals,
+    spreads with TTA, the audit columns when ``audit``)."""
+    from edgereg.audit import AUDIT_COLUMNS
+    from edgereg.writers import prediction_columns
+
+    return prediction_columns(predictor.names, with_spread=predictor.tta.n > 1,
+                              with_interval=predictor.lab.has_intervals, audit=AUDIT_COLUMNS if audit else ())
 
 
 def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None,
@@ -282,21 +296,32 @@ def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, t
         pool.shutdown(timeout_s=1.0)
 
 
-def _rows(predictor, entries: list[Entry], frames: np.ndarray, boxes: list[CropBox]) -> Iterator[dict[str, Any]]:
-    """Score one batch and yield its output rows (``path``, targets, spreads, ``flags``).
+def _rows(predictor, entries: list[Entry], frames: np.ndarray, boxes: list[CropBox],
+          audit=None) -> Iterator[dict[str, Any]]:
+    """Score one batch and yield its output rows (``path``, targets with their bounds, spreads,
+    ``flags``, then the audit columns when ``audit`` (an ``edgereg.audit.AuditTrail``) is given).
 
     Args:
         frames: (B, h, w, 3) uint8 BGR at the model input size.
         boxes: the B crop boxes in source pixels.
     """
     result = predictor.predict_prepared(frames, boxes)
-    flags = reading_flags(predictor.card, result.values, result.spread, target_spans(predictor.card, boxes))
+    network = result.values if result.raw is None else result.raw  # out_of_range is about the network's head
+    flags = reading_flags(predictor.card, network, result.spread, target_spans(predictor.card, boxes))
     for i, entry in enumerate(entries):
         row: dict[str, Any] = {"path": entry.key}
-        row.update(zip(predictor.names, map(float, result.values[i])))
+        for j, name in enumerate(predictor.names):
+            row[name] = float(result.values[i, j])
+            if result.lo is not None:
+                row[f"{name}_lo"] = float(result.lo[i, j])
+                row[f"{name}_hi"] = float(result.hi[i, j])
         if result.spread is not None:
             row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[i]))
-        row["flags"] = flags[i]
+        row["flags"] = flags[i] + (result.flags[i] if result.flags else ())
+        if audit is not None:
+            from edgereg.audit import source_of
+
+            row.update(audit.fields(source_of(entry.key), frames[i]))
         yield row
 
 
@@ -304,13 +329,13 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
                  skip: Collection[str] = frozenset(), shard: Shard | None = None,
                  decode_threads: int | None = None, queue_size: int | None = None,
                  fail_fast: bool = False, on_error: Callable[[str, str], None] | None = None,
-                 on_progress: Callable[[ScoreStats], None] | None = None) -> ScoreStats:
+                 on_progress: Callable[[ScoreStats], None] | None = None, audit=None) -> ScoreStats:
     """Score every selected input of ``source`` and write one row each, in input order.
 
     Args:
         source: the inputs (see ``edgereg.sources``).
         predictor: an ``edgereg.Predictor`` (its ``batch_size``, TTA and card apply).
-        rows: the predictions writer, with columns ``prediction_columns(predictor.names, ...)``.
+        rows: the predictions writer, with columns :func:`output_columns` ``(predictor, audit=...)``.
         errors: the errors writer (columns ``path, reason``), or None.
         skip: keys already scored (``--resume``).
         shard: score only this shard of the inputs.
@@ -320,6 +345,7 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
         fail_fast: stop at the first input that fails.
         on_error: called with ``(key, reason)`` for each failure (e.g. to print it).
         on_progress: called with the running :class:`ScoreStats` after each batch and each failure.
+        audit: an ``edgereg.audit.AuditTrail`` to add its columns to every row, or None.
 
     Returns:
         The final ScoreStats.
@@ -343,7 +369,7 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
     def flush() -> None:
         if batch:
             entries, frames, boxes = zip(*batch)
-            for row in _rows(predictor, list(entries), np.stack(frames), list(boxes)):  # (B, h, w, 3)
+            for row in _rows(predictor, list(entries), np.stack(frames), list(boxes), audit):  # (B, h, w, 3)
                 rows.write(row)
             stats.scored += len(batch)
             batch.clear()

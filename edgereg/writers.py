@@ -9,7 +9,7 @@ cut loses at most those seconds.
 Formats:
 
 * CSV: a header row, then one row per image; numbers with 7 significant digits (the models are
-  float32); the ``flags`` column joins flags with ``;``.
+  float32); the ``flags`` column joins flags with ``;``; an infinite interval bound is ``inf``.
 * JSONL: one JSON object per line with the same keys; ``flags`` is a list; non-finite numbers are
   ``null``.
 * Errors: ``<out stem>.errors.csv`` next to the output, columns ``path, reason``. It is rewritten
@@ -59,10 +59,14 @@ def errors_path_for(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".errors.csv")
 
 
-def prediction_columns(names: Sequence[str], *, with_spread: bool) -> tuple[str, ...]:
-    """``("path", *names, *[name_spread], "flags")``: the output columns for target ``names``."""
+def prediction_columns(names: Sequence[str], *, with_spread: bool, with_interval: bool = False,
+                       audit: Sequence[str] = ()) -> tuple[str, ...]:
+    """The output columns for target ``names``: ``path``, each target (followed by ``name_lo``,
+    ``name_hi`` with intervals), each ``name_spread`` (with TTA), ``flags``, then the ``audit``
+    columns (``edgereg.audit.AUDIT_COLUMNS`` with --audit)."""
+    targets = tuple(c for name in names for c in ((name, f"{name}_lo", f"{name}_hi") if with_interval else (name,)))
     spread = tuple(f"{name}_spread" for name in names) if with_spread else ()
-    return ("path", *names, *spread, "flags")
+    return ("path", *targets, *spread, "flags", *audit)
 
 
 def _format_number(value: Any) -> str:

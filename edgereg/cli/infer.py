@@ -20,8 +20,12 @@ Read values from images with an edgereg model.
 
 Batch scoring (PATH): an image, a folder (--recursive for sub-folders), a glob, a .txt file
 listing paths, or a video (every frame; path column 'video.mp4#frame=N'). One row per image, in
-input order: path, one column per target, the TTA spread per target when TTA is on, and flags
-(out_of_range, tta_disagreement, not_finite). A file that cannot be read never stops the run:
+input order: path, one column per target (each followed by <target>_lo and <target>_hi, the
+conformal interval at --confidence, when the model card has intervals: `edgereg export` stores
+them), the TTA spread per target when TTA is on, and flags (out_of_range, tta_disagreement,
+not_finite, and the lab flags below_lob, below_lod, below_loq, below_range, above_range,
+extrapolated, uncalibrated, interval_wide). --audit adds the audit trail (model SHA-256,
+calibration, version, UTC time, source, frame quality). A file that cannot be read never stops the run:
 it goes to <out stem>.errors.csv with the reason. Exit 0 when all were scored, 3 when some failed.
 Rows are written whole, so after a crash or kill, --resume scores only what is missing.
 
@@ -42,13 +46,15 @@ examples:
   edgereg infer model.onnx --camera 0
   edgereg infer model.onnx --camera 0 --jsonl --smooth 10 | ./forward_to_analyzer
   edgereg infer model.onnx --camera rtsp://10.0.0.5/stream --show
+  edgereg infer model.cal.onnx photos/ --out preds.csv --confidence 0.95 --audit
+  edgereg infer model.cal.onnx --camera 0 --frames 60 --check-standard 150   # exit 1 on drift
 """
 
 # options that only make sense for one mode, with their defaults (given -> a clear error)
 BATCH_ONLY = {"out": None, "recursive": False, "resume": False, "overwrite": False, "fail_fast": False,
               "shard": None, "decode_threads": None, "queue": None}
 LIVE_ONLY = {"show": False, "smooth": 5, "smooth_method": "median", "stable_tol": None, "frames": None,
-             "max_retries": None, "no_quality_gate": False, "blur_threshold": None}
+             "max_retries": None, "no_quality_gate": False, "blur_threshold": None, "check_standard": None}
 
 
 def _count(minimum: int):
@@ -94,6 +100,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="ONNX Runtime intra-op threads (default: half the cores for PATH, "
                             "leaving the rest to the decoders; one per core for --camera)")
 
+    lab = parser.add_argument_group("lab-grade readings (docs/lab-grade.md)")
+    lab.add_argument("--confidence", type=_level, default=0.9, metavar="P",
+                     help="level of the <target>_lo/_hi intervals: 0.5, 0.8, 0.9 (default), 0.95 or 0.99")
+    lab.add_argument("--no-intervals", action="store_true", help="leave out the _lo/_hi columns")
+    lab.add_argument("--no-calibration", action="store_true",
+                     help="report the network's readings, ignoring the card's calibration to standards")
+    lab.add_argument("--audit", action="store_true",
+                     help="add model SHA-256, card version, calibration id/date, edgereg version, UTC time, "
+                          "source and frame quality to every row / JSON line")
+
     batch = parser.add_argument_group("batch scoring (PATH)")
     batch.add_argument("--out", metavar="FILE", help="preds.csv or preds.jsonl (default: CSV on stdout)")
     batch.add_argument("--recursive", action="store_true", help="descend into sub-folders of a folder PATH")
@@ -122,7 +138,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     live.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
     live.add_argument("--blur-threshold", type=_non_negative, default=None, metavar="X",
                       help="variance of the Laplacian below which a frame is blurred (default 10; 0: off)")
+    live.add_argument("--check-standard", type=_finite, default=None, metavar="VALUE",
+                      help="a standard of this known value is in view: warn (and exit 1) when stable readings "
+                           "drift beyond their interval")
     return parser
+
+
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a level such as 0.9, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a level in (0, 1) such as 0.9, got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
 
 
 def run(args) -> int:
@@ -145,8 +186,13 @@ def _load_predictor(args, *, batch_size: int, threads: int | None):
 
     # Preprocessing stays on the calling thread: decoder threads already keep every core busy, and a
     # live frame is too small to be worth waking numba's workers.
-    return Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
-                     threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False)
+    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
+                          threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False,
+                          confidence=None if args.no_intervals else args.confidence,
+                          calibration=not args.no_calibration)
+    for note in predictor.lab.notes:
+        print(f"edgereg: note: {note}", file=sys.stderr)
+    return predictor
 
 
 # ---------------------------------------------------------------- batch scoring
@@ -194,9 +240,9 @@ def _run_batch(args) -> int:
     from pathlib import Path
 
     from edgereg.errors import EdgeregError
-    from edgereg.scoring import Shard, default_inference_threads, score_source
+    from edgereg.scoring import Shard, default_inference_threads, output_columns, score_source
     from edgereg.sources import open_source
-    from edgereg.writers import load_done_keys, open_errors, open_rows, output_format, prediction_columns
+    from edgereg.writers import load_done_keys, open_errors, open_rows, output_format
 
     if args.jsonl and args.out:
         raise EdgeregError("--jsonl writes to stdout and --out to a file; for a JSONL file use --out preds.jsonl")
@@ -207,8 +253,13 @@ def _run_batch(args) -> int:
     shard = Shard.parse(args.shard) if args.shard else None
     source = open_source(args.path, recursive=args.recursive)
     predictor = _load_predictor(args, batch_size=args.batch, threads=args.threads or default_inference_threads())
-    columns = prediction_columns(predictor.names, with_spread=predictor.tta.n > 1)
+    columns = output_columns(predictor, audit=args.audit)
     done = load_done_keys(out, columns, fmt=fmt) if args.resume and out else set()
+    audit = None
+    if args.audit:
+        from edgereg.audit import AuditTrail
+
+        audit = AuditTrail.for_predictor(predictor)
 
     def on_error(key: str, reason: str) -> None:
         if out is None:  # no errors file: say it on stderr
@@ -220,7 +271,8 @@ def _run_batch(args) -> int:
     try:
         stats = score_source(source, predictor, rows, errors, skip=done, shard=shard,
                              decode_threads=args.decode_threads, queue_size=args.queue,
-                             fail_fast=args.fail_fast, on_error=on_error, on_progress=progress.update)
+                             fail_fast=args.fail_fast, on_error=on_error, on_progress=progress.update,
+                             audit=audit)
     except BrokenPipeError:
         return _stdout_closed()
     except KeyboardInterrupt:
@@ -271,8 +323,10 @@ def format_reading(reading, units: dict[str, str]) -> str:
     for name, value in reading.values.items():
         unit = f" {units[name]}" if units.get(name) else ""
         spread = f" ±{reading.spread[name]:.2g}" if reading.spread else ""
-        parts.append(f"{name} {value:.4g}{spread}{unit} (smoothed {reading.smoothed[name]:.4g})")
+        interval = f" [{reading.lo[name]:.4g}, {reading.hi[name]:.4g}]" if reading.lo else ""
+        parts.append(f"{name} {value:.4g}{interval}{spread}{unit} (smoothed {reading.smoothed[name]:.4g})")
     text = f"{head} " + " | ".join(parts) + ("  STABLE" if reading.stable else "  settling")
+    text += f"  {{{', '.join(reading.flags)}}}" if reading.flags else ""
     return text + (f"  [{reading.note}]" if reading.note else "")
 
 
@@ -300,9 +354,10 @@ def _run_live(args) -> int:
         quality = QualityConfig() if args.blur_threshold is None else QualityConfig(blur_threshold=args.blur_threshold)
     config = LiveConfig(smooth_window=args.smooth, smooth_method=args.smooth_method,
                         stable_tolerance=args.stable_tol, quality=quality, max_retries=args.max_retries,
-                        max_frames=args.frames)
+                        max_frames=args.frames, audit=args.audit)
     source = CameraSource(args.camera)
     predictor = _load_predictor(args, batch_size=1, threads=args.threads)
+    check = _standard_check(args, predictor)
     units = predictor.card.unit_of
     stats = LiveStats()
     in_place = not args.jsonl and sys.stdout.isatty()
@@ -327,6 +382,14 @@ def _run_live(args) -> int:
     try:
         for reading in readings:
             stats.add(reading)
+            if check is not None:
+                import dataclasses
+
+                verdict, warning = check.update(reading)
+                if verdict is not None:
+                    reading = dataclasses.replace(reading, standard=verdict)
+                if warning:
+                    print(f"edgereg: WARNING: {warning}", file=sys.stderr, flush=True)
             if args.jsonl:
                 print(reading.to_json(), flush=True)
                 if reading.note:
@@ -350,7 +413,24 @@ def _run_live(args) -> int:
         if in_place:
             sys.stdout.write("\n")
         print(f"edgereg: {stats.summary()}", file=sys.stderr)  # also when giving up on the camera
+        if check is not None:
+            print(f"edgereg: {check.summary()}", file=sys.stderr)
+    if check is not None and check.drifts and code == 0:
+        return 1
     return code
+
+
+def _standard_check(args, predictor):
+    """The --check-standard watcher, or None; refuses a model without intervals up front."""
+    from edgereg.errors import EdgeregError
+    from edgereg.standard_check import StandardCheck
+
+    if args.check_standard is None:
+        return None
+    if not predictor.lab.has_intervals:
+        raise EdgeregError("--check-standard judges drift against each reading's interval, and this run has none: "
+                           "re-export the model with `edgereg export` (it stores intervals) and drop --no-intervals")
+    return StandardCheck(args.check_standard)
 
 
 def _show(reading, units) -> bool:

@@ -1,0 +1,242 @@
+"""What the runtime does after the network for lab-grade readings: calibration, intervals, flags.
+
+:class:`LabReadout` is built once from the card (and the TTA, confidence level and calibration
+choice in use) and turns each batch of network readings into calibrated values, conformal bounds
+and the lab flags below (numpy only; a few array operations per batch).
+
+Flags (beside ``out_of_range``, ``tta_disagreement`` and ``not_finite`` of folder scoring), each
+raised when any target of the reading qualifies, in this order:
+
+* ``below_lob``, ``below_lod``, ``below_loq``: the (calibrated) value is below the limit of blank,
+  of detection or of quantitation in ``card.validation`` (``edgereg validate``). They nest: a value
+  below the LoB is also below the LoD and the LoQ when the limits are ordered, and gets every flag
+  that applies, so filtering on ``below_loq`` finds every value that cannot be quantified.
+* ``below_range`` / ``above_range``: outside the validated working range.
+* ``extrapolated``: a calibrated value outside the reference values of the standards the
+  calibration was fitted on.
+* ``uncalibrated``: the model is used for lab work (its card holds a calibration or validation
+  limits) but this reading is not traceable to standards: its target has no calibration, or the
+  calibration was switched off (``--no-calibration``).
+* ``interval_wide``: the reading's difficulty is above ``wide_factor`` (card, default 2) times the
+  median difficulty of the conformal calibration readings: its interval is that much wider than a
+  typical one.
+
+Limits are only applied to the readings they were measured on: validation limits recorded for
+another calibration than the card's (or applied to uncalibrated readings) are ignored, and
+:attr:`LabReadout.notes` says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgereg.calibration import Calibration, parse_calibration
+from edgereg.card import ModelCard
+from edgereg.errors import CardError
+from edgereg.intervals import IntervalKernel, parse_intervals
+
+LAB_FLAGS = ("below_lob", "below_lod", "below_loq", "below_range", "above_range", "extrapolated",
+             "uncalibrated", "interval_wide")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Validated limits of one target in its (calibrated) units; None where not measured."""
+
+    lob: float | None = None
+    lod: float | None = None
+    loq: float | None = None
+    range: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Validation:
+    """``card.validation`` parsed (the limits the runtime applies)."""
+
+    id: str
+    date: str
+    calibration_id: str | None
+    targets: Mapping[str, Limits]
+
+
+def parse_validation(data: Mapping[str, Any], targets: Sequence[str]) -> Validation | None:
+    """Parse and check ``card.validation``; None for an empty section.
+
+    Raises:
+        CardError: a malformed section.
+    """
+    if not data:
+        return None
+
+    def bad(what: str) -> CardError:
+        return CardError(f"field 'validation': {what}; validate again with `edgereg validate MODEL STANDARDS`")
+
+    def number(value: Any) -> float | None:
+        if value is None:
+            return None
+        value = float(value)
+        if not math.isfinite(value):
+            raise bad(f"limits must be finite numbers or null, got {value}")
+        return value
+
+    try:
+        limits = {}
+        for name, entry in data["targets"].items():
+            if name not in targets:
+                raise bad(f"target {name!r} is not one of the model's {list(targets)}")
+            span = entry.get("range")
+            limits[name] = Limits(lob=number(entry.get("lob")), lod=number(entry.get("lod")),
+                                  loq=number(entry.get("loq")),
+                                  range=None if span is None else (float(span[0]), float(span[1])))
+        return Validation(id=str(data["id"]), date=str(data["date"]),
+                          calibration_id=data.get("calibration_id"), targets=limits)
+    except CardError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise bad(f"malformed ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class LabResult:
+    """One batch after :meth:`LabReadout.process`.
+
+    Attributes:
+        values: (B, T) float64 calibrated readings (the network's where a target is uncalibrated).
+        raw: (B, T) float64 network readings, or None when no calibration was applied.
+        lo, hi: (B, T) float64 interval bounds in the units of ``values``, or None.
+        flags: B tuples of lab flag names (see LAB_FLAGS).
+    """
+
+    values: np.ndarray
+    raw: np.ndarray | None
+    lo: np.ndarray | None
+    hi: np.ndarray | None
+    flags: list[tuple[str, ...]]
+
+
+class LabReadout:
+    """Calibration, intervals and lab flags for one model, TTA, confidence and calibration choice.
+
+    Args:
+        card: the model card.
+        tta: the TTA in use, as text ("none", "d4", "rot:N").
+        confidence: the interval level (one the card stores), or None for no intervals.
+        calibrate: apply the card's calibration (False: report the network's readings).
+
+    Attributes:
+        level: the interval level in use, or None (no intervals in the card, or confidence None).
+        calibration: the applied Calibration, or None.
+        notes: sentences for the user about what does not apply as one might expect.
+    """
+
+    def __init__(self, card: ModelCard, *, tta: str = "none", confidence: float | None = 0.9,
+                 calibrate: bool = True) -> None:
+        self.card = card
+        self.names = tuple(card.targets)
+        self.notes: list[str] = []
+        spec = parse_intervals(card.intervals, card.targets)
+        self.kernel: IntervalKernel | None = None
+        self.level: float | None = None
+        if spec is not None and confidence is not None:
+            self.level = spec.level(confidence)
+            entry, matches = spec.for_tta(tta)
+            if not matches:
+                self.notes.append(f"intervals were calibrated with TTA {entry.tta}, this run uses {tta}: "
+                                  f"their coverage is not guaranteed; export with this TTA as the card's default")
+            self.kernel = IntervalKernel(entry, card.kind, self.level, wide_factor=spec.wide_factor)
+        stored = parse_calibration(card.calibration, card.targets)
+        self.calibration: Calibration | None = stored if calibrate else None
+        self.lab_use = stored is not None or bool(card.validation)
+        self.uncalibrated = np.array([self.lab_use and (self.calibration is None or name not in self.calibration.targets)
+                                      for name in self.names])  # (T,)
+        validation = parse_validation(card.validation, card.targets)
+        self.validation = validation
+        if validation is not None:
+            current = self.calibration.id if self.calibration is not None else None
+            if validation.calibration_id != current:
+                self.notes.append(
+                    f"validation limits were measured with calibration {validation.calibration_id or 'none'}, "
+                    f"these readings use {current or 'none'}: limits not applied; run `edgereg validate` again")
+                self.validation = None
+        self._limits = self._limit_arrays()
+
+    def _limit_arrays(self) -> dict[str, np.ndarray] | None:
+        """(T,) arrays of each limit (NaN where absent), or None without validation limits."""
+        if self.validation is None:
+            return None
+        nan = float("nan")
+
+        def column(get) -> np.ndarray:
+            return np.array([get(self.validation.targets[n]) if n in self.validation.targets else nan
+                             for n in self.names], dtype=np.float64)
+
+        return {"lob": column(lambda lim: nan if lim.lob is None else lim.lob),
+                "lod": column(lambda lim: nan if lim.lod is None else lim.lod),
+                "loq": column(lambda lim: nan if lim.loq is None else lim.loq),
+                "range_lo": column(lambda lim: nan if lim.range is None else lim.range[0]),
+                "range_hi": column(lambda lim: nan if lim.range is None else lim.range[1])}
+
+    @property
+    def has_intervals(self) -> bool:
+        return self.kernel is not None
+
+    def process(self, values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray | None = None) -> LabResult:
+        """Calibrate, bound and flag a batch.
+
+        Args:
+            values: (B, T) float64 network readings after TTA reduction (coords in source pixels).
+            spread: (B, T) float64 TTA spread, or None.
+            scale: (B, T) float64 crop sides for coords (see ``edgereg.intervals``), or None.
+        """
+        n = len(values)
+        lo = hi = None
+        wide = None
+        if self.kernel is not None:
+            bounds = self.kernel.bounds(values, spread, scale)
+            lo, hi, wide = bounds.lo, bounds.hi, bounds.wide
+        raw = None
+        calibrated = values
+        extrapolated = None
+        if self.calibration is not None:
+            raw = values
+            calibrated = values.copy()
+            lo = None if lo is None else lo.copy()
+            hi = None if hi is None else hi.copy()
+            extrapolated = np.zeros(values.shape, dtype=bool)
+            for j, name in enumerate(self.names):
+                curve = self.calibration.targets.get(name)
+                if curve is None:
+                    continue
+                calibrated[:, j] = curve.apply(values[:, j])
+                if lo is not None:
+                    lo[:, j], hi[:, j] = curve.map_interval(values[:, j], lo[:, j], hi[:, j], self.level)
+                low, high = curve.reference_range
+                extrapolated[:, j] = (calibrated[:, j] < low) | (calibrated[:, j] > high)
+        if not self.lab_use and wide is None:
+            return LabResult(calibrated, raw, lo, hi, [()] * n)
+        columns: dict[str, np.ndarray] = {}
+        limits = self._limits
+        if limits is not None:
+            with np.errstate(invalid="ignore"):
+                columns["below_lob"] = (calibrated < limits["lob"]).any(axis=1)
+                columns["below_lod"] = (calibrated < limits["lod"]).any(axis=1)
+                columns["below_loq"] = (calibrated < limits["loq"]).any(axis=1)
+                columns["below_range"] = (calibrated < limits["range_lo"]).any(axis=1)
+                columns["above_range"] = (calibrated > limits["range_hi"]).any(axis=1)
+        if extrapolated is not None:
+            columns["extrapolated"] = extrapolated.any(axis=1)
+        if self.uncalibrated.any():
+            columns["uncalibrated"] = np.ones(n, dtype=bool)
+        if wide is not None:
+            columns["interval_wide"] = wide.any(axis=1)
+        order = [(name, columns[name]) for name in LAB_FLAGS if name in columns]
+        flags = [tuple(name for name, on in order if on[i]) for i in range(n)]
+        return LabResult(calibrated, raw, lo, hi, flags)
+
+
+__all__ = ["LAB_FLAGS", "LabReadout", "LabResult", "Limits", "Validation", "parse_validation"]
