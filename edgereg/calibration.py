@@ -114,6 +114,7 @@ class Calibration:
     id: str
     date: str
     targets: Mapping[str, TargetCalibration]
+    tta: str = "none"  # the TTA of the readings it was fitted on
 
 
 def parse_calibration(data: Mapping[str, Any], targets: Sequence[str]) -> Calibration | None:
@@ -134,7 +135,8 @@ def parse_calibration(data: Mapping[str, Any], targets: Sequence[str]) -> Calibr
             if name not in targets:
                 raise bad(f"target {name!r} is not one of the model's {list(targets)}")
             curves[name] = _parse_target(entry, bad)
-        calibration = Calibration(id=str(data["id"]), date=str(data["date"]), targets=curves)
+        calibration = Calibration(id=str(data["id"]), date=str(data["date"]), targets=curves,
+                                  tta=str(data.get("tta", "none")))
     except CardError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

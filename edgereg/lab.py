@@ -151,6 +151,9 @@ class LabReadout:
             self.kernel = IntervalKernel(entry, card.kind, self.level, wide_factor=spec.wide_factor)
         stored = parse_calibration(card.calibration, card.targets)
         self.calibration: Calibration | None = stored if calibrate else None
+        if self.calibration is not None and self.calibration.tta != tta:
+            self.notes.append(f"the calibration was fitted on readings with TTA {self.calibration.tta}, this run uses "
+                              f"{tta}: recalibrate with --tta {tta} for traceable readings")
         self.lab_use = stored is not None or bool(card.validation)
         self.uncalibrated = np.array([self.lab_use and (self.calibration is None or name not in self.calibration.targets)
                                       for name in self.names])  # (T,)
@@ -239,4 +242,47 @@ class LabReadout:
         return LabResult(calibrated, raw, lo, hi, flags)
 
 
-__all__ = ["LAB_FLAGS", "LabReadout", "LabResult", "Limits", "Validation", "parse_validation"]
+def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.ndarray | None,
+                      scale: np.ndarray | None, truth: np.ndarray, *, calibrate: bool = True,
+                      bins: int = 5) -> dict | None:
+    """Observed coverage of the card's intervals on labelled readings, at every stored level.
+
+    Args:
+        card, tta: the model card and the TTA the readings were made with.
+        values, spread, scale: (N, T) the network's readings (before calibration), TTA spread or
+            None, crop sides for coords or None (see :meth:`LabReadout.process`).
+        truth: (N, T) the labels, in the units of the calibrated readings.
+        calibrate: apply the card's calibration (as the runtime does by default).
+        bins: equal-width bins of the truth per target for the conditional coverage.
+
+    Returns:
+        {"levels": {"0.9": {"coverage", "targets": {name: coverage}, "mean_width": {name: w},
+        "bins": {name: [{"lo", "hi", "n", "coverage"}]}}}, ...}, "tta"} or None without intervals.
+    """
+    from edgereg.intervals import covered, format_level, parse_intervals
+
+    spec = parse_intervals(card.intervals, card.targets)
+    if spec is None:
+        return None
+    result: dict = {"tta": tta, "levels": {}}
+    truth = np.asarray(truth, dtype=np.float64)
+    for level in spec.levels:
+        readout = LabReadout(card, tta=tta, confidence=level, calibrate=calibrate)
+        lab = readout.process(values, spread, scale)
+        inside = covered(card.kind, truth, lab.lo, lab.hi)  # (N, T)
+        width = np.where(lab.lo <= lab.hi, lab.hi - lab.lo, lab.hi - lab.lo + 360.0) if card.kind == "angle"             else lab.hi - lab.lo
+        entry = {"coverage": float(inside.mean()), "targets": {}, "mean_width": {}, "bins": {}}
+        for j, name in enumerate(card.targets):
+            entry["targets"][name] = float(inside[:, j].mean())
+            finite = np.isfinite(width[:, j])
+            entry["mean_width"][name] = float(width[finite, j].mean()) if finite.all() else float("inf")
+            edges = np.linspace(truth[:, j].min(), truth[:, j].max(), bins + 1)
+            which = np.clip(np.searchsorted(edges, truth[:, j], side="right") - 1, 0, bins - 1)
+            entry["bins"][name] = [{"lo": float(edges[k]), "hi": float(edges[k + 1]), "n": int((which == k).sum()),
+                                    "coverage": float(inside[which == k, j].mean()) if (which == k).any() else None}
+                                   for k in range(bins)]
+        result["levels"][format_level(level)] = entry
+    return result
+
+
+__all__ = ["LAB_FLAGS", "interval_coverage", "LabReadout", "LabResult", "Limits", "Validation", "parse_validation"]

@@ -27,3 +27,16 @@ def write_card(path: str | Path, card: ModelCard) -> None:
     tmp = path.with_name(path.name + ".tmp")
     onnx.save(model, str(tmp))
     tmp.replace(path)
+
+
+def copy_with_card(src: str | Path, dst: str | Path, card: ModelCard) -> Path:
+    """Write the model at ``src`` to ``dst`` with ``card`` embedded (atomic; ``src`` is left as it is,
+    and ``dst`` may be ``src``)."""
+    onnx = require_extra("onnx")
+    dst = Path(dst)
+    model = onnx.load(str(src))
+    embed_card(model, card)
+    tmp = dst.with_name(dst.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(dst)
+    return dst

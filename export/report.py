@@ -19,7 +19,8 @@ STATUS_FAILED = "failed"  # int8 gate failed: no int8 model written
 
 
 def build_report(*, run_dir: str | Path, out_dir: str | Path, fp32, fp32_metrics: dict, int8=None, fp16=None,
-                 speed: dict | None = None, c_code: dict | None = None, holdout_fp32: dict | None = None) -> dict:
+                 speed: dict | None = None, c_code: dict | None = None, holdout_fp32: dict | None = None,
+                 intervals: dict | None = None) -> dict:
     """Assemble the report.
 
     Args:
@@ -32,6 +33,7 @@ def build_report(*, run_dir: str | Path, out_dir: str | Path, fp32, fp32_metrics
         speed: {"fp32" | "int8" | "fp16": ``speed.SpeedResult``}.
         c_code: {"fp32" | "int8": {"dir", "flash_bytes", "ram_bytes", "ops"} or {"dir", "error"}}.
         holdout_fp32: fp32 metrics on the test split when there was no int8 to report it with.
+        intervals: {"fp32" | "int8": ``conformal.add_intervals`` report}, or None.
 
     Returns:
         A JSON-ready dict (see :func:`write_report`).
@@ -69,6 +71,7 @@ def build_report(*, run_dir: str | Path, out_dir: str | Path, fp32, fp32_metrics
         "gate": gate,
         "speed": _speed_section(speed or {}),
         "c": c_code or None,
+        "intervals": intervals,
     }
     return report
 
@@ -138,6 +141,7 @@ def format_summary(report: dict) -> str:
         lines.append(f"int8 gate {verdict}: worst {gate['worst']} {gate['worst_drop']:+.1%}, "
                      f"allowed {gate['max_drop']:+.1%} (--max-drop {gate['max_drop']:g})")
     lines += _speed_lines(report["speed"])
+    lines += _interval_lines(report.get("intervals"))
     for name, c in (report["c"] or {}).items():
         if "error" in c:
             lines.append(f"C code ({name}): FAILED: {c['error']}")
@@ -172,6 +176,30 @@ def _accuracy_lines(accuracy: dict) -> list[str]:
                 change = f"{b / a - 1:+.1%}" if a > 0 else "n/a"
                 line += f"{b:>12.4g}{change:>10}"
             lines.append(line)
+    return lines
+
+
+def _interval_lines(intervals: dict | None) -> list[str]:
+    """Half-width of a typical 90% interval per model and target, the split used, and the caveat."""
+    if not intervals:
+        return []
+    lines = []
+    for model, report in intervals.items():
+        entry = report["sets"]["none"]
+        parts = []
+        for name, target in entry["targets"].items():
+            half = target["half_width_at_median_difficulty"].get("0.9", [None])
+            shown = "inf" if half[0] is None else f"{half[0]:.3g}"
+            bins = f", {target['bins']} bins" if target["bins"] > 1 else ""
+            parts.append(f"{name} ±{shown} ({target['difficulty']}{bins})")
+        lines.append(f"intervals ({model}, 90%, typical half-width): {'; '.join(parts)}")
+        checked = entry.get("coverage_on_fit_split") or {}
+        if "0.9" in checked:
+            lines.append(f"  observed 90% coverage on {entry['fit_split']} (not used for the quantiles): "
+                         f"{checked['0.9']:.1%}")
+    first = next(iter(intervals.values()))
+    lines.append(f"  {first['split_choice']}")
+    lines.append(f"  note: {first['guarantee']}")
     return lines
 
 

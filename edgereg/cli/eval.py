@@ -31,6 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=32, help="images per inference call (default 32)")
     parser.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt (default auto)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="score the network's readings, ignoring the card's calibration to standards")
     return parser
 
 
@@ -44,7 +46,8 @@ def run(args) -> int:
 
     if args.batch < 1:
         raise EdgeregError(f"--batch must be >= 1, got {args.batch}")
-    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch)
+    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch,
+                          confidence=None, calibration=not args.no_calibration)
     card = predictor.card
     dataset = load_dataset(args.dataset, config=predictor.config, targets=list(card.targets), kind=card.kind,
                            strict=args.strict)
@@ -52,12 +55,14 @@ def run(args) -> int:
     predictions = predictor.predict_prepared(dataset.images, boxes)
     truth = to_user_units(card.kind, dataset.targets, dataset.crop_boxes)  # (N, T), the dataset's units
     metrics = compute_metrics(card.kind, truth, predictions.values, card.targets, groups=dataset.groups)
+    coverage = _coverage(predictor, dataset, boxes, truth)
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"model": str(args.model), "dataset": str(args.dataset), "tta": str(predictor.tta),
               "providers": predictor.providers, "n": int(len(truth)), "skipped": len(dataset.skipped),
-              "quantization": card.quantization or None, "metrics": metrics}
+              "quantization": card.quantization or None, "metrics": metrics, "interval_coverage": coverage,
+              "calibration_id": predictor.lab.calibration.id if predictor.lab.calibration else None}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     _write_predictions(out_dir / "predictions.csv", dataset.paths, card.targets, truth, predictions.values)
     plot = _plot(out_dir / "pred_vs_true.png", card, truth, predictions.values, metrics)
@@ -71,9 +76,45 @@ def run(args) -> int:
         unit = f" {units[name]}" if units[name] else ""
         print(f"  {name}: RMSE {target['rmse']:.4g}{unit}  MAE {target['mae']:.4g}  "
               f"max error {target['max_error']:.4g}  R² {r2}")
+    print("\n".join(_coverage_lines(coverage)))
     print(f"metrics: {out_dir / 'metrics.json'}")
     print(f"plot: {plot}" if plot else "plot: skipped (matplotlib missing: pip install 'edgereg[train]')")
     return 0
+
+
+def _coverage(predictor, dataset, boxes, truth) -> dict | None:
+    """Observed coverage of the card's intervals on this dataset, at each stored level."""
+    from edgereg.lab import interval_coverage
+    from edgereg.predictor import Predictor
+
+    if not predictor.card.intervals:
+        return None
+    network = Predictor(predictor.path, providers="cpu", tta=str(predictor.tta), batch_size=predictor.batch_size,
+                        confidence=None, calibration=False, card=predictor.card)
+    raw = network.predict_prepared(dataset.images, boxes)
+    scale = None
+    if predictor.card.kind == "coords":
+        import numpy as np
+
+        sides = np.asarray(dataset.crop_boxes, dtype=np.float64)[:, 2:4]  # (N, 2)
+        scale = np.tile(sides, len(predictor.card.targets) // 2)  # (N, 2) -> (N, T)
+    return interval_coverage(predictor.card, str(predictor.tta), raw.values, raw.spread, scale, truth,
+                             calibrate=predictor.lab.calibration is not None)
+
+
+def _coverage_lines(coverage: dict | None) -> list[str]:
+    if coverage is None:
+        return ["  intervals: none in this model's card (export with `edgereg export` to add them)"]
+    levels = coverage["levels"]
+    seen = ", ".join(f"{float(level):.0%} -> {entry['coverage']:.1%}" for level, entry in levels.items())
+    lines = [f"  interval coverage (nominal -> observed): {seen}"]
+    if "0.9" in levels:
+        for name, bins in levels["0.9"]["bins"].items():
+            parts = [f"{b['lo']:.4g}..{b['hi']:.4g}: {b['coverage']:.0%} (n {b['n']})" for b in bins if b["n"]]
+            lines.append(f"  90% coverage of {name} by range bin: " + "; ".join(parts))
+    lines.append("  note: coverage is guaranteed only for images like the export's calibration split; a shortfall "
+                 "here means these images differ (camera, light, samples): recalibrate or re-export")
+    return lines
 
 
 def _dataset_name(dataset: str) -> str:

@@ -14,6 +14,7 @@ EPILOG = """examples:
   edgereg export runs/assay --int8 --calib-dir camera_frames/   # calibrate on deployment images
   edgereg export runs/assay --fp16                # + model.fp16.onnx for CUDA/TensorRT (Jetson)
   edgereg export runs/assay --int8 --c            # + C99 sources for a microcontroller
+  edgereg export runs/assay --int8 --intervals mondrian   # per-range-bin interval quantiles
 
 exit codes: 0 exported; 1 the int8 gate failed (report written, no model.int8.onnx); 2 user error
 """
@@ -51,6 +52,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="quantize the last layer and the output transform too (default: keep them float)")
     parser.add_argument("--quantize-first", action="store_true",
                         help="quantize the first layer's input too (default: keep the first layer float)")
+    intervals = parser.add_argument_group("prediction intervals (docs/lab-grade.md)")
+    intervals.add_argument("--intervals", default="normalized", choices=("normalized", "constant", "mondrian", "none"),
+                           help="split-conformal intervals stored in each model's card, from its own residuals on "
+                                "held-out images: normalized by a per-reading difficulty (default), constant width, "
+                                "mondrian (per range bin), or none")
+    intervals.add_argument("--interval-bins", type=int, default=3, metavar="N",
+                           help="Mondrian range bins at most (default 3; each keeps >= 40 test images)")
+    intervals.add_argument("--interval-wide-factor", type=float, default=2.0, metavar="X",
+                           help="flag interval_wide when a reading's interval is over X times the typical one "
+                                "(default 2)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the speed/memory measurement")
     parser.add_argument("--repeats", type=int, default=10, metavar="N",
@@ -90,6 +101,14 @@ def run(args) -> int:
     check_inputs = preprocess_batch(gate_set.frames, info.preprocess)  # (N, C, H, W) float32
     fp32 = export_fp32(regressor, card, out_dir / "model.onnx", check_inputs=check_inputs, opset=args.opset)
     fp32_metrics = evaluate(fp32.path, gate_set, card=card)
+    conformal = _interval_setup(args, dataset, info)
+    intervals_report = {}
+    fp32_card = card
+    if conformal is not None:
+        from edgereg.export.conformal import add_intervals
+
+        options, parts = conformal
+        fp32_card, intervals_report["fp32"] = add_intervals(fp32.path, card, parts, model="fp32", options=options)
 
     int8 = None
     if args.int8:
@@ -100,12 +119,14 @@ def run(args) -> int:
             keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout, calibration_info=calibration_info)
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
+        elif conformal is not None:  # the int8 model's own residuals, not fp32's
+            _, intervals_report["int8"] = add_intervals(int8.path, int8.card, parts, model="int8", options=options)
 
     fp16 = None
     if args.fp16:
         from edgereg.export.fp16 import convert_fp16
 
-        fp16 = convert_fp16(fp32.path, out_dir / "model.fp16.onnx", card=card, check_inputs=check_inputs)
+        fp16 = convert_fp16(fp32.path, out_dir / "model.fp16.onnx", card=fp32_card, check_inputs=check_inputs)
 
     written = {"fp32": fp32.path, **({"int8": int8.path} if int8 and int8.path else {})}
     speed = {}
@@ -117,7 +138,8 @@ def run(args) -> int:
 
     holdout_fp32 = evaluate(fp32.path, holdout, card=card) if holdout is not None and int8 is None else None
     report = build_report(run_dir=run_dir, out_dir=out_dir, fp32=fp32, fp32_metrics=fp32_metrics, int8=int8,
-                          fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32)
+                          fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32,
+                          intervals=intervals_report or None)
     report_path = write_report(report, out_dir / "export_report.json")
     print(format_summary(report))
     rewritten = {path.name for path in written.values()} | ({fp16.path.name} if fp16 else set())
@@ -161,6 +183,17 @@ def _held_out_sets(dataset, info):
         return eval_set(dataset, info.split.test, kind=kind, split="test"), None
     raise EdgeregError(f"run '{info.run_dir}' has no validation or test images to check the export on; "
                        "retrain with a validation split (the default)")
+
+
+def _interval_setup(args, dataset, info):
+    """(ConformalOptions, held-out parts) for --intervals, or None for --intervals none."""
+    if args.intervals == "none":
+        return None
+    from edgereg.export.conformal import ConformalOptions, held_out_parts
+
+    options = ConformalOptions(method=args.intervals, bins=args.interval_bins, wide_factor=args.interval_wide_factor,
+                               seed=info.card.provenance.get("seed") or 0)
+    return options, held_out_parts(dataset, info.split, kind=info.card.kind)
 
 
 def _gate_hint(args) -> str:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from edgereg import __version__
 from edgereg.errors import EdgeregError, did_you_mean
 
-COMMANDS = ("info", "infer", "bench", "synth", "train", "lr_find", "models", "export", "eval", "demo")
+COMMANDS = ("info", "infer", "bench", "synth", "train", "lr_find", "models", "export", "eval", "calibrate", "validate",
+            "demo")
 
 EPILOG = """examples:
   edgereg synth assay data/assay --n 2000
