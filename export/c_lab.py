@@ -1,0 +1,374 @@
+"""C for lab-grade readings: the card's calibration, conformal intervals and lab flags after the network.
+
+The generated ``model.c`` gets ``<prefix>_read_rgb888`` / ``_read_gray8`` (a frame -> a
+``struct <prefix>_reading`` with calibrated values, interval bounds, the network's readings and a
+flag bit mask) and ``<prefix>_postprocess`` (network readings -> the same struct, for firmware that
+runs the network itself). The arithmetic is ``edgereg.lab.LabReadout``'s, in double precision, with
+the constants taken from a LabReadout built for each stored level (TTA "none": C has no TTA), so the
+C and the Python runtime agree to float rounding. Flags are bits in the order of
+``edgereg.lab.LAB_FLAGS``.
+
+Without intervals in the card, ``lo``/``hi`` are NaN; without calibration, ``value`` equals ``raw``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgereg.card import ModelCard
+from edgereg.lab import LAB_FLAGS, LabReadout
+
+_FITS = {"linear": 0, "quadratic": 0, "offset": 0, "isotonic": 1}
+_KIND_CODE = {"angle": 1, "distribution": 2}
+
+
+def _d(value: float) -> str:
+    """A C double literal (17 significant digits; INFINITY / -INFINITY / NAN)."""
+    value = float(value)
+    if math.isnan(value):
+        return "NAN"
+    if math.isinf(value):
+        return "INFINITY" if value > 0 else "-INFINITY"
+    return repr(value) if ("e" in repr(value) or "." in repr(value)) else repr(value) + ".0"
+
+
+def _array(values) -> str:
+    return "{" + ", ".join(_d(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)) + "}"
+
+
+def flag_macros(macro: str) -> list[str]:
+    """``#define <MACRO>_FLAG_BELOW_LOB (1u << 0)`` ... in LAB_FLAGS order."""
+    return [f"#define {macro}_FLAG_{name.upper()} (1u << {bit})" for bit, name in enumerate(LAB_FLAGS)]
+
+
+class LabC:
+    """Renders the lab post-processing of one card.
+
+    Args:
+        card: the model card.
+        prefix, macro: the C symbol prefix and its upper-case macro form.
+    """
+
+    def __init__(self, card: ModelCard, prefix: str, macro: str) -> None:
+        self.card, self.prefix, self.macro = card, prefix, macro
+        base = LabReadout(card, tta="none", confidence=None)
+        self.levels: list[float] = []
+        self.readouts: list[LabReadout] = []
+        if card.intervals:
+            from edgereg.intervals import parse_intervals
+
+            spec = parse_intervals(card.intervals, card.targets)
+            self.levels = list(spec.levels)
+            self.readouts = [LabReadout(card, tta="none", confidence=level) for level in self.levels]
+        self.base = base
+        self.flash_bytes = 0
+
+    @property
+    def has_intervals(self) -> bool:
+        return bool(self.readouts)
+
+    def header(self) -> str:
+        """Declarations for model.h."""
+        m, p = self.macro, self.prefix
+        levels = ", ".join(f"{v:g}" for v in self.levels) or "none"
+        lines = [
+            f"#define {m}_HAS_INTERVALS {int(self.has_intervals)}",
+            f"#define {m}_HAS_CALIBRATION {int(self.base.calibration is not None)}",
+            f"#define {m}_N_LEVELS {max(len(self.levels), 1)}",
+            f"#define {m}_ERR_CONFIDENCE (-3) /* a confidence level the card has no quantiles for ({levels}) */",
+            *flag_macros(m),
+            "",
+            f"/* A lab-grade reading: calibrated values, their conformal interval at the requested confidence,",
+            f" * the network's readings and the flags ({m}_FLAG_*). lo/hi are NaN without intervals. */",
+            f"struct {p}_reading {{",
+            f"    float value[{m}_N_OUTPUTS];",
+            f"    float lo[{m}_N_OUTPUTS];",
+            f"    float hi[{m}_N_OUTPUTS];",
+            f"    float raw[{m}_N_OUTPUTS];",
+            "    uint32_t flags;",
+            "};",
+            "",
+            f"extern const float {p}_levels[{m}_N_LEVELS]; /* confidence levels with stored quantiles */",
+            "",
+            f"int {p}_read_rgb888(const uint8_t *pixels, int width, int height, int stride, float confidence,",
+            f"                    struct {p}_reading *out);",
+            f"int {p}_read_gray8(const uint8_t *pixels, int width, int height, int stride, float confidence,",
+            f"                   struct {p}_reading *out);",
+            f"int {p}_postprocess(const float raw[{m}_N_OUTPUTS], const float *scale, float confidence,",
+            f"                    struct {p}_reading *out);",
+        ]
+        return "\n".join(lines)
+
+    def header_doc(self) -> str:
+        """The model.h comment block for the lab entry points."""
+        m, p = self.macro, self.prefix
+        levels = ", ".join(f"{v:g}" for v in self.levels) or "none in this card"
+        cal = self.base.calibration
+        calibration = f"calibration {cal.id} of {cal.date}" if cal else "no calibration to standards"
+        return (f" *   {p}_read_rgb888(pixels, width, height, stride, confidence, out)\n"
+                f" *   {p}_read_gray8(pixels, width, height, stride, confidence, out)\n"
+                f" *       A frame -> struct {p}_reading: the network's readings (raw), calibrated values\n"
+                f" *       ({_comment_safe(calibration)}), conformal intervals at `confidence` (one of: {levels};\n"
+                f" *       else {m}_ERR_CONFIDENCE) and lab flags, as edgereg's runtime computes them without TTA.\n"
+                f" *       Coverage holds only for frames like the export's calibration images.\n"
+                f" *\n"
+                f" *   {p}_postprocess(raw, scale, confidence, out)\n"
+                f" *       The same from network readings in physical units (scale: the crop side per output\n"
+                f" *       for coords, NULL for 1).\n")
+
+    def source(self) -> str:
+        """Constants and functions for model.c (after the network and the predict helpers)."""
+        card, m, p = self.card, self.macro, self.prefix
+        n = len(card.targets)
+        parts = [f"const float {p}_levels[{m}_N_LEVELS] = {{{', '.join(f'{v!r}f' for v in self.levels) or '0.0f'}}};"]
+        parts.append(self._interval_tables(n))
+        parts.append(self._calibration_tables(n))
+        parts.append(self._limit_tables(n))
+        parts.append(_FUNCTIONS.replace("@M_", f"{m}_").replace("@P_", f"{p}_")
+                     .replace("@KIND", str(_KIND_CODE.get(card.kind, 0))))
+        return "\n".join(parts)
+
+    def _interval_tables(self, n: int) -> str:
+        if not self.readouts:
+            self.flash_bytes += 8
+            return "#define LAB_MAX_BINS 1\n#define LAB_HAS_INTERVALS 0\n" \
+                   f"static const double lab_q[1][{n}][1] = {{{{{{0.0}}}}}};\n" \
+                   f"static const double lab_edges[{n}][1] = {{{{0.0}}}};\n" \
+                   f"static const int lab_n_edges[{n}] = {{{', '.join('0' for _ in range(n))}}};\n" \
+                   f"static const double lab_coef[4][{n}] = {{{{0.0}}}};\n" \
+                   f"static const double lab_x_lo[{n}] = {{0.0}}, lab_x_hi[{n}] = {{0.0}}, lab_floor[{n}] = {{0.0}}, " \
+                   f"lab_wide_sigma[{n}] = {{0.0}};"
+        kernel = self.readouts[0].kernel
+        targets = kernel.entry.targets
+        max_bins = max(len(t.edges) for t in targets) + 1
+        q = np.full((len(self.levels), n, max_bins), np.inf)
+        for i, readout in enumerate(self.readouts):
+            for j, target in enumerate(readout.kernel.entry.targets):
+                row = target.quantiles[readout.level]
+                q[i, j, :len(row)] = row
+        edges = np.zeros((n, max(max_bins - 1, 1)))
+        for j, target in enumerate(targets):
+            edges[j, :len(target.edges)] = target.edges
+        x_lo = np.where(np.isfinite(kernel.x_lo), kernel.x_lo, -np.finfo(np.float64).max)
+        x_hi = np.where(np.isfinite(kernel.x_hi), kernel.x_hi, np.finfo(np.float64).max)
+        self.flash_bytes += 8 * (q.size + edges.size + 4 * n + 4 * n)
+        rows_q = ",\n    ".join("{" + ", ".join(_array(q[i, j]) for j in range(n)) + "}" for i in range(len(self.levels)))
+        return "\n".join([
+            f"#define LAB_MAX_BINS {max_bins}", "#define LAB_HAS_INTERVALS 1",
+            f"static const double lab_q[{len(self.levels)}][{n}][LAB_MAX_BINS] = {{\n    {rows_q}\n}};",
+            f"static const double lab_edges[{n}][{edges.shape[1]}] = {{{', '.join(_array(e) for e in edges)}}};",
+            f"static const int lab_n_edges[{n}] = {{{', '.join(str(len(t.edges)) for t in targets)}}};",
+            f"static const double lab_coef[4][{n}] = {{{', '.join(_array(row) for row in kernel.coef)}}};",
+            f"static const double lab_x_lo[{n}] = {_array(x_lo)};",
+            f"static const double lab_x_hi[{n}] = {_array(x_hi)};",
+            f"static const double lab_floor[{n}] = {_array(kernel.floor)};",
+            f"static const double lab_wide_sigma[{n}] = {_array(kernel.wide_sigma)};",
+        ])
+
+    def _calibration_tables(self, n: int) -> str:
+        calibration = self.base.calibration
+        fits, coef, cov, t = [], np.zeros((n, 3)), np.zeros((n, 3, 3)), np.zeros((n, max(len(self.levels), 1)))
+        ref = np.zeros((n, 2))
+        knots_x, knots_y, n_knots, iso_se = [], [], [], np.zeros(n)
+        for j, name in enumerate(self.card.targets):
+            curve = calibration.targets.get(name) if calibration else None
+            if curve is None:
+                fits.append(-1)
+                knots_x.append([]), knots_y.append([]), n_knots.append(0)
+                continue
+            fits.append(_FITS[curve.fit])
+            coef[j] = curve.coef
+            cov[j] = np.asarray(curve.cov)
+            for i, level in enumerate(self.levels):
+                t[j, i] = curve.t_quantile(level)
+            ref[j] = curve.reference_range
+            xs, ys = curve.knots if curve.knots else ((), ())
+            knots_x.append(list(xs)), knots_y.append(list(ys)), n_knots.append(len(xs))
+            iso_se[j] = curve.residual_sd / math.sqrt(max(curve.n_eff, 1.0))
+        most = max(max(n_knots), 1)
+        kx = np.zeros((n, most))
+        ky = np.zeros((n, most))
+        for j in range(n):
+            kx[j, :n_knots[j]], ky[j, :n_knots[j]] = knots_x[j], knots_y[j]
+        self.flash_bytes += 8 * (coef.size + cov.size + t.size + ref.size + kx.size + ky.size + n) + 8 * n
+        return "\n".join([
+            f"static const int lab_fit[{n}] = {{{', '.join(map(str, fits))}}}; /* -1 none, 0 polynomial, 1 isotonic */",
+            f"static const double lab_cal_coef[{n}][3] = {{{', '.join(_array(c) for c in coef)}}};",
+            f"static const double lab_cal_cov[{n}][3][3] = {{{', '.join('{' + ', '.join(_array(r) for r in c) + '}' for c in cov)}}};",
+            f"static const double lab_cal_t[{n}][{t.shape[1]}] = {{{', '.join(_array(r) for r in t)}}};",
+            f"static const double lab_ref_range[{n}][2] = {{{', '.join(_array(r) for r in ref)}}};",
+            f"static const int lab_n_knots[{n}] = {{{', '.join(map(str, n_knots))}}};",
+            f"static const double lab_knot_x[{n}][{most}] = {{{', '.join(_array(r) for r in kx)}}};",
+            f"static const double lab_knot_y[{n}][{most}] = {{{', '.join(_array(r) for r in ky)}}};",
+            f"static const double lab_iso_se[{n}] = {_array(iso_se)};",
+        ])
+
+    def _limit_tables(self, n: int) -> str:
+        limits = self.base._limit_arrays()
+        nan = np.full(n, np.nan)
+        get = (lambda key: limits[key]) if limits is not None else (lambda key: nan)
+        uncalibrated = self.base.uncalibrated.astype(int)
+        self.flash_bytes += 8 * 5 * n + 4 * n
+        return "\n".join([
+            f"static const double lab_lob[{n}] = {_array(get('lob'))};",
+            f"static const double lab_lod[{n}] = {_array(get('lod'))};",
+            f"static const double lab_loq[{n}] = {_array(get('loq'))};",
+            f"static const double lab_range_lo[{n}] = {_array(get('range_lo'))};",
+            f"static const double lab_range_hi[{n}] = {_array(get('range_hi'))};",
+            f"static const int lab_uncalibrated[{n}] = {{{', '.join(map(str, uncalibrated))}}};",
+        ])
+
+
+def _comment_safe(text: str) -> str:
+    return text.replace("*/", "* /")
+
+
+# The post-processing, written once for every model; the tables above parameterize it.
+_FUNCTIONS = r"""
+static double lab_curve(int t, double x)
+{
+    if (lab_fit[t] == 1) { /* isotonic: linear between knots, flat beyond the ends */
+        const int k = lab_n_knots[t];
+        if (x <= lab_knot_x[t][0]) {
+            return lab_knot_y[t][0];
+        }
+        if (x >= lab_knot_x[t][k - 1]) {
+            return lab_knot_y[t][k - 1];
+        }
+        int i = 1;
+        while (x > lab_knot_x[t][i]) {
+            ++i;
+        }
+        const double x0 = lab_knot_x[t][i - 1], x1 = lab_knot_x[t][i];
+        return lab_knot_y[t][i - 1] + (lab_knot_y[t][i] - lab_knot_y[t][i - 1]) * (x - x0) / (x1 - x0);
+    }
+    return lab_cal_coef[t][0] + lab_cal_coef[t][1] * x + lab_cal_coef[t][2] * x * x;
+}
+
+static double lab_curve_se(int t, double x)
+{
+    if (lab_fit[t] == 1) {
+        return lab_iso_se[t];
+    }
+    const double basis[3] = {1.0, x, x * x};
+    double variance = 0.0;
+    for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) {
+            variance += basis[i] * lab_cal_cov[t][i][j] * basis[j];
+        }
+    }
+    return variance > 0.0 ? sqrt(variance) : 0.0;
+}
+
+static int lab_level(float confidence)
+{
+    for (int i = 0; i < @M_N_LEVELS; ++i) {
+        if (LAB_HAS_INTERVALS && fabs((double)confidence - (double)@P_levels[i]) < 1e-6) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+int @P_postprocess(const float raw[@M_N_OUTPUTS], const float *scale, float confidence, struct @P_reading *out)
+{
+    if (raw == NULL || out == NULL) {
+        return @M_ERR_NULL;
+    }
+    const int level = lab_level(confidence);
+    if (LAB_HAS_INTERVALS && level < 0) {
+        return @M_ERR_CONFIDENCE;
+    }
+    uint32_t flags = 0u;
+    for (int t = 0; t < @M_N_OUTPUTS; ++t) {
+        const double x = (double)raw[t];
+        double lo = NAN, hi = NAN;
+        if (LAB_HAS_INTERVALS) {
+            double u = x < lab_x_lo[t] ? lab_x_lo[t] : x;
+            u = u > lab_x_hi[t] ? lab_x_hi[t] : u;
+            double sigma = lab_coef[0][t] + u * (lab_coef[1][t] + lab_coef[2][t] * u);
+            sigma = (sigma != sigma || sigma < lab_floor[t]) ? lab_floor[t] : sigma; /* NaN reading: the floor */
+            if (sigma > lab_wide_sigma[t]) {
+                flags |= @M_FLAG_INTERVAL_WIDE;
+            }
+            if (scale != NULL) {
+                sigma *= (double)scale[t];
+            }
+            int bin = 0;
+            while (bin < lab_n_edges[t] && x >= lab_edges[t][bin]) {
+                ++bin;
+            }
+            const double half = lab_q[level][t][bin] * sigma;
+            lo = x - half;
+            hi = x + half;
+#if @KIND == 1 /* angle: wrap to [0, 360); a half-width of 180 or more is the whole circle */
+            if (!(half < 180.0)) {
+                lo = 0.0;
+                hi = 360.0;
+            } else {
+                lo = fmod(fmod(lo, 360.0) + 360.0, 360.0);
+                hi = fmod(fmod(hi, 360.0) + 360.0, 360.0);
+            }
+#elif @KIND == 2 /* distribution: probabilities */
+            lo = lo < 0.0 ? 0.0 : (lo > 1.0 ? 1.0 : lo);
+            hi = hi < 0.0 ? 0.0 : (hi > 1.0 ? 1.0 : hi);
+#endif
+        }
+        double value = x;
+        if (lab_fit[t] >= 0) {
+            value = lab_curve(t, x);
+            if (LAB_HAS_INTERVALS) {
+                double low = lab_curve(t, lo), high = lab_curve(t, hi);
+                if (low > high) {
+                    const double swap = low;
+                    low = high;
+                    high = swap;
+                }
+                if (lab_fit[t] == 0 && lab_cal_coef[t][2] != 0.0) {
+                    const double vertex = -lab_cal_coef[t][1] / (2.0 * lab_cal_coef[t][2]);
+                    if (lo < vertex && vertex < hi) {
+                        const double at = lab_curve(t, vertex);
+                        low = at < low ? at : low;
+                        high = at > high ? at : high;
+                    }
+                }
+                const double spread = lab_cal_t[t][level] * lab_curve_se(t, x);
+                lo = value - sqrt((value - low) * (value - low) + spread * spread);
+                hi = value + sqrt((high - value) * (high - value) + spread * spread);
+            }
+            if (value < lab_ref_range[t][0] || value > lab_ref_range[t][1]) {
+                flags |= @M_FLAG_EXTRAPOLATED;
+            }
+        }
+        if (value < lab_lob[t]) {
+            flags |= @M_FLAG_BELOW_LOB;
+        }
+        if (value < lab_lod[t]) {
+            flags |= @M_FLAG_BELOW_LOD;
+        }
+        if (value < lab_loq[t]) {
+            flags |= @M_FLAG_BELOW_LOQ;
+        }
+        if (value < lab_range_lo[t]) {
+            flags |= @M_FLAG_BELOW_RANGE;
+        }
+        if (value > lab_range_hi[t]) {
+            flags |= @M_FLAG_ABOVE_RANGE;
+        }
+        if (lab_uncalibrated[t]) {
+            flags |= @M_FLAG_UNCALIBRATED;
+        }
+        out->raw[t] = raw[t];
+        out->value[t] = (float)value;
+        out->lo[t] = (float)lo;
+        out->hi[t] = (float)hi;
+    }
+    out->flags = flags;
+    return @M_OK;
+}
+"""
+
+
+__all__ = ["LabC", "flag_macros"]
