@@ -464,7 +464,7 @@ class _Writer:
             "    float raw[@M_N_OUTPUTS];",
             "    float scale[@M_N_OUTPUTS];",
             "    if (out == NULL) {", "        return @M_ERR_NULL;", "    }",
-            "    if (LAB_HAS_INTERVALS && lab_level(confidence) < 0) {", "        return @M_ERR_CONFIDENCE;", "    }",
+            "    if (lab_level(confidence) < 0) {", "        return @M_ERR_CONFIDENCE;", "    }",
             "    const int status = predict(pixels, width, height, stride, channels, raw, scale);",
             "    if (status != @M_OK) {", "        return status;", "    }",
             "    return @P_postprocess(raw, scale, confidence, out);",

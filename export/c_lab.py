@@ -119,27 +119,38 @@ class LabC:
                 f" *       for coords, NULL for 1).\n")
 
     def source(self) -> str:
-        """Constants and functions for model.c (after the network and the predict helpers)."""
+        """Constants and functions for model.c (after the network and the predict helpers).
+
+        Only the tables a card needs are emitted (``-Wall`` rejects unused constants), and the
+        functions select their branches with the ``LAB_HAS_*`` macros.
+        """
         card, m, p = self.card, self.macro, self.prefix
         n = len(card.targets)
-        parts = [f"const float {p}_levels[{m}_N_LEVELS] = {{{', '.join(f'{v!r}f' for v in self.levels) or '0.0f'}}};"]
-        parts.append(self._interval_tables(n))
-        parts.append(self._calibration_tables(n))
-        parts.append(self._limit_tables(n))
+        calibration = self.base.calibration
+        isotonic = calibration is not None and any(c.fit == "isotonic" for c in calibration.targets.values())
+        limits = self.base._limit_arrays()
+        uncalibrated = bool(self.base.uncalibrated.any())
+        parts = [f"const float {p}_levels[{m}_N_LEVELS] = {{{', '.join(f'{v!r}f' for v in self.levels) or '0.0f'}}};",
+                 f"#define LAB_HAS_INTERVALS {int(self.has_intervals)}",
+                 f"#define LAB_HAS_CALIBRATION {int(calibration is not None)}",
+                 f"#define LAB_HAS_ISOTONIC {int(isotonic)}",
+                 f"#define LAB_HAS_LIMITS {int(limits is not None)}",
+                 f"#define LAB_ANY_UNCALIBRATED {int(uncalibrated)}"]
+        if self.has_intervals:
+            parts.append(self._interval_tables(n))
+        if calibration is not None:
+            parts.append(self._calibration_tables(n, isotonic))
+        if limits is not None:
+            parts.append(self._limit_tables(n, limits))
+        if uncalibrated:
+            flags = ", ".join(str(int(v)) for v in self.base.uncalibrated)
+            parts.append(f"static const int lab_uncalibrated[{n}] = {{{flags}}};")
+            self.flash_bytes += 4 * n
         parts.append(_FUNCTIONS.replace("@M_", f"{m}_").replace("@P_", f"{p}_")
                      .replace("@KIND", str(_KIND_CODE.get(card.kind, 0))))
         return "\n".join(parts)
 
     def _interval_tables(self, n: int) -> str:
-        if not self.readouts:
-            self.flash_bytes += 8
-            return "#define LAB_MAX_BINS 1\n#define LAB_HAS_INTERVALS 0\n" \
-                   f"static const double lab_q[1][{n}][1] = {{{{{{0.0}}}}}};\n" \
-                   f"static const double lab_edges[{n}][1] = {{{{0.0}}}};\n" \
-                   f"static const int lab_n_edges[{n}] = {{{', '.join('0' for _ in range(n))}}};\n" \
-                   f"static const double lab_coef[4][{n}] = {{{{0.0}}}};\n" \
-                   f"static const double lab_x_lo[{n}] = {{0.0}}, lab_x_hi[{n}] = {{0.0}}, lab_floor[{n}] = {{0.0}}, " \
-                   f"lab_wide_sigma[{n}] = {{0.0}};"
         kernel = self.readouts[0].kernel
         targets = kernel.entry.targets
         max_bins = max(len(t.edges) for t in targets) + 1
@@ -153,10 +164,10 @@ class LabC:
             edges[j, :len(target.edges)] = target.edges
         x_lo = np.where(np.isfinite(kernel.x_lo), kernel.x_lo, -np.finfo(np.float64).max)
         x_hi = np.where(np.isfinite(kernel.x_hi), kernel.x_hi, np.finfo(np.float64).max)
-        self.flash_bytes += 8 * (q.size + edges.size + 4 * n + 4 * n)
+        self.flash_bytes += 8 * (q.size + edges.size + 4 * n + 4 * n) + 4 * n
         rows_q = ",\n    ".join("{" + ", ".join(_array(q[i, j]) for j in range(n)) + "}" for i in range(len(self.levels)))
         return "\n".join([
-            f"#define LAB_MAX_BINS {max_bins}", "#define LAB_HAS_INTERVALS 1",
+            f"#define LAB_MAX_BINS {max_bins}",
             f"static const double lab_q[{len(self.levels)}][{n}][LAB_MAX_BINS] = {{\n    {rows_q}\n}};",
             f"static const double lab_edges[{n}][{edges.shape[1]}] = {{{', '.join(_array(e) for e in edges)}}};",
             f"static const int lab_n_edges[{n}] = {{{', '.join(str(len(t.edges)) for t in targets)}}};",
@@ -167,16 +178,17 @@ class LabC:
             f"static const double lab_wide_sigma[{n}] = {_array(kernel.wide_sigma)};",
         ])
 
-    def _calibration_tables(self, n: int) -> str:
+    def _calibration_tables(self, n: int, isotonic: bool) -> str:
         calibration = self.base.calibration
-        fits, coef, cov, t = [], np.zeros((n, 3)), np.zeros((n, 3, 3)), np.zeros((n, max(len(self.levels), 1)))
+        fits, coef, cov = [], np.zeros((n, 3)), np.zeros((n, 3, 3))
+        t = np.zeros((n, max(len(self.levels), 1)))
         ref = np.zeros((n, 2))
-        knots_x, knots_y, n_knots, iso_se = [], [], [], np.zeros(n)
+        knots, iso_se = [], np.zeros(n)
         for j, name in enumerate(self.card.targets):
-            curve = calibration.targets.get(name) if calibration else None
+            curve = calibration.targets.get(name)
             if curve is None:
                 fits.append(-1)
-                knots_x.append([]), knots_y.append([]), n_knots.append(0)
+                knots.append(((), ()))
                 continue
             fits.append(_FITS[curve.fit])
             coef[j] = curve.coef
@@ -184,41 +196,35 @@ class LabC:
             for i, level in enumerate(self.levels):
                 t[j, i] = curve.t_quantile(level)
             ref[j] = curve.reference_range
-            xs, ys = curve.knots if curve.knots else ((), ())
-            knots_x.append(list(xs)), knots_y.append(list(ys)), n_knots.append(len(xs))
+            knots.append(curve.knots or ((), ()))
             iso_se[j] = curve.residual_sd / math.sqrt(max(curve.n_eff, 1.0))
-        most = max(max(n_knots), 1)
-        kx = np.zeros((n, most))
-        ky = np.zeros((n, most))
-        for j in range(n):
-            kx[j, :n_knots[j]], ky[j, :n_knots[j]] = knots_x[j], knots_y[j]
-        self.flash_bytes += 8 * (coef.size + cov.size + t.size + ref.size + kx.size + ky.size + n) + 8 * n
-        return "\n".join([
+        self.flash_bytes += 8 * (coef.size + cov.size + t.size + ref.size) + 4 * n
+        lines = [
             f"static const int lab_fit[{n}] = {{{', '.join(map(str, fits))}}}; /* -1 none, 0 polynomial, 1 isotonic */",
             f"static const double lab_cal_coef[{n}][3] = {{{', '.join(_array(c) for c in coef)}}};",
-            f"static const double lab_cal_cov[{n}][3][3] = {{{', '.join('{' + ', '.join(_array(r) for r in c) + '}' for c in cov)}}};",
-            f"static const double lab_cal_t[{n}][{t.shape[1]}] = {{{', '.join(_array(r) for r in t)}}};",
             f"static const double lab_ref_range[{n}][2] = {{{', '.join(_array(r) for r in ref)}}};",
-            f"static const int lab_n_knots[{n}] = {{{', '.join(map(str, n_knots))}}};",
-            f"static const double lab_knot_x[{n}][{most}] = {{{', '.join(_array(r) for r in kx)}}};",
-            f"static const double lab_knot_y[{n}][{most}] = {{{', '.join(_array(r) for r in ky)}}};",
-            f"static const double lab_iso_se[{n}] = {_array(iso_se)};",
-        ])
+        ]
+        if self.has_intervals:  # the curve's own uncertainty widens the intervals
+            covariance = ", ".join("{" + ", ".join(_array(r) for r in c) + "}" for c in cov)
+            lines += [f"static const double lab_cal_cov[{n}][3][3] = {{{covariance}}};",
+                      f"static const double lab_cal_t[{n}][{t.shape[1]}] = {{{', '.join(_array(r) for r in t)}}};"]
+        if isotonic:
+            most = max(len(xs) for xs, _ in knots)
+            kx, ky = np.zeros((n, most)), np.zeros((n, most))
+            for j, (xs, ys) in enumerate(knots):
+                kx[j, :len(xs)], ky[j, :len(ys)] = xs, ys
+            self.flash_bytes += 8 * (kx.size + ky.size + n) + 4 * n
+            lines += [f"static const int lab_n_knots[{n}] = {{{', '.join(str(len(xs)) for xs, _ in knots)}}};",
+                      f"static const double lab_knot_x[{n}][{most}] = {{{', '.join(_array(r) for r in kx)}}};",
+                      f"static const double lab_knot_y[{n}][{most}] = {{{', '.join(_array(r) for r in ky)}}};"]
+            if self.has_intervals:
+                lines.append(f"static const double lab_iso_se[{n}] = {_array(iso_se)};")
+        return "\n".join(lines)
 
-    def _limit_tables(self, n: int) -> str:
-        limits = self.base._limit_arrays()
-        nan = np.full(n, np.nan)
-        get = (lambda key: limits[key]) if limits is not None else (lambda key: nan)
-        uncalibrated = self.base.uncalibrated.astype(int)
-        self.flash_bytes += 8 * 5 * n + 4 * n
-        return "\n".join([
-            f"static const double lab_lob[{n}] = {_array(get('lob'))};",
-            f"static const double lab_lod[{n}] = {_array(get('lod'))};",
-            f"static const double lab_loq[{n}] = {_array(get('loq'))};",
-            f"static const double lab_range_lo[{n}] = {_array(get('range_lo'))};",
-            f"static const double lab_range_hi[{n}] = {_array(get('range_hi'))};",
-            f"static const int lab_uncalibrated[{n}] = {{{', '.join(map(str, uncalibrated))}}};",
-        ])
+    def _limit_tables(self, n: int, limits: dict) -> str:
+        self.flash_bytes += 8 * 5 * n
+        return "\n".join(f"static const double lab_{key}[{n}] = {_array(limits[key])};"
+                         for key in ("lob", "lod", "loq", "range_lo", "range_hi"))
 
 
 def _comment_safe(text: str) -> str:
@@ -227,8 +233,10 @@ def _comment_safe(text: str) -> str:
 
 # The post-processing, written once for every model; the tables above parameterize it.
 _FUNCTIONS = r"""
+#if LAB_HAS_CALIBRATION
 static double lab_curve(int t, double x)
 {
+#if LAB_HAS_ISOTONIC
     if (lab_fit[t] == 1) { /* isotonic: linear between knots, flat beyond the ends */
         const int k = lab_n_knots[t];
         if (x <= lab_knot_x[t][0]) {
@@ -238,20 +246,25 @@ static double lab_curve(int t, double x)
             return lab_knot_y[t][k - 1];
         }
         int i = 1;
-        while (x > lab_knot_x[t][i]) {
+        while (i < k - 1 && x > lab_knot_x[t][i]) {
             ++i;
         }
         const double x0 = lab_knot_x[t][i - 1], x1 = lab_knot_x[t][i];
         return lab_knot_y[t][i - 1] + (lab_knot_y[t][i] - lab_knot_y[t][i - 1]) * (x - x0) / (x1 - x0);
     }
+#endif
     return lab_cal_coef[t][0] + lab_cal_coef[t][1] * x + lab_cal_coef[t][2] * x * x;
 }
+#endif
 
+#if LAB_HAS_CALIBRATION && LAB_HAS_INTERVALS
 static double lab_curve_se(int t, double x)
 {
+#if LAB_HAS_ISOTONIC
     if (lab_fit[t] == 1) {
         return lab_iso_se[t];
     }
+#endif
     const double basis[3] = {1.0, x, x * x};
     double variance = 0.0;
     for (int i = 0; i < 3; ++i) {
@@ -261,15 +274,21 @@ static double lab_curve_se(int t, double x)
     }
     return variance > 0.0 ? sqrt(variance) : 0.0;
 }
+#endif
 
 static int lab_level(float confidence)
 {
+#if LAB_HAS_INTERVALS
     for (int i = 0; i < @M_N_LEVELS; ++i) {
-        if (LAB_HAS_INTERVALS && fabs((double)confidence - (double)@P_levels[i]) < 1e-6) {
+        if (fabs((double)confidence - (double)@P_levels[i]) < 1e-6) {
             return i;
         }
     }
     return -1;
+#else
+    (void)confidence;
+    return 0;
+#endif
 }
 
 int @P_postprocess(const float raw[@M_N_OUTPUTS], const float *scale, float confidence, struct @P_reading *out)
@@ -278,70 +297,75 @@ int @P_postprocess(const float raw[@M_N_OUTPUTS], const float *scale, float conf
         return @M_ERR_NULL;
     }
     const int level = lab_level(confidence);
-    if (LAB_HAS_INTERVALS && level < 0) {
+    if (level < 0) {
         return @M_ERR_CONFIDENCE;
     }
     uint32_t flags = 0u;
     for (int t = 0; t < @M_N_OUTPUTS; ++t) {
         const double x = (double)raw[t];
         double lo = NAN, hi = NAN;
-        if (LAB_HAS_INTERVALS) {
-            double u = x < lab_x_lo[t] ? lab_x_lo[t] : x;
-            u = u > lab_x_hi[t] ? lab_x_hi[t] : u;
-            double sigma = lab_coef[0][t] + u * (lab_coef[1][t] + lab_coef[2][t] * u);
-            sigma = (sigma != sigma || sigma < lab_floor[t]) ? lab_floor[t] : sigma; /* NaN reading: the floor */
-            if (sigma > lab_wide_sigma[t]) {
-                flags |= @M_FLAG_INTERVAL_WIDE;
-            }
-            if (scale != NULL) {
-                sigma *= (double)scale[t];
-            }
-            int bin = 0;
-            while (bin < lab_n_edges[t] && x >= lab_edges[t][bin]) {
-                ++bin;
-            }
-            const double half = lab_q[level][t][bin] * sigma;
-            lo = x - half;
-            hi = x + half;
-#if @KIND == 1 /* angle: wrap to [0, 360); a half-width of 180 or more is the whole circle */
-            if (!(half < 180.0)) {
-                lo = 0.0;
-                hi = 360.0;
-            } else {
-                lo = fmod(fmod(lo, 360.0) + 360.0, 360.0);
-                hi = fmod(fmod(hi, 360.0) + 360.0, 360.0);
-            }
-#elif @KIND == 2 /* distribution: probabilities */
-            lo = lo < 0.0 ? 0.0 : (lo > 1.0 ? 1.0 : lo);
-            hi = hi < 0.0 ? 0.0 : (hi > 1.0 ? 1.0 : hi);
-#endif
+#if LAB_HAS_INTERVALS
+        double u = x < lab_x_lo[t] ? lab_x_lo[t] : x;
+        u = u > lab_x_hi[t] ? lab_x_hi[t] : u;
+        double sigma = lab_coef[0][t] + u * (lab_coef[1][t] + lab_coef[2][t] * u);
+        sigma = (sigma != sigma || sigma < lab_floor[t]) ? lab_floor[t] : sigma; /* NaN reading: the floor */
+        if (sigma > lab_wide_sigma[t]) {
+            flags |= @M_FLAG_INTERVAL_WIDE;
         }
+        if (scale != NULL) {
+            sigma *= (double)scale[t];
+        }
+        int bin = 0;
+        while (bin < lab_n_edges[t] && x >= lab_edges[t][bin]) {
+            ++bin;
+        }
+        const double half = lab_q[level][t][bin] * sigma;
+        lo = x - half;
+        hi = x + half;
+#if @KIND == 1 /* angle: wrap to [0, 360); a half-width of 180 or more is the whole circle */
+        if (!(half < 180.0)) {
+            lo = 0.0;
+            hi = 360.0;
+        } else {
+            lo = fmod(fmod(lo, 360.0) + 360.0, 360.0);
+            hi = fmod(fmod(hi, 360.0) + 360.0, 360.0);
+        }
+#elif @KIND == 2 /* distribution: probabilities */
+        lo = lo < 0.0 ? 0.0 : (lo > 1.0 ? 1.0 : lo);
+        hi = hi < 0.0 ? 0.0 : (hi > 1.0 ? 1.0 : hi);
+#endif
+#else
+        (void)scale;
+#endif
         double value = x;
+#if LAB_HAS_CALIBRATION
         if (lab_fit[t] >= 0) {
             value = lab_curve(t, x);
-            if (LAB_HAS_INTERVALS) {
-                double low = lab_curve(t, lo), high = lab_curve(t, hi);
-                if (low > high) {
-                    const double swap = low;
-                    low = high;
-                    high = swap;
-                }
-                if (lab_fit[t] == 0 && lab_cal_coef[t][2] != 0.0) {
-                    const double vertex = -lab_cal_coef[t][1] / (2.0 * lab_cal_coef[t][2]);
-                    if (lo < vertex && vertex < hi) {
-                        const double at = lab_curve(t, vertex);
-                        low = at < low ? at : low;
-                        high = at > high ? at : high;
-                    }
-                }
-                const double spread = lab_cal_t[t][level] * lab_curve_se(t, x);
-                lo = value - sqrt((value - low) * (value - low) + spread * spread);
-                hi = value + sqrt((high - value) * (high - value) + spread * spread);
+#if LAB_HAS_INTERVALS
+            double low = lab_curve(t, lo), high = lab_curve(t, hi);
+            if (low > high) {
+                const double swap = low;
+                low = high;
+                high = swap;
             }
+            if (lab_fit[t] == 0 && lab_cal_coef[t][2] != 0.0) {
+                const double vertex = -lab_cal_coef[t][1] / (2.0 * lab_cal_coef[t][2]);
+                if (lo < vertex && vertex < hi) {
+                    const double at = lab_curve(t, vertex);
+                    low = at < low ? at : low;
+                    high = at > high ? at : high;
+                }
+            }
+            const double spread = lab_cal_t[t][level] * lab_curve_se(t, x);
+            lo = value - sqrt((value - low) * (value - low) + spread * spread);
+            hi = value + sqrt((high - value) * (high - value) + spread * spread);
+#endif
             if (value < lab_ref_range[t][0] || value > lab_ref_range[t][1]) {
                 flags |= @M_FLAG_EXTRAPOLATED;
             }
         }
+#endif
+#if LAB_HAS_LIMITS
         if (value < lab_lob[t]) {
             flags |= @M_FLAG_BELOW_LOB;
         }
@@ -357,9 +381,12 @@ int @P_postprocess(const float raw[@M_N_OUTPUTS], const float *scale, float conf
         if (value > lab_range_hi[t]) {
             flags |= @M_FLAG_ABOVE_RANGE;
         }
+#endif
+#if LAB_ANY_UNCALIBRATED
         if (lab_uncalibrated[t]) {
             flags |= @M_FLAG_UNCALIBRATED;
         }
+#endif
         out->raw[t] = raw[t];
         out->value[t] = (float)value;
         out->lo[t] = (float)lo;

@@ -119,24 +119,34 @@ int main(void)
         }
         printf("%.9g %.9g %.9g %u\n", r.value[0], r.lo[0], r.hi[0], r.flags);
     }
-    if (edgereg_model_postprocess(raw, NULL, 0.85f, &r) != EDGEREG_MODEL_ERR_CONFIDENCE) {
+    if (EDGEREG_MODEL_HAS_INTERVALS && edgereg_model_postprocess(raw, NULL, 0.85f, &r) != EDGEREG_MODEL_ERR_CONFIDENCE) {
         return 2;
     }
     return 0;
 }
 """
 
+ISOTONIC = {"id": "cal-iso", "date": "2026-11-30T10:00:00Z", "targets": {"conc": {
+    "fit": "isotonic", "coef": [0, 0, 0], "cov": None, "knots": [[-1.5, 0.0, 0.5, 1.5], [1.0, 8.0, 9.0, 20.0]],
+    "residual_sd": 0.2, "n_eff": 3.0, "dof": 5, "t": {"0.5": 0.7, "0.8": 1.5, "0.9": 2.0, "0.95": 2.6, "0.99": 4.0},
+    "reference_range": [1.0, 20.0]}}}
+
 
 @pytest.mark.slow
-def test_c_postprocess_matches_the_python_runtime_on_the_grid(model_factory, tmp_path):
+@pytest.mark.parametrize("variant", ["full", "plain", "intervals only", "isotonic without intervals", "isotonic"])
+def test_c_postprocess_matches_the_python_runtime_on_the_grid(variant, model_factory, tmp_path):
     pytest.importorskip("onnx")
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc is not installed")
     from edgereg.export.c_codegen import generate_c
 
-    card = lab_card()
-    generate_c(model_factory(**lab_fields()), tmp_path / "c")
+    fields = {"full": lab_fields(), "plain": lab_fields(intervals={}, calibration={}, validation={}),
+              "intervals only": lab_fields(calibration={}, validation={}),
+              "isotonic without intervals": lab_fields(intervals={}, calibration=ISOTONIC, validation={}),
+              "isotonic": lab_fields(calibration=ISOTONIC, validation={})}[variant]
+    card = ModelCard(**fields)
+    generate_c(model_factory(**fields), tmp_path / "c")
     (tmp_path / "c" / "driver.c").write_text(C_DRIVER)
     exe = tmp_path / "driver"
     build = subprocess.run([gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", str(tmp_path / "c"),
@@ -149,7 +159,10 @@ def test_c_postprocess_matches_the_python_runtime_on_the_grid(model_factory, tmp
     got = np.array([line.split() for line in run.stdout.splitlines()], dtype=np.float64)  # (45, 4)
     python = LabReadout(card, confidence=0.9).process(grid.astype(np.float64), None)
     np.testing.assert_allclose(got[:, 0], python.values[:, 0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(got[:, 1], python.lo[:, 0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(got[:, 2], python.hi[:, 0], rtol=1e-6, atol=1e-6)
+    if python.lo is None:
+        assert np.isnan(got[:, 1:3]).all()
+    else:
+        np.testing.assert_allclose(got[:, 1], python.lo[:, 0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got[:, 2], python.hi[:, 0], rtol=1e-6, atol=1e-6)
     bits = [sum(1 << LAB_FLAGS.index(f) for f in flags) for flags in python.flags]
     assert got[:, 3].astype(int).tolist() == bits
