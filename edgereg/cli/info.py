@@ -47,4 +47,29 @@ def run(args) -> int:
         print("provenance " + json.dumps(card.provenance, sort_keys=True)[:2000])
     if card.quantization:
         print("int8       " + json.dumps(card.quantization, sort_keys=True)[:2000])
+    for line in _lab_lines(card):
+        print(line)
     return 0
+
+
+def _lab_lines(card) -> list[str]:
+    """Intervals, calibration to standards and validation limits, one line each (docs/lab-grade.md)."""
+    lines = []
+    if card.intervals:
+        sets = card.intervals["sets"]
+        parts = [f"tta {s['tta']}: {s['model']} residuals, {s['n_calibration']} images of {s['calibration_split']}"
+                 for s in sets]
+        levels = ", ".join(f"{v:g}" for v in card.intervals["levels"])
+        lines.append(f"intervals  {card.intervals['method']} at {levels}; " + "; ".join(parts))
+    if card.calibration:
+        cal = card.calibration
+        standards = cal.get("standards", {})
+        fits = ", ".join(f"{name} {t['fit']} {[round(c, 6) for c in t['coef']]}" for name, t in cal["targets"].items())
+        lines.append(f"calibration {cal['id']} of {cal['date']}: {fits}; {standards.get('n', '?')} photos of standards, "
+                     f"sha256 {standards.get('sha256', '?')}")
+    if card.validation:
+        val = card.validation
+        limits = "; ".join(f"{name} LoB {t.get('lob')} LoD {t.get('lod')} LoQ {t.get('loq')} range {t.get('range')}"
+                           for name, t in val["targets"].items())
+        lines.append(f"validation {val['id']} of {val['date']} (calibration {val.get('calibration_id')}): {limits}")
+    return lines
