@@ -19,8 +19,7 @@ normalized intervals >= 15% narrower than constant width at the same coverage wh
 with the value; coverage >= 0.85 in every range bin; < 5% latency added per reading.
 
 Run: ``python benchmarks/intervals.py --work bench_intervals`` (trains two models, ``--epochs``
-each; a second run reuses them, so time the latency part with
-``flock /work/brief/bench.lock``-style locking on a shared machine by running it again).
+each; a second run reuses them, so on a shared machine run it again, alone, for the latency).
 """
 
 from __future__ import annotations
