@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from edgereg.calibration import Calibration, parse_calibration
 from edgereg.card import ModelCard
 from edgereg.errors import CardError
 from edgereg.intervals import IntervalKernel, parse_intervals
+from edgereg.lab_kernel import HAS_SCALE, HAS_SPREAD, build_tables, lab_postprocess
 
 LAB_FLAGS = ("below_lob", "below_lod", "below_loq", "below_range", "above_range", "extrapolated",
              "uncalibrated", "interval_wide")
@@ -101,9 +102,8 @@ def parse_validation(data: Mapping[str, Any], targets: Sequence[str]) -> Validat
         raise bad(f"malformed ({type(exc).__name__}: {exc})") from None
 
 
-@dataclass(frozen=True)
-class LabResult:
-    """One batch after :meth:`LabReadout.process`.
+class LabResult(NamedTuple):
+    """One batch after :meth:`LabReadout.process` (a NamedTuple: cheap to make at batch 1).
 
     Attributes:
         values: (B, T) float64 calibrated readings (the network's where a target is uncalibrated).
@@ -167,6 +167,14 @@ class LabReadout:
                     f"these readings use {current or 'none'}: limits not applied; run `edgereg validate` again")
                 self.validation = None
         self._limits = self._limit_arrays()
+        self._trivial = self.kernel is None and not self.lab_use
+        self._tables = None
+        if not self._trivial:
+            limits = None if self._limits is None else np.stack([self._limits[k] for k in (
+                "lob", "lod", "loq", "range_lo", "range_hi")])  # 5 x (T,) -> (5, T)
+            self._tables = build_tables(len(self.names), card.kind, kernel=self.kernel, calibration=self.calibration,
+                                        names=self.names, level=self.level, limits=limits,
+                                        uncalibrated=self.uncalibrated)
 
     def _limit_arrays(self) -> dict[str, np.ndarray] | None:
         """(T,) arrays of each limit (NaN where absent), or None without validation limits."""
@@ -189,7 +197,7 @@ class LabReadout:
         return self.kernel is not None
 
     def process(self, values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray | None = None) -> LabResult:
-        """Calibrate, bound and flag a batch.
+        """Calibrate, bound and flag a batch (one pass of ``edgereg.lab_kernel.lab_postprocess``).
 
         Args:
             values: (B, T) float64 network readings after TTA reduction (coords in source pixels).
@@ -197,49 +205,31 @@ class LabReadout:
             scale: (B, T) float64 crop sides for coords (see ``edgereg.intervals``), or None.
         """
         n = len(values)
-        lo = hi = None
-        wide = None
-        if self.kernel is not None:
-            bounds = self.kernel.bounds(values, spread, scale)
-            lo, hi, wide = bounds.lo, bounds.hi, bounds.wide
-        raw = None
-        calibrated = values
-        extrapolated = None
-        if self.calibration is not None:
-            raw = values
-            calibrated = values.copy()
-            lo = None if lo is None else lo.copy()
-            hi = None if hi is None else hi.copy()
-            extrapolated = np.zeros(values.shape, dtype=bool)
-            for j, name in enumerate(self.names):
-                curve = self.calibration.targets.get(name)
-                if curve is None:
-                    continue
-                calibrated[:, j] = curve.apply(values[:, j])
-                if lo is not None:
-                    lo[:, j], hi[:, j] = curve.map_interval(values[:, j], lo[:, j], hi[:, j], self.level)
-                low, high = curve.reference_range
-                extrapolated[:, j] = (calibrated[:, j] < low) | (calibrated[:, j] > high)
-        if not self.lab_use and wide is None:
-            return LabResult(calibrated, raw, lo, hi, [()] * n)
-        columns: dict[str, np.ndarray] = {}
-        limits = self._limits
-        if limits is not None:
-            with np.errstate(invalid="ignore"):
-                columns["below_lob"] = (calibrated < limits["lob"]).any(axis=1)
-                columns["below_lod"] = (calibrated < limits["lod"]).any(axis=1)
-                columns["below_loq"] = (calibrated < limits["loq"]).any(axis=1)
-                columns["below_range"] = (calibrated < limits["range_lo"]).any(axis=1)
-                columns["above_range"] = (calibrated > limits["range_hi"]).any(axis=1)
-        if extrapolated is not None:
-            columns["extrapolated"] = extrapolated.any(axis=1)
-        if self.uncalibrated.any():
-            columns["uncalibrated"] = np.ones(n, dtype=bool)
-        if wide is not None:
-            columns["interval_wide"] = wide.any(axis=1)
-        order = [(name, columns[name]) for name in LAB_FLAGS if name in columns]
-        flags = [tuple(name for name, on in order if on[i]) for i in range(n)]
-        return LabResult(calibrated, raw, lo, hi, flags)
+        if self._trivial:
+            return LabResult(values, None, None, None, [()] * n)
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        out_values, out_lo, out_hi = np.empty((3, *values.shape))  # one allocation: (3, B, T) -> 3 x (B, T)
+        masks = np.empty(n, dtype=np.uint32)
+        tables = self._tables
+        mode = tables.mode | (HAS_SPREAD if spread is not None else 0) | (HAS_SCALE if scale is not None else 0)
+        lab_postprocess(values, _or_empty(spread), _or_empty(scale), mode, tables.floats, tables.ints, tables.bins,
+                        tables.knots, out_values, out_lo, out_hi, masks)
+        flags = [_FLAG_SETS[m] for m in masks.tolist()]
+        if self.calibration is None:
+            out_values = values
+        return LabResult(out_values, values if self.calibration is not None else None,
+                         out_lo if tables.has_interval else None, out_hi if tables.has_interval else None, flags)
+
+
+_FLAG_SETS = [tuple(name for bit, name in enumerate(LAB_FLAGS) if mask >> bit & 1) for mask in range(1 << len(LAB_FLAGS))]
+
+
+_EMPTY = np.empty((0, 0))  # stands for None in the kernel's (B, T) arguments
+
+
+def _or_empty(array: np.ndarray | None) -> np.ndarray:
+    """A float64 (B, T) array for the kernel, or an empty (0, 0) one standing for None."""
+    return _EMPTY if array is None else np.ascontiguousarray(array, dtype=np.float64)
 
 
 def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.ndarray | None,
