@@ -190,7 +190,7 @@ def _validate_lab_sections(card: ModelCard, bad) -> None:
     """Parse the lab sections, so a malformed one fails when the card is read, not mid-run."""
     from edgereg.calibration import parse_calibration
     from edgereg.intervals import parse_intervals
-    from edgereg.lab import parse_validation
+    from edgereg.limits import parse_validation
 
     for name in ("intervals", "calibration", "validation"):
         if not isinstance(getattr(card, name), dict):
