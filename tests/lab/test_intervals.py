@@ -136,3 +136,24 @@ def test_malformed_interval_sections_are_card_errors(mutate, message):
 def test_difficulty_never_extrapolates_or_reaches_zero():
     difficulty = Difficulty("value", (-1.0, 1.0, 0.0, 0.0), (2.0, 5.0), 0.5)
     assert difficulty.sigma(np.array([0.0, 3.0, 100.0, np.nan]), None).tolist() == [1.0, 2.0, 4.0, 0.5]
+
+
+def test_tta_spread_becomes_the_difficulty_when_it_predicts_the_error():
+    rng = np.random.default_rng(5)
+
+    def readings(n):
+        truth = rng.uniform(80, 350, n)
+        spread = rng.uniform(0.2, 5.0, n)  # some photos are hard, whatever their value
+        values = truth + rng.normal(0.0, spread)
+        return HeldOutReadings(values=values[:, None], spread=spread[:, None], truth=truth[:, None], scale=None,
+                               split="test")
+
+    entry, report = compute_interval_set("scalar", ("c",), readings(600), readings(1000), tta="d4", model="fp32")
+    assert report["c"]["difficulty"] in ("spread", "value+spread")
+    new = readings(20000)
+    kernel = IntervalKernel(entry, "scalar", 0.9, wide_factor=2.0)
+    bounds = kernel.bounds(new.values, new.spread)
+    inside = covered("scalar", new.truth, bounds.lo, bounds.hi)[:, 0]
+    hard = new.spread[:, 0] > 4.0
+    assert inside.mean() == pytest.approx(0.9, abs=0.03) and inside[hard].mean() > 0.85
+    assert bounds.wide[hard].mean() > bounds.wide[~hard].mean()  # interval_wide marks the hard photos
