@@ -130,6 +130,9 @@ def main() -> int:
                         help="training epochs per model (fixed, so a busy machine gives the same models)")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=800)
+    parser.add_argument("--original-run", metavar="RUN",
+                        help="reuse an exported run trained on the same clean data (e.g. benchmarks/intervals.py's "
+                             "run_assay: assay, n 2000, seed 0, 64 px) instead of training one")
     args = parser.parse_args()
     from edgereg.training.synth import make_dataset
 
@@ -142,7 +145,8 @@ def main() -> int:
         if not (sets[name] / "labels.csv").exists():
             make_dataset("assay", sets[name], n=n, seed=seed, size=64)
         sets[f"new_{name}"] = drifted_copy(sets[name], work / f"new_{name}", change)
-    original = train(sets["train"], work / "run_original", args.epochs)
+    original_run = Path(args.original_run) if args.original_run else work / "run_original"
+    original = train(sets["train"], original_run, args.epochs)
     retrained = train(sets["new_train"], work / "run_retrained", args.epochs)
     standards = pick_standards(sets["new_pool"], work / "standards")
 
