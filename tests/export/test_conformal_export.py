@@ -7,6 +7,7 @@ import csv
 import json
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -80,3 +81,36 @@ def test_export_without_intervals(assay_run, tmp_path):
     assert read_card(out / "model.onnx").intervals == {}
     with pytest.raises(SystemExit):
         main(["export", str(assay_run), "--intervals", "magic"])
+
+
+def test_coordinate_intervals_scale_with_each_frames_crop(model_factory):
+    """Scores are fractions of the crop side, so one quantile serves every frame size."""
+    from edgereg.export.conformal import add_intervals
+    from edgereg.export.gate import EvalSet
+    from edgereg.predictor import Predictor
+    from edgereg.preprocess import PreprocessConfig, crop_resize
+
+    fields = dict(kind="coords", targets=("x", "y"), input_size=(16, 16), channels="gray", mean=(0.5,), std=(0.25,))
+    model = model_factory(fn="centroid", **fields)
+    rng = np.random.default_rng(0)
+    frames, truth, boxes = [], [], []
+    config = PreprocessConfig.from_card(read_card(model))
+    for _ in range(200):
+        frame = np.zeros((32, 32, 3), np.uint8)
+        x, y = rng.integers(4, 28, 2)
+        frame[y - 1:y + 2, x - 1:x + 2] = 255
+        crop, box = crop_resize(frame, config)
+        frames.append(crop)
+        boxes.append((box.x0, box.y0, box.w, box.h))
+        truth.append((x + rng.normal(0, 0.8), y + rng.normal(0, 0.8)))  # labels a little off: residuals
+    evalset = EvalSet(frames=np.stack(frames), targets=np.array(truth), crop_boxes=np.array(boxes), split="test")
+    card, _ = add_intervals(model, read_card(model), (None, evalset, "test"), model="fp32", write=False)
+    predictor = Predictor(model, card=card, confidence=0.9)
+    spot = np.zeros((32, 32, 3), np.uint8)
+    spot[15:18, 15:18] = 255
+    big = cv2.resize(spot, (64, 64), interpolation=cv2.INTER_NEAREST)  # the same scene at twice the pixels
+    small_result, big_result = predictor.predict([spot]), predictor.predict([big])
+    small_width = small_result.hi - small_result.lo
+    np.testing.assert_allclose(big_result.hi - big_result.lo, 2 * small_width, rtol=1e-6)
+    np.testing.assert_allclose(big_result.values, 2 * small_result.values + 0.5, atol=0.05)  # pixel centres
+    assert np.all(small_width > 1.0) and np.all(small_width < 8.0)  # 90% of N(0, 0.8) noise: about +-1.3 px
