@@ -88,9 +88,13 @@ def test_standards_to_a_validated_calibrated_model_and_a_traceable_reading(uncal
     assert lob == pytest.approx(figures["figures"]["conc"]["blank"]["lob"])
     assert figures["figures"]["conc"]["linearity"]["slope"] == pytest.approx(1.0, abs=0.02)
 
+    capsys.readouterr()
+    assert main(["info", str(calibrated)]) == 0
+    info = capsys.readouterr().out
+    assert f"calibration {section['id']}" in info and f"validation {limits['id']}" in info
+
     photos = write_standards(tmp_path / "photos", {2: 1, 100: 1, 250: 1}, jitter=(0,))
     out = tmp_path / "preds.csv"
-    capsys.readouterr()
     assert main(["infer", str(calibrated), str(photos / "images"), "--out", str(out), "--audit"]) == 0
     rows = list(csv.DictReader(open(out)))
     assert list(rows[0])[:4] == ["path", "conc", "conc_lo", "conc_hi"] and list(rows[0])[-len(AUDIT_COLUMNS):] == \
