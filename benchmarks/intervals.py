@@ -8,6 +8,9 @@ then reads held-out photos of new samples (another seed, never seen in training 
 samples only) the quantiles come from one half and coverage is measured on the other, with the export's own code
 (``edgereg.export.conformal.calibrate_target``, ``edgereg.intervals.interval_bounds``).
 
+Variants: ``normalized`` (the export's default: its difficulty and up to 5 Mondrian range bins),
+``no bins`` (the difficulty alone), ``constant`` (plain split-conformal, constant width).
+
 Tasks:
 * ``assay``: the synthetic reaction well, 80..350 mg/L.
 * ``logassay``: the same photos, reported on a log-response scale: the colour is linear in
@@ -105,6 +108,13 @@ def held_out_readings(model: Path, heldout: Path):
     return values, dataset.targets[:, 0], np.asarray(dataset.groups), difficulty, predictor.card, dataset.images[0]
 
 
+VARIANTS = {  # name: (difficulty from the export or constant, Mondrian bins)
+    "normalized": ("export", 5),  # what `edgereg export` stores by default
+    "no bins": ("export", 1),
+    "constant": ("constant", 1),  # plain split-conformal
+}
+
+
 def split_figures(values, truth, groups, difficulty, *, method: str, seed: int, edges_range, by: str = "row") -> dict:
     """Coverage, width and per-bin coverage of one calibration/test split (random halves of the
     photos, or with ``by="group"`` of the samples, so that the test half holds only new samples)."""
@@ -120,8 +130,9 @@ def split_figures(values, truth, groups, difficulty, *, method: str, seed: int, 
         cal = np.zeros(len(values), dtype=bool)
         cal[rng.permutation(len(values))[: len(values) // 2]] = True
     test = ~cal
-    d = Difficulty.constant() if method == "constant" else difficulty
-    edges = _mondrian_edges(values[cal], 3) if method == "mondrian" else ()
+    form, bins = VARIANTS[method]
+    d = Difficulty.constant() if form == "constant" else difficulty
+    edges = _mondrian_edges(values[cal], bins)
     target = calibrate_target("scalar", d, values[cal], None, np.abs(truth[cal] - values[cal]), levels=LEVELS,
                               edges=edges)
     entry = IntervalSet("none", (target,), "int8", "val", "split", 0, int(cal.sum()))
@@ -143,7 +154,7 @@ def report_task(task: str, model: Path, heldout: Path) -> dict:
     print(f"\n== {task}: {model.name}, {len(values)} held-out photos of {len(np.unique(groups))} new samples, "
           f"RMSE {rmse:.4g} {card.units[0]}; export's difficulty: {difficulty.name}")
     summary = {}
-    for method in ("normalized", "constant", "mondrian"):
+    for method in VARIANTS:
         runs = [split_figures(values, truth, groups, difficulty, method=method, seed=s, edges_range=edges_range)
                 for s in range(SPLITS)]
         cov = np.array([r[0.9]["coverage"] for r in runs])

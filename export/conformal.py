@@ -22,9 +22,16 @@ half it was not fitted on. The narrowest wins; a non-constant form must beat ``c
 ``MIN_GAIN`` (3%). Coords and angles use ``constant`` or the spread only (their position or
 direction says nothing general about their difficulty).
 
-Mondrian (``method="mondrian"``): the test readings are cut into up to ``bins`` bins of equal count
-of their own value (each bin keeps >= ``MIN_PER_BIN`` images) and each bin gets its own quantiles,
-so coverage holds within every range bin, at the price of wider intervals where bins are small.
+Mondrian per range bin (on by default, ``bins=5``; ``bins=1`` turns it off): the test readings are
+cut into up to ``bins`` bins of equal count of their own value, each keeping >= ``MIN_PER_BIN``
+images, and each bin gets its own quantiles, so coverage holds within every range bin and not only
+on average: a model that is worse near one end of its range (a bounded head near saturation, a
+colour that stops changing) gets wider intervals there. A level whose quantile needs more images
+than a bin has (99% needs 99) takes the quantile of all bins together, which keeps the average
+guarantee. Measured on the assay model (benchmarks/intervals.py): per-bin coverage of the top
+bin 0.77 -> 0.89 for 2% wider intervals. ``method="constant"`` is plain split-conformal: constant
+width, one bin. Coords and angles are not binned (a position in source pixels depends on the frame
+size, and an angle's range is a circle).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from edgereg.errors import EdgeregError
 from edgereg.intervals import (DEFAULT_WIDE_FACTOR, LEVELS, Difficulty, IntervalSet, TargetIntervals, circular_residual,
                                conformal_quantile, covered, format_level, interval_bounds, target_to_dict)
 
-METHODS = ("normalized", "constant", "mondrian")
+METHODS = ("normalized", "constant")
 MIN_FIT = 30  # validation images needed to fit a difficulty
 MIN_CALIBRATION = 40  # test images needed to take the quantiles from test alone
 MIN_PER_BIN = 40  # test images per Mondrian bin
@@ -57,16 +64,16 @@ class ConformalOptions:
     """How export computes intervals.
 
     Attributes:
-        method: "normalized" (difficulty chosen on validation; default), "constant", or "mondrian"
-            (normalized + per-range-bin quantiles).
-        bins: Mondrian bins at most.
+        method: "normalized" (difficulty chosen on validation, Mondrian bins; default) or
+            "constant" (plain split-conformal: constant width, one bin).
+        bins: Mondrian range bins at most (1: none).
         levels: the confidence levels stored.
         wide_factor: ``interval_wide`` when a reading's difficulty exceeds this many times the median.
         seed: seed of the 2-fold cross-fitting split.
     """
 
     method: str = "normalized"
-    bins: int = 3
+    bins: int = 5
     levels: tuple[float, ...] = LEVELS
     wide_factor: float = DEFAULT_WIDE_FACTOR
     seed: int = 0
@@ -248,8 +255,13 @@ def calibrate_target(kind: str, difficulty: Difficulty, cal_values: np.ndarray, 
     sigma = difficulty.sigma(cal_values, cal_spread)
     scores = cal_residual / sigma
     bins = np.searchsorted(np.asarray(edges), cal_values, side="right") if edges else np.zeros(len(scores), int)
-    quantiles = {float(level): tuple(conformal_quantile(scores[bins == k], level) for k in range(len(edges) + 1))
-                 for level in levels}
+    smallest = int(np.bincount(bins, minlength=len(edges) + 1).min())
+    quantiles = {}
+    for level in levels:
+        if smallest >= math.ceil(level / (1.0 - level) - 1e-9):  # every bin can give this level
+            quantiles[float(level)] = tuple(conformal_quantile(scores[bins == k], level) for k in range(len(edges) + 1))
+        else:  # the quantile of all bins together: the average guarantee holds
+            quantiles[float(level)] = (conformal_quantile(scores, level),) * (len(edges) + 1)
     return TargetIntervals(difficulty, tuple(edges), quantiles, float(np.median(sigma)))
 
 
@@ -276,7 +288,8 @@ def compute_interval_set(kind: str, names: Sequence[str], fit: HeldOutReadings |
             difficulty, relative = fit_difficulty(
                 kind, fit.values[:, j], None if fit.spread is None else fit.spread[:, j], fit_residual[:, j],
                 method="constant" if options.method == "constant" else "normalized", seed=options.seed)
-        edges = _mondrian_edges(cal.values[:, j], options.bins) if options.method == "mondrian" else ()
+        binned = options.method == "normalized" and kind in ("scalar", "vector", "distribution")
+        edges = _mondrian_edges(cal.values[:, j], options.bins) if binned else ()
         target = calibrate_target(kind, difficulty, cal.values[:, j], None if cal.spread is None else cal.spread[:, j],
                                   cal_residual[:, j], levels=options.levels, edges=edges)
         targets.append(target)
@@ -303,7 +316,8 @@ def intervals_section(sets: Sequence[IntervalSet], names: Sequence[str], *, opti
                       note: str) -> dict:
     """The ``card.intervals`` JSON for some IntervalSets."""
     return {
-        "method": "split-conformal" + (", Mondrian per range bin" if options.method == "mondrian" else ""),
+        "method": "split-conformal" + (", normalized, Mondrian per range bin" if options.method == "normalized" else
+                                       ", constant width"),
         "levels": [float(v) for v in options.levels],
         "wide_factor": float(options.wide_factor),
         "sets": [{"tta": s.tta, "model": s.model, "fit_split": s.fit_split, "calibration_split": s.calibration_split,

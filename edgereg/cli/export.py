@@ -14,7 +14,7 @@ EPILOG = """examples:
   edgereg export runs/assay --int8 --calib-dir camera_frames/   # calibrate on deployment images
   edgereg export runs/assay --fp16                # + model.fp16.onnx for CUDA/TensorRT (Jetson)
   edgereg export runs/assay --int8 --c            # + C99 sources for a microcontroller
-  edgereg export runs/assay --int8 --intervals mondrian   # per-range-bin interval quantiles
+  edgereg export runs/assay --int8 --interval-bins 1      # intervals without per-range-bin quantiles
 
 exit codes: 0 exported; 1 the int8 gate failed (report written, no model.int8.onnx); 2 user error
 """
@@ -53,12 +53,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--quantize-first", action="store_true",
                         help="quantize the first layer's input too (default: keep the first layer float)")
     intervals = parser.add_argument_group("prediction intervals (docs/lab-grade.md)")
-    intervals.add_argument("--intervals", default="normalized", choices=("normalized", "constant", "mondrian", "none"),
+    intervals.add_argument("--intervals", default="normalized", choices=("normalized", "constant", "none"),
                            help="split-conformal intervals stored in each model's card, from its own residuals on "
-                                "held-out images: normalized by a per-reading difficulty (default), constant width, "
-                                "mondrian (per range bin), or none")
-    intervals.add_argument("--interval-bins", type=int, default=3, metavar="N",
-                           help="Mondrian range bins at most (default 3; each keeps >= 40 test images)")
+                                "held-out images: normalized by a per-reading difficulty with per-range-bin "
+                                "(Mondrian) quantiles (default), constant width, or none")
+    intervals.add_argument("--interval-bins", type=int, default=5, metavar="N",
+                           help="Mondrian range bins at most (default 5; each keeps >= 40 test images; 1: off)")
     intervals.add_argument("--interval-wide-factor", type=float, default=2.0, metavar="X",
                            help="flag interval_wide when a reading's interval is over X times the typical one "
                                 "(default 2)")

@@ -34,7 +34,8 @@ def heteroscedastic(rng, n, *, noise=0.04):
 def test_normalized_intervals_cover_and_are_narrower_where_noise_grows_with_the_value():
     rng = np.random.default_rng(0)
     fit, cal, new = heteroscedastic(rng, 600), heteroscedastic(rng, 1000), heteroscedastic(rng, 20000)
-    normalized, report = compute_interval_set("scalar", ("c",), fit, cal, tta="none", model="fp32")
+    normalized, report = compute_interval_set("scalar", ("c",), fit, cal, tta="none", model="fp32",
+                                              options=ConformalOptions(bins=1))
     constant, _ = compute_interval_set("scalar", ("c",), fit, cal, tta="none", model="fp32",
                                        options=ConformalOptions(method="constant"))
     assert report["c"]["difficulty"] in ("value", "value2")
@@ -65,10 +66,14 @@ def test_mondrian_bins_each_get_their_own_quantile():
     rng = np.random.default_rng(2)
     fit, cal = heteroscedastic(rng, 300), heteroscedastic(rng, 1200)
     entry, report = compute_interval_set("scalar", ("c",), fit, cal, tta="none", model="fp32",
-                                         options=ConformalOptions(method="mondrian", bins=3))
+                                         options=ConformalOptions(bins=3))
     target = entry.targets[0]
     assert len(target.edges) == 2 and report["c"]["bins"] == 3
     assert all(len(row) == 3 for row in target.quantiles.values())
+    assert len(set(target.quantiles[0.9])) == 3 and len(set(target.quantiles[0.99])) == 3  # 400 per bin
+    small, _ = compute_interval_set("scalar", ("c",), fit, heteroscedastic(rng, 240), tta="none", model="fp32")
+    quantiles = small.targets[0].quantiles  # 5 bins of 48: enough for 90 %, not for 99 % (needs 99 each)
+    assert len(small.targets[0].edges) == 5 - 1 and len(set(quantiles[0.9])) == 5 and len(set(quantiles[0.99])) == 1
     new = heteroscedastic(rng, 20000)
     bounds = interval_bounds(entry, "scalar", new.values, None, None, 0.9, wide_factor=2.0)
     inside = covered("scalar", new.truth, bounds.lo, bounds.hi)[:, 0]
@@ -148,7 +153,8 @@ def test_tta_spread_becomes_the_difficulty_when_it_predicts_the_error():
         return HeldOutReadings(values=values[:, None], spread=spread[:, None], truth=truth[:, None], scale=None,
                                split="test")
 
-    entry, report = compute_interval_set("scalar", ("c",), readings(600), readings(1000), tta="d4", model="fp32")
+    entry, report = compute_interval_set("scalar", ("c",), readings(600), readings(1000), tta="d4", model="fp32",
+                                         options=ConformalOptions(bins=1))
     assert report["c"]["difficulty"] in ("spread", "value+spread")
     new = readings(20000)
     kernel = IntervalKernel(entry, "scalar", 0.9, wide_factor=2.0)
