@@ -128,7 +128,7 @@ class LabC:
         n = len(card.targets)
         calibration = self.base.calibration
         isotonic = calibration is not None and any(c.fit == "isotonic" for c in calibration.targets.values())
-        limits = self.base._limit_arrays()
+        limits = self.base.limit_arrays()
         uncalibrated = bool(self.base.uncalibrated.any())
         parts = [f"const float {p}_levels[{m}_N_LEVELS] = {{{', '.join(f'{v!r}f' for v in self.levels) or '0.0f'}}};",
                  f"#define LAB_HAS_INTERVALS {int(self.has_intervals)}",
