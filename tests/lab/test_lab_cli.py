@@ -200,3 +200,13 @@ def test_calibrate_and_validate_run_where_torch_cannot_be_imported(uncalibrated,
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "OK" in result.stdout and read_card(calibrated).validation
+
+
+def test_resume_refuses_another_confidence_or_calibration_choice(uncalibrated, tmp_path, capsys):
+    photos = write_standards(tmp_path / "photos", {60: 1, 200: 1}, jitter=(0,))
+    out = tmp_path / "preds.csv"
+    assert main(["infer", str(uncalibrated), str(photos / "images"), "--out", str(out)]) == 0
+    assert main(["infer", str(uncalibrated), str(photos / "images"), "--out", str(out), "--resume",
+                 "--confidence", "0.95"]) == 2
+    assert "the --confidence or --no-calibration" in capsys.readouterr().err
+    assert main(["infer", str(uncalibrated), str(photos / "images"), "--out", str(out), "--resume"]) == 0
