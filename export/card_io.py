@@ -31,12 +31,14 @@ def write_card(path: str | Path, card: ModelCard) -> None:
 
 def copy_with_card(src: str | Path, dst: str | Path, card: ModelCard) -> Path:
     """Write the model at ``src`` to ``dst`` with ``card`` embedded (atomic; ``src`` is left as it is,
-    and ``dst`` may be ``src``)."""
+    and ``dst`` may be ``src``).
+
+    Raises:
+        OutputError: ``dst`` cannot be written (missing folder, a folder in the way, read-only).
+    """
+    from edgereg.writers import atomic_write
+
     onnx = require_extra("onnx")
-    dst = Path(dst)
     model = onnx.load(str(src))
     embed_card(model, card)
-    tmp = dst.with_name(dst.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(dst)
-    return dst
+    return atomic_write(dst, model.SerializeToString())

@@ -58,11 +58,11 @@ def run(args) -> int:
     from edgereg.export.card_io import copy_with_card
     from edgereg.predictor import Predictor
     from edgereg.standards import read_standards
+    from edgereg.validation import json_safe
 
     model = Path(args.model)
     out = Path(args.out) if args.out else model.with_name(model.name.removesuffix(".onnx") + ".cal.onnx")
-    if out.exists() and not args.overwrite:
-        raise EdgeregError(f"'{out}' already exists; pass --overwrite to replace it, or choose another --out")
+    check_model_output(out, overwrite=args.overwrite)
     if out.resolve() == model.resolve():
         raise EdgeregError("--out must differ from MODEL: the uncalibrated model stays as it is")
     predictor = Predictor(model, providers="cpu", tta=args.tta, confidence=None, calibration=False)
@@ -78,6 +78,7 @@ def run(args) -> int:
         "tta": str(predictor.tta),
         "targets": {name: card_entry(entry) for name, entry in fits.items()},
     }
+    section = json_safe(section)
     section["id"] = calibration_id(section)
     card = predictor.card.with_(calibration=section, validation={})
     copy_with_card(model, out, card)
@@ -88,11 +89,33 @@ def run(args) -> int:
         print("note: the validation limits of MODEL were dropped (they belong to the old readings); "
               f"run: edgereg validate {out} STANDARDS", file=sys.stderr)
     if args.c_dir:
+        from edgereg.errors import output_error
         from edgereg.export.c_codegen import generate_c
 
-        result = generate_c(out, args.c_dir)
+        try:
+            result = generate_c(out, args.c_dir)
+        except OSError as exc:
+            raise output_error(exc, args.c_dir, fix="choose another --c folder") from None
         print(f"C code: flash {result.flash_bytes:,} bytes, RAM {result.ram_bytes:,} bytes in {args.c_dir}")
     return 0
+
+
+def check_model_output(out: Path, *, overwrite: bool) -> None:
+    """Refuse a model output that cannot or must not be written, before any work.
+
+    Raises:
+        OutputError: a folder is in the way, or the parent folder is missing or not a folder.
+        EdgeregError: ``out`` exists and ``overwrite`` is not set.
+    """
+    from edgereg.errors import EdgeregError, OutputError
+
+    if out.is_dir():
+        raise OutputError(f"cannot write '{out}': a folder is in the way; choose another file name")
+    if not out.parent.is_dir():
+        raise OutputError(f"cannot write '{out}': folder '{out.parent}' does not exist or is not a folder; "
+                          "create it first or choose another path")
+    if out.exists() and not overwrite:
+        raise EdgeregError(f"'{out}' already exists; pass --overwrite to replace it, or choose another path")
 
 
 def _write_report(path: Path, section: dict, fits: dict, standards) -> None:
@@ -105,9 +128,11 @@ def _write_report(path: Path, section: dict, fits: dict, standards) -> None:
                          "reading": float(standards.readings[i, j]), "residual": residuals[i]})
     report = {"calibration": section, "analysis": {name: fit["analysis"] for name, fit in fits.items()},
               "standards": rows, "skipped": [list(s) for s in standards.skipped]}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    from edgereg.writers import atomic_write
+
+    from edgereg.validation import json_safe
+
+    atomic_write(path, (json.dumps(json_safe(report), indent=2) + "\n").encode())
 
 
 def _summary(section: dict, fits: dict, standards, card, out: Path, report_path: Path) -> str:

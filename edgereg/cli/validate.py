@@ -60,15 +60,27 @@ def run(args) -> int:
     from edgereg.intervals import covered
     from edgereg.predictor import Predictor
     from edgereg.standards import read_standards
-    from edgereg.validation import validate
+    from edgereg.validation import json_safe, validate
+
+    import math
+
+    from edgereg.cli.calibrate import check_model_output
+    from edgereg.errors import output_error
 
     model = Path(args.model)
-    if args.max_cv <= 0 or args.max_bias <= 0:
-        raise EdgeregError(f"--max-cv and --max-bias must be > 0 percent, got {args.max_cv} and {args.max_bias}")
+    if not all(v > 0 and math.isfinite(v) for v in (args.max_cv, args.max_bias)):
+        raise EdgeregError(f"--max-cv and --max-bias must be percentages > 0, got {args.max_cv} and {args.max_bias}")
+    if args.low_max is not None and not math.isfinite(args.low_max):
+        raise EdgeregError(f"--low-max must be a finite reference value, got {args.low_max}")
+    if args.model_out and not args.no_card:
+        check_model_output(Path(args.model_out), overwrite=True)
     predictor = Predictor(model, providers="cpu", tta=args.tta, confidence=0.9)
     standards = read_standards(predictor, args.standards, strict=args.strict)
     out_dir = Path(args.out) if args.out else model.with_name(model.name.removesuffix(".onnx") + ".validation")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, out_dir) from None
     date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     calibration = predictor.lab.calibration
     figures, limits = {}, {}
@@ -84,16 +96,16 @@ def run(args) -> int:
                "settings": {"sigma": args.sigma, "low_max": args.low_max, "max_cv_percent": args.max_cv,
                             "max_bias_percent": args.max_bias, "tta": str(predictor.tta)},
                "targets": limits}
+    section = json_safe(section)
     section["id"] = calibration_id(section)
     report = {"model": str(model), "validation": section, "figures": figures, "interval_coverage": coverage,
               "standards": [{"path": p, **{n: float(standards.reference[i, j]) for j, n in enumerate(standards.names)},
                              **{f"{n}_reading": float(standards.readings[i, j]) for j, n in enumerate(standards.names)}}
                             for i, p in enumerate(standards.paths)],
               "skipped": [list(s) for s in standards.skipped]}
-    json_path = out_dir / "validation.json"
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(json_path)
+    from edgereg.writers import atomic_write
+
+    json_path = atomic_write(out_dir / "validation.json", (json.dumps(json_safe(report), indent=2) + "\n").encode())
     plots = _plots(out_dir, model, standards, figures, predictor.card.unit_of, date)
     target_model = None
     if not args.no_card:
