@@ -52,20 +52,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import datetime as _dt
 
-    from edgereg.errors import EdgeregError, require_extra
+    import math
+
+    from edgereg.errors import EdgeregError, output_error, require_extra
 
     require_extra("scipy", "lab")
     from edgereg.audit import sha256_file
     from edgereg.calibration import calibration_id
+    from edgereg.cli.calibrate import check_model_output
     from edgereg.intervals import covered
     from edgereg.predictor import Predictor
     from edgereg.standards import read_standards
     from edgereg.validation import json_safe, validate
-
-    import math
-
-    from edgereg.cli.calibrate import check_model_output
-    from edgereg.errors import output_error
+    from edgereg.writers import atomic_write
 
     model = Path(args.model)
     if not all(v > 0 and math.isfinite(v) for v in (args.max_cv, args.max_bias)):
@@ -103,8 +102,6 @@ def run(args) -> int:
                              **{f"{n}_reading": float(standards.readings[i, j]) for j, n in enumerate(standards.names)}}
                             for i, p in enumerate(standards.paths)],
               "skipped": [list(s) for s in standards.skipped]}
-    from edgereg.writers import atomic_write
-
     json_path = atomic_write(out_dir / "validation.json", (json.dumps(json_safe(report), indent=2) + "\n").encode())
     plots = _plots(out_dir, model, standards, figures, predictor.card.unit_of, date)
     target_model = None
