@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,16 +57,25 @@ def log_scale(concentration: float) -> float:
 
 
 def relabel(source: Path, out: Path, transform, column: str) -> Path:
-    """A dataset folder listing ``source``'s images (absolute paths) with a transformed target."""
-    out.mkdir(parents=True, exist_ok=True)
+    """A dataset folder with ``source``'s images (hard links, or copies across file systems: a
+    dataset's images stay inside its folder) and a transformed target."""
+    if (out / "labels.csv").exists():
+        return out
+    (out / "images").mkdir(parents=True, exist_ok=True)
     with open(source / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
+    for row in rows:
+        target = out / row["path"]
+        if not target.exists():
+            try:
+                os.link(source / row["path"], target)
+            except OSError:
+                shutil.copyfile(source / row["path"], target)
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", column, "group"])
         for row in rows:
-            writer.writerow([str((source / row["path"]).resolve()), repr(transform(float(row["concentration"]))),
-                             row["group"]])
+            writer.writerow([row["path"], repr(transform(float(row["concentration"]))), row["group"]])
     return out
 
 

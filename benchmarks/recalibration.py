@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import csv
 import io
+import shutil
 import subprocess
 import sys
 import time
@@ -83,12 +84,14 @@ def pick_standards(pool: Path, out: Path, *, fractions=(0.15, 0.5, 0.85), replic
         group = min((g for g in samples if len(samples[g]) >= replicates and g not in chosen),
                     key=lambda g: abs(float(samples[g][0]["concentration"]) - target))
         chosen.append(group)
+    (out / "images").mkdir(exist_ok=True)
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "concentration", "group"])
         for group in chosen:
             for row in samples[group][:replicates]:
-                writer.writerow([str((pool / row["path"]).resolve()), row["concentration"], group])
+                shutil.copyfile(pool / row["path"], out / row["path"])  # a dataset's photos stay in its folder
+                writer.writerow([row["path"], row["concentration"], group])
     return out
 
 
