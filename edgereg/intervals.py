@@ -2,19 +2,24 @@
 
 At export (``edgereg.export.conformal``) the model reads held-out images it never trained on. Each
 reading gets a *difficulty* ``sigma`` computed from what the runtime knows about it (its own value,
-and the TTA spread when TTA is on); the normalized scores ``|truth - reading| / (sigma * scale)``
-of a calibration part give conformal quantiles ``q`` per confidence level. At run time a reading
-``x`` with difficulty ``sigma`` gets ``[x - q sigma scale, x + q sigma scale]``: by the split-
-conformal argument it covers the truth with probability at least the level (and at most
-``level + 1 / (n + 1)``) for images exchangeable with the calibration part, and only for those.
+and the TTA spread when TTA is on). The signed, normalized scores ``(truth - reading) / (sigma *
+scale)`` of a calibration part give two conformal quantiles per confidence level: ``q_hi`` of the
+scores and ``q_lo`` of their negatives, each at ``1 - (1 - level) / 2``. At run time a reading ``x``
+gets ``[x - q_lo sigma scale, x + q_hi sigma scale]``: by the split-conformal argument each side
+misses at most half the error rate, so the interval covers the truth with probability at least the
+level for images exchangeable with the calibration part, and only for those. Two one-sided
+quantiles instead of one of ``|truth - reading|``: a model that reads high in some range (a bounded
+head near saturation, a colour that stops changing) gets an interval shifted to the truth instead
+of one wide enough for both sides. A quantile below 0 is raised to 0, so the interval always
+contains the reading (slightly conservative where the bias exceeds the noise).
 
 * ``scale`` is 1, except for coords where it is the crop side in source pixels (so one quantile
   serves every frame size): scores are fractions of the crop.
-* angle residuals are circular (degrees, in [0, 180]); the bounds are wrapped to [0, 360), so an
-  interval through 0 has ``lo > hi``; a half-width of 180 or more is the whole circle ``[0, 360]``.
+* angle residuals are circular (degrees, in [-180, 180)); the bounds are wrapped to [0, 360), so an
+  interval through 0 has ``lo > hi``; a width of 360 or more is the whole circle ``[0, 360]``.
 * distribution bins are clipped to [0, 1].
 * Mondrian (per range bin): the calibration readings are cut into bins of their own value and
-  each bin has its own quantile, so coverage holds within each bin, not only on average.
+  each bin has its own quantiles, so coverage holds within each bin, not only on average.
 
 The difficulty is ``max(floor, c0 + c1 u + c2 u^2 + c3 spread)`` with ``u`` the reading clipped to
 the range seen when it was fitted (no extrapolation of the curve). Its evaluation costs a few
@@ -22,17 +27,18 @@ multiply-adds per reading.
 
 The card section (``card.intervals``) is plain JSON, parsed here into frozen dataclasses::
 
-    {"method": "split-conformal", "levels": [0.5, 0.8, 0.9, 0.95, 0.99], "wide_factor": 2.0,
+    {"method": "split-conformal, ...", "levels": [0.5, 0.8, 0.9, 0.95, 0.99], "wide_factor": 2.0,
      "sets": [{"tta": "none", "model": "int8", "fit_split": "val", "calibration_split": "test",
                "n_fit": 300, "n_calibration": 300,
                "targets": {"conc": {"difficulty": {"name": "value", "coef": [c0, c1, c2, c3],
                                                    "x_range": [lo, hi], "floor": f},
-                                    "edges": [], "quantiles": {"0.9": [q], ...},
+                                    "edges": [e1, e2], "quantiles": {"0.9": [[q_lo, q_hi], ...], ...},
                                     "median_sigma": m}}}],
      "guarantee": "..."}
 
-A quantile is ``null`` when the calibration part is too small for its level (fewer than
-``level / (1 - level)`` images): the interval is then infinite, as conformal prediction says.
+One ``[q_lo, q_hi]`` pair per bin (a single number means both). A quantile is ``null`` when the
+calibration part is too small for its level (a bin needs ``(1 + level) / (1 - level)`` images: 19
+for 90%): the interval is then infinite on that side, as conformal prediction says.
 """
 
 from __future__ import annotations
@@ -72,7 +78,18 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
 
 def circular_residual(truth: np.ndarray, reading: np.ndarray) -> np.ndarray:
     """|truth - reading| for angles in degrees, in [0, 180]."""
-    return np.abs(np.mod(np.asarray(truth) - np.asarray(reading) + 180.0, 360.0) - 180.0)
+    return np.abs(signed_residual("angle", truth, reading))
+
+
+def signed_residual(kind: str, truth: np.ndarray, reading: np.ndarray) -> np.ndarray:
+    """truth - reading; for angles the circular difference in degrees, in [-180, 180)."""
+    difference = np.asarray(truth, dtype=np.float64) - np.asarray(reading, dtype=np.float64)
+    return np.mod(difference + 180.0, 360.0) - 180.0 if kind == "angle" else difference
+
+
+def one_sided_level(level: float) -> float:
+    """The quantile level of each side of a two-sided ``level`` interval: 1 - (1 - level) / 2."""
+    return 1.0 - (1.0 - level) / 2.0
 
 
 @dataclass(frozen=True)
@@ -116,21 +133,21 @@ class TargetIntervals:
     Attributes:
         difficulty: the per-reading sigma.
         edges: inner edges of the Mondrian bins on the reading, ascending; () for one bin.
-        quantiles: {level: one quantile per bin (inf when too few images)}.
+        quantiles: {level: one (q_lo, q_hi) pair per bin, each >= 0 (inf when too few images)}.
         median_sigma: median sigma over the calibration readings (the interval_wide reference).
     """
 
     difficulty: Difficulty
     edges: tuple[float, ...]
-    quantiles: Mapping[float, tuple[float, ...]]
+    quantiles: Mapping[float, tuple[tuple[float, float], ...]]
     median_sigma: float
 
-    def quantile(self, level: float, values: np.ndarray) -> np.ndarray:
-        """(B,) quantile for each reading ``values (B,)`` (its Mondrian bin's)."""
-        per_bin = np.asarray(self.quantiles[level], dtype=np.float64)
-        if not self.edges:
-            return np.full(len(values), per_bin[0])
-        return per_bin[np.searchsorted(np.asarray(self.edges), values, side="right")]
+    def quantile(self, level: float, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(q_lo (B,), q_hi (B,)) for each reading ``values (B,)`` (its Mondrian bin's)."""
+        per_bin = np.asarray(self.quantiles[level], dtype=np.float64)  # (bins, 2)
+        which = np.searchsorted(np.asarray(self.edges), values, side="right") if self.edges \
+            else np.zeros(len(values), dtype=np.int64)
+        return per_bin[which, 0], per_bin[which, 1]
 
 
 @dataclass(frozen=True)
@@ -231,8 +248,8 @@ def _parse_target(data: Mapping[str, Any], levels: tuple[float, ...], bad) -> Ta
     quantiles = {}
     for level in levels:
         key = format_level(level)
-        row = tuple(_number(q, math.inf) for q in data["quantiles"][key])
-        if len(row) != len(edges) + 1 or not all(q >= 0 for q in row):
+        row = tuple(_pair(q) for q in data["quantiles"][key])
+        if len(row) != len(edges) + 1 or not all(q >= 0 for pair in row for q in pair):
             raise bad(f"level {key} needs {len(edges) + 1} quantiles >= 0")
         quantiles[level] = row
     return TargetIntervals(Difficulty(d["name"], coef, x_range, floor), edges, quantiles,
@@ -241,6 +258,16 @@ def _parse_target(data: Mapping[str, Any], levels: tuple[float, ...], bad) -> Ta
 
 def _number(value: Any, none_means: float) -> float:
     return none_means if value is None else float(value)
+
+
+def _pair(value: Any) -> tuple[float, float]:
+    """(q_lo, q_hi) from ``[q_lo, q_hi]``, or one number for both; null is infinite."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"a quantile pair has 2 numbers, got {value!r}")
+        return _number(value[0], math.inf), _number(value[1], math.inf)
+    q = _number(value, math.inf)
+    return q, q
 
 
 def format_level(level: float) -> str:
@@ -257,7 +284,8 @@ def target_to_dict(target: TargetIntervals) -> dict:
     return {"difficulty": {"name": d.name, "coef": list(d.coef), "x_range": [clean(v) for v in d.x_range],
                            "floor": d.floor},
             "edges": list(target.edges),
-            "quantiles": {format_level(level): [clean(q) for q in row] for level, row in target.quantiles.items()},
+            "quantiles": {format_level(level): [[clean(lo), clean(hi)] for lo, hi in row]
+                          for level, row in target.quantiles.items()},
             "median_sigma": target.median_sigma}
 
 
@@ -267,13 +295,13 @@ class Intervals:
 
     Attributes:
         lo, hi: (B, T) float64 bounds in the readings' units (angles wrapped to [0, 360)).
-        half_width: (B, T) float64 half-widths before clipping or wrapping.
+        width: (B, T) float64 hi - lo before clipping or wrapping.
         wide: (B, T) bool, sigma above ``wide_factor`` times the calibration median.
     """
 
     lo: np.ndarray
     hi: np.ndarray
-    half_width: np.ndarray
+    width: np.ndarray
     wide: np.ndarray
 
 
@@ -297,7 +325,8 @@ class IntervalKernel:
         self.floor = np.array([t.difficulty.floor for t in targets], dtype=np.float64)  # (T,)
         self.wide_sigma = wide_factor * np.array([t.median_sigma for t in targets], dtype=np.float64)  # (T,)
         self.mondrian = any(t.edges for t in targets)
-        self.q = np.array([t.quantiles[level][0] for t in targets], dtype=np.float64)  # (T,) single-bin case
+        self.q_lo = np.array([t.quantiles[level][0][0] for t in targets], dtype=np.float64)  # (T,) single-bin case
+        self.q_hi = np.array([t.quantiles[level][0][1] for t in targets], dtype=np.float64)  # (T,)
 
     def bounds(self, values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray | None = None) -> Intervals:
         """Conformal intervals of readings.
@@ -317,19 +346,22 @@ class IntervalKernel:
         if scale is not None:
             sigma = sigma * scale
         if self.mondrian:
-            q = np.stack([t.quantile(self.level, values[:, j]) for j, t in enumerate(self.entry.targets)], axis=1)
+            pairs = [t.quantile(self.level, values[:, j]) for j, t in enumerate(self.entry.targets)]
+            q_lo = np.stack([p[0] for p in pairs], axis=1)  # T x (B,) -> (B, T)
+            q_hi = np.stack([p[1] for p in pairs], axis=1)
         else:
-            q = self.q
+            q_lo, q_hi = self.q_lo, self.q_hi
         with np.errstate(invalid="ignore"):
-            half = q * sigma  # inf * sigma stays inf: too few calibration images for the level
-        lo, hi = values - half, values + half
+            below, above = q_lo * sigma, q_hi * sigma  # inf * sigma stays inf: too few calibration images
+        lo, hi = values - below, values + above
+        width = below + above
         if self.kind == "angle":
-            whole = ~(half < 180.0)
+            whole = ~(width < 360.0)
             lo = np.where(whole, 0.0, np.mod(lo, 360.0))
             hi = np.where(whole, 360.0, np.mod(hi, 360.0))
         elif self.kind == "distribution":
             lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
-        return Intervals(lo, hi, half, wide)
+        return Intervals(lo, hi, width, wide)
 
 
 def interval_bounds(entry: IntervalSet, kind: str, values: np.ndarray, spread: np.ndarray | None,
@@ -350,6 +382,7 @@ def covered(kind: str, truth: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.
     return (truth >= lo) & (truth <= hi)
 
 
-__all__ = ["DEFAULT_CONFIDENCE", "DIFFICULTIES", "Difficulty", "IntervalSet", "IntervalSpec", "IntervalKernel", "Intervals", "LEVELS",
-           "TargetIntervals", "circular_residual", "conformal_quantile", "covered", "format_level",
-           "interval_bounds", "parse_intervals", "target_to_dict"]
+__all__ = ["DEFAULT_CONFIDENCE", "DIFFICULTIES", "Difficulty", "IntervalKernel", "IntervalSet", "IntervalSpec",
+           "Intervals", "LEVELS", "TargetIntervals", "circular_residual", "conformal_quantile", "covered",
+           "format_level", "interval_bounds", "one_sided_level", "parse_intervals", "signed_residual",
+           "target_to_dict"]

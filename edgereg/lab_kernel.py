@@ -42,8 +42,9 @@ class LabTables:
     Attributes:
         floats: (N_FLOAT_ROWS, T) float64, rows named by the constants above.
         ints: (4, T) int64: Mondrian edges per target, FIT_* code, isotonic knots, uncalibrated 0/1.
-        bins: (T, 2 * nb) float64: the quantile of each of the nb Mondrian bins at the level in use
-            (inf: too few calibration images), then the nb - 1 inner edges.
+        bins: (T, 3 * nb) float64: for the nb Mondrian bins at the level in use, the lower quantiles
+            q_lo, then the upper ones q_hi (inf: too few calibration images), then the nb - 1 inner
+            edges.
         knots: (2, T, K) float64: isotonic knots x and y.
         mode: HAS_INTERVAL bit | kind code << 3 (spread and scale bits are added per call).
     """
@@ -74,16 +75,17 @@ def build_tables(n: int, kind: str, *, kernel=None, calibration=None, names=(), 
     ints[FIT] = FIT_NONE
     if uncalibrated is not None:
         ints[UNCALIBRATED] = np.asarray(uncalibrated, dtype=np.int64)
-    bins = np.zeros((n, 2))
+    bins = np.zeros((n, 3))
     if kernel is not None:
         targets = kernel.entry.targets
         count = max(len(t.edges) for t in targets) + 1
-        bins = np.zeros((n, 2 * count))
+        bins = np.zeros((n, 3 * count))
         for j, target in enumerate(targets):
-            row = target.quantiles[kernel.level]
-            bins[j, :count] = np.inf
-            bins[j, :len(row)] = row
-            bins[j, count:count + len(target.edges)] = target.edges
+            pairs = np.asarray(target.quantiles[kernel.level], dtype=np.float64)  # (bins of j, 2)
+            bins[j, :2 * count] = np.inf
+            bins[j, :len(pairs)] = pairs[:, 0]
+            bins[j, count:count + len(pairs)] = pairs[:, 1]
+            bins[j, 2 * count:2 * count + len(target.edges)] = target.edges
             ints[N_EDGES, j] = len(target.edges)
         floats[X_LO], floats[X_HI] = kernel.x_lo, kernel.x_hi
         floats[FLOOR], floats[WIDE_SIGMA] = kernel.floor, kernel.wide_sigma
@@ -137,7 +139,7 @@ def lab_postprocess(values, spread, scale, mode, floats, ints, bins, knots, out_
     has_scale = (mode & HAS_SCALE) != 0
     has_interval = (mode & HAS_INTERVAL) != 0
     kind_code = mode >> 3
-    count = bins.shape[1] // 2
+    count = bins.shape[1] // 3
     for b in range(n):
         mask = 0
         for j in range(targets):
@@ -157,13 +159,14 @@ def lab_postprocess(values, spread, scale, mode, floats, ints, bins, knots, out_
                 if has_scale:
                     sigma *= scale[b, j]
                 k = 0
-                while k < ints[N_EDGES, j] and x >= bins[j, count + k]:
+                while k < ints[N_EDGES, j] and x >= bins[j, 2 * count + k]:
                     k += 1
-                half = bins[j, k] * sigma
-                lo = x - half
-                hi = x + half
+                below = bins[j, k] * sigma
+                above = bins[j, count + k] * sigma
+                lo = x - below
+                hi = x + above
                 if kind_code == 1:  # angle
-                    if not (half < 180.0):
+                    if not (below + above < 360.0):
                         lo = 0.0
                         hi = 360.0
                     else:

@@ -154,21 +154,22 @@ class LabC:
         kernel = self.readouts[0].kernel
         targets = kernel.entry.targets
         max_bins = max(len(t.edges) for t in targets) + 1
-        q = np.full((len(self.levels), n, max_bins), np.inf)
+        q = np.full((len(self.levels), n, max_bins, 2), np.inf)  # (levels, T, bins, lo/hi)
         for i, readout in enumerate(self.readouts):
             for j, target in enumerate(readout.kernel.entry.targets):
-                row = target.quantiles[readout.level]
-                q[i, j, :len(row)] = row
+                pairs = np.asarray(target.quantiles[readout.level], dtype=np.float64)  # (bins of j, 2)
+                q[i, j, :len(pairs)] = pairs
         edges = np.zeros((n, max(max_bins - 1, 1)))
         for j, target in enumerate(targets):
             edges[j, :len(target.edges)] = target.edges
         x_lo = np.where(np.isfinite(kernel.x_lo), kernel.x_lo, -np.finfo(np.float64).max)
         x_hi = np.where(np.isfinite(kernel.x_hi), kernel.x_hi, np.finfo(np.float64).max)
         self.flash_bytes += 8 * (q.size + edges.size + 4 * n + 4 * n) + 4 * n
-        rows_q = ",\n    ".join("{" + ", ".join(_array(q[i, j]) for j in range(n)) + "}" for i in range(len(self.levels)))
+        rows_q = ",\n    ".join("{" + ", ".join("{" + ", ".join(_array(q[i, j, k]) for k in range(max_bins)) + "}"
+                                                 for j in range(n)) + "}" for i in range(len(self.levels)))
         return "\n".join([
             f"#define LAB_MAX_BINS {max_bins}",
-            f"static const double lab_q[{len(self.levels)}][{n}][LAB_MAX_BINS] = {{\n    {rows_q}\n}};",
+            f"static const double lab_q[{len(self.levels)}][{n}][LAB_MAX_BINS][2] = {{\n    {rows_q}\n}};",
             f"static const double lab_edges[{n}][{edges.shape[1]}] = {{{', '.join(_array(e) for e in edges)}}};",
             f"static const int lab_n_edges[{n}] = {{{', '.join(str(len(t.edges)) for t in targets)}}};",
             f"static const double lab_coef[4][{n}] = {{{', '.join(_array(row) for row in kernel.coef)}}};",
@@ -319,11 +320,11 @@ int @P_postprocess(const float raw[@M_N_OUTPUTS], const float *scale, float conf
         while (bin < lab_n_edges[t] && x >= lab_edges[t][bin]) {
             ++bin;
         }
-        const double half = lab_q[level][t][bin] * sigma;
-        lo = x - half;
-        hi = x + half;
-#if @KIND == 1 /* angle: wrap to [0, 360); a half-width of 180 or more is the whole circle */
-        if (!(half < 180.0)) {
+        const double below = lab_q[level][t][bin][0] * sigma, above = lab_q[level][t][bin][1] * sigma;
+        lo = x - below;
+        hi = x + above;
+#if @KIND == 1 /* angle: wrap to [0, 360); a width of 360 or more is the whole circle */
+        if (!(below + above < 360.0)) {
             lo = 0.0;
             hi = 360.0;
         } else {

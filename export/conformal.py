@@ -45,8 +45,9 @@ import numpy as np
 
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
-from edgereg.intervals import (DEFAULT_WIDE_FACTOR, LEVELS, Difficulty, IntervalSet, TargetIntervals, circular_residual,
-                               conformal_quantile, covered, format_level, interval_bounds, target_to_dict)
+from edgereg.intervals import (DEFAULT_WIDE_FACTOR, LEVELS, Difficulty, IntervalSet, TargetIntervals, conformal_quantile,
+                               covered, format_level, interval_bounds, one_sided_level, signed_residual,
+                               target_to_dict)
 
 METHODS = ("normalized", "constant")
 MIN_FIT = 30  # validation images needed to fit a difficulty
@@ -109,11 +110,8 @@ class HeldOutReadings:
         return len(self.values)
 
     def residuals(self, kind: str) -> np.ndarray:
-        """(N, T) |truth - reading| (circular for angles), divided by ``scale`` for coords."""
-        if kind == "angle":
-            residual = circular_residual(self.truth, self.values)
-        else:
-            residual = np.abs(self.truth - self.values)
+        """(N, T) truth - reading (circular for angles, in [-180, 180)), divided by ``scale`` for coords."""
+        residual = signed_residual(kind, self.truth, self.values)
         return residual / self.scale if self.scale is not None else residual
 
 
@@ -241,27 +239,56 @@ def fit_difficulty(kind: str, values: np.ndarray, spread: np.ndarray | None, res
 
 
 def _mondrian_edges(values: np.ndarray, bins: int) -> tuple[float, ...]:
-    """Inner edges of up to ``bins`` equal-count bins of ``values`` (n,), each with >= MIN_PER_BIN."""
-    count = max(1, min(bins, len(values) // MIN_PER_BIN))
-    if count == 1:
+    """Inner edges of up to ``bins`` range bins of ``values`` (n,), each with >= MIN_PER_BIN.
+
+    Equal width over the central 99% of the readings (so that a sparse end of the range, where a
+    model is often worst, gets a bin of its own), then the emptiest bin is merged into its smaller
+    neighbour until every bin has MIN_PER_BIN readings.
+    """
+    if bins < 2 or len(values) < 2 * MIN_PER_BIN:
         return ()
-    edges = np.quantile(values, np.arange(1, count) / count)
-    return tuple(float(e) for e in np.unique(edges))
+    low, high = np.quantile(values, [0.005, 0.995])
+    if not high > low:
+        return ()
+    edges = list(np.linspace(low, high, bins + 1)[1:-1])
+    while edges:
+        counts = np.bincount(np.searchsorted(np.asarray(edges), values, side="right"), minlength=len(edges) + 1)
+        k = int(np.argmin(counts))
+        if counts[k] >= MIN_PER_BIN:
+            break
+        if k == 0:
+            edges.pop(0)
+        elif k == len(edges):
+            edges.pop()
+        else:  # drop the edge towards the smaller neighbour
+            edges.pop(k - 1 if counts[k - 1] < counts[k + 1] else k)
+    return tuple(float(e) for e in edges)
+
+
+def _pair(scores: np.ndarray, level: float) -> tuple[float, float]:
+    """(q_lo, q_hi): the one-sided conformal quantiles of -scores and scores, raised to >= 0."""
+    side = one_sided_level(level)
+    return max(conformal_quantile(-scores, side), 0.0), max(conformal_quantile(scores, side), 0.0)
 
 
 def calibrate_target(kind: str, difficulty: Difficulty, cal_values: np.ndarray, cal_spread: np.ndarray | None,
                      cal_residual: np.ndarray, *, levels: Sequence[float], edges: tuple[float, ...] = ()) -> TargetIntervals:
-    """Conformal quantiles of one target on the calibration part (per Mondrian bin)."""
+    """Conformal quantiles of one target on the calibration part (per Mondrian bin).
+
+    Args:
+        cal_residual: (n,) signed residuals truth - reading (fractions of the crop for coords).
+    """
     sigma = difficulty.sigma(cal_values, cal_spread)
     scores = cal_residual / sigma
     bins = np.searchsorted(np.asarray(edges), cal_values, side="right") if edges else np.zeros(len(scores), int)
     smallest = int(np.bincount(bins, minlength=len(edges) + 1).min())
     quantiles = {}
     for level in levels:
-        if smallest >= math.ceil(level / (1.0 - level) - 1e-9):  # every bin can give this level
-            quantiles[float(level)] = tuple(conformal_quantile(scores[bins == k], level) for k in range(len(edges) + 1))
-        else:  # the quantile of all bins together: the average guarantee holds
-            quantiles[float(level)] = (conformal_quantile(scores, level),) * (len(edges) + 1)
+        side = one_sided_level(level)
+        if smallest >= math.ceil(side / (1.0 - side) - 1e-9):  # every bin can give this level
+            quantiles[float(level)] = tuple(_pair(scores[bins == k], level) for k in range(len(edges) + 1))
+        else:  # the quantiles of all bins together: the average guarantee holds
+            quantiles[float(level)] = (_pair(scores, level),) * (len(edges) + 1)
     return TargetIntervals(difficulty, tuple(edges), quantiles, float(np.median(sigma)))
 
 
@@ -286,7 +313,7 @@ def compute_interval_set(kind: str, names: Sequence[str], fit: HeldOutReadings |
             difficulty, relative = Difficulty.constant(), {}
         else:
             difficulty, relative = fit_difficulty(
-                kind, fit.values[:, j], None if fit.spread is None else fit.spread[:, j], fit_residual[:, j],
+                kind, fit.values[:, j], None if fit.spread is None else fit.spread[:, j], np.abs(fit_residual[:, j]),
                 method="constant" if options.method == "constant" else "normalized", seed=options.seed)
         binned = options.method == "normalized" and kind in ("scalar", "vector", "distribution")
         edges = _mondrian_edges(cal.values[:, j], options.bins) if binned else ()
@@ -296,8 +323,8 @@ def compute_interval_set(kind: str, names: Sequence[str], fit: HeldOutReadings |
         report[name] = {"difficulty": difficulty.name, "width_vs_constant_on_val": relative,
                         "bins": len(edges) + 1,
                         "half_width_at_median_difficulty": {
-                            format_level(level): [None if not math.isfinite(q) else q * target.median_sigma
-                                                  for q in target.quantiles[level]]
+                            format_level(level): [None if not math.isfinite(lo + hi) else (lo + hi) / 2 * target.median_sigma
+                                                  for lo, hi in target.quantiles[level]]
                             for level in options.levels}}
     entry = IntervalSet(tta=tta, targets=tuple(targets), model=model, fit_split=fit.split if fit is not None else "",
                         calibration_split=cal.split, n_fit=len(fit) if fit is not None else 0, n_calibration=len(cal))
@@ -354,7 +381,7 @@ def add_intervals(model_path: str | Path, card: ModelCard, parts, *, model: str,
         check = {}
         if fit is not None:  # the quantiles never saw these images; the difficulty did
             check = {format_level(level): observed_coverage(card.kind, entry, fit, level, options.wide_factor)
-                     for level in options.levels if all(math.isfinite(q) for t in entry.targets for q in t.quantiles[level])}
+                     for level in options.levels if all(math.isfinite(q) for t in entry.targets for pair in t.quantiles[level] for q in pair)}
         report["sets"][tta] = {"targets": choice, "n_fit": entry.n_fit, "n_calibration": entry.n_calibration,
                                "fit_split": entry.fit_split, "calibration_split": entry.calibration_split,
                                "coverage_on_fit_split": check}

@@ -3,7 +3,7 @@
 * calibration: reference = 10 + 5 x, standards spanning 2..18 (so x outside -1.6..1.6 extrapolates);
 * validation: LoB 3, LoD 4, LoQ 6, working range 6..16;
 * intervals: difficulty 1 + 0.5 x on -2..2 with floor 0.1, median 1, wide factor 1.5 (wide for x > 1),
-  quantile 2 at 90 % (3 at the other levels).
+  quantiles 2 below and 1.5 above at 90 % (3 and 3 at the other levels).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ T_90 = 1.8946  # Student t, 7 dof, 95th percentile (two-sided 90 %)
 
 
 def lab_sections(*, calibration_id: str = "cal-1") -> dict:
-    quantiles = {level: (2.0 if level == 0.9 else 3.0,) for level in LEVELS}
+    quantiles = {level: ((2.0, 1.5) if level == 0.9 else (3.0, 3.0),) for level in LEVELS}
     target = TargetIntervals(Difficulty("value", (1.0, 0.5, 0.0, 0.0), (-2.0, 2.0), 0.1), (), quantiles, 1.0)
     entry = IntervalSet("none", (target,), "fp32", "val", "test", 100, 100)
     from edgereg.export.conformal import ConformalOptions, intervals_section

@@ -44,8 +44,8 @@ def test_normalized_intervals_cover_and_are_narrower_where_noise_grows_with_the_
         coverage = covered("scalar", new.truth, bounds.lo, bounds.hi).mean()
         # split-conformal: level <= E[coverage] < level + 1/(n+1); 3 SD of a 1000-image calibration set
         assert abs(coverage - level) < 3 * math.sqrt(level * (1 - level) / 1000) + 1 / 1001
-    width_normalized = 2 * interval_bounds(normalized, "scalar", new.values, None, None, 0.9, wide_factor=2).half_width
-    width_constant = 2 * interval_bounds(constant, "scalar", new.values, None, None, 0.9, wide_factor=2).half_width
+    width_normalized = interval_bounds(normalized, "scalar", new.values, None, None, 0.9, wide_factor=2).width
+    width_constant = interval_bounds(constant, "scalar", new.values, None, None, 0.9, wide_factor=2).width
     assert width_normalized.mean() < 0.9 * width_constant.mean()
     low = new.truth[:, 0] < 100  # constant width over-covers the quiet low end and under-covers the top
     high = new.truth[:, 0] > 280
@@ -71,8 +71,8 @@ def test_mondrian_bins_each_get_their_own_quantile():
     assert len(target.edges) == 2 and report["c"]["bins"] == 3
     assert all(len(row) == 3 for row in target.quantiles.values())
     assert len(set(target.quantiles[0.9])) == 3 and len(set(target.quantiles[0.99])) == 3  # 400 per bin
-    small, _ = compute_interval_set("scalar", ("c",), fit, heteroscedastic(rng, 240), tta="none", model="fp32")
-    quantiles = small.targets[0].quantiles  # 5 bins of 48: enough for 90 %, not for 99 % (needs 99 each)
+    small, _ = compute_interval_set("scalar", ("c",), fit, heteroscedastic(rng, 400), tta="none", model="fp32")
+    quantiles = small.targets[0].quantiles  # 5 bins of ~80: enough for 90 % (19 each), not 99 % (199 each)
     assert len(small.targets[0].edges) == 5 - 1 and len(set(quantiles[0.9])) == 5 and len(set(quantiles[0.99])) == 1
     new = heteroscedastic(rng, 20000)
     bounds = interval_bounds(entry, "scalar", new.values, None, None, 0.9, wide_factor=2.0)
@@ -80,6 +80,26 @@ def test_mondrian_bins_each_get_their_own_quantile():
     which = np.searchsorted(np.asarray(target.edges), new.values[:, 0], side="right")
     for k in range(3):
         assert inside[which == k].mean() > 0.86  # 400 calibration images per bin
+
+
+def test_a_biased_model_gets_an_interval_shifted_towards_the_truth():
+    """Readings 3 units high with little noise: two one-sided quantiles cover with a narrow
+    interval below the reading, where one quantile of |residual| would need +-3 around it."""
+    rng = np.random.default_rng(6)
+
+    def biased(n):
+        truth = rng.uniform(0, 100, n)
+        return HeldOutReadings(values=(truth + 3.0 + rng.normal(0, 0.5, n))[:, None], spread=None,
+                               truth=truth[:, None], scale=None, split="test")
+
+    entry, _ = compute_interval_set("scalar", ("c",), None, biased(1000), tta="none", model="fp32",
+                                    options=ConformalOptions(bins=1))
+    (below, above), = entry.targets[0].quantiles[0.9]
+    assert below == pytest.approx(3.0 + 1.645 * 0.5, abs=0.15) and above == 0.0  # raised to 0: contains the reading
+    new = biased(20000)
+    bounds = interval_bounds(entry, "scalar", new.values, None, None, 0.9, wide_factor=2.0)
+    assert covered("scalar", new.truth, bounds.lo, bounds.hi).mean() == pytest.approx(0.95, abs=0.02)
+    assert bounds.width.mean() < 2 * 3.0
 
 
 def test_angles_wrap_through_zero_and_the_whole_circle():
@@ -91,8 +111,9 @@ def test_angles_wrap_through_zero_and_the_whole_circle():
     assert covered("angle", np.array([[2.0], [95.0]]), bounds.lo, bounds.hi).tolist() == [[True], [True]]
     assert covered("angle", np.array([[180.0], [180.0]]), bounds.lo, bounds.hi).tolist() == [[False], [False]]
     kernel = IntervalKernel(entry, "angle", 0.9, wide_factor=2.0)
-    half = entry.targets[0].quantiles[0.9][0]
-    assert kernel.bounds(np.array([[10.0]]), None).lo[0, 0] == pytest.approx(10.0 - half)
+    below, above = entry.targets[0].quantiles[0.9][0]
+    bounds = kernel.bounds(np.array([[10.0]]), None)
+    assert (bounds.lo[0, 0], bounds.hi[0, 0]) == (pytest.approx(10.0 - below), pytest.approx(10.0 + above))
     whole = interval_bounds(entry, "angle", np.array([[10.0]]), None, np.array([[100.0]]), 0.9, wide_factor=2.0)
     assert (whole.lo[0, 0], whole.hi[0, 0]) == (0.0, 360.0)
 
@@ -117,7 +138,7 @@ def test_card_round_trip_and_unknown_levels():
     card = ModelCard.from_json(_card(section).to_json())
     spec = parse_intervals(card.intervals, card.targets)
     assert spec.levels == LEVELS and spec.sets[0].model == "int8" and spec.sets[0].n_calibration == 60
-    assert math.isinf(spec.sets[0].targets[0].quantiles[0.99][0])  # 60 images cannot give 99 %
+    assert all(map(math.isinf, spec.sets[0].targets[0].quantiles[0.99][0]))  # 60 images cannot give 99 %
     assert spec.level(0.95) == 0.95
     with pytest.raises(EdgeregError, match="not one of the levels"):
         spec.level(0.97)
@@ -127,6 +148,7 @@ def test_card_round_trip_and_unknown_levels():
     (lambda s: s["sets"][0]["targets"].pop("c"), "no quantiles for target 'c'"),
     (lambda s: s["sets"][0]["targets"]["c"]["difficulty"].update(name="magic"), "unknown difficulty"),
     (lambda s: s["sets"][0]["targets"]["c"]["quantiles"].update({"0.9": [1.0, 2.0]}), "needs 1 quantiles"),
+    (lambda s: s["sets"][0]["targets"]["c"]["quantiles"].update({"0.9": [[1.0, -2.0]]}), "quantiles >= 0"),
     (lambda s: s.update(levels=[1.5]), "malformed|levels must be in"),
 ])
 def test_malformed_interval_sections_are_card_errors(mutate, message):

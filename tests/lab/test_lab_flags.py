@@ -5,7 +5,7 @@ The card used throughout (numbers chosen so each flag has a known region of the 
 * calibration: reference = 10 + 5 x, standards spanning 2..18 (so x outside -1.6..1.6 extrapolates);
 * validation: LoB 3, LoD 4, LoQ 6, working range 6..16 (x < -1.4, -1.2, -0.8, -0.8; x > 1.2);
 * intervals: difficulty 1 + 0.5 x on -2..2 with floor 0.1, median 1, wide factor 1.5 (wide for x > 1),
-  quantile 2 at 90 %.
+  quantiles 2 below and 1.5 above at 90 %.
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ def test_calibration_maps_values_and_widens_intervals_by_its_own_uncertainty():
     result = LabReadout(lab_card(), confidence=0.9).process(x, None)
     np.testing.assert_allclose(result.values[:, 0], [10.0, 15.0])
     np.testing.assert_allclose(result.raw[:, 0], [0.0, 1.0])
-    network_half = 2.0 * np.array([1.0, 1.5])  # q * sigma
+    sigma = np.array([1.0, 1.5])  # 1 + 0.5 x
     curve_se = np.sqrt(0.01 + 0.0025 * x[:, 0] ** 2)
-    half = np.sqrt((5 * network_half) ** 2 + (T_90 * curve_se) ** 2)  # mapped through slope 5, in quadrature
-    np.testing.assert_allclose(result.hi[:, 0] - result.values[:, 0], half, rtol=1e-12)
-    np.testing.assert_allclose(result.values[:, 0] - result.lo[:, 0], half, rtol=1e-12)
+    for side, q in ((result.values[:, 0] - result.lo[:, 0], 2.0), (result.hi[:, 0] - result.values[:, 0], 1.5)):
+        expected = np.sqrt((5 * q * sigma) ** 2 + (T_90 * curve_se) ** 2)  # through slope 5, in quadrature
+        np.testing.assert_allclose(side, expected, rtol=1e-12)
 
 
 def test_uncalibrated_readings_are_flagged_and_limits_left_alone():
