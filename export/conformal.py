@@ -23,12 +23,12 @@ half it was not fitted on. The narrowest wins; a non-constant form must beat ``c
 direction says nothing general about their difficulty).
 
 Mondrian per range bin (on by default, ``bins=5``; ``bins=1`` turns it off): the test readings are
-cut into up to ``bins`` bins of equal count of their own value, each keeping >= ``MIN_PER_BIN``
-images, and each bin gets its own quantiles, so coverage holds within every range bin and not only
+cut into up to ``bins`` bins of their own value (equal width over the central 99%, merged until each
+keeps >= ``MIN_PER_BIN`` images), and each bin gets its own quantiles, so coverage holds within every range bin and not only
 on average: a model that is worse near one end of its range (a bounded head near saturation, a
-colour that stops changing) gets wider intervals there. A level whose quantile needs more images
-than a bin has (99% needs 99) takes the quantile of all bins together, which keeps the average
-guarantee. Measured on the assay model (benchmarks/intervals.py): per-bin coverage of the top
+colour that stops changing) gets wider intervals there. A level whose quantiles need more images
+than a bin has (99% needs 199 per side) takes the quantiles of all bins together, which keeps the
+average guarantee. Measured on the assay model (benchmarks/intervals.py): per-bin coverage of the top
 bin 0.77 -> 0.89 for 2% wider intervals. ``method="constant"`` is plain split-conformal: constant
 width, one bin. Coords and angles are not binned (a position in source pixels depends on the frame
 size, and an angle's range is a circle).
