@@ -202,7 +202,9 @@ def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.
         readout = LabReadout(card, tta=tta, confidence=level, calibrate=calibrate)
         lab = readout.process(values, spread, scale)
         inside = covered(card.kind, truth, lab.lo, lab.hi)  # (N, T)
-        width = np.where(lab.lo <= lab.hi, lab.hi - lab.lo, lab.hi - lab.lo + 360.0) if card.kind == "angle"             else lab.hi - lab.lo
+        width = lab.hi - lab.lo
+        if card.kind == "angle":  # an interval through 0 has lo > hi
+            width = np.where(lab.lo <= lab.hi, width, width + 360.0)
         entry = {"coverage": float(inside.mean()), "targets": {}, "mean_width": {}, "bins": {}}
         for j, name in enumerate(card.targets):
             entry["targets"][name] = float(inside[:, j].mean())

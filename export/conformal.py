@@ -23,15 +23,14 @@ half it was not fitted on. The narrowest wins; a non-constant form must beat ``c
 direction says nothing general about their difficulty).
 
 Mondrian per range bin (on by default, ``bins=5``; ``bins=1`` turns it off): the test readings are
-cut into up to ``bins`` bins of their own value (equal width over the central 99%, merged until each
-keeps >= ``MIN_PER_BIN`` images), and each bin gets its own quantiles, so coverage holds within every range bin and not only
-on average: a model that is worse near one end of its range (a bounded head near saturation, a
-colour that stops changing) gets wider intervals there. A level whose quantiles need more images
-than a bin has (99% needs 199 per side) takes the quantiles of all bins together, which keeps the
-average guarantee. Measured on the assay model (benchmarks/intervals.py): per-bin coverage of the top
-bin 0.77 -> 0.89 for 2% wider intervals. ``method="constant"`` is plain split-conformal: constant
-width, one bin. Coords and angles are not binned (a position in source pixels depends on the frame
-size, and an angle's range is a circle).
+cut into up to ``bins`` bins of their own value (equal width over the central 99%, merged until
+each keeps >= ``MIN_PER_BIN`` images), and each bin gets its own quantiles, so coverage holds
+within every range bin and not only on average: a model that is worse near one end of its range (a
+bounded head near saturation, a colour that stops changing) gets wider intervals there. A level
+whose quantiles need more images than a bin has (99% needs 199 per side) takes the quantiles of all
+bins together, which keeps the average guarantee. ``method="constant"`` is plain split-conformal:
+constant width, one bin. Coords and angles are not binned (a position in source pixels depends on
+the frame size, and an angle's range is a circle). Measured figures: benchmarks/intervals.py.
 """
 
 from __future__ import annotations
@@ -339,6 +338,11 @@ def observed_coverage(kind: str, entry: IntervalSet, readings: HeldOutReadings, 
     return float(covered(kind, readings.truth, bounds.lo, bounds.hi).mean())
 
 
+def _finite_at(entry: IntervalSet, level: float) -> bool:
+    """Whether every quantile of ``entry`` at ``level`` is finite (enough images for it)."""
+    return all(math.isfinite(q) for target in entry.targets for pair in target.quantiles[level] for q in pair)
+
+
 def intervals_section(sets: Sequence[IntervalSet], names: Sequence[str], *, options: ConformalOptions,
                       note: str) -> dict:
     """The ``card.intervals`` JSON for some IntervalSets."""
@@ -381,7 +385,7 @@ def add_intervals(model_path: str | Path, card: ModelCard, parts, *, model: str,
         check = {}
         if fit is not None:  # the quantiles never saw these images; the difficulty did
             check = {format_level(level): observed_coverage(card.kind, entry, fit, level, options.wide_factor)
-                     for level in options.levels if all(math.isfinite(q) for t in entry.targets for pair in t.quantiles[level] for q in pair)}
+                     for level in options.levels if _finite_at(entry, level)}
         report["sets"][tta] = {"targets": choice, "n_fit": entry.n_fit, "n_calibration": entry.n_calibration,
                                "fit_split": entry.fit_split, "calibration_split": entry.calibration_split,
                                "coverage_on_fit_split": check}
