@@ -144,7 +144,7 @@ def split_figures(values, truth, groups, difficulty, *, method: str, seed: int, 
     form, bins = VARIANTS[method]
     d = Difficulty.constant() if form == "constant" else difficulty
     edges = _mondrian_edges(values[cal], bins)
-    target = calibrate_target("scalar", d, values[cal], None, np.abs(truth[cal] - values[cal]), levels=LEVELS,
+    target = calibrate_target("scalar", d, values[cal], None, truth[cal] - values[cal], levels=LEVELS,
                               edges=edges)
     entry = IntervalSet("none", (target,), "int8", "val", "split", 0, int(cal.sum()))
     result = {"n_cal": int(cal.sum()), "n_test": int(test.sum())}
