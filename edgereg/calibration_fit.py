@@ -9,9 +9,11 @@ Fits (the curve maps the network's reading ``x`` to the reference ``y``, see ``e
   through the standards, interpolated linearly between them.
 * ``offset``: ``y = b0 + x``, the one-standard correction (slope fixed at 1).
 * ``auto``: chosen by residual analysis (:func:`residual_analysis`): linear unless the lack-of-fit
-  F test of a straight line through the replicate means rejects it (p < 0.05); then quadratic when
-  its own lack-of-fit test passes (or cannot be run: 3 levels) and it is monotone over the
-  standards; else isotonic. One level: offset.
+  F test of a straight line through the replicate means rejects it (p < 0.05) and there are at
+  least 4 levels; then quadratic when its own lack-of-fit test passes and it is monotone over the
+  standards, else isotonic. With 3 levels a curve cannot be checked (a parabola goes through 3
+  level means exactly) and extrapolates worse than a line beyond the standards, so ``auto`` keeps
+  the line and says that the residuals curve. One level: offset.
 
 Residual analysis is done in the classical direction, the reading against the reference, where
 replicates share their reference value: the pure-error sum of squares (replicates around their
@@ -97,9 +99,11 @@ def choose_fit(reference: np.ndarray, readings: np.ndarray, analysis: dict) -> t
     linear = analysis["linear"]
     if not linear.get("available") or linear["p"] >= ALPHA:
         return "linear", analysis["verdict"]
+    if levels < 4:
+        return "linear", (f"the residuals curve (lack of fit p = {linear['p']:.3g}) but {levels} levels cannot check a "
+                          "curve; kept the line: photograph standards at 4 or more levels to fit one")
     quadratic = analysis["quadratic"]
-    if (not quadratic.get("available") or quadratic["p"] >= ALPHA) and levels >= 3 \
-            and _monotone_quadratic(readings, reference):
+    if quadratic.get("available") and quadratic["p"] >= ALPHA and _monotone_quadratic(readings, reference):
         return "quadratic", f"line rejected (lack of fit p = {linear['p']:.3g}); parabola fits and is monotone"
     return "isotonic", f"line rejected (lack of fit p = {linear['p']:.3g}); parabola fails or is not monotone"
 

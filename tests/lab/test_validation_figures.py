@@ -110,6 +110,9 @@ def test_auto_fit_follows_the_residual_analysis():
     assert lack_of_fit(reference, curved_readings, 2)["p"] > lack_of_fit(reference, curved_readings, 1)["p"]
     linear = fit_target(curved_readings, reference, "linear")
     assert "consider --fit quadratic" in linear["analysis"]["verdict"]
+    three = reference < 200  # 3 levels: a curve cannot be checked, so the line stays
+    kept = fit_target(curved_readings[three], reference[three], "auto")
+    assert kept["fit"] == "linear" and "cannot check a curve" in kept["choice"]
     one_level = fit_target(np.array([9.0, 10.0, 11.0]), np.array([12.0, 12.0, 12.0]), "auto")
     assert one_level["fit"] == "offset" and one_level["coef"] == pytest.approx([2.0, 1.0])
 
