@@ -48,6 +48,12 @@ class CameraChange:
     white_balance: tuple[float, float, float] = (0.98, 1.0, 1.01)  # B, G, R
 
 
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        x = (image.astype(np.float32) / 255.0) ** self.gamma
+        x = 255.0 * x * self.gain * np.asarray(self.white_balance, np.float32) + self.offset  # (H, W, 3) * (3,)
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 SWEEP = (
     CameraChange(gamma=0.95, gain=1.0, offset=0.0, white_balance=(1.0, 1.0, 1.0)),
     CameraChange(gamma=0.96, gain=1.02, offset=2.0, white_balance=(0.99, 1.0, 1.01)),
@@ -56,11 +62,6 @@ SWEEP = (
     CameraChange(gamma=0.95, gain=1.08, offset=4.0, white_balance=(0.97, 1.0, 1.03)),  # clips the palest wells
     CameraChange(gamma=0.8, gain=1.15, offset=10.0, white_balance=(0.85, 1.0, 1.1)),  # saturates the reading
 )
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        x = (image.astype(np.float32) / 255.0) ** self.gamma
-        x = 255.0 * x * self.gain * np.asarray(self.white_balance, np.float32) + self.offset  # (H, W, 3) * (3,)
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def edgereg(*args) -> None:
