@@ -47,7 +47,6 @@ class CameraChange:
     offset: float = 3.0  # grey levels
     white_balance: tuple[float, float, float] = (0.98, 1.0, 1.01)  # B, G, R
 
-
     def __call__(self, image: np.ndarray) -> np.ndarray:
         x = (image.astype(np.float32) / 255.0) ** self.gamma
         x = 255.0 * x * self.gain * np.asarray(self.white_balance, np.float32) + self.offset  # (H, W, 3) * (3,)
