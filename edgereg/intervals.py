@@ -10,8 +10,8 @@ misses at most half the error rate, so the interval covers the truth with probab
 level for images exchangeable with the calibration part, and only for those. Two one-sided
 quantiles instead of one of ``|truth - reading|``: a model that reads high in some range (a bounded
 head near saturation, a colour that stops changing) gets an interval shifted to the truth instead
-of one wide enough for both sides. A quantile below 0 is raised to 0, so the interval always
-contains the reading (slightly conservative where the bias exceeds the noise).
+of one wide enough for both sides. Where that bias exceeds the noise one quantile is negative and
+the interval does not contain the reading itself: it brackets the truth, which is its job.
 
 * ``scale`` is 1, except for coords where it is the crop side in source pixels (so one quantile
   serves every frame size): scores are fractions of the crop.
@@ -133,7 +133,8 @@ class TargetIntervals:
     Attributes:
         difficulty: the per-reading sigma.
         edges: inner edges of the Mondrian bins on the reading, ascending; () for one bin.
-        quantiles: {level: one (q_lo, q_hi) pair per bin, each >= 0 (inf when too few images)}.
+        quantiles: {level: one (q_lo, q_hi) pair per bin with q_lo + q_hi >= 0 (inf when too few
+            images; one may be negative where the model is biased)}.
         median_sigma: median sigma over the calibration readings (the interval_wide reference).
     """
 
@@ -249,8 +250,8 @@ def _parse_target(data: Mapping[str, Any], levels: tuple[float, ...], bad) -> Ta
     for level in levels:
         key = format_level(level)
         row = tuple(_pair(q) for q in data["quantiles"][key])
-        if len(row) != len(edges) + 1 or not all(q >= 0 for pair in row for q in pair):
-            raise bad(f"level {key} needs {len(edges) + 1} quantiles >= 0")
+        if len(row) != len(edges) + 1 or not all(lo + hi >= 0 for lo, hi in row):
+            raise bad(f"level {key} needs {len(edges) + 1} quantile pairs [q_lo, q_hi] with q_lo + q_hi >= 0")
         quantiles[level] = row
     return TargetIntervals(Difficulty(d["name"], coef, x_range, floor), edges, quantiles,
                            float(data.get("median_sigma", 1.0)))

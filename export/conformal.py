@@ -265,9 +265,10 @@ def _mondrian_edges(values: np.ndarray, bins: int) -> tuple[float, ...]:
 
 
 def _pair(scores: np.ndarray, level: float) -> tuple[float, float]:
-    """(q_lo, q_hi): the one-sided conformal quantiles of -scores and scores, raised to >= 0."""
+    """(q_lo, q_hi): the one-sided conformal quantiles of -scores and scores (q_lo + q_hi >= 0;
+    one of them is negative where the model reads consistently high or low)."""
     side = one_sided_level(level)
-    return max(conformal_quantile(-scores, side), 0.0), max(conformal_quantile(scores, side), 0.0)
+    return conformal_quantile(-scores, side), conformal_quantile(scores, side)
 
 
 def calibrate_target(kind: str, difficulty: Difficulty, cal_values: np.ndarray, cal_spread: np.ndarray | None,
