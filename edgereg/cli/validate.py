@@ -9,6 +9,7 @@ from pathlib import Path
 EPILOG = """examples:
   edgereg validate runs/assay/model.int8.cal.onnx validation_standards/
   edgereg validate model.int8.cal.onnx standards/ --sigma blank --low-max 100 --max-cv 10
+  edgereg validate model.int8.cal.onnx standards/ --c firmware/model   # C code that flags against the limits
 
 STANDARDS: labels.csv (path, one column per target with the reference value, optional group) and
 photos: blanks (reference 0) for the LoB, replicates of low levels for the LoD, and replicates of
@@ -46,6 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="working range: |bias| per level at most this %% of the reference (default 15)")
     parser.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the card's)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    parser.add_argument("--c", dest="c_dir", metavar="DIR",
+                        help="also write C99 sources of the validated model (limits and flags included)")
     return parser
 
 
@@ -112,6 +115,16 @@ def run(args) -> int:
         target_model = Path(args.model_out) if args.model_out else model
         copy_with_card(model, target_model, predictor.card.with_(validation=section))
     print(_summary(figures, predictor.card.unit_of, coverage, json_path, plots, target_model, section))
+    if args.c_dir:
+        from edgereg.export.c_codegen import generate_c
+
+        if target_model is None:
+            raise EdgeregError("--c writes the C code of the model with the limits in its card; drop --no-card")
+        try:
+            result = generate_c(target_model, args.c_dir)
+        except OSError as exc:
+            raise output_error(exc, args.c_dir, fix="choose another --c folder") from None
+        print(f"C code: flash {result.flash_bytes:,} bytes, RAM {result.ram_bytes:,} bytes in {args.c_dir}")
     return 0
 
 
