@@ -150,17 +150,17 @@ class LabReadout:
         if self._trivial:
             return LabResult(values, None, None, None, [()] * n)
         values = np.ascontiguousarray(values, dtype=np.float64)
-        out_values, out_lo, out_hi = np.empty((3, *values.shape))  # one allocation: (3, B, T) -> 3 x (B, T)
+        out = np.empty((3, *values.shape))  # values, lo, hi: (3, B, T)
         masks = np.empty(n, dtype=np.uint32)
         tables = self._tables
         mode = tables.mode | (HAS_SPREAD if spread is not None else 0) | (HAS_SCALE if scale is not None else 0)
         lab_postprocess(values, _or_empty(spread), _or_empty(scale), mode, tables.floats, tables.ints, tables.bins,
-                        tables.knots, out_values, out_lo, out_hi, masks)
+                        tables.knots, out, masks)
         flags = [_FLAG_SETS[m] for m in masks.tolist()]
-        if self.calibration is None:
-            out_values = values
-        return LabResult(out_values, values if self.calibration is not None else None,
-                         out_lo if tables.has_interval else None, out_hi if tables.has_interval else None, flags)
+        calibrated = self.calibration is not None
+        bounded = self.kernel is not None
+        return LabResult(out[0] if calibrated else values, values if calibrated else None,
+                         out[1] if bounded else None, out[2] if bounded else None, flags)
 
 
 _FLAG_SETS = [tuple(name for bit, name in enumerate(LAB_FLAGS) if mask >> bit & 1) for mask in range(1 << len(LAB_FLAGS))]

@@ -129,8 +129,8 @@ def _curve(floats, ints, knots, j, x):
 
 
 @njit(cache=True)
-def lab_postprocess(values, spread, scale, mode, floats, ints, bins, knots, out_values, out_lo, out_hi, out_mask):
-    """Fill ``out_values, out_lo, out_hi (B, T)`` and ``out_mask (B,) uint32`` from ``values (B, T)``.
+def lab_postprocess(values, spread, scale, mode, floats, ints, bins, knots, out, out_mask):
+    """Fill ``out (3, B, T)`` (values, lo, hi) and ``out_mask (B,) uint32`` from ``values (B, T)``.
 
     ``spread`` / ``scale`` are (B, T) when ``mode`` has HAS_SPREAD / HAS_SCALE, else ignored.
     """
@@ -214,9 +214,9 @@ def lab_postprocess(values, spread, scale, mode, floats, ints, bins, knots, out_
                 mask |= 1 << 4
             if ints[UNCALIBRATED, j]:
                 mask |= 1 << 6
-            out_values[b, j] = value
-            out_lo[b, j] = lo
-            out_hi[b, j] = hi
+            out[0, b, j] = value
+            out[1, b, j] = lo
+            out[2, b, j] = hi
         out_mask[b] = mask
 
 
