@@ -181,6 +181,23 @@ def _validate(card: ModelCard) -> None:
         raise bad("quantization", "an object", card.quantization)
 
 
+def int8_speed_note(card: ModelCard) -> str | None:
+    """One line when the card says its int8 model was measured no faster than fp32 at export, else None.
+
+    The export's speed control records ``quantization.speed`` (see ``edgereg.export.int8_search``):
+    int8 against fp32 images/s per batch size on the export machine and the recommended model.
+    """
+    speed = card.quantization.get("speed") if card.quantization else None
+    if not isinstance(speed, dict) or speed.get("recommended") != "fp32":
+        return None
+    ratios = speed.get("int8_vs_fp32") or {}
+    measured = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in ratios.items()
+                         if isinstance(ratio, (int, float)))
+    machine = f" on {speed['machine']}" if speed.get("machine") else ""
+    return (f"this int8 model ran no faster than fp32 when exported ({measured}{machine}); "
+            "deploy model.onnx on such a machine, or run `edgereg bench` on yours to compare")
+
+
 def card_from_metadata(metadata: dict[str, str], *, source: str) -> ModelCard:
     """Build the card from an ONNX model's metadata map (``{key: json_text}``)."""
     if CARD_KEY not in metadata:

@@ -141,12 +141,17 @@ def run(args) -> int:
 
 
 def _load_predictor(args, *, batch_size: int, threads: int | None):
+    from edgereg.card import int8_speed_note
     from edgereg.predictor import Predictor
 
     # Preprocessing stays on the calling thread: decoder threads already keep every core busy, and a
     # live frame is too small to be worth waking numba's workers.
-    return Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
-                     threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False)
+    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
+                          threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False)
+    note = int8_speed_note(predictor.card)
+    if note and predictor.providers[0] == "CPUExecutionProvider":
+        print(f"edgereg: note: {note}", file=sys.stderr)
+    return predictor
 
 
 # ---------------------------------------------------------------- batch scoring

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from edgereg.card import read_card
+    from edgereg.card import int8_speed_note, read_card
 
     card = read_card(args.model)
     if args.json:
@@ -47,4 +47,12 @@ def run(args) -> int:
         print("provenance " + json.dumps(card.provenance, sort_keys=True)[:2000])
     if card.quantization:
         print("int8       " + json.dumps(card.quantization, sort_keys=True)[:2000])
+        speed = card.quantization.get("speed") or {}
+        if speed.get("measured"):
+            ratios = ", ".join(f"batch {b} {r:.2f}x" for b, r in speed.get("int8_vs_fp32", {}).items())
+            print(f"speed      int8 / fp32 at export ({speed.get('machine', '?')}): {ratios}; "
+                  f"recommended {speed.get('recommended')}")
+        note = int8_speed_note(card)
+        if note:
+            print(f"note       {note}")
     return 0
