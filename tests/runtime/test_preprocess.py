@@ -130,3 +130,49 @@ def test_gray_and_16bit_inputs_become_bgr(tmp_path):
     cv2.imwrite(str(path), gray16)
     image = read_image(path)
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+
+
+@pytest.mark.parametrize("channels", ["rgb", "gray"])
+@pytest.mark.parametrize("crop", ["none", "circle"])
+@pytest.mark.parametrize("size", [(8, 8), (17, 17), (31, 30), (64, 64)])
+def test_numpy_twins_of_small_calls_equal_the_numba_kernels_bit_for_bit(rng, channels, crop, size):
+    from edgereg.preprocess import kernels
+
+    config = config_for(size, channels, crop, fill=-1.5)
+    images = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    scale, offset = config.affine()
+    gray = channels == "gray"
+    modes = [("none", 1, kernels.fused_identity_serial, kernels.fused_identity)]
+    if size[0] == size[1]:
+        modes.append(("d4", 8, kernels.fused_d4_serial, kernels.fused_d4))
+    for tta, views, serial, parallel in modes:
+        for kernel in (serial, parallel):
+            want = np.empty((2 * views, config.n_channels, *size), np.float32)
+            kernel(images, scale, offset, -1.5, config.circle, gray, want)
+            got = preprocess_batch(images, config, tta)  # 2 images: small enough for the numpy twin
+            assert np.array_equal(got, want), (tta, kernel)
+
+
+def test_large_batches_go_through_numba_and_match_the_reference(rng):
+    config = config_for((64, 64), "rgb", "circle", fill=0.5)
+    images = rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)  # 12 x 3 x 64 x 64 > SMALL_VALUES
+    from edgereg.preprocess.small import SMALL_VALUES
+
+    assert images.shape[0] * 3 * 64 * 64 > SMALL_VALUES
+    np.testing.assert_allclose(preprocess_batch(images, config), preprocess_batch_ref(images, config), atol=1e-5)
+
+
+def test_scoring_one_image_never_imports_numba(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from edgereg.predictor import Predictor\n"
+            "from edgereg.preprocess import PreprocessConfig, preprocess_batch\n"
+            "config = PreprocessConfig(input_size=(64, 64), crop='circle')\n"
+            "preprocess_batch(np.zeros((1, 64, 64, 3), np.uint8), config, 'd4')\n"
+            "assert 'numba' not in sys.modules, 'numba was imported'\n"
+            "preprocess_batch(np.zeros((1, 64, 64, 3), np.uint8), config, 'rot:4')\n"
+            "assert 'numba' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
