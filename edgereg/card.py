@@ -24,6 +24,7 @@ FORMAT_VERSION = 1
 KINDS = ("scalar", "vector", "distribution", "coords", "angle")
 CROPS = ("none", "center", "circle")
 CHANNELS = ("rgb", "gray")
+DECODES = ("full", "reduced")  # image files: every pixel, or JPEG DCT-domain downscaling (preprocess.frames)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ModelCard:
     std: tuple[float, ...] = (0.25, 0.25, 0.25)  # per channel, > 0
     fill: float = 0.0  # normalized value written outside the circle
     tta: str = "none"  # default TTA: "none", "d4" or "rot:N"
+    decode: str = "full"  # how files are decoded: "full", or "reduced" (DCT-domain 1/2..1/8 for big crops)
     provenance: dict[str, Any] = field(default_factory=dict)  # dataset, metrics, seed, versions
     quantization: dict[str, Any] = field(default_factory=dict)  # calibration and int8 deltas
     format_version: int = FORMAT_VERSION
@@ -171,6 +173,9 @@ def _validate(card: ModelCard) -> None:
             len(r) == 2 and _is_number(r[0]) and _is_number(r[1]) and r[0] < r[1] for r in card.range
         ):
             raise bad("range", f"{len(card.targets)} [lo, hi] pairs with lo < hi, or null", card.range)
+    if card.decode not in DECODES:
+        raise CardError(f"field 'decode' is {card.decode!r}{did_you_mean(str(card.decode), DECODES)}; "
+                        f"expected one of {', '.join(DECODES)}")
     try:
         parse_tta(card.tta)
     except Exception:

@@ -17,8 +17,9 @@ import onnxruntime as ort
 
 from edgereg.card import ModelCard, card_from_metadata
 from edgereg.errors import ModelFileError, ShapeError
-from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames, read_images
+from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames
 from edgereg.preprocess.decode import default_threads
+from edgereg.preprocess.frames import read_frames
 from edgereg.preprocess.geometry import CropBox
 from edgereg.providers import resolve_providers
 from edgereg.reduce import reduce_views
@@ -194,13 +195,11 @@ class Predictor:
             errors as ``[(index, path, reason), ...]`` for the others).
         """
         good, boxes, index, errors = [], [], [], []
-        from edgereg.preprocess import crop_resize
-
-        for i, image in read_images(list(paths), threads=self.decode_threads):
-            if isinstance(image, Exception):
-                errors.append((i, str(paths[i]), str(image)))
+        for i, loaded in read_frames(list(paths), self.config, threads=self.decode_threads):
+            if isinstance(loaded, Exception):
+                errors.append((i, str(paths[i]), str(loaded)))
                 continue
-            frame, box = crop_resize(image, self.config)
+            frame, box = loaded
             good.append(frame)
             boxes.append(box)
             index.append(i)

@@ -40,7 +40,7 @@ import numpy as np
 
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
-from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads, read_image
+from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads, read_frame
 from edgereg.sources import BatchSource, Entry
 from edgereg.writers import RowWriter
 
@@ -175,8 +175,9 @@ def _load(entry: Entry, config: PreprocessConfig) -> tuple[np.ndarray, CropBox] 
     if entry.error is not None:
         return entry.error
     try:
-        image = entry.frame if entry.frame is not None else read_image(entry.path)
-        return crop_resize(image, config)
+        if entry.frame is not None:
+            return crop_resize(entry.frame, config)
+        return read_frame(entry.path, config)  # JPEGs decoded at reduced size under config.decode
     except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
         return _reason(exc, entry.key)
 

@@ -151,7 +151,7 @@ def pick_calibration(index: np.ndarray, *, limit: int = 256, seed: int = 0) -> n
 def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple[np.ndarray, list[str]]:
     """Calibration frames from a folder of images (e.g. frames from the deployed camera).
 
-    Images are read with ``edgereg.preprocess.read_image`` and cropped/resized with the model's
+    Images are read, cropped and resized with ``edgereg.preprocess.read_frame`` under the model's
     preprocessing; files are taken in sorted order, at most ``limit``; unreadable files are skipped.
 
     Args:
@@ -165,16 +165,16 @@ def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple
     Raises:
         EdgeregError: the folder is missing or has no readable image.
     """
-    from edgereg.preprocess import crop_resize, read_images
+    from edgereg.preprocess.frames import read_frames
 
     directory = Path(directory)
     if not directory.is_dir():
         raise EdgeregError(f"--calib-dir '{directory}' is not a folder; pass a folder of calibration images")
     paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     frames, used = [], []
-    for i, image in read_images([str(p) for p in paths]):
-        if not isinstance(image, Exception):
-            frames.append(crop_resize(image, config)[0])
+    for i, loaded in read_frames([str(p) for p in paths], config):  # decoded as the runtime decodes them
+        if not isinstance(loaded, Exception):
+            frames.append(loaded[0])
             used.append(str(paths[i]))
     if not frames:
         raise EdgeregError(f"--calib-dir '{directory}' has no readable image ({', '.join(IMAGE_SUFFIXES)}); "

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgereg.card import KINDS
 from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
-from edgereg.preprocess import PreprocessConfig, crop_resize, default_threads, read_image
+from edgereg.preprocess import PreprocessConfig, default_threads, read_frame
 
 LABELS_FILE = "labels.csv"
 CACHE_DIR = ".edgereg-cache"
@@ -42,7 +42,7 @@ class Dataset:
     """A dataset in memory, ready for training and evaluation.
 
     Attributes:
-        images: (N, H, W, 3) uint8, BGR, cropped and resized by ``edgereg.preprocess.crop_resize``
+        images: (N, H, W, 3) uint8, BGR, decoded, cropped and resized by ``edgereg.preprocess.read_frame``
             to ``config.input_size``.
         targets: (N, T) float64 in the csv's units, except coords: [0, 1] of the model input
             (``u = (x - x0 + 0.5) / w``), and angles wrapped to [0, 360).
@@ -309,7 +309,7 @@ def _fingerprint(csv_bytes: bytes, stats: list[tuple[str, int, int]], names: lis
     # Only the fields that change the loaded arrays: normalization (mean, std, fill) and channels are
     # applied later by the kernel, so a model with other statistics reuses the same cache.
     geometry = {"input_size": list(config.input_size), "crop": config.crop,
-                "roi": None if config.roi is None else [float(v) for v in config.roi]}
+                "roi": None if config.roi is None else [float(v) for v in config.roi], "decode": config.decode}
     digest.update(json.dumps({"targets": names, "kind": kind, "geometry": geometry}, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -317,7 +317,7 @@ def _fingerprint(csv_bytes: bytes, stats: list[tuple[str, int, int]], names: lis
 def _load_image(path: Path, config: PreprocessConfig):
     """Decode and crop one image; returns (image, CropBox) or the DecodeError."""
     try:
-        return crop_resize(read_image(path), config)
+        return read_frame(path, config)  # the runtime's own decode policy (preprocess.frames)
     except DecodeError as exc:
         return exc
 

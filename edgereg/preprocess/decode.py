@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,7 +19,7 @@ def default_threads() -> int:
     return max(2, os.cpu_count() or 2)
 
 
-def decode_image(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
+def decode_image(data: bytes, *, source: str = "<bytes>", flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, BMP, TIFF, ...).
 
     Gray, 16-bit and alpha images are converted to 8-bit BGR (OpenCV's IMREAD_COLOR).
@@ -26,6 +27,8 @@ def decode_image(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
     Args:
         data: the file's bytes.
         source: a name for error messages (usually the path).
+        flags: OpenCV imread flags: IMREAD_COLOR, or IMREAD_REDUCED_COLOR_2/4/8 for a DCT-domain
+            1/2, 1/4, 1/8 decode of a JPEG (see ``edgereg.preprocess.frames``).
 
     Returns:
         (H, W, 3) uint8, BGR.
@@ -38,7 +41,7 @@ def decode_image(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
     if _looks_truncated(data):
         raise DecodeError(f"'{source}': truncated image (the end-of-image marker is missing)")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(buffer, flags)
     if image is None or image.size == 0:
         raise DecodeError(f"'{source}': not a decodable image (corrupt or unsupported format)")
     return image
@@ -66,8 +69,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         DecodeError: missing, unreadable, empty, truncated or undecodable file.
     """
+    return decode_image(read_bytes(path), source=str(path))
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes, or DecodeError naming the path and why it cannot be read."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise DecodeError(f"'{path}': file not found") from None
     except IsADirectoryError:
@@ -76,21 +84,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DecodeError(f"'{path}': permission denied") from None
     except OSError as exc:
         raise DecodeError(f"'{path}': unreadable ({exc.strerror or exc})") from None
-    return decode_image(data, source=str(path))
 
 
-def read_images(paths: Sequence[str | os.PathLike], *, threads: int | None = None
-                ) -> Iterator[tuple[int, np.ndarray | DecodeError]]:
+def read_images(paths: Sequence[str | os.PathLike], *, threads: int | None = None,
+                loader: Callable[[str | os.PathLike], Any] = read_image) -> Iterator[tuple[int, Any]]:
     """Decode files in a thread pool, yielding ``(index, image or DecodeError)`` in input order.
 
-    At most ``4 * threads`` decodes are in flight, so memory stays flat on long lists.
+    At most ``4 * threads`` decodes are in flight, so memory stays flat on long lists. ``loader``
+    (default :func:`read_image`) turns one path into the result, raising DecodeError for a bad file.
     """
     threads = threads or default_threads()
     window = 4 * threads
 
     def load(path):
         try:
-            return read_image(path)
+            return loader(path)
         except DecodeError as exc:
             return exc
 

@@ -176,3 +176,67 @@ def test_scoring_one_image_never_imports_numba(tmp_path):
             "assert 'numba' in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _jpeg(path, height, width, seed=0):
+    image = cv2.GaussianBlur(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8),
+                             (0, 0), 2)
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return path
+
+
+@pytest.mark.parametrize("height, width, crop, size, factor", [
+    (480, 640, "center", (64, 64), 4),    # crop 480 >= 4 x 64 but < 8 x 64
+    (480, 640, "none", (64, 64), 4),
+    (130, 130, "center", (64, 64), 2),    # 2.03 x: the smallest crop that is reduced
+    (120, 160, "center", (64, 64), 1),    # < 2 x: full decode
+    (600, 600, "center", (32, 32), 8),
+])
+def test_reduced_decode_picks_the_largest_factor_that_keeps_the_input_size(tmp_path, height, width, crop, size,
+                                                                            factor):
+    from edgereg.preprocess import read_frame
+    from edgereg.preprocess.frames import REDUCED_FLAGS, jpeg_size
+
+    path = _jpeg(tmp_path / "a.jpg", height, width)
+    data = path.read_bytes()
+    assert jpeg_size(data) == (height, width)
+    config = PreprocessConfig(input_size=size, crop=crop, decode="reduced")
+    frame, box = read_frame(path, config)
+    assert frame.shape == (*size, 3) and frame.dtype == np.uint8
+    full_box = crop_resize(read_image(path), config)[1]
+    if factor == 1:
+        np.testing.assert_array_equal(frame, crop_resize(read_image(path), config)[0])
+        assert box == full_box
+        return
+    reduced = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED_FLAGS[factor])
+    assert reduced.shape[:2] == (-(-height // factor), -(-width // factor))
+    x0, y0, w, h = (int(v / factor) for v in (box.x0, box.y0, box.w, box.h))
+    want = cv2.resize(reduced[y0:y0 + h, x0:x0 + w], size[::-1], interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(frame, want)
+    assert abs(box.x0 - full_box.x0) < factor and abs(box.w - full_box.w) < factor, "same region, in source pixels"
+    full = crop_resize(read_image(path), config)[0]
+    assert np.abs(frame.astype(int) - full).mean() < 3.0
+
+
+def test_reduced_policy_leaves_png_and_the_full_policy_alone(tmp_path):
+    from edgereg.preprocess import read_frame
+
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    jpg = _jpeg(tmp_path / "a.jpg", 300, 300)
+    for path, policy in ((png, "reduced"), (jpg, "full")):
+        config = PreprocessConfig(input_size=(32, 32), crop="center", decode=policy)
+        frame, box = read_frame(path, config)
+        want, want_box = crop_resize(read_image(path), config)
+        np.testing.assert_array_equal(frame, want)
+        assert box == want_box
+
+
+def test_jpeg_size_reads_only_the_header_and_refuses_non_jpegs():
+    from edgereg.preprocess.frames import jpeg_size
+
+    ok, data = cv2.imencode(".jpg", np.zeros((37, 53, 3), np.uint8))
+    assert jpeg_size(data.tobytes()) == (37, 53)
+    assert jpeg_size(data.tobytes()[:20]) is None
+    assert jpeg_size(b"\x89PNG\r\n\x1a\n....") is None
+    assert jpeg_size(b"") is None
