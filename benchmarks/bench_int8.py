@@ -94,6 +94,9 @@ def print_table(rows: list[dict]) -> None:
     print(f"\n{'model':<16}{'task':<12}{'gate':<7}{'worst':>8}{'act':>7}  {'float layers (why)':<44}"
           f"{'b1':>7}{'b32':>7}  recommended")
     for r in rows:
+        if "error" in r:
+            print(f"{r['model']:<16}{r['task']:<12}ERROR  {r['error'][:90]}")
+            continue
         floats = ", ".join(f"{short(n)} ({w})" for n, w in r["float_layers"]) or "-"
         floats = f"{len(r['float_layers'])}/{r['n_layers']}: {floats}"
         ratios = r["int8_vs_fp32"]
@@ -102,9 +105,9 @@ def print_table(rows: list[dict]) -> None:
         gate = "pass" if r["passed"] else "FAIL"
         print(f"{r['model']:<16}{r['task']:<12}{gate:<7}{worst:>8}{r['activations']:>7}  {floats[:44]:<44}"
               f"{cell('1'):>7}{cell('32'):>7}  {r['recommended'] or '-'}")
-    met = [r for r in rows if r["passed"] and r["int8_vs_fp32"].get("32", 0) >= 1.3]
+    met = [r for r in rows if r.get("passed") and r["int8_vs_fp32"].get("32", 0) >= 1.3]
     print(f"\n{len(met)}/{len(rows)} rows pass the gate at >= 1.3x fp32 at batch 32 "
-          f"(goal: all); {sum(r['passed'] for r in rows)}/{len(rows)} pass the gate")
+          f"(goal: all); {sum(bool(r.get('passed')) for r in rows)}/{len(rows)} pass the gate")
 
 
 def main() -> int:
@@ -114,6 +117,7 @@ def main() -> int:
     parser.add_argument("--models", default=None, help="comma list (default: every model that fits the task)")
     parser.add_argument("--minutes", type=float, default=1.0, help="training budget per model and task")
     parser.add_argument("--n", type=int, default=600, help="images per synthetic dataset")
+    parser.add_argument("--calib-method", default="auto", help="passed to edgereg export (minmax is quickest)")
     parser.add_argument("--lock", default=None, help="flock this file while each export measures speed")
     args = parser.parse_args()
     work = Path(args.out).resolve()
@@ -133,10 +137,17 @@ def main() -> int:
             run = work / f"run_{task}_{model}"
             print(f"=== {model} on {task}", flush=True)
             started = time.perf_counter()
-            edgereg("train", data, "--out", run, "--model", model, "--time-budget", args.minutes, "--quiet",
-                    *train_args)
-            with locked(args.lock):
-                code = edgereg("export", run, "--int8", "--repeats", "3", allowed=(0, 1)).returncode
+            try:
+                edgereg("train", data, "--out", run, "--model", model, "--time-budget", args.minutes, "--quiet",
+                        *train_args)
+                with locked(args.lock):
+                    code = edgereg("export", run, "--int8", "--repeats", "3", "--calib-method", args.calib_method,
+                                   allowed=(0, 1)).returncode
+            except RuntimeError as exc:  # one broken combination must not stop the sweep
+                print(f"  failed: {exc}", flush=True)
+                rows.append({"model": model, "task": task, "error": str(exc).splitlines()[-1]})
+                results_path.write_text(json.dumps(rows, indent=1))
+                continue
             rows.append(row(model, task, run, code, time.perf_counter() - started))
             print("  " + "\n  ".join(rows[-1]["steps"]), flush=True)
             results_path.write_text(json.dumps(rows, indent=1))

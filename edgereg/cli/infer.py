@@ -211,7 +211,10 @@ def _run_batch(args) -> int:
     fmt = "jsonl" if args.jsonl else (output_format(out) if out else "csv")
     shard = Shard.parse(args.shard) if args.shard else None
     source = open_source(args.path, recursive=args.recursive)
-    predictor = _load_predictor(args, batch_size=args.batch, threads=args.threads or default_inference_threads())
+    planned = source.planned_keys()
+    # One image: a single intra-op thread (a thread pool costs more to start than one frame's work).
+    threads = args.threads or (1 if planned is not None and len(planned) <= 1 else default_inference_threads())
+    predictor = _load_predictor(args, batch_size=args.batch, threads=threads)
     columns = prediction_columns(predictor.names, with_spread=predictor.tta.n > 1)
     done = load_done_keys(out, columns, fmt=fmt) if args.resume and out else set()
 
