@@ -165,7 +165,8 @@ def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict,
         path = workdir / f"candidate-{next(counter)}.onnx"
         quantizer.quantize(path, method=method, activations=activations, float_nodes=nodes_for(float_layers))
         metrics = evaluate(path)
-        return _State(dict(float_layers), path, metrics, check_gate(fp32_metrics, metrics, max_drop=max_drop).worst_drop)
+        drop = check_gate(fp32_metrics, metrics, max_drop=max_drop).worst_drop
+        return _State(dict(float_layers), path, metrics, drop)
 
     initial = {name: "first layer" for name in layers if name in first and quantizer.options.keep_first_float}
 
