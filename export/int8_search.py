@@ -6,9 +6,10 @@ What NNCF's ``quantize_with_accuracy_control`` does for OpenVINO, done on ONNX R
 1. Calibration method: every method asked for is quantized with the base float set (the float head
    and, by default, the float first layer) and scored in the user's units on the gate split; the
    most accurate is kept (as before).
-2. Activation type: int8 (S8S8) and uint8 (U8S8) activations are timed side by side against fp32;
-   the faster is kept unless only the other passes the gate. On x86 ONNX Runtime's fused int8
-   kernels (QLinearAdd, QLinearConcat, ...) exist for uint8; on ARM S8S8 is the fast path.
+2. Activation type: int8 (S8S8) and uint8 (U8S8) activations are timed side by side against fp32.
+   The CPU's fast path is kept (uint8 on x86, where ONNX Runtime's fused QLinearAdd, QLinearConcat,
+   ... exist for uint8 and VNNI multiplies u8 by s8; int8 on ARM) unless the other is at least
+   ``MIN_GAIN`` faster, or only the other passes the gate.
 3. Sensitivity: every quantized layer (a Conv/Gemm with its fused activation, or an Add, Concat,
    MaxPool, GlobalAveragePool) is in turn kept float while the rest stays int8, and the model is
    scored on the gate split: the gate's worst relative RMSE increase with that layer float is the
@@ -177,18 +178,20 @@ def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict,
     note(f"calibration: {method} (overall RMSE by method: "
          + ", ".join(f"{m} {tried[m].metrics['rmse']:.4g}" for m in methods) + ")")
 
-    # 2. activation type, by speed
+    # 2. activation type: the platform's fast path unless the other is measurably faster
     activations = "int8"
     if measure_speed:
         unsigned = build(method, "uint8", initial)
+        candidates = {"int8": state, "uint8": unsigned}
         rates = _compare(fp32_path, {"int8": state.path, "uint8": unsigned.path}, batches=(SPEED_BATCH,))
-        faster = "uint8" if rates["uint8"] > rates["int8"] else "int8"
-        passes = {"int8": state.drop <= max_drop, "uint8": unsigned.drop <= max_drop}
-        activations = faster if passes[faster] or not passes["int8" if faster == "uint8" else "uint8"] else \
-            ("int8" if faster == "uint8" else "uint8")
-        state = unsigned if activations == "uint8" else state
+        preferred = preferred_activations()
+        other = "int8" if preferred == "uint8" else "uint8"
+        activations = other if rates[other] >= MIN_GAIN * rates[preferred] else preferred
+        if candidates[activations].drop > max_drop >= candidates[other if activations == preferred else preferred].drop:
+            activations = other if activations == preferred else preferred  # only the other one passes the gate
+        state = candidates[activations]
         note(f"activations: {activations} (batch {SPEED_BATCH}, 1 thread, int8/fp32: int8 {rates['int8']:.2f}x, "
-             f"uint8 {rates['uint8']:.2f}x)")
+             f"uint8 {rates['uint8']:.2f}x; {preferred} preferred on this CPU)")
 
     # 3. sensitivity of every layer that is int8 in the base configuration
     drops: dict[str, float] = {}
@@ -241,6 +244,17 @@ def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict,
                         float_nodes=nodes_for(state.float_layers), metrics=state.metrics,
                         methods_tried={m: tried[m].metrics["rmse"] for m in methods}, layers=reports,
                         steps=tuple(steps), speed=speed, gate_passed=passed)
+
+
+def preferred_activations() -> str:
+    """ONNX Runtime's fast int8 path on this CPU: uint8 activations (U8S8) on x86, int8 (S8S8) elsewhere.
+
+    On x86 the fused int8 kernels for Add, Concat, ... exist for uint8 and VNNI multiplies u8 by s8;
+    on ARM the S8S8 dot-product kernels are the fast ones (ONNX Runtime's quantization guide).
+    """
+    import platform
+
+    return "uint8" if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") else "int8"
 
 
 def _speed_control(state: _State, build, method: str, activations: str, fp32_path: Path, layers: dict,
