@@ -1,10 +1,13 @@
-"""numpy twins of the identity and D4 kernels, bit-identical to them, for calls too small for numba.
+"""numpy twins of the identity and D4 kernels, bit-identical to them, for processes that need no numba.
 
 A process that reads one image (``edgereg infer MODEL one.jpg``, a live frame at start-up) would
-spend ~0.4 s importing numba and initialising its CPU target to load the cached kernels, against
-~0.1 ms of work. Below ``SMALL_VALUES`` output values these functions do the same arithmetic in
-numpy and numba is never imported; from the first larger call on, the numba kernels take over
-(:func:`edgereg.preprocess.batch.preprocess_batch` decides).
+spend ~0.4 s of CPU importing numba and initialising its CPU target to load the cached kernels,
+against ~0.1 ms of work; folder scoring preprocesses a batch of 32 64x64 frames in ~0.9 ms here
+against numba's ~0.2 ms, so numba's start-up pays only after ~15,000 frames, while decoding them
+costs ~1 ms each either way. These functions do the same arithmetic in numpy, and
+:func:`edgereg.preprocess.batch.preprocess_batch` uses them until a call needs numba (rotations,
+or at least ``NUMBA_MIN_VALUES`` output values at once); from then on the numba kernels serve
+every call.
 
 Bit-identical, not merely close: the RGB kernel computes ``uint8 * float32 scale + float32 offset``
 in float32 (numba's promotion of uint8 with float32), the gray kernel ``0.114 B + 0.587 G + 0.299 R``
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SMALL_VALUES = 1 << 17  # output values per call at and below which numpy is used (~0.5 MiB of float32)
+NUMBA_MIN_VALUES = 1 << 22  # output values of one call (16 MiB of float32) from which numba is loaded
 
 
 def identity(images: np.ndarray, scale: np.ndarray, offset: np.ndarray, fill: float, mask: np.ndarray | None,

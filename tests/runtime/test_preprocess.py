@@ -153,27 +153,25 @@ def test_numpy_twins_of_small_calls_equal_the_numba_kernels_bit_for_bit(rng, cha
             assert np.array_equal(got, want), (tta, kernel)
 
 
-def test_large_batches_go_through_numba_and_match_the_reference(rng):
-    config = config_for((64, 64), "rgb", "circle", fill=0.5)
-    images = rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)  # 12 x 3 x 64 x 64 > SMALL_VALUES
-    from edgereg.preprocess.small import SMALL_VALUES
-
-    assert images.shape[0] * 3 * 64 * 64 > SMALL_VALUES
-    np.testing.assert_allclose(preprocess_batch(images, config), preprocess_batch_ref(images, config), atol=1e-5)
-
-
-def test_scoring_one_image_never_imports_numba(tmp_path):
+def test_numba_is_loaded_only_by_calls_that_need_it():
     import subprocess
     import sys
 
     code = ("import sys, numpy as np\n"
             "from edgereg.predictor import Predictor\n"
             "from edgereg.preprocess import PreprocessConfig, preprocess_batch\n"
+            "from edgereg.preprocess.reference import preprocess_batch_ref\n"
             "config = PreprocessConfig(input_size=(64, 64), crop='circle')\n"
-            "preprocess_batch(np.zeros((1, 64, 64, 3), np.uint8), config, 'd4')\n"
+            "images = np.random.default_rng(0).integers(0, 256, (32, 64, 64, 3), dtype=np.uint8)\n"
+            "preprocess_batch(images[:1], config, 'd4')\n"
+            "twin = preprocess_batch(images, config)  # a folder-scoring batch\n"
             "assert 'numba' not in sys.modules, 'numba was imported'\n"
-            "preprocess_batch(np.zeros((1, 64, 64, 3), np.uint8), config, 'rot:4')\n"
-            "assert 'numba' in sys.modules\n")
+            "preprocess_batch(images[:1], config, 'rot:4')\n"
+            "assert 'numba' in sys.modules\n"
+            "assert np.array_equal(preprocess_batch(images, config), twin)  # now numba's kernel\n"
+            "big = np.zeros((344, 64, 64, 3), np.uint8)  # 344 x 3 x 64 x 64 > NUMBA_MIN_VALUES\n"
+            "np.testing.assert_allclose(preprocess_batch(big, config)[:2], preprocess_batch_ref(big[:2], config),"
+            " atol=1e-5)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
