@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -117,6 +118,7 @@ def main() -> int:
     parser.add_argument("--models", default=None, help="comma list (default: every model that fits the task)")
     parser.add_argument("--minutes", type=float, default=1.0, help="training budget per model and task")
     parser.add_argument("--n", type=int, default=600, help="images per synthetic dataset")
+    parser.add_argument("--retrain", action="store_true", help="train again even where OUT has a finished run")
     parser.add_argument("--calib-method", default="auto", help="passed to edgereg export (minmax is quickest)")
     parser.add_argument("--lock", default=None, help="flock this file while each export measures speed")
     args = parser.parse_args()
@@ -138,8 +140,10 @@ def main() -> int:
             print(f"=== {model} on {task}", flush=True)
             started = time.perf_counter()
             try:
-                edgereg("train", data, "--out", run, "--model", model, "--time-budget", args.minutes, "--quiet",
-                        *train_args)
+                if args.retrain or not (run / "best.pt").exists():  # a finished run is exported again
+                    shutil.rmtree(run, ignore_errors=True)
+                    edgereg("train", data, "--out", run, "--model", model, "--time-budget", args.minutes,
+                            "--quiet", *train_args)
                 with locked(args.lock):
                     code = edgereg("export", run, "--int8", "--repeats", "3", "--calib-method", args.calib_method,
                                    allowed=(0, 1)).returncode
