@@ -43,36 +43,24 @@ def _row_span(y, height, width, circle):
 
 @njit(cache=True, inline="always")
 def _normalize_into(images, b, scale, offset, fill, circle, gray, out, o):
-    """Write image b of ``images`` as the identity view into ``out[o]`` (steps 2-5 above).
-
-    Written row by row on 1-D views with the normalization constants in locals: numba cannot prove
-    that ``out`` does not alias ``scale`` / ``offset``, so indexing them inside the pixel loop would
-    reload them on every store and keep LLVM from vectorizing the loop.
-    """
+    """Write image b of ``images`` as the identity view into ``out[o]`` (steps 2-5 above)."""
     height, width = images.shape[1], images.shape[2]
-    fill32 = np.float32(fill)
-    s0, f0 = scale[0], offset[0]
-    s1, f1 = (scale[1], offset[1]) if not gray else (s0, f0)
-    s2, f2 = (scale[2], offset[2]) if not gray else (s0, f0)
     for y in range(height):
         lo, hi = _row_span(y, height, width, circle)
-        src = images[b, y]  # (W, 3) uint8 BGR
         for c in range(out.shape[1]):
-            row = out[o, c, y]
             for x in range(0, lo):
-                row[x] = fill32
+                out[o, c, y, x] = fill
             for x in range(hi, width):
-                row[x] = fill32
+                out[o, c, y, x] = fill
         if gray:
-            r0 = out[o, 0, y]
             for x in range(lo, hi):
-                r0[x] = (0.114 * src[x, 0] + 0.587 * src[x, 1] + 0.299 * src[x, 2]) * s0 + f0
+                out[o, 0, y, x] = (0.114 * images[b, y, x, 0] + 0.587 * images[b, y, x, 1]
+                                   + 0.299 * images[b, y, x, 2]) * scale[0] + offset[0]
         else:
-            r0, r1, r2 = out[o, 0, y], out[o, 1, y], out[o, 2, y]
             for x in range(lo, hi):
-                r0[x] = src[x, 2] * s0 + f0
-                r1[x] = src[x, 1] * s1 + f1
-                r2[x] = src[x, 0] * s2 + f2
+                out[o, 0, y, x] = images[b, y, x, 2] * scale[0] + offset[0]
+                out[o, 1, y, x] = images[b, y, x, 1] * scale[1] + offset[1]
+                out[o, 2, y, x] = images[b, y, x, 0] * scale[2] + offset[2]
 
 
 @njit(parallel=True, cache=True)
