@@ -36,7 +36,7 @@ def run(args) -> int:
         bounds = f"  range {card.range[i][0]:g}..{card.range[i][1]:g}" if card.range else ""
         print(f"target     {name}" + (f" [{units[name]}]" if units[name] else "") + bounds)
     print(f"input      {card.input_size[0]}x{card.input_size[1]} {card.channels}, crop {card.crop}"
-          + (f", roi {card.roi}" if card.roi else ""))
+          + (f", roi {card.roi}" if card.roi else "") + f", decode {card.decode}")
     print(f"normalize  mean {list(card.mean)} std {list(card.std)} fill {card.fill}")
     print(f"tta        {card.tta} (default)")
     for inp in session.get_inputs():
