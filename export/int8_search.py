@@ -29,9 +29,12 @@ What NNCF's ``quantize_with_accuracy_control`` does for OpenVINO, done on ONNX R
    otherwise the card and report recommend fp32 and ``edgereg infer`` / ``info`` say so.
 
 Speed decisions are taken on single-thread timings (:func:`edgereg.export.speed.compare_speed` with
-one ONNX Runtime thread): on a shared machine they move least with other processes' load, and
-int8 against fp32 is a question about kernels, which one thread answers. A step must gain
-``MIN_GAIN`` to be kept, so noise does not accumulate float layers.
+one ONNX Runtime thread, timed by the CPU time of the thread that runs the model): on a shared
+machine they move least with other processes' load (identical models measure within ~3% of each
+other here, against 2x in wall time with two threads), and int8 against fp32 is a question about
+kernels, which one thread answers. A step must gain ``MIN_GAIN`` to be kept, so noise does not
+accumulate float layers. Per-layer times come from ONNX Runtime's profiler (wall time), used only
+to rank the candidates; every decision is taken on a whole-model comparison.
 """
 
 from __future__ import annotations
