@@ -186,20 +186,34 @@ def _validate(card: ModelCard) -> None:
         raise bad("quantization", "an object", card.quantization)
 
 
-def int8_speed_note(card: ModelCard) -> str | None:
-    """One line when the card says its int8 model was measured no faster than fp32 at export, else None.
+def int8_speed_note(card: ModelCard, batch_size: int | None = None) -> str | None:
+    """One line when the card says its int8 model ran no faster than fp32 at export, else None.
 
     The export's speed control records ``quantization.speed`` (see ``edgereg.export.int8_search``):
     int8 against fp32 images/s per batch size on the export machine and the recommended model.
+
+    Args:
+        card: the model's card.
+        batch_size: the batch size the caller runs (the measured batch size nearest to it is
+            consulted); None: note when fp32 was recommended.
     """
     speed = card.quantization.get("speed") if card.quantization else None
-    if not isinstance(speed, dict) or speed.get("recommended") != "fp32":
+    if not isinstance(speed, dict) or not speed.get("measured"):
         return None
-    ratios = speed.get("int8_vs_fp32") or {}
-    measured = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in ratios.items()
-                         if isinstance(ratio, (int, float)))
+    ratios = {int(b): r for b, r in (speed.get("int8_vs_fp32") or {}).items()
+              if str(b).isdigit() and isinstance(r, (int, float))}
+    if not ratios:
+        return None
+    if batch_size is None:
+        slow = speed.get("recommended") == "fp32"
+    else:
+        nearest = min(ratios, key=lambda b: (abs(b - batch_size), b))
+        slow = ratios[nearest] <= 1.0
+    if not slow:
+        return None
+    measured = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in sorted(ratios.items()))
     machine = f" on {speed['machine']}" if speed.get("machine") else ""
-    return (f"this int8 model ran no faster than fp32 when exported ({measured}{machine}); "
+    return (f"this int8 model ran no faster than fp32 when exported (int8/fp32 {measured}{machine}); "
             "deploy model.onnx on such a machine, or run `edgereg bench` on yours to compare")
 
 

@@ -148,7 +148,7 @@ def _load_predictor(args, *, batch_size: int, threads: int | None):
     # live frame is too small to be worth waking numba's workers.
     predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
                           threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False)
-    note = int8_speed_note(predictor.card)
+    note = int8_speed_note(predictor.card, batch_size)
     if note and predictor.providers[0] == "CPUExecutionProvider":
         print(f"edgereg: note: {note}", file=sys.stderr)
     return predictor
