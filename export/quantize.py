@@ -28,6 +28,12 @@ pixelstats 0.02481 vs 0.02492. The difference is small because the head sees sta
 (one scale suits every output) and the de-standardization after it is float either way; the float
 head is also the smaller file (95.2 vs 98.3 KiB: fewer QDQ nodes). It stays the default as the safe
 side for heads whose raw outputs differ in range.
+
+These are the starting point. :class:`Quantizer` prepares and calibrates a model once and then
+quantizes it with any set of float nodes in tens of milliseconds, which lets
+``edgereg.export.int8_search`` decide per layer (:func:`quantizable_layers`): layers that damage
+accuracy stay float until the gate passes, slow int8 layers stay float while int8 is slow, and a
+float first layer is tried in int8 when that makes the model faster and still passes.
 """
 
 from __future__ import annotations
