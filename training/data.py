@@ -309,7 +309,9 @@ def _fingerprint(csv_bytes: bytes, stats: list[tuple[str, int, int]], names: lis
     # Only the fields that change the loaded arrays: normalization (mean, std, fill) and channels are
     # applied later by the kernel, so a model with other statistics reuses the same cache.
     geometry = {"input_size": list(config.input_size), "crop": config.crop,
-                "roi": None if config.roi is None else [float(v) for v in config.roi], "decode": config.decode}
+                "roi": None if config.roi is None else [float(v) for v in config.roi]}
+    if config.decode != "full":  # runs recorded before the decode policy existed keep their fingerprint
+        geometry["decode"] = config.decode
     digest.update(json.dumps({"targets": names, "kind": kind, "geometry": geometry}, sort_keys=True).encode())
     return digest.hexdigest()
 

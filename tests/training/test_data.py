@@ -393,3 +393,23 @@ def test_training_sees_the_pixels_deployment_decodes(tmp_path, crop):
     # the 240-pixel crop is >= 4x the 32-pixel input: decoded at 1/4 (pixels close to, not equal to, full)
     difference = np.abs(dataset.images.astype(int) - full.images.astype(int))
     assert difference.max() > 0 and difference.mean() < 3.0
+
+
+def test_full_decode_keeps_the_fingerprint_runs_recorded_before_the_decode_policy(tmp_path):
+    """A run trained before the card had `decode` must still find its dataset (same fingerprint)."""
+    import hashlib
+    import json as json_module
+
+    root = _jpeg_dataset(tmp_path / "jpegs", n=2)
+    config = PreprocessConfig(input_size=(32, 32), crop="center")  # decode="full", the default
+    dataset = load_dataset(root, config=config, cache=False)
+    csv_bytes = (root / "labels.csv").read_bytes()
+    digest = hashlib.sha256(b"edgereg-dataset-v1\n")  # the fingerprint as computed before the policy
+    digest.update(csv_bytes)
+    for name in ("0.jpg", "1.jpg"):
+        info = (root / name).stat()
+        digest.update(f"\n{name}\t{info.st_size}\t{info.st_mtime_ns}".encode())
+    geometry = {"input_size": [32, 32], "crop": "center", "roi": None}
+    digest.update(json_module.dumps({"targets": ["x", "y"], "kind": None, "geometry": geometry},
+                                    sort_keys=True).encode())
+    assert dataset.fingerprint == digest.hexdigest()
