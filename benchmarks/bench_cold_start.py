@@ -54,6 +54,9 @@ def median_wall(command: list[str], runs: int = RUNS) -> tuple[float, float]:
 
 
 def main() -> None:
+    from edgereg.platform_info import runtime_line
+
+    print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         card = ModelCard(kind="scalar", targets=("concentration",), input_size=(64, 64), crop="circle",

@@ -31,48 +31,28 @@ new dependency, so OpenCV is used.
 from __future__ import annotations
 
 import os
-import struct
 
 import cv2
 import numpy as np
 
 from edgereg.preprocess.config import PreprocessConfig
-from edgereg.preprocess.decode import decode_image, read_bytes, read_images
+from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, decode_image, image_dimensions, max_file_bytes,
+                                       read_file_bytes, read_images)
 from edgereg.preprocess.geometry import CropBox, crop_box, crop_region, crop_resize
 
 REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's start-of-frame segment, or None when ``data`` is not a readable JPEG.
+    """(height, width) from a JPEG's start-of-frame header, or None when ``data`` is not a sizable JPEG.
 
-    Walks the marker segments from the SOI to the first SOFn (baseline, progressive, ...), reading
-    only their length fields; no pixel is decoded.
+    Only the marker segments up to the first SOFn are read (``edgereg.preprocess.decode``'s header
+    parser); no pixel is decoded.
     """
     if data[:2] != b"\xff\xd8":
         return None
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        if marker in _SOF_MARKERS:
-            if pos + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return (height, width) if height and width else None
-        if marker == 0xDA or length < 2:  # start of scan before any SOF: not a JPEG we can size
-            return None
-        pos += 2 + length
-    return None
+    size = image_dimensions(data)
+    return None if size is None or not all(size) else (size[1], size[0])
 
 
 def reduction(box_h: float, box_w: float, size: tuple[int, int]) -> int:
@@ -88,13 +68,15 @@ def reduction(box_h: float, box_w: float, size: tuple[int, int]) -> int:
     return 1
 
 
-def load_frame(data: bytes, config: PreprocessConfig, *, source: str = "<bytes>") -> tuple[np.ndarray, CropBox]:
+def load_frame(data: bytes, config: PreprocessConfig, *, source: str = "<bytes>",
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, CropBox]:
     """Decode encoded image bytes and crop/resize them to the model input, under ``config.decode``.
 
     Args:
         data: the file's bytes (JPEG, PNG, BMP, TIFF, ...).
         config: the model's preprocessing (``decode``: "full" or "reduced").
         source: a name for error messages (usually the path).
+        max_pixels: refuse images whose header declares more pixels (``decode_image``).
 
     Returns:
         ((h, w, 3) uint8 BGR with (h, w) = config.input_size, CropBox in source pixels).
@@ -109,24 +91,30 @@ def load_frame(data: bytes, config: PreprocessConfig, *, source: str = "<bytes>"
         s = min(reduction(*_box_sides(height, width, config), config.input_size),
                 reduction(*_box_sides(width, height, config), config.input_size))
         if s > 1:
-            reduced = decode_image(data, source=source, flags=REDUCED_FLAGS[s])
+            reduced = decode_image(data, source=source, max_pixels=max_pixels, flags=REDUCED_FLAGS[s])
             return _crop_reduced(reduced, s, (height, width), config)
-    return crop_resize(decode_image(data, source=source), config)
+    return crop_resize(decode_image(data, source=source, max_pixels=max_pixels), config)
 
 
-def read_frame(path: str | os.PathLike, config: PreprocessConfig) -> tuple[np.ndarray, CropBox]:
+def read_frame(path: str | os.PathLike, config: PreprocessConfig, *,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, CropBox]:
     """Read an image file and return it cropped and resized to the model input (see :func:`load_frame`).
 
+    The file is read as ``read_image`` reads it (regular files only, size limits from ``max_pixels``).
+
     Raises:
-        DecodeError: missing, unreadable, empty, truncated or undecodable file.
+        DecodeError: missing, unreadable, not a regular file, empty, truncated, too large or
+            undecodable file.
     """
-    return load_frame(read_bytes(path), config, source=str(path))
+    data = read_file_bytes(path, max_bytes=max_file_bytes(max_pixels))
+    return load_frame(data, config, source=str(path), max_pixels=max_pixels)
 
 
-def read_frames(paths, config: PreprocessConfig, *, threads: int | None = None):
+def read_frames(paths, config: PreprocessConfig, *, threads: int | None = None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """:func:`read_frame` over ``paths`` in a thread pool, yielding ``(index, (frame, CropBox) or
     DecodeError)`` in input order (see ``edgereg.preprocess.read_images``)."""
-    return read_images(paths, threads=threads, loader=lambda path: read_frame(path, config))
+    return read_images(paths, threads=threads, loader=lambda path: read_frame(path, config, max_pixels=max_pixels))
 
 
 def _box_sides(height: int, width: int, config: PreprocessConfig) -> tuple[float, float]:
