@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=23.1" "setuptools>=68" wheel
-	$(PIP) install --quiet -c constraints/cpu.txt -e '.[train,dev]'
+	$(PIP) install --quiet -c constraints/cpu.txt -e '.[train,dev,cluster]'
 	touch $(STAMP)
 
 venv: $(STAMP)

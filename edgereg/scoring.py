@@ -170,8 +170,15 @@ def _reason(exc: BaseException, key: str) -> str:
     return text if isinstance(exc, EdgeregError) else f"{type(exc).__name__}: {text}"
 
 
-def _load(entry: Entry, config: PreprocessConfig) -> tuple[np.ndarray, CropBox] | str:
-    """Read, decode, crop and resize one entry (in a worker thread); a string is the failure reason."""
+def load_entry(entry: Entry, config: PreprocessConfig) -> tuple[np.ndarray, CropBox] | str:
+    """Read, decode, crop and resize one entry; a string is the failure reason.
+
+    Runs in a decoder thread here and in the decode tasks of ``edgereg.cluster``, so both engines
+    give every bad file the same reason.
+
+    Returns:
+        ``(frame (h, w, 3) uint8 BGR at the model input size, CropBox)``, or the reason (str).
+    """
     if entry.error is not None:
         return entry.error
     try:
@@ -265,7 +272,7 @@ def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, t
     """
     pending: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
     stop = threading.Event()
-    pool = _DecoderPool(threads, _load)
+    pool = _DecoderPool(threads, load_entry)
     producer = threading.Thread(target=_produce, name="edgereg-sources", daemon=True,
                                 args=(source, select, pool, config, pending, stop))
     producer.start()
@@ -282,6 +289,22 @@ def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, t
         pool.shutdown(timeout_s=1.0)
 
 
+def make_row(key: str, names: tuple[str, ...], values: np.ndarray, spread: np.ndarray | None,
+             flags: tuple[str, ...]) -> dict[str, Any]:
+    """One output row: ``path``, a value per target, a spread per target with TTA, ``flags``.
+
+    Args:
+        values: (T,) float64 reading in physical units.
+        spread: (T,) float64 TTA spread, or None without TTA.
+    """
+    row: dict[str, Any] = {"path": key}
+    row.update(zip(names, map(float, values)))
+    if spread is not None:
+        row.update((f"{name}_spread", float(s)) for name, s in zip(names, spread))
+    row["flags"] = tuple(flags)
+    return row
+
+
 def _rows(predictor, entries: list[Entry], frames: np.ndarray, boxes: list[CropBox]) -> Iterator[dict[str, Any]]:
     """Score one batch and yield its output rows (``path``, targets, spreads, ``flags``).
 
@@ -292,12 +315,8 @@ def _rows(predictor, entries: list[Entry], frames: np.ndarray, boxes: list[CropB
     result = predictor.predict_prepared(frames, boxes)
     flags = reading_flags(predictor.card, result.values, result.spread, target_spans(predictor.card, boxes))
     for i, entry in enumerate(entries):
-        row: dict[str, Any] = {"path": entry.key}
-        row.update(zip(predictor.names, map(float, result.values[i])))
-        if result.spread is not None:
-            row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[i]))
-        row["flags"] = flags[i]
-        yield row
+        spread = result.spread[i] if result.spread is not None else None
+        yield make_row(entry.key, predictor.names, result.values[i], spread, flags[i])
 
 
 def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWriter | None = None, *,
