@@ -18,7 +18,7 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
     from edgereg.cli.infer import _batch_summary, _Progress, _stdout_closed
     from edgereg.cluster.engine import PartSink, RayRunConfig, StreamSink, score_on_ray, select_inputs
     from edgereg.cluster.parts import PartStore
-    from edgereg.cluster.plan import ClusterResources, plan_resources
+    from edgereg.cluster.plan import GPU_PROVIDERS, ClusterResources, plan_resources
     from edgereg.cluster.session import import_ray, ray_session
     from edgereg.predictor import Predictor
     from edgereg.sources import VideoSource
@@ -50,7 +50,7 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
             print(f"edgereg: failed '{key}': {reason}", file=sys.stderr)
 
     progress = _Progress(sys.stderr, show=sys.stderr.isatty())
-    stats = None
+    stats, plan, used = None, None, set()
     interrupted = False
     try:
         started = time.perf_counter()
@@ -75,6 +75,9 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
         if store is not None and stats is None and not interrupted and not store.committed_now:
             store.discard_if_new()  # stopped before scoring anything: leave no state behind
     stats = stats or progress.latest
+    if plan is not None and plan.uses_gpu and used and not used & GPU_PROVIDERS:
+        print(f"edgereg: warning: the GPU actors ran on {', '.join(sorted(used))}: the workers' onnxruntime has "
+              "no CUDA; pip install 'edgereg[gpu]' on the GPU nodes", file=sys.stderr)
     if store is not None:
         position_of = None if args.unordered else _positions(source)
         store.merge(out, columns=columns, fmt=fmt, position_of=position_of)

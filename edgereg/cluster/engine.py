@@ -156,7 +156,9 @@ def build_dataset(ray, entries: Sequence[Entry], predictor, model_bytes: bytes, 
     dataset = dataset.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
                                   fn_kwargs={"config": predictor.config, "tta": predictor.tta})
     dataset = dataset.map_batches(
-        OnnxScorer, batch_size=config.batch_size, batch_format="numpy",
+        # whole decode blocks (Ray Data needs an int with GPUs); the actor's Predictor splits each
+        # into ONNX Runtime calls of config.batch_size images
+        OnnxScorer, batch_size=rows, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
         fn_constructor_kwargs={"model": model_bytes, "providers": providers, "tta": str(predictor.tta),

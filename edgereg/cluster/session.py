@@ -87,13 +87,15 @@ def quiet_ray_data_console() -> None:
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[object]:
+def ray_session(address: str | None = None, *, num_cpus: int | None = None,
+                num_gpus: int | None = None) -> Iterator[object]:
     """Yield the ``ray`` module connected to a cluster for the duration of the block.
 
     Args:
         address: None starts a local Ray on this machine (stopped at the end); ``"auto"`` or
             ``"host:port"`` (or ``ray://host:10001``) joins an existing cluster.
         num_cpus: CPUs of a local start (None: all of this machine's).
+        num_gpus: GPUs of a local start (None: those Ray detects).
 
     Raises:
         MissingExtraError: Ray Data is not installed.
@@ -107,7 +109,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     if address is None:
         environment.update(local_auth_environment())
     with _environment(environment, restore=AUTH_ENV):
-        _init(ray, address, num_cpus)
+        _init(ray, address, num_cpus, num_gpus)
         try:
             quiet_ray_data_console()
             yield ray
@@ -115,7 +117,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             ray.shutdown()
 
 
-def _init(ray, address: str | None, num_cpus: int | None) -> None:
+def _init(ray, address: str | None, num_cpus: int | None, num_gpus: int | None) -> None:
     options = dict(logging_level=logging.WARNING, log_to_driver=False)
     # Ray announces its token-auth default on every local start; the module docstring says it here
     auth_logger = logging.getLogger("ray._private.authentication")
@@ -123,7 +125,7 @@ def _init(ray, address: str | None, num_cpus: int | None) -> None:
     auth_logger.setLevel(logging.ERROR)
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **options)
         else:
             ray.init(address=address, **options)
     except Exception as exc:  # noqa: BLE001 - Ray raises many untyped errors; each becomes one line
