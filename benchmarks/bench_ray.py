@@ -3,7 +3,9 @@
 On a folder of generated small JPEGs (default 20,000 at 96x128) and a small CNN (the one
 ``bench_scoring.py`` generates: three strided 3x3 convolutions at 64x64; or ``--model``):
 
-* start-up of a local Ray (``ray.init`` with the dashboard off), reported on its own;
+* start-up of a local Ray (``ray.init`` with the dashboard off), reported on its own, then one
+  uncounted warm-up run (Ray starts its worker processes and they import edgereg, numba and
+  ONNX Runtime: part of start-up for a long run);
 * throughput after start-up of each engine: rows written after the first block / time from the
   first block to the last (so Ray's actor start and the first decodes, and the local engine's
   first batch, count as start-up); the ratio ray / local (goal >= 0.9), and the wall time of each
@@ -52,6 +54,7 @@ class Timeline:
     def __init__(self) -> None:
         self.points: list[tuple[float, int]] = []
 
+
     def __call__(self, stats) -> None:
         self.points.append((time.perf_counter(), stats.done))
 
@@ -61,8 +64,8 @@ class Timeline:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
-def run_local(folder: Path, model: Path, out: Path, batch: int) -> tuple[float, float]:
-    """(steady images/s, wall seconds) of the local engine as ``edgereg infer`` runs it."""
+def run_local(folder: Path, model: Path, out: Path, batch: int) -> tuple[float, float, float]:
+    """(steady images/s, wall seconds, seconds to the first rows) of the local engine as ``edgereg infer`` runs it."""
     started = time.perf_counter()
     predictor = Predictor(model, batch_size=batch, threads=default_inference_threads(), providers="cpu",
                           preprocess_parallel=False)
@@ -70,11 +73,12 @@ def run_local(folder: Path, model: Path, out: Path, batch: int) -> tuple[float, 
     timeline = Timeline()
     with open_rows(out, columns, overwrite=True) as rows, open_errors(out) as errors:
         score_source(FolderSource(folder), predictor, rows, errors, on_progress=timeline)
-    return timeline.steady_rate(), time.perf_counter() - started
+    return timeline.steady_rate(), time.perf_counter() - started, timeline.points[0][0] - started
 
 
-def run_ray(ray, folder: Path, model: Path, out: Path, batch: int) -> tuple[float, float, str]:
-    """(steady images/s, wall seconds, plan) of ``--engine ray`` (parts, merge) on the running Ray."""
+def run_ray(ray, folder: Path, model: Path, out: Path, batch: int) -> tuple[float, float, float, str]:
+    """(steady images/s, wall seconds, seconds to the first rows, plan) of ``--engine ray`` (parts,
+    merge) on the running Ray."""
     started = time.perf_counter()
     predictor = Predictor(model, batch_size=batch, providers="cpu")
     columns = prediction_columns(predictor.names, with_spread=False)
@@ -88,7 +92,7 @@ def run_ray(ray, folder: Path, model: Path, out: Path, batch: int) -> tuple[floa
     assert stats.failed == 0, "generated images must all decode"
     store.merge(out, columns=columns, position_of={k: i for i, k in enumerate(source.planned_keys())})
     store.remove()
-    return timeline.steady_rate(), time.perf_counter() - started, plan.describe()
+    return timeline.steady_rate(), time.perf_counter() - started, timeline.points[0][0] - started, plan.describe()
 
 
 def compare(local: Path, ray_out: Path) -> float:
@@ -150,14 +154,18 @@ def main() -> None:
         with ray_session() as ray:
             startup = time.perf_counter() - start
             print(f"Ray start-up (ray.init, dashboard off): {startup:.1f} s")
+            warm = time.perf_counter()
+            warm_rate, _, warm_first, _ = run_ray(ray, folder, model, tmp / "ray.csv", args.batch)
+            print(f"warm-up run (Ray starts and imports its worker processes; not counted): {time.perf_counter() - warm:.1f} s, "
+                  f"first rows after {warm_first:.1f} s, then {warm_rate:.1f} images/s")
             ratios = []
             for round_ in range(args.rounds):
-                local_rate, local_wall = run_local(folder, model, tmp / "local.csv", args.batch)
-                ray_rate, ray_wall, plan = run_ray(ray, folder, model, tmp / "ray.csv", args.batch)
+                local_rate, local_wall, local_first = run_local(folder, model, tmp / "local.csv", args.batch)
+                ray_rate, ray_wall, ray_first, plan = run_ray(ray, folder, model, tmp / "ray.csv", args.batch)
                 ratios.append(ray_rate / local_rate)
-                print(f"round {round_ + 1}: local {local_rate:7.1f} images/s (run {local_wall:5.1f} s) | "
-                      f"ray {ray_rate:7.1f} images/s (run {ray_wall:5.1f} s; {plan}) | "
-                      f"ray / local {ray_rate / local_rate:.2f}", flush=True)
+                print(f"round {round_ + 1}: local {local_rate:7.1f} images/s (run {local_wall:5.1f} s, first rows "
+                      f"after {local_first:.2f} s) | ray {ray_rate:7.1f} images/s (run {ray_wall:5.1f} s, first rows "
+                      f"after {ray_first:.2f} s; {plan}) | ray / local {ray_rate / local_rate:.2f}", flush=True)
             difference = compare(tmp / "local.csv", tmp / "ray.csv")
         print(f"throughput after start-up, ray / local: {float(np.median(ratios)):.2f} (median of "
               f"{', '.join(f'{r:.2f}' for r in ratios)}; goal >= 0.9)")

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -156,6 +156,29 @@ class RowWriter(ABC):
             raise ValueError(f"row keys {tuple(row)} differ from the columns {self.columns}")
         self._sink.write_line(self.encode(row))
         self.rows_written += 1
+
+    def write_many(self, rows: Iterable[dict[str, Any]], *, chunk_bytes: int = 1 << 20) -> None:
+        """Write many rows, about ``chunk_bytes`` per write call (for rebuilding a whole file; a
+        kill can then leave a partial last line, which :func:`cut_partial_line` removes).
+
+        Raises:
+            ValueError: a row's keys are not the columns.
+        """
+        chunk: list[bytes] = []
+        size = 0
+        for row in rows:
+            if tuple(row) != self.columns:
+                raise ValueError(f"row keys {tuple(row)} differ from the columns {self.columns}")
+            line = self.encode(row)
+            chunk.append(line)
+            size += len(line)
+            if size >= chunk_bytes:
+                self._sink.write_line(b"".join(chunk))
+                self.rows_written += len(chunk)
+                chunk, size = [], 0
+        if chunk:
+            self._sink.write_line(b"".join(chunk))
+            self.rows_written += len(chunk)
 
     def close(self) -> None:
         self._sink.close()

@@ -38,8 +38,8 @@ from edgereg.scoring import ScoreStats, Shard, make_row
 from edgereg.sources import BatchSource, Entry, VideoSource
 from edgereg.writers import RowWriter
 
-BLOCK_BYTES = 16 << 20  # target size of one decode task's output (model input, float32)
-MAX_BLOCK_ROWS = 256  # inputs per decode task at most (small blocks pipeline sooner)
+BLOCK_BYTES = 64 << 20  # target size of one decode task's output (model input, float32)
+MAX_BLOCK_ROWS = 1024  # inputs per decode task at most (small blocks pipeline sooner)
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,7 @@ def build_dataset(ray, entries: Sequence[Entry], predictor, model_bytes: bytes, 
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
+    context.op_resource_reservation_enabled = False
     return dataset
 
 

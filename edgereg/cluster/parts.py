@@ -31,7 +31,7 @@ state, from which ``--resume`` merges again, or the finished output.
 
 from __future__ import annotations
 
-import functools
+import heapq
 import json
 import os
 import shutil
@@ -39,8 +39,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from edgereg.errors import EdgeregError
 from edgereg.writers import (
@@ -198,9 +196,10 @@ class PartStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _records(self, part: Part) -> list[dict[str, Any]]:
+    def _records(self, part: Part) -> Iterator[dict[str, Any]]:
         with open(self.root / part.name, "rb") as handle:
-            return [json.loads(line) for line in handle]
+            for line in handle:
+                yield json.loads(line.decode("ascii"))  # records are ASCII (escaped) JSON
 
     def done_keys(self) -> set[str]:
         """The keys of every committed row (what a resume skips)."""
@@ -216,44 +215,73 @@ class PartStore:
               position_of: Mapping[str, int] | None = None) -> tuple[int, int]:
         """Write the output and its errors file from the committed parts (idempotent).
 
+        Rows are ordered by their keys' current positions: each generation was committed in input
+        order, so a streaming merge of the generations gives the whole order without holding the
+        rows in memory; should a generation not follow today's positions (a list file reordered
+        between runs), the rows are sorted in memory instead (stable; keys no longer listed first).
+
         Args:
             out: the final output file.
             columns: the output columns.
             fmt: "csv" or "jsonl" (None: from ``out``'s name).
-            position_of: ``{key: position}`` in the current listing, to order the rows; None keeps
-                commit order (``--unordered``).
+            position_of: ``{key: position}`` in the current listing; None keeps commit order
+                (``--unordered``).
 
         Returns:
             (rows written, errors written).
         """
         out = Path(out)
         fmt = fmt or output_format(out)
-        rows = _order(self._locate(lambda record, part: "row" in record, "row"), position_of)
-        errors = _order(self._locate(lambda record, part: "error" in record and part.generation == self.generation,
-                                     "error"), position_of)
-        load = functools.lru_cache(maxsize=16)(lambda index: self._records(self.parts[index]))
-
         temporary = out.with_name(out.name + MERGING_SUFFIX)
-        with open_rows(temporary, columns, fmt=fmt, overwrite=True, fsync_every=NEVER) as writer:
-            for part_index, line in rows:
-                row = load(part_index)[line]["row"]
-                writer.write({column: row[column] for column in columns})
+        errors: list[dict[str, Any]] = []  # the latest generation's, collected while the rows stream
+        try:
+            written = self._write_rows(temporary, columns, fmt, self._rows_in_order(position_of, errors))
+        except _Unordered:
+            errors.clear()
+            everything = [(_position(row, position_of), row) for row in self._rows(self.parts, errors)]
+            everything.sort(key=lambda item: item[0])  # stable: ties keep commit order
+            written = self._write_rows(temporary, columns, fmt, (row for _, row in everything))
+        if position_of is not None:
+            errors.sort(key=lambda error: _position(error, position_of))
         errors_out = errors_path_for(out)
         errors_temporary = errors_out.with_name(errors_out.name + MERGING_SUFFIX)
         with CsvRowWriter(errors_temporary, ERROR_COLUMNS, fsync_every=NEVER) as writer:
-            for part_index, line in errors:
-                writer.write(load(part_index)[line]["error"])
+            writer.write_many(errors)
         os.replace(temporary, out)
         os.replace(errors_temporary, errors_out)
         _fsync_dir(out.parent)
-        return len(rows), len(errors)
+        return written, len(errors)
 
-    def _locate(self, wanted: Callable[[dict, Part], bool], kind: str) -> Iterator[tuple[str, int, int]]:
-        """``(key, part index, line)`` of every wanted record, in commit order."""
-        for part_index, part in enumerate(self.parts):
-            for line, record in enumerate(self._records(part)):
-                if wanted(record, part):
-                    yield record[kind]["path"], part_index, line
+    @staticmethod
+    def _write_rows(path: Path, columns: Sequence[str], fmt: str, rows: Iterable[dict[str, Any]]) -> int:
+        with open_rows(path, columns, fmt=fmt, overwrite=True, fsync_every=NEVER) as writer:
+            writer.write_many({column: row[column] for column in columns} for row in rows)
+            return writer.rows_written
+
+    def _rows(self, parts: Sequence[Part], errors: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The rows of ``parts`` in commit order; their errors of this generation go to ``errors``."""
+        for part in parts:
+            for record in self._records(part):
+                if "row" in record:
+                    yield record["row"]
+                elif part.generation == self.generation:
+                    errors.append(record["error"])
+
+    def _rows_in_order(self, position_of: Mapping[str, int] | None,
+                       errors: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """All rows by position (merging the generations), or in commit order without positions.
+
+        Raises:
+            _Unordered: a generation's rows are not in position order.
+        """
+        if position_of is None:
+            yield from self._rows(self.parts, errors)
+            return
+        generations = sorted({part.generation for part in self.parts})
+        streams = [_checked(self._rows([p for p in self.parts if p.generation == g], errors), position_of)
+                   for g in generations]
+        for _, row in heapq.merge(*streams, key=lambda item: item[0]):  # stable across streams
+            yield row
 
     @property
     def committed_now(self) -> int:
@@ -270,14 +298,24 @@ class PartStore:
         _remove_state(self.root)
 
 
-def _order(located: Iterable[tuple[str, int, int]], position_of: Mapping[str, int] | None) -> list[tuple[int, int]]:
-    """``(part index, line)`` pairs sorted by the key's position (stable; unknown keys first)."""
-    located = list(located)
-    if position_of is None or not located:
-        return [(part, line) for _, part, line in located]
-    positions = np.array([position_of.get(key, -1) for key, _, _ in located], dtype=np.int64)
-    order = np.argsort(positions, kind="stable")
-    return [located[i][1:] for i in order]
+class _Unordered(Exception):
+    """A generation's rows are not in the current listing's order."""
+
+
+def _position(payload: Mapping[str, Any], position_of: Mapping[str, int]) -> int:
+    """The current position of a row's or error's key; -1 for a key no longer listed."""
+    return position_of.get(payload["path"], -1)
+
+
+def _checked(rows: Iterable[dict[str, Any]], position_of: Mapping[str, int]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(position, row)``, raising _Unordered at a position smaller than the one before."""
+    last = -1
+    for row in rows:
+        position = _position(row, position_of)
+        if position < last:
+            raise _Unordered
+        last = position
+        yield position, row
 
 
 def _read_rows(out: Path, fmt: str) -> Iterator[dict[str, Any]]:

@@ -120,3 +120,21 @@ def test_a_damaged_manifest_is_reported_with_the_fix(tmp_path):
     (state_dir_for(out) / "g0001-000001.jsonl").unlink()
     with pytest.raises(EdgeregError, match="missing .*--overwrite"):
         PartStore.open(out, IDENTITY, columns=COLUMNS, resume=True)
+
+
+def test_merge_interleaves_generations_and_survives_a_reordered_listing(tmp_path):
+    out = tmp_path / "preds.csv"
+    store = PartStore.open(out, IDENTITY, columns=COLUMNS)
+    store.commit([row_record(row(k, 1.0)) for k in ("a", "c")], errors=0)
+    store.commit([row_record(row(k, 1.0)) for k in ("e", "g")], errors=0)
+    resumed = PartStore.open(out, IDENTITY, columns=COLUMNS, resume=True)
+    resumed.commit([row_record(row(k, 2.0)) for k in ("b", "f")] + [error_record("d", "truncated image")], errors=1)
+    listing = {k: i for i, k in enumerate("abcdefg")}
+    assert resumed.merge(out, columns=COLUMNS, position_of=listing) == (6, 1)
+    assert [r["path"] for r in read_csv(out)] == list("abcefg")  # generations merged by position
+    reordered = {k: i for i, k in enumerate("gfedcba")}  # the list file was reversed between runs
+    resumed.merge(out, columns=COLUMNS, position_of=reordered)
+    assert [r["path"] for r in read_csv(out)] == list("gfecba")
+    gone = {k: i for i, k in enumerate("bcdefg")}  # 'a' is no longer listed: it keeps its place, first
+    resumed.merge(out, columns=COLUMNS, position_of=gone)
+    assert [r["path"] for r in read_csv(out)] == list("abcefg")
