@@ -23,6 +23,9 @@ from edgereg.card import ModelCard  # noqa: E402
 
 
 def main() -> None:
+    from edgereg.platform_info import runtime_line
+
+    print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         card = ModelCard(kind="scalar", targets=("concentration",), input_size=(64, 64), crop="circle",

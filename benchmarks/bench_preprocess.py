@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="batch 32, 2 repeats")
     args = parser.parse_args()
+    from edgereg.platform_info import runtime_line
+
+    print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     batch, repeats = (32, 2) if args.quick else (args.batch, args.repeats)
     goals = {"vs_copyto": ">= 0.8", "vs_numpy_reference": ">= 20", "vs_opencv": ">= 10",
              "d4_vs_8x_one_view": "<= 1.0"}

@@ -117,7 +117,8 @@ def stage_rates(paths: list[Path], model: Path, batch: int) -> tuple[float, floa
     start = time.perf_counter()
     decoded = [decode_batch(block, config=predictor.config, tta=predictor.tta) for block in blocks]
     decode_rate = len(entries) / (time.perf_counter() - start)
-    scorer = OnnxScorer(model.read_bytes(), providers="cpu", tta="none", batch_size=batch, threads=1)
+    scorer = OnnxScorer(model.read_bytes(), card=predictor.card.to_json(), providers="cpu", tta="none",
+                        batch_size=batch, threads=1)
     batches = [{k: v[i:i + batch] for k, v in block.items()} for block in decoded for i in range(0, len(block["index"]), batch)]
     scorer(batches[0])  # warm-up: ORT arenas
     start = time.perf_counter()

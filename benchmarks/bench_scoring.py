@@ -143,6 +143,9 @@ def main() -> None:
     parser.add_argument("--naive-n", type=int, default=500, help="images timed in the naive loop")
     parser.add_argument("--quick", action="store_true", help="200 small images: a smoke run")
     args = parser.parse_args()
+    from edgereg.platform_info import runtime_line
+
+    print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     n, (height, width) = args.n, (int(v) for v in args.frame.lower().split("x"))
     if args.quick:
         n, height, width, args.rounds = 200, 240, 320, 1

@@ -24,6 +24,7 @@ FORMAT_VERSION = 1
 KINDS = ("scalar", "vector", "distribution", "coords", "angle")
 CROPS = ("none", "center", "circle")
 CHANNELS = ("rgb", "gray")
+CARD_FILE_LIMIT = 16 << 20  # bytes: a card is a few KB; provenance may add some
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,13 @@ def _as_tuple(value: Any, name: str) -> tuple:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite int or float (not a bool); an int too large for a float is not a number here."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond float range (JSON allows 1e400 written out)
+        return False
 
 
 def _validate(card: ModelCard) -> None:
@@ -189,6 +196,28 @@ def card_from_metadata(metadata: dict[str, str], *, source: str) -> ModelCard:
             "export the model with `edgereg export`, or pass --card CARD.json"
         )
     return ModelCard.from_json(metadata[CARD_KEY], source=source)
+
+
+def read_card_file(path: str | Path) -> ModelCard:
+    """Read and validate a card saved as JSON (``--card CARD.json``), e.g. from ``edgereg info --json``.
+
+    Raises:
+        CardError: the file is missing, unreadable, not JSON, or not a valid card.
+    """
+    from edgereg.errors import DecodeError
+    from edgereg.preprocess.decode import read_file_bytes
+
+    path = Path(path)
+    if not path.exists():
+        raise CardError(f"card file not found: '{path}'; write one with `edgereg info MODEL --json > {path}`")
+    try:  # regular files only (a FIFO would block), and nothing the size of a disk image
+        text = read_file_bytes(path, max_bytes=CARD_FILE_LIMIT).decode("utf-8")
+    except DecodeError as exc:
+        raise CardError(f"cannot read card file: {str(exc).replace('an image', 'a card')}") from None
+    except UnicodeDecodeError as exc:
+        raise CardError(f"cannot read card file '{path}' (not UTF-8 text at byte {exc.start}); expected a "
+                        "UTF-8 JSON file") from None
+    return ModelCard.from_json(text, source=str(path))
 
 
 def read_card(model_path: str | Path) -> ModelCard:

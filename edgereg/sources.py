@@ -13,6 +13,11 @@ is the ``path`` column of the output, which ``--resume`` matches on.
   the file's order; blank lines and lines starting with ``#`` are skipped; relative paths are
   resolved against the list file's folder, and the key is the line as written.
 * A video scores every frame; the key of frame N (0-based) is ``video.mp4#frame=N``.
+* Nothing with an image extension vanishes: a FIFO, socket or device file is listed like any file
+  and refused by the reader without blocking (``not a regular file (fifo)``, see
+  ``edgereg.preprocess.decode``), and a directory named like an image (``x.png/``) is listed too
+  (``is a directory, not an image``) unless ``--recursive`` descends into it. A video or list
+  file that is not a regular file is refused before it is opened.
 
 :class:`CameraSource` is the live source: a device index, a video file or a stream URL, opened
 with ``cv2.VideoCapture`` and re-opened after a drop-out (see ``edgereg.live``).
@@ -32,6 +37,7 @@ import cv2
 import numpy as np
 
 from edgereg.errors import CameraError, DecodeError, EdgeregError
+from edgereg.preprocess.decode import file_kind
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
@@ -149,7 +155,8 @@ class FolderSource(_FileListSource):
 
         for folder, subfolders, files in os.walk(root, onerror=on_error):
             base = Path(folder).relative_to(root)
-            if not recursive:
+            if not recursive:  # a folder named like an image is listed (and refused), not dropped
+                found.extend((base / name, None) for name in subfolders if is_image_file(Path(name)))
                 subfolders.clear()
             for name in files:
                 if is_image_file(Path(name)):
@@ -170,7 +177,8 @@ class GlobSource(_FileListSource):
 
     def __init__(self, pattern: str) -> None:
         matches = [Path(p) for p in glob.glob(pattern, recursive=True)]
-        files = [p for p in matches if p.is_file() and is_image_file(p)]
+        # anything named like an image, regular file or not: the reader refuses FIFOs and folders
+        files = [p for p in matches if is_image_file(p)]
         self.ignored = len(matches) - len(files)
         files.sort(key=path_key)
         if not files:
@@ -273,6 +281,9 @@ def open_source(spec: str, *, recursive: bool = False) -> BatchSource:
         return FolderSource(path, recursive=recursive)
     if path.exists():
         suffix = path.suffix.lower()
+        kind = file_kind(path.stat().st_mode)
+        if kind is not None and suffix in VIDEO_EXTENSIONS | LIST_EXTENSIONS:
+            raise EdgeregError(f"'{path}' is not a regular file ({kind}); give a video or list file")
         if suffix in VIDEO_EXTENSIONS:
             return VideoSource(path)
         if suffix in LIST_EXTENSIONS:

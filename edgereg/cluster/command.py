@@ -8,7 +8,6 @@ with the local engine's summary, progress line and exit codes (0 all scored, 3 s
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -16,34 +15,41 @@ from pathlib import Path
 
 def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
     from edgereg.cli.infer import _batch_summary, _Progress, _stdout_closed
+    from edgereg.cli.options import card_from_option
     from edgereg.cluster.engine import PartSink, RayRunConfig, StreamSink, score_on_ray, select_inputs
     from edgereg.cluster.parts import PartStore
     from edgereg.cluster.plan import GPU_PROVIDERS, ClusterResources, plan_resources
     from edgereg.cluster.session import import_ray, ray_session
     from edgereg.predictor import Predictor
     from edgereg.sources import VideoSource
-    from edgereg.writers import open_rows, prediction_columns
+    from edgereg.writers import OutputIdentity, check_resume_identity, open_rows, prediction_columns, write_identity
 
     import_ray()  # the missing extra is the first thing to say
     if isinstance(source, VideoSource):
         select_inputs(source)  # raises the one-line refusal
     # The driver's session only reads the card and checks the model and --tta; the actors run it.
-    predictor = Predictor(args.model, providers="cpu", tta=args.tta, batch_size=args.batch)
+    predictor = Predictor(args.model, providers="cpu", tta=args.tta, batch_size=args.batch,
+                          card=card_from_option(args))
     columns = prediction_columns(predictor.names, with_spread=predictor.tta.n > 1)
     model_bytes = Path(args.model).read_bytes()
-    identity = {"model_sha256": hashlib.sha256(model_bytes).hexdigest(), "columns": list(columns), "format": fmt,
-                "tta": str(predictor.tta), "shard": f"{shard.index}/{shard.count}" if shard else None,
-                "ordered": not args.unordered}
+    identity = OutputIdentity.for_model(args.model, tta=str(predictor.tta), columns=columns,
+                                        card_json=predictor.card.to_json())
     store = None
     if out is not None:
-        store = PartStore.open(out, identity, columns=columns, fmt=fmt, resume=args.resume, overwrite=args.overwrite)
+        if args.resume:
+            check_resume_identity(out, identity)  # the finished output, as the local engine checks it
+        # what the unfinished run's parts must match: the identity, and how the rows are chosen and laid out
+        run = {"model_sha256": identity.model_sha256, "card_sha256": identity.card_sha256, "tta": identity.tta,
+               "columns": list(columns), "format": fmt, "shard": f"{shard.index}/{shard.count}" if shard else None,
+               "ordered": not args.unordered}
+        store = PartStore.open(out, run, columns=columns, fmt=fmt, resume=args.resume, overwrite=args.overwrite)
     rows = open_rows(None, columns, fmt=fmt, resume=args.resume) if out is None else None
     done = store.done_keys() if store else set()
     entries = select_inputs(source, skip=done, shard=shard)
     sink = (PartSink(store, commit_rows=args.commit_rows or RayRunConfig.commit_rows,
                      commit_seconds=RayRunConfig.commit_seconds) if store else StreamSink(rows))
     config = RayRunConfig(batch_size=args.batch, ordered=not args.unordered,
-                          commit_rows=args.commit_rows or RayRunConfig.commit_rows)
+                          commit_rows=args.commit_rows or RayRunConfig.commit_rows, max_pixels=args.max_pixels)
 
     def on_error(key: str, reason: str) -> None:
         if out is None:
@@ -61,6 +67,8 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
             note = f" ({plan.note})" if plan.note else ""
             print(f"edgereg: Ray {where}: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs; {plan.describe()}; "
                   f"ready in {time.perf_counter() - started:.1f} s{note}", file=sys.stderr)
+            if out is not None:
+                write_identity(out, identity)  # before the first part, as the local engine before its first row
             stats, used = score_on_ray(ray, entries, predictor, model_bytes, sink, plan=plan,
                                        providers=args.providers, config=config, fail_fast=args.fail_fast,
                                        on_error=on_error, on_progress=progress.update)

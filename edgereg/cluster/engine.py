@@ -34,7 +34,8 @@ from edgereg.cluster.parts import PartStore, error_record, row_record
 from edgereg.cluster.plan import ResourcePlan
 from edgereg.cluster.stages import FLAG_SEPARATOR, OnnxScorer, decode_batch
 from edgereg.errors import EdgeregError
-from edgereg.scoring import ScoreStats, Shard, make_row
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
+from edgereg.scoring import FAILURES_KEPT, ScoreStats, Shard
 from edgereg.sources import BatchSource, Entry, VideoSource
 from edgereg.writers import RowWriter
 
@@ -51,12 +52,14 @@ class RayRunConfig:
         ordered: deliver rows in input order (Ray Data's ``preserve_order``); False: as they finish.
         commit_rows: rows per committed part (at most this much work is redone after a crash).
         commit_seconds: commit a part at least this often while rows arrive.
+        max_pixels: images whose header declares more pixels are failures (``--max-pixels``).
     """
 
     batch_size: int = 32
     ordered: bool = True
     commit_rows: int = 4096
     commit_seconds: float = 30.0
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
 
 class PartSink:
@@ -104,6 +107,23 @@ class StreamSink:
 
     def commit(self) -> None:
         pass
+
+
+def make_row(key: str, names: Sequence[str], values: np.ndarray, spread: np.ndarray | None,
+             flags: tuple[str, ...]) -> dict:
+    """One output row as the local engine lays it out: ``path``, a value per target, a spread per
+    target with TTA, ``flags``.
+
+    Args:
+        values: (T,) float64 reading in physical units.
+        spread: (T,) float64 TTA spread, or None without TTA.
+    """
+    row = {"path": key}
+    row.update(zip(names, map(float, values)))
+    if spread is not None:
+        row.update((f"{name}_spread", float(s)) for name, s in zip(names, spread))
+    row["flags"] = tuple(flags)
+    return row
 
 
 def select_inputs(source: BatchSource, *, skip: Collection[str] = frozenset(), shard: Shard | None = None) -> list[Entry]:
@@ -154,15 +174,17 @@ def build_dataset(ray, entries: Sequence[Entry], predictor, model_bytes: bytes, 
                       config.commit_rows)
     dataset = ray.data.from_arrow(input_blocks(entries, rows))
     dataset = dataset.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
-                                  fn_kwargs={"config": predictor.config, "tta": predictor.tta})
+                                  fn_kwargs={"config": predictor.config, "tta": predictor.tta,
+                                             "max_pixels": config.max_pixels})
     dataset = dataset.map_batches(
         # whole decode blocks (Ray Data needs an int with GPUs); the actor's Predictor splits each
         # into ONNX Runtime calls of config.batch_size images
         OnnxScorer, batch_size=rows, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
-        fn_constructor_kwargs={"model": model_bytes, "providers": providers, "tta": str(predictor.tta),
-                               "batch_size": config.batch_size, "threads": plan.threads})
+        fn_constructor_kwargs={"model": model_bytes, "card": predictor.card.to_json(), "providers": providers,
+                               "tta": str(predictor.tta), "batch_size": config.batch_size,
+                               "threads": plan.threads})
     context = dataset.context  # this dataset's own copy of Ray Data's settings
     context.execution_options.preserve_order = config.ordered
     context.enable_progress_bars = False
@@ -222,6 +244,8 @@ def score_on_ray(ray, entries: Sequence[Entry], predictor, model_bytes: bytes, s
                 if reason:
                     sink.error(key, reason)
                     stats.failed += 1
+                    if len(stats.first_failures) < FAILURES_KEPT:
+                        stats.first_failures.append((key, reason))
                     if on_error:
                         on_error(key, reason)
                     if fail_fast:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgereg.preprocess import CropBox, PreprocessConfig, preprocess_batch
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.scoring import load_entry, reading_flags, target_spans
 from edgereg.sources import Entry
 from edgereg.tta import TTASpec
@@ -40,13 +41,15 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, config: PreprocessConfig, tta: TTASpec) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], *, config: PreprocessConfig, tta: TTASpec,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """Read, decode, crop/resize and preprocess (numba, serial kernel) one block of inputs.
 
     Args:
         batch: input rows (see the module docstring), B of them.
         config: the model's preprocessing.
         tta: the run's TTA views (V = ``tta.n``).
+        max_pixels: images declaring more pixels are failures (``--max-pixels``).
 
     Returns:
         ``index``, ``tensor`` (B, V, C, H, W) float32, ``box`` (B, 4) float64, ``error`` (B,) str.
@@ -64,7 +67,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: PreprocessConfig, tta:
         path = bytes(batch["path"][i])
         entry = Entry(int(batch["index"][i]), _text(batch["key"][i]),
                       path=Path(os.fsdecode(path)) if path else None, error=str(batch["error"][i]) or None)
-        loaded = load_entry(entry, config)
+        loaded = load_entry(entry, config, max_pixels)
         if isinstance(loaded, str):
             errors[i] = loaded
             continue
@@ -83,20 +86,23 @@ class OnnxScorer:
 
     Args:
         model: the .onnx file's bytes (so the workers need no copy of the driver's file).
+        card: the model card's JSON in use (the embedded one, or ``--card``'s).
         providers: ``--providers`` (resolved against this worker's onnxruntime build).
         tta: the TTA spec string.
         batch_size: images per ONNX Runtime call.
         threads: intra-op threads (= the CPUs the actor requested).
     """
 
-    def __init__(self, model: bytes, *, providers: str, tta: str, batch_size: int, threads: int) -> None:
+    def __init__(self, model: bytes, *, card: str, providers: str, tta: str, batch_size: int, threads: int) -> None:
+        from edgereg.card import ModelCard
         from edgereg.predictor import Predictor
 
         handle, path = tempfile.mkstemp(suffix=".onnx", prefix="edgereg-")
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(model)
-            self.predictor = Predictor(path, providers=providers, tta=tta, batch_size=batch_size, threads=threads)
+            self.predictor = Predictor(path, providers=providers, tta=tta, batch_size=batch_size, threads=threads,
+                                       card=ModelCard.from_json(card))
         finally:
             os.unlink(path)  # the session holds the model in memory
         self.provider = self.predictor.providers[0]

@@ -44,7 +44,8 @@ def test_decode_then_actor_reads_what_the_predictor_reads_with_tta_and_coords(mo
     assert "empty file" in decoded["error"][2] and "file not found" in decoded["error"][3]
 
     temporary = set(Path(tempfile.gettempdir()).glob("edgereg-*.onnx"))
-    scorer = OnnxScorer(model.read_bytes(), providers="cpu", tta="d4", batch_size=2, threads=1)
+    scorer = OnnxScorer(model.read_bytes(), card=predictor.card.to_json(), providers="cpu", tta="d4", batch_size=2,
+                        threads=1)
     assert set(Path(tempfile.gettempdir()).glob("edgereg-*.onnx")) == temporary  # the model copy is gone
     scored = scorer(decoded)
     good = [0, 1, 4, 5, 6]

@@ -202,7 +202,8 @@ def test_python_embed_loop_reads_a_video_like_the_predictor(model_factory, tmp_p
     readings = [json.loads(line) for line in result.stdout.splitlines()]
     expected = Predictor(model).predict(frames).values[:, 0]
     assert [r["frame"] for r in readings] == [0, 1, 2]
-    np.testing.assert_allclose([r["conc"] for r in readings], expected, rtol=1e-6)
+    # one frame per call there, three per call here: float sums in another order (see test_scoring)
+    np.testing.assert_allclose([r["conc"] for r in readings], expected, rtol=1e-5, atol=1e-5)
     missing = subprocess.run([sys.executable, str(script), str(model), "--source", str(tmp_path / "none.avi")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "cannot open video source" in missing.stderr
