@@ -4,20 +4,23 @@ On a folder of generated small JPEGs (default 20,000 at 96x128) and a small CNN 
 ``bench_scoring.py`` generates: three strided 3x3 convolutions at 64x64; or ``--model``):
 
 * start-up of a local Ray (``ray.init`` with the dashboard off), reported on its own, then one
-  uncounted warm-up run (Ray starts its worker processes and they import edgereg, numba and
-  ONNX Runtime: part of start-up for a long run);
-* throughput after start-up of each engine: rows written after the first block / time from the
-  first block to the last (so Ray's actor start and the first decodes, and the local engine's
-  first batch, count as start-up); the ratio ray / local (goal >= 0.9), and the wall time of each
-  whole run;
-* the two outputs compared row by row: same paths in the same order, values within 1e-6;
+  uncounted warm-up run (Ray starts its worker processes, which import edgereg, numba and ONNX
+  Runtime);
+* throughput after start-up of each engine, as the slope of run time against the number of
+  images: every round scores the first ``--small`` images (default 1,024, one Ray block) and then
+  all N, and ``(N - small) / (T(N) - T(small))`` is the rate at which a longer run goes, whatever
+  its fixed start-up (Ray's actor start, the local engine's first batch) and end (the merge); the
+  intercept is that fixed cost. Runs are timed as ``edgereg infer`` runs them, rows written to a
+  CSV (and for Ray, committed parts and the merge). The ratio ray / local of the slopes, from the
+  median times over the rounds (goal >= 0.9), and per round;
+* the two full outputs compared row by row: same paths in the same order, values within 1e-6;
 * per-stage rates for sizing a cluster (docs/scoring-a-million-images.md): images/s of one decode
   task (read + decode + crop/resize + preprocessing, one thread) and of one ONNX Runtime actor
   (one thread), for these JPEGs and for 480x640 photos.
 
-Both engines run in this process, one after the other, in alternating rounds (``--rounds``); the
-median of the per-round ratios is reported, so that load from other processes hits both alike.
-Run: ``python benchmarks/bench_ray.py`` (``--quick`` for a smoke run). Needs the cluster extra.
+The engines alternate within each round and the median of the per-round ratios is reported, so
+that load from other processes hits both alike. Run: ``python benchmarks/bench_ray.py``
+(``--quick`` for a smoke run). Needs the cluster extra.
 """
 
 from __future__ import annotations
@@ -48,51 +51,39 @@ from edgereg.sources import FolderSource  # noqa: E402
 from edgereg.writers import open_errors, open_rows, prediction_columns  # noqa: E402
 
 
-class Timeline:
-    """Progress callback that records (time, rows done) after each block or batch."""
-
-    def __init__(self) -> None:
-        self.points: list[tuple[float, int]] = []
-
-
-    def __call__(self, stats) -> None:
-        self.points.append((time.perf_counter(), stats.done))
-
-    def steady_rate(self) -> float:
-        """Rows after the first block / seconds from the first block to the last."""
-        (t0, n0), (t1, n1) = self.points[0], self.points[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
-
-
-def run_local(folder: Path, model: Path, out: Path, batch: int) -> tuple[float, float, float]:
-    """(steady images/s, wall seconds, seconds to the first rows) of the local engine as ``edgereg infer`` runs it."""
+def run_local(folder: Path, model: Path, out: Path, batch: int) -> float:
+    """Seconds of a local-engine run as ``edgereg infer`` does it (model load included)."""
     started = time.perf_counter()
     predictor = Predictor(model, batch_size=batch, threads=default_inference_threads(), providers="cpu",
                           preprocess_parallel=False)
     columns = prediction_columns(predictor.names, with_spread=False)
-    timeline = Timeline()
     with open_rows(out, columns, overwrite=True) as rows, open_errors(out) as errors:
-        score_source(FolderSource(folder), predictor, rows, errors, on_progress=timeline)
-    return timeline.steady_rate(), time.perf_counter() - started, timeline.points[0][0] - started
+        stats = score_source(FolderSource(folder), predictor, rows, errors)
+    assert stats.failed == 0, "generated images must all decode"
+    return time.perf_counter() - started
 
 
-def run_ray(ray, folder: Path, model: Path, out: Path, batch: int) -> tuple[float, float, float, str]:
-    """(steady images/s, wall seconds, seconds to the first rows, plan) of ``--engine ray`` (parts,
-    merge) on the running Ray."""
+def run_ray(ray, folder: Path, model: Path, out: Path, batch: int) -> tuple[float, str]:
+    """(seconds, plan) of an ``--engine ray`` run on the running Ray: parts, then the merge."""
     started = time.perf_counter()
     predictor = Predictor(model, batch_size=batch, providers="cpu")
     columns = prediction_columns(predictor.names, with_spread=False)
     source = FolderSource(folder)
     store = PartStore.open(out, {"bench": 1}, columns=columns, overwrite=True)
     plan = plan_resources(ClusterResources.from_ray(ray.cluster_resources()))
-    timeline = Timeline()
     sink = PartSink(store, commit_rows=RayRunConfig.commit_rows, commit_seconds=RayRunConfig.commit_seconds)
     stats, _ = score_on_ray(ray, select_inputs(source), predictor, model.read_bytes(), sink, plan=plan,
-                            config=RayRunConfig(batch_size=batch), on_progress=timeline)
+                            config=RayRunConfig(batch_size=batch))
     assert stats.failed == 0, "generated images must all decode"
     store.merge(out, columns=columns, position_of={k: i for i, k in enumerate(source.planned_keys())})
     store.remove()
-    return timeline.steady_rate(), time.perf_counter() - started, timeline.points[0][0] - started, plan.describe()
+    return time.perf_counter() - started, plan.describe()
+
+
+def slope(small: int, full: int, t_small: float, t_full: float) -> tuple[float, float]:
+    """(images/s after start-up, start-up seconds) from runs of ``small`` and ``full`` images."""
+    rate = (full - small) / (t_full - t_small) if t_full > t_small else float("inf")
+    return rate, t_full - full / rate
 
 
 def compare(local: Path, ray_out: Path) -> float:
@@ -133,7 +124,8 @@ def main() -> None:
     parser.add_argument("--frame", default="96x128", help="JPEG size HxW (default 96x128)")
     parser.add_argument("--model", default=None, help="an edgereg .onnx (default: a generated small CNN)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating local / ray rounds")
+    parser.add_argument("--small", type=int, default=1024, help="images of the short runs (default 1024)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating local / ray rounds (default 4)")
     parser.add_argument("--quick", action="store_true", help="2,000 images, one round: a smoke run")
     args = parser.parse_args()
     n, (height, width) = args.n, (int(v) for v in args.frame.lower().split("x"))
@@ -142,34 +134,42 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="edgereg-bench-ray-") as tmp:
         tmp = Path(tmp)
-        folder, photos = tmp / "imgs", tmp / "photos"
-        folder.mkdir()
-        photos.mkdir()
+        folder, small_folder, photos = tmp / "imgs", tmp / "small", tmp / "photos"
+        for made in (folder, small_folder, photos):
+            made.mkdir()
         model = Path(args.model) if args.model else build_cnn(tmp / "cnn.onnx")
         paths = make_jpegs(folder, n, height, width)
+        small = min(args.small, n // 2)
+        for path in paths[:small]:  # the same files (hard links), the start of the listing
+            os.link(path, small_folder / path.name)
         photo_paths = make_jpegs(photos, 200, 480, 640)
         print(f"{n:,} JPEGs {height}x{width}, model {model.name}, batch {args.batch}, {os.cpu_count()} cores "
               "(a shared machine: ratios are from alternating rounds of one run)", flush=True)
 
         start = time.perf_counter()
         with ray_session() as ray:
-            startup = time.perf_counter() - start
-            print(f"Ray start-up (ray.init, dashboard off): {startup:.1f} s")
-            warm = time.perf_counter()
-            warm_rate, _, warm_first, _ = run_ray(ray, folder, model, tmp / "ray.csv", args.batch)
-            print(f"warm-up run (Ray starts and imports its worker processes; not counted): {time.perf_counter() - warm:.1f} s, "
-                  f"first rows after {warm_first:.1f} s, then {warm_rate:.1f} images/s")
-            ratios = []
+            print(f"Ray start-up (ray.init, dashboard off): {time.perf_counter() - start:.1f} s")
+            warm, _ = run_ray(ray, small_folder, model, tmp / "ray.csv", args.batch)
+            print(f"warm-up run (Ray starts its worker processes and they import; not counted): {warm:.1f} s")
+            times = {"local": [], "ray": []}  # per round: (T(small), T(N))
             for round_ in range(args.rounds):
-                local_rate, local_wall, local_first = run_local(folder, model, tmp / "local.csv", args.batch)
-                ray_rate, ray_wall, ray_first, plan = run_ray(ray, folder, model, tmp / "ray.csv", args.batch)
-                ratios.append(ray_rate / local_rate)
-                print(f"round {round_ + 1}: local {local_rate:7.1f} images/s (run {local_wall:5.1f} s, first rows "
-                      f"after {local_first:.2f} s) | ray {ray_rate:7.1f} images/s (run {ray_wall:5.1f} s, first rows "
-                      f"after {ray_first:.2f} s; {plan}) | ray / local {ray_rate / local_rate:.2f}", flush=True)
+                times["local"].append([run_local(f, model, tmp / "local.csv", args.batch) for f in (small_folder, folder)])
+                times["ray"].append([run_ray(ray, f, model, tmp / "ray.csv", args.batch)[0] for f in (small_folder, folder)])
+                fits = {engine: slope(small, n, *rounds[-1]) for engine, rounds in times.items()}
+                print(f"round {round_ + 1}: " + " | ".join(
+                    f"{engine} {times[engine][-1][0]:5.1f} s / {times[engine][-1][1]:5.1f} s -> {rate:7.1f} images/s "
+                    f"+ {fixed:4.1f} s" for engine, (rate, fixed) in fits.items())
+                    + f" | ray / local {fits['ray'][0] / fits['local'][0]:.2f}", flush=True)
+            plan = plan_resources(ClusterResources.from_ray(ray.cluster_resources())).describe()
             difference = compare(tmp / "local.csv", tmp / "ray.csv")
-        print(f"throughput after start-up, ray / local: {float(np.median(ratios)):.2f} (median of "
-              f"{', '.join(f'{r:.2f}' for r in ratios)}; goal >= 0.9)")
+        medians = {engine: slope(small, n, *np.median(np.array(rounds), axis=0)) for engine, rounds in times.items()}
+        per_round = [slope(small, n, *r)[0] / slope(small, n, *l)[0] for r, l in zip(times["ray"], times["local"])]
+        print(f"runs of {small:,} and {n:,} images, {args.rounds} rounds; Ray plan: {plan}")
+        print(f"throughput after start-up (slope of the median times): local {medians['local'][0]:.1f} images/s, "
+              f"ray {medians['ray'][0]:.1f} images/s; ray / local {medians['ray'][0] / medians['local'][0]:.2f} "
+              f"(goal >= 0.9; per round {', '.join(f'{r:.2f}' for r in per_round)})")
+        print(f"fixed cost per run (intercept): local {medians['local'][1]:.1f} s, ray {medians['ray'][1]:.1f} s "
+              "(plus Ray's own start-up above)")
         print(f"outputs: {n:,} rows, same paths in the same order, max |ray - local| = {difference:.2e} (goal <= 1e-6)")
 
         for label, sample in ((f"{height}x{width} JPEGs", paths[:2000]), ("480x640 JPEGs", photo_paths)):

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
@@ -105,6 +105,14 @@ def encode_jsonl_row(row: dict[str, Any]) -> bytes:
     """One JSON object on one line (newlines in strings are escaped) as bytes."""
     clean = {key: _json_value(value) for key, value in row.items()}
     return (json.dumps(clean, ensure_ascii=False) + "\n").encode(ENCODING, ENCODING_ERRORS)
+
+
+def encode_row(row: dict[str, Any], fmt: str) -> bytes:
+    """An output row as the row writers write it: a CSV line (``flags`` joined with ``;``) or a JSON
+    line (``flags`` a list). For code that writes whole blocks of rows (``edgereg.cluster``)."""
+    if fmt == "csv":
+        return encode_csv_row([FLAG_SEPARATOR.join(v) if isinstance(v, (list, tuple)) else v for v in row.values()])
+    return encode_jsonl_row({k: list(v) if isinstance(v, tuple) else v for k, v in row.items()})
 
 
 class _LineSink:
@@ -205,29 +213,6 @@ class RowWriter(ABC):
         self._sink.write_line(self.encode(row))
         self.rows_written += 1
 
-    def write_many(self, rows: Iterable[dict[str, Any]], *, chunk_bytes: int = 1 << 20) -> None:
-        """Write many rows, about ``chunk_bytes`` per write call (for rebuilding a whole file; a
-        kill can then leave a partial last line, which :func:`cut_partial_line` removes).
-
-        Raises:
-            ValueError: a row's keys are not the columns.
-        """
-        chunk: list[bytes] = []
-        size = 0
-        for row in rows:
-            if tuple(row) != self.columns:
-                raise ValueError(f"row keys {tuple(row)} differ from the columns {self.columns}")
-            line = self.encode(row)
-            chunk.append(line)
-            size += len(line)
-            if size >= chunk_bytes:
-                self._sink.write_line(b"".join(chunk))
-                self.rows_written += len(chunk)
-                chunk, size = [], 0
-        if chunk:
-            self._sink.write_line(b"".join(chunk))
-            self.rows_written += len(chunk)
-
     def close(self) -> None:
         self._sink.close()
 
@@ -248,15 +233,14 @@ class CsvRowWriter(RowWriter):
             self._sink.write_line(encode_csv_row(self.columns))
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        values = [FLAG_SEPARATOR.join(v) if isinstance(v, (list, tuple)) else v for v in row.values()]
-        return encode_csv_row(values)
+        return encode_row(row, "csv")
 
 
 class JsonlRowWriter(RowWriter):
     """One JSON object per line; ``flags`` stays a list."""
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        return encode_jsonl_row({k: list(v) if isinstance(v, tuple) else v for k, v in row.items()})
+        return encode_row(row, "jsonl")
 
 
 def open_rows(out: str | os.PathLike | None, columns: Sequence[str], *, fmt: str | None = None,

@@ -88,7 +88,7 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
               "no CUDA; pip install 'edgereg[gpu]' on the GPU nodes", file=sys.stderr)
     if store is not None:
         position_of = None if args.unordered else _positions(source)
-        store.merge(out, columns=columns, fmt=fmt, position_of=position_of)
+        store.merge(out, columns=columns, position_of=position_of)
         store.remove()
     summary = _batch_summary(stats, out=out, done=done, shard=shard, source=source)
     if interrupted:

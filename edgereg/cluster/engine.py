@@ -30,14 +30,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.cluster.parts import PartStore, error_record, row_record
+from edgereg.cluster.parts import PartStore, error_line
 from edgereg.cluster.plan import ResourcePlan
 from edgereg.cluster.stages import FLAG_SEPARATOR, OnnxScorer, decode_batch
 from edgereg.errors import EdgeregError
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.scoring import FAILURES_KEPT, ScoreStats, Shard
 from edgereg.sources import BatchSource, Entry, VideoSource
-from edgereg.writers import RowWriter
+from edgereg.writers import RowWriter, encode_row
 
 BLOCK_BYTES = 64 << 20  # target size of one decode task's output (model input, float32)
 MAX_BLOCK_ROWS = 1024  # inputs per decode task at most (small blocks pipeline sooner)
@@ -63,31 +63,31 @@ class RayRunConfig:
 
 
 class PartSink:
-    """Collects records and commits them as parts of a :class:`PartStore`."""
+    """Encodes rows and errors as they arrive and commits them as parts of a :class:`PartStore`."""
 
     def __init__(self, store: PartStore, *, commit_rows: int, commit_seconds: float) -> None:
         self.store = store
         self.commit_rows = commit_rows
         self.commit_seconds = commit_seconds
-        self._records: list[bytes] = []
-        self._errors = 0
+        self._rows: list[tuple[str, bytes]] = []
+        self._errors: list[tuple[str, bytes]] = []
         self._last = time.monotonic()
 
     def row(self, row: dict) -> None:
-        self._records.append(row_record(row))
+        self._rows.append((row["path"], encode_row(row, self.store.fmt)))
 
     def error(self, key: str, reason: str) -> None:
-        self._records.append(error_record(key, reason))
-        self._errors += 1
+        self._errors.append((key, error_line(key, reason)))
 
     def maybe_commit(self) -> None:
-        if len(self._records) >= self.commit_rows or time.monotonic() - self._last >= self.commit_seconds:
+        if (len(self._rows) + len(self._errors) >= self.commit_rows
+                or time.monotonic() - self._last >= self.commit_seconds):
             self.commit()
 
     def commit(self) -> None:
-        if self._records:
-            self.store.commit(self._records, errors=self._errors)
-        self._records, self._errors, self._last = [], 0, time.monotonic()
+        if self._rows or self._errors:
+            self.store.commit(self._rows, self._errors)
+        self._rows, self._errors, self._last = [], [], time.monotonic()
 
 
 class StreamSink:

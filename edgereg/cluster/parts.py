@@ -3,10 +3,12 @@
 While an ``--engine ray`` run writes ``preds.csv``, its state lives in ``preds.csv.parts/``:
 
 * ``manifest.jsonl``: a header line ``{"edgereg_parts": 1, "identity": {...}}`` (what the run
-  produces: model, columns, format, TTA, shard, order), then one line per committed part:
-  ``{"part": "g0001-000003.jsonl", "generation": 1, "rows": 4096, "errors": 2}``.
-* part files: one JSON record per line, ``{"row": {...}}`` (an output row, floats exact) or
-  ``{"error": {"path": ..., "reason": ...}}``.
+  produces: model, card, columns, format, TTA, shard, order), then one line per committed part:
+  ``{"name": "g0001-000003.part", "generation": 1, "rows": 4096, "errors": 2}``.
+* part files: a first line of ASCII JSON, the index ``{"keys": [...], "ends": [...],
+  "error_keys": [...], "error_ends": [...]}`` (each row's key and the byte offset where it ends),
+  then the rows exactly as they will stand in the output (encoded once, by
+  ``edgereg.writers.encode_row``, as the local engine encodes them), then the errors file's lines.
 
 Committing a part: write ``.NAME.tmp``, fsync, rename to ``NAME``, fsync the folder, then append
 its manifest line (one write, fsync). The manifest line is the commit: a part file without one (a
@@ -19,12 +21,14 @@ inputs that failed before are tried again, as the local engine does. An existing
 a state folder (a local-engine run, or a finished run) is imported as generation 0 and its keys
 skipped likewise.
 
-The merge writes the output from the committed parts alone, through the same row writers as the
-local engine (so the bytes match), to ``preds.csv.merging``, fsyncs and renames it over
-``preds.csv``; the errors file likewise, from the latest generation (the local engine rewrites it
-on every run for the same reason: earlier failures were retried). Rows are ordered by the inputs'
-current positions (a stable sort, so rows of keys no longer listed come first, in their old
-order), or kept in commit order for ``--unordered``. Merging again gives the same bytes; the state
+The merge writes the output from the committed parts alone to ``preds.csv.merging``, fsyncs and
+renames it over ``preds.csv``; the errors file likewise, from the latest generation (the local
+engine rewrites it on every run for the same reason: earlier failures were retried). Rows are
+ordered by their keys' current positions: each generation was committed in input order, so the
+rows of one generation are copied part after part as they are, and several generations (after a
+resume) are merged row by row; should a generation not follow today's positions (a list file
+reordered between runs), a stable sort is used instead (rows of keys no longer listed first).
+With ``--unordered`` rows stay in commit order. Merging again gives the same bytes; the state
 folder is removed after the merge (manifest first), so a crash at any point leaves either the
 state, from which ``--resume`` merges again, or the finished output.
 """
@@ -35,21 +39,20 @@ import heapq
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgereg.errors import EdgeregError
 from edgereg.writers import (
-    ERROR_COLUMNS, CsvRowWriter, cut_partial_line, errors_path_for, load_done_keys, open_rows, output_format,
+    ERROR_COLUMNS, cut_partial_line, encode_csv_row, encode_row, errors_path_for, load_done_keys, output_format,
 )
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.jsonl"
 STATE_SUFFIX = ".parts"
 MERGING_SUFFIX = ".merging"
-NEVER = float("inf")  # fsync interval of the merge writers: they fsync once, on close
 
 
 def state_dir_for(out: str | os.PathLike) -> Path:
@@ -72,17 +75,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(handle)
 
 
-def _encode(record: Mapping[str, Any]) -> bytes:
-    """One part record as a JSON line (NaN/inf kept: Python's json round-trips them exactly)."""
+def _json_line(record: Mapping[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
 
 
-def row_record(row: Mapping[str, Any]) -> bytes:
-    return _encode({"row": dict(row)})
-
-
-def error_record(key: str, reason: str) -> bytes:
-    return _encode({"error": {"path": key, "reason": reason}})
+def error_line(key: str, reason: str) -> bytes:
+    """A line of the errors file (columns ``path, reason``)."""
+    return encode_csv_row([key, reason])
 
 
 @dataclass(frozen=True)
@@ -95,15 +94,40 @@ class Part:
     errors: int
 
 
+@dataclass
+class PartData:
+    """A part read back: the index and the bytes of its rows and errors."""
+
+    keys: list[str]
+    ends: list[int]  # byte offset in ``rows`` where each row ends
+    rows: bytes
+    error_keys: list[str]
+    error_ends: list[int]
+    errors: bytes
+
+    def row_slices(self) -> Iterator[bytes]:
+        start = 0
+        for end in self.ends:
+            yield self.rows[start:end]
+            start = end
+
+    def error_slices(self) -> Iterator[bytes]:
+        start = 0
+        for end in self.error_ends:
+            yield self.errors[start:end]
+            start = end
+
+
 class PartStore:
     """The state folder of one output (see the module docstring). Create with :meth:`open`."""
 
     def __init__(self, root: Path, identity: dict[str, Any], parts: list[Part], generation: int, *,
-                 created: bool) -> None:
+                 fmt: str, created: bool) -> None:
         self.root = root
         self.identity = identity
         self.parts = parts
         self.generation = generation  # the generation this invocation writes
+        self.fmt = fmt
         self.created = created  # this invocation made the folder (nothing to resume was there)
         self._sequence = 0
 
@@ -140,90 +164,108 @@ class PartStore:
             _check_identity(out, header.get("identity"), identity)
             _remove_orphans(root, parts)
             generation = 1 + max((p.generation for p in parts), default=0)
-            return cls(root, identity, parts, generation, created=False)
+            return cls(root, identity, parts, generation, fmt=fmt, created=False)
         _remove_state(root)  # a folder without a manifest: half made or half removed
         existing = out.exists() and out.stat().st_size > 0
         if existing and not (resume or overwrite):
             raise EdgeregError(f"'{out}' already exists; pass --resume to continue it, --overwrite to replace it, "
                                "or choose another --out")
         root.mkdir(parents=True)
-        store = cls(root, identity, [], 1, created=True)
+        store = cls(root, identity, [], 1, fmt=fmt, created=True)
         if existing and resume:
-            store._import(out, columns, fmt)
-        store._write_header()
+            store._import(out, columns)
+        store._write_manifest()
         return store
 
-    def _write_header(self) -> None:
-        manifest = self.root / MANIFEST
+    def _write_manifest(self) -> None:
         temporary = self.root / f".{MANIFEST}.tmp"
         with open(temporary, "wb") as handle:
-            handle.write(_encode({"edgereg_parts": FORMAT_VERSION, "identity": self.identity}))
+            handle.write(_json_line({"edgereg_parts": FORMAT_VERSION, "identity": self.identity}))
             for part in self.parts:
-                handle.write(_encode(part.__dict__))
+                handle.write(_json_line(asdict(part)))
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, manifest)
+        os.replace(temporary, self.root / MANIFEST)
         _fsync_dir(self.root)
 
-    def _import(self, out: Path, columns: Sequence[str], fmt: str) -> None:
-        """Copy an existing output's rows into generation 0 (before the manifest exists)."""
-        load_done_keys(out, columns, fmt=fmt)  # validates the columns, cuts a partial last line
-        records = [row_record(row) for row in _read_rows(out, fmt)]
-        self.parts.append(self._write_part("g0000-000000.jsonl", records, generation=0, errors=0))
+    def _import(self, out: Path, columns: Sequence[str]) -> None:
+        """Copy an existing output's rows into generation 0 (before the manifest exists).
+
+        Rows are re-encoded from the values as written (CSV: strings), which gives their bytes back.
+        """
+        load_done_keys(out, columns, fmt=self.fmt)  # validates the columns, cuts a partial last line
+        rows = [(row["path"], encode_row(row, self.fmt)) for row in _read_rows(out, self.fmt)]
+        self.parts.append(self._write_part("g0000-000000.part", rows, [], generation=0))
 
     # ------------------------------------------------------------------ writing
 
-    def commit(self, records: Sequence[bytes], *, errors: int) -> Part:
-        """Commit one part of this generation: ``records`` from :func:`row_record` / :func:`error_record`."""
+    def commit(self, rows: Sequence[tuple[str, bytes]], errors: Sequence[tuple[str, bytes]] = ()) -> Part:
+        """Commit one part of this generation.
+
+        Args:
+            rows: ``(key, output line)`` in input order (lines from ``edgereg.writers.encode_row``).
+            errors: ``(key, errors-file line)`` (lines from :func:`error_line`).
+        """
         self._sequence += 1
-        name = f"g{self.generation:04d}-{self._sequence:06d}.jsonl"
-        part = self._write_part(name, records, generation=self.generation, errors=errors)
+        part = self._write_part(f"g{self.generation:04d}-{self._sequence:06d}.part", rows, errors,
+                                generation=self.generation)
         with open(self.root / MANIFEST, "ab", buffering=0) as handle:
-            handle.write(_encode(part.__dict__))
+            handle.write(_json_line(asdict(part)))
             os.fsync(handle.fileno())
         self.parts.append(part)
         return part
 
-    def _write_part(self, name: str, records: Sequence[bytes], *, generation: int, errors: int) -> Part:
+    def _write_part(self, name: str, rows: Sequence[tuple[str, bytes]], errors: Sequence[tuple[str, bytes]], *,
+                    generation: int) -> Part:
+        index = {"keys": [key for key, _ in rows], "ends": _ends(line for _, line in rows),
+                 "error_keys": [key for key, _ in errors], "error_ends": _ends(line for _, line in errors)}
         temporary = self.root / f".{name}.tmp"
         with open(temporary, "wb") as handle:
-            handle.write(b"".join(records))
+            handle.write(_json_line(index))
+            handle.write(b"".join(line for _, line in rows))
+            handle.write(b"".join(line for _, line in errors))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.root / name)
         _fsync_dir(self.root)
-        return Part(name, generation, len(records) - errors, errors)
+        return Part(name, generation, len(rows), len(errors))
 
     # ------------------------------------------------------------------ reading
 
-    def _records(self, part: Part) -> Iterator[dict[str, Any]]:
+    def read(self, part: Part) -> PartData:
         with open(self.root / part.name, "rb") as handle:
-            for line in handle:
-                yield json.loads(line.decode("ascii"))  # records are ASCII (escaped) JSON
+            index = json.loads(handle.readline().decode("ascii"))
+            data = handle.read()
+        split = index["ends"][-1] if index["ends"] else 0
+        return PartData(index["keys"], index["ends"], data[:split], index["error_keys"], index["error_ends"],
+                        data[split:])
 
     def done_keys(self) -> set[str]:
         """The keys of every committed row (what a resume skips)."""
-        return {record["row"]["path"] for part in self.parts for record in self._records(part) if "row" in record}
+        done: set[str] = set()
+        for part in self.parts:
+            with open(self.root / part.name, "rb") as handle:
+                done.update(json.loads(handle.readline().decode("ascii"))["keys"])
+        return done
 
     @property
     def rows(self) -> int:
         return sum(part.rows for part in self.parts)
 
+    @property
+    def committed_now(self) -> int:
+        """Parts this invocation committed."""
+        return sum(1 for part in self.parts if part.generation == self.generation)
+
     # ------------------------------------------------------------------ merging
 
-    def merge(self, out: str | os.PathLike, *, columns: Sequence[str], fmt: str | None = None,
+    def merge(self, out: str | os.PathLike, *, columns: Sequence[str],
               position_of: Mapping[str, int] | None = None) -> tuple[int, int]:
         """Write the output and its errors file from the committed parts (idempotent).
 
-        Rows are ordered by their keys' current positions: each generation was committed in input
-        order, so a streaming merge of the generations gives the whole order without holding the
-        rows in memory; should a generation not follow today's positions (a list file reordered
-        between runs), the rows are sorted in memory instead (stable; keys no longer listed first).
-
         Args:
             out: the final output file.
-            columns: the output columns.
-            fmt: "csv" or "jsonl" (None: from ``out``'s name).
+            columns: the output columns (the CSV header).
             position_of: ``{key: position}`` in the current listing; None keeps commit order
                 (``--unordered``).
 
@@ -231,62 +273,64 @@ class PartStore:
             (rows written, errors written).
         """
         out = Path(out)
-        fmt = fmt or output_format(out)
-        temporary = out.with_name(out.name + MERGING_SUFFIX)
-        errors: list[dict[str, Any]] = []  # the latest generation's, collected while the rows stream
-        try:
-            written = self._write_rows(temporary, columns, fmt, self._rows_in_order(position_of, errors))
-        except _Unordered:
-            errors.clear()
-            everything = [(_position(row, position_of), row) for row in self._rows(self.parts, errors)]
-            everything.sort(key=lambda item: item[0])  # stable: ties keep commit order
-            written = self._write_rows(temporary, columns, fmt, (row for _, row in everything))
+        header = encode_csv_row(columns) if self.fmt == "csv" else b""
+        _write_atomically(out, header, self._ordered_rows(position_of))
+        errors: list[tuple[int, bytes]] = []
+        for part in self.parts:
+            if part.generation == self.generation:
+                data = self.read(part)
+                errors += [(_position(key, position_of), line)
+                           for key, line in zip(data.error_keys, data.error_slices())]
         if position_of is not None:
-            errors.sort(key=lambda error: _position(error, position_of))
-        errors_out = errors_path_for(out)
-        errors_temporary = errors_out.with_name(errors_out.name + MERGING_SUFFIX)
-        with CsvRowWriter(errors_temporary, ERROR_COLUMNS, fsync_every=NEVER) as writer:
-            writer.write_many(errors)
-        os.replace(temporary, out)
-        os.replace(errors_temporary, errors_out)
+            errors.sort(key=lambda item: item[0])  # stable
+        _write_atomically(errors_path_for(out), encode_csv_row(ERROR_COLUMNS), (line for _, line in errors))
         _fsync_dir(out.parent)
-        return written, len(errors)
+        return self.rows, len(errors)
 
-    @staticmethod
-    def _write_rows(path: Path, columns: Sequence[str], fmt: str, rows: Iterable[dict[str, Any]]) -> int:
-        with open_rows(path, columns, fmt=fmt, overwrite=True, fsync_every=NEVER) as writer:
-            writer.write_many({column: row[column] for column in columns} for row in rows)
-            return writer.rows_written
-
-    def _rows(self, parts: Sequence[Part], errors: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """The rows of ``parts`` in commit order; their errors of this generation go to ``errors``."""
-        for part in parts:
-            for record in self._records(part):
-                if "row" in record:
-                    yield record["row"]
-                elif part.generation == self.generation:
-                    errors.append(record["error"])
-
-    def _rows_in_order(self, position_of: Mapping[str, int] | None,
-                       errors: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """All rows by position (merging the generations), or in commit order without positions.
-
-        Raises:
-            _Unordered: a generation's rows are not in position order.
-        """
-        if position_of is None:
-            yield from self._rows(self.parts, errors)
-            return
+    def _ordered_rows(self, position_of: Mapping[str, int] | None) -> Iterator[bytes]:
+        """The rows' bytes in the output's order (see the module docstring)."""
         generations = sorted({part.generation for part in self.parts})
-        streams = [_checked(self._rows([p for p in self.parts if p.generation == g], errors), position_of)
-                   for g in generations]
-        for _, row in heapq.merge(*streams, key=lambda item: item[0]):  # stable across streams
-            yield row
+        by_generation = [[part for part in self.parts if part.generation == g] for g in generations]
+        if position_of is None:
+            for part in self.parts:
+                yield self.read(part).rows
+            return
+        if not all(self._in_order(parts, position_of) for parts in by_generation):
+            everything = [(_position(key, position_of), line) for part in self.parts
+                          for key, line in zip(*self._keys_and_lines(part))]
+            everything.sort(key=lambda item: item[0])  # stable: ties keep commit order
+            yield from (line for _, line in everything)
+            return
+        if len(by_generation) == 1:  # one run from start to end: its parts are already in order
+            for part in by_generation[0]:
+                yield self.read(part).rows
+            return
+        streams = [self._positioned(parts, position_of) for parts in by_generation]
+        for _, line in heapq.merge(*streams, key=lambda item: item[0]):  # stable across streams
+            yield line
 
-    @property
-    def committed_now(self) -> int:
-        """Parts this invocation committed."""
-        return sum(1 for part in self.parts if part.generation == self.generation)
+    def _keys_and_lines(self, part: Part) -> tuple[list[str], Iterator[bytes]]:
+        data = self.read(part)
+        return data.keys, data.row_slices()
+
+    def _positioned(self, parts: Sequence[Part], position_of: Mapping[str, int]) -> Iterator[tuple[int, bytes]]:
+        for part in parts:
+            keys, lines = self._keys_and_lines(part)
+            for key, line in zip(keys, lines):
+                yield _position(key, position_of), line
+
+    def _in_order(self, parts: Sequence[Part], position_of: Mapping[str, int]) -> bool:
+        """Whether these parts' rows come in non-decreasing current positions (reads the indexes only)."""
+        last = -1
+        for part in parts:
+            with open(self.root / part.name, "rb") as handle:
+                keys = json.loads(handle.readline().decode("ascii"))["keys"]
+            for key in keys:
+                position = _position(key, position_of)
+                if position < last:
+                    return False
+                last = position
+        return True
 
     def discard_if_new(self) -> None:
         """Remove the folder if this invocation made it and committed nothing (an early error)."""
@@ -298,24 +342,30 @@ class PartStore:
         _remove_state(self.root)
 
 
-class _Unordered(Exception):
-    """A generation's rows are not in the current listing's order."""
+def _ends(lines) -> list[int]:
+    """Cumulative byte offsets where each line ends."""
+    ends, total = [], 0
+    for line in lines:
+        total += len(line)
+        ends.append(total)
+    return ends
 
 
-def _position(payload: Mapping[str, Any], position_of: Mapping[str, int]) -> int:
-    """The current position of a row's or error's key; -1 for a key no longer listed."""
-    return position_of.get(payload["path"], -1)
+def _position(key: str, position_of: Mapping[str, int] | None) -> int:
+    """The current position of a key; -1 for a key no longer listed (or without positions)."""
+    return position_of.get(key, -1) if position_of is not None else -1
 
 
-def _checked(rows: Iterable[dict[str, Any]], position_of: Mapping[str, int]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(position, row)``, raising _Unordered at a position smaller than the one before."""
-    last = -1
-    for row in rows:
-        position = _position(row, position_of)
-        if position < last:
-            raise _Unordered
-        last = position
-        yield position, row
+def _write_atomically(path: Path, header: bytes, chunks: Iterable[bytes]) -> None:
+    """Write ``header`` and the chunks to ``path.merging``, fsync, rename it over ``path``."""
+    temporary = path.with_name(path.name + MERGING_SUFFIX)
+    with open(temporary, "wb") as handle:
+        handle.write(header)
+        for chunk in chunks:
+            handle.write(chunk)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def _read_rows(out: Path, fmt: str) -> Iterator[dict[str, Any]]:
@@ -354,7 +404,7 @@ def _check_identity(out: Path, stored: dict[str, Any] | None, identity: dict[str
     if differ:
         what = "; ".join(f"{name} {stored.get(name)!r} then, {identity.get(name)!r} now" for name in differ[:3])
         raise EdgeregError(f"cannot resume '{out}': the unfinished run differs ({what}); use the same model, "
-                           "--tta, --shard and order as the first run, --overwrite, or another --out")
+                           "--card, --tta, --shard and order as the first run, --overwrite, or another --out")
 
 
 def _remove_orphans(root: Path, parts: list[Part]) -> None:

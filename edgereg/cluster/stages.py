@@ -59,25 +59,30 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: PreprocessConfig, tta:
     cv2.setNumThreads(1)  # one decode task per requested CPU share; OpenCV's own pool would oversubscribe
     count = len(batch["index"])
     height, width = config.input_size
-    tensor = np.zeros((count, tta.n, config.n_channels, height, width), dtype=np.float32)
     boxes = np.zeros((count, 4), dtype=np.float64)
     errors = np.full(count, "", dtype=object)
     frames, good = [], []
-    for i in range(count):
-        path = bytes(batch["path"][i])
-        entry = Entry(int(batch["index"][i]), _text(batch["key"][i]),
-                      path=Path(os.fsdecode(path)) if path else None, error=str(batch["error"][i]) or None)
+    for i, (index, key, path, error) in enumerate(zip(batch["index"].tolist(), batch["key"], batch["path"],
+                                                       batch["error"])):
+        path = bytes(path)
+        entry = Entry(index, _text(key), path=Path(os.fsdecode(path)) if path else None, error=str(error) or None)
         loaded = load_entry(entry, config, max_pixels)
         if isinstance(loaded, str):
             errors[i] = loaded
             continue
         frame, box = loaded
         frames.append(frame)
-        boxes[i] = box.as_array()
+        boxes[i] = (box.x0, box.y0, box.w, box.h)
         good.append(i)
-    if frames:
-        views = preprocess_batch(np.stack(frames), config, tta, parallel=False)  # (b*V, C, H, W)
-        tensor[good] = views.reshape(len(frames), tta.n, *views.shape[1:])  # (b*V,C,H,W) -> (b,V,C,H,W)
+    tensor = np.empty((count, tta.n, config.n_channels, height, width), dtype=np.float32)
+    if len(good) == count:  # the usual case: the kernel writes straight into the block's tensor
+        preprocess_batch(np.stack(frames), config, tta, out=tensor.reshape(count * tta.n, *tensor.shape[2:]),
+                         parallel=False)  # (B, V, C, H, W) viewed as (B*V, C, H, W)
+    else:
+        tensor[:] = 0.0
+        if frames:
+            views = preprocess_batch(np.stack(frames), config, tta, parallel=False)  # (b*V, C, H, W)
+            tensor[good] = views.reshape(len(frames), tta.n, *views.shape[1:])  # (b*V,C,H,W) -> (b,V,C,H,W)
     return {"index": np.asarray(batch["index"], dtype=np.int64), "tensor": tensor, "box": boxes, "error": errors}
 
 
