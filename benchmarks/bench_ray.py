@@ -7,10 +7,10 @@ On a folder of generated small JPEGs (default 20,000 at 96x128) and a small CNN 
   uncounted warm-up run (Ray starts its worker processes, which import edgereg, numba and ONNX
   Runtime);
 * throughput after start-up of each engine, as the slope of run time against the number of
-  images: every round scores the first ``--small`` images (default 1,024, one Ray block) and then
-  all N, and ``(N - small) / (T(N) - T(small))`` is the rate at which a longer run goes, whatever
-  its fixed start-up (Ray's actor start, the local engine's first batch) and end (the merge); the
-  intercept is that fixed cost. Runs are timed as ``edgereg infer`` runs them, rows written to a
+  images: every round scores the first half of the images and then all N, and
+  ``(N - N/2) / (T(N) - T(N/2))`` is the rate at which a longer run goes, whatever its fixed
+  start-up (Ray's actor start, the local engine's first batch) and end (the merge); the intercept
+  is that fixed cost. Runs are timed as ``edgereg infer`` runs them, rows written to a
   CSV (and for Ray, committed parts and the merge). The ratio ray / local of the slopes, from the
   median times over the rounds (goal >= 0.9), and per round;
 * the two full outputs compared row by row: same paths in the same order, values within 1e-6;
@@ -124,8 +124,7 @@ def main() -> None:
     parser.add_argument("--frame", default="96x128", help="JPEG size HxW (default 96x128)")
     parser.add_argument("--model", default=None, help="an edgereg .onnx (default: a generated small CNN)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--small", type=int, default=1024, help="images of the short runs (default 1024)")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating local / ray rounds (default 4)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating local / ray rounds (default 5)")
     parser.add_argument("--quick", action="store_true", help="2,000 images, one round: a smoke run")
     args = parser.parse_args()
     n, (height, width) = args.n, (int(v) for v in args.frame.lower().split("x"))
@@ -139,7 +138,7 @@ def main() -> None:
             made.mkdir()
         model = Path(args.model) if args.model else build_cnn(tmp / "cnn.onnx")
         paths = make_jpegs(folder, n, height, width)
-        small = min(args.small, n // 2)
+        small = n // 2
         for path in paths[:small]:  # the same files (hard links), the start of the listing
             os.link(path, small_folder / path.name)
         photo_paths = make_jpegs(photos, 200, 480, 640)
@@ -152,9 +151,13 @@ def main() -> None:
             warm, _ = run_ray(ray, small_folder, model, tmp / "ray.csv", args.batch)
             print(f"warm-up run (Ray starts its worker processes and they import; not counted): {warm:.1f} s")
             times = {"local": [], "ray": []}  # per round: (T(small), T(N))
-            for round_ in range(args.rounds):
-                times["local"].append([run_local(f, model, tmp / "local.csv", args.batch) for f in (small_folder, folder)])
-                times["ray"].append([run_ray(ray, f, model, tmp / "ray.csv", args.batch)[0] for f in (small_folder, folder)])
+            for round_ in range(args.rounds):  # local and ray alternate run by run
+                t_local_small = run_local(small_folder, model, tmp / "local.csv", args.batch)
+                t_ray_small = run_ray(ray, small_folder, model, tmp / "ray.csv", args.batch)[0]
+                t_local = run_local(folder, model, tmp / "local.csv", args.batch)
+                t_ray = run_ray(ray, folder, model, tmp / "ray.csv", args.batch)[0]
+                times["local"].append([t_local_small, t_local])
+                times["ray"].append([t_ray_small, t_ray])
                 fits = {engine: slope(small, n, *rounds[-1]) for engine, rounds in times.items()}
                 print(f"round {round_ + 1}: " + " | ".join(
                     f"{engine} {times[engine][-1][0]:5.1f} s / {times[engine][-1][1]:5.1f} s -> {rate:7.1f} images/s "
