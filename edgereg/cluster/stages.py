@@ -126,7 +126,7 @@ class OnnxScorer:
             tensor = batch["tensor"] if len(good) == count else batch["tensor"][good]
             tensor = np.ascontiguousarray(tensor, dtype=np.float32)
             tensor = tensor.reshape(len(good) * predictor.tta.n, *tensor.shape[2:])  # (b,V,C,H,W) -> (b*V,C,H,W)
-            boxes = [CropBox(*map(float, batch["box"][i])) for i in good]
+            boxes = [CropBox(*box) for box in batch["box"][good].tolist()]
             result = predictor.predict_tensor(tensor, boxes)
             values[good] = result.values
             if result.spread is not None:
