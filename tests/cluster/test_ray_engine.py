@@ -189,6 +189,7 @@ def test_video_and_missing_extra_are_refused(model, tmp_path, rng, monkeypatch, 
     assert main(["infer", model, str(tmp_path / "imgs"), "--engine", "ray"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'edgereg[cluster]'" in err and err.count("\n") == 1
+    assert main(["infer", model, str(tmp_path / "imgs")]) == 0  # the local engine needs no Ray
 
 
 @pytest.mark.slow
