@@ -242,6 +242,19 @@ def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAU
         return _reason(exc, entry.key)
 
 
+def load_entry(entry: Entry, config: PreprocessConfig,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, CropBox] | str:
+    """Read, decode, crop and resize one entry on the calling thread; a string is the failure reason.
+
+    The decode tasks of ``edgereg.cluster`` call it, so both engines refuse the same files for the
+    same reasons, worded the same way.
+
+    Returns:
+        ``(frame (h, w, 3) uint8 BGR at the model input size, CropBox)``, or the reason (str).
+    """
+    return _load(entry, config, max_pixels)
+
+
 class _DecoderPool:
     """Daemon threads that run ``fn(*args)`` for each submitted task and fill a Future.
 
