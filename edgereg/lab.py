@@ -2,8 +2,8 @@
 
 :class:`LabReadout` is built once from the card (and the TTA, confidence level and calibration
 choice in use) and turns each batch of network readings into calibrated values, conformal bounds
-and the lab flags below, in one compiled pass per batch (``edgereg.lab_kernel``, about a
-microsecond per reading).
+and the lab flags below, in one pass per batch (``edgereg.lab_kernel``, a few microseconds per
+reading, no numba).
 
 Flags (beside ``out_of_range``, ``tta_disagreement`` and ``not_finite`` of folder scoring), each
 raised when any target of the reading qualifies, in this order:
@@ -36,7 +36,7 @@ import numpy as np
 from edgereg.calibration import Calibration, parse_calibration
 from edgereg.card import ModelCard
 from edgereg.intervals import IntervalKernel, parse_intervals
-from edgereg.lab_kernel import HAS_SCALE, HAS_SPREAD, build_tables, lab_postprocess
+from edgereg.lab_kernel import KIND_CODES, build_tables, postprocess
 from edgereg.limits import Limits, Validation, parse_validation
 
 LAB_FLAGS = ("below_lob", "below_lod", "below_loq", "below_range", "above_range", "extrapolated",
@@ -110,13 +110,9 @@ class LabReadout:
                 self.validation = None
         self._limits = self.limit_arrays()
         self._trivial = self.kernel is None and not self.lab_use
-        self._tables = None
-        if not self._trivial:
-            limits = None if self._limits is None else np.stack([self._limits[k] for k in (
-                "lob", "lod", "loq", "range_lo", "range_hi")])  # 5 x (T,) -> (5, T)
-            self._tables = build_tables(len(self.names), card.kind, kernel=self.kernel, calibration=self.calibration,
-                                        names=self.names, level=self.level, limits=limits,
-                                        uncalibrated=self.uncalibrated)
+        self._tables = build_tables(self.names, card.kind, kernel=self.kernel, calibration=self.calibration,
+                                    level=self.level, limits=self._limits, uncalibrated=self.uncalibrated)
+        self._kind_code = KIND_CODES.get(card.kind, 0)
 
     def limit_arrays(self) -> dict[str, np.ndarray] | None:
         """(T,) arrays of each limit (NaN where absent), or None without validation limits."""
@@ -139,7 +135,7 @@ class LabReadout:
         return self.kernel is not None
 
     def process(self, values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray | None = None) -> LabResult:
-        """Calibrate, bound and flag a batch (one pass of ``edgereg.lab_kernel.lab_postprocess``).
+        """Calibrate, bound and flag a batch (``edgereg.lab_kernel.postprocess``).
 
         Args:
             values: (B, T) float64 network readings after TTA reduction (coords in source pixels).
@@ -149,29 +145,15 @@ class LabReadout:
         n = len(values)
         if self._trivial:
             return LabResult(values, None, None, None, [()] * n)
-        values = np.ascontiguousarray(values, dtype=np.float64)
-        out = np.empty((3, *values.shape))  # values, lo, hi: (3, B, T)
-        masks = np.empty(n, dtype=np.uint32)
-        tables = self._tables
-        mode = tables.mode | (HAS_SPREAD if spread is not None else 0) | (HAS_SCALE if scale is not None else 0)
-        lab_postprocess(values, _or_empty(spread), _or_empty(scale), mode, tables.floats, tables.ints, tables.bins,
-                        tables.knots, out, masks)
-        flags = [_FLAG_SETS[m] for m in masks.tolist()]
-        calibrated = self.calibration is not None
         bounded = self.kernel is not None
+        out, masks = postprocess(values, spread, scale, self._tables, self._kind_code, bounded)  # out: (3, B, T)
+        flags = [_FLAG_SETS[m] for m in masks]
+        calibrated = self.calibration is not None
         return LabResult(out[0] if calibrated else values, values if calibrated else None,
                          out[1] if bounded else None, out[2] if bounded else None, flags)
 
 
 _FLAG_SETS = [tuple(name for bit, name in enumerate(LAB_FLAGS) if mask >> bit & 1) for mask in range(1 << len(LAB_FLAGS))]
-
-
-_EMPTY = np.empty((0, 0))  # stands for None in the kernel's (B, T) arguments
-
-
-def _or_empty(array: np.ndarray | None) -> np.ndarray:
-    """A float64 (B, T) array for the kernel, or an empty (0, 0) one standing for None."""
-    return _EMPTY if array is None else np.ascontiguousarray(array, dtype=np.float64)
 
 
 def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.ndarray | None,

@@ -1,9 +1,11 @@
-"""The fused post-processing kernel of lab-grade readings (numba): interval, calibration, flags.
+"""The post-processing of lab-grade readings, one reading at a time: interval, calibration, flags.
 
 One pass over a ``(B, T)`` batch of network readings does what ``edgereg.lab`` describes, with the
-same arithmetic as the generated C (``edgereg.export.c_lab``), so a reading costs about a
-microsecond instead of the tens that a chain of small numpy calls costs at batch 1. The tables
-are built once per :class:`edgereg.lab.LabReadout` (:class:`LabTables`).
+arithmetic of the generated C (``edgereg.export.c_lab``), in plain Python floats. That is a few
+microseconds per reading: less than a chain of small numpy calls costs at batch 1 (tens of
+microseconds), and no numba, whose import a process scoring one image must not pay (see
+``edgereg.preprocess.batch``). The per-target constants are unpacked once per
+:class:`edgereg.lab.LabReadout` into :class:`TargetTable` tuples.
 
 Flag bits follow ``edgereg.lab.LAB_FLAGS``: 0 below_lob, 1 below_lod, 2 below_loq, 3 below_range,
 4 above_range, 5 extrapolated, 6 uncalibrated, 7 interval_wide.
@@ -12,212 +14,191 @@ Flag bits follow ``edgereg.lab.LAB_FLAGS``: 0 below_lob, 1 below_lod, 2 below_lo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 KIND_CODES = {"angle": 1, "distribution": 2}  # every other kind: 0 (no wrapping, no clipping)
 FIT_NONE, FIT_POLYNOMIAL, FIT_ISOTONIC = -1, 0, 1
+INF = math.inf
+NAN = math.nan
 
 
-# Rows of LabTables.floats, one column per target.
-X_LO, X_HI, FLOOR, WIDE_SIGMA = 0, 1, 2, 3  # difficulty clip range, its floor, interval_wide threshold
-C0 = 4  # C0..C0+3: difficulty coefficients c0, c1, c2, c3 (spread)
-T_QUANTILE, ISO_SE, REF_LO, REF_HI = 8, 9, 10, 11  # calibration: t at the level, isotonic se, standards' span
-LOB, LOD, LOQ, RANGE_LO, RANGE_HI = 12, 13, 14, 15, 16  # validation limits (NaN: none)
-B0 = 17  # B0..B0+2: calibration coefficients b0, b1, b2
-COV = 20  # COV..COV+8: their 3 x 3 covariance, row-major
-N_FLOAT_ROWS = 29
-# Rows of LabTables.ints.
-N_EDGES, FIT, N_KNOTS, UNCALIBRATED = 0, 1, 2, 3
-# Bits of the mode argument.
-HAS_SPREAD, HAS_SCALE, HAS_INTERVAL = 1, 2, 4
+class TargetTable(NamedTuple):
+    """One target's constants, as Python numbers (NaN limits: none; infinite quantiles: too few images)."""
+
+    x_lo: float = -INF  # the difficulty's clip range
+    x_hi: float = INF
+    floor: float = 1.0  # the smallest difficulty
+    wide_sigma: float = INF  # interval_wide above this difficulty
+    coef: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)  # difficulty c0, c1, c2, c3 (spread)
+    q_lo: tuple[float, ...] = ()  # per Mondrian bin; () without intervals
+    q_hi: tuple[float, ...] = ()
+    edges: tuple[float, ...] = ()  # inner bin edges on the reading
+    fit: int = FIT_NONE  # calibration: FIT_*
+    b: tuple[float, float, float] = (0.0, 1.0, 0.0)  # reference = b0 + b1 x + b2 x^2
+    cov: tuple[float, ...] = (0.0,) * 9  # their covariance, row-major
+    t: float = 0.0  # Student t at the interval level
+    iso_se: float = 0.0  # isotonic curve's standard error
+    knots_x: tuple[float, ...] = ()
+    knots_y: tuple[float, ...] = ()
+    ref_lo: float = -INF  # the standards' reference span (outside: extrapolated)
+    ref_hi: float = INF
+    lob: float = NAN
+    lod: float = NAN
+    loq: float = NAN
+    range_lo: float = NAN
+    range_hi: float = NAN
+    uncalibrated: bool = False
 
 
-@dataclass(frozen=True)
-class LabTables:
-    """Everything the kernel needs, packed into few arrays (numba pays per argument).
-
-    Attributes:
-        floats: (N_FLOAT_ROWS, T) float64, rows named by the constants above.
-        ints: (4, T) int64: Mondrian edges per target, FIT_* code, isotonic knots, uncalibrated 0/1.
-        bins: (T, 3 * nb) float64: for the nb Mondrian bins at the level in use, the lower quantiles
-            q_lo, then the upper ones q_hi (inf: too few calibration images), then the nb - 1 inner
-            edges.
-        knots: (2, T, K) float64: isotonic knots x and y.
-        mode: HAS_INTERVAL bit | kind code << 3 (spread and scale bits are added per call).
-    """
-
-    floats: np.ndarray
-    ints: np.ndarray
-    bins: np.ndarray
-    knots: np.ndarray
-    mode: int
-
-    @property
-    def has_interval(self) -> bool:
-        return bool(self.mode & HAS_INTERVAL)
-
-
-def build_tables(n: int, kind: str, *, kernel=None, calibration=None, names=(), level=None, limits=None,
-                 uncalibrated=None) -> LabTables:
-    """LabTables from an ``edgereg.intervals.IntervalKernel`` (or None), an
-    ``edgereg.calibration.Calibration`` (or None) with the target ``names``, the interval ``level``,
-    the ``(5, T)`` limits lob, lod, loq, range lo, range hi (or None) and the ``(T,)`` uncalibrated
-    mask."""
-    floats = np.zeros((N_FLOAT_ROWS, n))
-    floats[FLOOR] = 1.0
-    floats[WIDE_SIGMA] = np.inf
-    floats[REF_LO], floats[REF_HI] = -np.inf, np.inf
-    floats[LOB:RANGE_HI + 1] = np.nan if limits is None else limits
-    ints = np.zeros((4, n), np.int64)
-    ints[FIT] = FIT_NONE
-    if uncalibrated is not None:
-        ints[UNCALIBRATED] = np.asarray(uncalibrated, dtype=np.int64)
-    bins = np.zeros((n, 3))
-    if kernel is not None:
-        targets = kernel.entry.targets
-        count = max(len(t.edges) for t in targets) + 1
-        bins = np.zeros((n, 3 * count))
-        for j, target in enumerate(targets):
-            pairs = np.asarray(target.quantiles[kernel.level], dtype=np.float64)  # (bins of j, 2)
-            bins[j, :2 * count] = np.inf
-            bins[j, :len(pairs)] = pairs[:, 0]
-            bins[j, count:count + len(pairs)] = pairs[:, 1]
-            bins[j, 2 * count:2 * count + len(target.edges)] = target.edges
-            ints[N_EDGES, j] = len(target.edges)
-        floats[X_LO], floats[X_HI] = kernel.x_lo, kernel.x_hi
-        floats[FLOOR], floats[WIDE_SIGMA] = kernel.floor, kernel.wide_sigma
-        floats[C0:C0 + 4] = kernel.coef
-    knot_lists = [((), ())] * n
-    if calibration is not None:
-        for j, name in enumerate(names):
-            curve = calibration.targets.get(name)
-            if curve is None:
-                continue
-            ints[FIT, j] = FIT_ISOTONIC if curve.fit == "isotonic" else FIT_POLYNOMIAL
-            floats[B0:B0 + 3, j] = curve.coef
-            floats[COV:COV + 9, j] = np.asarray(curve.cov, dtype=np.float64).reshape(9)  # (3, 3) -> (9,)
-            floats[T_QUANTILE, j] = curve.t_quantile(level) if level is not None else 0.0
-            floats[ISO_SE, j] = curve.residual_sd / math.sqrt(max(curve.n_eff, 1.0))
-            floats[REF_LO, j], floats[REF_HI, j] = curve.reference_range
-            knot_lists[j] = curve.knots or ((), ())
-            ints[N_KNOTS, j] = len(knot_lists[j][0])
-    most = max(max(len(xs) for xs, _ in knot_lists), 1)
-    knots = np.zeros((2, n, most))
-    for j, (xs, ys) in enumerate(knot_lists):
-        knots[0, j, :len(xs)], knots[1, j, :len(ys)] = xs, ys
-    mode = (HAS_INTERVAL if kernel is not None else 0) | (KIND_CODES.get(kind, 0) << 3)
-    return LabTables(floats=floats, ints=ints, bins=bins, knots=knots, mode=mode)
+def build_tables(names, kind: str, *, kernel=None, calibration=None, level=None, limits=None,
+                 uncalibrated=None) -> tuple[TargetTable, ...]:
+    """One TargetTable per target from an ``edgereg.intervals.IntervalKernel`` (or None), an
+    ``edgereg.calibration.Calibration`` (or None), the interval ``level``, ``limits`` ({"lob": (T,),
+    ...} from ``LabReadout.limit_arrays``, or None) and the ``(T,)`` uncalibrated mask."""
+    tables = []
+    for j, name in enumerate(names):
+        fields: dict = {}
+        if kernel is not None:
+            target = kernel.entry.targets[j]
+            pairs = target.quantiles[kernel.level]
+            fields.update(x_lo=float(kernel.x_lo[j]), x_hi=float(kernel.x_hi[j]), floor=float(kernel.floor[j]),
+                          wide_sigma=float(kernel.wide_sigma[j]), coef=tuple(float(c) for c in kernel.coef[:, j]),
+                          q_lo=tuple(float(p[0]) for p in pairs), q_hi=tuple(float(p[1]) for p in pairs),
+                          edges=tuple(float(e) for e in target.edges))
+        curve = calibration.targets.get(name) if calibration is not None else None
+        if curve is not None:
+            xs, ys = curve.knots or ((), ())
+            fields.update(fit=FIT_ISOTONIC if curve.fit == "isotonic" else FIT_POLYNOMIAL,
+                          b=tuple(float(c) for c in curve.coef),
+                          cov=tuple(float(c) for c in np.asarray(curve.cov, dtype=np.float64).reshape(9)),
+                          t=curve.t_quantile(level) if level is not None else 0.0,
+                          iso_se=curve.residual_sd / math.sqrt(max(curve.n_eff, 1.0)),
+                          knots_x=tuple(xs), knots_y=tuple(ys), ref_lo=curve.reference_range[0],
+                          ref_hi=curve.reference_range[1])
+        if limits is not None:
+            fields.update({key: float(limits[key][j]) for key in ("lob", "lod", "loq", "range_lo", "range_hi")})
+        if uncalibrated is not None:
+            fields["uncalibrated"] = bool(uncalibrated[j])
+        tables.append(TargetTable(**fields))
+    return tuple(tables)
 
 
-@njit(cache=True, inline="always")
-def _curve(floats, ints, knots, j, x):
-    if ints[FIT, j] == FIT_ISOTONIC:  # linear between knots, flat beyond the ends (numpy.interp)
-        k = ints[N_KNOTS, j]
-        if x <= knots[0, j, 0]:
-            return knots[1, j, 0]
-        if x >= knots[0, j, k - 1]:
-            return knots[1, j, k - 1]
+def _curve(table: TargetTable, x: float) -> float:
+    """The calibration curve at reading x (isotonic: linear between knots, flat beyond the ends)."""
+    if table.fit == FIT_ISOTONIC:
+        xs, ys = table.knots_x, table.knots_y
+        if x <= xs[0]:
+            return ys[0]
+        if x >= xs[-1]:
+            return ys[-1]
         i = 1
-        while i < k - 1 and x > knots[0, j, i]:
+        while i < len(xs) - 1 and x > xs[i]:
             i += 1
-        x0, x1 = knots[0, j, i - 1], knots[0, j, i]
-        return knots[1, j, i - 1] + (knots[1, j, i] - knots[1, j, i - 1]) * (x - x0) / (x1 - x0)
-    return floats[B0, j] + floats[B0 + 1, j] * x + floats[B0 + 2, j] * x * x
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    b0, b1, b2 = table.b
+    return b0 + b1 * x + b2 * x * x
 
 
-@njit(cache=True)
-def lab_postprocess(values, spread, scale, mode, floats, ints, bins, knots, out, out_mask):
-    """Fill ``out (3, B, T)`` (values, lo, hi) and ``out_mask (B,) uint32`` from ``values (B, T)``.
+def _curve_se(table: TargetTable, x: float) -> float:
+    if table.fit == FIT_ISOTONIC:
+        return table.iso_se
+    basis = (1.0, x, x * x)
+    cov = table.cov
+    variance = sum(basis[r] * cov[3 * r + c] * basis[c] for r in range(3) for c in range(3))
+    return math.sqrt(variance) if variance > 0.0 else 0.0
 
-    ``spread`` / ``scale`` are (B, T) when ``mode`` has HAS_SPREAD / HAS_SCALE, else ignored.
+
+def postprocess(values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray | None,
+                tables: tuple[TargetTable, ...], kind_code: int,
+                has_interval: bool) -> tuple[np.ndarray, list[int]]:
+    """Calibrated values and interval bounds of a batch, and each reading's flag bits.
+
+    Args:
+        values: (B, T) float64 network readings; spread: (B, T) TTA spread or None; scale: (B, T)
+            crop sides (coords) or None.
+        tables: one TargetTable per target; kind_code: KIND_CODES of the card's kind (or 0).
+        has_interval: compute bounds (else lo/hi are NaN).
+
+    Returns:
+        ((3, B, T) float64: values, lo, hi; B flag bit masks).
     """
-    n, targets = values.shape
-    has_spread = (mode & HAS_SPREAD) != 0
-    has_scale = (mode & HAS_SCALE) != 0
-    has_interval = (mode & HAS_INTERVAL) != 0
-    kind_code = mode >> 3
-    count = bins.shape[1] // 3
-    for b in range(n):
+    rows = values.tolist()
+    spreads = spread.tolist() if spread is not None else None
+    scales = scale.tolist() if scale is not None else None
+    out_values, out_lo, out_hi, masks = [], [], [], []
+    for b, row in enumerate(rows):
         mask = 0
-        for j in range(targets):
-            x = values[b, j]
-            lo = np.nan
-            hi = np.nan
+        row_values, row_lo, row_hi = [], [], []
+        for j, x in enumerate(row):
+            table = tables[j]
+            lo = hi = NAN
             if has_interval:
-                u = floats[X_LO, j] if x < floats[X_LO, j] else x
-                u = floats[X_HI, j] if u > floats[X_HI, j] else u
-                sigma = floats[C0, j] + u * (floats[C0 + 1, j] + floats[C0 + 2, j] * u)
-                if has_spread and floats[C0 + 3, j] != 0.0:
-                    sigma += floats[C0 + 3, j] * spread[b, j]
-                if not (sigma >= floats[FLOOR, j]):  # below the floor, or NaN
-                    sigma = floats[FLOOR, j]
-                if sigma > floats[WIDE_SIGMA, j]:
+                u = table.x_lo if x < table.x_lo else x
+                u = table.x_hi if u > table.x_hi else u
+                c0, c1, c2, c3 = table.coef
+                sigma = c0 + u * (c1 + c2 * u)
+                if spreads is not None and c3 != 0.0:
+                    sigma += c3 * spreads[b][j]
+                if not (sigma >= table.floor):  # below the floor, or NaN
+                    sigma = table.floor
+                if sigma > table.wide_sigma:
                     mask |= 1 << 7
-                if has_scale:
-                    sigma *= scale[b, j]
+                if scales is not None:
+                    sigma *= scales[b][j]
                 k = 0
-                while k < ints[N_EDGES, j] and x >= bins[j, 2 * count + k]:
+                edges = table.edges
+                while k < len(edges) and x >= edges[k]:
                     k += 1
-                below = bins[j, k] * sigma
-                above = bins[j, count + k] * sigma
-                lo = x - below
-                hi = x + above
-                if kind_code == 1:  # angle
+                below, above = table.q_lo[k] * sigma, table.q_hi[k] * sigma
+                lo, hi = x - below, x + above
+                if kind_code == 1:  # angle: wrapped; a width of 360 or more is the whole circle
                     if not (below + above < 360.0):
-                        lo = 0.0
-                        hi = 360.0
+                        lo, hi = 0.0, 360.0
                     else:
-                        lo = lo % 360.0
-                        hi = hi % 360.0
-                elif kind_code == 2:  # distribution
-                    lo = min(max(lo, 0.0), 1.0)
-                    hi = min(max(hi, 0.0), 1.0)
+                        lo, hi = lo % 360.0, hi % 360.0
+                elif kind_code == 2:  # distribution: probabilities
+                    lo, hi = min(max(lo, 0.0), 1.0), min(max(hi, 0.0), 1.0)
             value = x
-            if ints[FIT, j] != FIT_NONE:
-                value = _curve(floats, ints, knots, j, x)
+            if table.fit != FIT_NONE:
+                value = _curve(table, x)
                 if has_interval:
-                    low = _curve(floats, ints, knots, j, lo)
-                    high = _curve(floats, ints, knots, j, hi)
+                    low, high = _curve(table, lo), _curve(table, hi)
                     if low > high:
                         low, high = high, low
-                    if ints[FIT, j] == FIT_POLYNOMIAL and floats[B0 + 2, j] != 0.0:
-                        vertex = -floats[B0 + 1, j] / (2.0 * floats[B0 + 2, j])
+                    b1, b2 = table.b[1], table.b[2]
+                    if table.fit == FIT_POLYNOMIAL and b2 != 0.0:
+                        vertex = -b1 / (2.0 * b2)
                         if lo < vertex < hi:
-                            at = _curve(floats, ints, knots, j, vertex)
-                            low = min(low, at)
-                            high = max(high, at)
-                    if ints[FIT, j] == FIT_ISOTONIC:
-                        se = floats[ISO_SE, j]
-                    else:
-                        variance = 0.0
-                        for r in range(3):
-                            for c in range(3):
-                                variance += x ** r * floats[COV + 3 * r + c, j] * x ** c
-                        se = math.sqrt(variance) if variance > 0.0 else 0.0
-                    extra = floats[T_QUANTILE, j] * se
+                            at = _curve(table, vertex)
+                            low, high = min(low, at), max(high, at)
+                    extra = table.t * _curve_se(table, x)
                     lo = value - math.sqrt((value - low) ** 2 + extra * extra)
                     hi = value + math.sqrt((high - value) ** 2 + extra * extra)
-                if value < floats[REF_LO, j] or value > floats[REF_HI, j]:
+                if value < table.ref_lo or value > table.ref_hi:
                     mask |= 1 << 5
-            if value < floats[LOB, j]:
+            if value < table.lob:
                 mask |= 1 << 0
-            if value < floats[LOD, j]:
+            if value < table.lod:
                 mask |= 1 << 1
-            if value < floats[LOQ, j]:
+            if value < table.loq:
                 mask |= 1 << 2
-            if value < floats[RANGE_LO, j]:
+            if value < table.range_lo:
                 mask |= 1 << 3
-            if value > floats[RANGE_HI, j]:
+            if value > table.range_hi:
                 mask |= 1 << 4
-            if ints[UNCALIBRATED, j]:
+            if table.uncalibrated:
                 mask |= 1 << 6
-            out[0, b, j] = value
-            out[1, b, j] = lo
-            out[2, b, j] = hi
-        out_mask[b] = mask
+            row_values.append(value)
+            row_lo.append(lo)
+            row_hi.append(hi)
+        out_values.append(row_values)
+        out_lo.append(row_lo)
+        out_hi.append(row_hi)
+        masks.append(mask)
+    out = np.array((out_values, out_lo, out_hi), dtype=np.float64).reshape(3, *values.shape)  # (3, B, T)
+    return out, masks
 
 
-__all__ = ["HAS_SCALE", "HAS_SPREAD", "LabTables", "build_tables", "lab_postprocess"]
+__all__ = ["FIT_ISOTONIC", "FIT_NONE", "FIT_POLYNOMIAL", "KIND_CODES", "TargetTable", "build_tables", "postprocess"]

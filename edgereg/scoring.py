@@ -57,8 +57,8 @@ from edgereg.audit import source_of
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
-from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, decode_image, explain_cv2_error, max_file_bytes,
-                                       read_file_bytes)
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, explain_cv2_error, max_file_bytes, read_file_bytes
+from edgereg.preprocess.frames import load_frame
 from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.sources import BatchSource, Entry
 from edgereg.writers import RowWriter
@@ -249,11 +249,25 @@ def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAU
     try:
         data = None if entry.frame is not None else read_file_bytes(entry.path, max_bytes=max_file_bytes(max_pixels))
         with opencv or contextlib.nullcontext():
-            image = entry.frame if data is None else decode_image(data, source=str(entry.path),
-                                                                   max_pixels=max_pixels)
-            return crop_resize(image, config)
+            if data is None:
+                return crop_resize(entry.frame, config)
+            # JPEGs decoded at 1/2..1/8 under config.decode, as training decoded them (preprocess.frames)
+            return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels)
     except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
         return _reason(exc, entry.key)
+
+
+def load_entry(entry: Entry, config: PreprocessConfig,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, CropBox] | str:
+    """Read, decode, crop and resize one entry on the calling thread; a string is the failure reason.
+
+    The decode tasks of ``edgereg.cluster`` call it, so both engines refuse the same files for the
+    same reasons, worded the same way.
+
+    Returns:
+        ``(frame (h, w, 3) uint8 BGR at the model input size, CropBox)``, or the reason (str).
+    """
+    return _load(entry, config, max_pixels)
 
 
 class _DecoderPool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -301,17 +302,25 @@ class CameraSource:
     ``read()`` opens the capture on first use and again after a failed read, so a camera that is
     unplugged and plugged back in, or a stream that drops, comes back without a restart; the
     retry pacing is the caller's (``edgereg.live.run_live`` backs off). A video file is finite:
-    at its end ``read()`` returns ``(False, None)`` and sets ``ended``.
+    at its end ``read()`` returns ``(False, None)`` and sets ``ended`` -- unless ``loop`` is set.
 
     Args:
         spec: "0" (device index), a video file path, or a URL such as "rtsp://host/stream".
         open_capture: factory of the capture object (``cv2.VideoCapture``; replaceable in tests).
+        loop: (video files) start again from the first frame at the end, and treat a file that
+            cannot be opened (deleted, being replaced) as a drop-out to retry, never as the end:
+            a recorded clip then behaves like a camera (``edgereg serve`` uses it).
+        realtime: (video files) deliver frames at the file's frame rate (``CAP_PROP_FPS``; 25
+            when the file does not say) instead of as fast as they decode.
+        sleep: waits for the next frame when ``realtime`` (inject a fake in tests).
 
     Raises:
         CameraError: ``spec`` is none of the three.
     """
 
-    def __init__(self, spec: str | int, *, open_capture: Callable[..., object] = cv2.VideoCapture) -> None:
+    def __init__(self, spec: str | int, *, open_capture: Callable[..., object] = cv2.VideoCapture,
+                 loop: bool = False, realtime: bool = False,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         text = str(spec).strip()
         if text.isdigit():
             self.target: int | str = int(text)
@@ -326,6 +335,11 @@ class CameraSource:
         self.name = f"camera {self.target}" if self.kind == "device" else f"{self.kind} '{self.target}'"
         self._open_capture = open_capture
         self._capture = None
+        self.loop = loop and self.kind == "file"
+        self.realtime = realtime and self.kind == "file"
+        self._sleep = sleep
+        self._period_s = 0.0  # seconds between frames when realtime (from the file's frame rate)
+        self._due = None  # time.monotonic() when the next frame is due (realtime)
         self.ended = False  # a video file has been read to its end
         self.frames_read = 0
 
@@ -333,13 +347,17 @@ class CameraSource:
         capture = self._open_capture(self.target)
         if not capture.isOpened():
             capture.release()
-            self.ended = self.kind == "file"  # a file that does not open will not open later
+            # a file that does not open will not open later, unless it is looped (it may come back)
+            self.ended = self.kind == "file" and not self.loop
             hint = {"device": "is it connected and free? (ls /dev/video*)",
                     "stream": "is the URL right and the stream up?",
-                    "file": "is it a video OpenCV can decode?"}[self.kind]
+                    "file": "does it exist, and is it a video OpenCV can decode?"}[self.kind]
             raise CameraError(f"could not open {self.name}; {hint}")
         if self.kind == "device":
             capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # read the newest frame, not a stale queue
+        if self.realtime:
+            fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+            self._period_s = 1.0 / (fps if 0.0 < fps <= 1000.0 else 25.0)
         return capture
 
     def read(self) -> tuple[bool, np.ndarray | None]:
@@ -353,13 +371,28 @@ class CameraSource:
         if self._capture is None:
             self._capture = self._open()
         ok, frame = self._capture.read()
+        if not (ok and frame is not None) and self.loop and self.frames_read:
+            self.release()  # the end of the clip: play it again from its first frame
+            self._capture = self._open()
+            ok, frame = self._capture.read()
         if ok and frame is not None:
             self.frames_read += 1
+            if self.realtime:
+                self._pace()
             return True, frame
-        if self.kind == "file":
+        if self.kind == "file" and not self.loop:
             self.ended = True
         self.release()  # re-open on the next read
         return False, None
+
+    def _pace(self) -> None:
+        """Wait until this frame is due at the file's frame rate (never sleeps to catch up)."""
+        now = time.monotonic()
+        if self._due is None or now - self._due > self._period_s:
+            self._due = now  # the first frame, or running late (slow decode, a drop-out): resync
+        elif self._due > now:
+            self._sleep(self._due - now)
+        self._due += self._period_s
 
     def release(self) -> None:
         if self._capture is not None:

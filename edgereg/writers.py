@@ -111,6 +111,14 @@ def encode_jsonl_row(row: dict[str, Any]) -> bytes:
     return (json.dumps(clean, ensure_ascii=False) + "\n").encode(ENCODING, ENCODING_ERRORS)
 
 
+def encode_row(row: dict[str, Any], fmt: str) -> bytes:
+    """An output row as the row writers write it: a CSV line (``flags`` joined with ``;``) or a JSON
+    line (``flags`` a list). For code that writes whole blocks of rows (``edgereg.cluster``)."""
+    if fmt == "csv":
+        return encode_csv_row([FLAG_SEPARATOR.join(v) if isinstance(v, (list, tuple)) else v for v in row.values()])
+    return encode_jsonl_row({k: list(v) if isinstance(v, tuple) else v for k, v in row.items()})
+
+
 class _LineSink:
     """An append-only file (or stdout) that takes whole lines: one write call each, then flush."""
 
@@ -229,15 +237,14 @@ class CsvRowWriter(RowWriter):
             self._sink.write_line(encode_csv_row(self.columns))
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        values = [FLAG_SEPARATOR.join(v) if isinstance(v, (list, tuple)) else v for v in row.values()]
-        return encode_csv_row(values)
+        return encode_row(row, "csv")
 
 
 class JsonlRowWriter(RowWriter):
     """One JSON object per line; ``flags`` stays a list."""
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        return encode_jsonl_row({k: list(v) if isinstance(v, tuple) else v for k, v in row.items()})
+        return encode_row(row, "jsonl")
 
 
 def open_rows(out: str | os.PathLike | None, columns: Sequence[str], *, fmt: str | None = None,

@@ -103,8 +103,10 @@ def loading_geometry(probe: SourceProbe, config: TrainConfig) -> PreprocessConfi
         crop = "none" if wants_coords or probe.small_native else "center"
     channels = config.channels or ("gray" if probe.gray else "rgb")
     n = 1 if channels == "gray" else 3
+    # decode="reduced": big JPEGs are decoded at 1/2..1/8 size, as the runtime will (preprocess.frames)
     return PreprocessConfig(input_size=(int(size[0]), int(size[1])), channels=channels, crop=crop,
-                            roi=None if config.roi is None else tuple(config.roi), mean=(0.5,) * n, std=(0.25,) * n)
+                            roi=None if config.roi is None else tuple(config.roi), mean=(0.5,) * n, std=(0.25,) * n,
+                            decode="reduced")
 
 
 def model_crop(kind: str, geometry: PreprocessConfig, config: TrainConfig) -> str:

@@ -29,7 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "onnx.checker and against torch (relative 1e-4) on the validation images.\n\n"
                     "--int8 adds an ONNX Runtime static QDQ quantization (per-channel int8 weights, calibrated\n"
                     "on training images through edgereg's preprocessing), kept only when its RMSE on the\n"
-                    "held-out split, overall and per target, stays within --max-drop of fp32's.\n\n"
+                    "held-out split, overall and per target, stays within --max-drop of fp32's. Layers\n"
+                    "that int8 damages most stay float until it does (accuracy control), layers that run\n"
+                    "slower in int8 than in float stay float while int8 is slow (speed control), and the\n"
+                    "report lists every layer's sensitivity and says whether int8 or fp32 is faster here.\n\n"
                     "Writes export_report.json and prints a summary: accuracy, speed at batch 1 and 32,\n"
                     "size, peak memory.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,6 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="quantize the last layer and the output transform too (default: keep them float)")
     parser.add_argument("--quantize-first", action="store_true",
                         help="quantize the first layer's input too (default: keep the first layer float)")
+    parser.add_argument("--max-float-layers", type=int, default=None, metavar="N",
+                        help="accuracy control: keep at most N more layers float, most damaging first, until "
+                             "the gate passes (default: half of the layers; 0: off)")
     intervals = parser.add_argument_group("prediction intervals (docs/lab-grade.md)")
     intervals.add_argument("--intervals", default="normalized", choices=("normalized", "constant", "none"),
                            help="split-conformal intervals stored in each model's card, from its own residuals on "
@@ -64,7 +70,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            help="flag interval_wide when a reading's interval is over X times the typical one "
                                 "(default 2)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
-    parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the speed/memory measurement")
+    parser.add_argument("--no-speed", dest="speed", action="store_false",
+                        help="skip the speed/memory measurement and the int8 speed control")
     parser.add_argument("--repeats", type=int, default=10, metavar="N",
                         help="timed runs per batch size for the speed measurement (median kept; default 10)")
     return parser
@@ -185,7 +192,8 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
         int8 = quantize_with_gate(
             fp32.path, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
             methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
-            keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout, calibration_info=calibration_info)
+            keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
+            calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed)
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
         elif conformal is not None:  # the int8 model's own residuals, not fp32's
@@ -241,6 +249,8 @@ def _check_args(args, run_dir: Path) -> None:
                            f"edgereg train DATASET --out {run_dir}")
     validate_max_drop(args.max_drop)
     check_opset(args.opset)
+    if args.max_float_layers is not None and args.max_float_layers < 0:
+        raise EdgeregError(f"--max-float-layers must be >= 0, got {args.max_float_layers}")
     if args.calib_images < 1 or args.repeats < 1:
         raise EdgeregError(f"--calib-images and --repeats must be >= 1, got {args.calib_images} and {args.repeats}")
 
@@ -282,6 +292,8 @@ def _gate_hint(args) -> str:
         tries.append("leaving out --quantize-head")
     if args.quantize_first:
         tries.append("leaving out --quantize-first")
+    if args.max_float_layers is not None:
+        tries.append("a larger --max-float-layers")
     return f"Try {', '.join(tries)}, or allow more with --max-drop"
 
 

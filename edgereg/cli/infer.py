@@ -52,6 +52,7 @@ examples:
   edgereg infer model.onnx 'photos/**/*.png' --out preds.jsonl --tta d4 --batch 64
   edgereg infer model.onnx photos/ --out preds.csv --resume          # after a crash or kill
   edgereg infer model.onnx photos/ --out part$ID.csv --shard $ID/16  # job array, IDs 1..16
+  edgereg infer model.onnx photos/ --out preds.csv --engine ray     # Ray Data, local or --ray-address
   edgereg infer model.onnx run.mp4 --out frames.csv
   edgereg infer model.onnx --camera 0
   edgereg infer model.onnx --camera 0 --jsonl --smooth 10 | ./forward_to_analyzer
@@ -63,7 +64,11 @@ examples:
 # options that only make sense for one mode, with their defaults (given -> a clear error)
 BATCH_ONLY = {"out": None, "recursive": False, "resume": False, "overwrite": False, "fail_fast": False,
               "shard": None, "decode_threads": None, "queue": None, "gate": False,
-              "max_pixels": DEFAULT_MAX_PIXELS}
+              "max_pixels": DEFAULT_MAX_PIXELS, "engine": "local", "ray_address": None, "actors": None,
+              "unordered": False, "commit_rows": None}
+# options of one engine (given with the other -> a clear error)
+RAY_ONLY = {"ray_address": None, "actors": None, "unordered": False, "commit_rows": None}
+LOCAL_ONLY = {"decode_threads": None, "queue": None, "gate": False}
 LIVE_ONLY = {"show": False, "smooth": 5, "smooth_method": "median", "stable_tol": None, "frames": None,
              "max_retries": None, "check_standard": None}
 FAILURES_SHOWN = 3  # failures quoted in the summary line
@@ -117,6 +122,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     batch.add_argument("--max-pixels", type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
     batch.add_argument("--gate", action="store_true",
                        help="video: withhold the values of frames the quality gate rejects (default: flag them)")
+    batch.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local (default: threads on this machine) or ray (Ray Data, pip install "
+                            "'edgereg[cluster]'; see docs/scoring-a-million-images.md)")
+
+    ray = parser.add_argument_group("--engine ray")
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="join this Ray cluster (host:port, ray://host:10001 or auto; default: start a local Ray)")
+    ray.add_argument("--actors", type=count(1), default=None, metavar="N",
+                     help="ONNX Runtime actors (default: 1 per GPU, or autoscaled up to half the CPUs; "
+                          "--threads sets each actor's threads and CPUs)")
+    ray.add_argument("--unordered", action="store_true", help="write rows as they finish, not in input order")
+    ray.add_argument("--commit-rows", type=count(1), default=None, metavar="N",
+                     help="rows per atomically committed part (default 4096; a crash redoes at most this many)")
 
     live = parser.add_argument_group("live readout (--camera)")
     live.add_argument("--smooth", type=count(1), default=5, metavar="N",
@@ -173,10 +191,17 @@ def run(args) -> int:
         option = "--" + given[0].replace("_", "-")
         mode = "PATH scoring" if args.camera is not None else "--camera"
         raise EdgeregError(f"{option} applies to {mode} only; remove it or switch mode")
+    other = LOCAL_ONLY if args.engine == "ray" else RAY_ONLY
+    given = [name for name, default in other.items() if getattr(args, name) != default]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        engine = "local" if args.engine == "ray" else "ray"
+        raise EdgeregError(f"{option} applies to --engine {engine} only; remove it or switch engine")
     return _run_live(args) if args.camera is not None else _run_batch(args)
 
 
 def _load_predictor(args, *, batch_size: int, threads: int | None):
+    from edgereg.card import int8_speed_note
     from edgereg.predictor import Predictor
 
     # Preprocessing stays on the calling thread: decoder threads already keep every core busy, and a
@@ -187,7 +212,11 @@ def _load_predictor(args, *, batch_size: int, threads: int | None):
                           threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False,
                           card=card_from_option(args), confidence=None if args.no_intervals else args.confidence,
                           calibration=not args.no_calibration)
-    for note in predictor.lab.notes:
+    notes = list(predictor.lab.notes)
+    note = int8_speed_note(predictor.card, batch_size)
+    if note and predictor.providers[0] == "CPUExecutionProvider":
+        notes.append(note)
+    for note in notes:
         print(f"edgereg: note: {note}", file=sys.stderr)
     return predictor
 
@@ -269,7 +298,14 @@ def _run_batch(args) -> int:
         check_output_target(out, resume=args.resume, overwrite=args.overwrite)
     shard = Shard.parse(args.shard) if args.shard else None
     source = open_source(args.path, recursive=args.recursive)
-    predictor = _load_predictor(args, batch_size=args.batch, threads=args.threads or default_inference_threads())
+    if args.engine == "ray":
+        from edgereg.cluster.command import run_batch_on_ray
+
+        return run_batch_on_ray(args, source=source, out=out, fmt=fmt, shard=shard)
+    planned = source.planned_keys()
+    # One image: a single intra-op thread (a thread pool costs more to start than one frame's work).
+    threads = args.threads or (1 if planned is not None and len(planned) <= 1 else default_inference_threads())
+    predictor = _load_predictor(args, batch_size=args.batch, threads=threads)
     columns = output_columns(predictor, audit=args.audit)
     done: set[str] = set()
     if out is not None:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from edgereg import __version__
 from edgereg.errors import FULL_ERRNOS, EdgeregError, did_you_mean, os_error_reason
 
-COMMANDS = ("info", "infer", "bench", "synth", "train", "lr_find", "models", "export", "eval", "calibrate", "validate",
-            "demo")
+COMMANDS = ("info", "infer", "serve", "bench", "synth", "train", "lr_find", "models", "export", "eval", "calibrate",
+            "validate", "demo")
 
 EPILOG = """examples:
   edgereg synth assay data/assay --n 2000
@@ -27,6 +27,7 @@ EPILOG = """examples:
   edgereg export runs/assay --int8
   edgereg infer runs/assay/model.int8.onnx photos/ --out preds.csv
   edgereg infer model.onnx --camera 0 --jsonl
+  edgereg serve model.onnx --camera 0
 """
 
 
