@@ -24,6 +24,7 @@ FORMAT_VERSION = 1
 KINDS = ("scalar", "vector", "distribution", "coords", "angle")
 CROPS = ("none", "center", "circle")
 CHANNELS = ("rgb", "gray")
+DECODES = ("full", "reduced")  # image files: every pixel, or JPEG DCT-domain downscaling (preprocess.frames)
 CARD_FILE_LIMIT = 16 << 20  # bytes: a card is a few KB; provenance may add some
 
 
@@ -49,8 +50,13 @@ class ModelCard:
     std: tuple[float, ...] = (0.25, 0.25, 0.25)  # per channel, > 0
     fill: float = 0.0  # normalized value written outside the circle
     tta: str = "none"  # default TTA: "none", "d4" or "rot:N"
+    decode: str = "full"  # how files are decoded: "full", or "reduced" (DCT-domain 1/2..1/8 for big crops)
     provenance: dict[str, Any] = field(default_factory=dict)  # dataset, metrics, seed, versions
     quantization: dict[str, Any] = field(default_factory=dict)  # calibration and int8 deltas
+    # Lab-grade readings (docs/lab-grade.md); empty for models exported before they existed:
+    intervals: dict[str, Any] = field(default_factory=dict)  # conformal quantiles (edgereg.intervals)
+    calibration: dict[str, Any] = field(default_factory=dict)  # reading -> reference (edgereg.calibration)
+    validation: dict[str, Any] = field(default_factory=dict)  # LoB/LoD/LoQ and range (edgereg.lab)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -178,6 +184,9 @@ def _validate(card: ModelCard) -> None:
             len(r) == 2 and _is_number(r[0]) and _is_number(r[1]) and r[0] < r[1] for r in card.range
         ):
             raise bad("range", f"{len(card.targets)} [lo, hi] pairs with lo < hi, or null", card.range)
+    if card.decode not in DECODES:
+        raise CardError(f"field 'decode' is {card.decode!r}{did_you_mean(str(card.decode), DECODES)}; "
+                        f"expected one of {', '.join(DECODES)}")
     try:
         parse_tta(card.tta)
     except Exception:
@@ -186,6 +195,52 @@ def _validate(card: ModelCard) -> None:
         raise bad("provenance", "an object", card.provenance)
     if not isinstance(card.quantization, dict):
         raise bad("quantization", "an object", card.quantization)
+    _validate_lab_sections(card, bad)
+
+
+def _validate_lab_sections(card: ModelCard, bad) -> None:
+    """Parse the lab sections, so a malformed one fails when the card is read, not mid-run."""
+    from edgereg.calibration import parse_calibration
+    from edgereg.intervals import parse_intervals
+    from edgereg.limits import parse_validation
+
+    for name in ("intervals", "calibration", "validation"):
+        if not isinstance(getattr(card, name), dict):
+            raise bad(name, "an object", getattr(card, name))
+    parse_intervals(card.intervals, card.targets)
+    parse_calibration(card.calibration, card.targets)
+    parse_validation(card.validation, card.targets)
+
+
+def int8_speed_note(card: ModelCard, batch_size: int | None = None) -> str | None:
+    """One line when the card says its int8 model ran no faster than fp32 at export, else None.
+
+    The export's speed control records ``quantization.speed`` (see ``edgereg.export.int8_search``):
+    int8 against fp32 images/s per batch size on the export machine and the recommended model.
+
+    Args:
+        card: the model's card.
+        batch_size: the batch size the caller runs (the measured batch size nearest to it is
+            consulted); None: note when fp32 was recommended.
+    """
+    speed = card.quantization.get("speed") if card.quantization else None
+    if not isinstance(speed, dict) or not speed.get("measured"):
+        return None
+    ratios = {int(b): r for b, r in (speed.get("int8_vs_fp32") or {}).items()
+              if str(b).isdigit() and isinstance(r, (int, float))}
+    if not ratios:
+        return None
+    if batch_size is None:
+        slow = speed.get("recommended") == "fp32"
+    else:
+        nearest = min(ratios, key=lambda b: (abs(b - batch_size), b))
+        slow = ratios[nearest] <= 1.0
+    if not slow:
+        return None
+    measured = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in sorted(ratios.items()))
+    machine = f" on {speed['machine']}" if speed.get("machine") else ""
+    return (f"this int8 model ran no faster than fp32 when exported (int8/fp32 {measured}{machine}); "
+            "deploy model.onnx on such a machine, or run `edgereg bench` on yours to compare")
 
 
 def card_from_metadata(metadata: dict[str, str], *, source: str) -> ModelCard:

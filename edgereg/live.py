@@ -61,6 +61,7 @@ class LiveConfig:
     retry_max_s: float = 10.0  # the back-off stops doubling here, so recovery is noticed within 10 s
     max_retries: int | None = None  # consecutive failed reads before giving up; None = never give up
     max_frames: int | None = None  # stop after this many frames (None = until the source ends)
+    audit: bool = False  # add the audit trail (edgereg.audit) to every reading
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class Reading:
         report: the quality gate's measurements, or None.
         process_ms: time spent on this frame (gate + model), in milliseconds.
         image: the (H, W, 3) uint8 BGR frame itself, for display (not serialized).
+        lo, hi: {target: conformal bound} at the predictor's confidence, or None.
+        flags: lab flags of the reading (``edgereg.lab``), e.g. ``("below_lod",)``.
+        audit: the audit trail (``edgereg.audit``) with ``--audit``, else None.
+        standard: the ``--check-standard`` verdict on this reading, or None.
     """
 
     timestamp: float
@@ -93,14 +98,20 @@ class Reading:
     report: QualityReport | None = None
     process_ms: float = 0.0
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    lo: dict[str, float] | None = None
+    hi: dict[str, float] | None = None
+    flags: tuple[str, ...] = ()
+    audit: dict[str, Any] | None = None
+    standard: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
         return self.quality == "ok"
 
     def to_json(self) -> str:
-        """One JSON object (no newline): timestamp, frame, value, spread, smoothed, stable,
-        quality, note, and the gate's measurements under ``quality_detail``."""
+        """One JSON object (no newline): timestamp, frame, value, lo, hi, spread, smoothed, stable,
+        flags, quality, note, the gate's measurements under ``quality_detail``, and ``audit`` /
+        ``standard`` when present."""
         def clean(mapping):
             if mapping is None:
                 return None
@@ -108,10 +119,15 @@ class Reading:
 
         record: dict[str, Any] = {
             "timestamp": round(self.timestamp, 3), "frame": self.frame, "value": clean(self.values),
+            "lo": clean(self.lo), "hi": clean(self.hi),
             "spread": clean(self.spread), "smoothed": clean(self.smoothed), "stable": self.stable,
-            "quality": self.quality, "note": self.note,
+            "flags": list(self.flags), "quality": self.quality, "note": self.note,
             "quality_detail": self.report.as_dict() if self.report is not None else None,
         }
+        if self.audit is not None:
+            record["audit"] = self.audit
+        if self.standard is not None:
+            record["standard"] = self.standard
         return json.dumps(record, ensure_ascii=False)
 
 
@@ -176,7 +192,7 @@ def run_live(source: FrameSource, predictor, *, config: LiveConfig = LiveConfig(
     Raises:
         CameraError: ``max_retries`` consecutive reads failed.
     """
-    readout = _Readout(predictor, config, clock)
+    readout = _Readout(predictor, config, clock, source_name=str(getattr(source, "name", "camera")))
     failures = 0
     frame_number = 0
     try:
@@ -311,8 +327,14 @@ class LiveFeed:
 class _Readout:
     """Turns one frame into a Reading: gate, model, smoother and stability window."""
 
-    def __init__(self, predictor, config: LiveConfig, clock: Callable[[], float]) -> None:
+    def __init__(self, predictor, config: LiveConfig, clock: Callable[[], float], *, source_name: str = "camera") -> None:
         card = predictor.card
+        self.source_name = source_name
+        self.audit = None
+        if config.audit:
+            from edgereg.audit import AuditTrail
+
+            self.audit = AuditTrail.for_predictor(predictor)
         self.predictor = predictor
         self.names = tuple(predictor.names)
         self.clock = clock
@@ -346,9 +368,18 @@ class _Readout:
         smoothed = self.smoother.update(values)
         stable = self.stability.update(smoothed)
         spread = dict(zip(self.names, map(float, result.spread[0]))) if result.spread is not None else None
+        lo = dict(zip(self.names, map(float, result.lo[0]))) if result.lo is not None else None
+        hi = dict(zip(self.names, map(float, result.hi[0]))) if result.hi is not None else None
+        audit = None
+        if self.audit is not None:
+            from edgereg.preprocess import crop_resize
+
+            audit = self.audit.fields(f"{self.source_name}#frame={number}", crop_resize(frame, self.predictor.config)[0],
+                                      timestamp=timestamp)
         return Reading(timestamp, number, "ok", values=dict(zip(self.names, map(float, values))),
                        spread=spread, smoothed=dict(zip(self.names, map(float, smoothed))), stable=stable,
-                       note=note, report=report, process_ms=_ms_since(started), image=frame)
+                       note=note, report=report, process_ms=_ms_since(started), image=frame, lo=lo, hi=hi,
+                       flags=tuple(result.flags[0]) if result.flags else (), audit=audit)
 
 
 def _ms_since(started: float) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,11 @@ import onnxruntime as ort
 
 from edgereg.card import ModelCard, card_from_metadata
 from edgereg.errors import ModelFileError, ShapeError
-from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames, read_images
+from edgereg.intervals import DEFAULT_CONFIDENCE
+from edgereg.lab import LabReadout
+from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames
 from edgereg.preprocess.decode import default_threads
+from edgereg.preprocess.frames import read_frames
 from edgereg.preprocess.geometry import CropBox
 from edgereg.providers import resolve_providers
 from edgereg.reduce import reduce_views
@@ -43,20 +46,38 @@ class Predictions:
         names: the T target names.
         index: (B,) int64 position of each reading in the caller's input (predict_paths skips
             unreadable files, so positions may have gaps).
+        lo, hi: (B, T) float64 conformal interval bounds at ``confidence``, in the units of
+            ``values`` (angles wrapped to [0, 360), so lo > hi passes through 0), or None when the
+            card has no intervals or intervals were not asked for.
+        confidence: the level of ``lo``/``hi``, or None.
+        raw: (B, T) float64 the network's readings before the card's calibration to standards, or
+            None when no calibration was applied (then ``values`` are the network's readings).
+        flags: B tuples of lab flags (``edgereg.lab.LAB_FLAGS``), e.g. ``("below_lod",)``.
     """
 
     values: np.ndarray
     spread: np.ndarray | None
     names: tuple[str, ...]
     index: np.ndarray
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    confidence: float | None = None
+    raw: np.ndarray | None = None
+    flags: list[tuple[str, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.values)
 
     def rows(self) -> Iterator[dict[str, float]]:
-        """One dict per image: ``{name: value, ..., name + "_spread": spread, ...}``."""
+        """One dict per image: ``{name: value, name + "_lo": lo, name + "_hi": hi, ...,
+        name + "_spread": spread, ...}`` (bounds only with intervals, spreads only with TTA)."""
         for i in range(len(self.values)):
-            row = {name: float(v) for name, v in zip(self.names, self.values[i])}
+            row = {}
+            for j, name in enumerate(self.names):
+                row[name] = float(self.values[i, j])
+                if self.lo is not None:
+                    row[f"{name}_lo"] = float(self.lo[i, j])
+                    row[f"{name}_hi"] = float(self.hi[i, j])
             if self.spread is not None:
                 row.update({f"{name}_spread": float(s) for name, s in zip(self.names, self.spread[i])})
             yield row
@@ -78,12 +99,17 @@ class Predictor:
         preprocess_parallel: run the preprocessing kernel on numba's threads (True), on the calling
             thread (False), or by batch size (None). Folder scoring passes False: its decoder
             threads already keep every core busy.
+        confidence: level of the conformal intervals (``lo``/``hi``) when the card has them (one
+            of the levels stored at export: 0.5, 0.8, 0.9, 0.95, 0.99); None for no intervals.
+        calibration: apply the card's calibration to standards (False: the network's readings,
+            flagged ``uncalibrated`` when the card has lab information).
     """
 
     def __init__(self, model_path: str | os.PathLike, *, providers: str | Sequence[str] = "auto",
                  tta: str | None = None, batch_size: int = 32, threads: int | None = None,
                  card: ModelCard | None = None, graph_optimization: str = "all",
-                 decode_threads: int | None = None, preprocess_parallel: bool | None = None) -> None:
+                 decode_threads: int | None = None, preprocess_parallel: bool | None = None,
+                 confidence: float | None = DEFAULT_CONFIDENCE, calibration: bool = True) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise ModelFileError(f"model file not found: '{path}'; check the path (expected an .onnx file)")
@@ -118,6 +144,7 @@ class Predictor:
 
             raise TTAError(f"D4 TTA needs a square model input, got {self.config.input_size}; "
                            "use --tta rot:N or none")
+        self.lab = LabReadout(self.card, tta=str(self.tta), confidence=confidence, calibrate=calibration)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -156,35 +183,75 @@ class Predictor:
             boxes: each frame's CropBox (needed to map coords to source pixels; None = identity).
         """
         n = len(frames)
-        n_targets = len(self.card.targets)
-        values = np.empty((n, n_targets))
-        spread = np.empty((n, n_targets)) if self.tta.n > 1 else None
+        values, spread = self._empty_readings(n)
         for start in range(0, n, self.batch_size):
             chunk = frames[start:start + self.batch_size]
             tensor = preprocess_batch(chunk, self.config, self.tta,
                                       parallel=self.preprocess_parallel)  # (b*V, C, H, W)
-            raw = self.session.run([self._output], {self._input: tensor})[0]
-            if raw.ndim != 2 or raw.shape != (len(chunk) * self.tta.n, n_targets):
-                raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "
-                                     f"({len(chunk) * self.tta.n}, {n_targets}) for targets {self.card.targets}")
-            views = raw.astype(np.float64).reshape(len(chunk), self.tta.n, n_targets)  # (b*V,T) -> (b,V,T)
-            reduced, spread_chunk = reduce_views(self.card.kind, views, self.tta)
-            values[start:start + len(chunk)] = reduced
-            if spread is not None:
-                spread[start:start + len(chunk)] = spread_chunk
-        if self.card.kind == "coords":
-            values, spread = self._coords_to_source(values, spread, frames, boxes)
-        return Predictions(values, spread, self.names, np.arange(n, dtype=np.int64))
+            self._infer_views(tensor, values, spread, start)
+        return self._finish(values, spread, boxes)
 
-    def _coords_to_source(self, values, spread, frames, boxes):
+    def predict_tensor(self, tensor: np.ndarray, boxes: Sequence[CropBox] | None = None) -> Predictions:
+        """Read values from model input that ``preprocess_batch(frames, self.config, self.tta)`` made.
+
+        For pipelines that preprocess in another process (``edgereg.cluster`` runs the kernel in
+        its decode tasks and ONNX Runtime in separate actors).
+
+        Args:
+            tensor: (B * V, C, H, W) float32, the V = ``self.tta.n`` views of image b in rows
+                b*V .. b*V + V - 1.
+            boxes: each image's CropBox (needed to map coords to source pixels; None = identity).
+        """
+        views = self.tta.n
+        if tensor.ndim != 4 or len(tensor) % views:
+            raise ShapeError(f"expected (B * {views}, C, H, W) float32 for TTA {self.tta}, got {tensor.shape}")
+        n = len(tensor) // views
+        values, spread = self._empty_readings(n)
+        for start in range(0, n, self.batch_size):
+            stop = min(n, start + self.batch_size)
+            self._infer_views(tensor[start * views:stop * views], values, spread, start)
+        return self._finish(values, spread, boxes)
+
+    def _empty_readings(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values (n, T), spread (n, T) or None without TTA), float64, to be filled."""
+        n_targets = len(self.card.targets)
+        return np.empty((n, n_targets)), (np.empty((n, n_targets)) if self.tta.n > 1 else None)
+
+    def _infer_views(self, tensor: np.ndarray, values: np.ndarray, spread: np.ndarray | None, start: int) -> None:
+        """Run one batch (b*V, C, H, W) and write its TTA-reduced readings into rows start..start+b."""
+        n_targets = len(self.card.targets)
+        count = len(tensor) // self.tta.n
+        raw = self.session.run([self._output], {self._input: tensor})[0]
+        if raw.ndim != 2 or raw.shape != (len(tensor), n_targets):
+            raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "
+                                 f"({len(tensor)}, {n_targets}) for targets {self.card.targets}")
+        views = raw.astype(np.float64).reshape(count, self.tta.n, n_targets)  # (b*V,T) -> (b,V,T)
+        reduced, spread_chunk = reduce_views(self.card.kind, views, self.tta)
+        values[start:start + count] = reduced
+        if spread is not None:
+            spread[start:start + count] = spread_chunk
+
+    def _finish(self, values: np.ndarray, spread: np.ndarray | None,
+                boxes: Sequence[CropBox] | None) -> Predictions:
+        """Coords to source pixels, then the lab post-processing (calibration, intervals, flags)."""
+        scale = None
+        if self.card.kind == "coords":
+            values, spread, scale = self._coords_to_source(values, spread, boxes)
+        lab = self.lab.process(values, spread, scale)
+        return Predictions(lab.values, spread, self.names, np.arange(len(values), dtype=np.int64), lo=lab.lo,
+                           hi=lab.hi, confidence=self.lab.level if lab.lo is not None else None, raw=lab.raw,
+                           flags=lab.flags)
+
+    def _coords_to_source(self, values, spread, boxes):
         height, width = self.config.input_size
-        boxes = boxes or [CropBox(0.0, 0.0, float(width), float(height))] * len(frames)
+        boxes = boxes or [CropBox(0.0, 0.0, float(width), float(height))] * len(values)
         points = values.reshape(len(values), -1, 2)  # (B,T) -> (B,P,2)
         mapped = np.stack([box.to_source(p) for box, p in zip(boxes, points)]) if len(points) else points
+        sides = np.array([[b.w, b.h] for b in boxes], dtype=np.float64).reshape(len(boxes), 2)  # (B, 2)
         if spread is not None:
-            scale = np.array([[b.w, b.h] for b in boxes])[:, None, :]  # (B,1,2)
-            spread = (spread.reshape(len(spread), -1, 2) * scale).reshape(spread.shape)  # px
-        return mapped.reshape(values.shape), spread  # (B,P,2) -> (B,T)
+            spread = (spread.reshape(len(spread), -1, 2) * sides[:, None, :]).reshape(spread.shape)  # px
+        scale = np.tile(sides, values.shape[1] // 2)  # (B, 2) -> (B, T): crop side of x, y, x, y, ...
+        return mapped.reshape(values.shape), spread, scale  # (B,P,2) -> (B,T)
 
     def predict_paths(self, paths: Sequence[str | os.PathLike]) -> tuple[Predictions, list[tuple[int, str, str]]]:
         """Decode files in worker threads and read values from those that decode.
@@ -194,17 +261,15 @@ class Predictor:
             errors as ``[(index, path, reason), ...]`` for the others).
         """
         good, boxes, index, errors = [], [], [], []
-        from edgereg.preprocess import crop_resize
-
-        for i, image in read_images(list(paths), threads=self.decode_threads):
-            if isinstance(image, Exception):
-                errors.append((i, str(paths[i]), str(image)))
+        for i, loaded in read_frames(list(paths), self.config, threads=self.decode_threads):
+            if isinstance(loaded, Exception):
+                errors.append((i, str(paths[i]), str(loaded)))
                 continue
-            frame, box = crop_resize(image, self.config)
+            frame, box = loaded
             good.append(frame)
             boxes.append(box)
             index.append(i)
         height, width = self.config.input_size
         frames = np.stack(good) if good else np.empty((0, height, width, 3), dtype=np.uint8)
         result = self.predict_prepared(frames, boxes)
-        return Predictions(result.values, result.spread, result.names, np.asarray(index, dtype=np.int64)), errors
+        return replace(result, index=np.asarray(index, dtype=np.int64)), errors

@@ -31,6 +31,10 @@ knows it was seen, but with empty values (JSONL ``null``) and the flag ``withhel
 are not gated: a folder has no frame order for ``frozen`` to mean anything, and a dark photo may be
 a sample. After ``--resume`` or with ``--shard`` the gate starts afresh at the first frame scored,
 so ``frozen`` needs its few frames of history again.
+
+With intervals in the card, each target is followed by ``<target>_lo`` and ``<target>_hi`` (the
+predictor's confidence level); the flags are followed by the predictor's lab flags (``below_lod``,
+``interval_wide``, ...; see ``edgereg.lab``).
 """
 
 from __future__ import annotations
@@ -49,11 +53,12 @@ from typing import Any
 
 import numpy as np
 
+from edgereg.audit import source_of
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
-from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, decode_image, explain_cv2_error, max_file_bytes,
-                                       read_file_bytes)
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, explain_cv2_error, max_file_bytes, read_file_bytes
+from edgereg.preprocess.frames import load_frame
 from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.sources import BatchSource, Entry
 from edgereg.writers import RowWriter
@@ -151,6 +156,16 @@ def target_spans(card: ModelCard, boxes: list[CropBox]) -> np.ndarray:
     return spans
 
 
+def output_columns(predictor, *, audit: bool = False) -> tuple[str, ...]:
+    """The columns :func:`score_source` writes for ``predictor`` (bounds when it has intervals,
+    spreads with TTA, the audit columns when ``audit``)."""
+    from edgereg.audit import AUDIT_COLUMNS
+    from edgereg.writers import prediction_columns
+
+    return prediction_columns(predictor.names, with_spread=predictor.tta.n > 1,
+                              with_interval=predictor.lab.has_intervals, audit=AUDIT_COLUMNS if audit else ())
+
+
 def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None,
                   spans: np.ndarray) -> list[tuple[str, ...]]:
     """The flags of each reading (see the module docstring).
@@ -234,11 +249,25 @@ def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAU
     try:
         data = None if entry.frame is not None else read_file_bytes(entry.path, max_bytes=max_file_bytes(max_pixels))
         with opencv or contextlib.nullcontext():
-            image = entry.frame if data is None else decode_image(data, source=str(entry.path),
-                                                                   max_pixels=max_pixels)
-            return crop_resize(image, config)
+            if data is None:
+                return crop_resize(entry.frame, config)
+            # JPEGs decoded at 1/2..1/8 under config.decode, as training decoded them (preprocess.frames)
+            return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels)
     except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
         return _reason(exc, entry.key)
+
+
+def load_entry(entry: Entry, config: PreprocessConfig,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, CropBox] | str:
+    """Read, decode, crop and resize one entry on the calling thread; a string is the failure reason.
+
+    The decode tasks of ``edgereg.cluster`` call it, so both engines refuse the same files for the
+    same reasons, worded the same way.
+
+    Returns:
+        ``(frame (h, w, 3) uint8 BGR at the model input size, CropBox)``, or the reason (str).
+    """
+    return _load(entry, config, max_pixels)
 
 
 class _DecoderPool:
@@ -367,8 +396,10 @@ class _Item:
     withheld: bool  # the quality gate withholds its reading (--gate)
 
 
-def _rows(predictor, items: list[_Item]) -> Iterator[dict[str, Any]]:
-    """Score one batch and yield its output rows (``path``, targets, spreads, ``flags``), in order.
+def _rows(predictor, items: list[_Item], audit=None) -> Iterator[dict[str, Any]]:
+    """Score one batch and yield its output rows (``path``, targets with their ``_lo``/``_hi``
+    bounds, spreads, ``flags``, then the audit columns when ``audit``, an
+    ``edgereg.audit.AuditTrail``, is given), in order.
 
     Withheld items get a row with empty values and the flags ``(reason, "withheld")``; the others
     go through the model together.
@@ -378,23 +409,33 @@ def _rows(predictor, items: list[_Item]) -> Iterator[dict[str, Any]]:
         frames = np.stack([item.frame for item in scored])  # (B, h, w, 3)
         boxes = [item.box for item in scored]
         result = predictor.predict_prepared(frames, boxes)
-        flags = reading_flags(predictor.card, result.values, result.spread, target_spans(predictor.card, boxes))
+        network = result.values if result.raw is None else result.raw  # out_of_range judges the network's head
+        flags = reading_flags(predictor.card, network, result.spread, target_spans(predictor.card, boxes))
+    with_interval = predictor.lab.has_intervals
     position = 0
     for item in items:
         row: dict[str, Any] = {"path": item.entry.key}
         quality = (item.report.reason,) if item.report is not None and item.report.reason else ()
         if item.withheld:
-            row.update((name, None) for name in predictor.names)
+            for name in predictor.names:
+                row[name] = None
+                if with_interval:
+                    row[f"{name}_lo"] = row[f"{name}_hi"] = None
             if predictor.tta.n > 1:
                 row.update((f"{name}_spread", None) for name in predictor.names)
             row["flags"] = (*quality, "withheld")
-            yield row
-            continue
-        row.update(zip(predictor.names, map(float, result.values[position])))
-        if result.spread is not None:
-            row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[position]))
-        row["flags"] = (*flags[position], *quality)
-        position += 1
+        else:
+            for j, name in enumerate(predictor.names):
+                row[name] = float(result.values[position, j])
+                if with_interval:
+                    row[f"{name}_lo"] = float(result.lo[position, j])
+                    row[f"{name}_hi"] = float(result.hi[position, j])
+            if result.spread is not None:
+                row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[position]))
+            row["flags"] = (*flags[position], *quality, *result.flags[position])
+            position += 1
+        if audit is not None:
+            row.update(audit.fields(source_of(item.entry.key), item.frame))
         yield row
 
 
@@ -407,13 +448,13 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
                  fail_fast: bool = False, on_error: Callable[[str, str], None] | None = None,
                  on_progress: Callable[[ScoreStats], None] | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: QualityConfig | None = QualityConfig(),
-                 gate: bool = False) -> ScoreStats:
+                 gate: bool = False, audit=None) -> ScoreStats:
     """Score every selected input of ``source`` and write one row each, in input order.
 
     Args:
         source: the inputs (see ``edgereg.sources``).
         predictor: an ``edgereg.Predictor`` (its ``batch_size``, TTA and card apply).
-        rows: the predictions writer, with columns ``prediction_columns(predictor.names, ...)``.
+        rows: the predictions writer, with columns :func:`output_columns` ``(predictor, audit=...)``.
         errors: the errors writer (columns ``path, reason``), or None.
         skip: keys already scored (``--resume``).
         shard: score only this shard of the inputs.
@@ -426,6 +467,7 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
         max_pixels: images whose header declares more pixels are failures (``--max-pixels``).
         quality: the quality gate's thresholds for video frames; None: no gate.
         gate: withhold the reading of a frame the gate rejects (``--gate``) instead of flagging it.
+        audit: an ``edgereg.audit.AuditTrail`` to add its columns to every row, or None.
 
     Returns:
         The final ScoreStats.
@@ -448,7 +490,7 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
 
     def flush() -> None:
         if batch:
-            for row in _rows(predictor, batch):
+            for row in _rows(predictor, batch, audit):
                 rows.write(row)
                 stats.scored += 1
             batch.clear()

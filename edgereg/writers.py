@@ -9,7 +9,7 @@ cut loses at most those seconds.
 Formats:
 
 * CSV: a header row, then one row per image; numbers with 7 significant digits (the models are
-  float32); the ``flags`` column joins flags with ``;``.
+  float32); the ``flags`` column joins flags with ``;``; an infinite interval bound is ``inf``.
 * JSONL: one JSON object per line with the same keys; ``flags`` is a list; non-finite numbers are
   ``null``.
 * Errors: ``<out stem>.errors.csv`` next to the output, columns ``path, reason``. It is rewritten
@@ -74,10 +74,14 @@ def errors_path_for(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".errors.csv")
 
 
-def prediction_columns(names: Sequence[str], *, with_spread: bool) -> tuple[str, ...]:
-    """``("path", *names, *[name_spread], "flags")``: the output columns for target ``names``."""
+def prediction_columns(names: Sequence[str], *, with_spread: bool, with_interval: bool = False,
+                       audit: Sequence[str] = ()) -> tuple[str, ...]:
+    """The output columns for target ``names``: ``path``, each target (followed by ``name_lo``,
+    ``name_hi`` with intervals), each ``name_spread`` (with TTA), ``flags``, then the ``audit``
+    columns (``edgereg.audit.AUDIT_COLUMNS`` with --audit)."""
+    targets = tuple(c for name in names for c in ((name, f"{name}_lo", f"{name}_hi") if with_interval else (name,)))
     spread = tuple(f"{name}_spread" for name in names) if with_spread else ()
-    return ("path", *names, *spread, "flags")
+    return ("path", *targets, *spread, "flags", *audit)
 
 
 def _format_number(value: Any) -> str:
@@ -105,6 +109,14 @@ def encode_jsonl_row(row: dict[str, Any]) -> bytes:
     """One JSON object on one line (newlines in strings are escaped) as bytes."""
     clean = {key: _json_value(value) for key, value in row.items()}
     return (json.dumps(clean, ensure_ascii=False) + "\n").encode(ENCODING, ENCODING_ERRORS)
+
+
+def encode_row(row: dict[str, Any], fmt: str) -> bytes:
+    """An output row as the row writers write it: a CSV line (``flags`` joined with ``;``) or a JSON
+    line (``flags`` a list). For code that writes whole blocks of rows (``edgereg.cluster``)."""
+    if fmt == "csv":
+        return encode_csv_row([FLAG_SEPARATOR.join(v) if isinstance(v, (list, tuple)) else v for v in row.values()])
+    return encode_jsonl_row({k: list(v) if isinstance(v, tuple) else v for k, v in row.items()})
 
 
 class _LineSink:
@@ -225,15 +237,14 @@ class CsvRowWriter(RowWriter):
             self._sink.write_line(encode_csv_row(self.columns))
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        values = [FLAG_SEPARATOR.join(v) if isinstance(v, (list, tuple)) else v for v in row.values()]
-        return encode_csv_row(values)
+        return encode_row(row, "csv")
 
 
 class JsonlRowWriter(RowWriter):
     """One JSON object per line; ``flags`` stays a list."""
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        return encode_jsonl_row({k: list(v) if isinstance(v, tuple) else v for k, v in row.items()})
+        return encode_row(row, "jsonl")
 
 
 def open_rows(out: str | os.PathLike | None, columns: Sequence[str], *, fmt: str | None = None,
@@ -386,7 +397,7 @@ def load_done_keys(out: str | os.PathLike, columns: Sequence[str], *, fmt: str |
 IDENTITY_FORMAT = 1
 IDENTITY_SUFFIX = ".meta.json"
 # What must match for rows to belong together; the file name and the version are recorded only.
-IDENTITY_KEYS = ("model_sha256", "card_sha256", "tta", "columns")
+IDENTITY_KEYS = ("model_sha256", "card_sha256", "tta", "columns", "readings")
 
 
 def identity_path_for(out: str | os.PathLike) -> Path:
@@ -416,6 +427,9 @@ class OutputIdentity:
         edgereg_version: the edgereg that wrote them (recorded, not compared).
         card_sha256: hex SHA-256 of the model card's JSON in use ("" when not known); differs
             from the embedded card's when ``--card`` replaced it.
+        readings: how the values were made beyond the card: the interval level and whether the
+            card's calibration was applied, e.g. ``"confidence 0.9, calibration 3f1c..."`` ("" when
+            not known; docs/lab-grade.md).
     """
 
     model_sha256: str
@@ -424,16 +438,17 @@ class OutputIdentity:
     columns: tuple[str, ...]
     edgereg_version: str
     card_sha256: str = ""
+    readings: str = ""
 
     @classmethod
     def for_model(cls, model_path: str | os.PathLike, *, tta: str, columns: Sequence[str],
-                  card_json: str | None = None) -> "OutputIdentity":
+                  card_json: str | None = None, readings: str = "") -> "OutputIdentity":
         """The identity of rows written by ``model_path`` (hashing the file) with ``tta`` and ``columns``."""
         from edgereg import __version__
 
         card_sha = hashlib.sha256(card_json.encode()).hexdigest() if card_json is not None else ""
         return cls(model_sha256=sha256_of_file(model_path), model_name=Path(model_path).name, tta=str(tta),
-                   columns=tuple(columns), edgereg_version=__version__, card_sha256=card_sha)
+                   columns=tuple(columns), edgereg_version=__version__, card_sha256=card_sha, readings=readings)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": IDENTITY_FORMAT, **asdict(self), "columns": list(self.columns)}
@@ -445,7 +460,7 @@ class OutputIdentity:
             raise ValueError("not an edgereg output identity (format 1)")
         names = {f.name for f in fields(cls)}
         values = {key: data[key] for key in names if key in data}
-        if set(values) < names - {"card_sha256"}:
+        if set(values) < names - {"card_sha256", "readings"}:
             raise ValueError(f"missing fields {sorted(names - set(values))}")
         if not isinstance(values["columns"], list) or not all(isinstance(c, str) for c in values["columns"]):
             raise ValueError("'columns' must be a list of names")
@@ -459,7 +474,7 @@ class OutputIdentity:
         differ = []
         for key in IDENTITY_KEYS:
             mine, theirs = getattr(self, key), getattr(other, key)
-            if key == "card_sha256" and (not mine or not theirs):
+            if key in ("card_sha256", "readings") and (not mine or not theirs):
                 continue
             if mine != theirs:
                 differ.append(key)
@@ -468,7 +483,8 @@ class OutputIdentity:
     def describe(self) -> str:
         """``model.int8.onnx (sha256 1f2e3d4c5b6a), tta none, columns [path, conc, flags]``."""
         card = f", card {self.card_sha256[:12]}" if self.card_sha256 else ""
-        return (f"{self.model_name} (sha256 {self.model_sha256[:12]}{card}), tta {self.tta}, "
+        readings = f", {self.readings}" if self.readings else ""
+        return (f"{self.model_name} (sha256 {self.model_sha256[:12]}{card}), tta {self.tta}{readings}, "
                 f"columns [{', '.join(self.columns)}]")
 
 
@@ -567,7 +583,8 @@ def check_resume_identity(out_path: str | os.PathLike, identity: OutputIdentity)
     differ = recorded.differences(identity)
     if differ:
         what = ", ".join({"model_sha256": "the model", "card_sha256": "the model card", "tta": "the TTA",
-                          "columns": "the columns (targets)"}[key] for key in differ)
+                          "columns": "the columns (targets)",
+                          "readings": "the --confidence or --no-calibration"}[key] for key in differ)
         raise EdgeregError(f"cannot resume '{out}': its rows come from {recorded.describe()}, this run is "
                            f"{identity.describe()} ({what} differ); use the same model and --tta as the first "
                            "run, --overwrite to start again, or another --out")

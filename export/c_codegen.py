@@ -28,6 +28,7 @@ import numpy as np
 from edgereg import __version__
 from edgereg.card import ModelCard, card_from_metadata
 from edgereg.errors import EdgeregError, ModelFileError, require_extra
+from edgereg.export.c_lab import LabC
 from edgereg.export.c_lowering import Program, lower
 from edgereg.export.c_ops import C_TYPES, Tensor, c_float
 from edgereg.preprocess.config import PreprocessConfig
@@ -271,6 +272,7 @@ class _Writer:
         self.flash_bytes = 0
         self._names: dict[tuple, str] = {}
         self._counts: dict[str, int] = {}
+        self.lab = LabC(card, prefix, self.macro)  # calibration, intervals and lab flags after the network
 
     # -- Emitter -----------------------------------------------------------------------------------
 
@@ -338,7 +340,11 @@ class _Writer:
             preprocess,
             "/* ---- public API ------------------------------------------------------------------- */",
             self._api(),
+            "/* ---- lab-grade readings: calibration, conformal intervals, flags (edgereg.lab) ------- */",
+            self.lab.source(),
+            self._read_api(),
         ]
+        self.flash_bytes += self.lab.flash_bytes
         return "\n\n".join(parts) + "\n", self._header()
 
     def _banner(self) -> str:
@@ -385,7 +391,9 @@ class _Writer:
         if self.card.kind == "coords":
             coords = ["    for (int t = 0; t + 1 < @M_N_OUTPUTS; t += 2) {",
                       "        out[t] = (float)box.x0 + value[t] * (float)box.w - 0.5f;",
-                      "        out[t + 1] = (float)box.y0 + value[t + 1] * (float)box.h - 0.5f;", "    }"]
+                      "        out[t + 1] = (float)box.y0 + value[t + 1] * (float)box.h - 0.5f;",
+                      "        if (scale != NULL) {", "            scale[t] = (float)box.w;",
+                      "            scale[t + 1] = (float)box.h;", "        }", "    }"]
         text = "\n".join([
             "static int check_frame(const uint8_t *pixels, int width, int height, int stride, int channels)",
             "{",
@@ -394,7 +402,8 @@ class _Writer:
             "    return @M_OK;",
             "}",
             "",
-            "static int predict(const uint8_t *pixels, int width, int height, int stride, int channels, float *out)",
+            "static int predict(const uint8_t *pixels, int width, int height, int stride, int channels, float *out,",
+            "                   float *scale)",
             "{",
             "    const int status = check_frame(pixels, width, height, stride, channels);",
             "    if (status != @M_OK) {", "        return status;", "    }",
@@ -403,7 +412,8 @@ class _Writer:
             f"    {'const struct crop_box box = ' if coords else ''}preprocess_frame(&f, {inp});",
             "    network();",
             f"    const float *value = {out};",
-            "    for (int t = 0; t < @M_N_OUTPUTS; ++t) {", "        out[t] = value[t];", "    }",
+            "    for (int t = 0; t < @M_N_OUTPUTS; ++t) {", "        out[t] = value[t];",
+            "        if (scale != NULL) {", "            scale[t] = 1.0f;", "        }", "    }",
             *coords,
             "    return @M_OK;",
             "}",
@@ -419,10 +429,10 @@ class _Writer:
             "}",
             "",
             "int @P_predict_rgb888(const uint8_t *pixels, int width, int height, int stride, float out[@M_N_OUTPUTS])",
-            "{", "    return predict(pixels, width, height, stride, 3, out);", "}",
+            "{", "    return predict(pixels, width, height, stride, 3, out, NULL);", "}",
             "",
             "int @P_predict_gray8(const uint8_t *pixels, int width, int height, int stride, float out[@M_N_OUTPUTS])",
-            "{", "    return predict(pixels, width, height, stride, 1, out);", "}",
+            "{", "    return predict(pixels, width, height, stride, 1, out, NULL);", "}",
             "",
             "int @P_preprocess_rgb888(const uint8_t *pixels, int width, int height, int stride, float *input)",
             "{", "    return preprocess(pixels, width, height, stride, 3, input);", "}",
@@ -441,6 +451,32 @@ class _Writer:
             f"    memcpy(out, {out}, sizeof(float) * @M_N_OUTPUTS);",
             "    return @M_OK;",
             "}",
+        ])
+        return text.replace("@M_", f"{m}_").replace("@P_", f"{p}_")
+
+    def _read_api(self) -> str:
+        """The frame -> lab reading entry points (network, then ``<prefix>_postprocess``)."""
+        m, p = self.macro, self.prefix
+        text = "\n".join([
+            "static int read_frame(const uint8_t *pixels, int width, int height, int stride, int channels,",
+            "                      float confidence, struct @P_reading *out)",
+            "{",
+            "    float raw[@M_N_OUTPUTS];",
+            "    float scale[@M_N_OUTPUTS];",
+            "    if (out == NULL) {", "        return @M_ERR_NULL;", "    }",
+            "    if (lab_level(confidence) < 0) {", "        return @M_ERR_CONFIDENCE;", "    }",
+            "    const int status = predict(pixels, width, height, stride, channels, raw, scale);",
+            "    if (status != @M_OK) {", "        return status;", "    }",
+            "    return @P_postprocess(raw, scale, confidence, out);",
+            "}",
+            "",
+            "int @P_read_rgb888(const uint8_t *pixels, int width, int height, int stride, float confidence,",
+            "                   struct @P_reading *out)",
+            "{", "    return read_frame(pixels, width, height, stride, 3, confidence, out);", "}",
+            "",
+            "int @P_read_gray8(const uint8_t *pixels, int width, int height, int stride, float confidence,",
+            "                  struct @P_reading *out)",
+            "{", "    return read_frame(pixels, width, height, stride, 1, confidence, out);", "}",
         ])
         return text.replace("@M_", f"{m}_").replace("@P_", f"{p}_")
 
@@ -498,7 +534,8 @@ class _Writer:
  *   {p}_infer(input, out)
  *       Only the network: a normalized (C, H, W) input -> the ONNX model's output `value`
  *       ({"coordinates in [0, 1] of the model input" if card.kind == "coords" else "physical units"}).
- */
+ *
+{self.lab.header_doc()} */
 #ifndef {guard}
 #define {guard}
 
@@ -528,6 +565,8 @@ int {p}_predict_gray8(const uint8_t *pixels, int width, int height, int stride, 
 int {p}_preprocess_rgb888(const uint8_t *pixels, int width, int height, int stride, float *input);
 int {p}_preprocess_gray8(const uint8_t *pixels, int width, int height, int stride, float *input);
 int {p}_infer(const float *input, float out[{m}_N_OUTPUTS]);
+
+{self.lab.header()}
 
 #ifdef __cplusplus
 }}

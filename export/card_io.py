@@ -27,3 +27,18 @@ def write_card(path: str | Path, card: ModelCard) -> None:
     tmp = path.with_name(path.name + ".tmp")
     onnx.save(model, str(tmp))
     tmp.replace(path)
+
+
+def copy_with_card(src: str | Path, dst: str | Path, card: ModelCard) -> Path:
+    """Write the model at ``src`` to ``dst`` with ``card`` embedded (atomic; ``src`` is left as it is,
+    and ``dst`` may be ``src``).
+
+    Raises:
+        OutputError: ``dst`` cannot be written (missing folder, a folder in the way, read-only).
+    """
+    from edgereg.writers import atomic_write
+
+    onnx = require_extra("onnx")
+    model = onnx.load(str(src))
+    embed_card(model, card)
+    return atomic_write(dst, model.SerializeToString())

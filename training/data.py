@@ -27,7 +27,7 @@ import numpy as np
 
 from edgereg.card import KINDS
 from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
-from edgereg.preprocess import PreprocessConfig, crop_resize, default_threads, read_image
+from edgereg.preprocess import PreprocessConfig, default_threads, read_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 LABELS_FILE = "labels.csv"
@@ -45,7 +45,7 @@ class Dataset:
     """A dataset in memory, ready for training and evaluation.
 
     Attributes:
-        images: (N, H, W, 3) uint8, BGR, cropped and resized by ``edgereg.preprocess.crop_resize``
+        images: (N, H, W, 3) uint8, BGR, decoded, cropped and resized by ``edgereg.preprocess.read_frame``
             to ``config.input_size``.
         targets: (N, T) float64 in the csv's units, except coords: [0, 1] of the model input
             (``u = (x - x0 + 0.5) / w``), and angles wrapped to [0, 360).
@@ -352,6 +352,8 @@ def _fingerprint(csv_bytes: bytes, stats: list[tuple[str, int, int]], names: lis
     # applied later by the kernel, so a model with other statistics reuses the same cache.
     geometry = {"input_size": list(config.input_size), "crop": config.crop,
                 "roi": None if config.roi is None else [float(v) for v in config.roi]}
+    if config.decode != "full":  # runs recorded before the decode policy existed keep their fingerprint
+        geometry["decode"] = config.decode
     digest.update(json.dumps({"targets": names, "kind": kind, "geometry": geometry}, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -359,7 +361,7 @@ def _fingerprint(csv_bytes: bytes, stats: list[tuple[str, int, int]], names: lis
 def _load_image(path: Path, config: PreprocessConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Decode and crop one image; returns (image, CropBox) or the DecodeError."""
     try:
-        return crop_resize(read_image(path, max_pixels=max_pixels), config)
+        return read_frame(path, config, max_pixels=max_pixels)  # the runtime's decode policy (preprocess.frames)
     except DecodeError as exc:
         return exc
 

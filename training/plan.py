@@ -224,9 +224,10 @@ def loading_geometry(probe: SourceProbe, config: TrainConfig, *, fit_seconds: fl
                                      fit_seconds=fit_seconds, log=log)
     channels = config.channels or ("gray" if probe.gray else "rgb")
     n = 1 if channels == "gray" else 3
+    # decode="reduced": big JPEGs are decoded at 1/2..1/8 size, as the runtime will (preprocess.frames)
     geometry = PreprocessConfig(input_size=(int(size[0]), int(size[1])), channels=channels, crop=crop,
                                 roi=None if config.roi is None else tuple(config.roi), mean=(0.5,) * n,
-                                std=(0.25,) * n)
+                                std=(0.25,) * n, decode="reduced")
     return geometry, reason
 
 

@@ -173,7 +173,7 @@ def card_from_record(record: dict) -> ModelCard:
         kind=record["kind"], targets=tuple(record["targets"]), input_size=config.input_size,
         units=tuple(record["units"]), range=None if ranges is None else tuple(tuple(r) for r in ranges),
         channels=config.channels, crop=config.crop, roi=config.roi, mean=config.mean, std=config.std,
-        fill=config.fill, tta=record["tta"], provenance=provenance,
+        fill=config.fill, tta=record["tta"], decode=config.decode, provenance=provenance,
     )
 
 

@@ -61,24 +61,30 @@ def _call(argv: list[str], *, allowed=(0,)) -> int:
 
 
 def _score_accuracy(preds_csv: Path, labels_csv: Path, target: str) -> dict:
-    """RMSE / max error of a predictions CSV against a dataset's labels, joined on the file path."""
+    """RMSE / max error of a predictions CSV against a dataset's labels, joined on the file path, and
+    the coverage of its ``_lo``/``_hi`` interval when it has one."""
     import numpy as np
 
     truth = {}
     with open(labels_csv, newline="") as handle:
         for row in csv.DictReader(handle):
             truth[(labels_csv.parent / row["path"]).resolve()] = float(row[target])
-    errors = []
+    errors, inside = [], []
     with open(preds_csv, newline="") as handle:
         for row in csv.DictReader(handle):
             key = Path(row["path"]).resolve()
             if key in truth:
                 errors.append(float(row[target]) - truth[key])
+                if f"{target}_lo" in row:
+                    inside.append(float(row[f"{target}_lo"]) <= truth[key] <= float(row[f"{target}_hi"]))
     err = np.asarray(errors)
     if not len(err):
         return {"n": 0}
-    return {"n": int(len(err)), "rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.abs(err).mean()),
-            "max_error": float(np.abs(err).max())}
+    result = {"n": int(len(err)), "rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.abs(err).mean()),
+              "max_error": float(np.abs(err).max())}
+    if inside:
+        result["interval_coverage_90"] = float(np.mean(inside))
+    return result
 
 
 def run(args) -> int:
@@ -119,7 +125,9 @@ def run(args) -> int:
     (out / "demo_report.json").write_text(json.dumps(summary, indent=2))
     if field_metrics.get("n"):
         print(f"field photos scored: {field_metrics['n']}  RMSE {field_metrics['rmse']:.2f} mg/L  "
-              f"MAE {field_metrics['mae']:.2f}  max error {field_metrics['max_error']:.2f} (range 80..350)")
+              f"MAE {field_metrics['mae']:.2f}  max error {field_metrics['max_error']:.2f} (range 80..350)"
+              + (f"; 90% intervals covered {field_metrics['interval_coverage_90']:.0%}"
+                 if "interval_coverage_90" in field_metrics else ""))
     print(f"training report: {run_dir / 'report.png'}")
     print(f"export report:   {export_report}")
     print(f"predictions:     {preds}")

@@ -36,6 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=count(1), default=32, help="images per inference call (default 32)")
     parser.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt (default auto)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="score the network's readings, ignoring the card's calibration to standards")
     parser.add_argument("--allow-outside", action="store_true",
                         help="allow image paths outside the folder of labels.csv (absolute, ../, symlinks)")
     parser.add_argument("--max-pixels", type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
@@ -55,7 +57,8 @@ def run(args) -> int:
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
     _check_out_dir(out_dir)
     predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch,
-                          card=card_from_option(args))
+                          card=card_from_option(args), confidence=None,
+                          calibration=not args.no_calibration)
     card = predictor.card
     dataset = load_dataset(args.dataset, config=predictor.config, targets=list(card.targets), kind=card.kind,
                            strict=args.strict, allow_outside=args.allow_outside, max_pixels=args.max_pixels)
@@ -63,11 +66,13 @@ def run(args) -> int:
     predictions = predictor.predict_prepared(dataset.images, boxes)
     truth = to_user_units(card.kind, dataset.targets, dataset.crop_boxes)  # (N, T), the dataset's units
     metrics = compute_metrics(card.kind, truth, predictions.values, card.targets, groups=dataset.groups)
+    coverage = _coverage(predictor, dataset, boxes, truth)
 
     _make_out_dir(out_dir)
     result = {"model": str(args.model), "dataset": str(args.dataset), "tta": str(predictor.tta),
               "providers": predictor.providers, "n": int(len(truth)), "skipped": len(dataset.skipped),
-              "quantization": card.quantization or None, "metrics": metrics}
+              "quantization": card.quantization or None, "metrics": metrics, "interval_coverage": coverage,
+              "calibration_id": predictor.lab.calibration.id if predictor.lab.calibration else None}
     atomic_write(out_dir / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write(out_dir / "predictions.csv",
                  _predictions_csv(dataset.paths, card.targets, truth, predictions.values).encode())
@@ -85,9 +90,45 @@ def run(args) -> int:
         unit = f" {units[name]}" if units[name] else ""
         print(f"  {name}: RMSE {target['rmse']:.4g}{unit}  MAE {target['mae']:.4g}  "
               f"max error {target['max_error']:.4g}  R² {r2}")
+    print("\n".join(_coverage_lines(coverage)))
     print(f"metrics: {out_dir / 'metrics.json'}")
     print(f"plot: {plot}" if plot else "plot: skipped (matplotlib missing: pip install 'edgereg[train]')")
     return 0
+
+
+def _coverage(predictor, dataset, boxes, truth) -> dict | None:
+    """Observed coverage of the card's intervals on this dataset, at each stored level."""
+    from edgereg.lab import interval_coverage
+    from edgereg.predictor import Predictor
+
+    if not predictor.card.intervals:
+        return None
+    network = Predictor(predictor.path, providers="cpu", tta=str(predictor.tta), batch_size=predictor.batch_size,
+                        confidence=None, calibration=False, card=predictor.card)
+    raw = network.predict_prepared(dataset.images, boxes)
+    scale = None
+    if predictor.card.kind == "coords":
+        import numpy as np
+
+        sides = np.asarray(dataset.crop_boxes, dtype=np.float64)[:, 2:4]  # (N, 2)
+        scale = np.tile(sides, len(predictor.card.targets) // 2)  # (N, 2) -> (N, T)
+    return interval_coverage(predictor.card, str(predictor.tta), raw.values, raw.spread, scale, truth,
+                             calibrate=predictor.lab.calibration is not None)
+
+
+def _coverage_lines(coverage: dict | None) -> list[str]:
+    if coverage is None:
+        return ["  intervals: none in this model's card (export with `edgereg export` to add them)"]
+    levels = coverage["levels"]
+    seen = ", ".join(f"{float(level):.0%} -> {entry['coverage']:.1%}" for level, entry in levels.items())
+    lines = [f"  interval coverage (nominal -> observed): {seen}"]
+    if "0.9" in levels:
+        for name, bins in levels["0.9"]["bins"].items():
+            parts = [f"{b['lo']:.4g}..{b['hi']:.4g}: {b['coverage']:.0%} (n {b['n']})" for b in bins if b["n"]]
+            lines.append(f"  90% coverage of {name} by range bin: " + "; ".join(parts))
+    lines.append("  note: coverage is guaranteed only for images like the export's calibration split; a shortfall "
+                 "here means these images differ (camera, light, samples): recalibrate or re-export")
+    return lines
 
 
 def _dataset_name(dataset: str) -> str:

@@ -15,6 +15,7 @@ EPILOG = """examples:
   edgereg export runs/assay --int8 --calib-dir camera_frames/   # calibrate on deployment images
   edgereg export runs/assay --fp16                # + model.fp16.onnx for CUDA/TensorRT (Jetson)
   edgereg export runs/assay --int8 --c            # + C99 sources for a microcontroller
+  edgereg export runs/assay --int8 --interval-bins 1      # intervals without per-range-bin quantiles
 
 exit codes: 0 exported; 1 the int8 gate failed (report written, no model.int8.onnx); 2 user error
 """
@@ -28,7 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "onnx.checker and against torch (relative 1e-4) on the validation images.\n\n"
                     "--int8 adds an ONNX Runtime static QDQ quantization (per-channel int8 weights, calibrated\n"
                     "on training images through edgereg's preprocessing), kept only when its RMSE on the\n"
-                    "held-out split, overall and per target, stays within --max-drop of fp32's.\n\n"
+                    "held-out split, overall and per target, stays within --max-drop of fp32's. Layers\n"
+                    "that int8 damages most stay float until it does (accuracy control), layers that run\n"
+                    "slower in int8 than in float stay float while int8 is slow (speed control), and the\n"
+                    "report lists every layer's sensitivity and says whether int8 or fp32 is faster here.\n\n"
                     "Writes export_report.json and prints a summary: accuracy, speed at batch 1 and 32,\n"
                     "size, peak memory.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -52,8 +56,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="quantize the last layer and the output transform too (default: keep them float)")
     parser.add_argument("--quantize-first", action="store_true",
                         help="quantize the first layer's input too (default: keep the first layer float)")
+    parser.add_argument("--max-float-layers", type=int, default=None, metavar="N",
+                        help="accuracy control: keep at most N more layers float, most damaging first, until "
+                             "the gate passes (default: half of the layers; 0: off)")
+    intervals = parser.add_argument_group("prediction intervals (docs/lab-grade.md)")
+    intervals.add_argument("--intervals", default="normalized", choices=("normalized", "constant", "none"),
+                           help="split-conformal intervals stored in each model's card, from its own residuals on "
+                                "held-out images: normalized by a per-reading difficulty with per-range-bin "
+                                "(Mondrian) quantiles (default), constant width, or none")
+    intervals.add_argument("--interval-bins", type=int, default=5, metavar="N",
+                           help="Mondrian range bins at most (default 5; each keeps >= 40 test images; 1: off)")
+    intervals.add_argument("--interval-wide-factor", type=float, default=2.0, metavar="X",
+                           help="flag interval_wide when a reading's interval is over X times the typical one "
+                                "(default 2)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
-    parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the speed/memory measurement")
+    parser.add_argument("--no-speed", dest="speed", action="store_false",
+                        help="skip the speed/memory measurement and the int8 speed control")
     parser.add_argument("--repeats", type=int, default=10, metavar="N",
                         help="timed runs per batch size for the speed measurement (median kept; default 10)")
     return parser
@@ -159,6 +177,14 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
     check_inputs = preprocess_batch(gate_set.frames, info.preprocess)  # (N, C, H, W) float32
     fp32 = export_fp32(regressor, card, out_dir / "model.onnx", check_inputs=check_inputs, opset=args.opset)
     fp32_metrics = evaluate(fp32.path, gate_set, card=card)
+    conformal = _interval_setup(args, dataset, info)
+    intervals_report = {}
+    fp32_card = card
+    if conformal is not None:
+        from edgereg.export.conformal import add_intervals
+
+        options, parts = conformal
+        fp32_card, intervals_report["fp32"] = add_intervals(fp32.path, card, parts, model="fp32", options=options)
 
     int8 = None
     if args.int8:
@@ -166,15 +192,18 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
         int8 = quantize_with_gate(
             fp32.path, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
             methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
-            keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout, calibration_info=calibration_info)
+            keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
+            calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed)
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
+        elif conformal is not None:  # the int8 model's own residuals, not fp32's
+            _, intervals_report["int8"] = add_intervals(int8.path, int8.card, parts, model="int8", options=options)
 
     fp16 = None
     if args.fp16:
         from edgereg.export.fp16 import convert_fp16
 
-        fp16 = convert_fp16(fp32.path, out_dir / "model.fp16.onnx", card=card, check_inputs=check_inputs)
+        fp16 = convert_fp16(fp32.path, out_dir / "model.fp16.onnx", card=fp32_card, check_inputs=check_inputs)
 
     written = {"fp32": fp32.path, **({"int8": int8.path} if int8 and int8.path else {})}
     speed = {}
@@ -186,7 +215,8 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
 
     holdout_fp32 = evaluate(fp32.path, holdout, card=card) if holdout is not None and int8 is None else None
     report = build_report(run_dir=run_dir, out_dir=out_dir, fp32=fp32, fp32_metrics=fp32_metrics, int8=int8,
-                          fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32)
+                          fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32,
+                          intervals=intervals_report or None)
     from edgereg.platform_info import cpu_info, runtime_line
 
     machine = cpu_info()
@@ -219,6 +249,8 @@ def _check_args(args, run_dir: Path) -> None:
                            f"edgereg train DATASET --out {run_dir}")
     validate_max_drop(args.max_drop)
     check_opset(args.opset)
+    if args.max_float_layers is not None and args.max_float_layers < 0:
+        raise EdgeregError(f"--max-float-layers must be >= 0, got {args.max_float_layers}")
     if args.calib_images < 1 or args.repeats < 1:
         raise EdgeregError(f"--calib-images and --repeats must be >= 1, got {args.calib_images} and {args.repeats}")
 
@@ -238,6 +270,17 @@ def _held_out_sets(dataset, info):
                        "retrain with a validation split (the default)")
 
 
+def _interval_setup(args, dataset, info):
+    """(ConformalOptions, held-out parts) for --intervals, or None for --intervals none."""
+    if args.intervals == "none":
+        return None
+    from edgereg.export.conformal import ConformalOptions, held_out_parts
+
+    options = ConformalOptions(method=args.intervals, bins=args.interval_bins, wide_factor=args.interval_wide_factor,
+                               seed=info.card.provenance.get("seed") or 0)
+    return options, held_out_parts(dataset, info.split, kind=info.card.kind)
+
+
 def _gate_hint(args) -> str:
     """What to try after a gate failure, given what this export already tried."""
     tries = []
@@ -249,6 +292,8 @@ def _gate_hint(args) -> str:
         tries.append("leaving out --quantize-head")
     if args.quantize_first:
         tries.append("leaving out --quantize-first")
+    if args.max_float_layers is not None:
+        tries.append("a larger --max-float-layers")
     return f"Try {', '.join(tries)}, or allow more with --max-drop"
 
 

@@ -23,11 +23,16 @@ Read values from images with an edgereg model.
 
 Batch scoring (PATH): an image, a folder (--recursive for sub-folders), a glob, a .txt file
 listing paths, or a video (every frame; path column 'video.mp4#frame=N'). One row per image, in
-input order: path, one column per target, the TTA spread per target when TTA is on, and flags
-(out_of_range, tta_disagreement, not_finite). A file that cannot be read never stops the run:
+input order: path, one column per target (each followed by <target>_lo and <target>_hi, the
+conformal interval at --confidence, when the model card has intervals: `edgereg export` stores
+them), the TTA spread per target when TTA is on, and flags (out_of_range, tta_disagreement,
+not_finite, and the lab flags below_lob, below_lod, below_loq, below_range, above_range,
+extrapolated, uncalibrated, interval_wide). --audit adds the audit trail (model SHA-256,
+calibration, version, UTC time, source, frame quality). A file that cannot be read never stops the run:
 it goes to <out stem>.errors.csv with the reason. Exit 0 when all were scored, 3 when some failed.
 Rows are written whole, so after a crash or kill, --resume scores only what is missing;
-<out>.meta.json records the model (SHA-256), TTA and columns, and --resume refuses another one.
+<out>.meta.json records the model (SHA-256), TTA, columns, --confidence and calibration, and
+--resume refuses another one.
 Only regular files are read (a FIFO or device is an error row, never a hang), and images over
 --max-pixels (default 50 MP, read from the header) are refused before they are decoded.
 A video's frames pass the same quality gate as --camera: black, overexposed, frozen or blurred
@@ -47,18 +52,25 @@ examples:
   edgereg infer model.onnx 'photos/**/*.png' --out preds.jsonl --tta d4 --batch 64
   edgereg infer model.onnx photos/ --out preds.csv --resume          # after a crash or kill
   edgereg infer model.onnx photos/ --out part$ID.csv --shard $ID/16  # job array, IDs 1..16
+  edgereg infer model.onnx photos/ --out preds.csv --engine ray     # Ray Data, local or --ray-address
   edgereg infer model.onnx run.mp4 --out frames.csv
   edgereg infer model.onnx --camera 0
   edgereg infer model.onnx --camera 0 --jsonl --smooth 10 | ./forward_to_analyzer
   edgereg infer model.onnx --camera rtsp://10.0.0.5/stream --show
+  edgereg infer model.cal.onnx photos/ --out preds.csv --confidence 0.95 --audit
+  edgereg infer model.cal.onnx --camera 0 --frames 60 --check-standard 150   # exit 1 on drift
 """
 
 # options that only make sense for one mode, with their defaults (given -> a clear error)
 BATCH_ONLY = {"out": None, "recursive": False, "resume": False, "overwrite": False, "fail_fast": False,
               "shard": None, "decode_threads": None, "queue": None, "gate": False,
-              "max_pixels": DEFAULT_MAX_PIXELS}
+              "max_pixels": DEFAULT_MAX_PIXELS, "engine": "local", "ray_address": None, "actors": None,
+              "unordered": False, "commit_rows": None}
+# options of one engine (given with the other -> a clear error)
+RAY_ONLY = {"ray_address": None, "actors": None, "unordered": False, "commit_rows": None}
+LOCAL_ONLY = {"decode_threads": None, "queue": None, "gate": False}
 LIVE_ONLY = {"show": False, "smooth": 5, "smooth_method": "median", "stable_tol": None, "frames": None,
-             "max_retries": None}
+             "max_retries": None, "check_standard": None}
 FAILURES_SHOWN = 3  # failures quoted in the summary line
 
 
@@ -84,6 +96,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                             "leaving the rest to the decoders; one per core for --camera)")
     add_card_option(model)
 
+    lab = parser.add_argument_group("lab-grade readings (docs/lab-grade.md)")
+    lab.add_argument("--confidence", type=_level, default=0.9, metavar="P",
+                     help="level of the <target>_lo/_hi intervals: 0.5, 0.8, 0.9 (default), 0.95 or 0.99")
+    lab.add_argument("--no-intervals", action="store_true", help="leave out the _lo/_hi columns")
+    lab.add_argument("--no-calibration", action="store_true",
+                     help="report the network's readings, ignoring the card's calibration to standards")
+    lab.add_argument("--audit", action="store_true",
+                     help="add model SHA-256, card version, calibration id/date, edgereg version, UTC time, "
+                          "source and frame quality to every row / JSON line")
+
     batch = parser.add_argument_group("batch scoring (PATH)")
     batch.add_argument("--out", metavar="FILE", help="preds.csv or preds.jsonl (default: CSV on stdout)")
     batch.add_argument("--recursive", action="store_true", help="descend into sub-folders of a folder PATH")
@@ -100,6 +122,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     batch.add_argument("--max-pixels", type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
     batch.add_argument("--gate", action="store_true",
                        help="video: withhold the values of frames the quality gate rejects (default: flag them)")
+    batch.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local (default: threads on this machine) or ray (Ray Data, pip install "
+                            "'edgereg[cluster]'; see docs/scoring-a-million-images.md)")
+
+    ray = parser.add_argument_group("--engine ray")
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="join this Ray cluster (host:port, ray://host:10001 or auto; default: start a local Ray)")
+    ray.add_argument("--actors", type=count(1), default=None, metavar="N",
+                     help="ONNX Runtime actors (default: 1 per GPU, or autoscaled up to half the CPUs; "
+                          "--threads sets each actor's threads and CPUs)")
+    ray.add_argument("--unordered", action="store_true", help="write rows as they finish, not in input order")
+    ray.add_argument("--commit-rows", type=count(1), default=None, metavar="N",
+                     help="rows per atomically committed part (default 4096; a crash redoes at most this many)")
 
     live = parser.add_argument_group("live readout (--camera)")
     live.add_argument("--smooth", type=count(1), default=5, metavar="N",
@@ -116,7 +151,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     quality.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
     quality.add_argument("--blur-threshold", type=non_negative, default=None, metavar="X",
                       help="variance of the Laplacian below which a frame is blurred (default 10; 0: off)")
+    live.add_argument("--check-standard", type=_finite, default=None, metavar="VALUE",
+                      help="a standard of this known value is in view: warn (and exit 1) when stable readings "
+                           "drift beyond their interval")
     return parser
+
+
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a level such as 0.9, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a level in (0, 1) such as 0.9, got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
 
 
 def run(args) -> int:
@@ -131,19 +191,34 @@ def run(args) -> int:
         option = "--" + given[0].replace("_", "-")
         mode = "PATH scoring" if args.camera is not None else "--camera"
         raise EdgeregError(f"{option} applies to {mode} only; remove it or switch mode")
+    other = LOCAL_ONLY if args.engine == "ray" else RAY_ONLY
+    given = [name for name, default in other.items() if getattr(args, name) != default]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        engine = "local" if args.engine == "ray" else "ray"
+        raise EdgeregError(f"{option} applies to --engine {engine} only; remove it or switch engine")
     return _run_live(args) if args.camera is not None else _run_batch(args)
 
 
 def _load_predictor(args, *, batch_size: int, threads: int | None):
+    from edgereg.card import int8_speed_note
     from edgereg.predictor import Predictor
 
     # Preprocessing stays on the calling thread: decoder threads already keep every core busy, and a
     # live frame is too small to be worth waking numba's workers.
     from edgereg.cli.options import card_from_option
 
-    return Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
-                     threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False,
-                     card=card_from_option(args))
+    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
+                          threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False,
+                          card=card_from_option(args), confidence=None if args.no_intervals else args.confidence,
+                          calibration=not args.no_calibration)
+    notes = list(predictor.lab.notes)
+    note = int8_speed_note(predictor.card, batch_size)
+    if note and predictor.providers[0] == "CPUExecutionProvider":
+        notes.append(note)
+    for note in notes:
+        print(f"edgereg: note: {note}", file=sys.stderr)
+    return predictor
 
 
 def _quality_config(args):
@@ -196,14 +271,22 @@ class _Progress:
             self.stream.flush()
 
 
+def _readings(predictor) -> str:
+    """How the values are made beyond the card, for the resume identity: the level and calibration."""
+    level = predictor.lab.level if predictor.lab.has_intervals else None
+    calibration = predictor.lab.calibration
+    return (f"confidence {'none' if level is None else f'{level:g}'}, "
+            f"calibration {calibration.id if calibration else 'none'}")
+
+
 def _run_batch(args) -> int:
     from pathlib import Path
 
     from edgereg.errors import EdgeregError
-    from edgereg.scoring import Shard, default_inference_threads, score_source
+    from edgereg.scoring import Shard, default_inference_threads, output_columns, score_source
     from edgereg.sources import open_source
     from edgereg.writers import (OutputIdentity, check_output_target, check_resume_identity, load_done_keys,
-                                 open_errors, open_rows, output_format, prediction_columns, write_identity)
+                                 open_errors, open_rows, output_format, write_identity)
 
     if args.jsonl and args.out:
         raise EdgeregError("--jsonl writes to stdout and --out to a file; for a JSONL file use --out preds.jsonl")
@@ -215,18 +298,30 @@ def _run_batch(args) -> int:
         check_output_target(out, resume=args.resume, overwrite=args.overwrite)
     shard = Shard.parse(args.shard) if args.shard else None
     source = open_source(args.path, recursive=args.recursive)
-    predictor = _load_predictor(args, batch_size=args.batch, threads=args.threads or default_inference_threads())
-    columns = prediction_columns(predictor.names, with_spread=predictor.tta.n > 1)
+    if args.engine == "ray":
+        from edgereg.cluster.command import run_batch_on_ray
+
+        return run_batch_on_ray(args, source=source, out=out, fmt=fmt, shard=shard)
+    planned = source.planned_keys()
+    # One image: a single intra-op thread (a thread pool costs more to start than one frame's work).
+    threads = args.threads or (1 if planned is not None and len(planned) <= 1 else default_inference_threads())
+    predictor = _load_predictor(args, batch_size=args.batch, threads=threads)
+    columns = output_columns(predictor, audit=args.audit)
     done: set[str] = set()
     if out is not None:
         identity = OutputIdentity.for_model(args.model, tta=str(predictor.tta), columns=columns,
-                                            card_json=predictor.card.to_json())
+                                            card_json=predictor.card.to_json(), readings=_readings(predictor))
         if args.resume:
             check_resume_identity(out, identity)
             done = load_done_keys(out, columns, fmt=fmt)
         write_identity(out, identity)
     elif args.resume:
         raise EdgeregError("--resume needs an output file: add --out preds.csv")
+    audit = None
+    if args.audit:
+        from edgereg.audit import AuditTrail
+
+        audit = AuditTrail.for_predictor(predictor)
 
     def on_error(key: str, reason: str) -> None:
         if out is None:  # no errors file: say it on stderr
@@ -244,7 +339,8 @@ def _run_batch(args) -> int:
         stats = score_source(source, predictor, rows, errors, skip=done, shard=shard,
                              decode_threads=args.decode_threads, queue_size=args.queue,
                              fail_fast=args.fail_fast, on_error=on_error, on_progress=progress.update,
-                             max_pixels=args.max_pixels, quality=_quality_config(args), gate=args.gate)
+                             max_pixels=args.max_pixels, quality=_quality_config(args), gate=args.gate,
+                             audit=audit)
     except BrokenPipeError:
         return _stdout_closed()
     except KeyboardInterrupt:
@@ -314,8 +410,10 @@ def format_reading(reading, units: dict[str, str]) -> str:
     for name, value in reading.values.items():
         unit = f" {units[name]}" if units.get(name) else ""
         spread = f" ±{reading.spread[name]:.2g}" if reading.spread else ""
-        parts.append(f"{name} {value:.4g}{spread}{unit} (smoothed {reading.smoothed[name]:.4g})")
+        interval = f" [{reading.lo[name]:.4g}, {reading.hi[name]:.4g}]" if reading.lo else ""
+        parts.append(f"{name} {value:.4g}{interval}{spread}{unit} (smoothed {reading.smoothed[name]:.4g})")
     text = f"{head} " + " | ".join(parts) + ("  STABLE" if reading.stable else "  settling")
+    text += f"  {{{', '.join(reading.flags)}}}" if reading.flags else ""
     return text + (f"  [{reading.note}]" if reading.note else "")
 
 
@@ -340,9 +438,10 @@ def _run_live(args) -> int:
     quality = _quality_config(args)
     config = LiveConfig(smooth_window=args.smooth, smooth_method=args.smooth_method,
                         stable_tolerance=args.stable_tol, quality=quality, max_retries=args.max_retries,
-                        max_frames=args.frames)
+                        max_frames=args.frames, audit=args.audit)
     source = CameraSource(args.camera)
     predictor = _load_predictor(args, batch_size=1, threads=args.threads)
+    check = _standard_check(args, predictor)
     units = predictor.card.unit_of
     stats = LiveStats()
     in_place = not args.jsonl and sys.stdout.isatty()
@@ -367,6 +466,14 @@ def _run_live(args) -> int:
     try:
         for reading in readings:
             stats.add(reading)
+            if check is not None:
+                import dataclasses
+
+                verdict, warning = check.update(reading)
+                if verdict is not None:
+                    reading = dataclasses.replace(reading, standard=verdict)
+                if warning:
+                    print(f"edgereg: WARNING: {warning}", file=sys.stderr, flush=True)
             if args.jsonl:
                 print(reading.to_json(), flush=True)
                 if reading.note:
@@ -390,7 +497,24 @@ def _run_live(args) -> int:
         if in_place:
             sys.stdout.write("\n")
         print(f"edgereg: {stats.summary()}", file=sys.stderr)  # also when giving up on the camera
+        if check is not None:
+            print(f"edgereg: {check.summary()}", file=sys.stderr)
+    if check is not None and check.drifts and code == 0:
+        return 1
     return code
+
+
+def _standard_check(args, predictor):
+    """The --check-standard watcher, or None; refuses a model without intervals up front."""
+    from edgereg.errors import EdgeregError
+    from edgereg.standard_check import StandardCheck
+
+    if args.check_standard is None:
+        return None
+    if not predictor.lab.has_intervals:
+        raise EdgeregError("--check-standard judges drift against each reading's interval, and this run has none: "
+                           "re-export the model with `edgereg export` (it stores intervals) and drop --no-intervals")
+    return StandardCheck(args.check_standard)
 
 
 def _show(reading, units) -> bool:

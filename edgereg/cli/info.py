@@ -23,6 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from edgereg.card import int8_speed_note
     from edgereg.cli.options import card_from_option
 
     card = card_from_option(args)
@@ -45,7 +46,7 @@ def run(args) -> int:
         bounds = f"  range {card.range[i][0]:g}..{card.range[i][1]:g}" if card.range else ""
         print(f"target     {name}" + (f" [{units[name]}]" if units[name] else "") + bounds)
     print(f"input      {card.input_size[0]}x{card.input_size[1]} {card.channels}, crop {card.crop}"
-          + (f", roi {card.roi}" if card.roi else ""))
+          + (f", roi {card.roi}" if card.roi else "") + f", decode {card.decode}")
     print(f"normalize  mean {list(card.mean)} std {list(card.std)} fill {card.fill}")
     print(f"tta        {card.tta} (default)")
     for inp in session.get_inputs():
@@ -56,5 +57,38 @@ def run(args) -> int:
         print("provenance " + json.dumps(card.provenance, sort_keys=True)[:2000])
     if card.quantization:
         print("int8       " + json.dumps(card.quantization, sort_keys=True)[:2000])
+        speed = card.quantization.get("speed") or {}
+        if speed.get("measured"):
+            ratios = ", ".join(f"batch {b} {r:.2f}x" for b, r in speed.get("int8_vs_fp32", {}).items())
+            print(f"speed      int8 / fp32 at export ({speed.get('machine', '?')}): {ratios}; "
+                  f"recommended {speed.get('recommended')}")
+        note = int8_speed_note(card)
+        if note:
+            print(f"note       {note}")
+    for line in _lab_lines(card):
+        print(line)
     print(f"runtime    {runtime_line()}")
     return 0
+
+
+def _lab_lines(card) -> list[str]:
+    """Intervals, calibration to standards and validation limits, one line each (docs/lab-grade.md)."""
+    lines = []
+    if card.intervals:
+        sets = card.intervals["sets"]
+        parts = [f"tta {s['tta']}: {s['model']} residuals, {s['n_calibration']} images of {s['calibration_split']}"
+                 for s in sets]
+        levels = ", ".join(f"{v:g}" for v in card.intervals["levels"])
+        lines.append(f"intervals  {card.intervals['method']} at {levels}; " + "; ".join(parts))
+    if card.calibration:
+        cal = card.calibration
+        standards = cal.get("standards", {})
+        fits = ", ".join(f"{name} {t['fit']} {[round(c, 6) for c in t['coef']]}" for name, t in cal["targets"].items())
+        lines.append(f"calibration {cal['id']} of {cal['date']}: {fits}; {standards.get('n', '?')} photos of standards, "
+                     f"sha256 {standards.get('sha256', '?')}")
+    if card.validation:
+        val = card.validation
+        limits = "; ".join(f"{name} LoB {t.get('lob')} LoD {t.get('lod')} LoQ {t.get('loq')} range {t.get('range')}"
+                           for name, t in val["targets"].items())
+        lines.append(f"validation {val['id']} of {val['date']} (calibration {val.get('calibration_id')}): {limits}")
+    return lines

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from edgereg import __version__
 from edgereg.errors import FULL_ERRNOS, EdgeregError, did_you_mean, os_error_reason
 
-COMMANDS = ("info", "infer", "serve", "bench", "synth", "train", "lr_find", "models", "export", "eval", "demo")
+COMMANDS = ("info", "infer", "serve", "bench", "synth", "train", "lr_find", "models", "export", "eval", "calibrate",
+            "validate", "demo")
 
 EPILOG = """examples:
   edgereg synth assay data/assay --n 2000

@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import cv2
 import numpy as np
@@ -200,7 +201,8 @@ def explain_cv2_error(exc: BaseException) -> str:
     return "not a decodable image (OpenCV refused it: corrupt or unsupported format)"
 
 
-def decode_image(data: bytes, *, source: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, *, source: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, BMP, TIFF, ...).
 
     Gray, 16-bit and alpha images are converted to 8-bit BGR (OpenCV's IMREAD_COLOR).
@@ -210,6 +212,8 @@ def decode_image(data: bytes, *, source: str = "<bytes>", max_pixels: int | None
         source: a name for error messages (usually the path).
         max_pixels: refuse images whose header declares more pixels (None or 0: no limit of ours;
             OpenCV's own cap still applies).
+        flags: OpenCV imread flags: IMREAD_COLOR, or IMREAD_REDUCED_COLOR_2/4/8 for a DCT-domain
+            1/2, 1/4, 1/8 decode of a JPEG (see ``edgereg.preprocess.frames``).
 
     Returns:
         (H, W, 3) uint8, BGR.
@@ -231,7 +235,7 @@ def decode_image(data: bytes, *, source: str = "<bytes>", max_pixels: int | None
         raise DecodeError(f"'{source}': truncated image (the end-of-image marker is missing)")
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(buffer, flags)
     except cv2.error as exc:
         raise DecodeError(f"'{source}': {explain_cv2_error(exc)}") from None
     if image is None or image.size == 0:
@@ -333,17 +337,20 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
 
 
 def read_images(paths: Sequence[str | os.PathLike], *, threads: int | None = None,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[tuple[int, np.ndarray | DecodeError]]:
+                max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                loader: Callable[[str | os.PathLike], Any] | None = None) -> Iterator[tuple[int, Any]]:
     """Decode files in a thread pool, yielding ``(index, image or DecodeError)`` in input order.
 
-    At most ``4 * threads`` decodes are in flight, so memory stays flat on long lists.
+    At most ``4 * threads`` decodes are in flight, so memory stays flat on long lists. ``loader``
+    turns one path into the result (default: :func:`read_image` with ``max_pixels``), raising
+    DecodeError for a bad file.
     """
     threads = threads or default_threads()
     window = 4 * threads
 
     def load(path):
         try:
-            return read_image(path, max_pixels=max_pixels)
+            return loader(path) if loader is not None else read_image(path, max_pixels=max_pixels)
         except DecodeError as exc:
             return exc
 

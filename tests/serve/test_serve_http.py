@@ -231,8 +231,8 @@ def test_events_one_reading_per_frame_resume_and_loss(camera_app, camera, predic
         frames = [r["frame"] for _, r in records]
         assert frames == list(range(frames[0], frames[0] + len(frames)))
         first = records[0][1]
-        assert set(first) == {"timestamp", "frame", "value", "spread", "smoothed", "stable", "quality", "note",
-                              "quality_detail"}
+        assert set(first) == {"timestamp", "frame", "value", "lo", "hi", "spread", "smoothed", "stable", "flags",
+                              "quality", "note", "quality_detail"}  # lo/hi/flags: docs/lab-grade.md
         assert first["quality"] == "ok" and 80 < first["value"]["conc"] < 350
         expected = predictor.predict([sample_frame(first["frame"] + 1, size=camera.size)]).values[0, 0]
         assert first["value"]["conc"] == pytest.approx(expected, abs=1e-5)  # JSON keeps 6 decimals
