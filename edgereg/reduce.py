@@ -72,5 +72,6 @@ def circular_reduce(angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rad = np.deg2rad(angles_deg)
     s, c = np.sin(rad).mean(axis=1), np.cos(rad).mean(axis=1)
     mean = np.rad2deg(np.arctan2(s, c)) % 360.0
+    mean = np.where(mean >= 360.0, 0.0, mean)  # a tiny negative angle (-1e-15) % 360 rounds to 360.0
     resultant = np.clip(np.hypot(s, c), 1e-12, 1.0)
     return mean, np.rad2deg(np.sqrt(-2.0 * np.log(resultant)))
