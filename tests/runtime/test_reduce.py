@@ -138,21 +138,25 @@ def test_predictor_distribution_tta_equals_the_hand_computed_mean_over_views(tmp
     np.testing.assert_allclose(result.spread, probs.std(axis=1), atol=2e-5)
 
 
-def test_identical_angle_views_have_no_spread_and_never_nan():
+@pytest.mark.parametrize("n_views", [3, 5, 7])
+def test_identical_angle_views_have_no_spread_and_never_nan(n_views):
     # the mean unit vector of identical views comes out a hair longer than 1 in float64 for some
-    # angles (108 of these 720); the spread must still be ~0, not sqrt of a negative number (NaN)
+    # angles (e.g. 120 of these 720 with 7 views); the spread must still be ~0, never the square
+    # root of a negative number (NaN)
     angles = np.arange(0.0, 360.0, 0.5)  # (720,)
-    views = np.repeat(angles[:, None, None], 8, axis=1)  # (720, 8, 1)
+    views = np.repeat(angles[:, None, None], n_views, axis=1)  # (720, V, 1)
     values, spread = circular_reduce(views)
     assert np.all(np.isfinite(spread)) and spread.max() < 1e-5  # one ulp below 1 gives 8.5e-7 degrees
     distance = np.abs((values[:, 0] - angles + 180.0) % 360.0 - 180.0)
     assert distance.max() < 1e-9
 
 
-def test_opposed_angle_views_give_a_finite_spread_above_180_degrees():
-    # views at 0 and 180 have no mean direction: the spread must say so with a number, not inf
-    _, spread = circular_reduce(np.array([[[0.0], [180.0]], [[45.0], [225.0]]]))
-    assert np.all(np.isfinite(spread)) and np.all(spread > 180.0)
+def test_views_that_cancel_out_report_the_largest_spread():
+    # 0 and 180 degrees have no mean direction: the spread is the documented cap, not inf
+    _, spread = circular_reduce(np.array([[[0.0], [180.0]], [[90.0], [270.0]]]))
+    cap = np.rad2deg(np.sqrt(-2.0 * np.log(1e-12)))
+    np.testing.assert_allclose(spread, cap, rtol=1e-12)
+    assert cap == pytest.approx(425.9, abs=0.1)
 
 
 def test_distribution_views_summing_below_one_are_scaled_up():
