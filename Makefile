@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# constraints/cpu.txt pins torch to its CPU build (see that file).
+# constraints/cpu.txt pins torch to its CPU build (see that file). The serve extra is installed
+# for the tests of `edgereg serve`.
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench mutants venv clean
@@ -14,7 +15,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=23.1" "setuptools>=68" wheel
-	$(PIP) install --quiet -c constraints/cpu.txt -e '.[train,dev]'
+	$(PIP) install --quiet -c constraints/cpu.txt -e '.[train,serve,dev,cluster]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -234,6 +234,9 @@ def main() -> None:
     }
     results_path = work / "accuracy.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    from edgereg.platform_info import runtime_line
+
+    print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     for task in args.tasks.split(","):
         print(f"\n=== {task}", flush=True)
         results[task] = runners[task]()

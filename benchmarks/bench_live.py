@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--quick", action="store_true", help="50 frames: a smoke run")
     args = parser.parse_args()
+    from edgereg.platform_info import runtime_line
+
+    print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     height, width = (int(v) for v in args.frame.lower().split("x"))
     count = 50 if args.quick else args.frames
     frames = make_frames(height, width)

@@ -8,6 +8,13 @@ For batch 256 at 64x64 and 224x224, RGB with a circular mask:
   distinct buffers (the same bytes written as the fused call: the fair comparison), and one-view
   calls reusing one buffer (which at 64x64 stays in the 32 MiB L3 cache, so it flatters the baseline).
 
+``serial_vs_copyto_cpu`` is the serial kernel against ``copyto``, both timed by the CPU time of this
+thread: the kernel's efficiency per core, which other jobs on a shared machine barely move.
+
+The numba kernels are measured (this script imports them, and from then on ``preprocess_batch`` uses
+them); the numpy twins that serve processes without numba (``edgereg.preprocess.small``) are
+shown against ``copyto`` too.
+
 Run: ``python benchmarks/bench_preprocess.py`` (add ``--quick`` for a smoke run).
 """
 
@@ -19,18 +26,19 @@ import time
 import cv2
 import numpy as np
 
-from edgereg.preprocess import PreprocessConfig, preprocess_batch
+from edgereg.preprocess import PreprocessConfig, kernels, preprocess_batch, small  # noqa: F401 (kernels: numba)
+from edgereg.preprocess.batch import _mask
 from edgereg.preprocess.reference import circle_mask, preprocess_batch_ref
 
 
-def best_time(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
+def best_time(fn, repeats: int, clock=time.perf_counter) -> float:
+    """Median time of ``fn`` over ``repeats`` runs after one warm-up (wall time unless ``clock`` says)."""
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return float(np.median(times))
 
 
@@ -68,6 +76,14 @@ def run(size: int, batch: int, repeats: int, reference_batch: int) -> dict[str, 
 
     kernel = best_time(lambda: preprocess_batch(images, config, out=out), repeats)
     copy = best_time(lambda: np.copyto(dst, src), repeats)
+    # One thread, CPU time of this thread: the kernel's efficiency against memcpy, unmoved by other jobs.
+    scale_, offset_ = config.affine()
+    serial = best_time(lambda: kernels.fused_identity_serial(images, scale_, offset_, float(config.fill), True, False,
+                                                             out), repeats, time.thread_time)
+    copy_cpu = best_time(lambda: np.copyto(dst, src), repeats, time.thread_time)
+    scale, offset = config.affine()
+    twin = best_time(lambda: small.identity(images, scale, offset, config.fill, _mask(size, size), False, out),
+                     repeats)
     vectorized = best_time(lambda: numpy_vectorized(images, config, mask), repeats)
     opencv = best_time(lambda: opencv_path(images, config, mask), repeats)
     ref_images = images[:reference_batch]
@@ -86,6 +102,8 @@ def run(size: int, batch: int, repeats: int, reference_batch: int) -> dict[str, 
         "kernel_GBps": gbps,
         "copyto_GBps": out.nbytes / copy / 1e9,
         "vs_copyto": copy / kernel,
+        "serial_vs_copyto_cpu": copy_cpu / serial,
+        "numpy_twin_vs_copyto": copy / twin,
         "vs_numpy_vectorized": vectorized / kernel,
         "vs_numpy_reference": reference / kernel,
         "vs_opencv": opencv / kernel,
@@ -100,6 +118,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="batch 32, 2 repeats")
     args = parser.parse_args()
+    from edgereg.platform_info import runtime_line
+
+    print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     batch, repeats = (32, 2) if args.quick else (args.batch, args.repeats)
     goals = {"vs_copyto": ">= 0.8", "vs_numpy_reference": ">= 20", "vs_opencv": ">= 10",
              "d4_vs_8x_one_view": "<= 1.0"}
@@ -108,7 +129,7 @@ def main() -> None:
         result = run(size, batch, repeats, reference_batch=min(batch, 16))
         print(f"\n{size}x{size}: kernel {result['kernel_ms']:.2f} ms = {result['kernel_GBps']:.2f} GB/s out "
               f"(copyto {result['copyto_GBps']:.2f} GB/s)")
-        for key in ("vs_copyto", "vs_numpy_vectorized", "vs_numpy_reference", "vs_opencv", "d4_vs_8x_one_view",
+        for key in ("vs_copyto", "serial_vs_copyto_cpu", "numpy_twin_vs_copyto", "vs_numpy_vectorized", "vs_numpy_reference", "vs_opencv", "d4_vs_8x_one_view",
                     "d4_vs_8x_reused_buffer"):
             goal = goals.get(key, "")
             print(f"  {key:<24} {result[key]:8.2f}   {('goal ' + goal) if goal else ''}")

@@ -6,7 +6,14 @@ Public names are imported lazily so that `edgereg --help` starts fast.
 
 from __future__ import annotations
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# OpenCV's own pixel cap, the back-stop behind edgereg's header checks (edgereg.preprocess.decode):
+# OpenCV reads it once, when the cv2 library loads, so it is set here, before any edgereg module
+# imports cv2. A value in the environment wins. 1 << 28 = 268 MP.
+_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 28))
 __all__ = ["Predictor", "Predictions", "ModelCard", "read_card", "EdgeregError"]
 
 _LAZY = {

@@ -24,6 +24,8 @@ FORMAT_VERSION = 1
 KINDS = ("scalar", "vector", "distribution", "coords", "angle")
 CROPS = ("none", "center", "circle")
 CHANNELS = ("rgb", "gray")
+DECODES = ("full", "reduced")  # image files: every pixel, or JPEG DCT-domain downscaling (preprocess.frames)
+CARD_FILE_LIMIT = 16 << 20  # bytes: a card is a few KB; provenance may add some
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class ModelCard:
     std: tuple[float, ...] = (0.25, 0.25, 0.25)  # per channel, > 0
     fill: float = 0.0  # normalized value written outside the circle
     tta: str = "none"  # default TTA: "none", "d4" or "rot:N"
+    decode: str = "full"  # how files are decoded: "full", or "reduced" (DCT-domain 1/2..1/8 for big crops)
     provenance: dict[str, Any] = field(default_factory=dict)  # dataset, metrics, seed, versions
     quantization: dict[str, Any] = field(default_factory=dict)  # calibration and int8 deltas
     format_version: int = FORMAT_VERSION
@@ -126,7 +129,13 @@ def _as_tuple(value: Any, name: str) -> tuple:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite int or float (not a bool); an int too large for a float is not a number here."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond float range (JSON allows 1e400 written out)
+        return False
 
 
 def _validate(card: ModelCard) -> None:
@@ -171,6 +180,9 @@ def _validate(card: ModelCard) -> None:
             len(r) == 2 and _is_number(r[0]) and _is_number(r[1]) and r[0] < r[1] for r in card.range
         ):
             raise bad("range", f"{len(card.targets)} [lo, hi] pairs with lo < hi, or null", card.range)
+    if card.decode not in DECODES:
+        raise CardError(f"field 'decode' is {card.decode!r}{did_you_mean(str(card.decode), DECODES)}; "
+                        f"expected one of {', '.join(DECODES)}")
     try:
         parse_tta(card.tta)
     except Exception:
@@ -181,6 +193,37 @@ def _validate(card: ModelCard) -> None:
         raise bad("quantization", "an object", card.quantization)
 
 
+def int8_speed_note(card: ModelCard, batch_size: int | None = None) -> str | None:
+    """One line when the card says its int8 model ran no faster than fp32 at export, else None.
+
+    The export's speed control records ``quantization.speed`` (see ``edgereg.export.int8_search``):
+    int8 against fp32 images/s per batch size on the export machine and the recommended model.
+
+    Args:
+        card: the model's card.
+        batch_size: the batch size the caller runs (the measured batch size nearest to it is
+            consulted); None: note when fp32 was recommended.
+    """
+    speed = card.quantization.get("speed") if card.quantization else None
+    if not isinstance(speed, dict) or not speed.get("measured"):
+        return None
+    ratios = {int(b): r for b, r in (speed.get("int8_vs_fp32") or {}).items()
+              if str(b).isdigit() and isinstance(r, (int, float))}
+    if not ratios:
+        return None
+    if batch_size is None:
+        slow = speed.get("recommended") == "fp32"
+    else:
+        nearest = min(ratios, key=lambda b: (abs(b - batch_size), b))
+        slow = ratios[nearest] <= 1.0
+    if not slow:
+        return None
+    measured = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in sorted(ratios.items()))
+    machine = f" on {speed['machine']}" if speed.get("machine") else ""
+    return (f"this int8 model ran no faster than fp32 when exported (int8/fp32 {measured}{machine}); "
+            "deploy model.onnx on such a machine, or run `edgereg bench` on yours to compare")
+
+
 def card_from_metadata(metadata: dict[str, str], *, source: str) -> ModelCard:
     """Build the card from an ONNX model's metadata map (``{key: json_text}``)."""
     if CARD_KEY not in metadata:
@@ -189,6 +232,28 @@ def card_from_metadata(metadata: dict[str, str], *, source: str) -> ModelCard:
             "export the model with `edgereg export`, or pass --card CARD.json"
         )
     return ModelCard.from_json(metadata[CARD_KEY], source=source)
+
+
+def read_card_file(path: str | Path) -> ModelCard:
+    """Read and validate a card saved as JSON (``--card CARD.json``), e.g. from ``edgereg info --json``.
+
+    Raises:
+        CardError: the file is missing, unreadable, not JSON, or not a valid card.
+    """
+    from edgereg.errors import DecodeError
+    from edgereg.preprocess.decode import read_file_bytes
+
+    path = Path(path)
+    if not path.exists():
+        raise CardError(f"card file not found: '{path}'; write one with `edgereg info MODEL --json > {path}`")
+    try:  # regular files only (a FIFO would block), and nothing the size of a disk image
+        text = read_file_bytes(path, max_bytes=CARD_FILE_LIMIT).decode("utf-8")
+    except DecodeError as exc:
+        raise CardError(f"cannot read card file: {str(exc).replace('an image', 'a card')}") from None
+    except UnicodeDecodeError as exc:
+        raise CardError(f"cannot read card file '{path}' (not UTF-8 text at byte {exc.start}); expected a "
+                        "UTF-8 JSON file") from None
+    return ModelCard.from_json(text, source=str(path))
 
 
 def read_card(model_path: str | Path) -> ModelCard:

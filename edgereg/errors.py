@@ -6,6 +6,7 @@ The CLI prints ``str(error)`` on one line (no traceback) and exits with ``error.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -51,6 +52,19 @@ class CameraError(EdgeregError):
     """A camera or stream could not be opened or stopped delivering frames."""
 
 
+class OutputError(EdgeregError):
+    """An output file or folder cannot be created or written (read-only, missing folder, in the way)."""
+
+
+class WriteFailedError(OutputError):
+    """Writing stopped in the middle of a run (disk full, quota, I/O error).
+
+    Exit code 1: the run did part of its work; what was written before is intact (whole rows).
+    """
+
+    exit_code = 1
+
+
 class GateError(EdgeregError):
     """The int8 accuracy gate failed: the quantized model is too far from fp32."""
 
@@ -74,3 +88,44 @@ def require_extra(module: str, extra: str = "train"):
             f"this command needs {module!r}, which is not installed: "
             f"pip install 'edgereg[{extra}]' (or run `make venv`)"
         ) from exc
+
+
+_OS_REASONS = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EISDIR: "a folder is in the way (it is a directory)",
+    errno.EEXIST: "a file is in the way",
+    errno.ENOTDIR: "a file is in the way of a folder in its path",
+    errno.ENOENT: "its folder does not exist",
+    errno.EFBIG: "file too large for the file system",
+    errno.EIO: "input/output error",
+    errno.ENAMETOOLONG: "file name too long",
+}
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def os_error_reason(exc: OSError) -> str:
+    """A few words for an OSError: ``read-only file system``, ``no space left on device``, ..."""
+    return _OS_REASONS.get(exc.errno, exc.strerror or type(exc).__name__)
+
+
+def output_error(exc: OSError, path, *, fix: str = "choose another --out", mid_run: bool = False,
+                 resumable: bool = False) -> OutputError:
+    """The typed error for failing to write ``path``: one line with the reason and ``fix``.
+
+    ``mid_run`` (some output was already written) gives :class:`WriteFailedError` (exit 1);
+    ``resumable`` says that ``--resume`` continues the work.
+    """
+    reason = os_error_reason(exc)
+    if exc.errno == errno.ENOENT:
+        import os
+
+        reason = f"folder '{os.path.dirname(os.fspath(path)) or '.'}' does not exist"
+        fix = f"create it first (mkdir -p) or {fix}"
+    elif exc.errno in FULL_ERRNOS:
+        fix = "free some space, then run again" + (" with --resume" if resumable else "")
+    cls = WriteFailedError if mid_run else OutputError
+    return cls(f"cannot write '{path}': {reason}; {fix}")

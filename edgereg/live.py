@@ -13,12 +13,18 @@ Per frame it yields one :class:`Reading`. A frame the quality gate rejects (blac
 frozen, blurred) is not sent to the model and its reading carries no number. The smoother and
 the stability window start again after a drop-out (the sample may have changed); a withheld frame
 only restarts the stability window.
+
+There is one loop however the readings are consumed: ``edgereg infer --camera`` iterates
+:func:`run_live` on its own thread; :class:`LiveFeed` runs the same generator on a background
+thread and hands every reading to its subscribers (``edgereg serve`` publishes them to all its
+web clients), keeping the latest reading and the counters.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -200,6 +206,106 @@ def run_live(source: FrameSource, predictor, *, config: LiveConfig = LiveConfig(
             frame_number += 1
     finally:
         source.release()
+
+
+class LiveFeed:
+    """One :func:`run_live` loop on a background thread, shared by every consumer of its readings.
+
+    Subscribers are called on the capture thread with each :class:`Reading`, in order; they must
+    return quickly (hand the reading over, never wait on a client). :meth:`stop` ends the loop
+    within one frame or one back-off wait and releases the source. ``max_retries`` and
+    ``max_frames`` of the config still end the loop; ``error`` then says why.
+
+    Args:
+        source: a frame source (see :func:`run_live`); released when the loop ends.
+        predictor: an ``edgereg.Predictor``.
+        config: the loop's options.
+        name: what the source is, for messages (default: ``source.name`` or the class name).
+        clock: timestamps of the readings (seconds since the epoch).
+    """
+
+    def __init__(self, source: FrameSource, predictor, *, config: LiveConfig = LiveConfig(),
+                 name: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.predictor = predictor
+        self.config = config
+        self.name = name or getattr(source, "name", type(source).__name__)
+        self.stats = LiveStats()
+        self.error: BaseException | None = None  # why the loop ended, when it ended on an error
+        self._clock = clock
+        self._subscribers: list[Callable[[Reading], None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._latest: Reading | None = None
+        self._last_frame_at: float | None = None  # time.monotonic() of the latest frame read
+
+    def subscribe(self, callback: Callable[[Reading], None]) -> Callable[[], None]:
+        """Call ``callback(reading)`` for every reading from now on; returns the unsubscribe function."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+        return unsubscribe
+
+    @property
+    def latest(self) -> Reading | None:
+        """The most recent reading (a frame or a failed read), or None before the first."""
+        return self._latest
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def frame_age_s(self) -> float | None:
+        """Seconds since the last frame was read (None before the first frame)."""
+        at = self._last_frame_at
+        return None if at is None else time.monotonic() - at
+
+    def connected(self) -> bool:
+        """The loop runs and its latest reading came from a frame, not a failed read."""
+        latest = self._latest
+        return self.running and latest is not None and latest.quality != NO_FRAME
+
+    def start(self) -> None:
+        """Start the capture thread (once)."""
+        if self._thread is not None:
+            raise RuntimeError("LiveFeed.start() was already called")
+        self._thread = threading.Thread(target=self._run, name="edgereg-capture", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the loop to end and wait up to ``timeout_s`` for it (a blocked camera read may not return)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        readings = run_live(self.source, self.predictor, config=self.config, clock=self._clock,
+                            sleep=self._stop.wait)  # a stop interrupts a back-off wait
+        try:
+            for reading in readings:
+                self._publish(reading)
+                if self._stop.is_set():
+                    break
+        except Exception as exc:  # noqa: BLE001 - recorded for the owner (health check, log), never lost
+            self.error = exc
+        finally:
+            readings.close()
+
+    def _publish(self, reading: Reading) -> None:
+        now = time.monotonic()
+        self.stats.add(reading)
+        self._latest = reading
+        if reading.quality != NO_FRAME:
+            self._last_frame_at = now
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            callback(reading)
 
 
 class _Readout:

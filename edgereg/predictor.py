@@ -17,8 +17,9 @@ import onnxruntime as ort
 
 from edgereg.card import ModelCard, card_from_metadata
 from edgereg.errors import ModelFileError, ShapeError
-from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames, read_images
+from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames
 from edgereg.preprocess.decode import default_threads
+from edgereg.preprocess.frames import read_frames
 from edgereg.preprocess.geometry import CropBox
 from edgereg.providers import resolve_providers
 from edgereg.reduce import reduce_views
@@ -156,29 +157,63 @@ class Predictor:
             boxes: each frame's CropBox (needed to map coords to source pixels; None = identity).
         """
         n = len(frames)
-        n_targets = len(self.card.targets)
-        values = np.empty((n, n_targets))
-        spread = np.empty((n, n_targets)) if self.tta.n > 1 else None
+        values, spread = self._empty_readings(n)
         for start in range(0, n, self.batch_size):
             chunk = frames[start:start + self.batch_size]
             tensor = preprocess_batch(chunk, self.config, self.tta,
                                       parallel=self.preprocess_parallel)  # (b*V, C, H, W)
-            raw = self.session.run([self._output], {self._input: tensor})[0]
-            if raw.ndim != 2 or raw.shape != (len(chunk) * self.tta.n, n_targets):
-                raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "
-                                     f"({len(chunk) * self.tta.n}, {n_targets}) for targets {self.card.targets}")
-            views = raw.astype(np.float64).reshape(len(chunk), self.tta.n, n_targets)  # (b*V,T) -> (b,V,T)
-            reduced, spread_chunk = reduce_views(self.card.kind, views, self.tta)
-            values[start:start + len(chunk)] = reduced
-            if spread is not None:
-                spread[start:start + len(chunk)] = spread_chunk
-        if self.card.kind == "coords":
-            values, spread = self._coords_to_source(values, spread, frames, boxes)
-        return Predictions(values, spread, self.names, np.arange(n, dtype=np.int64))
+            self._infer_views(tensor, values, spread, start)
+        return self._finish(values, spread, boxes)
 
-    def _coords_to_source(self, values, spread, frames, boxes):
+    def predict_tensor(self, tensor: np.ndarray, boxes: Sequence[CropBox] | None = None) -> Predictions:
+        """Read values from model input that ``preprocess_batch(frames, self.config, self.tta)`` made.
+
+        For pipelines that preprocess in another process (``edgereg.cluster`` runs the kernel in
+        its decode tasks and ONNX Runtime in separate actors).
+
+        Args:
+            tensor: (B * V, C, H, W) float32, the V = ``self.tta.n`` views of image b in rows
+                b*V .. b*V + V - 1.
+            boxes: each image's CropBox (needed to map coords to source pixels; None = identity).
+        """
+        views = self.tta.n
+        if tensor.ndim != 4 or len(tensor) % views:
+            raise ShapeError(f"expected (B * {views}, C, H, W) float32 for TTA {self.tta}, got {tensor.shape}")
+        n = len(tensor) // views
+        values, spread = self._empty_readings(n)
+        for start in range(0, n, self.batch_size):
+            stop = min(n, start + self.batch_size)
+            self._infer_views(tensor[start * views:stop * views], values, spread, start)
+        return self._finish(values, spread, boxes)
+
+    def _empty_readings(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values (n, T), spread (n, T) or None without TTA), float64, to be filled."""
+        n_targets = len(self.card.targets)
+        return np.empty((n, n_targets)), (np.empty((n, n_targets)) if self.tta.n > 1 else None)
+
+    def _infer_views(self, tensor: np.ndarray, values: np.ndarray, spread: np.ndarray | None, start: int) -> None:
+        """Run one batch (b*V, C, H, W) and write its TTA-reduced readings into rows start..start+b."""
+        n_targets = len(self.card.targets)
+        count = len(tensor) // self.tta.n
+        raw = self.session.run([self._output], {self._input: tensor})[0]
+        if raw.ndim != 2 or raw.shape != (len(tensor), n_targets):
+            raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "
+                                 f"({len(tensor)}, {n_targets}) for targets {self.card.targets}")
+        views = raw.astype(np.float64).reshape(count, self.tta.n, n_targets)  # (b*V,T) -> (b,V,T)
+        reduced, spread_chunk = reduce_views(self.card.kind, views, self.tta)
+        values[start:start + count] = reduced
+        if spread is not None:
+            spread[start:start + count] = spread_chunk
+
+    def _finish(self, values: np.ndarray, spread: np.ndarray | None,
+                boxes: Sequence[CropBox] | None) -> Predictions:
+        if self.card.kind == "coords":
+            values, spread = self._coords_to_source(values, spread, boxes)
+        return Predictions(values, spread, self.names, np.arange(len(values), dtype=np.int64))
+
+    def _coords_to_source(self, values, spread, boxes):
         height, width = self.config.input_size
-        boxes = boxes or [CropBox(0.0, 0.0, float(width), float(height))] * len(frames)
+        boxes = boxes or [CropBox(0.0, 0.0, float(width), float(height))] * len(values)
         points = values.reshape(len(values), -1, 2)  # (B,T) -> (B,P,2)
         mapped = np.stack([box.to_source(p) for box, p in zip(boxes, points)]) if len(points) else points
         if spread is not None:
@@ -194,13 +229,11 @@ class Predictor:
             errors as ``[(index, path, reason), ...]`` for the others).
         """
         good, boxes, index, errors = [], [], [], []
-        from edgereg.preprocess import crop_resize
-
-        for i, image in read_images(list(paths), threads=self.decode_threads):
-            if isinstance(image, Exception):
-                errors.append((i, str(paths[i]), str(image)))
+        for i, loaded in read_frames(list(paths), self.config, threads=self.decode_threads):
+            if isinstance(loaded, Exception):
+                errors.append((i, str(paths[i]), str(loaded)))
                 continue
-            frame, box = crop_resize(image, self.config)
+            frame, box = loaded
             good.append(frame)
             boxes.append(box)
             index.append(i)

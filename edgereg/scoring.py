@@ -22,10 +22,21 @@ Flags (the ``flags`` column), see :func:`reading_flags`:
   ``TTA_DISAGREEMENT_FRACTION`` of the target's span: its range (scalar/vector with a range), 1
   (distribution bins), 360 degrees (angle), or the side of the crop in source pixels (coords).
 * ``not_finite``: the model returned NaN or infinity.
+
+Video frames (batch scoring of a video file) pass the live readout's quality gate
+(``edgereg.quality``, the same thresholds as ``--camera``), in frame order, before they are read:
+a frame that is ``black``, ``overexposed``, ``frozen`` or ``blurred`` gets that word in its flags;
+with ``gate=True`` (``--gate``) its row is still written, so nothing goes missing and ``--resume``
+knows it was seen, but with empty values (JSONL ``null``) and the flag ``withheld``. Still images
+are not gated: a folder has no frame order for ``frozen`` to mean anything, and a dark photo may be
+a sample. After ``--resume`` or with ``--shard`` the gate starts afresh at the first frame scored,
+so ``frozen`` needs its few frames of history again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import queue
 import threading
@@ -33,17 +44,21 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
-from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads, read_image
+from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, explain_cv2_error, max_file_bytes, read_file_bytes
+from edgereg.preprocess.frames import load_frame
+from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.sources import BatchSource, Entry
 from edgereg.writers import RowWriter
 
+OPENCV_EXIT_WAIT_S = 60.0  # the longest an exit waits for a decode in progress (a 50 MP image takes ~1 s)
 OUT_OF_RANGE_MARGIN = 0.005  # fraction of the range span from a limit that counts as "at the limit"
 TTA_DISAGREEMENT_FRACTION = 0.05  # spread above this fraction of the target's span is disagreement
 
@@ -94,16 +109,22 @@ class ScoreStats:
     """Counters of a scoring run (also what the progress callback receives).
 
     Attributes:
-        scored: rows written.
+        scored: rows written (withheld rows included).
         failed: inputs written to the errors file.
         total: inputs this run will attempt (after shard and resume), when known.
         elapsed_s: seconds since the run started.
+        withheld: rows written without values because the quality gate withheld them (``gate``).
+        quality: count of each quality flag given to video frames (withheld or not).
+        first_failures: the first few ``(key, reason)`` failures, for the summary.
     """
 
     scored: int = 0
     failed: int = 0
     total: int | None = None
     elapsed_s: float = 0.0
+    withheld: int = 0
+    quality: dict[str, int] = field(default_factory=dict)
+    first_failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -162,7 +183,12 @@ def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None
 
 
 def _reason(exc: BaseException, key: str) -> str:
-    """The error message without the ``'path': `` prefix that edgereg's errors start with."""
+    """The error message without the ``'path': `` prefix that edgereg's errors start with; an
+    OpenCV exception becomes a sentence (``explain_cv2_error``), never its assertion text."""
+    import cv2
+
+    if isinstance(exc, cv2.error):
+        return explain_cv2_error(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     prefix = f"'{key}': "
     if text.startswith(prefix):
@@ -170,15 +196,63 @@ def _reason(exc: BaseException, key: str) -> str:
     return text if isinstance(exc, EdgeregError) else f"{type(exc).__name__}: {text}"
 
 
-def _load(entry: Entry, config: PreprocessConfig) -> tuple[np.ndarray, CropBox] | str:
-    """Read, decode, crop and resize one entry (in a worker thread); a string is the failure reason."""
+class _OpenCVCalls:
+    """Counts worker threads inside OpenCV, so that an exit can wait for them.
+
+    The interpreter must not exit while a thread runs OpenCV code (its teardown then aborts the
+    process with SIGABRT); a thread blocked reading a file, on the other hand, may be abandoned.
+    """
+
+    def __init__(self) -> None:
+        self._inside = 0
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._changed:
+            self._inside += 1
+
+    def __exit__(self, *exc_info) -> None:
+        with self._changed:
+            self._inside -= 1
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no thread is inside OpenCV; False when ``timeout_s`` passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._inside == 0, timeout=timeout_s)
+
+
+def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+          opencv: _OpenCVCalls | None = None) -> tuple[np.ndarray, CropBox] | str:
+    """Read, decode, crop and resize one entry (in a worker thread); a string is the failure reason.
+
+    The file is read first (I/O, which may hang on a dead network file system), then decoded and
+    cropped inside ``opencv`` (which an exit waits for).
+    """
     if entry.error is not None:
         return entry.error
     try:
-        image = entry.frame if entry.frame is not None else read_image(entry.path)
-        return crop_resize(image, config)
+        data = None if entry.frame is not None else read_file_bytes(entry.path, max_bytes=max_file_bytes(max_pixels))
+        with opencv or contextlib.nullcontext():
+            if data is None:
+                return crop_resize(entry.frame, config)
+            # JPEGs decoded at 1/2..1/8 under config.decode, as training decoded them (preprocess.frames)
+            return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels)
     except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
         return _reason(exc, entry.key)
+
+
+def load_entry(entry: Entry, config: PreprocessConfig,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, CropBox] | str:
+    """Read, decode, crop and resize one entry on the calling thread; a string is the failure reason.
+
+    The decode tasks of ``edgereg.cluster`` call it, so both engines refuse the same files for the
+    same reasons, worded the same way.
+
+    Returns:
+        ``(frame (h, w, 3) uint8 BGR at the model input size, CropBox)``, or the reason (str).
+    """
+    return _load(entry, config, max_pixels)
 
 
 class _DecoderPool:
@@ -188,8 +262,9 @@ class _DecoderPool:
     hanging on a network file system (or a FIFO) would keep a Ctrl-C'd run from ever exiting.
     """
 
-    def __init__(self, threads: int, fn: Callable[..., Any]) -> None:
+    def __init__(self, threads: int, fn: Callable[..., Any], opencv: _OpenCVCalls | None = None) -> None:
         self._fn = fn
+        self.opencv = opencv or _OpenCVCalls()
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"edgereg-decode-{i}", daemon=True)
                          for i in range(threads)]
@@ -211,18 +286,22 @@ class _DecoderPool:
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
                 future.set_exception(exc)
 
-    def shutdown(self, *, timeout_s: float = 1.0) -> None:
-        """Stop the threads after their current task, waiting at most ``timeout_s`` for them.
+    def shutdown(self, *, timeout_s: float = 1.0, opencv_timeout_s: float = OPENCV_EXIT_WAIT_S) -> None:
+        """Stop the threads after their current task, waiting at most ``timeout_s`` for them, and
+        up to ``opencv_timeout_s`` more while one of them is inside OpenCV.
 
         Waiting lets a decode in progress leave OpenCV before the interpreter may exit (exiting
-        under a running OpenCV call aborts the process); the bound keeps a hung read from
-        blocking the exit.
+        under a running OpenCV call aborts the process); a decode is bounded by --max-pixels, so
+        that wait ends. A thread stuck reading a file (a dead network file system) is not in
+        OpenCV and is abandoned after ``timeout_s``: it cannot keep the run from exiting.
         """
         for _ in self._threads:
             self._tasks.put(None)
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            self.opencv.wait_idle(opencv_timeout_s)
 
 
 _END = object()  # the producer's last item
@@ -236,7 +315,12 @@ class _Failure:
 
 
 def _produce(source: BatchSource, select, pool: _DecoderPool, config: PreprocessConfig,
-             pending: queue.Queue, stop: threading.Event) -> None:
+             pending: queue.Queue, stop: threading.Event, max_pixels: int | None,
+             quality: QualityConfig | None) -> None:
+    """Walk the source in order, submit each entry for decoding and queue ``(entry, future,
+    quality report or None)``; video frames pass the quality gate here, in frame order."""
+    gate = QualityGate(quality) if quality is not None else None
+
     def put(item: Any) -> bool:
         while not stop.is_set():
             try:
@@ -248,7 +332,8 @@ def _produce(source: BatchSource, select, pool: _DecoderPool, config: Preprocess
 
     try:
         for entry in source.entries(select):
-            if not put((entry, pool.submit(entry, config))):
+            report = gate.check(entry.frame) if gate is not None and entry.frame is not None else None
+            if not put((entry, pool.submit(entry, config, max_pixels), report)):
                 return
     except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
         put(_Failure(exc))
@@ -256,25 +341,28 @@ def _produce(source: BatchSource, select, pool: _DecoderPool, config: Preprocess
         put(_END)
 
 
-def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, threads: int,
-                     queue_size: int) -> Iterator[tuple[Entry, tuple[np.ndarray, CropBox] | str]]:
-    """Yield ``(entry, (frame, box) or failure reason)`` in input order, decoding ahead in threads.
+def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, threads: int, queue_size: int,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: QualityConfig | None = None
+                     ) -> Iterator[tuple[Entry, tuple[np.ndarray, CropBox] | str, QualityReport | None]]:
+    """Yield ``(entry, (frame, box) or failure reason, quality report)`` in input order, decoding
+    ahead in threads (the report is None except for video frames with ``quality``).
 
     ``frame`` is (h, w, 3) uint8 BGR at the model input size. At most ``queue_size`` entries are
     decoded ahead of the consumer. Close the generator to stop the threads.
     """
     pending: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
     stop = threading.Event()
-    pool = _DecoderPool(threads, _load)
+    opencv = _OpenCVCalls()
+    pool = _DecoderPool(threads, functools.partial(_load, opencv=opencv), opencv)
     producer = threading.Thread(target=_produce, name="edgereg-sources", daemon=True,
-                                args=(source, select, pool, config, pending, stop))
+                                args=(source, select, pool, config, pending, stop, max_pixels, quality))
     producer.start()
     try:
         while (item := pending.get()) is not _END:
             if isinstance(item, _Failure):
                 raise item.exc
-            entry, future = item
-            yield entry, future.result()
+            entry, future, report = item
+            yield entry, future.result(), report
     finally:
         stop.set()
         _drain(pending)
@@ -282,29 +370,58 @@ def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, t
         pool.shutdown(timeout_s=1.0)
 
 
-def _rows(predictor, entries: list[Entry], frames: np.ndarray, boxes: list[CropBox]) -> Iterator[dict[str, Any]]:
-    """Score one batch and yield its output rows (``path``, targets, spreads, ``flags``).
+@dataclass(frozen=True)
+class _Item:
+    """One decoded input waiting in a batch: its frame at model size, crop box and quality report."""
 
-    Args:
-        frames: (B, h, w, 3) uint8 BGR at the model input size.
-        boxes: the B crop boxes in source pixels.
+    entry: Entry
+    frame: np.ndarray  # (h, w, 3) uint8 BGR at the model input size
+    box: CropBox
+    report: QualityReport | None  # video frames only
+    withheld: bool  # the quality gate withholds its reading (--gate)
+
+
+def _rows(predictor, items: list[_Item]) -> Iterator[dict[str, Any]]:
+    """Score one batch and yield its output rows (``path``, targets, spreads, ``flags``), in order.
+
+    Withheld items get a row with empty values and the flags ``(reason, "withheld")``; the others
+    go through the model together.
     """
-    result = predictor.predict_prepared(frames, boxes)
-    flags = reading_flags(predictor.card, result.values, result.spread, target_spans(predictor.card, boxes))
-    for i, entry in enumerate(entries):
-        row: dict[str, Any] = {"path": entry.key}
-        row.update(zip(predictor.names, map(float, result.values[i])))
+    scored = [item for item in items if not item.withheld]
+    if scored:
+        frames = np.stack([item.frame for item in scored])  # (B, h, w, 3)
+        boxes = [item.box for item in scored]
+        result = predictor.predict_prepared(frames, boxes)
+        flags = reading_flags(predictor.card, result.values, result.spread, target_spans(predictor.card, boxes))
+    position = 0
+    for item in items:
+        row: dict[str, Any] = {"path": item.entry.key}
+        quality = (item.report.reason,) if item.report is not None and item.report.reason else ()
+        if item.withheld:
+            row.update((name, None) for name in predictor.names)
+            if predictor.tta.n > 1:
+                row.update((f"{name}_spread", None) for name in predictor.names)
+            row["flags"] = (*quality, "withheld")
+            yield row
+            continue
+        row.update(zip(predictor.names, map(float, result.values[position])))
         if result.spread is not None:
-            row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[i]))
-        row["flags"] = flags[i]
+            row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[position]))
+        row["flags"] = (*flags[position], *quality)
+        position += 1
         yield row
+
+
+FAILURES_KEPT = 5  # failures remembered for the summary line
 
 
 def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWriter | None = None, *,
                  skip: Collection[str] = frozenset(), shard: Shard | None = None,
                  decode_threads: int | None = None, queue_size: int | None = None,
                  fail_fast: bool = False, on_error: Callable[[str, str], None] | None = None,
-                 on_progress: Callable[[ScoreStats], None] | None = None) -> ScoreStats:
+                 on_progress: Callable[[ScoreStats], None] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: QualityConfig | None = QualityConfig(),
+                 gate: bool = False) -> ScoreStats:
     """Score every selected input of ``source`` and write one row each, in input order.
 
     Args:
@@ -320,6 +437,9 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
         fail_fast: stop at the first input that fails.
         on_error: called with ``(key, reason)`` for each failure (e.g. to print it).
         on_progress: called with the running :class:`ScoreStats` after each batch and each failure.
+        max_pixels: images whose header declares more pixels are failures (``--max-pixels``).
+        quality: the quality gate's thresholds for video frames; None: no gate.
+        gate: withhold the reading of a frame the gate rejects (``--gate``) instead of flagging it.
 
     Returns:
         The final ScoreStats.
@@ -333,7 +453,7 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
 
     stats = ScoreStats(total=_count_selected(source, select))
     started = time.perf_counter()
-    batch: list[tuple[Entry, np.ndarray, CropBox]] = []
+    batch: list[_Item] = []
 
     def report() -> None:
         stats.elapsed_s = time.perf_counter() - started
@@ -342,27 +462,32 @@ def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWri
 
     def flush() -> None:
         if batch:
-            entries, frames, boxes = zip(*batch)
-            for row in _rows(predictor, list(entries), np.stack(frames), list(boxes)):  # (B, h, w, 3)
+            for row in _rows(predictor, batch):
                 rows.write(row)
-            stats.scored += len(batch)
+                stats.scored += 1
             batch.clear()
             report()
 
     with closing(_decode_in_order(source, select, predictor.config, threads=decode_threads,
-                                  queue_size=queue_size)) as decoded:
-        for entry, loaded in decoded:
+                                  queue_size=queue_size, max_pixels=max_pixels, quality=quality)) as decoded:
+        for entry, loaded, verdict in decoded:
             if isinstance(loaded, str):
                 if errors is not None:
                     errors.write({"path": entry.key, "reason": loaded})
                 stats.failed += 1
+                if len(stats.first_failures) < FAILURES_KEPT:
+                    stats.first_failures.append((entry.key, loaded))
                 if on_error:
                     on_error(entry.key, loaded)
                 report()
                 if fail_fast:
                     break
                 continue
-            batch.append((entry, *loaded))
+            rejected = verdict is not None and verdict.reason is not None
+            if rejected:
+                stats.quality[verdict.reason] = stats.quality.get(verdict.reason, 0) + 1
+                stats.withheld += gate
+            batch.append(_Item(entry, *loaded, verdict, withheld=rejected and gate))
             if len(batch) >= predictor.batch_size:
                 flush()
         flush()

@@ -13,6 +13,11 @@ is the ``path`` column of the output, which ``--resume`` matches on.
   the file's order; blank lines and lines starting with ``#`` are skipped; relative paths are
   resolved against the list file's folder, and the key is the line as written.
 * A video scores every frame; the key of frame N (0-based) is ``video.mp4#frame=N``.
+* Nothing with an image extension vanishes: a FIFO, socket or device file is listed like any file
+  and refused by the reader without blocking (``not a regular file (fifo)``, see
+  ``edgereg.preprocess.decode``), and a directory named like an image (``x.png/``) is listed too
+  (``is a directory, not an image``) unless ``--recursive`` descends into it. A video or list
+  file that is not a regular file is refused before it is opened.
 
 :class:`CameraSource` is the live source: a device index, a video file or a stream URL, opened
 with ``cv2.VideoCapture`` and re-opened after a drop-out (see ``edgereg.live``).
@@ -23,6 +28,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ import cv2
 import numpy as np
 
 from edgereg.errors import CameraError, DecodeError, EdgeregError
+from edgereg.preprocess.decode import file_kind
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
@@ -149,7 +156,8 @@ class FolderSource(_FileListSource):
 
         for folder, subfolders, files in os.walk(root, onerror=on_error):
             base = Path(folder).relative_to(root)
-            if not recursive:
+            if not recursive:  # a folder named like an image is listed (and refused), not dropped
+                found.extend((base / name, None) for name in subfolders if is_image_file(Path(name)))
                 subfolders.clear()
             for name in files:
                 if is_image_file(Path(name)):
@@ -170,7 +178,8 @@ class GlobSource(_FileListSource):
 
     def __init__(self, pattern: str) -> None:
         matches = [Path(p) for p in glob.glob(pattern, recursive=True)]
-        files = [p for p in matches if p.is_file() and is_image_file(p)]
+        # anything named like an image, regular file or not: the reader refuses FIFOs and folders
+        files = [p for p in matches if is_image_file(p)]
         self.ignored = len(matches) - len(files)
         files.sort(key=path_key)
         if not files:
@@ -273,6 +282,9 @@ def open_source(spec: str, *, recursive: bool = False) -> BatchSource:
         return FolderSource(path, recursive=recursive)
     if path.exists():
         suffix = path.suffix.lower()
+        kind = file_kind(path.stat().st_mode)
+        if kind is not None and suffix in VIDEO_EXTENSIONS | LIST_EXTENSIONS:
+            raise EdgeregError(f"'{path}' is not a regular file ({kind}); give a video or list file")
         if suffix in VIDEO_EXTENSIONS:
             return VideoSource(path)
         if suffix in LIST_EXTENSIONS:
@@ -290,17 +302,25 @@ class CameraSource:
     ``read()`` opens the capture on first use and again after a failed read, so a camera that is
     unplugged and plugged back in, or a stream that drops, comes back without a restart; the
     retry pacing is the caller's (``edgereg.live.run_live`` backs off). A video file is finite:
-    at its end ``read()`` returns ``(False, None)`` and sets ``ended``.
+    at its end ``read()`` returns ``(False, None)`` and sets ``ended`` -- unless ``loop`` is set.
 
     Args:
         spec: "0" (device index), a video file path, or a URL such as "rtsp://host/stream".
         open_capture: factory of the capture object (``cv2.VideoCapture``; replaceable in tests).
+        loop: (video files) start again from the first frame at the end, and treat a file that
+            cannot be opened (deleted, being replaced) as a drop-out to retry, never as the end:
+            a recorded clip then behaves like a camera (``edgereg serve`` uses it).
+        realtime: (video files) deliver frames at the file's frame rate (``CAP_PROP_FPS``; 25
+            when the file does not say) instead of as fast as they decode.
+        sleep: waits for the next frame when ``realtime`` (inject a fake in tests).
 
     Raises:
         CameraError: ``spec`` is none of the three.
     """
 
-    def __init__(self, spec: str | int, *, open_capture: Callable[..., object] = cv2.VideoCapture) -> None:
+    def __init__(self, spec: str | int, *, open_capture: Callable[..., object] = cv2.VideoCapture,
+                 loop: bool = False, realtime: bool = False,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         text = str(spec).strip()
         if text.isdigit():
             self.target: int | str = int(text)
@@ -315,6 +335,11 @@ class CameraSource:
         self.name = f"camera {self.target}" if self.kind == "device" else f"{self.kind} '{self.target}'"
         self._open_capture = open_capture
         self._capture = None
+        self.loop = loop and self.kind == "file"
+        self.realtime = realtime and self.kind == "file"
+        self._sleep = sleep
+        self._period_s = 0.0  # seconds between frames when realtime (from the file's frame rate)
+        self._due = None  # time.monotonic() when the next frame is due (realtime)
         self.ended = False  # a video file has been read to its end
         self.frames_read = 0
 
@@ -322,13 +347,17 @@ class CameraSource:
         capture = self._open_capture(self.target)
         if not capture.isOpened():
             capture.release()
-            self.ended = self.kind == "file"  # a file that does not open will not open later
+            # a file that does not open will not open later, unless it is looped (it may come back)
+            self.ended = self.kind == "file" and not self.loop
             hint = {"device": "is it connected and free? (ls /dev/video*)",
                     "stream": "is the URL right and the stream up?",
-                    "file": "is it a video OpenCV can decode?"}[self.kind]
+                    "file": "does it exist, and is it a video OpenCV can decode?"}[self.kind]
             raise CameraError(f"could not open {self.name}; {hint}")
         if self.kind == "device":
             capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # read the newest frame, not a stale queue
+        if self.realtime:
+            fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+            self._period_s = 1.0 / (fps if 0.0 < fps <= 1000.0 else 25.0)
         return capture
 
     def read(self) -> tuple[bool, np.ndarray | None]:
@@ -342,13 +371,28 @@ class CameraSource:
         if self._capture is None:
             self._capture = self._open()
         ok, frame = self._capture.read()
+        if not (ok and frame is not None) and self.loop and self.frames_read:
+            self.release()  # the end of the clip: play it again from its first frame
+            self._capture = self._open()
+            ok, frame = self._capture.read()
         if ok and frame is not None:
             self.frames_read += 1
+            if self.realtime:
+                self._pace()
             return True, frame
-        if self.kind == "file":
+        if self.kind == "file" and not self.loop:
             self.ended = True
         self.release()  # re-open on the next read
         return False, None
+
+    def _pace(self) -> None:
+        """Wait until this frame is due at the file's frame rate (never sleeps to catch up)."""
+        now = time.monotonic()
+        if self._due is None or now - self._due > self._period_s:
+            self._due = now  # the first frame, or running late (slow decode, a drop-out): resync
+        elif self._due > now:
+            self._sleep(self._due - now)
+        self._due += self._period_s
 
     def release(self) -> None:
         if self._capture is not None:

@@ -15,23 +15,38 @@ Formats:
 * Errors: ``<out stem>.errors.csv`` next to the output, columns ``path, reason``. It is rewritten
   by every run (a resumed run retries the inputs that failed before and lists them again if they
   still fail), so it always lists the failures among the inputs the latest run reached.
+* Identity: ``<out>.meta.json`` (e.g. ``preds.csv.meta.json``) records who wrote the rows
+  (:class:`OutputIdentity`: the model's SHA-256 and file name, its card's SHA-256, the TTA, the
+  columns and the edgereg version). It is written atomically before the first row; ``--resume``
+  compares it with the run about to append (:func:`check_resume_identity`) and refuses to mix
+  rows of another model, card, TTA or target set. A non-empty output without its sidecar (an
+  older edgereg, another tool) is refused as well: nothing says whose rows it holds.
+
+Failures to write are :class:`~edgereg.errors.OutputError` (exit 2) with one line naming the file
+and the fix: a read-only folder, a missing parent folder, a directory in the way. A write that
+fails in the middle of a run (disk full) cuts the file back to its last complete row and raises
+:class:`~edgereg.errors.WriteFailedError` (exit 1); ``--resume`` continues once there is space.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-from edgereg.errors import EdgeregError
+from edgereg.errors import EdgeregError, OutputError, output_error
+from edgereg.preprocess.decode import file_kind
 
 ENCODING = "utf-8"
 ENCODING_ERRORS = "surrogateescape"  # paths that are not UTF-8 round-trip byte for byte
@@ -66,6 +81,8 @@ def prediction_columns(names: Sequence[str], *, with_spread: bool) -> tuple[str,
 
 
 def _format_number(value: Any) -> str:
+    if value is None:  # a withheld reading: an empty cell
+        return ""
     if isinstance(value, float):
         return format(value, ".7g")
     return str(value)
@@ -90,6 +107,14 @@ def encode_jsonl_row(row: dict[str, Any]) -> bytes:
     return (json.dumps(clean, ensure_ascii=False) + "\n").encode(ENCODING, ENCODING_ERRORS)
 
 
+def encode_row(row: dict[str, Any], fmt: str) -> bytes:
+    """An output row as the row writers write it: a CSV line (``flags`` joined with ``;``) or a JSON
+    line (``flags`` a list). For code that writes whole blocks of rows (``edgereg.cluster``)."""
+    if fmt == "csv":
+        return encode_csv_row([FLAG_SEPARATOR.join(v) if isinstance(v, (list, tuple)) else v for v in row.values()])
+    return encode_jsonl_row({k: list(v) if isinstance(v, tuple) else v for k, v in row.items()})
+
+
 class _LineSink:
     """An append-only file (or stdout) that takes whole lines: one write call each, then flush."""
 
@@ -103,30 +128,61 @@ class _LineSink:
             self._file: IO[bytes] = sys.stdout.buffer
             self._owned = False
         else:
+            if path.is_dir():
+                raise OutputError(f"cannot write '{path}': a folder is in the way; choose another --out")
             # unbuffered: write() goes straight to the kernel, so a kill never leaves half a row
-            self._file = open(path, "ab" if append else "wb", buffering=0)  # noqa: SIM115
+            try:
+                self._file = open(path, "ab" if append else "wb", buffering=0)  # noqa: SIM115
+            except OSError as exc:
+                raise output_error(exc, path) from None
             self._owned = True
+        self._end = self._file.seek(0, os.SEEK_END) if self._owned else 0  # after the last whole line
 
     def write_line(self, data: bytes) -> None:
+        """Write one whole line; on failure cut the file back to its previous end and raise.
+
+        Raises:
+            WriteFailedError: the file could not take the line (disk full, I/O error).
+        """
         view = memoryview(data)
-        while view:  # a regular file takes it all at once; loop only for short writes
-            written = self._file.write(view)
-            view = view[written:] if written is not None else view[len(view):]
-        self._file.flush()
+        try:
+            while view:  # a regular file takes it all at once; loop only for short writes
+                written = self._file.write(view)
+                view = view[written:] if written is not None else view[len(view):]
+            self._file.flush()
+        except OSError as exc:
+            if not self._owned or isinstance(exc, BrokenPipeError):
+                raise  # stdout: the caller handles a closed pipe
+            self._cut_back()
+            raise output_error(exc, self.path, mid_run=True, resumable=True) from None
+        self._end += len(data)
         self._dirty = True
         if self._owned and time.monotonic() - self._last_sync >= self._fsync_every:
             self.sync()
 
+    def _cut_back(self) -> None:
+        """Drop a partly written line, so the file ends with a whole row (best effort)."""
+        try:
+            os.ftruncate(self._file.fileno(), self._end)
+            self._file.seek(self._end)
+        except OSError:
+            pass
+
     def sync(self) -> None:
         if self._owned and self._dirty:
-            os.fsync(self._file.fileno())
+            try:
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                raise output_error(exc, self.path, mid_run=True, resumable=True) from None
             self._dirty = False
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
         if self._owned and not self._file.closed:
-            self.sync()
-            self._file.close()
+            try:
+                self.sync()
+            finally:
+                self._file.close()
 
 
 class RowWriter(ABC):
@@ -177,15 +233,14 @@ class CsvRowWriter(RowWriter):
             self._sink.write_line(encode_csv_row(self.columns))
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        values = [FLAG_SEPARATOR.join(v) if isinstance(v, (list, tuple)) else v for v in row.values()]
-        return encode_csv_row(values)
+        return encode_row(row, "csv")
 
 
 class JsonlRowWriter(RowWriter):
     """One JSON object per line; ``flags`` stays a list."""
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        return encode_jsonl_row({k: list(v) if isinstance(v, tuple) else v for k, v in row.items()})
+        return encode_row(row, "jsonl")
 
 
 def open_rows(out: str | os.PathLike | None, columns: Sequence[str], *, fmt: str | None = None,
@@ -212,11 +267,44 @@ def open_rows(out: str | os.PathLike | None, columns: Sequence[str], *, fmt: str
             raise EdgeregError("--resume needs an output file: add --out preds.csv")
         return writer_class(None, columns, fsync_every=fsync_every)
     out = Path(out)
+    exists = check_output_target(out, resume=resume, overwrite=overwrite)
+    return writer_class(out, columns, append=resume and exists, fsync_every=fsync_every)
+
+
+def check_output_target(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> bool:
+    """Refuse an output path that cannot or must not be written, before any work is done.
+
+    Returns:
+        Whether ``out`` already holds data (a non-empty file).
+
+    Raises:
+        OutputError: a folder is in the way, the parent folder is missing or not a folder, or the
+            folder is not writable.
+        EdgeregError: ``out`` holds data and neither ``resume`` nor ``overwrite`` is set.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"cannot write '{out}': a folder is in the way; choose another --out (a file name)")
+    for path in (out, errors_path_for(out), identity_path_for(out)):  # a FIFO would block the open
+        kind = file_kind(path.stat().st_mode) if path.exists() else None
+        if kind not in (None, "directory"):
+            raise OutputError(f"cannot write '{path}': not a regular file ({kind}); choose another --out "
+                              "(to stream rows, leave --out out: they go to stdout)")
+        if kind == "directory":
+            raise OutputError(f"cannot write '{path}': a folder is in the way; choose another --out")
+    parent = out.parent
+    if not parent.exists():
+        raise OutputError(f"cannot write '{out}': folder '{parent}' does not exist; create it first "
+                          f"(mkdir -p '{parent}') or choose another --out")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write '{out}': '{parent}' is not a folder; choose another --out")
     exists = out.exists() and out.stat().st_size > 0
     if exists and not (resume or overwrite):
         raise EdgeregError(f"'{out}' already exists; pass --resume to continue it, --overwrite to replace "
                            "it, or choose another --out")
-    return writer_class(out, columns, append=resume and exists, fsync_every=fsync_every)
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise OutputError(f"cannot write '{out}': permission denied; choose another --out")
+    return exists
 
 
 def open_errors(out: str | os.PathLike, *, fsync_every: float = 2.0) -> CsvRowWriter:
@@ -298,3 +386,195 @@ def load_done_keys(out: str | os.PathLike, columns: Sequence[str], *, fmt: str |
                                f"{list(columns)}; {fix}")
         done.add(record["path"])
     return done
+
+
+# ------------------------------------------------------------------------------------ identity
+
+IDENTITY_FORMAT = 1
+IDENTITY_SUFFIX = ".meta.json"
+# What must match for rows to belong together; the file name and the version are recorded only.
+IDENTITY_KEYS = ("model_sha256", "card_sha256", "tta", "columns")
+
+
+def identity_path_for(out: str | os.PathLike) -> Path:
+    """``preds.csv`` -> ``preds.csv.meta.json`` (next to the output)."""
+    out = Path(out)
+    return out.with_name(out.name + IDENTITY_SUFFIX)
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class OutputIdentity:
+    """Who wrote the rows of an output: what ``--resume`` must match before appending.
+
+    Attributes:
+        model_sha256: hex SHA-256 of the model file's bytes.
+        model_name: the model file's name (recorded, not compared: a copy may be renamed).
+        tta: the TTA the rows were read with ("none", "d4", "rot:N").
+        columns: the output columns (path, targets, spreads, flags, ...).
+        edgereg_version: the edgereg that wrote them (recorded, not compared).
+        card_sha256: hex SHA-256 of the model card's JSON in use ("" when not known); differs
+            from the embedded card's when ``--card`` replaced it.
+    """
+
+    model_sha256: str
+    model_name: str
+    tta: str
+    columns: tuple[str, ...]
+    edgereg_version: str
+    card_sha256: str = ""
+
+    @classmethod
+    def for_model(cls, model_path: str | os.PathLike, *, tta: str, columns: Sequence[str],
+                  card_json: str | None = None) -> "OutputIdentity":
+        """The identity of rows written by ``model_path`` (hashing the file) with ``tta`` and ``columns``."""
+        from edgereg import __version__
+
+        card_sha = hashlib.sha256(card_json.encode()).hexdigest() if card_json is not None else ""
+        return cls(model_sha256=sha256_of_file(model_path), model_name=Path(model_path).name, tta=str(tta),
+                   columns=tuple(columns), edgereg_version=__version__, card_sha256=card_sha)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": IDENTITY_FORMAT, **asdict(self), "columns": list(self.columns)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "OutputIdentity":
+        """Raises ValueError for anything that is not an identity record."""
+        if not isinstance(data, dict) or data.get("format") != IDENTITY_FORMAT:
+            raise ValueError("not an edgereg output identity (format 1)")
+        names = {f.name for f in fields(cls)}
+        values = {key: data[key] for key in names if key in data}
+        if set(values) < names - {"card_sha256"}:
+            raise ValueError(f"missing fields {sorted(names - set(values))}")
+        if not isinstance(values["columns"], list) or not all(isinstance(c, str) for c in values["columns"]):
+            raise ValueError("'columns' must be a list of names")
+        values["columns"] = tuple(values["columns"])
+        if not all(isinstance(values[k], str) for k in names - {"columns"} if k in values):
+            raise ValueError("fields other than 'columns' must be strings")
+        return cls(**values)
+
+    def differences(self, other: "OutputIdentity") -> list[str]:
+        """The compared fields (:data:`IDENTITY_KEYS`) whose values differ; a blank card hash matches any."""
+        differ = []
+        for key in IDENTITY_KEYS:
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if key == "card_sha256" and (not mine or not theirs):
+                continue
+            if mine != theirs:
+                differ.append(key)
+        return differ
+
+    def describe(self) -> str:
+        """``model.int8.onnx (sha256 1f2e3d4c5b6a), tta none, columns [path, conc, flags]``."""
+        card = f", card {self.card_sha256[:12]}" if self.card_sha256 else ""
+        return (f"{self.model_name} (sha256 {self.model_sha256[:12]}{card}), tta {self.tta}, "
+                f"columns [{', '.join(self.columns)}]")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers only ever see the old file or the whole new one
+    (a temporary file in the same folder, fsync, rename); on failure nothing is left behind.
+
+    Raises:
+        OutputError: the folder is missing or not writable, or the disk is full.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"cannot write '{target}': a folder is in the way; move it or choose another output")
+    temp = None
+    try:
+        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
+                                             delete=False)
+        temp = handle.name
+        with handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+        temp = None
+    except OSError as exc:
+        raise output_error(exc, target, fix="choose another output folder") from None
+    finally:
+        if temp is not None:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+    return target
+
+
+def write_identity(out_path: str | os.PathLike, identity: OutputIdentity) -> Path:
+    """Write ``<out>.meta.json`` atomically (a temporary file in the same folder, then rename).
+
+    Raises:
+        OutputError: the folder is not writable.
+    """
+    return atomic_write(identity_path_for(out_path), (json.dumps(identity.to_dict(), indent=2) + "\n").encode())
+
+
+def read_identity(out_path: str | os.PathLike) -> OutputIdentity | None:
+    """The identity recorded next to ``out_path``, or None when there is no sidecar.
+
+    Raises:
+        EdgeregError: the sidecar exists but is not a readable identity record.
+    """
+    target = identity_path_for(out_path)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeregError(f"cannot read '{target}' ({exc}); move it and '{out_path}' away, or use --overwrite") \
+            from None
+    try:
+        return OutputIdentity.from_dict(json.loads(text))
+    except (json.JSONDecodeError, ValueError, TypeError) as exc:
+        raise EdgeregError(f"'{target}' is not an edgereg output record ({exc}); move it and '{out_path}' away, "
+                           "or use --overwrite") from None
+
+
+def _holds_rows(out: Path) -> bool:
+    """Whether ``out`` has any line after a CSV header (or any line of JSONL): rows to protect."""
+    try:
+        with open(out, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return True
+    lines = [line for line in head.split(b"\n") if line.strip()]
+    header_lines = 1 if out.suffix.lower() == ".csv" else 0
+    return len(lines) > header_lines
+
+
+def check_resume_identity(out_path: str | os.PathLike, identity: OutputIdentity) -> None:
+    """Refuse a ``--resume`` that would append rows of another model, card, TTA or target set.
+
+    Nothing to check when ``out_path`` is missing or holds no rows. Call before appending, then
+    :func:`write_identity`.
+
+    Raises:
+        EdgeregError: the recorded identity differs (the message names both), or the output holds
+            rows but has no identity record.
+    """
+    out = Path(out_path)
+    if not out.is_file() or not _holds_rows(out):
+        return
+    recorded = read_identity(out)
+    if recorded is None:
+        raise EdgeregError(f"cannot resume '{out}': nothing records which model wrote its rows "
+                           f"({identity_path_for(out).name} is missing: an older edgereg or another tool wrote "
+                           "it); use --overwrite to start again, or choose another --out")
+    differ = recorded.differences(identity)
+    if differ:
+        what = ", ".join({"model_sha256": "the model", "card_sha256": "the model card", "tta": "the TTA",
+                          "columns": "the columns (targets)"}[key] for key in differ)
+        raise EdgeregError(f"cannot resume '{out}': its rows come from {recorded.describe()}, this run is "
+                           f"{identity.describe()} ({what} differ); use the same model and --tta as the first "
+                           "run, --overwrite to start again, or another --out")

@@ -6,10 +6,11 @@ physical units (coords in source pixels, angles in degrees). The int8 model pass
 overall and for every target, is at most ``(1 + max_drop)`` times the fp32 model's. Checking each
 target catches the failure an overall RMSE hides: one small-range output rounded to a constant.
 
-When no method is forced, every calibration method is tried and the one with the lowest overall RMSE
-on the gate split is kept; the gate is then applied to that one. The choice uses the gate split, so
-the report also scores both models on a second held-out split (test) when there is one, which no
-choice has seen.
+Which calibration method, which activation type and which layers stay float is decided by
+``edgereg.export.int8_search`` (accuracy control when the gate fails, speed control when int8 is
+slow); the gate judges the configuration it settles on. Every choice uses the gate split, so the
+report also scores both models on a second held-out split (test) when there is one, which no choice
+has seen.
 """
 
 from __future__ import annotations
@@ -189,13 +190,16 @@ class Int8Export:
 
     Attributes:
         path: the written int8 model, or None when the gate failed (nothing is written then).
-        gate: the verdict on the chosen calibration method.
-        method: the calibration method kept.
+        gate: the verdict on the chosen configuration.
+        method: the calibration method kept; activations: "int8" or "uint8".
         fp32_metrics, int8_metrics: on the gate split (see :func:`evaluate`).
         candidates: overall int8 RMSE on the gate split per calibration method tried.
         holdout: ``{"fp32": metrics, "int8": metrics}`` on a second held-out split, or None.
         card: the card embedded (with ``quantization``), or the one that would have been.
         float_nodes: graph nodes kept in float.
+        layers: per-layer sensitivity and decisions (``int8_search.LayerReport``).
+        steps: the search's decisions, one line each.
+        speed: int8 against fp32 on this machine and the recommendation, or None when not measured.
     """
 
     path: Path | None
@@ -207,14 +211,20 @@ class Int8Export:
     holdout: dict | None
     card: ModelCard
     float_nodes: tuple[str, ...]
+    activations: str = "int8"
+    layers: tuple = ()
+    steps: tuple[str, ...] = ()
+    speed: dict | None = None
 
 
 def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: ModelCard, calibration: np.ndarray,
                        evalset: EvalSet, methods: Sequence[str] | None = None, max_drop: float = DEFAULT_MAX_DROP,
                        per_channel: bool = True, keep_head_float: bool = True,
                        keep_first_float: bool = True, holdout: EvalSet | None = None,
-                       calibration_info: dict | None = None) -> Int8Export:
-    """Quantize with each calibration method, keep the most accurate, and write it only if it passes.
+                       calibration_info: dict | None = None, max_float_layers: int | None = None,
+                       measure_speed: bool = True, log=lambda line: None) -> Int8Export:
+    """Quantize, let the search (``edgereg.export.int8_search``) decide which layers stay float, and
+    write the int8 model only if it passes the gate.
 
     Args:
         fp32_path: the exported fp32 model (with its card).
@@ -227,46 +237,56 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
         per_channel, keep_head_float, keep_first_float: see ``QuantizeOptions``.
         holdout: an optional second split scored for the report only.
         calibration_info: facts about the calibration images for the card (source, fingerprint).
+        max_float_layers: the most layers accuracy control may keep float (None: half of them;
+            0: no accuracy control).
+        measure_speed: choose the activation type and run the speed control by timing on this machine.
+        log: receives the search's decisions, one line each.
 
     Returns:
         Int8Export; ``path`` is None when the gate failed.
     """
     onnx = require_extra("onnx")
     from edgereg.export.card_io import embed_card
-    from edgereg.export.quantize import CALIBRATION_METHODS, QuantizeOptions, quantize_int8
+    from edgereg.export.int8_search import search_int8
+    from edgereg.export.quantize import CALIBRATION_METHODS, QuantizeOptions, Quantizer
+    from edgereg.preprocess import PreprocessConfig, preprocess_batch
 
     methods = tuple(methods or CALIBRATION_METHODS)
     validate_max_drop(max_drop)
+    if max_float_layers is not None and max_float_layers < 0:
+        raise EdgeregError(f"--max-float-layers must be >= 0, got {max_float_layers}")
     out_path = Path(out_path)
     fp32_metrics = evaluate(fp32_path, evalset, card=card)
-    candidates: dict[str, tuple[float, dict]] = {}
-    quantized = {}
+    gate_images = preprocess_batch(evalset.frames[:64], PreprocessConfig.from_card(card))  # (n, C, H, W)
     with tempfile.TemporaryDirectory(prefix=".edgereg-int8-", dir=out_path.parent) as tmp:
-        for method in methods:
-            options = QuantizeOptions(method=method, per_channel=per_channel, keep_head_float=keep_head_float,
-                                      keep_first_float=keep_first_float)
-            quantized[method] = quantize_int8(fp32_path, Path(tmp) / f"{method}.onnx", calibration, options=options)
-            metrics = evaluate(quantized[method].path, evalset, card=card)
-            candidates[method] = (metrics["rmse"], metrics)
-        method = min(methods, key=lambda m: candidates[m][0])
-        int8_metrics = candidates[method][1]
+        options = QuantizeOptions(per_channel=per_channel, keep_head_float=keep_head_float,
+                                  keep_first_float=keep_first_float)
+        quantizer = Quantizer(fp32_path, calibration, workdir=tmp, options=options)
+        found = search_int8(quantizer, lambda path: evaluate(path, evalset, card=card), fp32_metrics,
+                            Path(fp32_path), methods=methods, max_drop=max_drop, max_float_layers=max_float_layers,
+                            measure_speed=measure_speed, gate_images=gate_images, log=log)
+        int8_metrics = found.metrics
         gate = check_gate(fp32_metrics, int8_metrics, max_drop=max_drop)
-        chosen = quantized[method].path
-        float_nodes = quantized[method].float_nodes
+        chosen = found.path
         scored_holdout = None
         if holdout is not None and len(holdout):
             scored_holdout = {"fp32": evaluate(fp32_path, holdout, card=card),
                               "int8": evaluate(chosen, holdout, card=card)}
+        float_layers = [{"name": layer.name, "op_type": layer.op_type, "why": layer.why}
+                        for layer in found.layers if layer.float]
         quantization = {
             "format": "QDQ",
             "weights": "int8, symmetric, " + ("per output channel" if per_channel else "per tensor"),
-            "activations": "int8, asymmetric, per tensor",
-            "method": method,
-            "methods_tried": {m: candidates[m][0] for m in methods},
+            "activations": f"{found.activations}, asymmetric, per tensor",
+            "method": found.method,
+            "methods_tried": found.methods_tried,
             "calibration": {"images": int(len(calibration)), **(calibration_info or {})},
-            "float_nodes": list(float_nodes),
+            "float_nodes": list(found.float_nodes),
+            "float_layers": float_layers,
+            "int8_layers": sum(1 for layer in found.layers if not layer.float),
             "gate": {**gate.to_dict(), "fp32": _summary_metrics(fp32_metrics), "int8": _summary_metrics(int8_metrics)},
             "rmse_change": rmse_changes(fp32_metrics, int8_metrics),
+            "speed": _card_speed(found.speed),
         }
         int8_card = card.with_(quantization=quantization)
         path = None
@@ -278,9 +298,32 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
             onnx.save(model, str(partial))
             partial.replace(out_path)
             path = out_path
-    return Int8Export(path=path, gate=gate, method=method, fp32_metrics=fp32_metrics, int8_metrics=int8_metrics,
-                      candidates={m: candidates[m][0] for m in methods}, holdout=scored_holdout, card=int8_card,
-                      float_nodes=float_nodes)
+    return Int8Export(path=path, gate=gate, method=found.method, fp32_metrics=fp32_metrics,
+                      int8_metrics=int8_metrics, candidates=found.methods_tried, holdout=scored_holdout,
+                      card=int8_card, float_nodes=found.float_nodes, activations=found.activations,
+                      layers=found.layers, steps=found.steps, speed=found.speed)
+
+
+def _card_speed(speed: dict | None) -> dict:
+    """The card's record of int8 against fp32 on the export machine (what `infer` / `info` read)."""
+    import platform
+
+    if speed is None:
+        return {"measured": False}
+    return {"measured": True, "int8_vs_fp32": {str(b): round(r, 3) for b, r in speed["int8_vs_fp32"].items()},
+            "threads": speed["threads"], "machine": _cpu_name() or platform.machine(),
+            "recommended": speed["recommended"], **({"note": speed["note"]} if "note" in speed else {})}
+
+
+def _cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _summary_metrics(metrics: dict) -> dict:

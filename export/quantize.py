@@ -28,6 +28,12 @@ pixelstats 0.02481 vs 0.02492. The difference is small because the head sees sta
 (one scale suits every output) and the de-standardization after it is float either way; the float
 head is also the smaller file (95.2 vs 98.3 KiB: fewer QDQ nodes). It stays the default as the safe
 side for heads whose raw outputs differ in range.
+
+These are the starting point. :class:`Quantizer` prepares and calibrates a model once and then
+quantizes it with any set of float nodes in tens of milliseconds, which lets
+``edgereg.export.int8_search`` decide per layer (:func:`quantizable_layers`): layers that damage
+accuracy stay float until the gate passes, slow int8 layers stay float while int8 is slow, and a
+float first layer is tried in int8 when that makes the model faster and still passes.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import numpy as np
 from edgereg.errors import EdgeregError, did_you_mean, require_extra
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES = ("int8", "uint8")
 LEARNED_OPS = ("Conv", "ConvTranspose", "Gemm")  # ops torch emits only for layers with weights
 INPUT_NAME = "image"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -59,12 +66,15 @@ class QuantizeOptions:
     keep_first_float: bool = True  # first learned layer in float: the input image is never quantized
     calibration_batch: int = 16  # images per calibration run: bounds memory, not the result
     percentile: float = 99.999  # percentile calibrator's clip point, in percent of |activation|
+    activations: str = "int8"  # int8 (S8S8) or uint8 (U8S8: x86's VNNI / VPMADDUBSW path)
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
             hint = did_you_mean(self.method, CALIBRATION_METHODS)
             raise EdgeregError(f"unknown calibration method {self.method!r}{hint}; "
                                f"expected one of {', '.join(CALIBRATION_METHODS)}")
+        if self.activations not in ACTIVATION_TYPES:
+            raise EdgeregError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, got {self.activations!r}")
         if self.calibration_batch < 1:
             raise EdgeregError(f"calibration_batch must be >= 1, got {self.calibration_batch}")
 
@@ -147,7 +157,7 @@ def pick_calibration(index: np.ndarray, *, limit: int = 256, seed: int = 0) -> n
 def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple[np.ndarray, list[str]]:
     """Calibration frames from a folder of images (e.g. frames from the deployed camera).
 
-    Images are read with ``edgereg.preprocess.read_image`` and cropped/resized with the model's
+    Images are read, cropped and resized with ``edgereg.preprocess.read_frame`` under the model's
     preprocessing; files are taken in sorted order, at most ``limit``; unreadable files are skipped.
 
     Args:
@@ -161,16 +171,16 @@ def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple
     Raises:
         EdgeregError: the folder is missing or has no readable image.
     """
-    from edgereg.preprocess import crop_resize, read_images
+    from edgereg.preprocess.frames import read_frames
 
     directory = Path(directory)
     if not directory.is_dir():
         raise EdgeregError(f"--calib-dir '{directory}' is not a folder; pass a folder of calibration images")
     paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     frames, used = [], []
-    for i, image in read_images([str(p) for p in paths]):
-        if not isinstance(image, Exception):
-            frames.append(crop_resize(image, config)[0])
+    for i, loaded in read_frames([str(p) for p in paths], config):  # decoded as the runtime decodes them
+        if not isinstance(loaded, Exception):
+            frames.append(loaded[0])
             used.append(str(paths[i]))
     if not frames:
         raise EdgeregError(f"--calib-dir '{directory}' has no readable image ({', '.join(IMAGE_SUFFIXES)}); "
@@ -276,20 +286,183 @@ def name_nodes(model) -> None:
             taken.add(candidate)
 
 
+# Activations merged into the learned layer before them: ONNX Runtime fuses Conv+Relu into one int8
+# kernel, so keeping one of them float without the other only adds a Q/DQ pair.
+FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid")
+# Ops that only move or select data: int8 in, int8 out, no arithmetic; never worth a float decision.
+DATA_MOVEMENT = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Split", "Gather", "GatherElements",
+                 "Slice", "Pad", "Where", "TopK", "CumSum", "ArgMax")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A unit of the int8 search: a node ONNX Runtime can quantize, with its fused activation.
+
+    Attributes:
+        name: the main node's name (a Conv, Gemm, MaxPool, Add, Concat, ...).
+        op_type: its op type.
+        nodes: the node names kept float together (the node and an activation fused into it).
+        output: the tensor the layer produces (after the fused activation); its SQNR describes it.
+        learned: the layer has weights (Conv, ConvTranspose, Gemm, MatMul with a constant input).
+    """
+
+    name: str
+    op_type: str
+    nodes: tuple[str, ...]
+    output: str
+    learned: bool
+
+
+def quantizable_layers(model, exclude: tuple[str, ...] = ()) -> tuple[Layer, ...]:
+    """The layers of a named, shape-inferred fp32 model that ONNX Runtime's QDQ quantizer would quantize.
+
+    A learned layer followed by an activation that only it feeds (Conv -> Relu) is one layer, as ONNX
+    Runtime fuses the pair. Data-movement ops (Reshape, Transpose, ...) are not layers: they carry
+    whatever type reaches them. Nodes in ``exclude`` (the float head, the float first layer) are left out.
+
+    Args:
+        model: an onnx.ModelProto whose nodes are named (:func:`name_nodes`).
+        exclude: node names that are not candidates.
+
+    Returns:
+        Layers in graph order.
+    """
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    quantizable = (set(QDQRegistry) | set(QLinearOpsRegistry)) - set(DATA_MOVEMENT)
+    graph = model.graph
+    constants = {init.name for init in graph.initializer}
+    consumers = _consumers(graph)
+    producer = {out: node for node in graph.node for out in node.output}
+    merged: set[str] = set()
+    layers = []
+    for node in graph.node:
+        if node.name in exclude or node.name in merged or node.op_type not in quantizable:
+            continue
+        learned = node.op_type in LEARNED_OPS or (node.op_type == "MatMul" and any(i in constants for i in node.input))
+        nodes, output = [node.name], node.output[0]
+        following = consumers.get(output, [])
+        if learned and len(following) == 1 and following[0].op_type in FUSED_ACTIVATIONS \
+                and following[0].name not in exclude:
+            nodes.append(following[0].name)
+            merged.add(following[0].name)
+            output = following[0].output[0]
+        elif node.op_type in FUSED_ACTIVATIONS and node.input[0] in producer \
+                and producer[node.input[0]].name in merged:
+            continue
+        layers.append(Layer(name=node.name, op_type=node.op_type, nodes=tuple(nodes), output=output,
+                            learned=bool(learned)))
+    return tuple(layers)
+
+
+class Quantizer:
+    """One fp32 model, prepared and calibrated once, quantized to int8 QDQ with any set of float nodes.
+
+    Preparing (``quant_pre_process``: shape inference and ONNX Runtime's basic graph optimizations)
+    happens once; the activation ranges of each calibration method are measured once, on first use,
+    and kept in ``workdir``; :meth:`quantize` then only runs ``quantize_static`` fed those ranges, a
+    few tens of milliseconds for edgereg's models. That is what makes a search over which layers stay
+    float affordable.
+
+    Args:
+        fp32_path: the fp32 ONNX model (input ``image``).
+        calibration: (N, C, H, W) float32 normalized images, N >= 1 (``preprocess_batch`` output).
+        workdir: a scratch folder that outlives the Quantizer's use.
+        options: per-channel weights, float head/first layer, calibration batch and percentile.
+
+    Raises:
+        EdgeregError: no calibration images.
+    """
+
+    def __init__(self, fp32_path: str | Path, calibration: np.ndarray, *, workdir: str | Path,
+                 options: QuantizeOptions = QuantizeOptions()) -> None:
+        onnx = require_extra("onnx")
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if calibration.ndim != 4 or not len(calibration):
+            raise EdgeregError(f"expected calibration images (N, C, H, W) with N >= 1, got {calibration.shape}; "
+                               "the training split is empty, or pass --calib-dir with images")
+        self.calibration = calibration
+        self.options = options
+        self.workdir = Path(workdir)
+        self.prepared = self.workdir / "prepared.onnx"
+        # Shape inference + ORT's basic graph optimizations: shapes let every tensor be quantized.
+        quant_pre_process(str(fp32_path), str(self.prepared), skip_symbolic_shape=True)
+        self.model = onnx.load(str(self.prepared))
+        name_nodes(self.model)
+        onnx.save(self.model, str(self.prepared))
+        self.head = head_nodes(self.model)
+        self.first = first_nodes(self.model)
+        fixed = (self.first if options.keep_first_float else ()) + (self.head if options.keep_head_float else ())
+        self.base_float = tuple(dict.fromkeys(fixed))
+        self.layers = quantizable_layers(self.model, exclude=self.head if options.keep_head_float else ())
+        self._ranges: dict[str, Path] = {}
+
+    def ranges(self, method: str) -> Path:
+        """The calibration cache (JSON) of ``method``, measured on first use."""
+        if method not in self._ranges:
+            from onnxruntime.quantization.calibrate import save_tensors_data
+
+            options = QuantizeOptions(method=method, percentile=self.options.percentile,
+                                      calibration_batch=self.options.calibration_batch)
+            with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+                measured = calibrate(self.prepared, self.calibration, options, workdir=self.workdir)
+            cache = self.workdir / f"ranges-{method}.json"
+            save_tensors_data(measured, cache)
+            self._ranges[method] = cache
+        return self._ranges[method]
+
+    def quantize(self, out_path: str | Path, *, method: str, activations: str = "int8",
+                 float_nodes: tuple[str, ...] | None = None) -> QuantizedModel:
+        """Write an int8 QDQ model with ``float_nodes`` (default: the base float set) left in float.
+
+        Args:
+            out_path: where the model goes.
+            method: calibration method (its ranges are measured on first use).
+            activations: "int8" (S8S8) or "uint8" (U8S8, x86's fast int8 path).
+            float_nodes: node names kept float; None = ``base_float``.
+        """
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if activations not in ACTIVATION_TYPES:
+            raise EdgeregError(f"activations must be one of {ACTIVATION_TYPES}, got {activations!r}")
+        float_nodes = self.base_float if float_nodes is None else tuple(dict.fromkeys(float_nodes))
+        cache = self.ranges(method)
+        quantize_static(
+            str(self.prepared), str(out_path), None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=self.options.per_channel,
+            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(float_nodes),
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            calibration_cache_path=str(cache),
+        )
+        options = QuantizeOptions(method=method, per_channel=self.options.per_channel,
+                                  keep_head_float=self.options.keep_head_float,
+                                  keep_first_float=self.options.keep_first_float, activations=activations,
+                                  calibration_batch=self.options.calibration_batch,
+                                  percentile=self.options.percentile)
+        return QuantizedModel(path=Path(out_path), options=options, float_nodes=float_nodes,
+                              n_calibration=len(self.calibration))
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,
                   options: QuantizeOptions = QuantizeOptions()) -> QuantizedModel:
-    """Quantize an fp32 model to int8 QDQ (int8 weights per channel, int8 activations).
+    """Quantize an fp32 model to int8 QDQ (int8 weights per channel, int8 or uint8 activations).
 
     Three steps, each ONNX Runtime's: ``quant_pre_process`` (shape inference and basic graph
     optimizations), a calibrator that measures activation ranges on ``calibration`` one batch at a
-    time, and ``quantize_static`` fed those ranges through its calibration cache.
+    time, and ``quantize_static`` fed those ranges through its calibration cache (see
+    :class:`Quantizer`, which keeps the first two for many quantizations of one model).
 
     Args:
         fp32_path: the fp32 ONNX model (input ``image``).
         out_path: where the int8 model is written.
         calibration: (N, C, H, W) float32 normalized images, N >= 1, e.g. up to 256 training images
             through ``edgereg.preprocess.preprocess_batch``.
-        options: calibration method, per-channel, float head.
+        options: calibration method, activation type, per-channel, float head / first layer.
 
     Returns:
         QuantizedModel.
@@ -297,40 +470,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     Raises:
         EdgeregError: no calibration images.
     """
-    onnx = require_extra("onnx")
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import save_tensors_data
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if calibration.ndim != 4 or not len(calibration):
-        raise EdgeregError(f"expected calibration images (N, C, H, W) with N >= 1, got {calibration.shape}; "
-                           "the training split is empty, or pass --calib-dir with images")
-    out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="edgereg-int8-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        # Shape inference + ORT's basic graph optimizations: shapes let every tensor be quantized.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        model = onnx.load(str(prepared))
-        name_nodes(model)
-        float_nodes = head_nodes(model) if options.keep_head_float else ()
-        if options.keep_first_float:
-            float_nodes = tuple(dict.fromkeys(first_nodes(model) + float_nodes))
-        onnx.save(model, str(prepared))
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-            ranges = calibrate(prepared, calibration, options, workdir=Path(tmp))
-        cache = Path(tmp) / "ranges.json"
-        save_tensors_data(ranges, cache)
-        quantize_static(
-            str(prepared), str(out_path), None,
-            quant_format=QuantFormat.QDQ,
-            per_channel=options.per_channel,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(float_nodes),
-            calibrate_method=ranges.calibration_method,
-            calibration_cache_path=str(cache),
-        )
-    return QuantizedModel(path=out_path, options=options, float_nodes=float_nodes, n_calibration=len(calibration))
+        quantizer = Quantizer(fp32_path, calibration, workdir=tmp, options=options)
+        return quantizer.quantize(out_path, method=options.method, activations=options.activations)
 
 
 def calibrate(model_path: Path, calibration: np.ndarray, options: QuantizeOptions, *, workdir: Path):

@@ -53,6 +53,8 @@ def build_report(*, run_dir: str | Path, out_dir: str | Path, fp32, fp32_metrics
         if int8.holdout:
             accuracy["holdout"] = int8.holdout
         gate = int8.gate.to_dict()
+        models["int8"]["search"] = {"steps": list(int8.steps), "layers": [layer.to_dict() for layer in int8.layers],
+                                    "speed": _jsonable_speed(int8.speed)}
     elif holdout_fp32 is not None:
         accuracy["holdout"] = {"fp32": holdout_fp32}
     if fp16 is not None:
@@ -69,8 +71,31 @@ def build_report(*, run_dir: str | Path, out_dir: str | Path, fp32, fp32_metrics
         "gate": gate,
         "speed": _speed_section(speed or {}),
         "c": c_code or None,
+        "recommended": _recommendation(fp32, int8),
     }
     return report
+
+
+def _recommendation(fp32, int8) -> dict:
+    """Which written model to deploy on this machine, and why (int8 only when it passed and is faster)."""
+    if int8 is None or int8.path is None:
+        why = "no int8 model was asked for" if int8 is None else "the int8 model failed the gate"
+        return {"model": fp32.path.name, "why": why}
+    if int8.speed is None:
+        return {"model": int8.path.name, "why": "passed the gate; speed not measured (--no-speed)"}
+    ratio = int8.speed["int8_vs_fp32"][max(int8.speed["int8_vs_fp32"])]
+    batch = max(int8.speed["int8_vs_fp32"])
+    if int8.speed["recommended"] == "int8":
+        return {"model": int8.path.name, "why": f"passed the gate and runs {ratio:.2f}x fp32 at batch {batch} here"}
+    return {"model": fp32.path.name, "why": f"int8 passed the gate but runs only {ratio:.2f}x fp32 at batch {batch} "
+                                            "here (single thread); int8 still saves size"}
+
+
+def _jsonable_speed(speed: dict | None) -> dict | None:
+    if speed is None:
+        return None
+    return {**speed, "int8_vs_fp32": {str(b): r for b, r in speed["int8_vs_fp32"].items()},
+            "images_per_s": {n: {str(b): r for b, r in rates.items()} for n, rates in speed["images_per_s"].items()}}
 
 
 def _speed_section(speed: dict) -> dict | None:
@@ -127,6 +152,9 @@ def format_summary(report: dict) -> str:
         size = _kib(int8["size_bytes"]) if int8["written"] else "not written"
         lines.append(f"  {name:<18}{size:>11}  calibration {int8['method']} on {int8['calibration']['images']} "
                      f"images (RMSE by method: {tried})")
+        search = int8.get("search") or {}
+        lines += [f"  int8 search: {step}" for step in search.get("steps", [])]
+        lines += _layer_lines(search.get("layers", []))
     if "fp16" in models:
         fp16 = models["fp16"]
         lines.append(f"  {fp16['path']:<18}{_kib(fp16['size_bytes']):>11}  fp16 vs fp32 max relative diff "
@@ -138,6 +166,9 @@ def format_summary(report: dict) -> str:
         lines.append(f"int8 gate {verdict}: worst {gate['worst']} {gate['worst_drop']:+.1%}, "
                      f"allowed {gate['max_drop']:+.1%} (--max-drop {gate['max_drop']:g})")
     lines += _speed_lines(report["speed"])
+    recommended = report.get("recommended")
+    if recommended:
+        lines.append(f"deploy: {recommended['model']} ({recommended['why']})")
     for name, c in (report["c"] or {}).items():
         if "error" in c:
             lines.append(f"C code ({name}): FAILED: {c['error']}")
@@ -145,6 +176,22 @@ def format_summary(report: dict) -> str:
             lines.append(f"C code ({name}): flash {c['flash_bytes']:,} bytes, RAM {c['ram_bytes']:,} bytes "
                          f"in {c['dir']}")
     return "\n".join(lines)
+
+
+def _layer_lines(layers: list[dict]) -> list[str]:
+    """The per-layer sensitivity table: gate drop with the layer float, SQNR, time int8 vs fp32."""
+    if not layers:
+        return []
+    lines = [f"  {'layer sensitivity':<52}{'drop if float':>14}{'SQNR dB':>9}{'int8 us':>9}{'fp32 us':>9}  kept"]
+    for layer in layers:
+        def cell(value, fmt):
+            return "-" if value is None else format(value, fmt)
+        name = layer["name"] if len(layer["name"]) <= 40 else "..." + layer["name"][-37:]
+        kept = f"float ({layer['why']})" if layer["float"] else "int8"
+        lines.append(f"    {name + ' ' + layer['op_type']:<50}{cell(layer['drop_if_float'], '+.1%'):>14}"
+                     f"{cell(layer['sqnr_db'], '.1f'):>9}{cell(layer['int8_us'], '.0f'):>9}"
+                     f"{cell(layer['fp32_us'], '.0f'):>9}  {kept}")
+    return lines
 
 
 def _accuracy_lines(accuracy: dict) -> list[str]:

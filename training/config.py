@@ -31,6 +31,7 @@ class TrainConfig:
     range: tuple[float, float] | None = None  # bounded scalar (lo, hi); None: train data widened 5%
     units: tuple[str, ...] = ()  # one unit per target for the report and card ("" when unitless)
     strict: bool = False  # a bad row stops the run instead of being skipped and counted
+    allow_outside: bool = False  # accept image paths that leave the folder of labels.csv
     model: str | None = None  # registry name; None: default_model(kind)
     model_kwargs: dict = field(default_factory=dict)  # the model's own options (see `edgereg models`)
     loss: str | None = None  # None: the kind's default (soft-label CE for distributions, else MSE)

@@ -27,7 +27,8 @@ import numpy as np
 
 from edgereg.card import KINDS
 from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
-from edgereg.preprocess import PreprocessConfig, crop_resize, default_threads, read_image
+from edgereg.preprocess import PreprocessConfig, default_threads, read_frame
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 LABELS_FILE = "labels.csv"
 CACHE_DIR = ".edgereg-cache"
@@ -35,6 +36,8 @@ _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 _ANGLE_NAMES = ("angle", "orientation", "heading")
 _ANGLE_SUFFIXES = ("_deg", "_angle", "_orientation")
 _SUM_TOLERANCE = 1e-3  # how far from 1 a row of a distribution may sum (rounding in the csv)
+_CONSTANT_SPAN = 1e-6  # a target whose spread is below this fraction of its magnitude is constant
+SKIPS_SHOWN = 3  # skipped rows quoted in a skip summary
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +45,7 @@ class Dataset:
     """A dataset in memory, ready for training and evaluation.
 
     Attributes:
-        images: (N, H, W, 3) uint8, BGR, cropped and resized by ``edgereg.preprocess.crop_resize``
+        images: (N, H, W, 3) uint8, BGR, decoded, cropped and resized by ``edgereg.preprocess.read_frame``
             to ``config.input_size``.
         targets: (N, T) float64 in the csv's units, except coords: [0, 1] of the model input
             (``u = (x - x0 + 0.5) / w``), and angles wrapped to [0, 360).
@@ -262,12 +265,37 @@ def _parse_values(cells: list[str], names: list[str]) -> tuple[tuple[float, ...]
     return tuple(values), None
 
 
+def confine(root: Path, path: str, *, allow_outside: bool = False) -> tuple[Path, str | None]:
+    """The file a labels.csv ``path`` names (``root / path``, symlinks resolved), and why it may not
+    be opened: a path that leaves the dataset folder (``/etc/passwd``, ``../../x.png``, a symlink
+    out of it) is refused unless ``allow_outside``.
+
+    Returns:
+        (resolved path, None) or (resolved path, reason).
+    """
+    full = root / path
+    try:
+        resolved = full.resolve()
+        inside = resolved.is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unencodable name
+        return full, "the path cannot be resolved (a symbolic link loop?)"
+    if inside or allow_outside:
+        return resolved, None
+    return resolved, (f"outside the dataset folder (resolves to '{resolved}'); image paths must stay inside "
+                      f"the folder of {LABELS_FILE}: move the image there, or pass --allow-outside")
+
+
 def _parse_rows(header: list[str], rows: list[tuple[int, list[str]]], names: list[str], root: Path,
-                report: Callable[[int, str, str], None]) -> tuple[list[_Row], list[tuple[str, int, int]]]:
+                report: Callable[[int, str, str], None], *, allow_outside: bool = False
+                ) -> tuple[list[_Row], list[tuple[str, int, int]]]:
     """Turn csv rows into _Rows whose file exists, with each file's (path, size, mtime_ns).
 
-    Every bad row goes to ``report(line, path, reason)``, in line order.
+    Every bad row goes to ``report(line, path, reason)``, in line order: a path outside the dataset
+    folder (see :func:`confine`), and every repeat of an image already listed (the same file after
+    resolving ``./``, ``..`` and symlinks; the first row wins, with a note when the targets or group
+    of the repeat differ).
     """
+    first_seen: dict[Path, _Row] = {}
     path_col = header.index("path")
     group_col = header.index("group") if "group" in header else None
     target_cols = [header.index(name) for name in names]
@@ -288,13 +316,27 @@ def _parse_rows(header: list[str], rows: list[tuple[int, list[str]]], names: lis
         if problem is not None:
             report(line, path, problem)
             continue
+        resolved, outside = confine(root, path, allow_outside=allow_outside)
+        if outside is not None:
+            report(line, path, outside)
+            continue
+        group = cells[group_col].strip() if group_col is not None else None
+        earlier = first_seen.get(resolved)
+        if earlier is not None:
+            conflicts = [what for what, differs in (("targets", earlier.values != values),
+                                                    ("group", earlier.group != group)) if differs]
+            conflict = f" with other {' and '.join(conflicts)}" if conflicts else ""
+            report(line, path, f"duplicate of line {earlier.line} (the same image{conflict}); the first row is "
+                               "kept: remove or fix the repeat")
+            continue
         try:
             info = (root / path).stat()
         except OSError:
             report(line, path, "file not found")
             continue
-        group = cells[group_col].strip() if group_col is not None else None
-        parsed.append(_Row(line, path, values, group))
+        row = _Row(line, path, values, group)
+        first_seen[resolved] = row
+        parsed.append(row)
         stats.append((path, info.st_size, info.st_mtime_ns))
     return parsed, stats
 
@@ -310,14 +352,16 @@ def _fingerprint(csv_bytes: bytes, stats: list[tuple[str, int, int]], names: lis
     # applied later by the kernel, so a model with other statistics reuses the same cache.
     geometry = {"input_size": list(config.input_size), "crop": config.crop,
                 "roi": None if config.roi is None else [float(v) for v in config.roi]}
+    if config.decode != "full":  # runs recorded before the decode policy existed keep their fingerprint
+        geometry["decode"] = config.decode
     digest.update(json.dumps({"targets": names, "kind": kind, "geometry": geometry}, sort_keys=True).encode())
     return digest.hexdigest()
 
 
-def _load_image(path: Path, config: PreprocessConfig):
+def _load_image(path: Path, config: PreprocessConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Decode and crop one image; returns (image, CropBox) or the DecodeError."""
     try:
-        return crop_resize(read_image(path), config)
+        return read_frame(path, config, max_pixels=max_pixels)  # the runtime's decode policy (preprocess.frames)
     except DecodeError as exc:
         return exc
 
@@ -417,13 +461,14 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
 
 def load_dataset(root_or_csv: str | os.PathLike, *, config: PreprocessConfig,
                  targets: Sequence[str] | str | None = None, kind: str | None = None, strict: bool = False,
-                 cache: bool = True, threads: int | None = None) -> Dataset:
+                 cache: bool = True, threads: int | None = None, allow_outside: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
     """Load labels.csv and its images, cropped and resized for the model.
 
-    Bad rows (missing file, missing or non-numeric target, wrong number of fields, empty group,
-    undecodable image) are skipped and listed in ``Dataset.skipped`` with their line, or raise on
-    the first one found with ``strict=True``: the csv is checked row by row first, images are
-    decoded after.
+    Bad rows (missing file, missing or non-numeric target, wrong number of fields, empty group, a
+    path outside the dataset folder, a repeat of an image already listed, undecodable image) are
+    skipped and listed in ``Dataset.skipped`` with their line, or raise on the first one found with
+    ``strict=True``: the csv is checked row by row first, images are decoded after.
 
     Args:
         root_or_csv: a dataset folder holding labels.csv, or the csv itself; image paths in it are
@@ -435,6 +480,8 @@ def load_dataset(root_or_csv: str | os.PathLike, *, config: PreprocessConfig,
         strict: raise DatasetError on the first bad row instead of skipping it.
         cache: read and write ``ROOT/.edgereg-cache/<fingerprint>.npz``.
         threads: decoder threads (default: one per core, at least 2).
+        allow_outside: accept image paths that resolve outside the folder of labels.csv.
+        max_pixels: images declaring more pixels are bad rows (``--max-pixels``; None: no limit).
 
     Returns:
         The Dataset.
@@ -459,7 +506,7 @@ def load_dataset(root_or_csv: str | os.PathLike, *, config: PreprocessConfig,
                                f"(fix the row, or load without --strict to skip bad rows)")
         skipped.append((line, path, reason))
 
-    rows, stats = _parse_rows(header, raw_rows, names, root, report)
+    rows, stats = _parse_rows(header, raw_rows, names, root, report, allow_outside=allow_outside)
 
     fingerprint = _fingerprint(csv_bytes, stats, names, kind, config)
     cache_path = _cache_file(root, fingerprint)
@@ -477,7 +524,7 @@ def load_dataset(root_or_csv: str | os.PathLike, *, config: PreprocessConfig,
     decode_failures = []
     pool = ThreadPoolExecutor(max_workers=threads or default_threads(), thread_name_prefix="edgereg-load")
     try:
-        results = pool.map(lambda row: _load_image(root / row.path, config), rows)
+        results = pool.map(lambda row: _load_image(root / row.path, config, max_pixels), rows)
         for i, (row, result) in enumerate(zip(rows, results)):
             if isinstance(result, DecodeError):
                 keep[i] = False
@@ -510,3 +557,53 @@ def load_dataset(root_or_csv: str | os.PathLike, *, config: PreprocessConfig,
         # Only decode failures are cached; rows rejected from the csv are found again on each load.
         _write_cache(cache_path, dataclasses.replace(dataset, skipped=tuple(sorted(decode_failures))))
     return dataset
+
+
+def skip_summary(skipped: Sequence[tuple[int, str, str]], csv_name: str = LABELS_FILE, *,
+                 shown: int = SKIPS_SHOWN) -> str | None:
+    """One line about skipped rows, or None when there are none:
+    ``skipped 3 rows of labels.csv: line 4 'a.png': file not found; line 9 ...; 1 more``."""
+    if not skipped:
+        return None
+    quoted = "; ".join(f"line {line} '{path}': {reason}" for line, path, reason in skipped[:shown])
+    more = f"; {len(skipped) - shown} more" if len(skipped) > shown else ""
+    rows = "row" if len(skipped) == 1 else "rows"
+    return f"skipped {len(skipped)} {rows} of {csv_name}: {quoted}{more}"
+
+
+def check_targets_vary(dataset: Dataset) -> None:
+    """Refuse targets a model cannot learn from: constant or near-constant values.
+
+    A column is constant when its span (max - min) is at most ``1e-6`` of its largest magnitude
+    (identical values included). Refused, per kind: scalar and angle when their one column is
+    constant; vector when any column is (it cannot be standardized; drop it with --targets); coords
+    when every column is; distribution when every row is the same distribution.
+
+    Raises:
+        DatasetError: naming the constant column(s) and the value, and the fix.
+    """
+    values = np.asarray(dataset.targets, dtype=np.float64)  # (N, T)
+    if len(values) == 0:
+        return
+    if dataset.kind == "distribution":
+        if np.ptp(values, axis=0).max() <= _CONSTANT_SPAN:
+            raise DatasetError(f"every row of {LABELS_FILE} has the same distribution; there is nothing to learn: "
+                               "label images with different distributions")
+        return
+    span = np.ptp(values, axis=0)  # (T,)
+    scale = np.maximum(np.abs(values).max(axis=0), np.finfo(np.float64).tiny)  # (T,)
+    constant = span <= _CONSTANT_SPAN * scale
+    if dataset.kind == "coords":
+        constant = constant if constant.all() else np.zeros_like(constant)
+    if not constant.any():
+        return
+    names = [name for name, flag in zip(dataset.names, constant) if flag]
+    shown = ", ".join(f"{name} = {values[0, j]:.6g}" for j, (name, flag) in enumerate(zip(dataset.names, constant))
+                      if flag)
+    near = "" if (span[constant] == 0).all() else "nearly "
+    fix = (f"drop it with --targets {','.join(n for n in dataset.names if n not in names)}"
+           if dataset.kind == "vector" and len(names) < len(dataset.names)
+           else "label images whose values differ")
+    raise DatasetError(f"target {'column' if len(names) == 1 else 'columns'} {', '.join(names)} "
+                       f"{'is' if len(names) == 1 else 'are'} {near}constant over all {len(values)} rows "
+                       f"({shown}); a model cannot learn a value that never changes: {fix}")

@@ -22,7 +22,8 @@ from edgereg.preprocess import PreprocessConfig, read_image
 from edgereg.preprocess.reference import GRAY_WEIGHTS_BGR, circle_mask
 from edgereg.training.augment import AugmentConfig, parse_augment
 from edgereg.training.config import DEFAULT_UNITS, SMALL_IMAGE, TrainConfig
-from edgereg.training.data import LABELS_FILE, default_range, load_dataset
+from edgereg.training.data import (LABELS_FILE, check_targets_vary, confine, default_range, load_dataset,
+                                   skip_summary)
 from edgereg.training.models import default_model, model_entry
 from edgereg.training.regressor import OutputTransform
 from edgereg.training.run import build_regressor, json_ready
@@ -47,19 +48,25 @@ class SourceProbe:
         return len(set(self.sizes)) == 1 and max(self.sizes[0]) <= SMALL_IMAGE
 
 
-def probe_sources(root: str | Path, *, count: int = 16) -> SourceProbe:
-    """Read labels.csv's header and decode its first ``count`` images (unreadable ones are skipped
-    here; the loader reports them with their line)."""
+def probe_sources(root: str | Path, *, count: int = 16, allow_outside: bool = False) -> SourceProbe:
+    """Read labels.csv's header and decode its first ``count`` images (unreadable ones, and paths
+    outside the dataset folder unless ``allow_outside``, are skipped here; the loader reports them
+    with their line)."""
     root = Path(root)
     csv_path = root if root.suffix == ".csv" else root / LABELS_FILE
     sizes, gray = [], True
+    if not csv_path.is_file():  # missing, a folder or a FIFO (which would block): the loader says so
+        return SourceProbe((), (), False)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = tuple(next(reader, ()))
             for _, row in zip(range(count), reader):
                 try:
-                    image = read_image(csv_path.parent / row[0])
+                    path, outside = confine(csv_path.parent, row[0].strip(), allow_outside=allow_outside)
+                    if outside is not None:
+                        continue  # never opened: the loader reports the row
+                    image = read_image(path)
                 except (EdgeregError, IndexError):
                     continue
                 sizes.append(image.shape[:2])
@@ -96,8 +103,10 @@ def loading_geometry(probe: SourceProbe, config: TrainConfig) -> PreprocessConfi
         crop = "none" if wants_coords or probe.small_native else "center"
     channels = config.channels or ("gray" if probe.gray else "rgb")
     n = 1 if channels == "gray" else 3
+    # decode="reduced": big JPEGs are decoded at 1/2..1/8 size, as the runtime will (preprocess.frames)
     return PreprocessConfig(input_size=(int(size[0]), int(size[1])), channels=channels, crop=crop,
-                            roi=None if config.roi is None else tuple(config.roi), mean=(0.5,) * n, std=(0.25,) * n)
+                            roi=None if config.roi is None else tuple(config.roi), mean=(0.5,) * n, std=(0.25,) * n,
+                            decode="reduced")
 
 
 def model_crop(kind: str, geometry: PreprocessConfig, config: TrainConfig) -> str:
@@ -127,19 +136,26 @@ class LoadedData:
     root: Path  # the dataset directory
 
 
-def load_data(root: str | Path, config: TrainConfig, *, log: Callable[[str], None] = print) -> LoadedData:
+def load_data(root: str | Path, config: TrainConfig, *, log: Callable[[str], None] = print,
+              notice: Callable[[str], None] | None = None) -> LoadedData:
     """Load a dataset for training with per-kind preprocessing defaults, and say what was decided.
 
+    Args:
+        log: progress lines (silenced by --quiet).
+        notice: what is always said, --quiet or not: the skipped rows (count and first reasons).
+            Default: ``log``.
+
     Raises:
-        DatasetError: unreadable dataset, no usable rows, unknown target columns.
+        DatasetError: unreadable dataset, no usable rows, unknown target columns, constant targets.
     """
     root = Path(root)
-    geometry = loading_geometry(probe_sources(root), config)
-    dataset = load_dataset(root, config=geometry, targets=config.targets, kind=config.kind, strict=config.strict)
-    for line, path, why in dataset.skipped[:10]:
-        log(f"skipped line {line} ({path}): {why}")
-    if len(dataset.skipped) > 10:
-        log(f"... and {len(dataset.skipped) - 10} more bad rows skipped")
+    geometry = loading_geometry(probe_sources(root, allow_outside=config.allow_outside), config)
+    dataset = load_dataset(root, config=geometry, targets=config.targets, kind=config.kind, strict=config.strict,
+                           allow_outside=config.allow_outside)
+    skipped = skip_summary(dataset.skipped)
+    if skipped:
+        (notice or log)(skipped)
+    check_targets_vary(dataset)
     kind = dataset.kind
     units = tuple(config.units) or (DEFAULT_UNITS.get(kind, ""),) * len(dataset.names)
     if len(units) != len(dataset.names):

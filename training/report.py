@@ -249,8 +249,14 @@ def format_baselines(evaluation: SplitEvaluation) -> str:
     parts = []
     for name, ratio in evaluation.beats().items():
         label = BASELINE_LABELS.get(name, name)
-        verdict = "n/a" if ratio is None else (f"model {ratio:.2f}x better" if ratio >= 1
-                                              else f"model {1 / ratio:.2f}x WORSE")
+        if ratio is None:
+            verdict = "n/a"
+        elif ratio >= 1:
+            verdict = f"model {ratio:.2f}x better"
+        elif ratio == 0:  # the baseline is exact (constant targets): no ratio to show
+            verdict = "the baseline is exact"
+        else:
+            verdict = f"model {1 / ratio:.2f}x WORSE"
         parts.append(f"{label} {evaluation.baselines[name]['rmse']:.4g} ({verdict})")
     return f"baselines on {evaluation.name} (RMSE): " + "; ".join(parts)
 

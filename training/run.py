@@ -43,11 +43,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill: no half-written temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     try:  # make the rename itself durable
         directory = os.open(path.parent, os.O_RDONLY)
     except OSError:
@@ -82,6 +86,8 @@ def write_json(path: str | Path, data: dict) -> Path:
 def read_json(path: str | Path) -> dict:
     """Read a run file; a missing or broken file is an EdgeregError naming the fix."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, or a FIFO that would block the read
+        raise EdgeregError(f"'{path}' is not a regular file; expected a run directory made by `edgereg train`")
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -167,7 +173,7 @@ def card_from_record(record: dict) -> ModelCard:
         kind=record["kind"], targets=tuple(record["targets"]), input_size=config.input_size,
         units=tuple(record["units"]), range=None if ranges is None else tuple(tuple(r) for r in ranges),
         channels=config.channels, crop=config.crop, roi=config.roi, mean=config.mean, std=config.std,
-        fill=config.fill, tta=record["tta"], provenance=provenance,
+        fill=config.fill, tta=record["tta"], decode=config.decode, provenance=provenance,
     )
 
 
@@ -246,3 +252,34 @@ def load_run_dataset(info: RunInfo, *, threads: int | None = None):
                            "retrain, or restore the original files")
     return dataset
 
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for run.json's ``failure``: the typed message, or the exception's type and first line."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C or a stop signal); continue with --resume"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, EdgeregError) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def mark_failed(run_dir: str | Path, reason: str) -> list[Path]:
+    """Set ``status: failed`` and ``failure: reason`` in every run.json under ``run_dir`` (the run and
+    its folds) that still says ``training``. Best effort: a file that cannot be rewritten (a full
+    disk) is left as it is.
+
+    Returns:
+        The run.json files marked.
+    """
+    run_dir = Path(run_dir)
+    marked = []
+    for path in [run_dir / RUN_FILE, *sorted(run_dir.glob(f"fold*/{RUN_FILE}"))]:
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or record.get("status") != "training":
+                continue
+            record.update(status="failed", failure=reason)
+            write_json(path, record)
+            marked.append(path)
+        except (OSError, ValueError):
+            continue
+    return marked

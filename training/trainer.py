@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -55,7 +56,8 @@ from edgereg.training.lr_find import plot_lr_find
 from edgereg.training.plan import FitPlan, LoadedData, load_data, make_plan, make_run_split, run_record_model_part
 from edgereg.training.report import SplitEvaluation, build_metrics, format_summary, plot_report
 from edgereg.training.run import (BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, REPORT_FILE, RUN_FILE, RUN_FORMAT,
-                                  atomic_write_bytes, json_ready, load_checkpoint, read_json, write_json)
+                                  atomic_write_bytes, failure_reason, json_ready, load_checkpoint, mark_failed,
+                                  read_json, write_json)
 from edgereg.training.splits import kfold
 
 
@@ -288,11 +290,12 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
         config = replace(TrainConfig.from_dict(stored["config"]), threads=config.threads, device=config.device)
     ctx = ddp.setup(config.device)
     say = log if ctx.is_main else (lambda message: None)
+    created = not run_dir.exists()
     try:
         with kernel_flags(deterministic=config.deterministic):
             torch.set_num_threads(ddp.threads_per_process(ctx, config.threads))
-            run_dir.mkdir(parents=True, exist_ok=True)
-            loaded = load_data(dataset_root, config, log=say)
+            make_run_dir(run_dir)
+            loaded = load_data(dataset_root, config, log=say, notice=notice if ctx.is_main else say)
             if ctx.distributed:
                 say(f"distributed: {ctx.world_size} processes ({ctx.device}), batch {config.batch_size} per process")
             if config.folds:
@@ -300,8 +303,38 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
             split = make_run_split(loaded, config)
             say(f"split {split.mode}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
             return fit_one(loaded, config, split, run_dir, ctx, resume=resume, progress=progress, log=say)
+    except BaseException as exc:
+        if ctx.is_main:
+            record_failure(run_dir, exc, created=created)
+        raise
     finally:
         ddp.teardown(ctx)
+
+
+def notice(message: str) -> None:
+    """What a run always says, even with --quiet (the skipped rows): one line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or say in one line why it cannot be (OutputError, exit 2)."""
+    from edgereg.errors import output_error
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, run_dir) from None
+
+
+def record_failure(run_dir: Path, exc: BaseException, *, created: bool) -> None:
+    """After a failed run: run.json (and each fold's) says ``failed`` with the reason, and a run
+    directory this run created and left empty is removed (no empty --out behind)."""
+    mark_failed(run_dir, failure_reason(exc))
+    if created:
+        try:
+            run_dir.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager

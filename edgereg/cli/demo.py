@@ -9,8 +9,22 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import time
 from pathlib import Path
+
+from edgereg.cli.options import count
+
+
+def _minutes(text: str) -> float:
+    """``--minutes``: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number of minutes > 0, got {text}")
+    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,8 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="demo_out", help="working folder (default demo_out)")
-    parser.add_argument("--n", type=int, default=2000, help="training photos to synthesize")
-    parser.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    parser.add_argument("--n", type=count(20), default=2000, help="training photos to synthesize (>= 20)")
+    parser.add_argument("--minutes", type=_minutes, default=4.0, help="training time budget (> 0)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 160 photos, 1 epoch")
     return parser
 

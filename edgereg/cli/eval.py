@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import sys
 from pathlib import Path
+
+from edgereg.cli.options import MAX_PIXELS_HELP, add_card_option, count, pixels
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 EPILOG = """examples:
   edgereg eval runs/assay/model.onnx data/assay_holdout
@@ -28,41 +33,50 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR",
                         help="where to write metrics.json and plots (default: eval-<dataset> next to MODEL)")
     parser.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the model card's)")
-    parser.add_argument("--batch", type=int, default=32, help="images per inference call (default 32)")
+    parser.add_argument("--batch", type=count(1), default=32, help="images per inference call (default 32)")
     parser.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt (default auto)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="allow image paths outside the folder of labels.csv (absolute, ../, symlinks)")
+    parser.add_argument("--max-pixels", type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
+    add_card_option(parser)
     return parser
 
 
 def run(args) -> int:
-    from edgereg.errors import EdgeregError
+    from edgereg.cli.options import card_from_option
     from edgereg.export.gate import to_user_units
     from edgereg.predictor import Predictor
     from edgereg.preprocess import CropBox
-    from edgereg.training.data import load_dataset
+    from edgereg.training.data import load_dataset, skip_summary
     from edgereg.training.metrics import compute_metrics
+    from edgereg.writers import atomic_write
 
-    if args.batch < 1:
-        raise EdgeregError(f"--batch must be >= 1, got {args.batch}")
-    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch)
+    out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
+    _check_out_dir(out_dir)
+    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch,
+                          card=card_from_option(args))
     card = predictor.card
     dataset = load_dataset(args.dataset, config=predictor.config, targets=list(card.targets), kind=card.kind,
-                           strict=args.strict)
+                           strict=args.strict, allow_outside=args.allow_outside, max_pixels=args.max_pixels)
     boxes = [CropBox(*map(float, box)) for box in dataset.crop_boxes]
     predictions = predictor.predict_prepared(dataset.images, boxes)
     truth = to_user_units(card.kind, dataset.targets, dataset.crop_boxes)  # (N, T), the dataset's units
     metrics = compute_metrics(card.kind, truth, predictions.values, card.targets, groups=dataset.groups)
 
-    out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out_dir)
     result = {"model": str(args.model), "dataset": str(args.dataset), "tta": str(predictor.tta),
               "providers": predictor.providers, "n": int(len(truth)), "skipped": len(dataset.skipped),
               "quantization": card.quantization or None, "metrics": metrics}
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    _write_predictions(out_dir / "predictions.csv", dataset.paths, card.targets, truth, predictions.values)
+    atomic_write(out_dir / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write(out_dir / "predictions.csv",
+                 _predictions_csv(dataset.paths, card.targets, truth, predictions.values).encode())
     plot = _plot(out_dir / "pred_vs_true.png", card, truth, predictions.values, metrics)
 
     units = card.unit_of
+    skipped = skip_summary(dataset.skipped)
+    if skipped:  # always said, whatever else is printed: rows left out change the metrics
+        print(f"edgereg: {skipped}", file=sys.stderr)
     print(f"{args.model} on {args.dataset}: {len(truth)} images ({len(dataset.skipped)} rows skipped), "
           f"tta {predictor.tta}")
     print(f"  overall RMSE {metrics['rmse']:.4g}  MAE {metrics['mae']:.4g}  max error {metrics['max_error']:.4g}")
@@ -81,15 +95,38 @@ def _dataset_name(dataset: str) -> str:
     return (path.parent if path.suffix.lower() == ".csv" else path).resolve().name or "dataset"
 
 
-def _write_predictions(path: Path, paths, names, truth, predicted) -> None:
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an --out that cannot become a folder, before the work (OutputError, exit 2)."""
+    from edgereg.errors import OutputError
+
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputError(f"cannot write to '{out_dir}': '{existing}' is a file, not a folder; choose another --out")
+    import os
+
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise OutputError(f"cannot write to '{out_dir}': '{existing}' is not writable; choose another --out")
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    from edgereg.errors import output_error
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, out_dir) from None
+
+
+def _predictions_csv(paths, names, truth, predicted) -> str:
     """One row per image: path, then true and predicted value of each target."""
     import csv
 
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", *(f"{n}_true" for n in names), *(f"{n}_pred" for n in names)])
-        for source, true_row, pred_row in zip(paths, truth, predicted):
-            writer.writerow([str(source), *(f"{v:.9g}" for v in true_row), *(f"{v:.9g}" for v in pred_row)])
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", *(f"{n}_true" for n in names), *(f"{n}_pred" for n in names)])
+    for source, true_row, pred_row in zip(paths, truth, predicted):
+        writer.writerow([str(source), *(f"{v:.9g}" for v in true_row), *(f"{v:.9g}" for v in pred_row)])
+    return buffer.getvalue()
 
 
 def _plot(path: Path, card, truth, predicted, metrics: dict) -> Path | None:
@@ -116,7 +153,12 @@ def _plot(path: Path, card, truth, predicted, metrics: dict) -> Path | None:
                title=f"{name}: RMSE {metrics['targets'][name]['rmse']:.4g}")
     for k in range(count, rows * columns):
         axes[k // columns][k % columns].axis("off")
+    from edgereg.writers import atomic_write
+
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    image = io.BytesIO()
+    try:
+        figure.savefig(image, format="png", dpi=110)
+    finally:
+        plt.close(figure)
+    return atomic_write(path, image.getvalue())  # whole or absent, like the other outputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 CALIBRATION_CHOICES = ("auto", "minmax", "entropy", "percentile")
@@ -27,7 +28,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "onnx.checker and against torch (relative 1e-4) on the validation images.\n\n"
                     "--int8 adds an ONNX Runtime static QDQ quantization (per-channel int8 weights, calibrated\n"
                     "on training images through edgereg's preprocessing), kept only when its RMSE on the\n"
-                    "held-out split, overall and per target, stays within --max-drop of fp32's.\n\n"
+                    "held-out split, overall and per target, stays within --max-drop of fp32's. Layers\n"
+                    "that int8 damages most stay float until it does (accuracy control), layers that run\n"
+                    "slower in int8 than in float stay float while int8 is slow (speed control), and the\n"
+                    "report lists every layer's sensitivity and says whether int8 or fp32 is faster here.\n\n"
                     "Writes export_report.json and prints a summary: accuracy, speed at batch 1 and 32,\n"
                     "size, peak memory.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,8 +55,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="quantize the last layer and the output transform too (default: keep them float)")
     parser.add_argument("--quantize-first", action="store_true",
                         help="quantize the first layer's input too (default: keep the first layer float)")
+    parser.add_argument("--max-float-layers", type=int, default=None, metavar="N",
+                        help="accuracy control: keep at most N more layers float, most damaging first, until "
+                             "the gate passes (default: half of the layers; 0: off)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
-    parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the speed/memory measurement")
+    parser.add_argument("--no-speed", dest="speed", action="store_false",
+                        help="skip the speed/memory measurement and the int8 speed control")
     parser.add_argument("--repeats", type=int, default=10, metavar="N",
                         help="timed runs per batch size for the speed measurement (median kept; default 10)")
     return parser
@@ -68,20 +76,88 @@ def _calibration_method(value: str) -> str:
 
 
 def run(args) -> int:
-    from edgereg.errors import EdgeregError, GateError, require_extra
+    """Export; an OSError mid-way (disk full) removes this export's files and exits 1, one line."""
+    from edgereg.errors import require_extra
 
     require_extra("torch")
     require_extra("onnx")
+
+    run_dir = Path(args.run_dir)
+    _check_args(args, run_dir)
+    out_dir = Path(args.out) if args.out else run_dir
+    _check_out_dir(out_dir)
+    started = time.time()
+    try:
+        return _export(args, run_dir, out_dir)
+    except OSError as exc:  # a full disk or a folder that stopped being writable, mid-export
+        removed = _remove_partial_outputs(out_dir, since=started)
+        from edgereg.errors import output_error
+
+        error = output_error(exc, exc.filename or out_dir, fix="choose another --out", mid_run=True)
+        kept = f"; the {len(removed)} file(s) it had written were removed" if removed else ""
+        raise type(error)(f"{error} (an export is all or nothing{kept})") from None
+
+
+OUTPUT_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "export_report.json")
+OUTPUT_DIRS = ("c", "c_int8")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Create --out, or refuse it in one line before any work (OutputError, exit 2)."""
+    import os
+
+    from edgereg.errors import OutputError, output_error
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"cannot write to '{out_dir}': it is a file, not a folder; choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, out_dir) from None
+    if not os.access(out_dir, os.W_OK):
+        raise OutputError(f"cannot write to '{out_dir}': permission denied; choose another --out")
+
+
+def _remove_partial_outputs(out_dir: Path, *, since: float) -> list[Path]:
+    """Delete what this export wrote (files of OUTPUT_FILES and OUTPUT_DIRS changed since ``since``),
+    so that a failed export leaves no half-written model behind. Best effort."""
+    import shutil
+
+    removed = []
+    for name in OUTPUT_FILES:
+        path = out_dir / name
+        try:
+            if path.is_file() and path.stat().st_mtime >= since:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    for name in OUTPUT_DIRS:
+        folder = out_dir / name
+        try:
+            if folder.is_dir() and any(p.stat().st_mtime >= since for p in folder.iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        except OSError:
+            continue
+    temps = [*out_dir.glob(".*.tmp"), *out_dir.glob("*.tmp"), *out_dir.glob("*.partial")]
+    for temp in temps:  # atomic writes interrupted half-way
+        try:
+            if temp.stat().st_mtime >= since:
+                temp.unlink()
+        except OSError:
+            continue
+    return removed
+
+
+def _export(args, run_dir: Path, out_dir: Path) -> int:
+    """The export itself (see :func:`run`)."""
+    from edgereg.errors import EdgeregError, GateError
     from edgereg.export.gate import evaluate, quantize_with_gate
     from edgereg.export.onnx_export import export_card, export_fp32
     from edgereg.export.report import build_report, format_summary, write_report
     from edgereg.preprocess import preprocess_batch
     from edgereg.training.run import load_run, load_run_dataset
-
-    run_dir = Path(args.run_dir)
-    _check_args(args, run_dir)
-    out_dir = Path(args.out) if args.out else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     regressor, info = load_run(run_dir)
     dataset = load_run_dataset(info)
@@ -97,7 +173,8 @@ def run(args) -> int:
         int8 = quantize_with_gate(
             fp32.path, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
             methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
-            keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout, calibration_info=calibration_info)
+            keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
+            calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed)
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
 
@@ -118,8 +195,14 @@ def run(args) -> int:
     holdout_fp32 = evaluate(fp32.path, holdout, card=card) if holdout is not None and int8 is None else None
     report = build_report(run_dir=run_dir, out_dir=out_dir, fp32=fp32, fp32_metrics=fp32_metrics, int8=int8,
                           fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32)
+    from edgereg.platform_info import cpu_info, runtime_line
+
+    machine = cpu_info()
+    report["machine"] = {"cpu": machine.describe(), "isa": machine.isa}  # where the speed numbers come from
     report_path = write_report(report, out_dir / "export_report.json")
     print(format_summary(report))
+    if speed:
+        print(f"speed measured on: {runtime_line()}")
     rewritten = {path.name for path in written.values()} | ({fp16.path.name} if fp16 else set())
     for stale in ("model.int8.onnx", "model.fp16.onnx"):
         if stale not in rewritten and (out_dir / stale).is_file():
@@ -144,6 +227,8 @@ def _check_args(args, run_dir: Path) -> None:
                            f"edgereg train DATASET --out {run_dir}")
     validate_max_drop(args.max_drop)
     check_opset(args.opset)
+    if args.max_float_layers is not None and args.max_float_layers < 0:
+        raise EdgeregError(f"--max-float-layers must be >= 0, got {args.max_float_layers}")
     if args.calib_images < 1 or args.repeats < 1:
         raise EdgeregError(f"--calib-images and --repeats must be >= 1, got {args.calib_images} and {args.repeats}")
 
@@ -174,6 +259,8 @@ def _gate_hint(args) -> str:
         tries.append("leaving out --quantize-head")
     if args.quantize_first:
         tries.append("leaving out --quantize-first")
+    if args.max_float_layers is not None:
+        tries.append("a larger --max-float-layers")
     return f"Try {', '.join(tries)}, or allow more with --max-drop"
 
 

@@ -15,6 +15,9 @@ import os
 import sys
 import time
 
+from edgereg.cli.options import MAX_PIXELS_HELP, MAX_THREADS, add_card_option, count, non_negative, pixels
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
+
 DESCRIPTION = """\
 Read values from images with an edgereg model.
 
@@ -23,12 +26,18 @@ listing paths, or a video (every frame; path column 'video.mp4#frame=N'). One ro
 input order: path, one column per target, the TTA spread per target when TTA is on, and flags
 (out_of_range, tta_disagreement, not_finite). A file that cannot be read never stops the run:
 it goes to <out stem>.errors.csv with the reason. Exit 0 when all were scored, 3 when some failed.
-Rows are written whole, so after a crash or kill, --resume scores only what is missing.
+Rows are written whole, so after a crash or kill, --resume scores only what is missing;
+<out>.meta.json records the model (SHA-256), TTA and columns, and --resume refuses another one.
+Only regular files are read (a FIFO or device is an error row, never a hang), and images over
+--max-pixels (default 50 MP, read from the header) are refused before they are decoded.
+A video's frames pass the same quality gate as --camera: black, overexposed, frozen or blurred
+frames are flagged in the flags column, or withheld (empty values, flag 'withheld') with --gate.
 
 Live readout (--camera): a device index, a video file or a stream URL. Each frame passes a
 quality gate (black, overexposed, frozen, blurred frames give no number, and say why), then the
 model; the reading is smoothed over --smooth N frames and marked stable once the smoothed value
-has held within tolerance for N frames. A camera that drops out is retried with back-off.
+has held within tolerance for N frames. A camera that drops out is retried with back-off
+(0.5 s, doubling up to 10 s).
 """
 
 EXAMPLES = """\
@@ -38,6 +47,7 @@ examples:
   edgereg infer model.onnx 'photos/**/*.png' --out preds.jsonl --tta d4 --batch 64
   edgereg infer model.onnx photos/ --out preds.csv --resume          # after a crash or kill
   edgereg infer model.onnx photos/ --out part$ID.csv --shard $ID/16  # job array, IDs 1..16
+  edgereg infer model.onnx photos/ --out preds.csv --engine ray     # Ray Data, local or --ray-address
   edgereg infer model.onnx run.mp4 --out frames.csv
   edgereg infer model.onnx --camera 0
   edgereg infer model.onnx --camera 0 --jsonl --smooth 10 | ./forward_to_analyzer
@@ -46,31 +56,15 @@ examples:
 
 # options that only make sense for one mode, with their defaults (given -> a clear error)
 BATCH_ONLY = {"out": None, "recursive": False, "resume": False, "overwrite": False, "fail_fast": False,
-              "shard": None, "decode_threads": None, "queue": None}
+              "shard": None, "decode_threads": None, "queue": None, "gate": False,
+              "max_pixels": DEFAULT_MAX_PIXELS, "engine": "local", "ray_address": None, "actors": None,
+              "unordered": False, "commit_rows": None}
+# options of one engine (given with the other -> a clear error)
+RAY_ONLY = {"ray_address": None, "actors": None, "unordered": False, "commit_rows": None}
+LOCAL_ONLY = {"decode_threads": None, "queue": None, "gate": False}
 LIVE_ONLY = {"show": False, "smooth": 5, "smooth_method": "median", "stable_tol": None, "frames": None,
-             "max_retries": None, "no_quality_gate": False, "blur_threshold": None}
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+             "max_retries": None}
+FAILURES_SHOWN = 3  # failures quoted in the summary line
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -88,11 +82,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the model card's)")
-    model.add_argument("--batch", type=_count(1), default=32, metavar="N", help="images per inference call (default 32)")
+    model.add_argument("--batch", type=count(1), default=32, metavar="N", help="images per inference call (default 32)")
     model.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt, or a comma list")
-    model.add_argument("--threads", type=_count(1), default=None, metavar="N",
+    model.add_argument("--threads", type=count(1, MAX_THREADS), default=None, metavar="N",
                        help="ONNX Runtime intra-op threads (default: half the cores for PATH, "
                             "leaving the rest to the decoders; one per core for --camera)")
+    add_card_option(model)
 
     batch = parser.add_argument_group("batch scoring (PATH)")
     batch.add_argument("--out", metavar="FILE", help="preds.csv or preds.jsonl (default: CSV on stdout)")
@@ -103,24 +98,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     batch.add_argument("--fail-fast", action="store_true", help="stop at the first file that fails (exit 3)")
     batch.add_argument("--shard", metavar="I/N",
                        help="score inputs whose position p has p %% N == I-1 (I = 1..N); cat the N outputs")
-    batch.add_argument("--decode-threads", type=_count(1), default=None, metavar="N",
+    batch.add_argument("--decode-threads", type=count(1, MAX_THREADS), default=None, metavar="N",
                        help="image decoder threads (default: one per core, at least 2)")
-    batch.add_argument("--queue", type=_count(1), default=None, metavar="N",
+    batch.add_argument("--queue", type=count(1), default=None, metavar="N",
                        help="decoded images allowed to wait for inference (default 2*batch + 4*threads)")
+    batch.add_argument("--max-pixels", type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP)
+    batch.add_argument("--gate", action="store_true",
+                       help="video: withhold the values of frames the quality gate rejects (default: flag them)")
+    batch.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local (default: threads on this machine) or ray (Ray Data, pip install "
+                            "'edgereg[cluster]'; see docs/scoring-a-million-images.md)")
+
+    ray = parser.add_argument_group("--engine ray")
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="join this Ray cluster (host:port, ray://host:10001 or auto; default: start a local Ray)")
+    ray.add_argument("--actors", type=count(1), default=None, metavar="N",
+                     help="ONNX Runtime actors (default: 1 per GPU, or autoscaled up to half the CPUs; "
+                          "--threads sets each actor's threads and CPUs)")
+    ray.add_argument("--unordered", action="store_true", help="write rows as they finish, not in input order")
+    ray.add_argument("--commit-rows", type=count(1), default=None, metavar="N",
+                     help="rows per atomically committed part (default 4096; a crash redoes at most this many)")
 
     live = parser.add_argument_group("live readout (--camera)")
-    live.add_argument("--smooth", type=_count(1), default=5, metavar="N",
+    live.add_argument("--smooth", type=count(1), default=5, metavar="N",
                       help="smooth over N frames; stable = held within tolerance for N frames (default 5)")
     live.add_argument("--smooth-method", choices=("median", "ema"), default="median",
                       help="median (default; ignores odd frames) or ema")
     live.add_argument("--stable-tol", type=float, default=None, metavar="X",
                       help="tolerance of 'stable' in target units (default: 1%% of the card's range)")
     live.add_argument("--show", action="store_true", help="show frames with the reading (needs an OpenCV GUI)")
-    live.add_argument("--frames", type=_count(1), default=None, metavar="N", help="stop after this many frames")
-    live.add_argument("--max-retries", type=_count(0), default=None, metavar="N",
+    live.add_argument("--frames", type=count(1), default=None, metavar="N", help="stop after this many frames")
+    live.add_argument("--max-retries", type=count(0), default=None, metavar="N",
                       help="give up after this many failed reads in a row (default: retry forever)")
-    live.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
-    live.add_argument("--blur-threshold", type=_non_negative, default=None, metavar="X",
+    quality = parser.add_argument_group("quality gate (--camera, and the frames of a video PATH)")
+    quality.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
+    quality.add_argument("--blur-threshold", type=non_negative, default=None, metavar="X",
                       help="variance of the Laplacian below which a frame is blurred (default 10; 0: off)")
     return parser
 
@@ -137,16 +149,39 @@ def run(args) -> int:
         option = "--" + given[0].replace("_", "-")
         mode = "PATH scoring" if args.camera is not None else "--camera"
         raise EdgeregError(f"{option} applies to {mode} only; remove it or switch mode")
+    other = LOCAL_ONLY if args.engine == "ray" else RAY_ONLY
+    given = [name for name, default in other.items() if getattr(args, name) != default]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        engine = "local" if args.engine == "ray" else "ray"
+        raise EdgeregError(f"{option} applies to --engine {engine} only; remove it or switch engine")
     return _run_live(args) if args.camera is not None else _run_batch(args)
 
 
 def _load_predictor(args, *, batch_size: int, threads: int | None):
+    from edgereg.card import int8_speed_note
     from edgereg.predictor import Predictor
 
     # Preprocessing stays on the calling thread: decoder threads already keep every core busy, and a
     # live frame is too small to be worth waking numba's workers.
-    return Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
-                     threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False)
+    from edgereg.cli.options import card_from_option
+
+    predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
+                          threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False,
+                          card=card_from_option(args))
+    note = int8_speed_note(predictor.card, batch_size)
+    if note and predictor.providers[0] == "CPUExecutionProvider":
+        print(f"edgereg: note: {note}", file=sys.stderr)
+    return predictor
+
+
+def _quality_config(args):
+    """The quality gate's thresholds from --no-quality-gate / --blur-threshold (None: no gate)."""
+    from edgereg.quality import QualityConfig
+
+    if args.no_quality_gate:
+        return None
+    return QualityConfig() if args.blur_threshold is None else QualityConfig(blur_threshold=args.blur_threshold)
 
 
 # ---------------------------------------------------------------- batch scoring
@@ -196,7 +231,8 @@ def _run_batch(args) -> int:
     from edgereg.errors import EdgeregError
     from edgereg.scoring import Shard, default_inference_threads, score_source
     from edgereg.sources import open_source
-    from edgereg.writers import load_done_keys, open_errors, open_rows, output_format, prediction_columns
+    from edgereg.writers import (OutputIdentity, check_output_target, check_resume_identity, load_done_keys,
+                                 open_errors, open_rows, output_format, prediction_columns, write_identity)
 
     if args.jsonl and args.out:
         raise EdgeregError("--jsonl writes to stdout and --out to a file; for a JSONL file use --out preds.jsonl")
@@ -204,11 +240,29 @@ def _run_batch(args) -> int:
         raise EdgeregError("--resume keeps the rows in --out and --overwrite replaces them; choose one")
     out = Path(args.out) if args.out and args.out != "-" else None
     fmt = "jsonl" if args.jsonl else (output_format(out) if out else "csv")
+    if out is not None:  # before any work: a read-only folder, a missing folder, a folder in the way
+        check_output_target(out, resume=args.resume, overwrite=args.overwrite)
     shard = Shard.parse(args.shard) if args.shard else None
     source = open_source(args.path, recursive=args.recursive)
-    predictor = _load_predictor(args, batch_size=args.batch, threads=args.threads or default_inference_threads())
+    if args.engine == "ray":
+        from edgereg.cluster.command import run_batch_on_ray
+
+        return run_batch_on_ray(args, source=source, out=out, fmt=fmt, shard=shard)
+    planned = source.planned_keys()
+    # One image: a single intra-op thread (a thread pool costs more to start than one frame's work).
+    threads = args.threads or (1 if planned is not None and len(planned) <= 1 else default_inference_threads())
+    predictor = _load_predictor(args, batch_size=args.batch, threads=threads)
     columns = prediction_columns(predictor.names, with_spread=predictor.tta.n > 1)
-    done = load_done_keys(out, columns, fmt=fmt) if args.resume and out else set()
+    done: set[str] = set()
+    if out is not None:
+        identity = OutputIdentity.for_model(args.model, tta=str(predictor.tta), columns=columns,
+                                            card_json=predictor.card.to_json())
+        if args.resume:
+            check_resume_identity(out, identity)
+            done = load_done_keys(out, columns, fmt=fmt)
+        write_identity(out, identity)
+    elif args.resume:
+        raise EdgeregError("--resume needs an output file: add --out preds.csv")
 
     def on_error(key: str, reason: str) -> None:
         if out is None:  # no errors file: say it on stderr
@@ -216,11 +270,17 @@ def _run_batch(args) -> int:
 
     progress = _Progress(sys.stderr, show=sys.stderr.isatty())
     rows = open_rows(out, columns, fmt=fmt, resume=args.resume, overwrite=args.overwrite)
-    errors = open_errors(out) if out else None
+    try:
+        errors = open_errors(out) if out else None
+    except BaseException:
+        rows.close()
+        raise
+    stats = None
     try:
         stats = score_source(source, predictor, rows, errors, skip=done, shard=shard,
                              decode_threads=args.decode_threads, queue_size=args.queue,
-                             fail_fast=args.fail_fast, on_error=on_error, on_progress=progress.update)
+                             fail_fast=args.fail_fast, on_error=on_error, on_progress=progress.update,
+                             max_pixels=args.max_pixels, quality=_quality_config(args), gate=args.gate)
     except BrokenPipeError:
         return _stdout_closed()
     except KeyboardInterrupt:
@@ -228,9 +288,7 @@ def _run_batch(args) -> int:
         print(f"edgereg: interrupted: {summary}" + ("; finish with --resume" if out else ""), file=sys.stderr)
         return 130
     finally:
-        rows.close()
-        if errors is not None:
-            errors.close()
+        _close_all(rows, errors, raising=stats is not None)
         progress.close()
     summary = _batch_summary(stats, out=out, done=done, shard=shard, source=source)
     if args.fail_fast and stats.failed:
@@ -239,14 +297,35 @@ def _run_batch(args) -> int:
     return 3 if stats.failed else 0
 
 
+def _close_all(*writers, raising: bool) -> None:
+    """Close every writer; re-raise the first failure only when no other exception is on its way."""
+    first = None
+    for writer in writers:
+        if writer is None:
+            continue
+        try:
+            writer.close()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, or superseded by the run's own error
+            first = first or exc
+    if first is not None and raising:
+        raise first
+
+
 def _batch_summary(stats, *, out, done, shard, source) -> str:
-    """``scored 1,998, failed 2 (reasons in preds.errors.csv); folder 'photos' (2,000 images); 312.4 images/s``."""
+    """``scored 1,998, failed 2 (reasons in preds.errors.csv: 'a.png': empty file; ...); folder 'photos'
+    (2,000 images); 312.4 images/s``. The first failures are quoted whatever the verbosity."""
     from edgereg.writers import errors_path_for
 
     scored, failed = (stats.scored, stats.failed) if stats else (0, 0)
     summary = f"scored {scored:,}, failed {failed:,}"
-    if failed and out is not None:
-        summary += f" (reasons in {errors_path_for(out)})"
+    if failed:
+        quoted = "; ".join(f"'{key}': {reason}" for key, reason in stats.first_failures[:FAILURES_SHOWN])
+        more = f"; {failed - FAILURES_SHOWN:,} more" if failed > FAILURES_SHOWN else ""
+        where = f"reasons in {errors_path_for(out)}: " if out is not None else ""
+        summary += f" ({where}{quoted}{more})"
+    if stats and stats.quality:
+        counts = ", ".join(f"{n:,} {reason}" for reason, n in sorted(stats.quality.items()))
+        summary += f"; quality gate: {counts} ({'withheld' if stats.withheld else 'flagged'})"
     if done:
         summary += f"; {len(done):,} already in {out}"
     summary += f"; shard {shard.index}/{shard.count} of {source.description}" if shard else f"; {source.description}"
@@ -290,14 +369,11 @@ def _run_live(args) -> int:
     import signal
 
     from edgereg.live import NO_FRAME, LiveConfig, LiveStats, check_gui, run_live
-    from edgereg.quality import QualityConfig
     from edgereg.sources import CameraSource
 
     if args.show:
         check_gui()
-    quality = None
-    if not args.no_quality_gate:
-        quality = QualityConfig() if args.blur_threshold is None else QualityConfig(blur_threshold=args.blur_threshold)
+    quality = _quality_config(args)
     config = LiveConfig(smooth_window=args.smooth, smooth_method=args.smooth_method,
                         stable_tolerance=args.stable_tol, quality=quality, max_retries=args.max_retries,
                         max_frames=args.frames)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgereg.cli.options import add_card_option
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -16,27 +18,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="an .onnx file exported by edgereg")
     parser.add_argument("--json", action="store_true", help="print the card as JSON only")
+    add_card_option(parser)
     return parser
 
 
 def run(args) -> int:
-    from edgereg.card import read_card
+    from edgereg.card import int8_speed_note
+    from edgereg.cli.options import card_from_option
 
-    card = read_card(args.model)
+    card = card_from_option(args)
+    if card is None:
+        from edgereg.card import read_card
+
+        card = read_card(args.model)
     if args.json:
         print(json.dumps(json.loads(card.to_json()), indent=2))
         return 0
-    import onnxruntime as ort
+    from edgereg.platform_info import runtime_line
+    from edgereg.predictor import Predictor
 
-    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    # the Predictor loads the model and checks that the card fits its inputs (a --card included)
+    session = Predictor(args.model, providers="cpu", card=card, tta="none").session
     units = card.unit_of
-    print(f"model      {args.model}")
+    print(f"model      {args.model}" + (f" (card from {args.card})" if args.card else ""))
     print(f"kind       {card.kind}")
     for i, name in enumerate(card.targets):
         bounds = f"  range {card.range[i][0]:g}..{card.range[i][1]:g}" if card.range else ""
         print(f"target     {name}" + (f" [{units[name]}]" if units[name] else "") + bounds)
     print(f"input      {card.input_size[0]}x{card.input_size[1]} {card.channels}, crop {card.crop}"
-          + (f", roi {card.roi}" if card.roi else ""))
+          + (f", roi {card.roi}" if card.roi else "") + f", decode {card.decode}")
     print(f"normalize  mean {list(card.mean)} std {list(card.std)} fill {card.fill}")
     print(f"tta        {card.tta} (default)")
     for inp in session.get_inputs():
@@ -47,4 +57,13 @@ def run(args) -> int:
         print("provenance " + json.dumps(card.provenance, sort_keys=True)[:2000])
     if card.quantization:
         print("int8       " + json.dumps(card.quantization, sort_keys=True)[:2000])
+        speed = card.quantization.get("speed") or {}
+        if speed.get("measured"):
+            ratios = ", ".join(f"batch {b} {r:.2f}x" for b, r in speed.get("int8_vs_fp32", {}).items())
+            print(f"speed      int8 / fp32 at export ({speed.get('machine', '?')}): {ratios}; "
+                  f"recommended {speed.get('recommended')}")
+        note = int8_speed_note(card)
+        if note:
+            print(f"note       {note}")
+    print(f"runtime    {runtime_line()}")
     return 0

@@ -3,7 +3,9 @@
 A command module defines ``add_parser(subparsers)`` and ``run(args) -> int`` and imports heavy
 libraries inside ``run`` so that ``edgereg --help`` stays fast. Errors that are the user's to fix
 (:class:`~edgereg.errors.EdgeregError`) print one line and exit with the error's code (2 by
-default); anything else is a bug and keeps its traceback.
+default). The machine's refusals are the user's to fix too and print one line: an ``OSError``
+(permissions, a full disk: exit 1 for a full disk, else 2), ``MemoryError`` (exit 1), and a closed
+stdout (``| head``: quiet, exit 141). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import sys
 from collections.abc import Sequence
 
 from edgereg import __version__
-from edgereg.errors import EdgeregError, did_you_mean
+from edgereg.errors import FULL_ERRNOS, EdgeregError, did_you_mean, os_error_reason
 
-COMMANDS = ("info", "infer", "bench", "synth", "train", "lr_find", "models", "export", "eval", "demo")
+COMMANDS = ("info", "infer", "serve", "bench", "synth", "train", "lr_find", "models", "export", "eval", "demo")
 
 EPILOG = """examples:
   edgereg synth assay data/assay --n 2000
@@ -24,6 +26,7 @@ EPILOG = """examples:
   edgereg export runs/assay --int8
   edgereg infer runs/assay/model.int8.onnx photos/ --out preds.csv
   edgereg infer model.onnx --camera 0 --jsonl
+  edgereg serve model.onnx --camera 0
 """
 
 
@@ -71,11 +74,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except EdgeregError as exc:
-        print(f"edgereg: error: {exc}", file=sys.stderr)
+        print(f"edgereg: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgereg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return stdout_closed()
+    except MemoryError:
+        print("edgereg: error: out of memory; use smaller inputs or batches (--batch), or a machine with more "
+              "memory", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the machine's refusal (disk full, permissions, I/O): the user's to fix
+        print(f"edgereg: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1 if exc.errno in FULL_ERRNOS else 2
+
+
+def one_line(text: str) -> str:
+    """Errors are printed on one line: later lines (a library's detail) are joined with ' / '."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " / ".join(lines) if lines else "failed"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``cannot write 'x/run.json': no space left on device`` from any OSError."""
+    where = f" '{exc.filename}'" if exc.filename else ""
+    verb = "cannot access" if where else "system error"
+    return f"{verb}{where}: {os_error_reason(exc)}; check the path, its permissions and the free space"
+
+
+def stdout_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly with 141, like a tool killed by SIGPIPE."""
+    import os
+
+    try:  # Python's own flush at exit goes nowhere instead of failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":

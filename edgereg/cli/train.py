@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgereg.cli.options import MAX_THREADS, count
 from edgereg.errors import EdgeregError
 
 EPILOG = """examples:
@@ -31,6 +32,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--range", help="LO,HI of a bounded scalar (default: the train data widened 5%%)")
     data.add_argument("--units", help="comma-separated unit per target, e.g. mg/L")
     data.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    data.add_argument("--allow-outside", action="store_true",
+                      help="allow image paths outside the folder of labels.csv (absolute, ../, symlinks)")
     data.add_argument("--size", help="model input N or HxW in pixels (default: native when <= 64 px, else 64)")
     data.add_argument("--channels", choices=("rgb", "gray"), help="model input colours (default: gray for gray data)")
     data.add_argument("--crop", choices=("none", "center", "circle"),
@@ -45,7 +48,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--augment", default="auto",
                        help="augmentation preset[,key=value...]: auto, none, geometric, all; e.g. auto,noise=0.01")
     model.add_argument("--seed", type=int, default=0, help="seed of split, init, shuffling, augmentation")
-    model.add_argument("--threads", type=int, help="torch CPU threads (default: the cores)")
+    model.add_argument("--threads", type=count(1, MAX_THREADS), metavar="N",
+                       help="torch CPU threads (default: the cores)")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     model.add_argument("--nondeterministic", action="store_true",
                        help="allow faster convolution kernels whose results vary in the last bits between runs")
@@ -124,7 +128,7 @@ def data_config(args) -> dict:
         targets=_names(args.targets), kind=args.kind,
         range=None if args.range is None else _floats(args.range, 2, "--range"),
         units=() if args.units is None else tuple(unit.strip() for unit in args.units.split(",")),
-        strict=args.strict, input_size=None if args.size is None else _size(args.size), channels=args.channels,
+        strict=args.strict, allow_outside=args.allow_outside, input_size=None if args.size is None else _size(args.size), channels=args.channels,
         crop=args.crop, roi=None if args.roi is None else _floats(args.roi, 3, "--roi"),
         model=args.model, model_kwargs=_model_options(args.model_opt), loss=args.loss,
         batch_size=args.batch_size, augment=args.augment, seed=args.seed, threads=args.threads,

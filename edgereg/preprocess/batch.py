@@ -1,13 +1,28 @@
-"""The public entry point of the fused preprocessing: a batch of frames -> the model's input."""
+"""The public entry point of the fused preprocessing: a batch of frames -> the model's input.
+
+numba is imported on the first call that needs it: rotation views, or a call of at least
+``small.NUMBA_MIN_VALUES`` output values. Until then the bit-identical numpy twins in
+:mod:`edgereg.preprocess.small` do the work, so a process that scores one image, or a folder of a
+few thousand, never pays numba's import and CPU-target initialisation (~0.4 s of CPU, more than
+the twins cost for ~15,000 64x64 frames). Once numba is loaded, every call uses its kernels.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
 from edgereg.errors import ShapeError, TTAError
+from edgereg.preprocess import small
 from edgereg.preprocess.config import PreprocessConfig
-from edgereg.preprocess import kernels
 from edgereg.tta import TTASpec, parse_tta
+
+# Below this many output values per call the serial kernels are used (about 1 MiB of float32): waking
+# worker threads costs more than the work (one 64x64 frame: ~0.02 ms serial, several ms in parallel
+# on a busy 2-core machine).
+PARALLEL_MIN_VALUES = 1 << 18
+_KERNELS = "edgereg.preprocess.kernels"  # the numba module: once imported, always used
 
 
 def preprocess_batch(images: np.ndarray, config: PreprocessConfig, tta: TTASpec | str | None = None,
@@ -48,14 +63,33 @@ def preprocess_batch(images: np.ndarray, config: PreprocessConfig, tta: TTASpec 
     images = np.ascontiguousarray(images)
     scale, offset = config.affine()
     gray = config.channels == "gray"
-    size = out.size if parallel is None else (kernels.PARALLEL_MIN_VALUES if parallel else 0)
+    if spec.mode != "rot" and out.size < small.NUMBA_MIN_VALUES and _KERNELS not in sys.modules:
+        twin = small.d4 if spec.mode == "d4" else small.identity
+        twin(images, scale, offset, float(config.fill), _mask(height, width) if config.circle else None, gray, out)
+        return out
+    from edgereg.preprocess import kernels  # numba: imported by the first call that needs it
+
+    size = out.size if parallel is None else (PARALLEL_MIN_VALUES if parallel else 0)
     if spec.mode == "rot":
-        kernel = kernels.pick(kernels.fused_rotations, kernels.fused_rotations_serial, size)
+        kernel = kernels.pick(kernels.fused_rotations, kernels.fused_rotations_serial, size, PARALLEL_MIN_VALUES)
         kernel(images, np.deg2rad(spec.angles_deg()), scale, offset, float(config.fill), gray, out)
     elif spec.mode == "d4":
-        kernel = kernels.pick(kernels.fused_d4, kernels.fused_d4_serial, size)
+        kernel = kernels.pick(kernels.fused_d4, kernels.fused_d4_serial, size, PARALLEL_MIN_VALUES)
         kernel(images, scale, offset, float(config.fill), config.circle, gray, out)
     else:
-        kernel = kernels.pick(kernels.fused_identity, kernels.fused_identity_serial, size)
+        kernel = kernels.pick(kernels.fused_identity, kernels.fused_identity_serial, size, PARALLEL_MIN_VALUES)
         kernel(images, scale, offset, float(config.fill), config.circle, gray, out)
     return out
+
+
+_MASKS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _mask(height: int, width: int) -> np.ndarray:
+    """The circle mask of an (H, W) input, computed once per size (read-only)."""
+    mask = _MASKS.get((height, width))
+    if mask is None:
+        mask = small.circle_mask(height, width)
+        mask.setflags(write=False)
+        _MASKS[(height, width)] = mask
+    return mask

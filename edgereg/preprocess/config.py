@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.card import CHANNELS, CROPS, ModelCard
+from edgereg.card import CHANNELS, CROPS, DECODES, ModelCard
 from edgereg.errors import CardError
 
 
@@ -23,6 +23,9 @@ class PreprocessConfig:
         mean: per-channel mean of pixel values scaled to [0, 1].
         std: per-channel standard deviation, > 0.
         fill: normalized value written outside the circle.
+        decode: how image files are decoded: "full" (every pixel, then crop and resize) or
+            "reduced" (JPEGs whose crop is at least twice the input are decoded at 1/2, 1/4 or 1/8
+            resolution in the DCT domain, then cropped and resized: see ``edgereg.preprocess.frames``).
     """
 
     input_size: tuple[int, int] = (64, 64)  # model input (H, W)
@@ -32,12 +35,15 @@ class PreprocessConfig:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # normalization, from the training set
     std: tuple[float, ...] = (0.25, 0.25, 0.25)  # normalization, from the training set
     fill: float = 0.0  # outside-circle value: 0 = the mean colour after normalization
+    decode: str = "full"  # "full" or "reduced": the decode policy the model was trained with
 
     def __post_init__(self) -> None:
         if self.channels not in CHANNELS:
             raise CardError(f"channels must be 'rgb' or 'gray', got {self.channels!r}")
         if self.crop not in CROPS:
             raise CardError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        if self.decode not in DECODES:
+            raise CardError(f"decode must be one of {DECODES}, got {self.decode!r}")
         n = 3 if self.channels == "rgb" else 1
         if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
             raise CardError(f"mean/std must have {n} values (std > 0) for channels "
@@ -46,7 +52,8 @@ class PreprocessConfig:
     @classmethod
     def from_card(cls, card: ModelCard) -> "PreprocessConfig":
         return cls(input_size=tuple(card.input_size), channels=card.channels, crop=card.crop,
-                   roi=card.roi, mean=tuple(card.mean), std=tuple(card.std), fill=float(card.fill))
+                   roi=card.roi, mean=tuple(card.mean), std=tuple(card.std), fill=float(card.fill),
+                   decode=card.decode)
 
     @property
     def n_channels(self) -> int:

@@ -1,16 +1,44 @@
-"""Reading and decoding image files with OpenCV, from bytes so that any path works."""
+"""Reading and decoding image files with OpenCV, from bytes so that any path works.
+
+Hostile files are refused before they cost memory or time:
+
+* Only regular files are read. A FIFO, socket or device is opened non-blocking and refused after
+  ``fstat`` (``not a regular file (fifo)``), so a FIFO in a scored folder can never hang a run.
+* The image size is read from the header (PNG IHDR, JPEG SOF, BMP, PNM, WebP) before decoding, and
+  an image over ``max_pixels`` (default 50 MP, :data:`DEFAULT_MAX_PIXELS`) is refused with
+  ``too large: 30000x30000 = 900 MP > 50 MP (--max-pixels)``. A 1 MB PNG can declare 900 MP and
+  would otherwise decode into 2.7 GB of BGR pixels.
+* A file bigger than :func:`max_file_bytes` of ``max_pixels`` is refused before it is read.
+* OpenCV's own cap, ``OPENCV_IO_MAX_IMAGE_PIXELS``, is the back-stop for formats whose header is
+  not parsed here (TIFF, JPEG 2000, EXR, ...): ``edgereg/__init__.py`` sets it to
+  :data:`OPENCV_PIXEL_CAP` unless the environment already sets it (OpenCV reads it once, when the
+  library loads, so it must be set before anything imports cv2).
+* OpenCV's exceptions (``cv2.error``, assertion text) become one :class:`DecodeError` sentence.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import stat
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from edgereg.errors import DecodeError
+
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any camera in this field, far below a memory problem
+OPENCV_PIXEL_CAP = 1 << 28  # 268 MP: OpenCV refuses larger images whatever their format (see edgereg/__init__)
+BYTES_PER_PIXEL_LIMIT = 8  # a raw 16-bit RGBA file: the most bytes per pixel a legitimate image needs
+MIN_FILE_LIMIT = 64 << 20  # files up to 64 MiB are always read (headers, metadata, small limits)
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"),
+)
 
 
 def default_threads() -> int:
@@ -18,7 +46,163 @@ def default_threads() -> int:
     return max(2, os.cpu_count() or 2)
 
 
-def decode_image(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
+def format_megapixels(pixels: float) -> str:
+    """``900 MP``, ``56 MP``, ``50.3 MP``, ``0.3 MP``: at most 3 significant digits below 100."""
+    mp = pixels / 1e6
+    return f"{mp:.0f} MP" if mp >= 100 else f"{mp:.3g} MP"
+
+
+def max_file_bytes(max_pixels: int | None) -> int | None:
+    """The largest file read for a pixel limit: 8 bytes per pixel, at least 64 MiB (None: no limit)."""
+    if not max_pixels:
+        return None
+    return max(MIN_FILE_LIMIT, BYTES_PER_PIXEL_LIMIT * int(max_pixels))
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None) -> str | None:
+    """The refusal reason when ``width x height`` exceeds ``max_pixels``, else None."""
+    if max_pixels and width * height > max_pixels:
+        return (f"too large: {width}x{height} = {format_megapixels(width * height)} > "
+                f"{format_megapixels(max_pixels)} (--max-pixels)")
+    return None
+
+
+def file_kind(mode: int) -> str | None:
+    """"fifo", "socket", "character device", "block device", "directory", or None for a regular file."""
+    for test, name in _FILE_KINDS:
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "special file"
+
+
+# ------------------------------------------------------------------------------------- headers
+
+
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` declared by the header of a PNG, JPEG, BMP, PNM or WebP, else None.
+
+    Only the header is parsed (nothing is decoded); None means "format not parsed here or header
+    unreadable", in which case the decoder's own checks apply.
+    """
+    for parse in (_png_size, _jpeg_size, _bmp_size, _pnm_size, _webp_size):
+        size = parse(data)
+        if size is not None:
+            return size
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC are not frames
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size in the first SOF segment, walking the marker segments from SOI."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None  # not at a marker: a corrupt stream, left to the decoder
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # TEM, RSTn: no length
+            position += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI, SOS before any frame header
+            return None
+        (length,) = struct.unpack(">H", data[position + 2:position + 4])
+        if marker in _SOF_MARKERS:
+            if position + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[position + 5:position + 9])
+            return width, height
+        if length < 2:
+            return None
+        position += 2 + length
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    if data[:2] != b"BM" or len(data) < 26:
+        return None
+    (header,) = struct.unpack("<I", data[14:18])
+    if header == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        width, height = struct.unpack("<HH", data[18:22])
+        return width, height
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)  # a negative height means top-down rows
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    """P1..P6 (PBM, PGM, PPM): magic, then width and height as decimal tokens, '#' comments allowed."""
+    if len(data) < 3 or data[0:1] != b"P" or data[1:2] not in b"123456" or not data[2:3].isspace():
+        return None
+    tokens: list[int] = []
+    position = 2
+    head = data[:4096]
+    while len(tokens) < 2 and position < len(head):
+        char = head[position:position + 1]
+        if char.isspace():
+            position += 1
+        elif char == b"#":
+            end = head.find(b"\n", position)
+            position = len(head) if end < 0 else end + 1
+        else:
+            end = position
+            while end < len(head) and head[end:end + 1].isdigit():
+                end += 1
+            if end == position or end - position > 10:
+                return None
+            tokens.append(int(head[position:end]))
+            position = end
+    return (tokens[0], tokens[1]) if len(tokens) == 2 else None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP" or len(data) < 30:
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # 24-bit canvas size minus one
+        width = 1 + int.from_bytes(data[24:27], "little")
+        height = 1 + int.from_bytes(data[27:30], "little")
+        return width, height
+    if chunk == b"VP8L" and data[20:21] == b"\x2f":  # 14-bit sizes minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+# ------------------------------------------------------------------------------------- decoding
+
+
+def explain_cv2_error(exc: BaseException) -> str:
+    """A sentence for an OpenCV exception, instead of its assertion text and source location."""
+    text = str(exc)
+    if "!buf.empty()" in text:
+        return "empty file (0 bytes)"
+    if "CV_IO_MAX_IMAGE_PIXELS" in text or "validateInputImageSize" in text:
+        return ("too large for OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS, "
+                f"{format_megapixels(int(os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', OPENCV_PIXEL_CAP)))})")
+    if "size.width>0" in text or "size.height>0" in text or "!ssize.empty()" in text:
+        return "the image has zero width or height"
+    if "Insufficient memory" in text or "Failed to allocate" in text:
+        return "not enough memory to decode it"
+    return "not a decodable image (OpenCV refused it: corrupt or unsupported format)"
+
+
+def decode_image(data: bytes, *, source: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, BMP, TIFF, ...).
 
     Gray, 16-bit and alpha images are converted to 8-bit BGR (OpenCV's IMREAD_COLOR).
@@ -26,21 +210,40 @@ def decode_image(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
     Args:
         data: the file's bytes.
         source: a name for error messages (usually the path).
+        max_pixels: refuse images whose header declares more pixels (None or 0: no limit of ours;
+            OpenCV's own cap still applies).
+        flags: OpenCV imread flags: IMREAD_COLOR, or IMREAD_REDUCED_COLOR_2/4/8 for a DCT-domain
+            1/2, 1/4, 1/8 decode of a JPEG (see ``edgereg.preprocess.frames``).
 
     Returns:
         (H, W, 3) uint8, BGR.
 
     Raises:
-        DecodeError: empty, truncated or undecodable data.
+        DecodeError: empty, truncated, too large or undecodable data.
     """
     if len(data) == 0:
         raise DecodeError(f"'{source}': empty file (0 bytes)")
+    size = image_dimensions(data)
+    if size is not None:
+        width, height = size
+        if width == 0 or height == 0:
+            raise DecodeError(f"'{source}': the header declares a {width}x{height} image (zero width or height)")
+        reason = check_pixels(width, height, max_pixels)
+        if reason:
+            raise DecodeError(f"'{source}': {reason}")
     if _looks_truncated(data):
         raise DecodeError(f"'{source}': truncated image (the end-of-image marker is missing)")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(buffer, flags)
+    except cv2.error as exc:
+        raise DecodeError(f"'{source}': {explain_cv2_error(exc)}") from None
     if image is None or image.size == 0:
         raise DecodeError(f"'{source}': not a decodable image (corrupt or unsupported format)")
+    if max_pixels and size is None:  # a format without a parsed header: check what came out
+        reason = check_pixels(image.shape[1], image.shape[0], max_pixels)
+        if reason:
+            raise DecodeError(f"'{source}': {reason}")
     return image
 
 
@@ -57,40 +260,97 @@ def _looks_truncated(data: bytes) -> bool:
     return False
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read and decode one image file.
+def read_file_bytes(path: str | os.PathLike, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file; anything else is refused without blocking.
+
+    The file is opened with ``O_NONBLOCK`` (a FIFO without a writer would otherwise block the
+    ``open`` forever) and checked with ``fstat`` on the opened descriptor, so a file swapped for a
+    FIFO between listing and reading is refused too.
+
+    Raises:
+        DecodeError: missing, not a regular file, larger than ``max_bytes``, or unreadable.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DecodeError(f"'{path}': file not found") from None
+    except PermissionError:
+        raise DecodeError(f"'{path}': permission denied") from None
+    except OSError as exc:
+        raise DecodeError(f"'{path}': unreadable ({exc.strerror or exc})") from None
+    kind = file_kind(mode)
+    if kind == "directory":
+        raise DecodeError(f"'{path}': is a directory, not an image")
+    if kind is not None:
+        raise DecodeError(f"'{path}': not a regular file ({kind})")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise DecodeError(f"'{path}': file not found") from None
+    except PermissionError:
+        raise DecodeError(f"'{path}': permission denied") from None
+    except OSError as exc:
+        raise DecodeError(f"'{path}': unreadable ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        kind = file_kind(info.st_mode)
+        if kind is not None:
+            raise DecodeError(f"'{path}': not a regular file ({kind})")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise DecodeError(f"'{path}': file too large for an image ({info.st_size / 1e6:,.0f} MB > "
+                              f"{max_bytes / 1e6:,.0f} MB allowed with --max-pixels)")
+        chunks = []
+        remaining = info.st_size + 1  # one more byte reveals a file that grew
+        while True:
+            chunk = os.read(fd, max(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+            if max_bytes is not None and sum(map(len, chunks)) > max_bytes:
+                raise DecodeError(f"'{path}': file too large for an image (grew past "
+                                  f"{max_bytes / 1e6:,.0f} MB while being read)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise DecodeError(f"'{path}': unreadable ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read and decode one image file (regular files only; see the module docstring).
+
+    Args:
+        path: the file.
+        max_pixels: refuse images declaring more pixels (None or 0: no limit of ours).
 
     Returns:
         (H, W, 3) uint8, BGR.
 
     Raises:
-        DecodeError: missing, unreadable, empty, truncated or undecodable file.
+        DecodeError: missing, unreadable, not a regular file, empty, truncated, too large or
+            undecodable file.
     """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DecodeError(f"'{path}': file not found") from None
-    except IsADirectoryError:
-        raise DecodeError(f"'{path}': is a directory, not an image") from None
-    except PermissionError:
-        raise DecodeError(f"'{path}': permission denied") from None
-    except OSError as exc:
-        raise DecodeError(f"'{path}': unreadable ({exc.strerror or exc})") from None
-    return decode_image(data, source=str(path))
+    data = read_file_bytes(path, max_bytes=max_file_bytes(max_pixels))
+    return decode_image(data, source=str(path), max_pixels=max_pixels)
 
 
-def read_images(paths: Sequence[str | os.PathLike], *, threads: int | None = None
-                ) -> Iterator[tuple[int, np.ndarray | DecodeError]]:
+def read_images(paths: Sequence[str | os.PathLike], *, threads: int | None = None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                loader: Callable[[str | os.PathLike], Any] | None = None) -> Iterator[tuple[int, Any]]:
     """Decode files in a thread pool, yielding ``(index, image or DecodeError)`` in input order.
 
-    At most ``4 * threads`` decodes are in flight, so memory stays flat on long lists.
+    At most ``4 * threads`` decodes are in flight, so memory stays flat on long lists. ``loader``
+    turns one path into the result (default: :func:`read_image` with ``max_pixels``), raising
+    DecodeError for a bad file.
     """
     threads = threads or default_threads()
     window = 4 * threads
 
     def load(path):
         try:
-            return read_image(path)
+            return loader(path) if loader is not None else read_image(path, max_pixels=max_pixels)
         except DecodeError as exc:
             return exc
 

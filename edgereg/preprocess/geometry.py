@@ -90,20 +90,33 @@ def crop_resize(image: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray
     image = check_frame(image)
     height, width = image.shape[:2]
     box = crop_box(height, width, config)
-    x0, y0, bw, bh = int(box.x0), int(box.y0), int(box.w), int(box.h)
-    if x0 < 0 or y0 < 0 or x0 + bw > width or y0 + bh > height:
+    return crop_region(image, int(box.x0), int(box.y0), int(box.w), int(box.h), config.input_size), box
+
+
+def crop_region(image: np.ndarray, x0: int, y0: int, w: int, h: int, size: tuple[int, int]) -> np.ndarray:
+    """The region ``[x0, x0 + w) x [y0, y0 + h)`` of ``image`` (black beyond its edges), resized to ``size``.
+
+    Args:
+        image: (H, W, 3) uint8 BGR.
+        size: (h, w) of the result; ``cv2.INTER_AREA`` when shrinking, ``cv2.INTER_LINEAR`` otherwise.
+
+    Returns:
+        (h, w, 3) uint8 BGR, C-contiguous.
+    """
+    height, width = image.shape[:2]
+    if x0 < 0 or y0 < 0 or x0 + w > width or y0 + h > height:
         top, left = max(0, -y0), max(0, -x0)
-        padded = cv2.copyMakeBorder(image, top, max(0, y0 + bh - height), left, max(0, x0 + bw - width),
+        padded = cv2.copyMakeBorder(image, top, max(0, y0 + h - height), left, max(0, x0 + w - width),
                                     cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        region = padded[y0 + top: y0 + top + bh, x0 + left: x0 + left + bw]
+        region = padded[y0 + top: y0 + top + h, x0 + left: x0 + left + w]
     else:
-        region = image[y0:y0 + bh, x0:x0 + bw]
-    out_h, out_w = config.input_size
+        region = image[y0:y0 + h, x0:x0 + w]
+    out_h, out_w = size
     if region.shape[0] == out_h and region.shape[1] == out_w:
-        return np.ascontiguousarray(region), box
+        return np.ascontiguousarray(region)
     shrinking = region.shape[0] >= out_h and region.shape[1] >= out_w
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(region, (out_w, out_h), interpolation=interpolation), box
+    return cv2.resize(region, (out_w, out_h), interpolation=interpolation)
 
 
 def prepare_frames(images, config: PreprocessConfig) -> tuple[np.ndarray, list[CropBox]]:

@@ -221,12 +221,10 @@ def fused_rotations_serial(images, angles_rad, scale, offset, fill, gray, out):
 
 
 # Each kernel has a serial twin for small batches, where waking worker threads costs more than the
-# work (one 64x64 frame: ~0.02 ms serial, several ms in parallel on a busy 2-core machine).
-# Below this many output values per call the serial kernels are used (about 1 MiB of float32).
-PARALLEL_MIN_VALUES = 1 << 18
+# work; edgereg.preprocess.batch.PARALLEL_MIN_VALUES says where.
 
 
-def pick(parallel_kernel, serial_kernel, out_values: int):
-    """The parallel kernel for big outputs, the serial one for small outputs."""
-    return parallel_kernel if out_values >= PARALLEL_MIN_VALUES else serial_kernel
+def pick(parallel_kernel, serial_kernel, out_values: int, parallel_min_values: int):
+    """The parallel kernel for outputs of at least ``parallel_min_values`` values, else the serial one."""
+    return parallel_kernel if out_values >= parallel_min_values else serial_kernel
 

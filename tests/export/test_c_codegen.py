@@ -2,8 +2,11 @@
 
 Float C must match ONNX Runtime within 1e-4 (relative, absolute for values below 1); int8 C must
 reproduce the QDQ graph's own semantics (ONNX Runtime with basic optimizations, which keeps
-QuantizeLinear/DequantizeLinear as the graph says) to within one step of the output quantization,
-and be as accurate against fp32 as the int8 model is, within the export gate's 10 % margin.
+QuantizeLinear/DequantizeLinear as the graph says) to within one step of the last quantized tensor
+carried through the float tail (:func:`int8_tolerance`: one output step when the output itself is
+quantized), and be as accurate against fp32 as the int8 model is, within the export gate's 10 %
+margin. No int8 assertion uses an absolute 1e-4: ONNX Runtime's kernels round differently by
+instruction set (AVX2, AVX-512, VNNI), and only the quantization step bounds that.
 """
 
 from __future__ import annotations
@@ -165,6 +168,78 @@ def output_step(path: Path) -> float | None:
     return None
 
 
+def int8_tolerance(path: Path, x: np.ndarray) -> np.ndarray:
+    """(N, T) how far two correct int8 runtimes may disagree on the outputs of ``x``.
+
+    Where the hardware decides: ONNX Runtime dequantizes, sums in float in an order that depends
+    on the instruction set (AVX2, AVX-512, VNNI), and requantizes, so a value that falls within
+    rounding of a step boundary may land one step either way. The tolerance is one step in every
+    element of the last quantized tensors, carried through the float tail that follows them (the
+    head kept in float, the output transform) to first order: the sum over those elements of the
+    output change a one-step nudge causes, measured at each input. For a model whose output is
+    itself dequantized, the tail is the identity and this is one output step.
+    """
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    frontier, stack, seen = {}, ["value"], set()
+    while stack:  # walk back from the output through float nodes to the activation DequantizeLinears
+        name = stack.pop()
+        node = producer.get(name)
+        if name in seen or node is None:
+            continue
+        seen.add(name)
+        if node.op_type == "DequantizeLinear" and node.input[0] not in inits:
+            frontier[name] = float(np.max(inits[node.input[1]]))
+        else:
+            stack.extend(i for i in node.input if i and i not in inits)
+    names = sorted(frontier)
+    model.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in names if n != "value")
+    probe = save_model(model, path.with_name(path.stem + ".probe.onnx"))
+    values = dict(zip(["value", *[n for n in names if n != "value"]],
+                      ort_session(probe, "ORT_ENABLE_BASIC").run(None, {"image": x})))
+    if names == ["value"]:
+        return np.full_like(values["value"], frontier["value"], dtype=np.float64)
+    tail_nodes = [node for node in model.graph.node if set(node.output) & seen and node.output[0] not in frontier]
+    used = {i for node in tail_nodes for i in node.input}
+    tail = helper.make_model(helper.make_graph(
+        tail_nodes, "tail", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names],
+        [helper.make_tensor_value_info("value", onnx.TensorProto.FLOAT, None)],
+        initializer=[i for i in model.graph.initializer if i.name in used]), opset_imports=model.opset_import)
+    tail.ir_version = model.ir_version
+    tail_path = save_model(tail, path.with_name(path.stem + ".tail.onnx"))
+    session = ort_session(tail_path, "ORT_ENABLE_BASIC")
+    tolerance = np.zeros(values["value"].shape, dtype=np.float64)  # (N, T)
+    for i in range(len(x)):
+        base = {n: values[n][i:i + 1] for n in names}
+        for n in names:
+            flat = base[n].reshape(-1)  # (1, ...) -> (E,)
+            count = flat.size
+            nudged = np.repeat(flat[None], 2 * count, axis=0)  # (2E, E): +step then -step per element
+            nudged[np.arange(count), np.arange(count)] += frontier[n]
+            nudged[count + np.arange(count), np.arange(count)] -= frontier[n]
+            feeds = {m: np.repeat(base[m], 2 * count, axis=0) for m in names}
+            feeds[n] = nudged.reshape(2 * count, *base[n].shape[1:])  # (2E, E) -> (2E, ...)
+            change = np.abs(session.run(None, feeds)[0].astype(np.float64) - values["value"][i])  # (2E, T)
+            tolerance[i] += np.maximum(change[:count], change[count:]).sum(axis=0)
+    return tolerance
+
+
+def save_model(model, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def ort_session(path: Path, level: str):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a.astype(np.float64) - b) ** 2)))
 
@@ -316,8 +391,8 @@ def test_int8_c_reproduces_the_qdq_model(name, exported_models, tmp_path):
     x = random_inputs(card, 64)
     got = run_driver(exe, ["infer"], x.tobytes(), len(card.targets))
     qdq = ort_run(int8, x, level="ORT_ENABLE_BASIC")  # QuantizeLinear/DequantizeLinear kept as written
-    step = output_step(int8) or 1e-4 * max(1.0, float(np.abs(qdq).max()))
-    assert np.abs(got - qdq).max() <= step * 1.001, "C int8 differs from the QDQ model by more than one step"
+    allowed = int8_tolerance(int8, x) * 1.001 + 1e-6 * np.maximum(1.0, np.abs(qdq))
+    assert (np.abs(got - qdq) <= allowed).all(), "C int8 differs from the QDQ model by more than one step"
     assert np.mean(np.abs(got - qdq) <= 1e-6 * np.maximum(1.0, np.abs(qdq))) >= 0.9
     reference = ort_run(fp32, x)
     assert rmse(got, reference) <= (1 + GATE_MAX_DROP) * rmse(qdq, reference) + 1e-6
@@ -346,7 +421,8 @@ def test_quantized_graph_with_uint8_activations(exported_models, tmp_path):
     x = random_inputs(card, 32)
     got = run_driver(compile_driver(tmp_path / "c"), ["infer"], x.tobytes(), 1)
     qdq = ort_run(uint8, x, level="ORT_ENABLE_BASIC")
-    assert np.abs(got - qdq).max() <= output_step(uint8) * 1.001
+    assert output_step(uint8) is not None, "the test expects a quantized output"
+    assert (np.abs(got - qdq) <= int8_tolerance(uint8, x) * 1.001).all()
 
 
 def test_arena_reuses_buffers(tmp_path):
@@ -661,7 +737,10 @@ def test_registered_model_compiles_and_matches(model_name, tmp_path):
         got = run_driver(compile_driver(tmp_path / precision), ["infer"], x.tobytes(), len(targets))
         level = "ORT_ENABLE_ALL" if precision == "fp32" else "ORT_ENABLE_BASIC"
         expected = ort_run(source, x, level=level)
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=f"{model_name} {precision}")
+        # float: the same sums in another order; int8: one step where the hardware rounds (int8_tolerance)
+        slack = 0.0 if precision == "fp32" else int8_tolerance(source, x) * 1.001
+        assert (np.abs(got - expected) <= slack + 1e-4 * np.maximum(1.0, np.abs(expected))).all(), \
+            f"{model_name} {precision}: {got} vs {expected}"
 
 
 @pytest.mark.slow
@@ -671,7 +750,7 @@ def test_export_cli_c_flag_writes_code_that_compiles_and_agrees(assay_run, assay
     from edgereg.card import read_card
     from edgereg.cli.main import main
     from edgereg.predictor import Predictor
-    from edgereg.preprocess import read_image
+    from edgereg.preprocess import prepare_frames, preprocess_batch, read_image
 
     out = tmp_path / "models"
     code = main(["export", str(assay_run), "--out", str(out), "--int8", "--c", "--calib-method", "minmax",
@@ -692,4 +771,8 @@ def test_export_cli_c_flag_writes_code_that_compiles_and_agrees(assay_run, assay
             rgb = np.ascontiguousarray(frame[..., ::-1]).tobytes()
             got = run_driver(exe, ["predict", str(width), str(height), "3"], rgb, len(card.targets))
             expected = predictor.predict([frame]).values
-            assert np.abs(got - expected).max() <= 1e-4 * (hi - lo), f"{c_dir}: {got} vs {expected}"
+            allowed = 1e-4 * (hi - lo)  # float: preprocessing and sums in another order
+            if c_dir == "c_int8":  # plus one step of the last int8 tensor, where the CPU rounds it
+                x = preprocess_batch(prepare_frames([frame], predictor.config)[0], predictor.config)
+                allowed = allowed + int8_tolerance(out / name, x) * 1.001
+            assert (np.abs(got - expected) <= allowed).all(), f"{c_dir}: {got} vs {expected} (allowed {allowed})"

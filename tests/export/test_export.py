@@ -96,6 +96,8 @@ def test_fp16_model_keeps_float32_io_and_roughly_agrees(exported):
     fp32_out = ort.InferenceSession(str(exported / "model.onnx")).run(None, {"image": inputs})[0]
     fp16_out = ort.InferenceSession(str(exported / "model.fp16.onnx")).run(None, {"image": inputs})[0]
     assert fp16_out.dtype == np.float32
+    # float16 keeps 11 significant bits (relative rounding 4.9e-4 per op); a few layers of sums give
+    # about 1e-3 of the output's scale on any CPU, so 1e-2 bounds it without depending on the kernels
     assert np.abs(fp16_out - fp32_out).max() <= 1e-2 * np.abs(fp32_out).max()
 
 

@@ -69,7 +69,9 @@ def test_report_accuracy_matches_an_independent_evaluation(exported, assay_run):
     report = json.loads((exported / "export_report.json").read_text())
     rmse = {}
     for name, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
-        values = Predictor(exported / file, providers="cpu", tta="none").predict(frames).values
+        # the gate's own settings (edgereg.export.gate.predict: batch 64, CPU), so the int8 numbers are
+        # the same computation on the same machine and may be held to 1e-9
+        values = Predictor(exported / file, providers="cpu", tta="none", batch_size=64).predict(frames).values
         rmse[name] = float(np.sqrt(((values - truth) ** 2).mean()))
         assert report["accuracy"][name]["rmse"] == pytest.approx(rmse[name], rel=1e-9)
     assert rmse["int8"] <= 1.10 * rmse["fp32"]
@@ -88,7 +90,7 @@ def test_gate_fails_on_black_calibration_images_and_writes_no_int8(assay_run, tm
     out.mkdir()
     (out / "model.int8.onnx").write_bytes(b"stale int8 model of an earlier export")
     code = main(["export", str(assay_run), "--out", str(out), "--int8", "--calib-dir", str(calib), "--no-speed",
-                 "--quantize-first"])
+                 "--quantize-first", "--max-float-layers", "0"])
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "int8 gate FAILED" in err and "leaving out --quantize-first" in err
@@ -99,6 +101,32 @@ def test_gate_fails_on_black_calibration_images_and_writes_no_int8(assay_run, tm
     assert report["models"]["int8"]["written"] is False
     assert report["models"]["int8"]["calibration"]["files"] == 8
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx"], "no leftovers"
+
+
+def test_accuracy_control_keeps_the_most_damaging_layer_float_until_the_gate_passes(assay_run, tmp_path):
+    # The same broken calibration as above, but with accuracy control on (the default): the search
+    # must find that the quantized input does the damage and keep the first layer float.
+    calib = tmp_path / "black"
+    calib.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(calib / f"{i}.png"), np.zeros((48, 48, 3), np.uint8))
+    out = tmp_path / "out"
+    code = main(["export", str(assay_run), "--out", str(out), "--int8", "--calib-dir", str(calib), "--no-speed",
+                 "--quantize-first"])
+    assert code == 0
+    report = json.loads((out / "export_report.json").read_text())
+    layers = report["models"]["int8"]["search"]["layers"]
+    assert len(layers) >= 3 and all(layer["drop_if_float"] is not None for layer in layers)
+    most_damaging = min(layers, key=lambda layer: layer["drop_if_float"])
+    assert most_damaging["float"] and most_damaging["why"] == "accuracy"
+    assert most_damaging["name"].endswith("Conv") and most_damaging is layers[0], "the first layer reads the input"
+    assert report["gate"]["passed"] and report["gate"]["worst_drop"] <= 0.10
+    card = read_card(out / "model.int8.onnx")
+    assert card.quantization["float_layers"] == [{"name": most_damaging["name"], "op_type": "Conv",
+                                                  "why": "accuracy"}]
+    assert all(layer["sqnr_db"] is not None for layer in layers if not layer["float"])
+    model = onnx.load(str(out / "model.int8.onnx"))
+    assert _weight_sources(model)[most_damaging["name"]] == "float"
 
 
 def test_gate_checks_each_target_not_only_the_overall_rmse():
@@ -172,3 +200,45 @@ def test_first_layer_stays_float_by_default(exported):
     consumers = [n for n in model.graph.node if "image" in n.input]
     assert consumers and all(n.op_type != "QuantizeLinear" for n in consumers)
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node), "the rest is still int8"
+
+
+def test_export_measures_int8_against_fp32_and_records_the_recommendation(exported):
+    report = json.loads((exported / "export_report.json").read_text())
+    search = report["models"]["int8"]["search"]
+    speed = search["speed"]
+    assert set(speed["int8_vs_fp32"]) == {"1", "32"} and all(r > 0 for r in speed["int8_vs_fp32"].values())
+    faster = speed["int8_vs_fp32"]["32"] > 1.0
+    assert speed["recommended"] == ("int8" if faster else "fp32")
+    assert report["recommended"]["model"] == ("model.int8.onnx" if faster else "model.onnx")
+    assert any(step.startswith("activations: ") for step in search["steps"])
+    card = read_card(exported / "model.int8.onnx")
+    assert card.quantization["speed"]["recommended"] == speed["recommended"]
+    assert card.quantization["activations"].split(",")[0] in ("int8", "uint8")
+    timed = [layer for layer in search["layers"] if layer["int8_us"] is not None]
+    assert timed, "the profiler's per-layer times must map back to the layers"
+
+
+def test_quantizable_layers_fuse_activations_and_skip_data_movement():
+    from edgereg.export.quantize import quantizable_layers
+
+    inits = [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w1"),
+             numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2"),
+             numpy_helper.from_array(np.array([0, -1], np.int64), "shape")]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Add", ["c2", "p1"], ["sum"], name="add"),  # the conv's output has two readers
+        helper.make_node("Relu", ["sum"], ["r2"], name="relu2"),
+        helper.make_node("Reshape", ["r2", "shape"], ["value"], name="flatten"),  # (N,4,2,2) -> (N,16)
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["N", 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    layers = quantizable_layers(model)
+    assert [(layer.name, layer.nodes, layer.learned) for layer in layers] == [
+        ("conv1", ("conv1", "relu1"), True), ("pool", ("pool",), False), ("conv2", ("conv2",), True),
+        ("add", ("add",), False), ("relu2", ("relu2",), False)]
+    assert layers[0].output == "r1"
+    assert [layer.name for layer in quantizable_layers(model, exclude=("conv1",))][:2] == ["relu1", "pool"]

@@ -48,3 +48,20 @@ def test_missing_field_and_bad_json():
         ModelCard.from_dict(data)
     with pytest.raises(CardError, match="not valid JSON"):
         ModelCard.from_json("{nope")
+
+
+def test_decode_policy_defaults_to_full_for_older_cards_and_is_validated():
+    import json
+
+    from edgereg.card import ModelCard
+    from edgereg.errors import CardError
+    from edgereg.preprocess import PreprocessConfig
+
+    old = {"kind": "scalar", "targets": ["v"], "input_size": [16, 16], "format_version": 1}
+    card = ModelCard.from_json(json.dumps(old))
+    assert card.decode == "full" and PreprocessConfig.from_card(card).decode == "full"
+    reduced = ModelCard.from_json(json.dumps({**old, "decode": "reduced"}))
+    assert PreprocessConfig.from_card(reduced).decode == "reduced"
+    assert ModelCard.from_json(reduced.to_json()) == reduced
+    with pytest.raises(CardError, match="field 'decode' is 'reduce'.*did you mean 'reduced'"):
+        ModelCard.from_json(json.dumps({**old, "decode": "reduce"}))

@@ -168,17 +168,28 @@ def wait_for_rows(path, n_rows, process, timeout_s=120.0):
     raise AssertionError(f"no {n_rows} rows in {path} after {timeout_s} s")
 
 
+def write_slow_images(folder, names):
+    """Valid 7000x7000 PNGs (49 MP, under the 50 MP default) of ~0.6 MB that take a while to decode:
+    they keep a run busy mid-way (FIFOs no longer can: they are refused without blocking)."""
+    image = np.zeros((7000, 7000, 3), dtype=np.uint8)
+    image[::50] = 200
+    data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(data)
+    return [str(folder / name) for name in names]
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO to hold the run mid-way")
 def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(model, tmp_path, rng, capsys):
     folder = tmp_path / "imgs"
     first = write_images(folder, rng, [f"a{i:02d}.png" for i in range(20)])
+    slow = write_slow_images(folder, [f"slow{i}.png" for i in range(4)])  # the run is mid-way here
     second = write_images(folder, rng, [f"b{i:02d}.png" for i in range(20)])
     bad = write_broken(folder)
-    held = folder / "held.png"
-    os.mkfifo(held)  # reading it blocks until written: the run is held right here, mid-way
     listing = tmp_path / "list.txt"
-    listing.write_text("\n".join(first + [bad[0], str(held)] + second + [bad[1]]) + "\n")
+    order = first + [bad[0]] + slow + second + [bad[1]]
+    listing.write_text("\n".join(order) + "\n")
     out = tmp_path / "preds.csv"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(tmp_path / "stderr.txt", "wb") as stderr:
@@ -193,40 +204,40 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(model, tmp_path
             if process.poll() is None:
                 process.kill()
     assert process.returncode == -9
-    before = read_csv(out)
-    assert [r["path"] for r in before] == first  # complete rows only, in order
+    good = [p for p in order if p not in bad]
+    before = [r["path"] for r in read_csv(out)]
+    assert len(before) >= 20 and before == good[:len(before)]  # complete rows only, in order
 
-    held.unlink()
-    cv2.imwrite(str(held), rng.integers(0, 256, (24, 20, 3), dtype=np.uint8))
     assert main(["infer", model, str(listing), "--out", str(out), "--resume"]) == 3
     paths = [r["path"] for r in read_csv(out)]
-    assert paths == first + [str(held)] + second  # every good image exactly once, in input order
+    assert paths == good  # every good image exactly once, in input order
     assert sorted(r["path"] for r in read_csv(tmp_path / "preds.errors.csv")) == sorted(bad)
-    assert "20 already in" in capsys.readouterr().err
+    assert f"{len(before)} already in" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO to hold the run mid-way")
-def test_ctrl_c_while_a_read_hangs_exits_130_with_complete_rows(model, tmp_path, rng):
+def test_ctrl_c_mid_run_exits_130_with_complete_rows(model, tmp_path, rng):
+    """SIGINT while decoder threads decode 49 MP images: exit 130, whole rows, and no SIGABRT (the
+    exit waits for a decode in progress to leave OpenCV, whose teardown under a running call aborts)."""
     folder = tmp_path / "imgs"
     first = write_images(folder, rng, [f"a{i}.png" for i in range(8)])
-    hanging = folder / "hang.png"
-    os.mkfifo(hanging)  # like a read stuck on a dead network file system: it never returns
+    slow = write_slow_images(folder, [f"slow{i}.png" for i in range(6)])
     listing = tmp_path / "list.txt"
-    listing.write_text("\n".join(first + [str(hanging)]) + "\n")
+    listing.write_text("\n".join(first + slow) + "\n")
     out = tmp_path / "preds.csv"
     process = subprocess.Popen([sys.executable, "-m", "edgereg", "infer", model, str(listing), "--out", str(out),
                                 "--batch", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_rows(out, 8, process)
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)  # the hung decoder thread must not block the exit
+        _, err = process.communicate(timeout=30)  # a decoder thread still decoding must not block the exit
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130
-    assert "interrupted: scored 8" in err and "--resume" in err and "Traceback" not in err
-    assert [r["path"] for r in read_csv(out)] == first
+    rows = [r["path"] for r in read_csv(out)]
+    assert f"interrupted: scored {len(rows)}" in err and "--resume" in err and "Traceback" not in err
+    assert len(rows) >= 8 and rows == (first + slow)[:len(rows)]
 
 
 @pytest.mark.slow

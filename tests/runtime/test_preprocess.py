@@ -130,3 +130,111 @@ def test_gray_and_16bit_inputs_become_bgr(tmp_path):
     cv2.imwrite(str(path), gray16)
     image = read_image(path)
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+
+
+@pytest.mark.parametrize("channels", ["rgb", "gray"])
+@pytest.mark.parametrize("crop", ["none", "circle"])
+@pytest.mark.parametrize("size", [(8, 8), (17, 17), (31, 30), (64, 64)])
+def test_numpy_twins_of_small_calls_equal_the_numba_kernels_bit_for_bit(rng, channels, crop, size):
+    from edgereg.preprocess import kernels
+
+    config = config_for(size, channels, crop, fill=-1.5)
+    images = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    scale, offset = config.affine()
+    gray = channels == "gray"
+    modes = [("none", 1, kernels.fused_identity_serial, kernels.fused_identity)]
+    if size[0] == size[1]:
+        modes.append(("d4", 8, kernels.fused_d4_serial, kernels.fused_d4))
+    for tta, views, serial, parallel in modes:
+        for kernel in (serial, parallel):
+            want = np.empty((2 * views, config.n_channels, *size), np.float32)
+            kernel(images, scale, offset, -1.5, config.circle, gray, want)
+            got = preprocess_batch(images, config, tta)  # 2 images: small enough for the numpy twin
+            assert np.array_equal(got, want), (tta, kernel)
+
+
+def test_numba_is_loaded_only_by_calls_that_need_it():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from edgereg.predictor import Predictor\n"
+            "from edgereg.preprocess import PreprocessConfig, preprocess_batch\n"
+            "from edgereg.preprocess.reference import preprocess_batch_ref\n"
+            "config = PreprocessConfig(input_size=(64, 64), crop='circle')\n"
+            "images = np.random.default_rng(0).integers(0, 256, (32, 64, 64, 3), dtype=np.uint8)\n"
+            "preprocess_batch(images[:1], config, 'd4')\n"
+            "twin = preprocess_batch(images, config)  # a folder-scoring batch\n"
+            "assert 'numba' not in sys.modules, 'numba was imported'\n"
+            "preprocess_batch(images[:1], config, 'rot:4')\n"
+            "assert 'numba' in sys.modules\n"
+            "assert np.array_equal(preprocess_batch(images, config), twin)  # now numba's kernel\n"
+            "big = np.zeros((344, 64, 64, 3), np.uint8)  # 344 x 3 x 64 x 64 > NUMBA_MIN_VALUES\n"
+            "np.testing.assert_allclose(preprocess_batch(big, config)[:2], preprocess_batch_ref(big[:2], config),"
+            " atol=1e-5)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _jpeg(path, height, width, seed=0):
+    image = cv2.GaussianBlur(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8),
+                             (0, 0), 2)
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return path
+
+
+@pytest.mark.parametrize("height, width, crop, size, factor", [
+    (480, 640, "center", (64, 64), 4),    # crop 480 >= 4 x 64 but < 8 x 64
+    (480, 640, "none", (64, 64), 4),
+    (130, 130, "center", (64, 64), 2),    # 2.03 x: the smallest crop that is reduced
+    (120, 160, "center", (64, 64), 1),    # < 2 x: full decode
+    (600, 600, "center", (32, 32), 8),
+])
+def test_reduced_decode_picks_the_largest_factor_that_keeps_the_input_size(tmp_path, height, width, crop, size,
+                                                                            factor):
+    from edgereg.preprocess import read_frame
+    from edgereg.preprocess.frames import REDUCED_FLAGS, jpeg_size
+
+    path = _jpeg(tmp_path / "a.jpg", height, width)
+    data = path.read_bytes()
+    assert jpeg_size(data) == (height, width)
+    config = PreprocessConfig(input_size=size, crop=crop, decode="reduced")
+    frame, box = read_frame(path, config)
+    assert frame.shape == (*size, 3) and frame.dtype == np.uint8
+    full_box = crop_resize(read_image(path), config)[1]
+    if factor == 1:
+        np.testing.assert_array_equal(frame, crop_resize(read_image(path), config)[0])
+        assert box == full_box
+        return
+    reduced = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED_FLAGS[factor])
+    assert reduced.shape[:2] == (-(-height // factor), -(-width // factor))
+    x0, y0, w, h = (int(v / factor) for v in (box.x0, box.y0, box.w, box.h))
+    want = cv2.resize(reduced[y0:y0 + h, x0:x0 + w], size[::-1], interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(frame, want)
+    assert abs(box.x0 - full_box.x0) < factor and abs(box.w - full_box.w) < factor, "same region, in source pixels"
+    full = crop_resize(read_image(path), config)[0]
+    assert np.abs(frame.astype(int) - full).mean() < 3.0
+
+
+def test_reduced_policy_leaves_png_and_the_full_policy_alone(tmp_path):
+    from edgereg.preprocess import read_frame
+
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    jpg = _jpeg(tmp_path / "a.jpg", 300, 300)
+    for path, policy in ((png, "reduced"), (jpg, "full")):
+        config = PreprocessConfig(input_size=(32, 32), crop="center", decode=policy)
+        frame, box = read_frame(path, config)
+        want, want_box = crop_resize(read_image(path), config)
+        np.testing.assert_array_equal(frame, want)
+        assert box == want_box
+
+
+def test_jpeg_size_reads_only_the_header_and_refuses_non_jpegs():
+    from edgereg.preprocess.frames import jpeg_size
+
+    ok, data = cv2.imencode(".jpg", np.zeros((37, 53, 3), np.uint8))
+    assert jpeg_size(data.tobytes()) == (37, 53)
+    assert jpeg_size(data.tobytes()[:20]) is None
+    assert jpeg_size(b"\x89PNG\r\n\x1a\n....") is None
+    assert jpeg_size(b"") is None

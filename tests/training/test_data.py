@@ -357,3 +357,59 @@ def test_cache_survives_moving_the_dataset(bmp_dir, tmp_path):
     assert second.from_cache and second.root == moved
     assert second.image_paths()[0] == moved / "0.bmp"
     np.testing.assert_array_equal(second.images, first.images)
+
+
+def _jpeg_dataset(root, n=6, size=(240, 320)):
+    """labels.csv + n smooth JPEGs of ``size`` (H, W) with a bright disc whose x is the target."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    lines = ["path,x,y"]
+    for i in range(n):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (0, 0), 2)
+        x, y = 60 + 30 * i, size[0] // 2 + 5 * i
+        cv2.circle(image, (x, y), 12, (250, 250, 250), -1)
+        cv2.imwrite(str(root / f"{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        lines.append(f"{i}.jpg,{x},{y}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("crop", ["center", "none"])
+def test_training_sees_the_pixels_deployment_decodes(tmp_path, crop):
+    """Training loads JPEGs with the runtime's reduced decode: identical frames and crop boxes."""
+    from edgereg.preprocess import read_frame
+    from edgereg.preprocess.frames import load_frame
+
+    root = _jpeg_dataset(tmp_path / "jpegs")
+    config = PreprocessConfig(input_size=(32, 32), crop=crop, decode="reduced")
+    dataset = load_dataset(root, config=config, cache=False)
+    full = load_dataset(root, config=dataclasses.replace(config, decode="full"), cache=False)
+    assert dataset.fingerprint != full.fingerprint, "the decode policy must key the cache"
+    for i, path in enumerate(dataset.image_paths()):
+        frame, box = read_frame(path, config)  # what `edgereg infer` and Predictor.predict_paths decode
+        np.testing.assert_array_equal(dataset.images[i], frame)
+        np.testing.assert_array_equal(dataset.crop_boxes[i], box.as_array())
+        np.testing.assert_array_equal(load_frame(path.read_bytes(), config)[0], frame)
+    # the 240-pixel crop is >= 4x the 32-pixel input: decoded at 1/4 (pixels close to, not equal to, full)
+    difference = np.abs(dataset.images.astype(int) - full.images.astype(int))
+    assert difference.max() > 0 and difference.mean() < 3.0
+
+
+def test_full_decode_keeps_the_fingerprint_runs_recorded_before_the_decode_policy(tmp_path):
+    """A run trained before the card had `decode` must still find its dataset (same fingerprint)."""
+    import hashlib
+    import json as json_module
+
+    root = _jpeg_dataset(tmp_path / "jpegs", n=2)
+    config = PreprocessConfig(input_size=(32, 32), crop="center")  # decode="full", the default
+    dataset = load_dataset(root, config=config, cache=False)
+    csv_bytes = (root / "labels.csv").read_bytes()
+    digest = hashlib.sha256(b"edgereg-dataset-v1\n")  # the fingerprint as computed before the policy
+    digest.update(csv_bytes)
+    for name in ("0.jpg", "1.jpg"):
+        info = (root / name).stat()
+        digest.update(f"\n{name}\t{info.st_size}\t{info.st_mtime_ns}".encode())
+    geometry = {"input_size": [32, 32], "crop": "center", "roi": None}
+    digest.update(json_module.dumps({"targets": ["x", "y"], "kind": None, "geometry": geometry},
+                                    sort_keys=True).encode())
+    assert dataset.fingerprint == digest.hexdigest()

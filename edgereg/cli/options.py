@@ -1,0 +1,72 @@
+"""Option parsers and options shared by several commands (argparse ``type=`` functions).
+
+Each parser raises ``argparse.ArgumentTypeError`` with the expected form, so argparse prints one
+line and exits with code 2, like any other usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, format_megapixels
+
+MAX_THREADS = 256  # thread-count options: more than any machine edgereg runs on has cores, far below
+# what would exhaust memory (a typo like --decode-threads 100000 must not start 100,000 threads)
+MAX_PIXELS_HELP = (f"refuse images larger than this, read from the file header before decoding: a count "
+                   f"like 50M, 12.5MP or 8000000; 0 for no limit (default {format_megapixels(DEFAULT_MAX_PIXELS)})")
+
+
+def count(minimum: int, maximum: int | None = None):
+    """A parser of integers in ``minimum..maximum``."""
+    def parse(text: str) -> int:
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {value}")
+        return value
+    return parse
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def pixels(text: str) -> int | None:
+    """``--max-pixels``: ``50M``, ``50MP``, ``12.5M``, ``8000000`` or ``0`` (None: no limit)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*(m|mp|k|kp)?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a pixel count like 50M, 12.5MP or 8000000 (0: no limit), "
+                                         f"got {text!r}")
+    scale = {None: 1, "k": 1e3, "kp": 1e3, "m": 1e6, "mp": 1e6}[match.group(2)]
+    value = float(match.group(1)) * scale
+    if value > 1e12:
+        raise argparse.ArgumentTypeError(f"expected at most 1,000,000 MP, got {text!r}")
+    return int(value) or None
+
+
+def add_card_option(parser: argparse.ArgumentParser) -> None:
+    """``--card CARD.json``: use this card instead of (or for a model without) the embedded one."""
+    parser.add_argument("--card", metavar="CARD.json",
+                        help="use this model card (JSON, as `edgereg info MODEL --json` prints it) instead of "
+                             "the one embedded in the model, e.g. for an ONNX file exported elsewhere")
+
+
+def card_from_option(args):
+    """The ``--card`` file's ModelCard, or None when the option was not given."""
+    if not getattr(args, "card", None):
+        return None
+    from edgereg.card import read_card_file
+
+    return read_card_file(args.card)

@@ -1,0 +1,296 @@
+"""`edgereg serve` over HTTP, in-process: every endpoint, auth, limits, bad uploads, camera loss,
+streams and disconnects. Non-streaming endpoints go through Starlette's TestClient; the streaming
+ones (/events, /stream.mjpg) through a real uvicorn server on a thread, read with http.client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+
+from serve_helpers import (EventReader, SwitchableCamera, decode_jpeg, get, live_server, metric,  # noqa: E402
+                           read_mjpeg_parts, sample_frame, wait_for)
+from starlette.testclient import TestClient  # noqa: E402
+
+from edgereg import Predictor  # noqa: E402
+from edgereg.live import LiveConfig, LiveFeed  # noqa: E402
+from edgereg.serve.app import ServeConfig, create_app  # noqa: E402
+from edgereg.serve.frames import format_value  # noqa: E402
+
+FAST_RETRY = LiveConfig(smooth_window=3, retry_initial_s=0.05, retry_max_s=0.1)
+
+
+def jpeg(image: np.ndarray, ext: str = ".jpg") -> bytes:
+    ok, buffer = cv2.imencode(ext, image)
+    assert ok
+    return buffer.tobytes()
+
+
+@pytest.fixture
+def predictor(assay_model):
+    return Predictor(assay_model, preprocess_parallel=False)
+
+
+@pytest.fixture
+def camera():
+    return SwitchableCamera(fps=30)
+
+
+@pytest.fixture
+def camera_app(predictor, camera):
+    def make(config: ServeConfig = ServeConfig(), live: LiveConfig = FAST_RETRY):
+        return create_app(predictor, LiveFeed(camera, predictor, config=live), config)
+    return make
+
+
+# ------------------------------------------------------------------ the API alone
+
+
+def test_api_only_server_serves_page_card_health_and_metrics(predictor):
+    with TestClient(create_app(predictor)) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert '<script src="/static/app.js"' in page.text and "http" not in page.text.split("<body>")[1]
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+            response = client.get(asset)
+            assert response.status_code == 200 and kind in response.headers["content-type"]
+            assert "https://" not in response.text and "http://" not in response.text  # nothing from the internet
+        card = client.get("/api/card").json()
+        assert card["targets"] == ["conc"] and card["units"] == ["mg/L"] and card["range"] == [[80.0, 350.0]]
+        info = client.get("/api/info").json()
+        assert info["camera"] is None and info["model"] == "assay.onnx" and info["units"] == {"conc": "mg/L"}
+        assert client.get("/healthz").json() == {"status": "ok", "camera": None}
+        for path in ("/events", "/stream.mjpg", "/snapshot.jpg", "/api/history"):
+            response = client.get(path)
+            assert response.status_code == 404 and "started without --camera" in response.json()["error"]
+        missing = client.get("/nothing")
+        assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+        assert "edgereg_predict_requests_total" in metrics.text and "# TYPE edgereg_frame_seconds histogram" in metrics.text
+
+
+def test_predict_reads_uploads_like_the_predictor_and_reports_bad_ones(predictor, rng):
+    images = [sample_frame(3, size=(90, 120)), sample_frame(9, size=(200, 150))]
+    files = [("image", ("a.jpg", jpeg(images[0]), "image/jpeg")),
+             ("image", ("b.png", jpeg(images[1], ".png"), "image/png")),
+             ("image", ("corrupt.jpg", b"\xff\xd8 not really a jpeg \xff\xd9", "image/jpeg")),
+             ("image", ("cut.png", jpeg(images[1], ".png")[:300], "image/png")),
+             ("image", ("empty.jpg", b"", "image/jpeg"))]
+    with TestClient(create_app(predictor)) as client:
+        response = client.post("/api/predict", files=files)
+        assert response.status_code == 200
+        readings = response.json()["readings"]
+        metrics = client.get("/metrics").text
+    assert [r["name"] for r in readings] == ["a.jpg", "b.png", "corrupt.jpg", "cut.png", "empty.jpg"]
+    decoded = [cv2.imdecode(np.frombuffer(jpeg(images[0]), np.uint8), cv2.IMREAD_COLOR), images[1]]  # png: lossless
+    expected = predictor.predict(decoded).values[:, 0]
+    got = [readings[0]["value"]["conc"], readings[1]["value"]["conc"]]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)  # same preprocessing, batched float32 sums
+    assert readings[0]["flags"] == [] and readings[0]["spread"] is None
+    assert "not a decodable image" in readings[2]["error"]
+    assert "truncated" in readings[3]["error"] and "empty" in readings[4]["error"]
+    assert 'edgereg_predict_images_total{outcome="failed"} 3.0' in metrics
+
+
+def test_predict_refuses_image_bombs_from_the_header(predictor):
+    png = bytearray(jpeg(sample_frame(2, size=(48, 64)), ".png"))
+    png[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR declares 30000x30000: 900 MP in a few KB
+    files = [("image", ("bomb.png", bytes(png), "image/png")), ("image", ("ok.png", jpeg(sample_frame(2), ".png"), "image/png"))]
+    with TestClient(create_app(predictor)) as client:
+        readings = client.post("/api/predict", files=files).json()["readings"]
+    assert readings[0]["error"] == "too large: 30000x30000 = 900 MP > 50 MP (--max-pixels)"
+    assert "value" in readings[1]
+    small = ServeConfig(max_pixels=1000)  # the server's --max-pixels applies to every upload
+    with TestClient(create_app(predictor, config=small)) as client:
+        refused = client.post("/api/predict", files=files[1:])
+    assert refused.status_code == 422 and "(--max-pixels)" in refused.json()["readings"][0]["error"]
+
+
+def test_predict_raw_body_and_request_errors(predictor):
+    image = jpeg(sample_frame(1))
+    config = ServeConfig(max_images=2, max_request_bytes=200_000)
+    with TestClient(create_app(predictor, config=config)) as client:
+        raw = client.post("/api/predict", content=image, headers={"content-type": "image/jpeg", "x-filename": "x.jpg"})
+        assert raw.status_code == 200 and raw.json()["readings"][0]["name"] == "x.jpg"
+        wrong_type = client.post("/api/predict", content=b"{}", headers={"content-type": "application/json"})
+        assert wrong_type.status_code == 415 and "multipart/form-data" in wrong_type.json()["error"]
+        no_file = client.post("/api/predict", data={"comment": "no image"})
+        assert no_file.status_code in (400, 415)
+        empty_form = client.post("/api/predict", files=[], data={"a": "b"},
+                                 headers={"content-type": "multipart/form-data; boundary=x"})
+        assert empty_form.status_code == 400
+        all_bad = client.post("/api/predict", files=[("image", ("bad.jpg", b"junk", "image/jpeg"))])
+        assert all_bad.status_code == 422 and "error" in all_bad.json()["readings"][0]
+        too_many = client.post("/api/predict", files=[("image", (f"{i}.jpg", image, "image/jpeg")) for i in range(3)])
+        assert too_many.status_code == 400 and "at most 2 images" in too_many.json()["error"]
+        too_big = client.post("/api/predict", content=b"\0" * 300_000, headers={"content-type": "image/jpeg"})
+        assert too_big.status_code == 413 and "--max-request-mb" in too_big.json()["error"]
+
+        def chunks():  # no Content-Length: the limit applies while the body streams in
+            for _ in range(30):
+                yield b"\0" * 10_000
+        streamed = client.post("/api/predict", content=chunks(), headers={"content-type": "image/jpeg"})
+        assert streamed.status_code == 413
+        get_predict = client.get("/api/predict")
+        assert get_predict.status_code == 405
+        codes = client.get("/metrics").text
+    assert 'edgereg_predict_requests_total{code="413"} 1.0' in codes  # the streamed one (Content-Length: refused before)
+
+
+def test_a_failing_model_is_a_json_500_and_the_server_goes_on(predictor, monkeypatch):
+    with TestClient(create_app(predictor), raise_server_exceptions=False) as client:
+        def broken(frames, boxes):
+            raise RuntimeError("ORT went away")
+        monkeypatch.setattr(client.app.state.server.batcher, "_predict", broken)
+        response = client.post("/api/predict", content=jpeg(sample_frame(1)), headers={"content-type": "image/jpeg"})
+        assert response.status_code == 500 and "RuntimeError: ORT went away" in response.json()["error"]
+        monkeypatch.undo()
+        again = client.post("/api/predict", content=jpeg(sample_frame(1)), headers={"content-type": "image/jpeg"})
+        assert again.status_code == 200
+        assert 'edgereg_predict_requests_total{code="500"} 1.0' in client.get("/metrics").text
+
+
+def test_token_guards_every_endpoint_but_healthz_and_no_cors(predictor):
+    with TestClient(create_app(predictor, config=ServeConfig(token="s3cret"))) as client:
+        assert client.get("/healthz").status_code == 200
+        for path in ("/", "/api/card", "/metrics", "/static/app.js", "/events"):
+            refused = client.get(path)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+            assert "token" in refused.json()["error"]
+        assert client.post("/api/predict", files=[("image", ("a.jpg", b"x", "image/jpeg"))]).status_code == 401
+        assert client.get("/api/card", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/api/card", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/?token=wrong").status_code == 401
+        page = client.get("/?token=s3cret")
+        assert page.status_code == 200
+        cookie = page.headers["set-cookie"]
+        assert "edgereg_token=s3cret" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        assert client.get("/api/card").status_code == 200  # the page's own requests carry the cookie
+        client.cookies.clear()
+        assert client.get("/api/card").status_code == 401
+        cross = client.get("/healthz", headers={"Origin": "https://evil.example"})
+        preflight = client.options("/api/predict", headers={"Origin": "https://evil.example",
+                                                            "Access-Control-Request-Method": "POST"})
+        assert not any(h.lower().startswith("access-control-") for h in [*cross.headers, *preflight.headers])
+
+
+# ------------------------------------------------------------------ the camera
+
+
+def test_camera_health_snapshot_history_and_loss(camera_app, camera):
+    with TestClient(camera_app()) as client:
+        health = wait_for(lambda: (h := client.get("/healthz")).status_code == 200 and h.json(), 20)
+        assert health and health["status"] == "ok" and health["camera"]["connected"]
+        assert 0 <= health["camera"]["last_frame_age_s"] < 1
+        snap = client.get("/snapshot.jpg")
+        raw = client.get("/snapshot.jpg?overlay=0")
+        assert snap.status_code == raw.status_code == 200 and snap.headers["x-edgereg-camera"] == "connected"
+        drawn, plain = decode_jpeg(snap.content), decode_jpeg(raw.content)
+        assert drawn.shape == plain.shape == (120, 160, 3)
+        if snap.headers["x-edgereg-seq"] == raw.headers["x-edgereg-seq"]:  # the same frame: only the overlay differs
+            assert np.abs(drawn.astype(int) - plain.astype(int)).max() > 100
+        history = client.get("/api/history?seconds=60").json()
+        assert len(history["timestamp"]) >= 2 and set(history["smoothed"]) == {"conc"}
+        assert all(80 <= v <= 350 for v in history["smoothed"]["conc"] if v is not None)
+        assert client.get("/api/history?seconds=soon").status_code == 400
+
+        camera.unplugged = True
+        lost = wait_for(lambda: (h := client.get("/healthz")).status_code == 503 and h.json(), 5)
+        assert lost and lost["status"] == "camera_lost" and not lost["camera"]["connected"]
+        assert lost["camera"]["failed_reads"] >= 1
+        lost_snap = client.get("/snapshot.jpg")
+        assert lost_snap.status_code == 200 and lost_snap.headers["x-edgereg-camera"] == "lost"
+        assert client.get("/snapshot.jpg?overlay=0").status_code == 503
+        assert 'edgereg_camera_connected 0.0' in client.get("/metrics").text
+
+        camera.unplugged = False
+        back = wait_for(lambda: client.get("/healthz").status_code == 200, 5)
+        assert back
+        assert 'edgereg_camera_connected 1.0' in client.get("/metrics").text
+    assert camera.released  # the lifespan's end stopped the loop and released the camera
+
+
+def test_events_one_reading_per_frame_resume_and_loss(camera_app, camera, predictor):
+    with live_server(camera_app()) as port:
+        reader = EventReader(port)
+        assert reader.status == 200
+        records = reader.wait(12)
+        assert len(records) >= 12
+        ids = [event_id for event_id, _ in records]
+        instance = ids[0].split(":")[0]
+        seqs = [int(event_id.split(":")[1]) for event_id in ids]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # every reading, in order, none skipped
+        frames = [r["frame"] for _, r in records]
+        assert frames == list(range(frames[0], frames[0] + len(frames)))
+        first = records[0][1]
+        assert set(first) == {"timestamp", "frame", "value", "spread", "smoothed", "stable", "quality", "note",
+                              "quality_detail"}
+        assert first["quality"] == "ok" and 80 < first["value"]["conc"] < 350
+        expected = predictor.predict([sample_frame(first["frame"] + 1, size=camera.size)]).values[0, 0]
+        assert first["value"]["conc"] == pytest.approx(expected, abs=1e-5)  # JSON keeps 6 decimals
+
+        resumed = EventReader(port, headers={"Last-Event-ID": ids[3]})  # a reconnect gets what it missed
+        assert int(resumed.wait(1)[0][0].split(":")[1]) == seqs[3] + 1
+        resumed.close()
+        foreign = EventReader(port, headers={"Last-Event-ID": "0000beef:5"})  # another server instance
+        assert int(foreign.wait(1)[0][0].split(":")[1]) >= seqs[-1]  # the latest, not seq 6
+        foreign.close()
+
+        camera.black = True  # the light goes off: readings withheld, with the reason
+        black = wait_for(lambda: [r for _, r in reader.records if r["quality"] == "black"], 5)
+        assert black and black[0]["value"] is None and black[0]["note"].startswith("black: brightness")
+        assert metric(port, 'edgereg_withheld_total{reason="black"}') >= 1
+        camera.black = False
+        camera.unplugged = True
+        lost = wait_for(lambda: [r for _, r in reader.records if r["quality"] == "no_frame"], 5)
+        assert lost and lost[0]["value"] is None and "retry" in lost[0]["note"]
+        camera.unplugged = False
+        back = wait_for(lambda: [r for _, r in reader.records[-5:] if r["note"] and "frames are back" in r["note"]], 5)
+        assert back
+        assert instance == ids[-1].split(":")[0]
+        reader.close()
+
+
+def test_mjpeg_shares_one_encode_per_frame_caps_fps_and_stops_on_disconnect(camera_app):
+    config = ServeConfig(stream_fps=8.0)
+    with live_server(camera_app(config)) as port:
+        wait_for(lambda: get(port, "/healthz")[0] == 200, 20)
+        encodes_before = metric(port, "edgereg_jpeg_encodes_total")
+        results: list[list[bytes]] = [[] for _ in range(3)]
+        threads = [threading.Thread(target=lambda i=i: results[i].extend(read_mjpeg_parts(port, 2.0)))
+                   for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        encodes = metric(port, "edgereg_jpeg_encodes_total") - encodes_before
+        counts = [len(parts) for parts in results]
+        assert all(3 <= n <= 8 * 2.0 + 2 for n in counts), counts  # 30 fps camera, 8 fps cap (fewer on a busy machine)
+        assert encodes <= max(counts) + 3, (encodes, counts)  # shared, not one encode per client
+        frame = decode_jpeg(results[0][-1])
+        assert frame.shape == (120, 160, 3)
+        assert len({part for parts in results for part in parts}) > 3  # the frames change
+
+        for path, endpoint in (("/stream.mjpg", "stream"), ("/events", "events")):
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert client.recv(4096)
+            assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 1, 2)
+            client.close()
+            started = time.monotonic()
+            assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 0, 1.0), endpoint
+            assert time.monotonic() - started < 1.0
+
+
+def test_page_number_format_matches_the_overlay():
+    assert [format_value(v) for v in (181.234, 0.012345, 1234.5, -2.5, 0.0)] == \
+        ["181.2", "0.01235", "1234", "-2.500", "0.000"]
+    assert format_value(float("nan")) == "n/a"
