@@ -172,7 +172,7 @@ def test_gate_round_writes_the_most_accurate_int8_model_with_its_card(tiny, tmp_
     out.parent.mkdir()
     result = quantize_with_gate(path, out, card=card, calibration=calibration, evalset=evalset,
                                 methods=("minmax", "percentile"), max_drop=0.5, holdout=holdout,
-                                calibration_info={"source": "test frames"})
+                                calibration_info={"source": "test frames"}, measure_speed=False)
     assert result.gate.passed and result.path == out and out.is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.int8.onnx"], "no temporary files left"
     assert set(result.candidates) == {"minmax", "percentile"}
@@ -185,10 +185,14 @@ def test_gate_round_writes_the_most_accurate_int8_model_with_its_card(tiny, tmp_
     assert written == result.card and written.targets == card.targets and written.units == card.units
     q = written.quantization
     assert q["format"] == "QDQ" and q["weights"] == "int8, symmetric, per output channel"
+    assert result.activations == "int8"  # without timing, the search keeps int8 activations
     assert q["activations"] == "int8, asymmetric, per tensor" and q["method"] == result.method
     assert q["methods_tried"] == result.candidates
     assert q["calibration"] == {"images": 24, "source": "test frames"}
-    assert q["float_nodes"] == list(result.float_nodes)
+    assert q["float_nodes"] == list(result.float_nodes) and q["speed"] == {"measured": False}
+    assert q["int8_layers"] == sum(1 for layer in result.layers if not layer.float) > 0
+    assert q["float_layers"] == [{"name": layer.name, "op_type": layer.op_type, "why": layer.why}
+                                 for layer in result.layers if layer.float]
     assert q["gate"]["passed"] is True and q["gate"]["split"] == "val" and q["gate"]["max_drop"] == 0.5
     assert q["gate"]["fp32"]["rmse"] == pytest.approx(result.fp32_metrics["rmse"])
     assert set(q["gate"]["int8"]["targets"]) == {"a", "b"} and "max_error" in q["gate"]["int8"]["targets"]["a"]
@@ -202,7 +206,8 @@ def test_failed_gate_writes_nothing_and_says_why(tiny, tmp_path):
     out = tmp_path / "out" / "model.int8.onnx"
     out.parent.mkdir()
     result = quantize_with_gate(path, out, card=card, calibration=calibration[:4], evalset=evalset,
-                                methods=["minmax"], max_drop=0.0, per_channel=False)
+                                methods=["minmax"], max_drop=0.0, per_channel=False, max_float_layers=0,
+                                measure_speed=False)
     assert not result.gate.passed and result.path is None and result.holdout is None
     assert list(out.parent.iterdir()) == [], "nothing written, no temporary files left"
     assert result.card.quantization["weights"] == "int8, symmetric, per tensor"
@@ -210,3 +215,6 @@ def test_failed_gate_writes_nothing_and_says_why(tiny, tmp_path):
     assert result.card.quantization["gate"]["passed"] is False
     with pytest.raises(EdgeregError, match="max-drop"):
         quantize_with_gate(path, out, card=card, calibration=calibration, evalset=evalset, max_drop=-1)
+    with pytest.raises(EdgeregError) as info:
+        quantize_with_gate(path, out, card=card, calibration=calibration, evalset=evalset, max_float_layers=-1)
+    assert str(info.value) == "--max-float-layers must be >= 0, got -1"

@@ -10,6 +10,7 @@ from edgereg.card import ModelCard
 from edgereg.errors import CardError, ShapeError
 from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.preprocess import kernels
+from edgereg.preprocess.batch import PARALLEL_MIN_VALUES
 from edgereg.preprocess.reference import preprocess_batch_ref
 
 
@@ -81,12 +82,16 @@ def test_bad_batches_and_out_buffers_are_shape_errors(rng):
 
 
 def test_parallel_flag_chooses_the_kernel_by_the_documented_rule(rng, monkeypatch):
-    """None: by output size (parallel from PARALLEL_MIN_VALUES values); True/False: forced."""
+    """None: by output size (parallel from PARALLEL_MIN_VALUES values); True/False: forced.
+
+    (numba's kernels are imported by this module, so every call below goes through them.)
+    """
     seen = []
     original = kernels.pick
 
-    def spy(parallel_kernel, serial_kernel, out_values):
-        chosen = original(parallel_kernel, serial_kernel, out_values)
+    def spy(parallel_kernel, serial_kernel, out_values, parallel_min_values):
+        assert parallel_min_values == PARALLEL_MIN_VALUES
+        chosen = original(parallel_kernel, serial_kernel, out_values, parallel_min_values)
         seen.append(chosen is parallel_kernel)
         return chosen
 
@@ -98,10 +103,10 @@ def test_parallel_flag_chooses_the_kernel_by_the_documented_rule(rng, monkeypatc
         for parallel in (None, True, False):
             preprocess_batch(small, config, tta, parallel=parallel)
         assert seen == [False, True, False], tta
-    big = np.zeros((kernels.PARALLEL_MIN_VALUES // (3 * 64) + 1, 8, 8, 3), np.uint8)  # just above the threshold
+    big = np.zeros((PARALLEL_MIN_VALUES // (3 * 64) + 1, 8, 8, 3), np.uint8)  # just above the threshold
     seen.clear()
     preprocess_batch(big, config, parallel=None)
     preprocess_batch(big, config, parallel=False)
     assert seen == [True, False]
-    assert kernels.pick("p", "s", kernels.PARALLEL_MIN_VALUES) == "p"
-    assert kernels.pick("p", "s", kernels.PARALLEL_MIN_VALUES - 1) == "s"
+    assert original("p", "s", 100, 100) == "p"
+    assert original("p", "s", 99, 100) == "s"
