@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   synthetic data -> train -> int8 export -> folder scoring, with a report
 #   make test   the test suite
+#   make mutants  mutation testing of the modules that compute readings (slow; docs/mutants.md)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ PIP    := $(PY) -m pip
 # for the tests of `edgereg serve`.
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench mutants venv clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +29,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
+# Mutation testing (docs/mutants.md): hours on 2 cores, so not part of `make test`.
+# MUTANTS_ARGS, e.g. "edgereg/reduce.py --jobs 2", picks modules and parallelism.
+mutants: $(STAMP)
+	nice -n 10 $(PY) tools/mutants.py $(MUTANTS_ARGS)
+
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache .mutmut

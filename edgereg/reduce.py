@@ -68,9 +68,14 @@ def unmap_angles(views: np.ndarray, spec: TTASpec) -> np.ndarray:
 
 
 def circular_reduce(angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Circular mean in [0, 360) and circular std (degrees) over axis 1 of ``(B, V, T)``."""
+    """Circular mean in [0, 360) and circular std (degrees) over axis 1 of ``(B, V, T)``.
+
+    Views that cancel out (mean resultant length below 1e-12, e.g. 0 and 180 degrees) have no mean
+    direction; their spread is reported as the cap sqrt(-2 ln 1e-12) rad = 425.9 degrees.
+    """
     rad = np.deg2rad(angles_deg)
     s, c = np.sin(rad).mean(axis=1), np.cos(rad).mean(axis=1)
     mean = np.rad2deg(np.arctan2(s, c)) % 360.0
+    mean = np.where(mean >= 360.0, 0.0, mean)  # a tiny negative angle (-1e-15) % 360 rounds to 360.0
     resultant = np.clip(np.hypot(s, c), 1e-12, 1.0)
     return mean, np.rad2deg(np.sqrt(-2.0 * np.log(resultant)))

@@ -228,17 +228,3 @@ def pick(parallel_kernel, serial_kernel, out_values: int, parallel_min_values: i
     """The parallel kernel for outputs of at least ``parallel_min_values`` values, else the serial one."""
     return parallel_kernel if out_values >= parallel_min_values else serial_kernel
 
-
-def warm_up() -> None:
-    """Compile (or load from the on-disk cache) every kernel signature the runtime uses."""
-    images = np.zeros((1, 8, 8, 3), dtype=np.uint8)
-    for gray in (False, True):
-        c = 1 if gray else 3
-        scale = np.ones(c, dtype=np.float32)
-        offset = np.zeros(c, dtype=np.float32)
-        for identity, d4, rotations in ((fused_identity, fused_d4, fused_rotations),
-                                        (fused_identity_serial, fused_d4_serial, fused_rotations_serial)):
-            identity(images, scale, offset, 0.0, True, gray, np.empty((1, c, 8, 8), dtype=np.float32))
-            d4(images, scale, offset, 0.0, True, gray, np.empty((8, c, 8, 8), dtype=np.float32))
-            rotations(images, np.zeros(1, dtype=np.float64), scale, offset, 0.0, gray,
-                      np.empty((1, c, 8, 8), dtype=np.float32))

@@ -109,27 +109,48 @@ def png_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
 
 
+# Runs ARGS as a grandchild and writes its peak RSS (KiB) to the file named first. The grandchild is
+# forked from this small interpreter, not from pytest: Linux keeps a process's peak RSS across
+# fork + exec, so a child forked straight from a test process that has grown to 1 GB reports >= 1 GB.
+_PEAK_WRAPPER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_cli_measured(*args: str, timeout: float = 60) -> tuple[int, str, str, int]:
     """``python -m edgereg ARGS`` in a subprocess: (exit code, stdout, stderr, peak RSS in bytes).
 
-    The peak RSS is the child's own (``os.wait4``), not the test process's. A run still going after
-    ``timeout`` seconds is killed and reported as a hang (exit code None fails the caller's check).
+    The peak RSS is the CLI process's own (``os.wait4`` in a small wrapper process, see
+    ``_PEAK_WRAPPER``), not the test process's. A run still going after ``timeout`` seconds is killed
+    with its wrapper and reported as a hang.
     """
+    import signal
     import tempfile
     import threading
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen([sys.executable, "-m", "edgereg", *map(str, args)], stdout=out, stderr=err)
-        timer = threading.Timer(timeout, process.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        code = process.returncode
-        if code == -9:
+    with tempfile.TemporaryDirectory() as scratch:
+        out_path, err_path, peak_path = (Path(scratch) / name for name in ("out", "err", "peak"))
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            command = [sys.executable, "-c", _PEAK_WRAPPER, str(peak_path), sys.executable, "-m", "edgereg"]
+            process = subprocess.Popen([*command, *map(str, args)], stdout=out, stderr=err, start_new_session=True)
+            hung = threading.Event()
+
+            def kill_group() -> None:
+                hung.set()
+                os.killpg(process.pid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout, kill_group)
+            timer.start()
+            try:
+                code = process.wait()
+            finally:
+                timer.cancel()
+        if hung.is_set():
             raise AssertionError(f"edgereg {' '.join(map(str, args))} hung: killed after {timeout} s")
-        return code, out.read().decode(errors="replace"), err.read().decode(errors="replace"), usage.ru_maxrss * 1024
+        peak_kib = int(peak_path.read_text())
+        return code, out_path.read_text(errors="replace"), err_path.read_text(errors="replace"), peak_kib * 1024
