@@ -230,3 +230,16 @@ def test_few_groups_score_out_of_fold_refit_on_all_rows_and_score_an_external_te
     assert metrics["augment"] == "translate=0.25"  # coords: translation only by default
     assert main(["export", str(run), "--int8", "--no-speed"]) in (0, 1)  # the gate has images to compare on
     assert (run / "model.onnx").is_file()
+
+
+def test_coordinates_keep_their_native_size_under_a_tight_budget(monkeypatch):
+    """Coords are read in source pixels: the budget shrinks other kinds' inputs, never theirs."""
+    import edgereg.training.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "seconds_per_step", lambda *a, **k: 0.1)
+    probe = SourceProbe(("path", "x", "y"), ((80, 80),) * 4, False, rows=3200)
+    scalar, _ = choose_input_size(probe, TrainConfig(), crop="none", kind="scalar", model_name="cnn_small",
+                                  fit_seconds=100.0, log=print)
+    coords, why = choose_input_size(probe, TrainConfig(), crop="none", kind="coords", model_name="heatmap_small",
+                                    fit_seconds=100.0, log=print)
+    assert scalar == (64, 64) and coords == (80, 80) and "~1000 steps fit" in why
