@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from edgereg.errors import CardError, ModelFileError, did_you_mean
+from edgereg.kinds import KIND_BY_NAME, KIND_NAMES, TargetKind
 from edgereg.tta import parse_tta
 
 CARD_KEY = "edgereg"
+INPUT_NAME = "image"  # the ONNX graph's one input, (N, C, H, W) float32 (docs/CONTRACTS.md, "ONNX model I/O")
+OUTPUT_NAME = "value"  # its one output, (N, T) float32
 FORMAT_VERSION = 1
-KINDS = ("scalar", "vector", "distribution", "coords", "angle")
+KINDS = KIND_NAMES  # ("scalar", "vector", "distribution", "coords", "angle"); see edgereg.kinds
 CROPS = ("none", "center", "circle")
 CHANNELS = ("rgb", "gray")
 DECODES = ("full", "reduced")  # image files: every pixel, or JPEG DCT-domain downscaling (preprocess.frames)
@@ -61,6 +64,11 @@ class ModelCard:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def target_kind(self) -> TargetKind:
+        """The :class:`edgereg.kinds.TargetKind` named by ``kind``."""
+        return KIND_BY_NAME[self.kind]
 
     @property
     def n_channels(self) -> int:
@@ -146,19 +154,16 @@ def _validate(card: ModelCard) -> None:
     def bad(name: str, expected: str, got: Any) -> CardError:
         return CardError(f"field {name!r} must be {expected}, got {got!r}")
 
-    if card.kind not in KINDS:
+    if not isinstance(card.kind, str) or card.kind not in KIND_BY_NAME:
         raise CardError(f"field 'kind' is {card.kind!r}{did_you_mean(str(card.kind), KINDS)}; "
                         f"expected one of {', '.join(KINDS)}")
     if not card.targets or not all(isinstance(t, str) and t for t in card.targets):
         raise bad("targets", "a non-empty list of names", card.targets)
     if len(set(card.targets)) != len(card.targets):
         raise bad("targets", "unique names", card.targets)
-    if card.kind == "coords" and len(card.targets) % 2:
-        raise bad("targets", "x,y pairs for kind 'coords'", card.targets)
-    if card.kind == "angle" and len(card.targets) != 1:
-        raise bad("targets", "one name for kind 'angle'", card.targets)
-    if card.kind == "distribution" and len(card.targets) < 2:
-        raise bad("targets", "at least 2 bins for kind 'distribution'", card.targets)
+    problem = card.target_kind.targets_problem(card.targets)
+    if problem is not None:
+        raise bad("targets", problem, card.targets)
     if card.units and (len(card.units) != len(card.targets) or not all(isinstance(u, str) for u in card.units)):
         raise bad("units", f"{len(card.targets)} strings (one per target)", card.units)
     if len(card.input_size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 4096

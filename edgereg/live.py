@@ -338,10 +338,10 @@ class _Readout:
         self.predictor = predictor
         self.names = tuple(predictor.names)
         self.clock = clock
-        self.smoother = make_smoother(config.smooth_method, config.smooth_window, kind=card.kind)
+        self.smoother = make_smoother(config.smooth_method, config.smooth_window, kind=card.target_kind)
         self.stability = StabilityTracker(config.smooth_window,
                                           stability_tolerance(card, config.stable_tolerance),
-                                          circular=card.kind == "angle")
+                                          circular=card.target_kind.circular)
         self.gate = QualityGate(config.quality) if config.quality is not None else None
 
     def reset(self) -> None:

@@ -142,18 +142,7 @@ class ScoreStats:
 
 def target_spans(card: ModelCard, boxes: list[CropBox]) -> np.ndarray:
     """(B, T) float64: the scale each target's spread is compared with (NaN: none known)."""
-    n_targets = len(card.targets)
-    spans = np.full((len(boxes), n_targets), np.nan)
-    if card.kind == "distribution":
-        spans[:] = 1.0
-    elif card.kind == "angle":
-        spans[:] = 360.0
-    elif card.kind == "coords":
-        sides = np.array([[box.w, box.h] for box in boxes]).reshape(len(boxes), 2)  # (B, 2) x, y
-        spans[:] = np.tile(sides, n_targets // 2)  # (B, 2) -> (B, T): x, y, x, y, ...
-    elif card.range is not None:
-        spans[:] = [hi - lo for lo, hi in card.range]
-    return spans
+    return card.target_kind.spans(len(card.targets), card.range, boxes)
 
 
 def output_columns(predictor, *, audit: bool = False) -> tuple[str, ...]:
@@ -181,7 +170,7 @@ def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None
     """
     not_finite = ~np.isfinite(values).all(axis=1)
     out_of_range = np.zeros(len(values), dtype=bool)
-    if card.range is not None and card.kind in ("scalar", "vector"):
+    if card.range is not None and card.target_kind.range_flagged:
         bounds = np.asarray(card.range, dtype=np.float64)  # (T, 2)
         margin = OUT_OF_RANGE_MARGIN * (bounds[:, 1] - bounds[:, 0])
         out_of_range = ((values <= bounds[:, 0] + margin) | (values >= bounds[:, 1] - margin)).any(axis=1)

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError, require_extra
+from edgereg.kinds import TargetKind, target_kind
 
 DEFAULT_MAX_DROP = 0.10
 
@@ -53,7 +54,7 @@ class EvalSet:
         return len(self.frames)
 
 
-def eval_set(dataset, index: np.ndarray, *, kind: str, split: str) -> EvalSet:
+def eval_set(dataset, index: np.ndarray, *, kind: str | TargetKind, split: str) -> EvalSet:
     """The rows ``index`` of a loaded dataset as an EvalSet in the user's units.
 
     Args:
@@ -64,13 +65,13 @@ def eval_set(dataset, index: np.ndarray, *, kind: str, split: str) -> EvalSet:
         split: the name to report ("val", "test", ...).
     """
     index = np.asarray(index, dtype=np.int64)
-    boxes = np.asarray(dataset.crop_boxes, dtype=np.float64)[index] if kind == "coords" else None
+    boxes = np.asarray(dataset.crop_boxes, dtype=np.float64)[index] if target_kind(kind).xy_points else None
     groups = None if dataset.groups is None else np.asarray(dataset.groups)[index]
     return EvalSet(frames=dataset.images[index], targets=to_user_units(kind, dataset.targets[index], boxes),
                    crop_boxes=boxes, split=split, groups=groups)
 
 
-def to_user_units(kind: str, values: np.ndarray, crop_boxes: np.ndarray | None) -> np.ndarray:
+def to_user_units(kind: str | TargetKind, values: np.ndarray, crop_boxes: np.ndarray | None) -> np.ndarray:
     """Model-output units -> the user's units: coords from [0, 1] of the input to source pixels.
 
     Args:
@@ -81,14 +82,7 @@ def to_user_units(kind: str, values: np.ndarray, crop_boxes: np.ndarray | None) 
     Returns:
         (N, T) float64.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if kind != "coords":
-        return values
-    from edgereg.training.metrics import uv_to_source_pixels
-
-    if crop_boxes is None:
-        raise EdgeregError("coords need each image's crop box to be reported in source pixels; got none")
-    return uv_to_source_pixels(values, crop_boxes)
+    return target_kind(kind).to_user_units(values, crop_boxes)
 
 
 def predict(model_path: str | Path, evalset: EvalSet, *, card: ModelCard | None = None,

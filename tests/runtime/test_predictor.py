@@ -8,7 +8,8 @@ import pytest
 
 from edgereg import Predictor
 from edgereg.errors import CardError, ModelFileError, ProviderError, ShapeError, TTAError
-from edgereg.reduce import reduce_views, unmap_angles
+from edgereg.kinds import target_kind
+from edgereg.reduce import unmap_angles
 from edgereg.tta import parse_tta
 
 
@@ -75,7 +76,7 @@ def test_angle_reduction_inverts_views():
     seen = np.where(spec.flipped()[None], 180.0 - seen, seen) % 360
     np.testing.assert_allclose(unmap_angles(seen[..., None], spec)[..., 0] % 360,
                                np.repeat(true[:, None], 8, 1), atol=1e-9)
-    values, spread = reduce_views("angle", seen[..., None], spec)
+    values, spread = target_kind("angle").reduce_views(seen[..., None], spec)
     np.testing.assert_allclose(values[:, 0], true, atol=1e-9)
     assert spread.max() < 1e-6
 
@@ -91,7 +92,7 @@ def test_coords_reduction_inverts_d4_views():
         if k >= 4:
             uu = 1 - uu
         views.append([uu, vv])
-    values, spread = reduce_views("coords", np.array([views]), spec)
+    values, spread = target_kind("coords").reduce_views(np.array([views]), spec)
     np.testing.assert_allclose(values, [[u, v]], atol=1e-12)
 
 
