@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.card import CHANNELS, CROPS, DECODES, ModelCard
-from edgereg.errors import CardError
+from edgereg.card import ModelCard, check_preprocessing
 
 
 @dataclass(frozen=True)
@@ -38,16 +37,7 @@ class PreprocessConfig:
     decode: str = "full"  # "full" or "reduced": the decode policy the model was trained with
 
     def __post_init__(self) -> None:
-        if self.channels not in CHANNELS:
-            raise CardError(f"channels must be 'rgb' or 'gray', got {self.channels!r}")
-        if self.crop not in CROPS:
-            raise CardError(f"crop must be one of {CROPS}, got {self.crop!r}")
-        if self.decode not in DECODES:
-            raise CardError(f"decode must be one of {DECODES}, got {self.decode!r}")
-        n = 3 if self.channels == "rgb" else 1
-        if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
-            raise CardError(f"mean/std must have {n} values (std > 0) for channels "
-                            f"{self.channels!r}, got mean={self.mean} std={self.std}")
+        check_preprocessing(self)  # the card's rules (edgereg.card), one definition for both
 
     @classmethod
     def from_card(cls, card: ModelCard) -> "PreprocessConfig":
