@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgereg.card import ModelCard, card_from_metadata
-from edgereg.errors import ModelFileError, ShapeError
+from edgereg.errors import EdgeregError, ModelFileError, ShapeError, did_you_mean
 from edgereg.intervals import DEFAULT_CONFIDENCE
 from edgereg.lab import LabReadout
 from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames
@@ -115,6 +115,10 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         options = ort.SessionOptions()
+        if not isinstance(graph_optimization, str) or graph_optimization not in GRAPH_LEVELS:
+            raise EdgeregError(f"graph_optimization is {graph_optimization!r}"
+                               f"{did_you_mean(str(graph_optimization), GRAPH_LEVELS)}; expected one of "
+                               f"{', '.join(GRAPH_LEVELS)}")
         options.graph_optimization_level = GRAPH_LEVELS[graph_optimization]
         if threads:
             options.intra_op_num_threads = int(threads)

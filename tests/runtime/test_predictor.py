@@ -145,3 +145,15 @@ def test_model_without_card_or_with_wrong_card(tmp_path, model_factory):
     wrong = ModelCard(kind="scalar", targets=("v",), input_size=(16, 16))
     with pytest.raises(ModelFileError, match="card does not belong"):
         Predictor(path, card=wrong)
+
+
+def test_unknown_graph_optimization_is_a_typed_error_naming_the_choices(model_factory):
+    from edgereg.errors import EdgeregError
+
+    path = model_factory()
+    with pytest.raises(EdgeregError) as info:
+        Predictor(path, graph_optimization="x")
+    assert str(info.value) == "graph_optimization is 'x'; expected one of none, basic, extended, all"
+    with pytest.raises(EdgeregError, match=r"^graph_optimization is 'basics' \(did you mean 'basic'\?\)"):
+        Predictor(path, graph_optimization="basics")
+    assert Predictor(path, graph_optimization="basic").predict(np.zeros((1, 8, 8, 3), np.uint8)).values.shape == (1, 1)
