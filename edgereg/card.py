@@ -31,8 +31,23 @@ DECODES = ("full", "reduced")  # image files: every pixel, or JPEG DCT-domain do
 CARD_FILE_LIMIT = 16 << 20  # bytes: a card is a few KB; provenance may add some
 
 
+class PreprocessingFacts:
+    """What follows from the preprocessing fields, for ModelCard and PreprocessConfig alike."""
+
+    channels: str
+    crop: str
+
+    @property
+    def n_channels(self) -> int:
+        return 3 if self.channels == "rgb" else 1
+
+    @property
+    def circle(self) -> bool:
+        return self.crop == "circle"
+
+
 @dataclass(frozen=True)
-class ModelCard:
+class ModelCard(PreprocessingFacts):
     """What a model is and how to feed it. Units are physical unless said otherwise.
 
     The ONNX model takes ``(N, C, H, W) float32`` (C = 3 for rgb, 1 for gray) and returns
@@ -69,14 +84,6 @@ class ModelCard:
     def target_kind(self) -> TargetKind:
         """The :class:`edgereg.kinds.TargetKind` named by ``kind``."""
         return KIND_BY_NAME[self.kind]
-
-    @property
-    def n_channels(self) -> int:
-        return 3 if self.channels == "rgb" else 1
-
-    @property
-    def circle(self) -> bool:
-        return self.crop == "circle"
 
     @property
     def unit_of(self) -> dict[str, str]:
@@ -154,7 +161,7 @@ def _bad(name: str, expected: str, got: Any) -> CardError:
     return CardError(f"field {name!r} must be {expected}, got {got!r}")
 
 
-def check_preprocessing(fields: Any) -> None:
+def check_preprocessing(fields: PreprocessingFacts) -> None:
     """The rules of the preprocessing fields, for a :class:`ModelCard` and a
     ``edgereg.preprocess.PreprocessConfig`` alike (both have these attributes): channels, crop,
     roi, mean, std, fill and decode. ``input_size`` limits belong to the card (8..4096 pixels).
@@ -171,7 +178,7 @@ def check_preprocessing(fields: Any) -> None:
     roi = fields.roi
     if roi is not None and (len(roi) != 3 or not all(_is_number(v) for v in roi) or roi[2] <= 0):
         raise _bad("roi", "[cx, cy, r] with r > 0, or null", roi)
-    n = 3 if fields.channels == "rgb" else 1
+    n = fields.n_channels
     if len(fields.mean) != n or not all(_is_number(v) for v in fields.mean):
         raise _bad("mean", f"{n} numbers for channels {fields.channels!r}", fields.mean)
     if len(fields.std) != n or not all(_is_number(v) and v > 0 for v in fields.std):

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.card import ModelCard, check_preprocessing
+from edgereg.card import ModelCard, PreprocessingFacts, check_preprocessing
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(PreprocessingFacts):
     """How a decoded frame becomes the model's input tensor.
 
     Attributes:
@@ -44,14 +44,6 @@ class PreprocessConfig:
         return cls(input_size=tuple(card.input_size), channels=card.channels, crop=card.crop,
                    roi=card.roi, mean=tuple(card.mean), std=tuple(card.std), fill=float(card.fill),
                    decode=card.decode)
-
-    @property
-    def n_channels(self) -> int:
-        return 3 if self.channels == "rgb" else 1
-
-    @property
-    def circle(self) -> bool:
-        return self.crop == "circle"
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, offset), each (C,) float32, so that ``normalized = pixel * scale + offset``."""
