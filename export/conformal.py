@@ -119,12 +119,10 @@ def read_held_out(model_path: str | Path, evalset, *, card: ModelCard, tta: str 
                   batch_size: int = 64) -> HeldOutReadings:
     """Read an ``edgereg.export.gate.EvalSet`` with the model as deployed (no calibration, no intervals)."""
     from edgereg.predictor import Predictor
-    from edgereg.preprocess import CropBox
 
     predictor = Predictor(model_path, providers="cpu", tta=tta, batch_size=batch_size, card=card.with_(
         intervals={}, calibration={}, validation={}), confidence=None)
-    boxes = None if evalset.crop_boxes is None else [CropBox(*map(float, box)) for box in evalset.crop_boxes]
-    result = predictor.predict_prepared(evalset.frames, boxes)
+    result = predictor.predict_prepared(evalset.frames, evalset.boxes)
     scale = None  # crop boxes come with the kinds that need them (coords)
     if evalset.crop_boxes is not None:
         sides = np.asarray(evalset.crop_boxes, dtype=np.float64)[:, 2:4]  # (N, 2) w, h

@@ -47,10 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from edgereg.cli.options import card_from_option
+    from edgereg.export.gate import eval_set, score
     from edgereg.predictor import Predictor
-    from edgereg.preprocess import CropBox
     from edgereg.training.data import load_dataset, skip_summary
-    from edgereg.training.metrics import compute_metrics
     from edgereg.writers import atomic_write
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
@@ -61,11 +60,11 @@ def run(args) -> int:
     card = predictor.card
     dataset = load_dataset(args.dataset, config=predictor.config, targets=list(card.targets), kind=card.kind,
                            strict=args.strict, allow_outside=args.allow_outside, max_pixels=args.max_pixels)
-    boxes = [CropBox(*map(float, box)) for box in dataset.crop_boxes]
-    predictions = predictor.predict_prepared(dataset.images, boxes)
-    truth = card.target_kind.to_user_units(dataset.targets, dataset.crop_boxes)  # (N, T), the dataset's units
-    metrics = compute_metrics(card.kind, truth, predictions.values, card.targets, groups=dataset.groups)
-    coverage = _coverage(predictor, dataset, boxes, truth)
+    labelled = eval_set(dataset, None, kind=card.target_kind, split=_dataset_name(args.dataset))
+    predictions = predictor.predict_prepared(labelled.frames, labelled.boxes)
+    truth = labelled.targets  # (N, T) in the dataset's units (coords in source pixels)
+    metrics = score(predictions.values, labelled, card)
+    coverage = _coverage(predictor, dataset, labelled.boxes, truth)
 
     _make_out_dir(out_dir)
     result = {"model": str(args.model), "dataset": str(args.dataset), "tta": str(predictor.tta),
