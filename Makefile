@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=23.1" "setuptools>=68" wheel
-	$(PIP) install --quiet -c constraints/cpu.txt -e '.[train,serve,dev,cluster,lab]'
+	$(PIP) install --quiet -c constraints/cpu.txt -e '.[train,serve,dev,cluster,lab,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -15,10 +15,14 @@ from edgereg.tta import parse_tta
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 SPLITS = ("auto", "random", "group")
-SMALL_IMAGE = 64  # sources no larger than this (and all one size) are used at their native size
-AUTO_STEPS = 1500  # optimizer steps a default run aims for: small datasets need many epochs
-AUTO_EPOCHS = (30, 200)  # bounds of the default epoch count
+INVARIANCES = ("auto", "none", "flip", "d4", "rotation")
+REFERENCES = ("auto", "none", "ring", "corners")
+SMALL_IMAGE = 64  # without --max-size: the input side when nothing else decides it
+MAX_SIZE = 128  # default cap of the input side: native resolution up to this
+AUTO_STEPS = 1500  # optimizer steps a default run without a time budget aims for
+AUTO_EPOCHS = (30, 200)  # bounds of the default epoch count without a time budget
 ONECYCLE_WARMUP = 0.3  # share of the one-cycle schedule spent raising the learning rate
+DEFAULT_LR = 3e-3  # the peak learning rate of a fixed --model when --lr is not given
 DEFAULT_UNITS = {"coords": "px", "angle": "deg"}
 
 
@@ -32,12 +36,12 @@ class TrainConfig:
     units: tuple[str, ...] = ()  # one unit per target for the report and card ("" when unitless)
     strict: bool = False  # a bad row stops the run instead of being skipped and counted
     allow_outside: bool = False  # accept image paths that leave the folder of labels.csv
-    model: str | None = None  # registry name; None: default_model(kind)
+    model: str | None = None  # registry name; None or "auto": race the registry's candidates on validation
     model_kwargs: dict = field(default_factory=dict)  # the model's own options (see `edgereg models`)
     loss: str | None = None  # None: the kind's default (soft-label CE for distributions, else MSE)
-    lr: float | str = 3e-3  # peak learning rate, or "auto" to run the LR range test first
-    epochs: int | None = None  # upper bound; None: ~1500 optimizer steps (30..200 epochs); may stop sooner
-    time_budget_min: float | None = None  # minutes of epochs; planned to fit after timing the first
+    lr: float | str | None = None  # peak learning rate; "auto": LR range test; None: raced (or 3e-3)
+    epochs: int | None = None  # upper bound; None: the budget decides, else ~1500 steps (30..200 epochs)
+    time_budget_min: float | None = None  # minutes for the whole command: loading, race, fit(s), report
     batch_size: int = 64  # per process; BN statistics need more than a handful
     schedule: str = "onecycle"  # per-step LR schedule: warm-up then anneal converges fast on small data
     weight_decay: float = 1e-4  # AdamW's decoupled decay: mild, small models underfit before they overfit
@@ -45,16 +49,21 @@ class TrainConfig:
     augment: str = "auto"  # preset[,key=value...] (see augment.parse_augment); auto respects the kind
     split: str = "auto"  # random | group; auto: group when the data has a group column (seed 002)
     folds: int | None = None  # K-fold cross-validation instead of one split
-    val_frac: float = 0.15  # validation share: early stopping and model selection
+    val_frac: float = 0.2  # validation share: early stopping and model selection (>= 3 whole groups)
     test_frac: float = 0.15  # test share: reported only, never used to choose anything
     test_groups: tuple[str, ...] | None = None  # hold out exactly these groups as the test split
     seen_frac: float = 0.1  # group splits: share of train rows held back to measure memorisation
     seed: int = 0  # the split, the initialization, the shuffling and the augmentation all follow it
-    input_size: tuple[int, int] | None = None  # (H, W); None: native if small, else 64x64
+    input_size: tuple[int, int] | None = None  # (H, W); None: native after the crop, up to max_size
+    max_size: int = MAX_SIZE  # cap of the automatic input side (smaller when the budget demands)
     channels: str | None = None  # rgb | gray; None: gray when every probed image is gray
     crop: str | None = None  # none | center | circle; None: per kind (circle for round samples)
     roi: tuple[float, float, float] | None = None  # fixed (cx, cy, r) of a sample that never moves
     tta: str = "none"  # the card's default test-time augmentation
+    invariance: str = "auto"  # which image transforms leave the targets unchanged (or move them exactly)
+    reference: str = "auto"  # divide colours by a reference region's mean (baked into the model)
+    refit: bool | None = None  # retrain on train+val with the chosen settings; None: when groups are few
+    test_dir: str | None = None  # an external test set (labels.csv folder); no internal test split then
     patience: int = 10  # epochs without validation improvement (after the one-cycle warm-up) before stopping
     sanity: bool = False  # overfit one batch first and fail loudly if the loss does not fall (seed 003)
     threads: int | None = None  # torch CPU threads; None: the cores divided among local processes
@@ -65,9 +74,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise EdgeregError(f"--schedule {self.schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}")
+        if self.invariance not in INVARIANCES:
+            raise EdgeregError(f"--invariance {self.invariance!r} is unknown; expected one of {', '.join(INVARIANCES)}")
+        if self.reference not in REFERENCES:
+            raise EdgeregError(f"--reference {self.reference!r} is unknown; expected one of {', '.join(REFERENCES)}")
+        if not isinstance(self.max_size, int) or self.max_size < 8:
+            raise EdgeregError(f"--max-size must be an integer >= 8 pixels, got {self.max_size!r}")
         if self.split not in SPLITS:
             raise EdgeregError(f"--split {self.split!r} is unknown; expected one of {', '.join(SPLITS)}")
-        if not (isinstance(self.lr, str) and self.lr == "auto") and not (
+        if self.lr is not None and not (isinstance(self.lr, str) and self.lr == "auto") and not (
                 isinstance(self.lr, (int, float)) and 0 < self.lr < 10):
             raise EdgeregError(f"--lr must be a positive number below 10 or 'auto', got {self.lr!r}")
         for name in ("epochs", "batch_size", "patience", "eval_batch"):

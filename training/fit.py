@@ -27,13 +27,14 @@ from edgereg.errors import EdgeregError
 from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.training import ddp
 from edgereg.training.augment import augment_batch, to_float_batch, to_model_input
-from edgereg.training.config import AUTO_EPOCHS, AUTO_STEPS, ONECYCLE_WARMUP, TrainConfig
+from edgereg.training.config import AUTO_EPOCHS, AUTO_STEPS, TrainConfig
 from edgereg.training.losses import make_loss
 from edgereg.training.lr_find import LRFindConfig, LRFindResult, lr_range_test
 from edgereg.training.metrics import compute_metrics, uv_to_source_pixels
 from edgereg.training.plan import FitPlan, LoadedData, new_regressor
 from edgereg.training.report import SplitEvaluation, baseline_predictions, evaluate_split, thumbnail_features
 from edgereg.training.run import BEST_FILE, CHECKPOINT_FILE, RUN_FORMAT, save_checkpoint
+from edgereg.training.schedule import StepClock, StepSchedule, steps_that_fit
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ def sanity_check(plan: FitPlan, config: TrainConfig, *, device: str = "cpu", max
     the entropy of soft labels)."""
     regressor = new_regressor(plan, config.seed).to(device)
     net = RawOutputs(regressor)
-    lr = 1e-3 if config.lr == "auto" else min(float(config.lr), 3e-3)
+    lr = 1e-3 if config.lr in ("auto", None) else min(float(config.lr), 3e-3)
     optimizer = make_optimizer(regressor, replace(config, weight_decay=0.0), lr)
     batch_loss = BatchLoss(plan, make_loss(plan.loss_name, plan.loaded.kind), device)
     rows = np.asarray(plan.split.train)[:batch]
@@ -216,200 +217,333 @@ def sanity_check(plan: FitPlan, config: TrainConfig, *, device: str = "cpu", max
 class FitOutcome:
     """What a finished fit hands to the report."""
 
-    regressor: Any  # best validation weights, eval mode
-    history: list  # per-epoch dicts: epoch, train_loss, val_rmse, lr, steps, seconds
+    regressor: Any  # best validation weights (by the smoothed metric), eval mode
+    history: list  # per-epoch dicts: epoch, train_loss, val_rmse, val_smoothed, lr, steps, seconds
     best_epoch: int  # 1-based; 0 when there was no validation split (last weights kept)
-    planned_epochs: int
+    planned_epochs: int  # epochs the final plan asked for (ceil of planned steps / steps per epoch)
     stopped: str  # why the loop ended
     lr: float  # the peak learning rate used
     seconds: float  # fitting time, across resumes
+    steps: int = 0  # optimizer steps taken
+    planned_steps: int = 0  # the schedule's final length in steps
+    seconds_per_step: float | None = None  # steady-state step time (warm-up excluded)
+    peak_step: int = 0  # the step of the learning-rate peak; early stopping never came before it
+    replans: tuple = ()  # (step, planned steps) each time the schedule was re-planned
 
 
 def auto_epochs(steps_per_epoch: int) -> int:
-    """Default epoch count: about AUTO_STEPS optimizer steps, within AUTO_EPOCHS."""
+    """Default epoch count without a time budget: about AUTO_STEPS optimizer steps, within AUTO_EPOCHS."""
     low, high = AUTO_EPOCHS
     return int(min(high, max(low, math.ceil(AUTO_STEPS / max(1, steps_per_epoch)))))
 
 
-def make_scheduler(optimizer, config: TrainConfig, lr: float, total_steps: int):
-    """The per-step LR schedule over ``total_steps``."""
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(2, total_steps),
-                                                   pct_start=ONECYCLE_WARMUP)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+SMOOTHING = 0.5  # EMA weight of the newest validation score in the smoothed metric early stopping reads
+REPLAN_DRIFT = 0.1  # re-plan when the steady step time moves this much from the one the plan used
+MAX_EPOCHS_WITH_BUDGET = 100_000  # with a time budget the clock, not an epoch count, ends the fit
+PATIENCE_SHARE = 0.25  # early stopping waits at least this share of the planned epochs
 
 
 class Fitter:
-    """Runs the epochs of one fit, checkpointing into ``run_dir`` (rank 0 writes)."""
+    """Runs the epochs of one fit, checkpointing into ``run_dir`` (rank 0 writes).
 
-    def __init__(self, plan: FitPlan, config: TrainConfig, run_dir: Path, ctx: ddp.DistContext, *,
-                 lr: float, progress: bool, log: Callable[[str], None]):
+    Without a deadline the schedule has ``config.epochs`` (or :func:`auto_epochs`) epochs. With a
+    ``deadline`` (an absolute ``time.perf_counter()`` value) the schedule is planned to end there:
+    after the first steps (warm-up excluded) the steady step time and the validation time give the
+    steps that fit, the one-cycle curve is laid over them, and at every epoch end the plan is
+    re-made when the step time drifted by more than 10 %. The loop ends when the schedule is done,
+    the deadline passes (checked after every step), or, without a deadline and after the
+    learning-rate peak only, when the smoothed validation RMSE has not improved for
+    :attr:`patience` epochs. With a deadline the time is given: the one-cycle schedule was laid
+    over it, its annealing end is where the best scores usually come, and the best weights are
+    kept whatever follows them, so stopping early would only leave budget unused.
+
+    Args:
+        rows: train rows (default ``plan.split.train``); val rows come from ``plan.split.val``.
+        checkpoints: write checkpoint.pt / best.pt each epoch (False for short race fits).
+        validate_every_epoch: score validation after each epoch (False: only at the end).
+        closing_rows: rows the caller scores after the fit besides validation (test, seen, an
+            external test); the deadline keeps time for them at the measured validation speed.
+    """
+
+    def __init__(self, plan: FitPlan, config: TrainConfig, run_dir: Path | None, ctx: ddp.DistContext, *,
+                 lr: float, progress: bool, log: Callable[[str], None], deadline: float | None = None,
+                 checkpoints: bool = True, validate_every_epoch: bool = True, seed: int | None = None,
+                 closing_rows: int = 0):
         self.plan, self.config, self.run_dir, self.ctx = plan, config, run_dir, ctx
+        self.closing_rows = closing_rows
         self.lr, self.progress, self.log = lr, progress, log
-        self.regressor = new_regressor(plan, config.seed).to(ctx.device)
+        self.deadline, self.checkpoints, self.validate_every_epoch = deadline, checkpoints, validate_every_epoch
+        self.seed = config.seed if seed is None else seed
+        self.regressor = new_regressor(plan, self.seed).to(ctx.device)
         self.net = ddp.wrap(RawOutputs(self.regressor), ctx)
         self.optimizer = make_optimizer(self.regressor, config, lr)
         self.batch_loss = BatchLoss(plan, make_loss(plan.loss_name, plan.loaded.kind), ctx.device)
         self.train_rows = np.asarray(plan.split.train)
         self.val_rows = np.asarray(plan.split.val)
         self.steps_per_epoch = len(epoch_batches(self.train_rows, config.batch_size, torch.Generator(), ctx))
-        self.planned = config.epochs or auto_epochs(self.steps_per_epoch)
-        self.scheduler = make_scheduler(self.optimizer, config, lr, self.planned * self.steps_per_epoch)
+        if deadline is None:
+            epochs = config.epochs or auto_epochs(self.steps_per_epoch)
+        else:
+            epochs = config.epochs or MAX_EPOCHS_WITH_BUDGET
+        self.max_steps = epochs * self.steps_per_epoch
+        # With a deadline the first plan is provisional: the first timed steps replace it.
+        self.schedule = StepSchedule(config.schedule, lr, self.max_steps)
+        self.clock = StepClock()
+        self.planned_rate: float | None = None
+        self.eval_seconds = 0.0
+        self.replans: list[tuple[int, int]] = []
         self.epoch, self.history, self.bad_epochs, self.seconds = 0, [], 0, 0.0
-        self.best_rmse, self.best_epoch = math.inf, 0
+        self.best_rmse, self.best_epoch, self.smoothed = math.inf, 0, None
         self.best_state = self._state_copy()
+
+    @property
+    def planned(self) -> int:
+        """Epochs of the current plan."""
+        return math.ceil(self.schedule.total / max(1, self.steps_per_epoch))
 
     def _state_copy(self) -> dict:
         return {k: v.detach().clone() for k, v in self.regressor.state_dict().items()}
 
     def restore(self, checkpoint: dict) -> None:
         """Continue from a checkpoint written by :meth:`save`."""
-        self.planned = int(checkpoint["planned_epochs"])
         self.regressor.load_state_dict(checkpoint["model"])
-        # A new scheduler resets the optimizer's lr and momentum: build it first, then restore both.
-        self.scheduler = make_scheduler(self.optimizer, self.config, self.lr, self.planned * self.steps_per_epoch)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.schedule.load_state_dict(checkpoint["scheduler"])
         self.epoch, self.history = int(checkpoint["epoch"]), list(checkpoint["history"])
         self.bad_epochs, self.seconds = int(checkpoint["bad_epochs"]), float(checkpoint["seconds"])
         self.best_rmse, self.best_epoch = float(checkpoint["best_rmse"]), int(checkpoint["best_epoch"])
+        self.smoothed = checkpoint.get("smoothed")
         self.best_state = checkpoint["best_model"]
+        self.planned_rate = checkpoint.get("planned_rate")
 
     def save(self) -> None:
         """Atomically write checkpoint.pt (everything to resume) then best.pt (rank 0 only)."""
-        if not self.ctx.is_main:
+        if not self.ctx.is_main or not self.checkpoints or self.run_dir is None:
             return
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, {
             "format": RUN_FORMAT, "epoch": self.epoch, "planned_epochs": self.planned,
             "model": self.regressor.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "history": self.history,
+            "scheduler": self.schedule.state_dict(), "history": self.history,
             "bad_epochs": self.bad_epochs, "seconds": self.seconds, "best_rmse": self.best_rmse,
-            "best_epoch": self.best_epoch, "best_model": self.best_state,
+            "best_epoch": self.best_epoch, "best_model": self.best_state, "smoothed": self.smoothed,
+            "planned_rate": self.planned_rate,
         })
         save_checkpoint(self.run_dir / BEST_FILE, self.best_state)
 
-    def _replan(self, epoch_seconds: float) -> None:
-        """Fit the remaining epochs into the time budget after the first epoch's timing."""
-        budget = self.config.time_budget_min * 60.0
-        epoch_seconds = ddp.broadcast_float(epoch_seconds, self.ctx)
-        fit = max(1, int((budget - 0.05 * budget) // max(epoch_seconds, 1e-6)))
-        if fit >= self.planned:
+    def _replan(self, *, force: bool = False) -> None:
+        """Fit the schedule between now and the deadline from the steady step time."""
+        if self.deadline is None:
             return
-        self.planned = fit
-        done = self.scheduler.last_epoch
-        self.scheduler = make_scheduler(self.optimizer, self.config, self.lr, self.planned * self.steps_per_epoch)
-        for _ in range(done):  # fast-forward the new schedule to the current step
-            self.scheduler.step()
-        self.log(f"time budget {self.config.time_budget_min:g} min: ~{epoch_seconds:.1f} s/epoch, "
-                 f"planning {self.planned} epochs")
+        rate = self.clock.seconds_per_step
+        if rate is None:
+            return
+        rate = ddp.broadcast_float(rate, self.ctx)
+        drifted = self.planned_rate is None or abs(rate - self.planned_rate) > REPLAN_DRIFT * self.planned_rate
+        if not (force or drifted):
+            return
+        eval_seconds = self.eval_seconds if self.validate_every_epoch and len(self.val_rows) else 0.0
+        left = self.deadline - time.perf_counter() - self._closing_seconds()
+        total = self.schedule.step + steps_that_fit(left, rate, steps_per_epoch=self.steps_per_epoch,
+                                                    eval_seconds_per_epoch=eval_seconds)
+        total = min(total, self.max_steps)
+        first = self.planned_rate is None
+        self.planned_rate = rate
+        if total != self.schedule.total:
+            self.schedule.replan(total)
+            self.replans.append((self.schedule.step, self.schedule.total))
+            if first or force or self.validate_every_epoch:
+                self.log(f"time plan: {rate * 1000:.0f} ms/step steady (warm-up excluded), "
+                         f"{eval_seconds:.1f} s/validation: {self.schedule.total} steps "
+                         f"(~{self.planned} epochs of {self.steps_per_epoch}) end at the deadline"
+                         + ("" if first else f" (re-planned at step {self.schedule.step})"))
 
-    def train_epoch(self) -> tuple[float, int]:
-        """One pass over this rank's shard.
+    @property
+    def patience(self) -> int:
+        """Epochs without improvement that stop the fit: ``config.patience``, or a quarter of the
+        planned epochs when that is more (the annealing phase of a long one-cycle plan improves
+        slowly before it improves most)."""
+        return max(self.config.patience, math.ceil(PATIENCE_SHARE * self.planned))
+
+    def _closing_seconds(self) -> float:
+        """Time of the scoring after the fit (validation, then the caller's ``closing_rows``) at the
+        measured speed of a validation pass."""
+        if not len(self.val_rows):
+            return 0.0
+        return self.eval_seconds * (1.0 + self.closing_rows / len(self.val_rows))
+
+    def _out_of_time(self) -> bool:
+        """Whether the deadline is reached, counting the validation pass that closes the epoch and
+        the scoring that follows the fit."""
+        if self.deadline is None:
+            return False
+        return ddp.any_rank(time.perf_counter() + self._closing_seconds() >= self.deadline, self.ctx)
+
+    def train_epoch(self) -> tuple[float, int, bool]:
+        """One pass over this rank's shard (cut short by the deadline or the end of the schedule).
 
         Returns:
-            (mean training loss over all ranks, optimizer steps taken by this rank).
+            (mean training loss over all ranks, optimizer steps taken by this rank, out of time).
         """
-        torch.manual_seed(self.config.seed * 1_000_003 + self.epoch)  # dropout etc.
-        generator = epoch_generator(self.config.seed, self.epoch)
+        torch.manual_seed(self.seed * 1_000_003 + self.epoch)  # dropout etc.
+        generator = epoch_generator(self.seed, self.epoch)
         batches = epoch_batches(self.train_rows, self.config.batch_size, generator, self.ctx)
         self.net.train()
-        total, count = 0.0, 0
+        total, count, steps, timed_out = 0.0, 0, 0, False
         shown = self.progress and self.ctx.is_main and sys.stderr.isatty()
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.planned}", leave=False, unit="batch",
                    disable=not shown, dynamic_ncols=True)
         last_val = self.history[-1]["val_rmse"] if self.history else None
         for rows in bar:
+            if self.schedule.finished:
+                break
+            started = time.perf_counter()
+            self.schedule.apply(self.optimizer)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.batch_loss(self.net, self.regressor, rows, generator)
             loss.backward()
             if self.config.grad_clip:
                 nn.utils.clip_grad_norm_(self.regressor.parameters(), self.config.grad_clip)
             self.optimizer.step()
-            if self.scheduler.last_epoch < self.scheduler_total():
-                self.scheduler.step()
+            self.schedule.advance()
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise EdgeregError(f"the training loss became {value} at epoch {self.epoch + 1}: the learning rate "
                                    f"{self.lr:g} is too high; run `edgereg lr-find` or pass a lower --lr")
-            total, count = total + value * len(rows), count + len(rows)
+            total, count, steps = total + value * len(rows), count + len(rows), steps + 1
+            self.clock.record(time.perf_counter() - started)
+            if self.planned_rate is None:
+                self._replan()  # the first plan, as soon as the steady step time is known
             bar.set_postfix(loss=f"{value:.4g}", val_rmse="-" if last_val is None else f"{last_val:.4g}")
+            if self._out_of_time():
+                timed_out = True
+                break
         bar.close()
-        return ddp.mean_over_ranks(total / max(count, 1), self.ctx), len(batches)
+        return ddp.mean_over_ranks(total / max(count, 1), self.ctx), steps, timed_out
 
-    def warmup_epochs(self) -> int:
-        """Epochs of rising learning rate, when validation may worsen: early stopping waits them out."""
-        return math.ceil(ONECYCLE_WARMUP * self.planned) if self.config.schedule == "onecycle" else 0
-
-    def scheduler_total(self) -> int:
-        return max(2, self.planned * self.steps_per_epoch) - 1
+    def _validate(self) -> float | None:
+        started = time.perf_counter()
+        value = validation_rmse(self.plan, self.regressor, self.val_rows, device=self.ctx.device,
+                                batch_size=self.config.eval_batch)
+        if value is not None:
+            self.eval_seconds = time.perf_counter() - started
+        return value
 
     def run(self) -> FitOutcome:
-        """Train until the planned epochs, early stopping or the time budget; return the best weights."""
-        stopped = "finished the planned epochs"
-        while self.epoch < self.planned:
+        """Train until the schedule ends, the deadline passes or early stopping; return the best weights."""
+        stopped = "finished the planned schedule"
+        while self.epoch < MAX_EPOCHS_WITH_BUDGET and not self.schedule.finished:
             started = time.perf_counter()
-            train_loss, steps = self.train_epoch()
-            val_rmse = validation_rmse(self.plan, self.regressor, self.val_rows, device=self.ctx.device,
-                                       batch_size=self.config.eval_batch)
+            train_loss, steps, timed_out = self.train_epoch()
+            last = timed_out or self.schedule.finished
+            val_rmse = self._validate() if (self.validate_every_epoch or last) else None
             self.epoch += 1
             seconds = time.perf_counter() - started
             self.seconds += seconds
-            improved = val_rmse is None or val_rmse < self.best_rmse * (1 - 1e-4)
-            if improved:
-                self.best_rmse = math.inf if val_rmse is None else val_rmse
-                self.best_epoch = 0 if val_rmse is None else self.epoch
-                self.best_state = self._state_copy()
-                self.bad_epochs = 0
-            elif self.epoch > self.warmup_epochs():
-                self.bad_epochs += 1
+            improved = False
+            if val_rmse is None:
+                self.best_epoch, self.best_state = 0, None
+            else:
+                self.smoothed = (val_rmse if self.smoothed is None
+                                 else SMOOTHING * val_rmse + (1 - SMOOTHING) * self.smoothed)
+                improved = self.smoothed < self.best_rmse * (1 - 1e-4)
+                if improved:
+                    self.best_rmse, self.best_epoch, self.best_state = self.smoothed, self.epoch, self._state_copy()
+                    self.bad_epochs = 0
+                elif self.schedule.step > self.schedule.peak_step:
+                    self.bad_epochs += 1
             lr_now = self.optimizer.param_groups[0]["lr"]
             self.history.append({"epoch": self.epoch, "train_loss": train_loss, "val_rmse": val_rmse,
+                                 "val_smoothed": self.smoothed if val_rmse is not None else None,
                                  "lr": lr_now, "steps": steps, "seconds": seconds})
-            val_text = "-" if val_rmse is None else f"{val_rmse:.4g}" + (" *" if improved else "")
-            self.log(f"epoch {self.epoch:>3}/{self.planned}  loss {train_loss:.4g}  val RMSE {val_text}  "
-                     f"lr {lr_now:.2g}  {seconds:.1f}s")
-            if self.epoch == 1 and self.config.time_budget_min:
-                self._replan(seconds)
+            if self.validate_every_epoch:
+                val_text = "-" if val_rmse is None else f"{val_rmse:.4g} (smoothed {self.smoothed:.4g})" + (
+                    " *" if improved else "")
+                self.log(f"epoch {self.epoch:>3}/{self.planned}  loss {train_loss:.4g}  val RMSE {val_text}  "
+                         f"lr {lr_now:.2g}  {seconds:.1f}s")
+            if self.best_state is None:
+                self.best_state = self._state_copy()  # no validation: the latest weights
             self.save()
-            if ddp.any_rank(self.bad_epochs >= self.config.patience, self.ctx):
-                stopped = f"early stopping: no validation improvement for {self.config.patience} epochs"
+            if timed_out:
+                stopped = "time budget reached"
                 break
-            budget = self.config.time_budget_min
-            if budget and ddp.any_rank(self.seconds + seconds > budget * 60.0, self.ctx):
-                stopped = f"time budget of {budget:g} min reached"
+            if self.deadline is None and ddp.any_rank(self.bad_epochs >= self.patience, self.ctx):
+                stopped = (f"early stopping: the smoothed validation RMSE did not improve for "
+                           f"{self.patience} epochs after the learning-rate peak")
                 break
+            self._replan()
         self.regressor.load_state_dict(self.best_state)
         self.regressor.eval()
-        return FitOutcome(self.regressor, self.history, self.best_epoch, self.planned, stopped, self.lr, self.seconds)
+        return FitOutcome(self.regressor, self.history, self.best_epoch, self.planned, stopped, self.lr,
+                          self.seconds, steps=self.schedule.step, planned_steps=self.schedule.total,
+                          seconds_per_step=self.clock.seconds_per_step, peak_step=self.schedule.peak_step,
+                          replans=tuple(self.replans))
 
 
 # ----------------------------------------------------------------------------------------------------
 # Scoring the best weights.
 
 
-def evaluate_fit(plan: FitPlan, regressor, *, device: str = "cpu", batch_size: int = 256) -> dict[str, SplitEvaluation]:
-    """Score the best weights on val, test and seen-group rows, with baselines fitted on train."""
+def scored_rows(plan: FitPlan, regressor, images: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
+                groups: np.ndarray | None, *, device: str = "cpu", batch_size: int = 256):
+    """Predictions and baseline predictions for some images, all in the user's units.
+
+    Baselines (zero, mean, median, nearest training group) are fitted on ``plan.split.train``.
+
+    Args:
+        images: (N, H, W, 3) uint8 BGR as loaded; targets: (N, T) dataset units; boxes: (N, 4) crops.
+
+    Returns:
+        (y_true (N, T), y_pred (N, T), baselines {name: (N, T)}, groups) in user units.
+    """
     loaded = plan.loaded
     dataset = loaded.dataset
     train = np.asarray(plan.split.train)
     train_groups = None if dataset.groups is None else np.asarray(dataset.groups)[train]
     train_features = None if train_groups is None else thumbnail_features(dataset.images[train])
+
+    def user(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        return uv_to_source_pixels(values, boxes) if loaded.kind == "coords" else values
+
+    raw_pred = predict(regressor, images, plan.preprocess, device=device, batch_size=batch_size)
+    baselines = baseline_predictions(loaded.kind, dataset.targets[train], len(images), train_groups=train_groups,
+                                     train_features=train_features,
+                                     eval_features=thumbnail_features(images) if train_groups is not None else None)
+    return user(targets), user(raw_pred), {key: user(pred) for key, pred in baselines.items()}, groups
+
+
+def evaluate_fit(plan: FitPlan, regressor, *, device: str = "cpu", batch_size: int = 256) -> dict[str, SplitEvaluation]:
+    """Score the best weights on val, test and seen-group rows, with baselines fitted on train."""
+    loaded = plan.loaded
+    dataset = loaded.dataset
     parts = {"val": plan.split.val, "test": plan.split.test, "seen": plan.seen}
     evaluations = {}
     for name, rows in parts.items():
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows):
             continue
-        raw_pred = predict(regressor, dataset.images[rows], plan.preprocess, device=device, batch_size=batch_size)
-        raw_true = dataset.targets[rows]
-        baselines = baseline_predictions(loaded.kind, dataset.targets[train], len(rows), train_groups=train_groups,
-                                         train_features=train_features, eval_features=thumbnail_features(
-                                             dataset.images[rows]) if train_groups is not None else None)
         groups = None if dataset.groups is None else np.asarray(dataset.groups)[rows]
-        evaluations[name] = evaluate_split(
-            name, loaded.kind, dataset.names, to_user_units(loaded, raw_true, rows),
-            to_user_units(loaded, raw_pred, rows),
-            {key: to_user_units(loaded, pred, rows) for key, pred in baselines.items()}, groups=groups)
+        true, pred, baselines, groups = scored_rows(plan, regressor, dataset.images[rows], dataset.targets[rows],
+                                                    dataset.crop_boxes[rows], groups, device=device,
+                                                    batch_size=batch_size)
+        evaluations[name] = evaluate_split(name, loaded.kind, dataset.names, true, pred, baselines, groups=groups)
     return evaluations
+
+
+def evaluate_external(plan: FitPlan, regressor, external, *, device: str = "cpu",
+                      batch_size: int = 256) -> SplitEvaluation:
+    """Score ``--test DIR`` (a Dataset loaded like the training data) as the "test" split."""
+    true, pred, baselines, groups = scored_rows(plan, regressor, external.images, external.targets,
+                                                external.crop_boxes, external.groups, device=device,
+                                                batch_size=batch_size)
+    return evaluate_split("test", plan.loaded.kind, plan.loaded.dataset.names, true, pred, baselines, groups=groups)
+
+
+def merge_scored(parts: list[tuple]) -> tuple:
+    """Concatenate several :func:`scored_rows` results (the folds of an out-of-fold score)."""
+    true = np.concatenate([p[0] for p in parts])
+    pred = np.concatenate([p[1] for p in parts])
+    keys = set.intersection(*(set(p[2]) for p in parts))
+    baselines = {key: np.concatenate([p[2][key] for p in parts]) for key in keys}
+    groups = None if parts[0][3] is None else np.concatenate([np.asarray(p[3]) for p in parts])
+    return true, pred, baselines, groups

@@ -197,3 +197,32 @@ def _circular_std(angles_deg: np.ndarray) -> np.ndarray:
     radians = np.deg2rad(angles_deg)
     length = np.hypot(np.sin(radians).mean(axis=0), np.cos(radians).mean(axis=0))
     return np.rad2deg(np.sqrt(-2.0 * np.log(np.clip(length, 1e-12, 1.0))))
+
+
+def rmse_standard_error(per_sample: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """Standard error of an RMSE estimated from ``per_sample`` squared errors (the delta method).
+
+    ``SE(RMSE) ~= SE(MSE) / (2 RMSE)``; with groups the MSE's standard error is taken over the
+    groups' mean squared errors (photos of one sample are not independent), so a validation split
+    of few groups gets the wide interval it deserves.
+
+    Args:
+        per_sample: (N,) squared errors, e.g. :func:`sample_errors`.
+        groups: optional (N,) group labels.
+
+    Returns:
+        The standard error in the RMSE's units (inf when it cannot be estimated: fewer than 2
+        samples or groups).
+    """
+    values = np.asarray(per_sample, dtype=np.float64).reshape(-1)
+    if groups is not None:
+        labels = np.asarray(groups).astype(str).reshape(-1)
+        names, inverse = np.unique(labels, return_inverse=True)
+        values = np.bincount(inverse, weights=values) / np.bincount(inverse)  # (G,) mean per group
+    if len(values) < 2:
+        return float("inf")
+    mse = float(values.mean())
+    if mse <= 0:
+        return 0.0
+    se_mse = float(values.std(ddof=1) / np.sqrt(len(values)))
+    return se_mse / (2.0 * np.sqrt(mse))

@@ -219,14 +219,17 @@ class Regressor(nn.Module):
     """A model and its output transform.
 
     Args:
+        reference: an optional module applied to the normalized images before ``model`` (reference
+            normalisation); it is traced into the exported graph with the rest.
         model: maps ``(B, C, H, W) float32`` normalized images to raw ``(B, n_outputs)``; models
             from ``create_model`` carry ``input_shape = (C, H, W)``, used to check the output
             width here and by :meth:`export_onnx`.
         output_transform: the kind's transform, fitted on the training split.
     """
 
-    def __init__(self, model: nn.Module, output_transform: OutputTransform):
+    def __init__(self, model: nn.Module, output_transform: OutputTransform, reference: nn.Module | None = None):
         super().__init__()
+        self.reference = reference  # optional input transform (edgereg.training.reference.ReferenceNorm)
         self.model = model
         self.output_transform = output_transform
         self.output = OutputLayer(output_transform)
@@ -246,11 +249,13 @@ class Regressor(nn.Module):
 
     def forward_raw(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float32 normalized -> (B, n_outputs) raw outputs (what losses see)."""
+        if self.reference is not None:
+            images = self.reference(images)
         return self.model(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float32 normalized -> (B, T) float32 physical units (the ONNX ``value``)."""
-        return self.output(self.model(images))
+        return self.output(self.forward_raw(images))
 
     def encode_targets(self, targets: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, T) physical targets -> (N, n_outputs) float32 loss targets on the model's device."""

@@ -262,9 +262,11 @@ def format_baselines(evaluation: SplitEvaluation) -> str:
 
 
 def plot_report(path: str | Path, *, kind: str, names: Sequence[str], units: Sequence[str],
-                history: Sequence[dict], evaluation: SplitEvaluation, max_targets: int = 4) -> Path:
-    """Write report.png: loss curves, RMSE vs baselines, per-bin or per-group errors, and for each
-    target (up to ``max_targets``) predicted vs true and residuals vs true.
+                history: Sequence[dict], evaluation: SplitEvaluation, max_targets: int = 4,
+                race: Sequence[dict] | None = None) -> Path:
+    """Write report.png: loss curves, RMSE vs baselines, per-bin or per-group errors, the model
+    race (when there was one), and for each target (up to ``max_targets``) predicted vs true and
+    residuals vs true.
 
     Args:
         path: the PNG to write.
@@ -272,17 +274,21 @@ def plot_report(path: str | Path, *, kind: str, names: Sequence[str], units: Seq
         history: per-epoch dicts with "epoch", "train_loss" and "val_rmse".
         evaluation: the split whose predictions are plotted (test when there is one).
         max_targets: rows of per-target plots.
+        race: the race's entries (dicts with model, lr, rung, val_rmse, val_se, advanced).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     shown = list(names)[:max_targets]
-    figure = Figure(figsize=(13, 3.6 * (1 + len(shown))), dpi=90)
+    columns = 4 if race else 3
+    figure = Figure(figsize=(13 * columns / 3, 3.6 * (1 + len(shown))), dpi=90)
     FigureCanvasAgg(figure)
-    grid = figure.add_gridspec(1 + len(shown), 3)
+    grid = figure.add_gridspec(1 + len(shown), columns)
     _plot_history(figure.add_subplot(grid[0, 0]), history)
     _plot_baselines(figure.add_subplot(grid[0, 1]), evaluation)
     _plot_breakdown(figure.add_subplot(grid[0, 2]), kind, names, evaluation)
+    if race:
+        _plot_race(figure.add_subplot(grid[0, 3]), race)
     errors = (circular_difference(evaluation.y_pred, evaluation.y_true) if kind == "angle"
               else evaluation.y_pred - evaluation.y_true)
     for row, name in enumerate(shown, start=1):
@@ -305,6 +311,20 @@ def plot_report(path: str | Path, *, kind: str, names: Sequence[str], units: Seq
     path = Path(path)
     figure.savefig(path)
     return path
+
+
+def _plot_race(axes, race: Sequence[dict]) -> None:
+    """Validation RMSE (± standard error) of every race candidate, one colour per rung."""
+    labels, values, errors, colours = [], [], [], []
+    for entry in race:
+        labels.append(f"{entry['model']}\n{entry['lr']:.0e} r{entry['rung']}")
+        values.append(entry["val_rmse"])
+        se = entry.get("val_se")
+        errors.append(0.0 if se is None or not np.isfinite(se) else se)
+        colours.append(f"C{entry['rung']}" if entry.get("advanced") else "0.7")
+    axes.bar(range(len(values)), values, yerr=errors, color=colours, capsize=2)
+    axes.set_xticks(range(len(values)), labels, rotation=60, fontsize=6)
+    axes.set(ylabel="validation RMSE", title="model race (grey: dropped)")
 
 
 def _plot_history(axes, history: Sequence[dict]) -> None:

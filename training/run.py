@@ -205,11 +205,19 @@ def build_regressor(record: dict):
     from edgereg.training.models import create_model
     from edgereg.training.regressor import OutputTransform, Regressor
 
+    from edgereg.training.reference import build_reference
+
     transform = OutputTransform.from_dict(record["output_transform"])
     spec = record["model"]
     model = create_model(spec["name"], n_outputs=transform.n_outputs, kind=record["kind"],
                          in_channels=spec["in_channels"], input_size=tuple(spec["input_size"]), **spec["kwargs"])
-    return Regressor(model, transform)
+    reference = None
+    if record.get("reference"):
+        preprocess = record["preprocess"]
+        reference = build_reference(record["reference"], input_size=tuple(spec["input_size"]),
+                                    mean_in=preprocess["mean"], std_in=preprocess["std"],
+                                    circle=preprocess["crop"] == "circle")
+    return Regressor(model, transform, reference)
 
 
 def load_run(run_dir: str | Path):

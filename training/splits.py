@@ -101,7 +101,7 @@ def _part_count(n: int, fraction: float) -> int:
 
 def make_split(n: int, *, mode: str = "random", groups: Sequence | np.ndarray | None = None,
                val_frac: float = 0.15, test_frac: float = 0.15, seed: int = 0,
-               test_groups: Sequence[str] | None = None) -> Split:
+               test_groups: Sequence[str] | None = None, min_groups: int = 1) -> Split:
     """Split ``n`` rows into train, validation and test parts.
 
     ``random`` shuffles rows. ``group`` shuffles whole groups and takes them into the test part
@@ -117,6 +117,8 @@ def make_split(n: int, *, mode: str = "random", groups: Sequence | np.ndarray | 
         test_frac: fraction of rows for the test part, in [0, 1).
         seed: random seed.
         test_groups: group labels to hold out as the test part (group mode only).
+        min_groups: group mode: each held-out part asked for (validation, and test unless
+            ``test_groups`` names it) gets at least this many whole groups.
 
     Returns:
         A Split; in group mode no group has rows in two parts.
@@ -153,16 +155,19 @@ def make_split(n: int, *, mode: str = "random", groups: Sequence | np.ndarray | 
             chosen_test.append(int(where[0]))
     order = [g for g in rng.permutation(names.size).tolist() if g not in chosen_test]
     if not test_groups:
-        chosen_test = _take_groups(order, sizes, test_frac * n, keep=1 + (val_frac > 0))  # train, val
-        order = order[len(chosen_test):]
-    chosen_val = _take_groups(order, sizes, val_frac * n, keep=1)  # train
-    chosen_train = order[len(chosen_val):]
+        keep = 1 + (min_groups if val_frac > 0 else 0)  # train, val
+        chosen_test = _take_groups(order, sizes, test_frac * n, keep=keep, min_groups=min_groups)
+        order = [g for g in order if g not in chosen_test]
+    chosen_val = _take_groups(order, sizes, val_frac * n, keep=1, min_groups=min_groups)  # train
+    chosen_train = [g for g in order if g not in chosen_val]
     required = {"train": chosen_train}  # every part asked for must get at least one whole group
     if val_frac > 0:
         required["val"] = chosen_val
     if test_frac > 0 or test_groups:
         required["test"] = chosen_test
-    if not all(required.values()):
+    short = {part: len(chosen) for part, chosen in required.items() if part != "train" and len(chosen) < min_groups
+             and not (part == "test" and test_groups)}
+    if not all(required.values()) or short:
         raise DatasetError(f"too few groups to split: {names.size} group(s) cannot fill {len(required)} parts "
                            f"({', '.join(required)}) with whole groups; add groups, set a fraction to 0, "
                            f"or use the random split")
@@ -174,15 +179,38 @@ def make_split(n: int, *, mode: str = "random", groups: Sequence | np.ndarray | 
                  test=np.flatnonzero(row_part == 2), mode=mode, seed=seed)
 
 
-def _take_groups(order: list[int], sizes: np.ndarray, target_rows: float, *, keep: int) -> list[int]:
-    """Groups from the front of ``order`` whose rows come closest to ``target_rows``.
+def _take_groups(order: list[int], sizes: np.ndarray, target_rows: float, *, keep: int,
+                 min_groups: int = 1) -> list[int]:
+    """Groups from the front of ``order`` for one held-out part; never the last ``keep`` groups
+    (left for the other parts).
 
-    Takes one group at least when ``target_rows > 0``, then each next group while that brings the
-    total nearer the target; never touches the last ``keep`` groups (left for the other parts).
+    With ``min_groups == 1``: one group at least when ``target_rows > 0``, then each next group
+    while that brings the total nearer the target. With ``min_groups > 1`` the part must hold at
+    least ``min_groups`` groups and at least ``target_rows`` rows: groups are taken in order,
+    passing over any that would more than double the target while smaller ones remain.
     """
-    taken, rows = [], 0
-    for g in order[:max(0, len(order) - keep)]:
-        if target_rows <= 0 or (taken and rows + sizes[g] / 2 >= target_rows):
+    available = order[:max(0, len(order) - keep)]
+    if target_rows <= 0:
+        return []
+    if min_groups <= 1:
+        taken, rows = [], 0
+        for g in available:
+            if taken and rows + sizes[g] / 2 >= target_rows:
+                break
+            taken.append(g)
+            rows += int(sizes[g])
+        return taken
+    taken, rows, passed = [], 0, []
+    for g in available:
+        if len(taken) >= min_groups and rows >= target_rows:
+            break
+        if rows + sizes[g] > 2 * target_rows and len(available) - len(passed) > min_groups:
+            passed.append(g)
+            continue
+        taken.append(g)
+        rows += int(sizes[g])
+    for g in passed:  # still short: the big groups after all
+        if len(taken) >= min_groups and rows >= target_rows:
             break
         taken.append(g)
         rows += int(sizes[g])

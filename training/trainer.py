@@ -39,6 +39,7 @@ import contextlib
 import datetime
 import math
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -49,16 +50,23 @@ import torch
 import edgereg
 from edgereg.errors import EdgeregError
 from edgereg.training import ddp
-from edgereg.training.config import TrainConfig
-from edgereg.training.fit import FitOutcome, Fitter, SanityResult, evaluate_fit, find_lr, sanity_check
+from edgereg.training.config import DEFAULT_LR, TrainConfig
+from edgereg.training.fit import (FitOutcome, Fitter, SanityResult, evaluate_external, evaluate_fit, find_lr,
+                                  merge_scored, sanity_check, scored_rows)
 from edgereg.training.losses import default_loss, make_loss
 from edgereg.training.lr_find import plot_lr_find
-from edgereg.training.plan import FitPlan, LoadedData, load_data, make_plan, make_run_split, run_record_model_part
-from edgereg.training.report import SplitEvaluation, build_metrics, format_summary, plot_report
+from edgereg.training.metrics import rmse_standard_error, sample_errors
+from edgereg.training.models import default_model
+from edgereg.training.plan import (FitPlan, LoadedData, ValidationPlan, load_data, load_external_test, make_plan,
+                                   plan_validation, resolve_reference, run_record_model_part, seconds_per_step)
+from edgereg.training.race import (MIN_RACE_STEPS, RACE_SHARE, SCORING_SHARE, Candidate, affordable,
+                                   race_candidates, race_record, run_race)
+from edgereg.training.reference import describe_region
+from edgereg.training.report import SplitEvaluation, build_metrics, evaluate_split, format_summary, plot_report
 from edgereg.training.run import (BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, REPORT_FILE, RUN_FILE, RUN_FORMAT,
                                   atomic_write_bytes, failure_reason, json_ready, load_checkpoint, mark_failed,
                                   read_json, write_json)
-from edgereg.training.splits import kfold
+from edgereg.training.splits import Split, kfold
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -66,41 +74,95 @@ from edgereg.training.splits import kfold
 
 
 def report_fit(plan: FitPlan, outcome: FitOutcome, evaluations: dict[str, SplitEvaluation], run_dir: Path, *,
-               sanity: SanityResult | None = None) -> tuple[dict, list[str], str]:
+               sanity: SanityResult | None = None, facts: dict | None = None,
+               budget_line: Callable[[], str] | None = None) -> tuple[dict, list[str], str]:
     """Write metrics.json and report.png for one fit.
+
+    Args:
+        facts: further metrics.json entries (validation, race, budget, decisions).
+        budget_line: called last, for the summary's line on the time budget.
 
     Returns:
         (metrics dict, warnings, summary text).
     """
     loaded = plan.loaded
-    facts = {
+    facts = dict(facts or {})
+    facts.update({
         "split": {"mode": plan.split.mode, "train": len(plan.split.train), "val": len(plan.split.val),
                   "test": len(plan.split.test), "seen": len(plan.seen)},
         "training": {"epochs": len(outcome.history), "planned_epochs": outcome.planned_epochs,
                      "best_epoch": outcome.best_epoch, "stopped": outcome.stopped, "lr": outcome.lr,
-                     "seconds": outcome.seconds, "history": outcome.history},
+                     "seconds": outcome.seconds, "steps": outcome.steps, "planned_steps": outcome.planned_steps,
+                     "seconds_per_step": outcome.seconds_per_step, "peak_step": outcome.peak_step,
+                     "replans": [list(r) for r in outcome.replans], "history": outcome.history},
         "sanity": None if sanity is None else asdict(sanity),
         "augment": plan.augment.describe(),
+        "reference": plan.reference,
         "model": {"name": plan.model_name, "parameters": int(sum(p.numel() for p in outcome.regressor.parameters()))},
-    }
+    })
     metrics, warnings = build_metrics(loaded.kind, loaded.dataset.names, loaded.units, evaluations, facts=facts)
+    warnings += validation_warnings(evaluations, facts.get("validation", {}))
+    metrics["warnings"] = warnings
+    shown = evaluations.get("test") or evaluations.get("val")
+    trained = (f"trained {len(outcome.history)} epochs / {outcome.steps} steps (best {outcome.best_epoch or 'last'}; "
+               f"{outcome.stopped}) in {outcome.seconds:.0f} s, model {plan.model_name}, lr {outcome.lr:.2g}")
+    validation = facts.get("validation") or {}
+    val = evaluations.get("val")
+    if val is not None and validation.get("val_se") is not None:
+        trained += (f"\nvalidation ({validation.get('scored', 'the final model')}): RMSE {val.metrics['rmse']:.4g} "
+                    f"± {validation['val_se']:.2g} (standard error)")
+    if budget_line is not None:
+        trained += "\n" + budget_line()
+    metrics["budget"] = facts.get("budget_record", metrics.get("budget"))
     metrics = json_ready(metrics)
     write_json(run_dir / METRICS_FILE, metrics)
-    shown = evaluations.get("test") or evaluations.get("val")
     look_at = run_dir / METRICS_FILE
     if shown is not None:
         look_at = plot_report(run_dir / REPORT_FILE, kind=loaded.kind, names=loaded.dataset.names,
-                              units=loaded.units, history=outcome.history, evaluation=shown)
-    trained = (f"trained {len(outcome.history)} epochs (best {outcome.best_epoch or 'last'}; {outcome.stopped}) "
-               f"in {outcome.seconds:.0f} s, model {plan.model_name}, lr {outcome.lr:.2g}")
+                              units=loaded.units, history=outcome.history, evaluation=shown,
+                              race=(facts.get("race") or {}).get("entries"))
     summary = format_summary(loaded.dataset.names, loaded.units, evaluations, warnings, trained=trained,
                              look_at=look_at)
     return metrics, warnings, summary
 
 
+SMALL_VAL_ROWS = 30  # fewer validation rows than this cannot choose epochs or models
+SMALL_VAL_GROUPS = 3
+WIDE_SE = 0.2  # a standard error above this share of the RMSE makes choices on validation a coin toss
+
+
+def validation_warnings(evaluations: dict[str, SplitEvaluation], validation: dict) -> list[str]:
+    """Warnings when the validation score is too uncertain to choose epochs or models."""
+    val = evaluations.get("val")
+    if val is None:
+        return []
+    n = len(val.y_true)
+    groups = None if val.groups is None else len(np.unique(np.asarray(val.groups).astype(str)))
+    se = validation.get("val_se")
+    rmse = val.metrics["rmse"]
+    problems = []
+    if n < SMALL_VAL_ROWS:
+        problems.append(f"only {n} rows")
+    if groups is not None and groups < SMALL_VAL_GROUPS:
+        problems.append(f"only {groups} group(s)")
+    if se is not None and rmse > 0 and se > WIDE_SE * rmse:
+        problems.append(f"standard error {se:.3g} is {se / rmse:.0%} of the RMSE")
+    if not problems:
+        return []
+    return [f"VALIDATION TOO SMALL to choose epochs or models reliably ({', '.join(problems)}): add labelled "
+            "images or groups, or pass --test DIR to measure on a separate set"]
+
+
 def run_record(plan: FitPlan, config: TrainConfig, *, status: str, metrics: dict | None = None,
-               lr: float | None = None, fold: int | None = None) -> dict:
-    """The run.json contents (see :mod:`edgereg.training.run`)."""
+               lr: float | None = None, fold: int | None = None, choice: dict | None = None,
+               validation_split=None) -> dict:
+    """The run.json contents (see :mod:`edgereg.training.run`).
+
+    ``validation_split``: a refitted model's record keeps the split it was validated on (export
+    calibrates on its train part and gates int8 against fp32 on its val/test parts; the refit saw
+    those rows too, which the gate's fp32-vs-int8 comparison does not mind) and lists the rows the
+    refit was trained on under ``refit_rows``.
+    """
     dataset = plan.loaded.dataset
     transform = plan.transform
     ranges = list(zip(transform.lo, transform.hi)) if plan.loaded.kind == "scalar" else None
@@ -120,8 +182,10 @@ def run_record(plan: FitPlan, config: TrainConfig, *, status: str, metrics: dict
         "range": None if ranges is None else [list(r) for r in ranges],
         **run_record_model_part(plan),
         "preprocess": asdict(plan.preprocess), "tta": config.tta, "augment": asdict(plan.augment),
-        "split": {**plan.split.to_dict(), "seen": plan.seen},
-        "seed": config.seed, "lr": lr, "config": config.to_dict(),
+        "split": ({**plan.split.to_dict(), "seen": plan.seen} if validation_split is None
+                  else {**validation_split.to_dict(), "seen": []}),
+        "refit_rows": None if validation_split is None else plan.split.train,
+        "seed": config.seed, "lr": lr, "config": config.to_dict(), "choice": choice,
         "versions": {"edgereg": edgereg.__version__, "torch": torch.__version__, "numpy": np.__version__},
         "metrics": summary,
     })
@@ -143,7 +207,8 @@ class TrainResult:
 
 def fit_one(loaded: LoadedData, config: TrainConfig, split, run_dir: Path, ctx: ddp.DistContext, *,
             resume: bool, progress: bool, log: Callable[[str], None], fold: int | None = None) -> TrainResult:
-    """Plan, fit (or resume), evaluate and report one split into ``run_dir``."""
+    """Plan, fit (or resume), evaluate and report one split into ``run_dir`` (the K-fold path of
+    ``--folds``: the kind's default model, no race, no time budget per fold)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     existing = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else None
     if resume and existing is not None and existing.get("status") == "done":
@@ -151,9 +216,31 @@ def fit_one(loaded: LoadedData, config: TrainConfig, split, run_dir: Path, ctx: 
         metrics = read_json(run_dir / METRICS_FILE)
         return TrainResult(run_dir, metrics, tuple(metrics.get("warnings", ())), "")
     plan = make_plan(loaded, config, split)
-    make_loss(plan.loss_name, loaded.kind)  # a bad --loss fails here, before any work
+    lr = float(existing["lr"]) if existing is not None and resume and existing.get("lr") is not None else (
+        auto_lr(plan, config, run_dir, ctx, log=log) if config.lr == "auto" else float(config.lr or DEFAULT_LR))
+    outcome, sanity = run_fit(plan, config, run_dir, ctx, lr=lr, resume=resume, progress=progress, log=log,
+                              record=lambda status, metrics=None: run_record(plan, config, status=status,
+                                                                             metrics=metrics, lr=lr, fold=fold))
+    if not ctx.is_main:
+        return TrainResult(run_dir, {}, (), "")
+    evaluations = evaluate_fit(plan, outcome.regressor, device=ctx.device, batch_size=config.eval_batch)
+    metrics, warnings, summary = report_fit(plan, outcome, evaluations, run_dir, sanity=sanity)
+    write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=lr, fold=fold))
+    return TrainResult(run_dir, metrics, tuple(warnings), summary)
+
+
+def run_fit(plan: FitPlan, config: TrainConfig, run_dir: Path | None, ctx: ddp.DistContext, *, lr: float,
+            resume: bool, progress: bool, log: Callable[[str], None], deadline: float | None = None,
+            record: Callable | None = None, quiet: bool = False, closing_rows: int | None = None
+            ) -> tuple[FitOutcome, SanityResult | None]:
+    """The optimisation of one plan: optional sanity check, Fitter, checkpoints (when ``run_dir``).
+
+    ``closing_rows``: rows scored after the fit besides validation (default: the plan's test and
+    seen rows); the deadline keeps time for them.
+    """
+    make_loss(plan.loss_name, plan.loaded.kind)  # a bad --loss fails here, before any work
     checkpoint = None
-    if resume and (run_dir / CHECKPOINT_FILE).exists():
+    if resume and run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=ctx.device)
     sanity = None
     if config.sanity and checkpoint is None:
@@ -163,31 +250,27 @@ def fit_one(loaded: LoadedData, config: TrainConfig, split, run_dir: Path, ctx: 
             raise EdgeregError(f"{sanity.describe()}: the model cannot fit even one batch; check that the labels "
                                "match the images, the crop keeps the signal (--crop/--size/--channels), "
                                "and the learning rate (`edgereg lr-find`)")
-    if existing is not None and resume and existing.get("lr") is not None:
-        lr = float(existing["lr"])
-    elif config.lr == "auto":
-        lr = auto_lr(plan, config, run_dir, ctx, log=log)
-    else:
-        lr = float(config.lr)
-    fitter = Fitter(plan, config, run_dir, ctx, lr=lr, progress=progress, log=log)  # validates model and loss
-    if ctx.is_main and (existing is None or not resume):
-        write_json(run_dir / RUN_FILE, run_record(plan, config, status="training", lr=lr, fold=fold))
+    if checkpoint is not None:
+        deadline = None  # a resumed fit finishes the schedule it had planned, step for step
+    if closing_rows is None:
+        closing_rows = len(plan.split.test) + len(plan.seen)
+    fitter = Fitter(plan, config, run_dir, ctx, lr=lr, progress=progress, log=(lambda m: None) if quiet else log,
+                    deadline=deadline, checkpoints=run_dir is not None, closing_rows=closing_rows)
+    if ctx.is_main and record is not None and checkpoint is None:
+        write_json(run_dir / RUN_FILE, record("training"))
     ddp.barrier(ctx)
     parameters = sum(p.numel() for p in fitter.regressor.parameters())
     loss = plan.loss_name or default_loss(plan.loaded.kind)
-    log(f"model {plan.model_name} ({parameters:,} parameters), loss {loss}, "
-        f"{fitter.planned} epochs x {fitter.steps_per_epoch} steps of {config.batch_size}, lr {lr:.2g} "
-        f"{config.schedule}; augment {plan.augment.describe()}")
+    length = ("until the time budget's deadline" if deadline is not None
+              else f"{fitter.planned} epochs x {fitter.steps_per_epoch} steps")
+    if not quiet:
+        log(f"model {plan.model_name} ({parameters:,} parameters), loss {loss}, {length} of {config.batch_size}, "
+            f"lr {lr:.2g} {config.schedule}; augment {plan.augment.describe()}"
+            + (f"; reference {describe_region(plan.reference)}" if plan.reference else ""))
     if checkpoint is not None:
         fitter.restore(checkpoint)
         log(f"resuming {run_dir} after epoch {fitter.epoch}/{fitter.planned}")
-    outcome = fitter.run()
-    if not ctx.is_main:
-        return TrainResult(run_dir, {}, (), "")
-    evaluations = evaluate_fit(plan, outcome.regressor, device=ctx.device, batch_size=config.eval_batch)
-    metrics, warnings, summary = report_fit(plan, outcome, evaluations, run_dir, sanity=sanity)
-    write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=lr, fold=fold))
-    return TrainResult(run_dir, metrics, tuple(warnings), summary)
+    return fitter.run(), sanity
 
 
 def auto_lr(plan: FitPlan, config: TrainConfig, run_dir: Path, ctx: ddp.DistContext, *,
@@ -255,8 +338,105 @@ def train_folds(loaded: LoadedData, config: TrainConfig, run_dir: Path, ctx: ddp
     return TrainResult(run_dir, json_ready(metrics), results[chosen].warnings, summary)
 
 
+class BudgetClock:
+    """Wall-clock accounting of one ``train`` call against its time budget (None: no budget)."""
+
+    def __init__(self, budget_s: float | None, started: float | None = None):
+        self.started = time.perf_counter() if started is None else started
+        self.budget = budget_s
+        self.stages: dict[str, float] = {}
+        self._mark = self.started
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.budget is None else self.started + self.budget
+
+    def left(self) -> float:
+        return math.inf if self.budget is None else self.deadline - time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        """Charge the time since the previous mark to ``stage``."""
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + now - self._mark
+        self._mark = now
+
+    def used(self) -> float:
+        return time.perf_counter() - self.started
+
+    def record(self, stopped: str) -> dict:
+        used = self.used()
+        return {"budget_s": self.budget, "used_s": round(used, 1),
+                "used_share": None if not self.budget else round(used / self.budget, 3),
+                "stages_s": {k: round(v, 1) for k, v in self.stages.items()}, "stopped": stopped}
+
+    def line(self, stopped: str) -> str:
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in self.stages.items())
+        if not self.budget:
+            return f"time: {self.used():.0f} s ({stages}); no --time-budget; stopped: {stopped}"
+        return (f"time budget: used {self.used():.0f} s of {self.budget:.0f} s ({self.used() / self.budget:.0%}): "
+                f"{stages}; stopped: {stopped}")
+
+
+FIT_SHARE_GUESS = 0.5  # share of the budget the final fit gets, assumed when choosing the input size
+REFIT_SHARE = 0.45  # with a refit, the first fit gets this share of the time left, the refit the rest
+FOLDS_SHARE = 0.3  # under k-fold, the fold fits together get this share of the time left, the refit the rest
+
+
+def eval_reserve(budget: float | None) -> float:
+    """Seconds kept back at the end of a budget for the report (plot, metrics.json, run.json) and
+    the baselines; the scoring passes themselves are counted by the fit at their measured speed
+    (``closing_rows``)."""
+    return 0.0 if budget is None else min(30.0, 2.0 + 0.02 * budget)
+
+
+def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None,
+                        ctx: ddp.DistContext, clock: BudgetClock, run_dir: Path, *,
+                        log: Callable[[str], None]) -> tuple[Candidate, dict]:
+    """The race (or the fixed choice) and its metrics.json record."""
+    kind = loaded.kind
+    fixed_model = config.model not in (None, "auto")
+    if config.lr == "auto":
+        plan = make_plan(loaded, config, vplan.split, reference_region=reference, seen_frac=0.0)
+        lr = auto_lr(plan, config, run_dir, ctx, log=log)
+        config = replace(config, lr=lr)
+    candidates = race_candidates(kind, config, invariant_ok=kind in ("scalar", "vector", "distribution"),
+                                 input_size=loaded.geometry.input_size)
+    if len(candidates) == 1:
+        winner = candidates[0]
+        return winner, race_record([], winner, "one candidate: --model and --lr given")
+    if clock.budget is None:
+        winner = Candidate(config.model if fixed_model else default_model(kind),
+                           float(config.lr) if isinstance(config.lr, (int, float)) else DEFAULT_LR)
+        reason = "no --time-budget to race in: the kind's default model at the default learning rate"
+        log(f"model: {winner.label()} ({reason})")
+        return winner, race_record([], winner, reason)
+    seconds = RACE_SHARE * max(0.0, clock.left() - eval_reserve(clock.budget))
+    # what one rung-0 candidate needs, measured on this machine: MIN_RACE_STEPS steps of the first
+    # candidate and a validation pass (a forward pass costs about a third of a training step)
+    step = seconds_per_step(candidates[0].model, kind, loaded.geometry.input_size, loaded.geometry.n_channels,
+                            config.batch_size)
+    scoring = step / 3 * math.ceil(len(vplan.split.val) / config.batch_size)
+    racing = affordable(candidates, seconds, min_rung=(MIN_RACE_STEPS * step + scoring) / (1 - SCORING_SHARE))
+    if len(racing) == 1:
+        reason = f"the budget leaves {seconds:.0f} s to race: too little for two candidates"
+        log(f"model: {racing[0].label()} ({reason})")
+        return racing[0], race_record([], racing[0], reason)
+    log(f"race: {len(racing)} candidates ({', '.join(c.label() for c in racing)}) in ~{seconds:.0f} s on validation")
+    winner, entries = run_race(
+        lambda name: make_plan(loaded, config, vplan.split, model_name=name, reference_region=reference, seen_frac=0.0),
+        racing, config, ctx, seconds=seconds, log=log)
+    last = [e for e in entries if e.rung == max(x.rung for x in entries)]
+    best = next(e for e in last if e.model == winner.model and e.lr == winner.lr)
+    reason = (f"won the race: validation RMSE {best.val_rmse:.4g} ± {best.val_se:.2g} in rung {best.rung} "
+              f"against {len(racing) - 1} other candidate(s) (ties within one standard error go to the simpler "
+              f"model and the middle learning rate)")
+    log(f"model: {winner.label()} ({reason})")
+    return winner, race_record(entries, winner, reason)
+
+
 def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = TrainConfig(), *,
-          resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+          resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+          started: float | None = None) -> TrainResult:
     """Train a regressor on a dataset directory into ``run_dir``.
 
     Args:
@@ -268,9 +448,14 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
             none: a run killed before its first checkpoint).
         progress: show a progress bar (rank 0, and only on a terminal).
         log: where progress lines go (rank 0 only).
+        started: ``time.perf_counter()`` when the command started (the budget counts from there;
+            default: now).
 
     Under ``torchrun`` every process calls this; they share the work through DDP and only rank 0
     writes files and returns the metrics (the others return an empty TrainResult).
+
+    With ``config.time_budget_min`` the whole call (loading, the race, the fits, the report) is
+    planned to end within the budget; the report says how much was used and why the fit stopped.
 
     Returns:
         The metrics, warnings and printed summary; files in ``run_dir``.
@@ -279,11 +464,13 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
         EdgeregError: bad configuration, unusable data, a run directory already in use, a failed
             sanity check, or a diverging loss.
     """
+    clock = BudgetClock(None if config.time_budget_min is None else 60.0 * config.time_budget_min, started)
     run_dir = Path(run_dir)
     # A K-fold run writes RUN/run.json last; until then its first fold's record holds the settings.
     records = [path for path in (run_dir / RUN_FILE, run_dir / "fold0" / RUN_FILE) if path.exists()]
     if records and not resume:
         raise EdgeregError(f"'{run_dir}' already holds a run; continue it with --resume or choose another --out")
+    stored = None
     if records:
         stored = read_json(records[0])
         dataset_root = stored["dataset"]["root"]
@@ -295,20 +482,142 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
         with kernel_flags(deterministic=config.deterministic):
             torch.set_num_threads(ddp.threads_per_process(ctx, config.threads))
             make_run_dir(run_dir)
-            loaded = load_data(dataset_root, config, log=say, notice=notice if ctx.is_main else say)
+            fit_guess = None if clock.budget is None else FIT_SHARE_GUESS * clock.budget
+            loaded = load_data(dataset_root, config, log=say, fit_seconds=fit_guess,
+                               notice=notice if ctx.is_main else say)
             if ctx.distributed:
                 say(f"distributed: {ctx.world_size} processes ({ctx.device}), batch {config.batch_size} per process")
             if config.folds:
                 return train_folds(loaded, config, run_dir, ctx, resume=resume, progress=progress, log=say)
-            split = make_run_split(loaded, config)
-            say(f"split {split.mode}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
-            return fit_one(loaded, config, split, run_dir, ctx, resume=resume, progress=progress, log=say)
+            external = load_external_test(config.test_dir, loaded, config, log=say) if config.test_dir else None
+            vplan = plan_validation(loaded, config, external_test=external is not None)
+            say(f"validation: {vplan.reason}")
+            clock.mark("load")
+            return train_planned(loaded, config, vplan, external, run_dir, ctx, clock, stored=stored,
+                                 resume=resume, progress=progress, log=say)
     except BaseException as exc:
         if ctx.is_main:
             record_failure(run_dir, exc, created=created)
         raise
     finally:
         ddp.teardown(ctx)
+
+
+def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, external, run_dir: Path,
+                  ctx: ddp.DistContext, clock: BudgetClock, *, stored: dict | None, resume: bool, progress: bool,
+                  log: Callable[[str], None]) -> TrainResult:
+    """Everything after loading: reference, race, the fit(s) of the validation plan, the report."""
+    if stored is not None and stored.get("status") == "done":
+        log(f"{run_dir} has finished training; nothing to resume (see {run_dir / METRICS_FILE})")
+        metrics = read_json(run_dir / METRICS_FILE)
+        return TrainResult(run_dir, metrics, tuple(metrics.get("warnings", ())), "")
+    choice = (stored or {}).get("choice") if resume else None
+    if choice:
+        reference = choice["reference"]
+        winner = Candidate(choice["model"], float(choice["lr"]))
+        race, reference_record = choice.get("race", {}), choice.get("reference_test", {})
+        log(f"resuming with {winner.label()}, reference {describe_region(reference) if reference else 'none'}")
+    else:
+        found = resolve_reference(loaded, config, vplan.split.train, seed=config.seed)
+        reference = found.region
+        reference_record = {"region": found.region, "reason": found.reason, "scores": found.scores}
+        log(f"reference: {describe_region(reference) if reference else 'none'} ({found.reason})")
+        clock.mark("reference test")
+        winner, race = choose_model_and_lr(loaded, config, vplan, reference, ctx, clock, run_dir, log=log)
+        clock.mark("race")
+    choice = {"model": winner.model, "lr": winner.lr, "reference": reference, "race": race,
+              "reference_test": reference_record}
+    reserve = eval_reserve(clock.budget)
+
+    def end(share: float = 1.0) -> float | None:
+        if clock.deadline is None:
+            return None
+        return time.perf_counter() + share * max(0.0, clock.left() - reserve)
+
+    facts = {"validation": {"mode": vplan.mode, "reason": vplan.reason, "refit": vplan.refit},
+             "race": race, "reference_test": reference_record,
+             "decisions": [{"what": w, "choice": c, "why": y} for w, c, y in loaded.decisions]}
+    evaluations: dict[str, SplitEvaluation] = {}
+    sanity = None
+    if vplan.mode == "holdout" and not vplan.refit:
+        plan = make_plan(loaded, config, vplan.split, model_name=winner.model, reference_region=reference)
+        record = lambda status, metrics=None: run_record(plan, config, status=status, metrics=metrics,  # noqa: E731
+                                                         lr=winner.lr, choice=choice)
+        closing = len(plan.split.test) + len(plan.seen) + (0 if external is None else len(external))
+        outcome, sanity = run_fit(plan, config, run_dir, ctx, lr=winner.lr, resume=resume, progress=progress,
+                                  log=log, deadline=end(), record=record, closing_rows=closing)
+        clock.mark("fit")
+    else:
+        if vplan.mode == "holdout":  # fit on train, score val, then refit on train + val
+            first = make_plan(loaded, config, vplan.split, model_name=winner.model, reference_region=reference,
+                              seen_frac=0.0)
+            log(f"fit on the train part (scored on validation), then a refit on train + validation")
+            outcome, sanity = run_fit(first, config, None, ctx, lr=winner.lr, resume=False, progress=progress,
+                                      log=log, deadline=end(REFIT_SHARE), closing_rows=0)
+            evaluations["val"] = evaluate_fit(first, outcome.regressor, device=ctx.device,
+                                              batch_size=config.eval_batch)["val"]
+            clock.mark("fit")
+            rows = np.concatenate([vplan.split.train, vplan.split.val])
+            final_split = Split(train=rows, val=np.zeros(0, np.int64), test=vplan.split.test, mode=vplan.split.mode,
+                                seed=vplan.split.seed)
+            epochs = None if clock.budget is not None else max(1, len(outcome.history))
+        else:  # k-fold: out-of-fold scores, then a refit on every row
+            parts = []
+            fold_seconds = None if clock.budget is None else FOLDS_SHARE * max(0.0, clock.left() - reserve) / len(
+                vplan.folds)
+            for k, fold in enumerate(vplan.folds):
+                plan_k = make_plan(loaded, config, fold, model_name=winner.model, reference_region=reference,
+                                   seen_frac=0.0)
+                deadline_k = None if fold_seconds is None else time.perf_counter() + fold_seconds
+                outcome_k, _ = run_fit(plan_k, config, None, ctx, lr=winner.lr, resume=False, progress=progress,
+                                       log=log, deadline=deadline_k, quiet=True, closing_rows=0)
+                rows = np.asarray(fold.val)
+                groups = None if loaded.dataset.groups is None else np.asarray(loaded.dataset.groups)[rows]
+                parts.append(scored_rows(plan_k, outcome_k.regressor, loaded.dataset.images[rows],
+                                         loaded.dataset.targets[rows], loaded.dataset.crop_boxes[rows], groups,
+                                         device=ctx.device, batch_size=config.eval_batch))
+                fold_rmse = float(np.sqrt(np.mean(sample_errors(loaded.kind, parts[-1][0], parts[-1][1]))))
+                log(f"fold {k + 1}/{len(vplan.folds)}: {outcome_k.steps} steps, held-out groups RMSE {fold_rmse:.4g}")
+            true, pred, baselines, groups = merge_scored(parts)
+            evaluations["val"] = evaluate_split("val", loaded.kind, loaded.dataset.names, true, pred, baselines,
+                                                groups=groups)
+            clock.mark("folds")
+            final_split = Split(train=np.arange(len(loaded.dataset)), val=np.zeros(0, np.int64),
+                                test=np.zeros(0, np.int64), mode=vplan.split.mode, seed=vplan.split.seed)
+            epochs = None
+        final_config = config if epochs is None else replace(config, epochs=epochs)
+        plan = make_plan(loaded, final_config, final_split, model_name=winner.model, reference_region=reference,
+                         seen_frac=0.0)
+        record = lambda status, metrics=None: run_record(plan, config, status=status, metrics=metrics,  # noqa: E731
+                                                         lr=winner.lr, choice=choice, validation_split=vplan.split)
+        log(f"refit on {len(final_split.train)} rows with the chosen settings")
+        outcome, _ = run_fit(plan, final_config, run_dir, ctx, lr=winner.lr, resume=resume, progress=progress,
+                             log=log, deadline=end(), record=record)
+        clock.mark("refit")
+    if not ctx.is_main:
+        return TrainResult(run_dir, {}, (), "")
+    evaluations.update({k: v for k, v in evaluate_fit(plan, outcome.regressor, device=ctx.device,
+                                                      batch_size=config.eval_batch).items() if k not in evaluations})
+    if external is not None:
+        evaluations["test"] = evaluate_external(plan, outcome.regressor, external, device=ctx.device,
+                                                batch_size=config.eval_batch)
+    val = evaluations.get("val")
+    if val is not None:
+        per_sample = sample_errors(loaded.kind, val.y_true, val.y_pred)
+        facts["validation"]["val_se"] = rmse_standard_error(per_sample, val.groups)
+        facts["validation"]["scored"] = {"holdout": "the final model" if not vplan.refit else
+                                         "the model fitted before the refit (same settings, train part only)",
+                                         "kfold": "out-of-fold predictions of the fold models"}[vplan.mode]
+    clock.mark("evaluation")
+    facts["budget_record"] = clock.record(outcome.stopped)
+    metrics, warnings, summary = report_fit(plan, outcome, evaluations, run_dir, sanity=sanity, facts=facts,
+                                            budget_line=lambda: clock.line(outcome.stopped))
+    metrics["budget"] = clock.record(outcome.stopped)
+    write_json(run_dir / METRICS_FILE, json_ready(metrics))
+    refitted = vplan.mode == "kfold" or vplan.refit
+    write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=winner.lr,
+                                              choice=choice, validation_split=vplan.split if refitted else None))
+    return TrainResult(run_dir, metrics, tuple(warnings), summary)
 
 
 def notice(message: str) -> None:

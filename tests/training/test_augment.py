@@ -114,7 +114,12 @@ def test_grayscale_jitter_makes_equal_channels():
 
 def test_parse_augment_defaults_follow_kind_and_crop():
     assert parse_augment("auto", kind="scalar", crop="circle", square=True).rotation == "any"
-    assert parse_augment("auto", kind="coords", crop="none", square=True).rotation == "d4"
+    coords = parse_augment("auto", kind="coords", crop="none", square=True)
+    assert coords.rotation == "none" and not coords.hflip and coords.translate == 0.25  # translation only
+    declared = parse_augment("auto", kind="coords", crop="none", square=True, invariance="d4")
+    assert declared.rotation == "d4" and declared.hflip
+    lit = parse_augment("auto", kind="scalar", crop="circle", square=True, lighting=True)
+    assert lit.channel_gain > 0 and lit.gradient > 0 and lit.photometric
     whole_frame = parse_augment("auto", kind="vector", crop="none", square=True)
     assert whole_frame.translate == 0 and not whole_frame.photometric
     assert parse_augment("none", kind="scalar", crop="circle", square=True) == AugmentConfig()

@@ -49,7 +49,8 @@ def test_train_prints_the_decisions_and_ends_with_what_to_look_at(assay_dir, tmp
 def test_train_prints_the_inferred_kind_and_its_reason(gravel_dir, tmp_path, capsys):
     code = main(["train", str(gravel_dir), "--out", str(tmp_path / "run"), "--epochs", "1", *FAST])
     out = capsys.readouterr().out
-    assert code == 0 and "kind distribution (" in out and "split group" in out
+    assert code == 0 and "kind: distribution (" in out and "validation: 12 groups" in out
+    assert "input size: " in out and "crop: " in out
 
 
 @pytest.mark.parametrize("extra, fragment", [

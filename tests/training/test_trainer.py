@@ -33,8 +33,9 @@ def test_a_run_reloads_and_reproduces_its_recorded_metrics(fixture, kind, reques
     back exactly the validation metrics the run recorded (physical units, coords in source pixels)."""
     dataset_dir = request.getfixturevalue(fixture)
     size = (28, 28) if kind == "vector" else (24, 24)
-    result = train(dataset_dir, tmp_path / "run", TrainConfig(**{**TINY, "input_size": size, "epochs": 1}),
-                   progress=False, log=_quiet)
+    split = "random" if kind == "coords" else "auto"  # the 4 quadrant groups would mean k-fold + refit
+    result = train(dataset_dir, tmp_path / "run", TrainConfig(**{**TINY, "input_size": size, "epochs": 1},
+                                                              split=split), progress=False, log=_quiet)
     for name in ("run.json", "checkpoint.pt", "best.pt", "metrics.json", "report.png"):
         assert (tmp_path / "run" / name).is_file(), name
     assert result.metrics["kind"] == kind
@@ -97,7 +98,8 @@ def test_time_budget_and_early_stopping_end_the_run(assay_dir, tmp_path):
     early = train(assay_dir, tmp_path / "early", stalled, progress=False, log=_quiet)
     training = early.metrics["training"]
     assert "early stopping" in training["stopped"] and training["epochs"] < 30
-    assert training["best_epoch"] == training["epochs"] - 2  # stopped exactly `patience` epochs after the best
+    # stopped exactly `patience` epochs after the best; patience is at least a quarter of the planned 30
+    assert training["best_epoch"] == training["epochs"] - 8
 
 
 def test_sanity_check_passes_on_a_learnable_batch_and_fails_loudly_when_nothing_learns(assay_dir, tmp_path):
