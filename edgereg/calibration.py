@@ -38,7 +38,6 @@ import numpy as np
 from edgereg.errors import CardError
 
 FITS = ("linear", "quadratic", "isotonic", "offset")
-CALIBRATED_KINDS = ("scalar", "vector")
 
 
 @dataclass(frozen=True)
@@ -175,4 +174,4 @@ def calibration_id(section: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-__all__ = ["CALIBRATED_KINDS", "Calibration", "FITS", "TargetCalibration", "calibration_id", "parse_calibration"]
+__all__ = ["Calibration", "FITS", "TargetCalibration", "calibration_id", "parse_calibration"]

@@ -17,19 +17,37 @@ from pathlib import Path
 from typing import Any
 
 from edgereg.errors import CardError, ModelFileError, did_you_mean
+from edgereg.kinds import KIND_BY_NAME, KIND_NAMES, TargetKind
 from edgereg.tta import parse_tta
 
 CARD_KEY = "edgereg"
+INPUT_NAME = "image"  # the ONNX graph's one input, (N, C, H, W) float32 (docs/CONTRACTS.md, "ONNX model I/O")
+OUTPUT_NAME = "value"  # its one output, (N, T) float32
 FORMAT_VERSION = 1
-KINDS = ("scalar", "vector", "distribution", "coords", "angle")
+KINDS = KIND_NAMES  # ("scalar", "vector", "distribution", "coords", "angle"); see edgereg.kinds
 CROPS = ("none", "center", "circle")
 CHANNELS = ("rgb", "gray")
 DECODES = ("full", "reduced")  # image files: every pixel, or JPEG DCT-domain downscaling (preprocess.frames)
 CARD_FILE_LIMIT = 16 << 20  # bytes: a card is a few KB; provenance may add some
 
 
+class PreprocessingFacts:
+    """What follows from the preprocessing fields, for ModelCard and PreprocessConfig alike."""
+
+    channels: str
+    crop: str
+
+    @property
+    def n_channels(self) -> int:
+        return 3 if self.channels == "rgb" else 1
+
+    @property
+    def circle(self) -> bool:
+        return self.crop == "circle"
+
+
 @dataclass(frozen=True)
-class ModelCard:
+class ModelCard(PreprocessingFacts):
     """What a model is and how to feed it. Units are physical unless said otherwise.
 
     The ONNX model takes ``(N, C, H, W) float32`` (C = 3 for rgb, 1 for gray) and returns
@@ -63,12 +81,9 @@ class ModelCard:
         _validate(self)
 
     @property
-    def n_channels(self) -> int:
-        return 3 if self.channels == "rgb" else 1
-
-    @property
-    def circle(self) -> bool:
-        return self.crop == "circle"
+    def target_kind(self) -> TargetKind:
+        """The :class:`edgereg.kinds.TargetKind` named by ``kind``."""
+        return KIND_BY_NAME[self.kind]
 
     @property
     def unit_of(self) -> dict[str, str]:
@@ -142,51 +157,63 @@ def _is_number(x: Any) -> bool:
         return False
 
 
-def _validate(card: ModelCard) -> None:
-    def bad(name: str, expected: str, got: Any) -> CardError:
-        return CardError(f"field {name!r} must be {expected}, got {got!r}")
+def _bad(name: str, expected: str, got: Any) -> CardError:
+    return CardError(f"field {name!r} must be {expected}, got {got!r}")
 
-    if card.kind not in KINDS:
+
+def check_preprocessing(fields: PreprocessingFacts) -> None:
+    """The rules of the preprocessing fields, for a :class:`ModelCard` and a
+    ``edgereg.preprocess.PreprocessConfig`` alike (both have these attributes): channels, crop,
+    roi, mean, std, fill and decode. ``input_size`` limits belong to the card (8..4096 pixels).
+
+    Raises:
+        CardError: the first field that breaks its rule, with what it must be.
+    """
+    if fields.channels not in CHANNELS:
+        raise CardError(f"field 'channels' is {fields.channels!r}{did_you_mean(str(fields.channels), CHANNELS)}; "
+                        "expected 'rgb' or 'gray'")
+    if fields.crop not in CROPS:
+        raise CardError(f"field 'crop' is {fields.crop!r}{did_you_mean(str(fields.crop), CROPS)}; "
+                        f"expected one of {', '.join(CROPS)}")
+    roi = fields.roi
+    if roi is not None and (len(roi) != 3 or not all(_is_number(v) for v in roi) or roi[2] <= 0):
+        raise _bad("roi", "[cx, cy, r] with r > 0, or null", roi)
+    n = fields.n_channels
+    if len(fields.mean) != n or not all(_is_number(v) for v in fields.mean):
+        raise _bad("mean", f"{n} numbers for channels {fields.channels!r}", fields.mean)
+    if len(fields.std) != n or not all(_is_number(v) and v > 0 for v in fields.std):
+        raise _bad("std", f"{n} positive numbers for channels {fields.channels!r}", fields.std)
+    if not _is_number(fields.fill):
+        raise _bad("fill", "a finite number", fields.fill)
+    if fields.decode not in DECODES:
+        raise CardError(f"field 'decode' is {fields.decode!r}{did_you_mean(str(fields.decode), DECODES)}; "
+                        f"expected one of {', '.join(DECODES)}")
+
+
+def _validate(card: ModelCard) -> None:
+    bad = _bad
+
+    if not isinstance(card.kind, str) or card.kind not in KIND_BY_NAME:
         raise CardError(f"field 'kind' is {card.kind!r}{did_you_mean(str(card.kind), KINDS)}; "
                         f"expected one of {', '.join(KINDS)}")
     if not card.targets or not all(isinstance(t, str) and t for t in card.targets):
         raise bad("targets", "a non-empty list of names", card.targets)
     if len(set(card.targets)) != len(card.targets):
         raise bad("targets", "unique names", card.targets)
-    if card.kind == "coords" and len(card.targets) % 2:
-        raise bad("targets", "x,y pairs for kind 'coords'", card.targets)
-    if card.kind == "angle" and len(card.targets) != 1:
-        raise bad("targets", "one name for kind 'angle'", card.targets)
-    if card.kind == "distribution" and len(card.targets) < 2:
-        raise bad("targets", "at least 2 bins for kind 'distribution'", card.targets)
+    problem = card.target_kind.targets_problem(card.targets)
+    if problem is not None:
+        raise bad("targets", problem, card.targets)
     if card.units and (len(card.units) != len(card.targets) or not all(isinstance(u, str) for u in card.units)):
         raise bad("units", f"{len(card.targets)} strings (one per target)", card.units)
     if len(card.input_size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 4096
                                             for s in card.input_size):
         raise bad("input_size", "[H, W] with integers in 8..4096", card.input_size)
-    if card.channels not in CHANNELS:
-        raise CardError(f"field 'channels' is {card.channels!r}{did_you_mean(str(card.channels), CHANNELS)}; "
-                        "expected 'rgb' or 'gray'")
-    if card.crop not in CROPS:
-        raise CardError(f"field 'crop' is {card.crop!r}{did_you_mean(str(card.crop), CROPS)}; "
-                        f"expected one of {', '.join(CROPS)}")
-    if card.roi is not None and (len(card.roi) != 3 or not all(_is_number(v) for v in card.roi) or card.roi[2] <= 0):
-        raise bad("roi", "[cx, cy, r] with r > 0, or null", card.roi)
-    n = 3 if card.channels == "rgb" else 1
-    if len(card.mean) != n or not all(_is_number(v) for v in card.mean):
-        raise bad("mean", f"{n} numbers for channels {card.channels!r}", card.mean)
-    if len(card.std) != n or not all(_is_number(v) and v > 0 for v in card.std):
-        raise bad("std", f"{n} positive numbers for channels {card.channels!r}", card.std)
-    if not _is_number(card.fill):
-        raise bad("fill", "a finite number", card.fill)
+    check_preprocessing(card)
     if card.range is not None:
         if len(card.range) != len(card.targets) or not all(
             len(r) == 2 and _is_number(r[0]) and _is_number(r[1]) and r[0] < r[1] for r in card.range
         ):
             raise bad("range", f"{len(card.targets)} [lo, hi] pairs with lo < hi, or null", card.range)
-    if card.decode not in DECODES:
-        raise CardError(f"field 'decode' is {card.decode!r}{did_you_mean(str(card.decode), DECODES)}; "
-                        f"expected one of {', '.join(DECODES)}")
     try:
         parse_tta(card.tta)
     except Exception:

@@ -50,7 +50,9 @@ from typing import Any
 
 import numpy as np
 
+from edgereg.angles import circular_difference
 from edgereg.errors import CardError, EdgeregError
+from edgereg.kinds import TargetKind, target_kind
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # confidence levels stored at export
 DEFAULT_CONFIDENCE = 0.9
@@ -78,13 +80,12 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
 
 def circular_residual(truth: np.ndarray, reading: np.ndarray) -> np.ndarray:
     """|truth - reading| for angles in degrees, in [0, 180]."""
-    return np.abs(signed_residual("angle", truth, reading))
+    return np.abs(circular_difference(truth, reading))
 
 
-def signed_residual(kind: str, truth: np.ndarray, reading: np.ndarray) -> np.ndarray:
+def signed_residual(kind: str | TargetKind, truth: np.ndarray, reading: np.ndarray) -> np.ndarray:
     """truth - reading; for angles the circular difference in degrees, in [-180, 180)."""
-    difference = np.asarray(truth, dtype=np.float64) - np.asarray(reading, dtype=np.float64)
-    return np.mod(difference + 180.0, 360.0) - 180.0 if kind == "angle" else difference
+    return target_kind(kind).residual(truth, reading)
 
 
 def one_sided_level(level: float) -> float:
@@ -316,8 +317,8 @@ class IntervalKernel:
         wide_factor: see :class:`IntervalSpec`.
     """
 
-    def __init__(self, entry: IntervalSet, kind: str, level: float, *, wide_factor: float) -> None:
-        self.entry, self.kind, self.level = entry, kind, level
+    def __init__(self, entry: IntervalSet, kind: str | TargetKind, level: float, *, wide_factor: float) -> None:
+        self.entry, self.kind, self.level = entry, target_kind(kind), level
         targets = entry.targets
         self.coef = np.array([t.difficulty.coef for t in targets], dtype=np.float64).T  # (4, T)
         self.uses_spread = bool(np.any(self.coef[3] != 0.0))
@@ -356,31 +357,20 @@ class IntervalKernel:
             below, above = q_lo * sigma, q_hi * sigma  # inf * sigma stays inf: too few calibration images
         lo, hi = values - below, values + above
         width = below + above
-        if self.kind == "angle":
-            whole = ~(width < 360.0)
-            lo = np.where(whole, 0.0, np.mod(lo, 360.0))
-            hi = np.where(whole, 360.0, np.mod(hi, 360.0))
-        elif self.kind == "distribution":
-            lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+        lo, hi = self.kind.interval_bounds(lo, hi, width)  # wrapped for angles, clipped for probabilities
         return Intervals(lo, hi, width, wide)
 
 
-def interval_bounds(entry: IntervalSet, kind: str, values: np.ndarray, spread: np.ndarray | None,
+def interval_bounds(entry: IntervalSet, kind: str | TargetKind, values: np.ndarray, spread: np.ndarray | None,
                     scale: np.ndarray | None, level: float, *, wide_factor: float) -> Intervals:
     """One-off :meth:`IntervalKernel.bounds` (build the kernel once when reading many batches)."""
     kernel = IntervalKernel(entry, kind, level, wide_factor=wide_factor)
     return kernel.bounds(np.asarray(values, dtype=np.float64), spread, scale)
 
 
-def covered(kind: str, truth: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def covered(kind: str | TargetKind, truth: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """(N, T) bool: truth inside [lo, hi] (circularly for angles, where lo > hi wraps through 0)."""
-    truth = np.asarray(truth, dtype=np.float64)
-    if kind == "angle":
-        t = np.mod(truth, 360.0)
-        whole = (lo == 0.0) & (hi == 360.0)
-        inside = np.where(lo <= hi, (t >= lo) & (t <= hi), (t >= lo) | (t <= hi))
-        return inside | whole
-    return (truth >= lo) & (truth <= hi)
+    return target_kind(kind).covered(truth, lo, hi)
 
 
 __all__ = ["DEFAULT_CONFIDENCE", "DIFFICULTIES", "Difficulty", "IntervalKernel", "IntervalSet", "IntervalSpec",

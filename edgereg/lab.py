@@ -36,7 +36,7 @@ import numpy as np
 from edgereg.calibration import Calibration, parse_calibration
 from edgereg.card import ModelCard
 from edgereg.intervals import IntervalKernel, parse_intervals
-from edgereg.lab_kernel import KIND_CODES, build_tables, postprocess
+from edgereg.lab_kernel import build_tables, postprocess
 from edgereg.limits import Limits, Validation, parse_validation
 
 LAB_FLAGS = ("below_lob", "below_lod", "below_loq", "below_range", "above_range", "extrapolated",
@@ -112,7 +112,7 @@ class LabReadout:
         self._trivial = self.kernel is None and not self.lab_use
         self._tables = build_tables(self.names, card.kind, kernel=self.kernel, calibration=self.calibration,
                                     level=self.level, limits=self._limits, uncalibrated=self.uncalibrated)
-        self._kind_code = KIND_CODES.get(card.kind, 0)
+        self._kind_code = card.target_kind.lab_code
 
     def limit_arrays(self) -> dict[str, np.ndarray] | None:
         """(T,) arrays of each limit (NaN where absent), or None without validation limits."""
@@ -173,7 +173,7 @@ def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.
         {"levels": {"0.9": {"coverage", "targets": {name: coverage}, "mean_width": {name: w},
         "bins": {name: [{"lo", "hi", "n", "coverage"}]}}}, ...}, "tta"} or None without intervals.
     """
-    from edgereg.intervals import covered, format_level, parse_intervals
+    from edgereg.intervals import format_level, parse_intervals
 
     spec = parse_intervals(card.intervals, card.targets)
     if spec is None:
@@ -183,10 +183,8 @@ def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.
     for level in spec.levels:
         readout = LabReadout(card, tta=tta, confidence=level, calibrate=calibrate)
         lab = readout.process(values, spread, scale)
-        inside = covered(card.kind, truth, lab.lo, lab.hi)  # (N, T)
-        width = lab.hi - lab.lo
-        if card.kind == "angle":  # an interval through 0 has lo > hi
-            width = np.where(lab.lo <= lab.hi, width, width + 360.0)
+        inside = card.target_kind.covered(truth, lab.lo, lab.hi)  # (N, T)
+        width = card.target_kind.interval_width(lab.lo, lab.hi)  # (N, T)
         entry = {"coverage": float(inside.mean()), "targets": {}, "mean_width": {}, "bins": {}}
         for j, name in enumerate(card.targets):
             entry["targets"][name] = float(inside[:, j].mean())

@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-KIND_CODES = {"angle": 1, "distribution": 2}  # every other kind: 0 (no wrapping, no clipping)
 FIT_NONE, FIT_POLYNOMIAL, FIT_ISOTONIC = -1, 0, 1
 INF = math.inf
 NAN = math.nan
@@ -118,7 +117,7 @@ def postprocess(values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray
     Args:
         values: (B, T) float64 network readings; spread: (B, T) TTA spread or None; scale: (B, T)
             crop sides (coords) or None.
-        tables: one TargetTable per target; kind_code: KIND_CODES of the card's kind (or 0).
+        tables: one TargetTable per target; kind_code: ``TargetKind.lab_code`` of the card's kind.
         has_interval: compute bounds (else lo/hi are NaN).
 
     Returns:
@@ -201,4 +200,4 @@ def postprocess(values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray
     return out, masks
 
 
-__all__ = ["FIT_ISOTONIC", "FIT_NONE", "FIT_POLYNOMIAL", "KIND_CODES", "TargetTable", "build_tables", "postprocess"]
+__all__ = ["FIT_ISOTONIC", "FIT_NONE", "FIT_POLYNOMIAL", "TargetTable", "build_tables", "postprocess"]

@@ -29,13 +29,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from edgereg.errors import CameraError, EdgeregError, ShapeError
 from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.smoothing import StabilityTracker, make_smoother, stability_tolerance
+
+if TYPE_CHECKING:
+    from edgereg.predictor import Predictor
 
 NO_FRAME = "no_frame"  # the quality of a reading for a failed read
 INVALID = "invalid_frame"  # the quality of a frame that is not an image (wrong shape or dtype)
@@ -173,7 +176,7 @@ class LiveStats:
         return text
 
 
-def run_live(source: FrameSource, predictor, *, config: LiveConfig = LiveConfig(),
+def run_live(source: FrameSource, predictor: Predictor, *, config: LiveConfig = LiveConfig(),
              clock: Callable[[], float] = time.time,
              sleep: Callable[[float], None] = time.sleep) -> Iterator[Reading]:
     """Read frames until the source ends, ``max_frames`` is reached or the consumer stops.
@@ -240,7 +243,7 @@ class LiveFeed:
         clock: timestamps of the readings (seconds since the epoch).
     """
 
-    def __init__(self, source: FrameSource, predictor, *, config: LiveConfig = LiveConfig(),
+    def __init__(self, source: FrameSource, predictor: Predictor, *, config: LiveConfig = LiveConfig(),
                  name: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.source = source
         self.predictor = predictor
@@ -327,7 +330,7 @@ class LiveFeed:
 class _Readout:
     """Turns one frame into a Reading: gate, model, smoother and stability window."""
 
-    def __init__(self, predictor, config: LiveConfig, clock: Callable[[], float], *, source_name: str = "camera") -> None:
+    def __init__(self, predictor: Predictor, config: LiveConfig, clock: Callable[[], float], *, source_name: str = "camera") -> None:
         card = predictor.card
         self.source_name = source_name
         self.audit = None
@@ -338,10 +341,10 @@ class _Readout:
         self.predictor = predictor
         self.names = tuple(predictor.names)
         self.clock = clock
-        self.smoother = make_smoother(config.smooth_method, config.smooth_window, kind=card.kind)
+        self.smoother = make_smoother(config.smooth_method, config.smooth_window, kind=card.target_kind)
         self.stability = StabilityTracker(config.smooth_window,
                                           stability_tolerance(card, config.stable_tolerance),
-                                          circular=card.kind == "angle")
+                                          circular=card.target_kind.circular)
         self.gate = QualityGate(config.quality) if config.quality is not None else None
 
     def reset(self) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgereg.card import ModelCard, card_from_metadata
-from edgereg.errors import ModelFileError, ShapeError
+from edgereg.errors import EdgeregError, ModelFileError, ShapeError, did_you_mean
 from edgereg.intervals import DEFAULT_CONFIDENCE
 from edgereg.lab import LabReadout
 from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames
@@ -24,7 +24,6 @@ from edgereg.preprocess.decode import default_threads
 from edgereg.preprocess.frames import read_frames
 from edgereg.preprocess.geometry import CropBox
 from edgereg.providers import resolve_providers
-from edgereg.reduce import reduce_views
 from edgereg.tta import TTASpec, parse_tta
 
 GRAPH_LEVELS = {
@@ -116,6 +115,10 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         options = ort.SessionOptions()
+        if not isinstance(graph_optimization, str) or graph_optimization not in GRAPH_LEVELS:
+            raise EdgeregError(f"graph_optimization is {graph_optimization!r}"
+                               f"{did_you_mean(str(graph_optimization), GRAPH_LEVELS)}; expected one of "
+                               f"{', '.join(GRAPH_LEVELS)}")
         options.graph_optimization_level = GRAPH_LEVELS[graph_optimization]
         if threads:
             options.intra_op_num_threads = int(threads)
@@ -226,7 +229,7 @@ class Predictor:
             raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "
                                  f"({len(tensor)}, {n_targets}) for targets {self.card.targets}")
         views = raw.astype(np.float64).reshape(count, self.tta.n, n_targets)  # (b*V,T) -> (b,V,T)
-        reduced, spread_chunk = reduce_views(self.card.kind, views, self.tta)
+        reduced, spread_chunk = self.card.target_kind.reduce_views(views, self.tta)
         values[start:start + count] = reduced
         if spread is not None:
             spread[start:start + count] = spread_chunk
@@ -234,24 +237,11 @@ class Predictor:
     def _finish(self, values: np.ndarray, spread: np.ndarray | None,
                 boxes: Sequence[CropBox] | None) -> Predictions:
         """Coords to source pixels, then the lab post-processing (calibration, intervals, flags)."""
-        scale = None
-        if self.card.kind == "coords":
-            values, spread, scale = self._coords_to_source(values, spread, boxes)
+        values, spread, scale = self.card.target_kind.to_source(values, spread, boxes, self.config.input_size)
         lab = self.lab.process(values, spread, scale)
         return Predictions(lab.values, spread, self.names, np.arange(len(values), dtype=np.int64), lo=lab.lo,
                            hi=lab.hi, confidence=self.lab.level if lab.lo is not None else None, raw=lab.raw,
                            flags=lab.flags)
-
-    def _coords_to_source(self, values, spread, boxes):
-        height, width = self.config.input_size
-        boxes = boxes or [CropBox(0.0, 0.0, float(width), float(height))] * len(values)
-        points = values.reshape(len(values), -1, 2)  # (B,T) -> (B,P,2)
-        mapped = np.stack([box.to_source(p) for box, p in zip(boxes, points)]) if len(points) else points
-        sides = np.array([[b.w, b.h] for b in boxes], dtype=np.float64).reshape(len(boxes), 2)  # (B, 2)
-        if spread is not None:
-            spread = (spread.reshape(len(spread), -1, 2) * sides[:, None, :]).reshape(spread.shape)  # px
-        scale = np.tile(sides, values.shape[1] // 2)  # (B, 2) -> (B, T): crop side of x, y, x, y, ...
-        return mapped.reshape(values.shape), spread, scale  # (B,P,2) -> (B,T)
 
     def predict_paths(self, paths: Sequence[str | os.PathLike]) -> tuple[Predictions, list[tuple[int, str, str]]]:
         """Decode files in worker threads and read values from those that decode.

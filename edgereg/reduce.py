@@ -1,7 +1,8 @@
-"""Reducing TTA views to one reading per image, by target kind (DESIGN.md's table).
+"""Undoing TTA view transforms on readings: the geometry each target kind's reduction needs.
 
-Every function takes the model's outputs for all views, ``views: (B, V, T) float64``, and returns
-``(values (B, T), spread (B, T))``: the reading and its disagreement across views (an uncertainty).
+Each kind's ``reduce_views`` (``edgereg.kinds``, table in docs/architecture.md) takes the model's
+outputs for all views, ``views: (B, V, T) float64``, and returns ``(values (B, T), spread (B, T))``:
+the reading and its disagreement across views (an uncertainty).
 
 * scalar / vector: mean and standard deviation.
 * distribution: mean of the probabilities (renormalized) and their standard deviation.
@@ -15,26 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgereg.errors import TTAError
+from edgereg.angles import circular_reduce
 from edgereg.tta import TTASpec
-
-
-def reduce_views(kind: str, views: np.ndarray, spec: TTASpec) -> tuple[np.ndarray, np.ndarray]:
-    """Reduce ``views: (B, V, T)`` to ``(values (B, T), spread (B, T))`` for ``kind``."""
-    if views.shape[1] != spec.n:
-        raise TTAError(f"expected {spec.n} views per image for TTA {spec}, got {views.shape[1]}")
-    if kind in ("scalar", "vector"):
-        return views.mean(axis=1), views.std(axis=1)
-    if kind == "distribution":
-        mean = views.mean(axis=1)
-        mean = mean / np.maximum(mean.sum(axis=1, keepdims=True), 1e-12)
-        return mean, views.std(axis=1)
-    if kind == "coords":
-        unmapped = unmap_coords(views, spec)
-        return unmapped.mean(axis=1), unmapped.std(axis=1)
-    if kind == "angle":
-        return circular_reduce(unmap_angles(views, spec))
-    raise TTAError(f"target kind {kind!r} has no TTA reduction; use --tta none")
 
 
 def unmap_coords(views: np.ndarray, spec: TTASpec) -> np.ndarray:
@@ -67,15 +50,4 @@ def unmap_angles(views: np.ndarray, spec: TTASpec) -> np.ndarray:
     return angles - spec.angles_deg()[None, :, None]
 
 
-def circular_reduce(angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Circular mean in [0, 360) and circular std (degrees) over axis 1 of ``(B, V, T)``.
-
-    Views that cancel out (mean resultant length below 1e-12, e.g. 0 and 180 degrees) have no mean
-    direction; their spread is reported as the cap sqrt(-2 ln 1e-12) rad = 425.9 degrees.
-    """
-    rad = np.deg2rad(angles_deg)
-    s, c = np.sin(rad).mean(axis=1), np.cos(rad).mean(axis=1)
-    mean = np.rad2deg(np.arctan2(s, c)) % 360.0
-    mean = np.where(mean >= 360.0, 0.0, mean)  # a tiny negative angle (-1e-15) % 360 rounds to 360.0
-    resultant = np.clip(np.hypot(s, c), 1e-12, 1.0)
-    return mean, np.rad2deg(np.sqrt(-2.0 * np.log(resultant)))
+__all__ = ["circular_reduce", "unmap_angles", "unmap_coords"]

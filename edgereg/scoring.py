@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,9 @@ from edgereg.preprocess.frames import load_frame
 from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.sources import BatchSource, Entry
 from edgereg.writers import RowWriter
+
+if TYPE_CHECKING:
+    from edgereg.predictor import Predictor
 
 OPENCV_EXIT_WAIT_S = 60.0  # the longest an exit waits for a decode in progress (a 50 MP image takes ~1 s)
 OUT_OF_RANGE_MARGIN = 0.005  # fraction of the range span from a limit that counts as "at the limit"
@@ -142,21 +145,10 @@ class ScoreStats:
 
 def target_spans(card: ModelCard, boxes: list[CropBox]) -> np.ndarray:
     """(B, T) float64: the scale each target's spread is compared with (NaN: none known)."""
-    n_targets = len(card.targets)
-    spans = np.full((len(boxes), n_targets), np.nan)
-    if card.kind == "distribution":
-        spans[:] = 1.0
-    elif card.kind == "angle":
-        spans[:] = 360.0
-    elif card.kind == "coords":
-        sides = np.array([[box.w, box.h] for box in boxes]).reshape(len(boxes), 2)  # (B, 2) x, y
-        spans[:] = np.tile(sides, n_targets // 2)  # (B, 2) -> (B, T): x, y, x, y, ...
-    elif card.range is not None:
-        spans[:] = [hi - lo for lo, hi in card.range]
-    return spans
+    return card.target_kind.spans(len(card.targets), card.range, boxes)
 
 
-def output_columns(predictor, *, audit: bool = False) -> tuple[str, ...]:
+def output_columns(predictor: Predictor, *, audit: bool = False) -> tuple[str, ...]:
     """The columns :func:`score_source` writes for ``predictor`` (bounds when it has intervals,
     spreads with TTA, the audit columns when ``audit``)."""
     from edgereg.audit import AUDIT_COLUMNS
@@ -181,7 +173,7 @@ def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None
     """
     not_finite = ~np.isfinite(values).all(axis=1)
     out_of_range = np.zeros(len(values), dtype=bool)
-    if card.range is not None and card.kind in ("scalar", "vector"):
+    if card.range is not None and card.target_kind.range_flagged:
         bounds = np.asarray(card.range, dtype=np.float64)  # (T, 2)
         margin = OUT_OF_RANGE_MARGIN * (bounds[:, 1] - bounds[:, 0])
         out_of_range = ((values <= bounds[:, 0] + margin) | (values >= bounds[:, 1] - margin)).any(axis=1)
@@ -396,7 +388,7 @@ class _Item:
     withheld: bool  # the quality gate withholds its reading (--gate)
 
 
-def _rows(predictor, items: list[_Item], audit=None) -> Iterator[dict[str, Any]]:
+def _rows(predictor: Predictor, items: list[_Item], audit=None) -> Iterator[dict[str, Any]]:
     """Score one batch and yield its output rows (``path``, targets with their ``_lo``/``_hi``
     bounds, spreads, ``flags``, then the audit columns when ``audit``, an
     ``edgereg.audit.AuditTrail``, is given), in order.
@@ -442,7 +434,7 @@ def _rows(predictor, items: list[_Item], audit=None) -> Iterator[dict[str, Any]]
 FAILURES_KEPT = 5  # failures remembered for the summary line
 
 
-def score_source(source: BatchSource, predictor, rows: RowWriter, errors: RowWriter | None = None, *,
+def score_source(source: BatchSource, predictor: Predictor, rows: RowWriter, errors: RowWriter | None = None, *,
                  skip: Collection[str] = frozenset(), shard: Shard | None = None,
                  decode_threads: int | None = None, queue_size: int | None = None,
                  fail_fast: bool = False, on_error: Callable[[str, str], None] | None = None,

@@ -77,7 +77,7 @@ def read_standards(predictor, folder: str | os.PathLike, *, strict: bool = False
     if not names:
         raise DatasetError(f"'{csv_path}' has no column for any of the model's targets {list(predictor.names)} "
                            f"(columns: {', '.join(header)}); name the reference column like the target")
-    if predictor.card.kind not in ("scalar", "vector"):
+    if not predictor.card.target_kind.calibrated:
         raise DatasetError(f"standards certify scalar or vector readings; this model reads {predictor.card.kind!r}")
     dataset = load_dataset(csv_path, config=predictor.config, targets=list(names), strict=strict, cache=False)
     boxes = [CropBox(*map(float, box)) for box in dataset.crop_boxes]

@@ -21,7 +21,6 @@ from edgereg.card import ModelCard
 from edgereg.lab import LAB_FLAGS, LabReadout
 
 _FITS = {"linear": 0, "quadratic": 0, "offset": 0, "isotonic": 1}
-_KIND_CODE = {"angle": 1, "distribution": 2}
 
 
 def _d(value: float) -> str:
@@ -147,7 +146,7 @@ class LabC:
             parts.append(f"static const int lab_uncalibrated[{n}] = {{{flags}}};")
             self.flash_bytes += 4 * n
         parts.append(_FUNCTIONS.replace("@M_", f"{m}_").replace("@P_", f"{p}_")
-                     .replace("@KIND", str(_KIND_CODE.get(card.kind, 0))))
+                     .replace("@KIND", str(card.target_kind.lab_code)))
         return "\n".join(parts)
 
     def _interval_tables(self, n: int) -> str:

@@ -44,6 +44,7 @@ import numpy as np
 
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
+from edgereg.kinds import TargetKind, target_kind
 from edgereg.intervals import (DEFAULT_WIDE_FACTOR, LEVELS, Difficulty, IntervalSet, TargetIntervals, conformal_quantile,
                                covered, format_level, interval_bounds, one_sided_level, signed_residual,
                                target_to_dict)
@@ -118,16 +119,14 @@ def read_held_out(model_path: str | Path, evalset, *, card: ModelCard, tta: str 
                   batch_size: int = 64) -> HeldOutReadings:
     """Read an ``edgereg.export.gate.EvalSet`` with the model as deployed (no calibration, no intervals)."""
     from edgereg.predictor import Predictor
-    from edgereg.preprocess import CropBox
 
     predictor = Predictor(model_path, providers="cpu", tta=tta, batch_size=batch_size, card=card.with_(
         intervals={}, calibration={}, validation={}), confidence=None)
-    boxes = None if evalset.crop_boxes is None else [CropBox(*map(float, box)) for box in evalset.crop_boxes]
-    result = predictor.predict_prepared(evalset.frames, boxes)
-    scale = None
-    if card.kind == "coords":
+    result = predictor.predict_prepared(evalset.frames, evalset.boxes)
+    scale = None  # crop boxes come with the kinds that need them (coords)
+    if evalset.crop_boxes is not None:
         sides = np.asarray(evalset.crop_boxes, dtype=np.float64)[:, 2:4]  # (N, 2) w, h
-        scale = np.tile(sides, len(card.targets) // 2)  # (N, 2) -> (N, T)
+        scale = card.target_kind.reading_scale(sides, len(card.targets))
     return HeldOutReadings(values=result.values, spread=result.spread, truth=np.asarray(evalset.targets, np.float64),
                            scale=scale, split=evalset.split)
 
@@ -156,12 +155,13 @@ def held_out_parts(dataset, split, *, kind: str):
     return None, eval_set(dataset, pooled, kind=kind, split=name), note
 
 
-def _candidates(kind: str, with_spread: bool) -> tuple[str, ...]:
+def _candidates(kind: str | TargetKind, with_spread: bool) -> tuple[str, ...]:
+    by_value = target_kind(kind).value_difficulty
     names = ["constant"]
-    if kind in ("scalar", "vector", "distribution"):
+    if by_value:
         names += ["value", "value2"]
     if with_spread:
-        names += ["spread"] + (["value+spread"] if kind in ("scalar", "vector", "distribution") else [])
+        names += ["spread"] + (["value+spread"] if by_value else [])
     return tuple(names)
 
 
@@ -315,7 +315,7 @@ def compute_interval_set(kind: str, names: Sequence[str], fit: HeldOutReadings |
             difficulty, relative = fit_difficulty(
                 kind, fit.values[:, j], None if fit.spread is None else fit.spread[:, j], np.abs(fit_residual[:, j]),
                 method="constant" if options.method == "constant" else "normalized", seed=options.seed)
-        binned = options.method == "normalized" and kind in ("scalar", "vector", "distribution")
+        binned = options.method == "normalized" and target_kind(kind).value_difficulty
         edges = _mondrian_edges(cal.values[:, j], options.bins) if binned else ()
         target = calibrate_target(kind, difficulty, cal.values[:, j], None if cal.spread is None else cal.spread[:, j],
                                   cal_residual[:, j], levels=options.levels, edges=edges)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import ModelCard
+from edgereg.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from edgereg.errors import ModelFileError, require_extra
-from edgereg.export.onnx_export import INPUT_NAME, OUTPUT_NAME, Agreement, check_agreement
+from edgereg.export.onnx_export import Agreement, check_agreement
 
 FP16_RTOL = 1e-2
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError, require_extra
+from edgereg.kinds import TargetKind, target_kind
 
 DEFAULT_MAX_DROP = 0.10
 
@@ -52,25 +53,32 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.frames)
 
+    @property
+    def boxes(self) -> list | None:
+        """Each frame's ``edgereg.preprocess.CropBox`` for the Predictor, or None without crop boxes."""
+        from edgereg.preprocess import CropBox
 
-def eval_set(dataset, index: np.ndarray, *, kind: str, split: str) -> EvalSet:
+        return None if self.crop_boxes is None else [CropBox(*map(float, box)) for box in self.crop_boxes]
+
+
+def eval_set(dataset, index: np.ndarray | None, *, kind: str | TargetKind, split: str) -> EvalSet:
     """The rows ``index`` of a loaded dataset as an EvalSet in the user's units.
 
     Args:
         dataset: ``edgereg.training.data.Dataset`` (images cropped and resized; targets in model
             units, i.e. coords in [0, 1] of the input; ``crop_boxes (N, 4)``).
-        index: (M,) int rows to take.
+        index: (M,) int rows to take, or None for every row (the images are then not copied).
         kind: target kind.
         split: the name to report ("val", "test", ...).
     """
-    index = np.asarray(index, dtype=np.int64)
-    boxes = np.asarray(dataset.crop_boxes, dtype=np.float64)[index] if kind == "coords" else None
+    index = slice(None) if index is None else np.asarray(index, dtype=np.int64)
+    boxes = np.asarray(dataset.crop_boxes, dtype=np.float64)[index] if target_kind(kind).xy_points else None
     groups = None if dataset.groups is None else np.asarray(dataset.groups)[index]
     return EvalSet(frames=dataset.images[index], targets=to_user_units(kind, dataset.targets[index], boxes),
                    crop_boxes=boxes, split=split, groups=groups)
 
 
-def to_user_units(kind: str, values: np.ndarray, crop_boxes: np.ndarray | None) -> np.ndarray:
+def to_user_units(kind: str | TargetKind, values: np.ndarray, crop_boxes: np.ndarray | None) -> np.ndarray:
     """Model-output units -> the user's units: coords from [0, 1] of the input to source pixels.
 
     Args:
@@ -81,14 +89,7 @@ def to_user_units(kind: str, values: np.ndarray, crop_boxes: np.ndarray | None) 
     Returns:
         (N, T) float64.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if kind != "coords":
-        return values
-    from edgereg.training.metrics import uv_to_source_pixels
-
-    if crop_boxes is None:
-        raise EdgeregError("coords need each image's crop box to be reported in source pixels; got none")
-    return uv_to_source_pixels(values, crop_boxes)
+    return target_kind(kind).to_user_units(values, crop_boxes)
 
 
 def predict(model_path: str | Path, evalset: EvalSet, *, card: ModelCard | None = None,
@@ -99,20 +100,24 @@ def predict(model_path: str | Path, evalset: EvalSet, *, card: ModelCard | None 
         (N, T) float64 in the user's units (coords in source pixels).
     """
     from edgereg.predictor import Predictor
-    from edgereg.preprocess import CropBox
 
     predictor = Predictor(model_path, providers="cpu", tta="none", batch_size=batch_size, card=card)
-    boxes = None if evalset.crop_boxes is None else [CropBox(*map(float, box)) for box in evalset.crop_boxes]
-    return predictor.predict_prepared(evalset.frames, boxes).values
+    return predictor.predict_prepared(evalset.frames, evalset.boxes).values
+
+
+def score(readings: np.ndarray, evalset: EvalSet, card: ModelCard) -> dict:
+    """Metrics (``compute_metrics``) of readings ``(N, T)`` in the user's units against the EvalSet's labels.
+
+    The one place a model is scored against labels in export and ``edgereg eval``.
+    """
+    from edgereg.training.metrics import compute_metrics
+
+    return compute_metrics(card.kind, evalset.targets, readings, card.targets, groups=evalset.groups)
 
 
 def evaluate(model_path: str | Path, evalset: EvalSet, *, card: ModelCard) -> dict:
-    """Metrics (``compute_metrics``) of a model on an EvalSet, plus ``"split"``."""
-    from edgereg.training.metrics import compute_metrics
-
-    predictions = predict(model_path, evalset, card=card)
-    metrics = compute_metrics(card.kind, evalset.targets, predictions, card.targets, groups=evalset.groups)
-    return {"split": evalset.split, **metrics}
+    """:func:`score` of a model read as deployed (:func:`predict`), plus ``"split"``."""
+    return {"split": evalset.split, **score(predict(model_path, evalset, card=card), evalset, card)}
 
 
 @dataclass(frozen=True)

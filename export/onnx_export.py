@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import ModelCard
+from edgereg.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from edgereg.errors import EdgeregError, ModelFileError, require_extra
 from edgereg.export.card_io import embed_card
+from edgereg.kinds import TargetKind, target_kind
 
 MIN_OPSET = 17
 AGREEMENT_RTOL = 1e-4
-INPUT_NAME = "image"
-OUTPUT_NAME = "value"
 
 
 @dataclass(frozen=True)
@@ -208,7 +207,7 @@ def fold_batchnorm(src: Path, dst: Path) -> FoldedModel:
     return FoldedModel(dst, before)
 
 
-def check_agreement(model_path: str | Path, inputs: np.ndarray, reference: np.ndarray, *, kind: str,
+def check_agreement(model_path: str | Path, inputs: np.ndarray, reference: np.ndarray, *, kind: str | TargetKind,
                     rtol: float = AGREEMENT_RTOL) -> Agreement:
     """Compare an ONNX model's outputs on ``inputs`` with ``reference`` (torch's).
 
@@ -229,12 +228,9 @@ def check_agreement(model_path: str | Path, inputs: np.ndarray, reference: np.nd
         raise ModelFileError(f"ONNX output is {batched.shape}, expected {reference.shape} (N, T) like torch")
     outputs = np.concatenate([batched, single]).astype(np.float64)  # (N+1, T)
     expected = np.concatenate([reference, reference[:1]])  # (N+1, T)
-    diff = np.abs(outputs - expected)
-    if kind == "angle":
-        diff = np.abs(np.mod(outputs - expected + 180.0, 360.0) - 180.0)
-        scale = np.full(expected.shape[1], 360.0)
-    else:
-        scale = np.maximum(np.abs(expected).max(axis=0), np.finfo(np.float32).tiny)  # (T,)
+    target = target_kind(kind)
+    diff = np.abs(target.residual(outputs, expected))  # (N+1, T); circular for angles
+    scale = target.agreement_scale(expected)  # (T,)
     relative = (diff.max(axis=0) / scale).max()
     return Agreement(max_abs_diff=float(diff.max()), max_rel_diff=float(relative), n_images=len(inputs),
                      tolerance=float(rtol))

@@ -47,13 +47,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgereg.card import INPUT_NAME
 from edgereg.errors import EdgeregError, did_you_mean, require_extra
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("int8", "uint8")
 LEARNED_OPS = ("Conv", "ConvTranspose", "Gemm")  # ops torch emits only for layers with weights
-INPUT_NAME = "image"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,8 @@ def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple
     preprocessing; files are taken in sorted order, at most ``limit``; unreadable files are skipped.
 
     Args:
-        directory: a folder of .jpg/.jpeg/.png/.bmp/.tif/.tiff files (searched recursively).
+        directory: a folder of images (searched recursively; the suffixes folder scoring reads,
+            ``edgereg.sources.IMAGE_EXTENSIONS``).
         config: the model's ``PreprocessConfig``.
         limit: the most images to use.
 
@@ -172,18 +172,20 @@ def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple
         EdgeregError: the folder is missing or has no readable image.
     """
     from edgereg.preprocess.frames import read_frames
+    from edgereg.sources import IMAGE_EXTENSIONS, is_image_file
 
     directory = Path(directory)
     if not directory.is_dir():
         raise EdgeregError(f"--calib-dir '{directory}' is not a folder; pass a folder of calibration images")
-    paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    paths = sorted(p for p in directory.rglob("*") if is_image_file(p))[:limit]
     frames, used = [], []
     for i, loaded in read_frames([str(p) for p in paths], config):  # decoded as the runtime decodes them
         if not isinstance(loaded, Exception):
             frames.append(loaded[0])
             used.append(str(paths[i]))
     if not frames:
-        raise EdgeregError(f"--calib-dir '{directory}' has no readable image ({', '.join(IMAGE_SUFFIXES)}); "
+        raise EdgeregError(f"--calib-dir '{directory}' has no readable image ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, "
+                           "...); "
                            "add some, or calibrate on the training split (leave out --calib-dir)")
     return np.stack(frames), used
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +99,25 @@ def model_factory(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+BLOCK_TORCH = """
+import sys
+class _BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _BlockTorch())
+"""
+
+
+@pytest.fixture
+def run_without_torch():
+    """``run(script, timeout=120)``: run Python source in a fresh interpreter where ``import torch``
+    raises ImportError (as on a machine without the train extra); returns the CompletedProcess
+    with text stdout/stderr. ``sys`` is imported for the script."""
+    def run(script: str, *, timeout: float = 120) -> subprocess.CompletedProcess:
+        source = BLOCK_TORCH + textwrap.dedent(script)
+        return subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=timeout)
+
+    return run

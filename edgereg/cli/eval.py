@@ -47,11 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from edgereg.cli.options import card_from_option
-    from edgereg.export.gate import to_user_units
+    from edgereg.export.gate import eval_set, score
     from edgereg.predictor import Predictor
-    from edgereg.preprocess import CropBox
     from edgereg.training.data import load_dataset, skip_summary
-    from edgereg.training.metrics import compute_metrics
     from edgereg.writers import atomic_write
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
@@ -62,11 +60,11 @@ def run(args) -> int:
     card = predictor.card
     dataset = load_dataset(args.dataset, config=predictor.config, targets=list(card.targets), kind=card.kind,
                            strict=args.strict, allow_outside=args.allow_outside, max_pixels=args.max_pixels)
-    boxes = [CropBox(*map(float, box)) for box in dataset.crop_boxes]
-    predictions = predictor.predict_prepared(dataset.images, boxes)
-    truth = to_user_units(card.kind, dataset.targets, dataset.crop_boxes)  # (N, T), the dataset's units
-    metrics = compute_metrics(card.kind, truth, predictions.values, card.targets, groups=dataset.groups)
-    coverage = _coverage(predictor, dataset, boxes, truth)
+    labelled = eval_set(dataset, None, kind=card.target_kind, split=_dataset_name(args.dataset))
+    predictions = predictor.predict_prepared(labelled.frames, labelled.boxes)
+    truth = labelled.targets  # (N, T) in the dataset's units (coords in source pixels)
+    metrics = score(predictions.values, labelled, card)
+    coverage = _coverage(predictor, dataset, labelled.boxes, truth)
 
     _make_out_dir(out_dir)
     result = {"model": str(args.model), "dataset": str(args.dataset), "tta": str(predictor.tta),
@@ -98,6 +96,8 @@ def run(args) -> int:
 
 def _coverage(predictor, dataset, boxes, truth) -> dict | None:
     """Observed coverage of the card's intervals on this dataset, at each stored level."""
+    import numpy as np
+
     from edgereg.lab import interval_coverage
     from edgereg.predictor import Predictor
 
@@ -106,12 +106,8 @@ def _coverage(predictor, dataset, boxes, truth) -> dict | None:
     network = Predictor(predictor.path, providers="cpu", tta=str(predictor.tta), batch_size=predictor.batch_size,
                         confidence=None, calibration=False, card=predictor.card)
     raw = network.predict_prepared(dataset.images, boxes)
-    scale = None
-    if predictor.card.kind == "coords":
-        import numpy as np
-
-        sides = np.asarray(dataset.crop_boxes, dtype=np.float64)[:, 2:4]  # (N, 2)
-        scale = np.tile(sides, len(predictor.card.targets) // 2)  # (N, 2) -> (N, T)
+    sides = np.asarray(dataset.crop_boxes, dtype=np.float64)[:, 2:4]  # (N, 2) w, h
+    scale = predictor.card.target_kind.reading_scale(sides, len(predictor.card.targets))
     return interval_coverage(predictor.card, str(predictor.tta), raw.values, raw.spread, scale, truth,
                              calibrate=predictor.lab.calibration is not None)
 

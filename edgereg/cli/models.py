@@ -31,6 +31,7 @@ def run(args) -> int:
     from edgereg.errors import require_extra
 
     require_extra("torch")
+    from edgereg.kinds import target_kind
     from edgereg.training.models import (
         count_parameters, create_model, default_model, list_models, model_entry,
     )
@@ -42,7 +43,7 @@ def run(args) -> int:
         # Counted for one scalar output; a model without scalars gets its first kind's smallest
         # output (one (x, y) point or one (sin, cos) pair).
         kind = "scalar" if "scalar" in entry.kinds else entry.kinds[0]
-        model = create_model(name, n_outputs=1 if kind in ("scalar", "vector") else 2, kind=kind)
+        model = create_model(name, n_outputs=target_kind(kind).min_raw_outputs, kind=kind)
         marked = [f"{k}*" if default_model(k) == name else k for k in entry.kinds]
         rows.append((
             name + (" *" if name in defaults else ""),

@@ -7,6 +7,7 @@ import json
 
 from edgereg.cli.options import MAX_THREADS, count
 from edgereg.errors import EdgeregError
+from edgereg.card import KINDS
 
 EPILOG = """examples:
   edgereg train data/assay --out runs/assay
@@ -27,7 +28,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("dataset", help="dataset directory with labels.csv (path, target columns, optional group)")
     data.add_argument("--targets", help="comma-separated target columns (default: all but path and group)")
-    data.add_argument("--kind", choices=("scalar", "vector", "distribution", "coords", "angle"),
+    data.add_argument("--kind", choices=KINDS,
                       help="target kind (default: inferred from the columns and printed)")
     data.add_argument("--range", help="LO,HI of a bounded scalar (default: the train data widened 5%%)")
     data.add_argument("--units", help="comma-separated unit per target, e.g. mg/L")

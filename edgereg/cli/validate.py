@@ -63,7 +63,6 @@ def run(args) -> int:
     from edgereg.audit import sha256_file
     from edgereg.calibration import calibration_id
     from edgereg.cli.calibrate import check_model_output
-    from edgereg.intervals import covered
     from edgereg.predictor import Predictor
     from edgereg.standards import read_standards
     from edgereg.validation import json_safe, validate
@@ -92,7 +91,7 @@ def run(args) -> int:
                                  max_bias=args.max_bias)
         limits[name] = {k: figures[name]["limits"][k] for k in ("lob", "lod", "loq", "range", "lod_method",
                                                                 "loq_method")}
-    coverage = _interval_coverage(predictor, standards, covered)
+    coverage = _interval_coverage(predictor, standards)
     section = {"date": date, "calibration_id": calibration.id if calibration else None,
                "model_sha256": sha256_file(model), "standards": standards.provenance(),
                "settings": {"sigma": args.sigma, "low_max": args.low_max, "max_cv_percent": args.max_cv,
@@ -128,11 +127,11 @@ def run(args) -> int:
     return 0
 
 
-def _interval_coverage(predictor, standards, covered) -> dict | None:
+def _interval_coverage(predictor, standards) -> dict | None:
     """Observed coverage of the model's intervals on the standards (a check, not a guarantee)."""
     if standards.lo is None:
         return None
-    inside = covered(predictor.card.kind, standards.reference, standards.lo, standards.hi)  # (N, K)
+    inside = predictor.card.target_kind.covered(standards.reference, standards.lo, standards.hi)  # (N, K)
     return {"level": predictor.lab.level,
             "targets": {name: float(inside[:, j].mean()) for j, name in enumerate(standards.names)}}
 

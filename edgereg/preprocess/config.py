@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.card import CHANNELS, CROPS, DECODES, ModelCard
-from edgereg.errors import CardError
+from edgereg.card import ModelCard, PreprocessingFacts, check_preprocessing
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(PreprocessingFacts):
     """How a decoded frame becomes the model's input tensor.
 
     Attributes:
@@ -38,30 +37,13 @@ class PreprocessConfig:
     decode: str = "full"  # "full" or "reduced": the decode policy the model was trained with
 
     def __post_init__(self) -> None:
-        if self.channels not in CHANNELS:
-            raise CardError(f"channels must be 'rgb' or 'gray', got {self.channels!r}")
-        if self.crop not in CROPS:
-            raise CardError(f"crop must be one of {CROPS}, got {self.crop!r}")
-        if self.decode not in DECODES:
-            raise CardError(f"decode must be one of {DECODES}, got {self.decode!r}")
-        n = 3 if self.channels == "rgb" else 1
-        if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
-            raise CardError(f"mean/std must have {n} values (std > 0) for channels "
-                            f"{self.channels!r}, got mean={self.mean} std={self.std}")
+        check_preprocessing(self)  # the card's rules (edgereg.card), one definition for both
 
     @classmethod
     def from_card(cls, card: ModelCard) -> "PreprocessConfig":
         return cls(input_size=tuple(card.input_size), channels=card.channels, crop=card.crop,
                    roi=card.roi, mean=tuple(card.mean), std=tuple(card.std), fill=float(card.fill),
                    decode=card.decode)
-
-    @property
-    def n_channels(self) -> int:
-        return 3 if self.channels == "rgb" else 1
-
-    @property
-    def circle(self) -> bool:
-        return self.crop == "circle"
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, offset), each (C,) float32, so that ``normalized = pixel * scale + offset``."""

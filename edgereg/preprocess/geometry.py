@@ -27,10 +27,8 @@ class CropBox:
     def to_source(self, uv: np.ndarray) -> np.ndarray:
         """Map normalized coords ``(..., 2)`` (u, v) of the model input to source pixels."""
         uv = np.asarray(uv, dtype=np.float64)
-        out = np.empty_like(uv)
-        out[..., 0] = self.x0 + uv[..., 0] * self.w - 0.5
-        out[..., 1] = self.y0 + uv[..., 1] * self.h - 0.5
-        return out
+        pairs = uv.reshape(1, -1)  # (..., 2) -> (1, 2K)
+        return uv_to_source_pixels(pairs, self.as_array()[None, :]).reshape(uv.shape)  # (1, 2K) -> (..., 2)
 
     def to_normalized(self, xy: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`to_source`: source pixels ``(..., 2)`` -> normalized (u, v)."""
@@ -42,6 +40,32 @@ class CropBox:
 
     def as_array(self) -> np.ndarray:
         return np.array([self.x0, self.y0, self.w, self.h], dtype=np.float64)
+
+
+def uv_to_source_pixels(uv: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
+    """Map coords in [0, 1] of the model input to source-image pixels, one crop box per row.
+
+    ``x = x0 + u * w - 0.5`` and ``y = y0 + v * h - 0.5`` (pixel centres at integers): the one
+    definition of this mapping (docs/CONTRACTS.md); the generated C does the same arithmetic.
+
+    Args:
+        uv: (N, 2K) float, columns u0, v0, u1, v1, ...
+        crop_boxes: (N, 4) float, (x0, y0, w, h) of each image's crop in source pixels.
+
+    Returns:
+        (N, 2K) float64 source pixels.
+
+    Raises:
+        ShapeError: the shapes do not pair up.
+    """
+    uv = np.asarray(uv, dtype=np.float64)
+    boxes = np.asarray(crop_boxes, dtype=np.float64)
+    if uv.ndim != 2 or uv.shape[1] % 2 or boxes.shape != (uv.shape[0], 4):
+        raise ShapeError(f"expected uv (N, 2K) and crop_boxes (N, 4), got {uv.shape} and {boxes.shape}")
+    pixels = np.empty_like(uv)
+    pixels[:, 0::2] = boxes[:, 0:1] + uv[:, 0::2] * boxes[:, 2:3] - 0.5
+    pixels[:, 1::2] = boxes[:, 1:2] + uv[:, 1::2] * boxes[:, 3:4] - 0.5
+    return pixels
 
 
 def check_frame(image: np.ndarray, *, source: str = "frame") -> np.ndarray:

@@ -182,7 +182,7 @@ class FrameEncoder:
         elif self.config.crop == "center":
             cv2.rectangle(canvas, (round(x0), round(y0)), (round(x0 + w) - 1, round(y0 + h) - 1), CYAN,
                           thickness, cv2.LINE_AA)
-        if reading.ok and self.card.kind == "coords" and reading.values is not None:
+        if reading.ok and self.card.target_kind.xy_points and reading.values is not None:
             points = np.array(list(reading.values.values()), dtype=np.float64).reshape(-1, 2)  # (T,) -> (P, 2)
             for x, y in points:
                 if np.isfinite(x) and np.isfinite(y):

@@ -176,29 +176,19 @@ def test_live_check_standard_warns_and_exits_1_on_drift(model_factory, tmp_path,
 
 
 @pytest.mark.slow
-def test_calibrate_and_validate_run_where_torch_cannot_be_imported(uncalibrated, tmp_path):
+def test_calibrate_and_validate_run_where_torch_cannot_be_imported(uncalibrated, tmp_path, run_without_torch):
     """An analyzer has the runtime and edgereg[lab], not the training stack."""
-    import subprocess
-    import sys
-    import textwrap
-
     standards = write_standards(tmp_path / "standards", {60: 3, 128: 3, 200: 3})
     validation = write_standards(tmp_path / "validation", {0: 4, 60: 3, 128: 3, 200: 3})
     calibrated = tmp_path / "model.cal.onnx"
-    script = textwrap.dedent(f"""
-        import sys
-        class BlockTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, BlockTorch())
+    script = f"""
         from edgereg.cli.main import main
         assert main(["calibrate", {str(uncalibrated)!r}, {str(standards)!r}, "--out", {str(calibrated)!r}]) == 0
         assert main(["validate", {str(calibrated)!r}, {str(validation)!r}]) == 0
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch imported"
         print("OK")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    """
+    result = run_without_torch(script, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "OK" in result.stdout and read_card(calibrated).validation
 

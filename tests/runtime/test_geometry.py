@@ -127,6 +127,18 @@ def test_crop_box_maps_normalized_coords_to_pixel_centres_and_back():
     assert box.as_array().tolist() == [10.0, 20.0, 40.0, 30.0] and box.as_array().dtype == np.float64
 
 
+def test_rows_of_coords_map_through_their_own_crop_boxes():
+    from edgereg.preprocess.geometry import uv_to_source_pixels
+
+    uv = np.array([[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.25, 0.1]])  # (N, 2K): two points per row
+    boxes = np.array([[0.0, 0.0, 200.0, 100.0], [10.0, 20.0, 40.0, 30.0]])  # (N, 4) x0, y0, w, h
+    pixels = uv_to_source_pixels(uv, boxes)
+    np.testing.assert_allclose(pixels, [[-0.5, -0.5, 199.5, 99.5], [29.5, 34.5, 19.5, 22.5]])
+    assert pixels[1, 2:].tolist() == CropBox(10.0, 20.0, 40.0, 30.0).to_source([0.25, 0.1]).tolist()
+    with pytest.raises(ShapeError, match=r"expected uv \(N, 2K\) and crop_boxes \(N, 4\), got \(2, 4\) and \(1, 4\)"):
+        uv_to_source_pixels(uv, boxes[:1])
+
+
 def test_gray_frames_are_promoted_and_bad_frames_name_the_problem():
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
     np.testing.assert_array_equal(check_frame(gray), np.repeat(gray[..., None], 3, axis=2))

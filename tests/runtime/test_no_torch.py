@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 
 
-def test_inference_without_torch(model_factory, tmp_path):
+def test_inference_without_torch(model_factory, tmp_path, run_without_torch):
     model = model_factory(input_size=(16, 16), crop="circle", tta="d4")
-    script = textwrap.dedent(f"""
-        import sys
-        class BlockTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, BlockTorch())
+    script = f"""
         import numpy as np
         import edgereg
         from edgereg.cli.main import main
@@ -25,7 +16,7 @@ def test_inference_without_torch(model_factory, tmp_path):
         assert main(["info", {str(model)!r}]) == 0
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch imported"
         print("OK")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    """
+    result = run_without_torch(script)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "OK" in result.stdout

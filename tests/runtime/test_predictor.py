@@ -8,7 +8,8 @@ import pytest
 
 from edgereg import Predictor
 from edgereg.errors import CardError, ModelFileError, ProviderError, ShapeError, TTAError
-from edgereg.reduce import reduce_views, unmap_angles
+from edgereg.kinds import target_kind
+from edgereg.reduce import unmap_angles
 from edgereg.tta import parse_tta
 
 
@@ -75,7 +76,7 @@ def test_angle_reduction_inverts_views():
     seen = np.where(spec.flipped()[None], 180.0 - seen, seen) % 360
     np.testing.assert_allclose(unmap_angles(seen[..., None], spec)[..., 0] % 360,
                                np.repeat(true[:, None], 8, 1), atol=1e-9)
-    values, spread = reduce_views("angle", seen[..., None], spec)
+    values, spread = target_kind("angle").reduce_views(seen[..., None], spec)
     np.testing.assert_allclose(values[:, 0], true, atol=1e-9)
     assert spread.max() < 1e-6
 
@@ -91,7 +92,7 @@ def test_coords_reduction_inverts_d4_views():
         if k >= 4:
             uu = 1 - uu
         views.append([uu, vv])
-    values, spread = reduce_views("coords", np.array([views]), spec)
+    values, spread = target_kind("coords").reduce_views(np.array([views]), spec)
     np.testing.assert_allclose(values, [[u, v]], atol=1e-12)
 
 
@@ -144,3 +145,15 @@ def test_model_without_card_or_with_wrong_card(tmp_path, model_factory):
     wrong = ModelCard(kind="scalar", targets=("v",), input_size=(16, 16))
     with pytest.raises(ModelFileError, match="card does not belong"):
         Predictor(path, card=wrong)
+
+
+def test_unknown_graph_optimization_is_a_typed_error_naming_the_choices(model_factory):
+    from edgereg.errors import EdgeregError
+
+    path = model_factory()
+    with pytest.raises(EdgeregError) as info:
+        Predictor(path, graph_optimization="x")
+    assert str(info.value) == "graph_optimization is 'x'; expected one of none, basic, extended, all"
+    with pytest.raises(EdgeregError, match=r"^graph_optimization is 'basics' \(did you mean 'basic'\?\)"):
+        Predictor(path, graph_optimization="basics")
+    assert Predictor(path, graph_optimization="basic").predict(np.zeros((1, 8, 8, 3), np.uint8)).values.shape == (1, 1)

@@ -27,13 +27,17 @@ def test_config_from_card_carries_every_preprocessing_field():
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(channels="bgr"), r"^channels must be 'rgb' or 'gray', got 'bgr'$"),
-    (dict(crop="square"), r"^crop must be one of \('none', 'center', 'circle'\), got 'square'$"),
-    (dict(mean=(0.5, 0.5)), r"^mean/std must have 3 values \(std > 0\) for channels 'rgb', got mean=\(0.5, 0.5\)"),
-    (dict(std=(0.5, 0.5)), r"got mean=\(0.5, 0.5, 0.5\) std=\(0.5, 0.5\)$"),
-    (dict(std=(0.5, 0.0, 0.5)), r"std > 0"),
-    (dict(std=(0.5, -0.1, 0.5)), r"std > 0"),
-    (dict(channels="gray"), r"must have 1 values \(std > 0\) for channels 'gray'"),
+    (dict(channels="bgr"), r"^field 'channels' is 'bgr'; expected 'rgb' or 'gray'$"),
+    (dict(crop="square"), r"^field 'crop' is 'square'; expected one of none, center, circle$"),
+    (dict(crop="centre"), r"^field 'crop' is 'centre' \(did you mean 'center'\?\); expected one of none, center, circle$"),
+    (dict(decode="fast"), r"^field 'decode' is 'fast'; expected one of full, reduced$"),
+    (dict(mean=(0.5, 0.5)), r"^field 'mean' must be 3 numbers for channels 'rgb', got \(0.5, 0.5\)$"),
+    (dict(std=(0.5, 0.5)), r"^field 'std' must be 3 positive numbers for channels 'rgb', got \(0.5, 0.5\)$"),
+    (dict(std=(0.5, 0.0, 0.5)), r"3 positive numbers"),
+    (dict(std=(0.5, -0.1, 0.5)), r"3 positive numbers"),
+    (dict(channels="gray"), r"^field 'mean' must be 1 numbers for channels 'gray'"),
+    (dict(roi=(1.0, 2.0, 0.0)), r"^field 'roi' must be \[cx, cy, r\] with r > 0, or null, got \(1.0, 2.0, 0.0\)$"),
+    (dict(fill=float("nan")), r"^field 'fill' must be a finite number, got nan$"),
 ])
 def test_config_rejects_inconsistent_fields(fields, message):
     with pytest.raises(CardError, match=message):

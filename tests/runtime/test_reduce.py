@@ -12,7 +12,8 @@ import pytest
 from edgereg import Predictor
 from edgereg.preprocess import PreprocessConfig, crop_resize
 from edgereg.preprocess.reference import preprocess_batch_ref
-from edgereg.reduce import circular_reduce, reduce_views
+from edgereg.angles import circular_reduce
+from edgereg.kinds import target_kind
 from edgereg.tta import parse_tta
 
 
@@ -27,7 +28,7 @@ def test_angle_views_either_side_of_zero_reduce_to_zero_not_360():
     # rot:2 views that map back to 350 and 10 degrees: the mean is 0, which must read 0, not 360
     spec = parse_tta("rot:2")
     views = np.array([[[350.0], [190.0]]])  # view 1 is rotated by 180: it sees 10 + 180
-    values, spread = reduce_views("angle", views, spec)
+    values, spread = target_kind("angle").reduce_views(views, spec)
     assert 0.0 <= values[0, 0] < 360.0
     assert min(values[0, 0], 360.0 - values[0, 0]) < 1e-9
     # the same for every symmetric pair around 0 that rounds to a tiny negative angle
@@ -51,7 +52,7 @@ def test_angle_tta_inverts_each_view_and_averages_on_the_circle(tta):
     views = seen_by_views(5.0, spec)
     # views disagree by +-10 degrees around 5 after undoing each view: 5 - 10 = -5 wraps to 355
     views = views + np.where(np.arange(spec.n) % 2 == 0, -10.0, 10.0)[None, :, None]
-    values, spread = reduce_views("angle", views, spec)
+    values, spread = target_kind("angle").reduce_views(views, spec)
     offsets = np.where(np.arange(spec.n) % 2 == 0, -10.0, 10.0)
     flipped = spec.flipped()
     # undoing a flip negates the error: the unmapped angles are 5 + e (unflipped) or 5 - e (flipped)
@@ -67,7 +68,7 @@ def test_distribution_tta_is_the_mean_of_the_views_probabilities():
     spec = parse_tta("rot:3")
     views = np.array([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.4, 0.4, 0.2]],
                       [[0.2, 0.2, 0.6], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8]]])  # (B=2, V=3, T=3)
-    values, spread = reduce_views("distribution", views, spec)
+    values, spread = target_kind("distribution").reduce_views(views, spec)
     np.testing.assert_allclose(values, [[0.4, 0.4, 0.2], [0.2, 0.2, 0.6]], atol=1e-12)
     np.testing.assert_allclose(spread[0], np.sqrt([[0.06], [0.08 / 3], [2 / 300]]).ravel(), atol=1e-12)
 
@@ -76,12 +77,12 @@ def test_distribution_tta_renormalizes_views_that_do_not_sum_to_one():
     # a quantized model's probabilities sum to 1 only within a step: the reading is renormalized
     spec = parse_tta("rot:2")
     views = np.array([[[0.5, 0.3, 0.3], [0.3, 0.5, 0.3]]])  # each sums to 1.1
-    values, _ = reduce_views("distribution", views, spec)
+    values, _ = target_kind("distribution").reduce_views(views, spec)
     np.testing.assert_allclose(values, [[0.4 / 1.1, 0.4 / 1.1, 0.3 / 1.1]], atol=1e-12)
 
 
 def test_scalar_tta_is_the_mean_and_std_of_the_views():
-    values, spread = reduce_views("vector", np.array([[[1.0, 10.0], [3.0, 10.0], [8.0, 13.0]]]), parse_tta("rot:3"))
+    values, spread = target_kind("vector").reduce_views(np.array([[[1.0, 10.0], [3.0, 10.0], [8.0, 13.0]]]), parse_tta("rot:3"))
     np.testing.assert_allclose(values, [[4.0, 11.0]], atol=1e-12)
     np.testing.assert_allclose(spread, [[np.sqrt(26 / 3), np.sqrt(2.0)]], atol=1e-12)
 
@@ -161,7 +162,7 @@ def test_views_that_cancel_out_report_the_largest_spread():
 
 def test_distribution_views_summing_below_one_are_scaled_up():
     views = np.array([[[0.5, 0.3, 0.1], [0.3, 0.5, 0.1]]])  # each sums to 0.9
-    values, _ = reduce_views("distribution", views, parse_tta("rot:2"))
+    values, _ = target_kind("distribution").reduce_views(views, parse_tta("rot:2"))
     np.testing.assert_allclose(values, [[0.4 / 0.9, 0.4 / 0.9, 0.1 / 0.9]], atol=1e-12)
 
 
@@ -179,10 +180,10 @@ def test_coords_of_two_points_reduce_per_point_with_a_per_coordinate_spread():
     views = np.array([views])  # (1, 4, 4): two (u, v) points per view
     noise = np.array([[0.01, -0.02, 0.0, 0.03], [-0.01, 0.0, 0.02, 0.0], [0.0, 0.02, -0.02, -0.03], [0.0, 0.0, 0.0, 0.0]])
     # undo each view's rotation on the noise too: what the reduction sees after unmapping
-    values, spread = reduce_views("coords", views, spec)
+    values, spread = target_kind("coords").reduce_views(views, spec)
     np.testing.assert_allclose(values, [[0.2, 0.7, 0.9, 0.4]], atol=1e-12)
     np.testing.assert_allclose(spread, 0.0, atol=1e-12)
-    values, spread = reduce_views("coords", views + noise[None], spec)
+    values, spread = target_kind("coords").reduce_views(views + noise[None], spec)
     assert spread.shape == (1, 4) and np.all(spread[0, :] > 0.0)
     unmapped = []
     for k in range(4):  # the inverse of k quarter turns: (u, v) -> (1 - v, u), k times
@@ -199,9 +200,10 @@ def test_coords_of_two_points_reduce_per_point_with_a_per_coordinate_spread():
 
 
 def test_reduction_errors_name_the_mismatch_and_the_fix():
-    from edgereg.errors import TTAError
+    from edgereg.errors import EdgeregError, TTAError
 
     with pytest.raises(TTAError, match=r"^expected 8 views per image for TTA d4, got 3$"):
-        reduce_views("scalar", np.zeros((2, 3, 5)), parse_tta("d4"))
-    with pytest.raises(TTAError, match=r"^target kind 'heatmap' has no TTA reduction; use --tta none$"):
-        reduce_views("heatmap", np.zeros((1, 2, 1)), parse_tta("rot:2"))
+        target_kind("scalar").reduce_views(np.zeros((2, 3, 5)), parse_tta("d4"))
+    with pytest.raises(EdgeregError, match=r"^unknown target kind 'angel' \(did you mean 'angle'\?\); expected one of "
+                                          r"scalar, vector, distribution, coords, angle$"):
+        target_kind("angel")

@@ -45,7 +45,7 @@ def test_angle_median_across_zero_and_ema_with_its_alpha():
 
 
 def test_degrees_wrap_to_a_half_open_turn():
-    from edgereg.smoothing import to_full_turn, wrap_degrees
+    from edgereg.angles import to_full_turn, wrap_degrees
 
     angles = [0, 180, -180, 190, 200, 540, -190, 359.5, 720]
     assert wrap_degrees(angles).tolist() == [0.0, -180.0, -180.0, -170.0, -160.0, -180.0, 170.0, -0.5, 0.0]
@@ -58,7 +58,7 @@ def test_window_of_one_is_allowed_and_less_is_an_error():
     from edgereg.smoothing import StabilityTracker
 
     median, ema = MedianSmoother(1), EmaSmoother(1)
-    assert median.kind == "scalar" and ema.kind == "scalar" and ema.alpha == 1.0
+    assert median.kind.name == "scalar" and ema.kind.name == "scalar" and ema.alpha == 1.0
     for value in (3.0, 8.0, 5.0):
         assert median.update(np.array([value]))[0] == value and ema.update(np.array([value]))[0] == value
     for cls in (MedianSmoother, EmaSmoother):
@@ -76,7 +76,7 @@ def circular_distance(a, b) -> np.ndarray:
 
 
 def test_two_angle_targets_are_smoothed_independently():
-    from edgereg.smoothing import circular_mean
+    from edgereg.angles import circular_mean
 
     readings = np.array([[350.0, 90.0], [10.0, 100.0], [0.0, 110.0]])  # (n, T)
     assert circular_distance(circular_mean(readings), [0.0, 100.0]).max() < 1e-9
@@ -94,10 +94,10 @@ def test_make_smoother_passes_the_window_and_the_kind():
     from edgereg.smoothing import make_smoother
 
     ema = make_smoother("ema", 3, kind="angle")
-    assert isinstance(ema, EmaSmoother) and ema.kind == "angle" and ema.alpha == 0.5
+    assert isinstance(ema, EmaSmoother) and ema.kind.name == "angle" and ema.alpha == 0.5
     median = make_smoother("median", 4, kind="distribution")
-    assert isinstance(median, MedianSmoother) and median.kind == "distribution" and median.window == 4
-    assert make_smoother("median", 2).kind == "scalar" and make_smoother("ema", 2).kind == "scalar"
+    assert isinstance(median, MedianSmoother) and median.kind.name == "distribution" and median.window == 4
+    assert make_smoother("median", 2).kind.name == "scalar" and make_smoother("ema", 2).kind.name == "scalar"
     with pytest.raises(EdgeregError) as info:
         make_smoother("mean", 3)
     assert str(info.value) == "unknown smoothing 'mean': expected 'median' or 'ema'"

@@ -3,9 +3,6 @@ with torch; the seed models match the seeds; the registry's errors; `edgereg mod
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import onnx
@@ -242,17 +239,11 @@ def test_cli_models_filters_by_kind(capsys):
     assert exit_info.value.code == 2
 
 
-def test_cli_models_without_torch_names_the_extra_to_install():
-    script = textwrap.dedent("""
-        import sys
-        class BlockTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, BlockTorch())
+def test_cli_models_without_torch_names_the_extra_to_install(run_without_torch):
+    script = """
         from edgereg.cli.main import main
         sys.exit(main(["models"]))
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    """
+    result = run_without_torch(script)
     assert result.returncode == 2
     assert "pip install 'edgereg[train]'" in result.stderr

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
-import textwrap
 
 import cv2
 import numpy as np
@@ -275,14 +272,8 @@ def test_cli_synth_rejects_a_non_positive_count(tmp_path, capsys):
     assert "expected a number >= 1" in capsys.readouterr().err
 
 
-def test_synth_and_data_run_without_torch(tmp_path):
-    script = textwrap.dedent(f"""
-        import sys
-        class BlockTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, BlockTorch())
+def test_synth_and_data_run_without_torch(tmp_path, run_without_torch):
+    script = f"""
         from edgereg.preprocess import PreprocessConfig
         from edgereg.training.data import load_dataset
         from edgereg.training.synth import make_dataset
@@ -291,7 +282,7 @@ def test_synth_and_data_run_without_torch(tmp_path):
         assert data.images.shape == (3, 16, 16, 3), data.images.shape
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch imported"
         print("OK")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    """
+    result = run_without_torch(script)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "OK" in result.stdout
