@@ -101,7 +101,7 @@ class KLDivergenceLoss(nn.Module):
 
 
 def default_loss(kind: str) -> str:
-    """The loss used for ``kind`` when none is asked for (DESIGN.md's table)."""
+    """The loss used for ``kind`` when none is asked for (``DEFAULT_LOSS``, one per kind)."""
     check_kind(kind)
     return DEFAULT_LOSS[kind]
 

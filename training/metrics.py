@@ -17,6 +17,7 @@ import numpy as np
 
 from edgereg.card import KINDS
 from edgereg.errors import ShapeError, did_you_mean
+from edgereg.preprocess.geometry import uv_to_source_pixels  # noqa: F401 (re-exported: fit, tests)
 
 
 def circular_difference(pred_deg: np.ndarray, true_deg: np.ndarray) -> np.ndarray:
@@ -43,28 +44,6 @@ def circular_mean(angles_deg: np.ndarray, axis: int = 0) -> np.ndarray:
     radians = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
     mean = np.rad2deg(np.arctan2(np.sin(radians).mean(axis=axis), np.cos(radians).mean(axis=axis)))
     return np.mod(mean, 360.0)
-
-
-def uv_to_source_pixels(uv: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
-    """Map coords in [0, 1] of the model input to source-image pixels (CONTRACTS geometry).
-
-    ``x = x0 + u * w - 0.5`` and ``y = y0 + v * h - 0.5`` for each (x, y) pair of columns.
-
-    Args:
-        uv: (N, 2K) float, columns u0, v0, u1, v1, ...
-        crop_boxes: (N, 4) float, (x0, y0, w, h) of each image's crop in source pixels.
-
-    Returns:
-        (N, 2K) float64 source pixels.
-    """
-    uv = np.asarray(uv, dtype=np.float64)
-    boxes = np.asarray(crop_boxes, dtype=np.float64)
-    if uv.ndim != 2 or uv.shape[1] % 2 or boxes.shape != (uv.shape[0], 4):
-        raise ShapeError(f"expected uv (N, 2K) and crop_boxes (N, 4), got {uv.shape} and {boxes.shape}")
-    pixels = np.empty_like(uv)
-    pixels[:, 0::2] = boxes[:, 0:1] + uv[:, 0::2] * boxes[:, 2:3] - 0.5
-    pixels[:, 1::2] = boxes[:, 1:2] + uv[:, 1::2] * boxes[:, 3:4] - 0.5
-    return pixels
 
 
 def errors_of(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:

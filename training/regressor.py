@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgereg.card import INPUT_NAME, OUTPUT_NAME
 from edgereg.errors import DatasetError, EdgeregError, ShapeError, require_extra
 from edgereg.training.heads import check_kind
 
@@ -295,8 +296,8 @@ class Regressor(nn.Module):
                 # dynamo=False is deliberate (see the docstring); its deprecation notices are noise here
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 torch.onnx.export(
-                    self, (example,), str(path), input_names=["image"], output_names=["value"],
-                    dynamic_axes={"image": {0: "batch"}, "value": {0: "batch"}},
+                    self, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                     opset_version=opset, do_constant_folding=True, dynamo=False,
                 )
         finally:

@@ -1,7 +1,7 @@
 """Synthetic datasets that stand in for the users' photos: reaction wells, gravel, boxes, patches, arrows.
 
 Each task renders its images with numpy and OpenCV (never torch: the demo and the runtime benchmarks
-use this module) and writes the dataset format of DESIGN.md::
+use this module) and writes the dataset format of docs/CONTRACTS.md::
 
     OUT/labels.csv        path (relative to the csv), one column per target, group (where meaningful)
     OUT/images/00000.png  ...
@@ -10,7 +10,7 @@ Every image is a pure function of ``(seed, index, n, size)``: it draws from its 
 (and its sample's or group's stream), so a dataset is reproducible byte for byte, renders in
 parallel threads, and does not depend on the order the threads finish in.
 
-Tasks (the seed documents in /work/shared/seeds/ they stand in for):
+Tasks (in brackets, the number of the user's account of the problem each one stands in for):
 
 * ``assay`` (000): a round reaction well from above, its liquid coloured by a Beer-Lambert curve of
   the concentration (80..350 mg/L); the well is rotated and mirrored at random and carries

@@ -440,7 +440,7 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
     """Train a regressor on a dataset directory into ``run_dir``.
 
     Args:
-        dataset_root: a directory with labels.csv (DESIGN.md dataset format).
+        dataset_root: a directory with labels.csv (the dataset format of docs/CONTRACTS.md).
         run_dir: the run directory (created); must not hold another run unless ``resume``.
         config: the training configuration. With ``resume`` the stored configuration is used
             (only ``threads`` and ``device`` are taken from this one).
