@@ -362,17 +362,37 @@ def main_real(args) -> None:
     results_path = work / "accuracy_real.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     tasks = args.tasks.split(",") if args.tasks else list(runners)
-    for task in tasks:
-        print(f"\n=== real {task}", flush=True)
-        results[task] = runners[task](work, args.minutes)
+    run_tasks({task: (lambda task=task: runners[task](work, args.minutes)) for task in tasks}, results, results_path,
+              label="real ")
+    print_table(f"{'task':<11}{'metric':<28}{'fp32':>10}{'int8':>10}  {'budget':>6}  "
+                "classical baseline / floor / ours vs baseline", results, results_path,
+                lambda task, row: f"{task:<11}{row['metric']:<28}{cell(row['fp32']):>10}{cell(row['int8']):>10}  "
+                                  f"{row['budget_used']:>6.0%}  {row['baseline']}; floor {row['floor']}; "
+                                  f"{row['ratio']} {verdict(row)}")
+
+
+def run_tasks(runners: dict, results: dict, results_path: Path, *, label: str = "") -> None:
+    """Run each task (name -> no-argument callable) in order, saving ``results`` after each one."""
+    for task, run in runners.items():
+        print(f"\n=== {label}{task}", flush=True)
+        results[task] = run()
         results_path.write_text(json.dumps(results, indent=1, default=str))
-    print(f"\n{'task':<11}{'metric':<28}{'fp32':>10}{'int8':>10}  {'budget':>6}  classical baseline / floor / ours vs baseline")
+
+
+def cell(value) -> str:
+    """A table cell: floats with 3 decimals, anything else as it is."""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def verdict(row: dict) -> str:
+    return {True: "MET", False: "MISSED", None: ""}[row["met"]]
+
+
+def print_table(header: str, results: dict, results_path: Path, line) -> None:
+    """The header, one ``line(task, row)`` per task, and where the results are."""
+    print("\n" + header)
     for task, result in results.items():
-        row = result["row"]
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-        met = {True: "MET", False: "MISSED", None: ""}[row["met"]]
-        print(f"{task:<11}{row['metric']:<28}{fmt(row['fp32']):>10}{fmt(row['int8']):>10}  "
-              f"{row['budget_used']:>6.0%}  {row['baseline']}; floor {row['floor']}; {row['ratio']} {met}")
+        print(line(task, result["row"]))
     print(f"\nresults: {results_path}")
 
 
@@ -405,18 +425,10 @@ def main() -> None:
     from edgereg.platform_info import runtime_line
 
     print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
-    for task in args.tasks.split(","):
-        print(f"\n=== {task}", flush=True)
-        results[task] = runners[task]()
-        results_path.write_text(json.dumps(results, indent=1, default=str))
-    print(f"\n{'task':<14}{'metric':<32}{'fp32':>34}{'int8':>34}  goal / reference")
-    for task, result in results.items():
-        row = result["row"]
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-        met = {True: "MET", False: "MISSED", None: ""}[row["met"]]
-        print(f"{task:<14}{row['metric']:<32}{fmt(row['fp32']):>34}{fmt(row['int8']):>34}  "
-              f"{row['goal']} {met}; {row['reference']}")
-    print(f"\nresults: {results_path}")
+    run_tasks({task: runners[task] for task in args.tasks.split(",")}, results, results_path)
+    print_table(f"{'task':<14}{'metric':<32}{'fp32':>34}{'int8':>34}  goal / reference", results, results_path,
+                lambda task, row: f"{task:<14}{row['metric']:<32}{cell(row['fp32']):>34}{cell(row['int8']):>34}  "
+                                  f"{row['goal']} {verdict(row)}; {row['reference']}")
 
 
 if __name__ == "__main__":
