@@ -134,3 +134,57 @@ def test_capabilities_of_each_kind():
     assert [KIND_BY_NAME[k].value_difficulty for k in KINDS] == [True, True, True, False, False]
     assert [k for k in KINDS if KIND_BY_NAME[k].xy_points] == ["coords"]
     assert [k for k in KINDS if KIND_BY_NAME[k].circular] == ["angle"]
+
+
+def test_angle_intervals_wrap_through_zero_on_values_worked_by_hand():
+    # bounds: mapped into [0, 360); a width of a whole turn or more is the whole circle (0, 360)
+    lo, hi = ANGLE.interval_bounds(np.array([[-10.0, 100.0, 5.0]]), np.array([[10.0, 470.0, 5.0 + 360.0]]),
+                                   np.array([[20.0, 370.0, 360.0]]))
+    np.testing.assert_array_equal(lo, [[350.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(hi, [[10.0, 360.0, 360.0]])
+    np.testing.assert_array_equal(ANGLE.interval_width(np.array([350.0, 10.0]), np.array([10.0, 30.0])), [20.0, 20.0])
+    # coverage: a plain interval, one through 0 (lo > hi), the whole circle; edges count as inside
+    lo, hi = np.array([[10.0, 350.0, 0.0]]), np.array([[30.0, 10.0, 360.0]])
+    cases = {
+        10.0: [True, True, True], 30.0: [True, False, True], 20.0: [True, False, True],
+        9.9: [False, True, True], 30.1: [False, False, True], 350.0: [False, True, True],
+        -5.0: [False, True, True], 365.0: [False, True, True], 180.0: [False, False, True],
+        349.9: [False, False, True], 10.1: [True, False, True],
+    }
+    for truth, expected in cases.items():
+        assert ANGLE.covered(np.full((1, 3), truth), lo, hi).tolist() == [expected], truth
+    # a (0, 360) pair that is not the whole circle in one target only
+    assert ANGLE.covered(np.array([[180.0, 180.0]]), np.array([[0.0, 0.0]]), np.array([[360.0, 90.0]])).tolist() \
+        == [[True, False]]
+
+
+def test_plain_coverage_and_residuals_include_the_edges_and_keep_float64():
+    lo, hi = np.array([[1.0, 1.0, 1.0, 1.0]]), np.array([[2.0, 2.0, 2.0, 2.0]])
+    assert SCALAR.covered(np.array([[1.0, 2.0, 0.999, 2.001]]), lo, hi).tolist() == [[True, True, False, False]]
+    residual = SCALAR.residual(np.float32([[1.1]]), np.float32([[0.3]]))
+    assert residual.dtype == np.float64
+    np.testing.assert_array_equal(residual, np.float64(np.float32(1.1)) - np.float64(np.float32(0.3)))
+    np.testing.assert_array_equal(ANGLE.residual(np.array([[350.0]]), np.array([[10.0]])), [[-20.0]])
+    assert ANGLE.targets_problem(("a",)) is None and "one name" in ANGLE.targets_problem(("a", "b"))
+
+
+def test_angle_median_is_taken_around_the_circular_mean():
+    history = np.array([[350.0], [10.0], [20.0], [355.0], [5.0]])  # around 0: -10, 10, 20, -5, 5 -> median 5
+    np.testing.assert_allclose(ANGLE.median(history), [5.0], atol=1e-9)
+    np.testing.assert_allclose(ANGLE.median(np.array([[340.0], [350.0], [345.0]])), [345.0], atol=1e-9)
+    state = ANGLE.ema_state(np.array([90.0, 180.0]))
+    np.testing.assert_allclose(state, [[0.0, 1.0], [-1.0, 0.0]], atol=1e-12)
+
+
+def test_distribution_bins_and_intervals_stay_probabilities():
+    assert DISTRIBUTION.targets_problem(("a", "b")) is None
+    assert "at least 2 bins" in DISTRIBUTION.targets_problem(("a",))
+    lo, hi = DISTRIBUTION.interval_bounds(np.array([[-0.1, 0.2, 1.2]]), np.array([[0.1, 1.3, 1.5]]),
+                                          np.array([[0.2, 1.1, 0.3]]))
+    np.testing.assert_array_equal(lo, [[0.0, 0.2, 1.0]])
+    np.testing.assert_array_equal(hi, [[0.1, 1.0, 1.0]])
+
+
+def test_an_unhashable_kind_is_a_card_error_not_a_type_error():
+    with pytest.raises(CardError, match=r"unknown target kind \['scalar'\]"):
+        target_kind(["scalar"])

@@ -144,3 +144,46 @@ def test_stability_edges():
     across_zero = StabilityTracker(2, np.array([5.0]), circular=True)
     across_zero.update(np.array([358.0]))
     assert across_zero.update(np.array([1.0]))
+
+
+def test_float32_readings_are_wrapped_and_smoothed_in_float64():
+    """A float32 model output must not drag the angle arithmetic and the smoothers down to float32:
+    190.1 degrees in float32 is 190.1000061..., and float32 arithmetic would round it again."""
+    from edgereg.angles import to_full_turn, wrap_degrees
+
+    reading = np.float32([190.1, -0.1])
+    exact = reading.astype(np.float64)
+    wrapped = wrap_degrees(reading)
+    assert wrapped.dtype == np.float64
+    np.testing.assert_array_equal(wrapped, (exact + 180.0) % 360.0 - 180.0)
+    turned = to_full_turn(reading)
+    assert turned.dtype == np.float64
+    np.testing.assert_array_equal(turned, np.mod(exact, 360.0))
+    for smoother in (MedianSmoother(3), EmaSmoother(3)):
+        smoother.update(np.float32([1.1]))
+        out = smoother.update(np.float32([2.3]))
+        assert out.dtype == np.float64
+    median = MedianSmoother(3)
+    median.update(np.float32([1.1]))
+    np.testing.assert_array_equal(median.update(np.float32([2.3])),
+                                  [(np.float64(np.float32(1.1)) + np.float64(np.float32(2.3))) / 2])
+
+
+def test_angle_stability_is_judged_around_the_newest_reading():
+    """350, 10 and then 179 degrees are not stable: around 179 the three span 340 degrees (the old
+    pair sits on the far side of the circle). Measured around 10 they would seem to span 189."""
+    from edgereg.smoothing import StabilityTracker
+
+    tracker = StabilityTracker(3, np.array([200.0]), circular=True)
+    assert [tracker.update(np.array([a])) for a in (350.0, 10.0, 179.0)] == [False, False, False]
+    steady = StabilityTracker(3, np.array([25.0]), circular=True)
+    assert [steady.update(np.array([a])) for a in (350.0, 10.0, 359.0)] == [False, False, True]
+
+
+def test_stability_spread_of_float32_readings_is_taken_in_float64():
+    """1.0 - 1e-8 is 0.99999999 in float64 but rounds to 1.0 in float32: a tolerance between the two
+    must call the pair stable."""
+    from edgereg.smoothing import StabilityTracker
+
+    tracker = StabilityTracker(2, np.array([0.999999995]))
+    assert [tracker.update(np.float32([1e-8])), tracker.update(np.float32([1.0]))] == [False, True]
