@@ -12,7 +12,7 @@ from torch import nn
 
 from edgereg.errors import DatasetError, EdgeregError, ShapeError
 from edgereg.training.heads import HEAD_STYLES, make_head
-from edgereg.training.losses import LOSS_KINDS, LOSSES, default_loss, make_loss
+from edgereg.training.losses import LOSSES, default_loss, loss_kinds, make_loss
 from edgereg.training.models import create_model, default_model
 from edgereg.training.regressor import OutputTransform, Regressor, atan2
 
@@ -232,7 +232,7 @@ def tiny_problem(kind: str, seed: int = 0):
     return Regressor(model, transform), images, targets
 
 
-LOSS_CASES = [(name, kind) for name in LOSSES for kind in LOSS_KINDS[name]]
+LOSS_CASES = [(name, kind) for name in LOSSES for kind in loss_kinds(name)]
 
 
 @pytest.mark.parametrize(("name", "kind"), LOSS_CASES, ids=[f"{n}-{k}" for n, k in LOSS_CASES])
