@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
+from edgereg.kinds import target_kind
 from edgereg.preprocess import PreprocessConfig, default_threads, read_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.training.kind_training import KIND_TRAINING, SUM_TOLERANCE, coord_pairs, kind_training
@@ -85,7 +86,7 @@ class Dataset:
 
     def source_targets(self) -> np.ndarray:
         """(N, T) float64 targets in the csv's own units (coords back in source pixels)."""
-        if self.kind != "coords":
+        if not target_kind(self.kind).xy_points:
             return self.targets.copy()
         x0, y0, w, h = (self.crop_boxes[:, i:i + 1] for i in range(4))  # 4 x (N, 1)
         out = self.targets.copy()
@@ -546,7 +547,7 @@ def check_targets_vary(dataset: Dataset) -> None:
     values = np.asarray(dataset.targets, dtype=np.float64)  # (N, T)
     if len(values) == 0:
         return
-    if dataset.kind == "distribution":
+    if kind_training(dataset.kind).bins:
         if np.ptp(values, axis=0).max() <= _CONSTANT_SPAN:
             raise DatasetError(f"every row of {LABELS_FILE} has the same distribution; there is nothing to learn: "
                                "label images with different distributions")
@@ -554,7 +555,7 @@ def check_targets_vary(dataset: Dataset) -> None:
     span = np.ptp(values, axis=0)  # (T,)
     scale = np.maximum(np.abs(values).max(axis=0), np.finfo(np.float64).tiny)  # (T,)
     constant = span <= _CONSTANT_SPAN * scale
-    if dataset.kind == "coords":
+    if target_kind(dataset.kind).xy_points:  # one point's x or y may stay put; all of them may not
         constant = constant if constant.all() else np.zeros_like(constant)
     if not constant.any():
         return
@@ -563,7 +564,7 @@ def check_targets_vary(dataset: Dataset) -> None:
                       if flag)
     near = "" if (span[constant] == 0).all() else "nearly "
     fix = (f"drop it with --targets {','.join(n for n in dataset.names if n not in names)}"
-           if dataset.kind == "vector" and len(names) < len(dataset.names)
+           if len(names) < len(dataset.names)
            else "label images whose values differ")
     raise DatasetError(f"target {'column' if len(names) == 1 else 'columns'} {', '.join(names)} "
                        f"{'is' if len(names) == 1 else 'are'} {near}constant over all {len(values)} rows "

@@ -19,6 +19,9 @@ fitted fields, the target encoding and the output link (:mod:`edgereg.training.r
 them), the dataset's target checks and units, how targets move with the geometric augmentation,
 and the per-element errors the metrics use.
 
+The module loads without torch (the dataset loader and ``edgereg synth`` use it on machines without
+it); the methods that compute on tensors import torch themselves.
+
 To add a kind: its runtime object in ``edgereg/kinds.py`` and its training object here (a subclass
 of :class:`KindTraining` overriding what differs, added to ``KIND_TRAINING``).
 """
@@ -31,13 +34,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from edgereg.angles import circular_difference
 from edgereg.errors import DatasetError, EdgeregError, ShapeError, did_you_mean
 from edgereg.kinds import TargetKind, target_kind
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from edgereg.training.regressor import OutputTransform
@@ -61,6 +64,12 @@ class KindTraining:
         single_target: the kind reads exactly one column.
         transform_fields: the :class:`OutputTransform` fields fitted on the training split.
         r2: R² is a meaningful per-target metric (not on the circle).
+        bounded: targets lie in a range (``--range``) the output is squashed into.
+        round_crop: round samples on plain corners get a circle crop (the mask hides what rotations
+            invent at the corners); kinds whose targets may depend on every pixel keep the frame.
+        colour_reading: the kind reads a colour, so reference normalisation is tried (``--reference auto``).
+        small_input_models: extra race candidates for small whole-frame inputs (``edgereg.training.race``).
+        bins: targets are the bins of one distribution (reports show per-bin errors, not groups).
     """
 
     name: str
@@ -73,6 +82,11 @@ class KindTraining:
     single_target: bool = False
     transform_fields: tuple[str, ...] = ()
     r2: bool = True
+    bounded: bool = False
+    round_crop: bool = False
+    colour_reading: bool = False
+    small_input_models: tuple[str, ...] = ()
+    bins: bool = False
 
     def __str__(self) -> str:
         return self.name
@@ -81,6 +95,11 @@ class KindTraining:
     def target(self) -> TargetKind:
         """The runtime kind of the same name."""
         return target_kind(self.name)
+
+    @property
+    def paired_outputs(self) -> bool:
+        """Raw outputs come in pairs ((x, y) points, (sin, cos) of an angle)."""
+        return self.target.xy_points or self.outputs_per_target == 2
 
     # --- output transform ---------------------------------------------------------------------
     def fit(self, targets: np.ndarray, value_range) -> dict[str, tuple[float, ...]]:
@@ -138,6 +157,14 @@ class KindTraining:
         """(N, T) -> (T,) the spread of each column in its units."""
         return values.std(axis=0)
 
+    def column_mean(self, values: np.ndarray) -> np.ndarray:
+        """(N, T) -> (T,) the mean of each column in its units."""
+        return values.mean(axis=0)
+
+    def column_median(self, values: np.ndarray) -> np.ndarray:
+        """(N, T) -> (T,) the median of each column in its units."""
+        return np.median(values, axis=0)
+
 
 @dataclass(frozen=True)
 class Scalar(KindTraining):
@@ -154,10 +181,14 @@ class Scalar(KindTraining):
         return {"lo": tuple(bounds[:, 0]), "hi": tuple(bounds[:, 1])}
 
     def encode(self, y, transform):
+        import torch
+
         lo, hi = (torch.tensor(v, dtype=torch.float32, device=y.device) for v in (transform.lo, transform.hi))
         return ((y - lo) / (hi - lo)).clamp(0.0, 1.0)
 
     def to_target_space(self, raw):
+        import torch
+
         return torch.sigmoid(raw)
 
     def output_constants(self, transform):
@@ -165,6 +196,8 @@ class Scalar(KindTraining):
         return {"offset": lo, "scale": hi - lo}
 
     def output(self, layer, raw):
+        import torch
+
         return layer.offset + layer.scale * torch.sigmoid(raw)
 
 
@@ -176,6 +209,8 @@ class Vector(KindTraining):
         return {"mean": tuple(targets.mean(axis=0)), "std": tuple(targets.std(axis=0))}
 
     def encode(self, y, transform):
+        import torch
+
         mean, std = (torch.tensor(v, dtype=torch.float32, device=y.device) for v in (transform.mean, transform.std))
         return (y - mean) / std
 
@@ -198,9 +233,13 @@ class Distribution(KindTraining):
         return y / total
 
     def to_target_space(self, raw):
+        import torch
+
         return torch.softmax(raw, dim=1)
 
     def output(self, layer, raw):
+        import torch
+
         return torch.softmax(raw, dim=1)
 
     def check_targets(self, names, targets, csv_name, lines):
@@ -221,6 +260,8 @@ class Coords(KindTraining):
         return raw.clamp(0.0, 1.0)
 
     def init_bias(self, layer):
+        import torch
+
         if getattr(layer, "bias", None) is not None:
             torch.nn.init.constant_(layer.bias, 0.5)  # the image centre instead of the corner
 
@@ -251,6 +292,8 @@ class Angle(KindTraining):
     """One direction in degrees, learnt as a (sin, cos) pair."""
 
     def encode(self, y, transform):
+        import torch
+
         radians = torch.deg2rad(y)
         pairs = torch.stack([torch.sin(radians), torch.cos(radians)], dim=2)  # (N,T) -> (N,T,2)
         return pairs.flatten(1)  # (N,T,2) -> (N,2T)
@@ -265,11 +308,24 @@ class Angle(KindTraining):
         return names, np.mod(targets, 360.0)
 
     def move_targets(self, targets, angles, flips, shifts, size):
+        import torch
+
         flipped = torch.where(flips.to(targets.device).unsqueeze(1), 180.0 - targets, targets)  # (B,) -> (B,1)
         return torch.remainder(flipped + angles.to(targets.device).unsqueeze(1), 360.0)  # (B,) -> (B,1)
 
     def errors(self, y_true, y_pred):
         return circular_difference(y_pred, y_true)
+
+    def column_mean(self, values):
+        """Circular mean in degrees per column, in [0, 360)."""
+        from edgereg.training.metrics import circular_mean
+
+        return circular_mean(values, axis=0)
+
+    def column_median(self, values):
+        """The median of the differences to the circular mean, added back to it, in [0, 360)."""
+        mean = self.column_mean(values)
+        return np.mod(mean + np.median(circular_difference(values, mean), axis=0), 360.0)
 
     def column_std(self, values):
         """Circular standard deviation in degrees per column."""
@@ -310,12 +366,14 @@ def register_kind_training(kind: KindTraining) -> KindTraining:
 
 for _kind in (
     Scalar("scalar", single_target=True, unit_space=True, losses=("mse", "huber", "mse_logmse"),
-           transform_fields=("lo", "hi")),
-    Vector("vector", transform_fields=("mean", "std")),
+           transform_fields=("lo", "hi"), bounded=True, round_crop=True, colour_reading=True,
+           small_input_models=("base_seed004",)),
+    Vector("vector", transform_fields=("mean", "std"), colour_reading=True, small_input_models=("base_seed004",)),
     Distribution("distribution", head="location", loss="soft_ce", unit_space=True,
-                 losses=("mse", "huber", "mse_logmse", "soft_ce", "kl")),
+                 losses=("mse", "huber", "mse_logmse", "soft_ce", "kl"), round_crop=True, colour_reading=True,
+                 bins=True),
     Coords("coords", head="soft_argmax", unit_space=True, invariant=False, losses=("mse", "huber", "mse_logmse")),
-    Angle("angle", single_target=True, outputs_per_target=2, invariant=False, r2=False),
+    Angle("angle", single_target=True, outputs_per_target=2, invariant=False, r2=False, round_crop=True),
 ):
     register_kind_training(_kind)
 
