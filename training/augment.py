@@ -115,7 +115,8 @@ def default_augment(kind: str, *, crop: str, square: bool, invariance: str = "au
       (circle crops; D4 on other squares).
 
     Translation (5 %) is used for cropped inputs and coords; whole-frame crops of other kinds skip
-    it, as their targets may depend on every pixel (e.g. pixel statistics).
+    it, as their targets may depend on every pixel (e.g. pixel statistics), and counts skip it (a
+    shift may push a counted particle out of the frame).
     """
     if target_kind(kind).xy_points:
         if invariance in ("auto", "none"):
@@ -123,7 +124,7 @@ def default_augment(kind: str, *, crop: str, square: bool, invariance: str = "au
         rotation = {"flip": "none", "d4": "d4" if square else "none",
                     "rotation": "any" if crop == "circle" else ("d4" if square else "none")}[invariance]
         return AugmentConfig(rotation=rotation, hflip=True, translate=COORDS_TRANSLATE)
-    translate = 0.05 if crop != "none" else 0.0
+    translate = 0.05 if crop != "none" and kind_training(kind).translate_ok else 0.0
     if invariance == "none":
         return AugmentConfig(translate=translate)
     if invariance == "flip":

@@ -11,7 +11,7 @@ vector         pool         mse          ``mean + std * raw``         ``(y-mean)
 distribution   location     soft_ce      ``softmax``                  ``y / sum(y)``                unchanged
 coords         soft_argmax  mse          ``clip(raw, 0, 1)``          ``y`` in [0, 1] of the input  move
 angle          pool         mse          degrees from (sin, cos)      ``(sin y, cos y)``            move
-count          pool         poisson      ``exp(raw)`` (log-rate)      ``y`` (counts >= 0)           unchanged
+count          pool         poisson      ``mean * exp(raw)``          ``y / mean``                  unchanged
 =============  ===========  ===========  ==========================  ===========================  =========
 
 Each object answers: the default head style and loss, which losses fit, the output transform's
@@ -70,6 +70,8 @@ class KindTraining:
         colour_reading: the kind reads a colour, so reference normalisation is tried (``--reference auto``).
         small_input_models: extra race candidates for small whole-frame inputs (``edgereg.training.race``).
         bins: targets are the bins of one distribution (reports show per-bin errors, not groups).
+        translate_ok: shifting the image leaves the targets unchanged or moves them exactly (a shift
+            may push counted particles out of the frame).
     """
 
     name: str
@@ -87,6 +89,7 @@ class KindTraining:
     colour_reading: bool = False
     small_input_models: tuple[str, ...] = ()
     bins: bool = False
+    translate_ok: bool = True
 
     def __str__(self) -> str:
         return self.name
@@ -334,6 +337,52 @@ class Angle(KindTraining):
         return np.rad2deg(np.sqrt(-2.0 * np.log(np.clip(length, 1e-12, 1.0))))
 
 
+@dataclass(frozen=True)
+class Count(KindTraining):
+    """Non-negative whole numbers (particles in a photo): a log-rate, learnt with the Poisson likelihood.
+
+    The raw output is the log of the expected count relative to the training split's mean count per
+    target, so a raw 0 is the mean and the first steps start there; ``forward`` is ``mean * exp(raw)``
+    (the ONNX ``value``: the expected count). The encoded target is ``y / mean``; the Poisson loss
+    ``exp(raw) - (y / mean) raw`` is the Poisson negative log-likelihood of ``y`` divided by the
+    constant ``mean`` (plus a constant): the same minimum, gradients on the scale of the vector kind's.
+    """
+
+    def fit(self, targets, value_range):
+        mean = targets.mean(axis=0)
+        if not (mean > 0).all():
+            raise DatasetError("a count column is 0 in every training row; a model cannot learn it: "
+                               "label images with particles or drop the column")
+        return {"mean": tuple(mean)}
+
+    def encode(self, y, transform):
+        import torch
+
+        if bool((y < 0).any()):
+            raise DatasetError("count targets must be >= 0; fix the rows or use --kind vector")
+        return y / torch.tensor(transform.mean, dtype=torch.float32, device=y.device)
+
+    def to_target_space(self, raw):
+        import torch
+
+        return torch.exp(raw)
+
+    def output_constants(self, transform):
+        return {"scale": np.asarray(transform.mean)}
+
+    def output(self, layer, raw):
+        import torch
+
+        return layer.scale * torch.exp(raw)
+
+    def check_targets(self, names, targets, csv_name, lines):
+        bad = np.flatnonzero(((targets < 0) | (targets != np.round(targets))).any(axis=1))
+        if len(bad):
+            row = int(bad[0])
+            raise DatasetError(f"kind 'count' needs whole numbers >= 0; {csv_name} line {lines[row]} has "
+                               f"{', '.join(f'{v:g}' for v in targets[row])}; fix the row or use --kind vector")
+
+
 def coord_pairs(names: Sequence[str]) -> list[tuple[int, int]] | None:
     """Index pairs (ix, iy) when every name is half of an ``x, y`` or ``P_x, P_y`` pair, else None."""
     if not names:
@@ -374,6 +423,8 @@ for _kind in (
                  bins=True),
     Coords("coords", head="soft_argmax", unit_space=True, invariant=False, losses=("mse", "huber", "mse_logmse")),
     Angle("angle", single_target=True, outputs_per_target=2, invariant=False, r2=False, round_crop=True),
+    Count("count", loss="poisson", losses=("poisson", "mse", "huber"), transform_fields=("mean",),
+          round_crop=True, translate_ok=False),
 ):
     register_kind_training(_kind)
 
@@ -394,5 +445,5 @@ def kind_training(kind: str | KindTraining | TargetKind) -> KindTraining:
     return found
 
 
-__all__ = ["KIND_TRAINING", "SUM_TOLERANCE", "Angle", "Coords", "Distribution", "KindTraining", "Scalar", "Vector",
+__all__ = ["KIND_TRAINING", "SUM_TOLERANCE", "Angle", "Coords", "Count", "Distribution", "KindTraining", "Scalar", "Vector",
            "coord_pairs", "kind_training", "register_kind_training"]

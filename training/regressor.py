@@ -38,7 +38,7 @@ class OutputTransform:
 
     kind: str  # a kind of edgereg.training.kind_training: picks the link (sigmoid range, softmax, atan2, ...)
     n_targets: int  # T: columns of the physical output (1 per angle, 2 per coords point)
-    mean: tuple[float, ...] = ()  # vector only: training-split mean per target, physical units
+    mean: tuple[float, ...] = ()  # vector and count: training-split mean per target, physical units
     std: tuple[float, ...] = ()  # vector only: training-split std per target (> 0)
     lo: tuple[float, ...] = ()  # scalar only: lower end of each target's range, physical units
     hi: tuple[float, ...] = ()  # scalar only: upper end of each target's range (> lo)
