@@ -49,7 +49,8 @@ class Dataset:
         targets: (N, T) float64 in the csv's units, except coords: [0, 1] of the model input
             (``u = (x - x0 + 0.5) / w``), and angles wrapped to [0, 360).
         names: the T target names, in column order (coords reordered to x, y per point).
-        kind: a name of ``edgereg.training.kind_training.KIND_TRAINING`` (scalar, vector, distribution, coords, angle, count).
+        kind: a name in ``edgereg.training.kind_training.KIND_TRAINING`` (scalar, vector, distribution,
+            coords, angle, count).
         kind_reason: why this kind (inferred, or "given").
         groups: (N,) object array of str (the csv's ``group`` column), or None.
         paths: N image paths as written in labels.csv (relative to ``root``, or absolute).
