@@ -311,5 +311,6 @@ def target_kind(kind: str | TargetKind) -> TargetKind:
     return found
 
 
-__all__ = ["ANGLE", "COORDS", "COUNT", "DISTRIBUTION", "KIND_BY_NAME", "KIND_NAMES", "SCALAR", "VECTOR", "Angle", "Coords",
+__all__ = ["ANGLE", "COORDS", "COUNT", "DISTRIBUTION", "KIND_BY_NAME", "KIND_NAMES", "SCALAR", "VECTOR", "Angle",
+           "Coords",
            "Distribution", "TargetKind", "target_kind"]

@@ -445,5 +445,6 @@ def kind_training(kind: str | KindTraining | TargetKind) -> KindTraining:
     return found
 
 
-__all__ = ["KIND_TRAINING", "SUM_TOLERANCE", "Angle", "Coords", "Count", "Distribution", "KindTraining", "Scalar", "Vector",
+__all__ = ["KIND_TRAINING", "SUM_TOLERANCE", "Angle", "Coords", "Count", "Distribution", "KindTraining", "Scalar",
+           "Vector",
            "coord_pairs", "kind_training", "register_kind_training"]
