@@ -12,6 +12,7 @@ vector        physical, per target mean, std                      1% of range   
 distribution  probability per bin  mean renormalized to 1, std    0.01                 clipped [0, 1]
 coords        source pixels        un-transform (u, v), mean, std 1 pixel              as is
 angle         degrees [0, 360)     un-rotate/un-flip, circular    1 degree             wrapped
+count         expected count >= 0  mean, std                      1% of range          as is
 ============  ===================  =============================  ==================  ==========
 
 The network's own output units differ from the user's only for coords: ``[0, 1]`` of the model
@@ -280,6 +281,10 @@ class Angle(TargetKind):
 
 SCALAR = TargetKind("scalar")
 VECTOR = TargetKind("vector")
+# Counts (particles in a photo) read as plain numbers: the network's exp output is the expected count,
+# a real number >= 0 (the mean over TTA views is one too), not rounded, so averaging, smoothing and
+# intervals keep their meaning. Intervals are not clipped at 0 (the C lab kernel does not either).
+COUNT = TargetKind("count", units="count")
 DISTRIBUTION = Distribution("distribution", units="probability", stable_tolerance=0.01, calibrated=False,
                             range_flagged=False, lab_code=2, min_raw_outputs=2)
 COORDS = Coords("coords", units="source pixels", stable_tolerance=1.0, calibrated=False, range_flagged=False,
@@ -287,7 +292,7 @@ COORDS = Coords("coords", units="source pixels", stable_tolerance=1.0, calibrate
 ANGLE = Angle("angle", units="degrees", stable_tolerance=1.0, circular=True, calibrated=False, range_flagged=False,
               value_difficulty=False, lab_code=1, min_raw_outputs=2)
 
-KIND_BY_NAME: dict[str, TargetKind] = {k.name: k for k in (SCALAR, VECTOR, DISTRIBUTION, COORDS, ANGLE)}
+KIND_BY_NAME: dict[str, TargetKind] = {k.name: k for k in (SCALAR, VECTOR, DISTRIBUTION, COORDS, ANGLE, COUNT)}
 KIND_NAMES: tuple[str, ...] = tuple(KIND_BY_NAME)
 
 
@@ -306,5 +311,6 @@ def target_kind(kind: str | TargetKind) -> TargetKind:
     return found
 
 
-__all__ = ["ANGLE", "COORDS", "DISTRIBUTION", "KIND_BY_NAME", "KIND_NAMES", "SCALAR", "VECTOR", "Angle", "Coords",
+__all__ = ["ANGLE", "COORDS", "COUNT", "DISTRIBUTION", "KIND_BY_NAME", "KIND_NAMES", "SCALAR", "VECTOR", "Angle",
+           "Coords",
            "Distribution", "TargetKind", "target_kind"]

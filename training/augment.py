@@ -42,8 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from edgereg.errors import EdgeregError, did_you_mean
+from edgereg.kinds import target_kind
 from edgereg.preprocess import PreprocessConfig
 from edgereg.preprocess.reference import circle_mask
+from edgereg.training.kind_training import kind_training
 
 ROTATIONS = ("none", "d4", "any")
 PRESETS = ("auto", "none", "geometric", "lighting", "all")
@@ -113,15 +115,16 @@ def default_augment(kind: str, *, crop: str, square: bool, invariance: str = "au
       (circle crops; D4 on other squares).
 
     Translation (5 %) is used for cropped inputs and coords; whole-frame crops of other kinds skip
-    it, as their targets may depend on every pixel (e.g. pixel statistics).
+    it, as their targets may depend on every pixel (e.g. pixel statistics), and counts skip it (a
+    shift may push a counted particle out of the frame).
     """
-    if kind == "coords":
+    if target_kind(kind).xy_points:
         if invariance in ("auto", "none"):
             return AugmentConfig(translate=COORDS_TRANSLATE)
         rotation = {"flip": "none", "d4": "d4" if square else "none",
                     "rotation": "any" if crop == "circle" else ("d4" if square else "none")}[invariance]
         return AugmentConfig(rotation=rotation, hflip=True, translate=COORDS_TRANSLATE)
-    translate = 0.05 if crop != "none" else 0.0
+    translate = 0.05 if crop != "none" and kind_training(kind).translate_ok else 0.0
     if invariance == "none":
         return AugmentConfig(translate=translate)
     if invariance == "flip":
@@ -246,7 +249,7 @@ def augment_batch(images: torch.Tensor, targets: torch.Tensor, *, kind: str, con
     targets = targets.float()
     if config.geometric:
         angles, flips, shifts = _draw_geometry(images.shape[0], images.shape[2:], config, generator)
-        if kind == "coords":
+        if target_kind(kind).xy_points:
             shifts = _keep_points_inside(targets, angles, flips, shifts, images.shape[2:])
         images = _warp(images, angles, flips, shifts)
         targets = _move_targets(kind, targets, angles, flips, shifts, images.shape[2:])
@@ -329,12 +332,14 @@ def _warp(images: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor, shift
 
 def _move_targets(kind: str, targets: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor,
                   shifts: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """Apply the images' transforms to coords ((u, v) pairs) and angles (degrees); others unchanged."""
-    if kind == "angle":
-        flipped = torch.where(flips.to(targets.device).unsqueeze(1), 180.0 - targets, targets)  # (B,) -> (B,1)
-        return torch.remainder(flipped + angles.to(targets.device).unsqueeze(1), 360.0)  # (B,) -> (B,1)
-    if kind != "coords":
-        return targets
+    """Apply the images' transforms to the targets as the kind says (coords and angles move)."""
+    return kind_training(kind).move_targets(targets, angles, flips, shifts, size)
+
+
+def move_points(targets: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor, shifts: torch.Tensor,
+                size: torch.Size) -> torch.Tensor:
+    """(u, v) points ``(B, 2K)`` in [0, 1] of images of ``size`` (H, W), moved with the images:
+    rotated by ``angles (B,)`` degrees, mirrored where ``flips (B,)``, shifted by ``shifts (B, 2)`` px."""
     height, width = size
     dims = torch.tensor([float(width), float(height)], dtype=torch.float64)
     points = targets.double().cpu().view(targets.shape[0], -1, 2)  # (B,2K) -> (B,K,2) (u, v)

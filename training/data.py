@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -25,17 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import KINDS
 from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
+from edgereg.kinds import target_kind
 from edgereg.preprocess import PreprocessConfig, default_threads, read_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
+from edgereg.training.kind_training import KIND_TRAINING, SUM_TOLERANCE, coord_pairs, kind_training
 
 LABELS_FILE = "labels.csv"
 CACHE_DIR = ".edgereg-cache"
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 _ANGLE_NAMES = ("angle", "orientation", "heading")
 _ANGLE_SUFFIXES = ("_deg", "_angle", "_orientation")
-_SUM_TOLERANCE = 1e-3  # how far from 1 a row of a distribution may sum (rounding in the csv)
 _CONSTANT_SPAN = 1e-6  # a target whose spread is below this fraction of its magnitude is constant
 SKIPS_SHOWN = 3  # skipped rows quoted in a skip summary
 
@@ -50,7 +49,8 @@ class Dataset:
         targets: (N, T) float64 in the csv's units, except coords: [0, 1] of the model input
             (``u = (x - x0 + 0.5) / w``), and angles wrapped to [0, 360).
         names: the T target names, in column order (coords reordered to x, y per point).
-        kind: "scalar", "vector", "distribution", "coords" or "angle".
+        kind: a name in ``edgereg.training.kind_training.KIND_TRAINING`` (scalar, vector, distribution,
+            coords, angle, count).
         kind_reason: why this kind (inferred, or "given").
         groups: (N,) object array of str (the csv's ``group`` column), or None.
         paths: N image paths as written in labels.csv (relative to ``root``, or absolute).
@@ -87,7 +87,7 @@ class Dataset:
 
     def source_targets(self) -> np.ndarray:
         """(N, T) float64 targets in the csv's own units (coords back in source pixels)."""
-        if self.kind != "coords":
+        if not target_kind(self.kind).xy_points:
             return self.targets.copy()
         x0, y0, w, h = (self.crop_boxes[:, i:i + 1] for i in range(4))  # 4 x (N, 1)
         out = self.targets.copy()
@@ -121,10 +121,10 @@ def infer_kind(names: Sequence[str], targets: np.ndarray) -> tuple[str, str]:
     values = np.asarray(targets, dtype=np.float64).reshape(len(targets), len(names))  # (N, T)
     if len(names) >= 2 and values.size and values.min() >= 0:
         deviation = float(np.abs(values.sum(axis=1) - 1.0).max())
-        if deviation <= _SUM_TOLERANCE:
+        if deviation <= SUM_TOLERANCE:
             return "distribution", (f"the {len(names)} columns are non-negative and every row sums to 1 "
                                     f"(largest deviation {deviation:.1e})")
-    if _coord_pairs(names) is not None:
+    if coord_pairs(names) is not None:
         return "coords", f"columns {', '.join(names)} are (x, y) pixel coordinates"
     if len(names) == 1 and _looks_like_angle(names[0]):
         return "angle", f"the single column {names[0]!r} is named like an angle in degrees"
@@ -156,24 +156,6 @@ def default_range(values) -> tuple[float, float]:
 def _looks_like_angle(name: str) -> bool:
     lower = name.lower()
     return lower in _ANGLE_NAMES or lower.endswith(_ANGLE_SUFFIXES)
-
-
-def _coord_pairs(names: Sequence[str]) -> list[tuple[int, int]] | None:
-    """Index pairs (ix, iy) when every name is half of an ``x, y`` or ``P_x, P_y`` pair, else None."""
-    if not names:
-        return None
-    positions = {name: i for i, name in enumerate(names)}
-    pairs = []
-    for i, name in enumerate(names):
-        match = re.fullmatch(r"(.*_)?([xX])", name)
-        if match is None:
-            continue
-        partner = (match.group(1) or "") + ("y" if match.group(2) == "x" else "Y")
-        if partner in positions:
-            pairs.append((i, positions[partner]))
-    if 2 * len(pairs) != len(names):
-        return None
-    return pairs
 
 
 @dataclass(frozen=True)
@@ -379,31 +361,12 @@ def _apply_kind(names: list[str], targets: np.ndarray, boxes: np.ndarray, kind: 
     if kind is None:
         kind, reason = infer_kind(names, targets)
     else:
-        if kind not in KINDS:
-            raise DatasetError(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; use one of {', '.join(KINDS)}")
         reason = "given"
-        if kind in ("scalar", "angle") and len(names) != 1:
-            raise DatasetError(f"kind {kind!r} needs exactly one target column, got {len(names)}: "
-                               f"{', '.join(names)}; pick one with --targets")
-        if kind == "distribution":
-            sums = targets.sum(axis=1)
-            worst = int(np.argmax(np.abs(sums - 1.0)))
-            if targets.min() < 0 or abs(sums[worst] - 1.0) > _SUM_TOLERANCE:
-                raise DatasetError(f"kind 'distribution' needs non-negative rows that sum to 1; {csv_name} "
-                                   f"line {lines[worst]} sums to {sums[worst]:.6g}; fix the row or use "
-                                   f"--kind vector")
-        if kind == "coords" and _coord_pairs(names) is None:
-            raise DatasetError(f"kind 'coords' needs columns x, y or pairs P_x, P_y; got "
-                               f"{', '.join(names)}")
-    if kind == "coords":
-        order = [i for pair in _coord_pairs(names) for i in pair]  # x then y per point
-        names = [names[i] for i in order]
-        targets = targets[:, order].copy()
-        x0, y0, w, h = (boxes[:, i:i + 1] for i in range(4))  # 4 x (N, 1)
-        targets[:, 0::2] = (targets[:, 0::2] - x0 + 0.5) / w
-        targets[:, 1::2] = (targets[:, 1::2] - y0 + 0.5) / h
-    elif kind == "angle":
-        targets = np.mod(targets, 360.0)
+        if kind not in KIND_TRAINING:
+            raise DatasetError(f"unknown kind {kind!r}{did_you_mean(kind, tuple(KIND_TRAINING))}; "
+                               f"use one of {', '.join(KIND_TRAINING)}")
+        kind_training(kind).check_targets(names, targets, csv_name, lines)
+    names, targets = kind_training(kind).to_training_units(names, targets, boxes)
     return names, targets, kind, reason
 
 
@@ -585,7 +548,7 @@ def check_targets_vary(dataset: Dataset) -> None:
     values = np.asarray(dataset.targets, dtype=np.float64)  # (N, T)
     if len(values) == 0:
         return
-    if dataset.kind == "distribution":
+    if kind_training(dataset.kind).bins:
         if np.ptp(values, axis=0).max() <= _CONSTANT_SPAN:
             raise DatasetError(f"every row of {LABELS_FILE} has the same distribution; there is nothing to learn: "
                                "label images with different distributions")
@@ -593,7 +556,7 @@ def check_targets_vary(dataset: Dataset) -> None:
     span = np.ptp(values, axis=0)  # (T,)
     scale = np.maximum(np.abs(values).max(axis=0), np.finfo(np.float64).tiny)  # (T,)
     constant = span <= _CONSTANT_SPAN * scale
-    if dataset.kind == "coords":
+    if target_kind(dataset.kind).xy_points:  # one point's x or y may stay put; all of them may not
         constant = constant if constant.all() else np.zeros_like(constant)
     if not constant.any():
         return
@@ -602,7 +565,7 @@ def check_targets_vary(dataset: Dataset) -> None:
                       if flag)
     near = "" if (span[constant] == 0).all() else "nearly "
     fix = (f"drop it with --targets {','.join(n for n in dataset.names if n not in names)}"
-           if dataset.kind == "vector" and len(names) < len(dataset.names)
+           if len(names) < len(dataset.names)
            else "label images whose values differ")
     raise DatasetError(f"target {'column' if len(names) == 1 else 'columns'} {', '.join(names)} "
                        f"{'is' if len(names) == 1 else 'are'} {near}constant over all {len(values)} rows "

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgereg.errors import EdgeregError
+from edgereg.kinds import target_kind
 from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.training import ddp
 from edgereg.training.augment import augment_batch, to_float_batch, to_model_input
@@ -111,7 +112,7 @@ def predict(regressor, images: np.ndarray, preprocess: PreprocessConfig, *, devi
 
 def to_user_units(loaded: LoadedData, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(N, T) model/dataset units -> the user's units: coords to source pixels, others unchanged."""
-    if loaded.kind != "coords":
+    if not target_kind(loaded.kind).xy_points:
         return np.asarray(values, dtype=np.float64)
     return uv_to_source_pixels(values, loaded.dataset.crop_boxes[rows])
 
@@ -503,7 +504,7 @@ def scored_rows(plan: FitPlan, regressor, images: np.ndarray, targets: np.ndarra
 
     def user(values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
-        return uv_to_source_pixels(values, boxes) if loaded.kind == "coords" else values
+        return uv_to_source_pixels(values, boxes) if target_kind(loaded.kind).xy_points else values
 
     raw_pred = predict(regressor, images, plan.preprocess, device=device, batch_size=batch_size)
     baselines = baseline_predictions(loaded.kind, dataset.targets[train], len(images), train_groups=train_groups,

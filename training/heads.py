@@ -10,6 +10,9 @@ OutputTransform` turns it into physical units):
 | distribution | one logit per bin | ``location``: per-location 1x1 bin logits, then global average |
 | coords | (x, y) per point in [0, 1] of the input | ``soft_argmax``: heatmap + spatial softmax (DSNT) |
 | angle | (sin, cos) per angle target | ``pool`` |
+| count | log of the expected count per target | ``pool`` |
+
+(the default is ``kind_training(kind).head``, :mod:`edgereg.training.kind_training`)
 
 Pooling heads average over locations, so they cannot memorise where in the frame a feature was:
 for distributions, per-location logits averaged over the image beat flatten + FC on mixtures never
@@ -25,18 +28,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgereg.card import KINDS
 from edgereg.errors import EdgeregError, did_you_mean
+from edgereg.kinds import target_kind
+from edgereg.training.kind_training import kind_training
 
 HEAD_STYLES = ("pool", "location", "soft_argmax", "flatten")
-DEFAULT_HEAD_STYLE = {
-    "scalar": "pool",
-    "vector": "pool",
-    "distribution": "location",
-    "coords": "soft_argmax",
-    "angle": "pool",
-}
-
 
 class PoolLinearHead(nn.Module):
     """Global average pooling then a linear layer: ``(B, C, h, w) -> (B, n_outputs)``.
@@ -132,21 +128,20 @@ def make_head(
         kind: target kind (see the table in this module's docstring).
         in_channels: channels C of the feature map.
         n_outputs: raw output width (2 per angle target, 2 per coords point).
-        style: one of HEAD_STYLES; default ``DEFAULT_HEAD_STYLE[kind]``.
+        style: one of HEAD_STYLES; default ``kind_training(kind).head``.
         feature_size: (h, w) of the feature map; needed by ``soft_argmax`` and ``flatten``.
 
     Raises:
         EdgeregError: unknown kind or style, a style that does not fit the kind, or a missing
             feature size.
     """
-    check_kind(kind)
-    style = style or DEFAULT_HEAD_STYLE[kind]
+    style = style or kind_training(kind).head
     if style not in HEAD_STYLES:
         raise EdgeregError(
             f"unknown head {style!r}{did_you_mean(style, HEAD_STYLES)}; "
             f"expected one of {', '.join(HEAD_STYLES)}"
         )
-    if style == "soft_argmax" and kind != "coords":
+    if style == "soft_argmax" and not target_kind(kind).xy_points:
         raise EdgeregError(f"the soft_argmax head predicts coordinates, not kind {kind!r}; use head='pool'")
     if style in ("soft_argmax", "flatten") and feature_size is None:
         raise EdgeregError(f"the {style} head needs the feature map size; pass feature_size=(h, w)")
@@ -165,11 +160,8 @@ def make_head(
 
 
 def check_kind(kind: str) -> None:
-    """Raise EdgeregError (with a did-you-mean) unless ``kind`` is one of the card's KINDS."""
-    if kind not in KINDS:
-        raise EdgeregError(
-            f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; expected one of {', '.join(KINDS)}"
-        )
+    """Raise EdgeregError (with a did-you-mean) unless training knows ``kind`` (``kind_training``)."""
+    kind_training(kind)
 
 
 def init_output_bias(layer: nn.Module, kind: str) -> None:
@@ -178,5 +170,4 @@ def init_output_bias(layer: nn.Module, kind: str) -> None:
     Coordinates start at the image centre (0.5) instead of the corner; the other kinds' raw outputs
     are already centred at 0 (logit 0 = mid-range, standardized 0 = mean, uniform bins).
     """
-    if kind == "coords" and getattr(layer, "bias", None) is not None:
-        nn.init.constant_(layer.bias, 0.5)
+    kind_training(kind).init_bias(layer)

@@ -9,7 +9,10 @@ link first, so every loss works in the target's own space (see
   steps), and it is the [0, 1] space that seed 003's log-MSE term needs;
 * distribution: ``softmax(raw)`` for the pointwise losses; ``log_softmax(raw)`` for soft-label
   cross-entropy and KL (seed 002: train with cross-entropy, report RMSE);
-* vector (standardized), coords ([0, 1]) and angle ((sin, cos) pairs): the raw output as is.
+* vector (standardized), coords ([0, 1]) and angle ((sin, cos) pairs): the raw output as is;
+* count: ``poisson`` reads the raw output as a log-rate; the pointwise losses compare ``exp(raw)``.
+
+Which losses fit a kind, and its default, are attributes of ``kind_training(kind)``.
 """
 
 from __future__ import annotations
@@ -18,29 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgereg.card import KINDS
 from edgereg.errors import EdgeregError, did_you_mean
-from edgereg.training.heads import check_kind
+from edgereg.training.kind_training import KIND_TRAINING, kind_training
 
-LOSSES = ("mse", "huber", "mse_logmse", "soft_ce", "kl")
-DEFAULT_LOSS = {"scalar": "mse", "vector": "mse", "distribution": "soft_ce", "coords": "mse", "angle": "mse"}
-LOSS_KINDS = {
-    "mse": KINDS,
-    "huber": KINDS,
-    "mse_logmse": ("scalar", "distribution", "coords"),  # needs targets in [0, 1]
-    "soft_ce": ("distribution",),
-    "kl": ("distribution",),
-}
-UNIT_SPACE_KINDS = ("scalar", "distribution", "coords")  # targets in [0, 1]; the others ~ +-1
+LOSSES = ("mse", "huber", "mse_logmse", "soft_ce", "kl", "poisson")
 
 
 def to_target_space(raw: torch.Tensor, kind: str) -> torch.Tensor:
     """The raw output mapped into the encoded target's space: (B, n_outputs) -> (B, n_outputs)."""
-    if kind == "scalar":
-        return torch.sigmoid(raw)
-    if kind == "distribution":
-        return torch.softmax(raw, dim=1)
-    return raw
+    return kind_training(kind).to_target_space(raw)
 
 
 class MSELoss(nn.Module):
@@ -100,10 +89,25 @@ class KLDivergenceLoss(nn.Module):
         return F.kl_div(torch.log_softmax(raw, dim=1), target, reduction="batchmean")
 
 
+class PoissonNLLLoss(nn.Module):
+    """Poisson negative log-likelihood of counts given a log-rate: ``exp(raw) - t * raw``, mean.
+
+    The constant ``log(t!)`` is left out (it does not move the minimum); the rate ``exp(raw)`` is the
+    expected count the model outputs.
+    """
+
+    def forward(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.poisson_nll_loss(raw, target, log_input=True, full=False)
+
+
 def default_loss(kind: str) -> str:
-    """The loss used for ``kind`` when none is asked for (``DEFAULT_LOSS``, one per kind)."""
-    check_kind(kind)
-    return DEFAULT_LOSS[kind]
+    """The loss used for ``kind`` when none is asked for (its ``kind_training(kind).loss``)."""
+    return kind_training(kind).loss
+
+
+def loss_kinds(name: str) -> tuple[str, ...]:
+    """The kinds the loss ``name`` fits."""
+    return tuple(kind for kind, training in KIND_TRAINING.items() if name in training.losses)
 
 
 def make_loss(name: str | None, kind: str, *, alpha: float = 5.0, eps: float = 1e-6,
@@ -125,23 +129,22 @@ def make_loss(name: str | None, kind: str, *, alpha: float = 5.0, eps: float = 1
     Raises:
         EdgeregError: unknown loss or kind, or a loss that does not fit the kind.
     """
-    check_kind(kind)
-    name = name or DEFAULT_LOSS[kind]
+    training = kind_training(kind)
+    name = name or training.loss
     if name not in LOSSES:
         raise EdgeregError(
             f"unknown loss {name!r}{did_you_mean(name, LOSSES)}; expected one of {', '.join(LOSSES)}"
         )
-    if kind not in LOSS_KINDS[name]:
-        suited = [loss for loss in LOSSES if kind in LOSS_KINDS[loss]]
+    if name not in training.losses:
         raise EdgeregError(
-            f"loss {name!r} does not fit kind {kind!r} (it needs {' or '.join(LOSS_KINDS[name])} targets); "
-            f"use one of {', '.join(suited)}"
+            f"loss {name!r} does not fit kind {kind!r} (it needs {' or '.join(loss_kinds(name))} targets); "
+            f"use one of {', '.join(training.losses)}"
         )
     if name == "mse":
         return MSELoss(kind)
     if name == "huber":
         if delta is None:
-            delta = 0.1 if kind in UNIT_SPACE_KINDS else 1.0
+            delta = 0.1 if training.unit_space else 1.0
         if delta <= 0:
             raise EdgeregError(f"Huber delta must be > 0, got {delta}")
         return HuberLoss(kind, delta=float(delta))
@@ -149,4 +152,6 @@ def make_loss(name: str | None, kind: str, *, alpha: float = 5.0, eps: float = 1
         if alpha < 0 or eps <= 0:
             raise EdgeregError(f"mse_logmse needs alpha >= 0 and eps > 0, got alpha={alpha}, eps={eps}")
         return MSELogMSELoss(kind, alpha=float(alpha), eps=float(eps))
+    if name == "poisson":
+        return PoissonNLLLoss()
     return SoftCrossEntropyLoss() if name == "soft_ce" else KLDivergenceLoss()

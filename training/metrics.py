@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgereg.card import KINDS
 from edgereg.errors import ShapeError, did_you_mean
+from edgereg.kinds import target_kind
 from edgereg.preprocess.geometry import uv_to_source_pixels  # noqa: F401 (re-exported: fit, tests)
+from edgereg.training.kind_training import KIND_TRAINING, kind_training
 
 
 def circular_difference(pred_deg: np.ndarray, true_deg: np.ndarray) -> np.ndarray:
@@ -50,16 +51,14 @@ def errors_of(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Per-element signed errors ``pred - true`` in the kind's units (circular for angles).
 
     Args:
-        kind: a target kind (see edgereg.card.KINDS).
+        kind: a kind of ``edgereg.training.kind_training``.
         y_true: (N, T) float, physical units.
         y_pred: (N, T) float, physical units.
 
     Returns:
         (N, T) float64.
     """
-    if kind == "angle":
-        return circular_difference(y_pred, y_true)
-    return np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
+    return kind_training(kind).errors(y_true, y_pred)
 
 
 def sample_errors(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -71,10 +70,7 @@ def sample_errors(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarr
     Returns:
         (N,) float64.
     """
-    squared = errors_of(kind, y_true, y_pred) ** 2
-    if kind == "coords":
-        return squared.reshape(len(squared), -1, 2).sum(axis=2).mean(axis=1)  # (N, 2K) -> (N, K, 2)
-    return squared.mean(axis=1)
+    return kind_training(kind).per_sample(errors_of(kind, y_true, y_pred) ** 2)
 
 
 def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], *,
@@ -82,7 +78,7 @@ def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Se
     """Metrics of predictions against targets, in physical units.
 
     Args:
-        kind: "scalar", "vector", "distribution", "coords" or "angle".
+        kind: a kind of ``edgereg.training.kind_training`` (scalar, vector, distribution, coords, angle, count).
         y_true: (N, T) float, physical units (coords in pixels, angles in degrees).
         y_pred: (N, T) float, same units.
         names: T target names.
@@ -105,8 +101,9 @@ def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Se
         ShapeError: mismatched shapes, or names that do not match T.
         ValueError: an unknown kind (a programming error).
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}{did_you_mean(str(kind), KINDS)}")
+    if kind not in KIND_TRAINING:
+        raise ValueError(f"unknown kind {kind!r}{did_you_mean(str(kind), tuple(KIND_TRAINING))}")
+    points = target_kind(kind).xy_points
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if y_true.ndim != 2 or y_true.shape != y_pred.shape or y_true.shape[1] != len(names) or not len(y_true):
@@ -119,8 +116,8 @@ def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Se
         "kind": kind,
         "n": int(len(y_true)),
         "rmse": float(np.sqrt(per_sample.mean())),
-        "mae": float(np.abs(errors).mean()) if kind != "coords" else float(distances.mean()),
-        "max_error": float(np.abs(errors).max()) if kind != "coords" else float(distances.max()),
+        "mae": float(distances.mean()) if points else float(np.abs(errors).mean()),
+        "max_error": float(distances.max()) if points else float(np.abs(errors).max()),
         "targets": {name: _target_metrics(kind, y_true[:, j], errors[:, j]) for j, name in enumerate(names)},
     }
     if groups is not None:
@@ -142,7 +139,7 @@ def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Se
 def _target_metrics(kind: str, truth: np.ndarray, error: np.ndarray) -> dict:
     """rmse, mae, max_error, bias and R² of one target column."""
     total = float(((truth - truth.mean()) ** 2).sum())
-    r2 = None if kind == "angle" or total == 0.0 else 1.0 - float((error ** 2).sum()) / total
+    r2 = None if not kind_training(kind).r2 or total == 0.0 else 1.0 - float((error ** 2).sum()) / total
     return {
         "rmse": float(np.sqrt((error ** 2).mean())),
         "mae": float(np.abs(error).mean()),
@@ -163,19 +160,10 @@ def prediction_spread(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.n
     """
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
-    if kind == "angle":
-        true_std, pred_std = _circular_std(y_true), _circular_std(y_pred)
-    else:
-        true_std, pred_std = y_true.std(axis=0), y_pred.std(axis=0)
+    training = kind_training(kind)
+    true_std, pred_std = training.column_std(y_true), training.column_std(y_pred)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(true_std > 0, pred_std / np.where(true_std > 0, true_std, 1.0), np.nan)
-
-
-def _circular_std(angles_deg: np.ndarray) -> np.ndarray:
-    """(N, T) degrees -> (T,) circular standard deviation in degrees."""
-    radians = np.deg2rad(angles_deg)
-    length = np.hypot(np.sin(radians).mean(axis=0), np.cos(radians).mean(axis=0))
-    return np.rad2deg(np.sqrt(-2.0 * np.log(np.clip(length, 1e-12, 1.0))))
 
 
 def rmse_standard_error(per_sample: np.ndarray, groups: np.ndarray | None = None) -> float:

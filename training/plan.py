@@ -20,12 +20,14 @@ import numpy as np
 import torch
 
 from edgereg.errors import DatasetError, EdgeregError
+from edgereg.kinds import target_kind
 from edgereg.preprocess import PreprocessConfig, read_image
 from edgereg.preprocess.reference import GRAY_WEIGHTS_BGR, circle_mask
 from edgereg.training.augment import AugmentConfig, parse_augment
 from edgereg.training.config import DEFAULT_UNITS, SMALL_IMAGE, TrainConfig
 from edgereg.training.data import (LABELS_FILE, check_targets_vary, confine, default_range, load_dataset,
                                    skip_summary)
+from edgereg.training.kind_training import kind_training
 from edgereg.training.models import default_model, model_entry
 from edgereg.training.regressor import OutputTransform
 from edgereg.training.run import build_regressor, json_ready
@@ -190,7 +192,7 @@ def choose_input_size(probe: SourceProbe, config: TrainConfig, *, crop: str, kin
     original = size
     # coords are read in source pixels: shrinking the input scales their error with it (64 px coins at
     # 33 px with 1,600 steps: 3.98 px on an unseen quadrant; at 64 px with 608 steps: 3.42 px)
-    floor_side = min(size) if kind == "coords" else max(MIN_AUTO_SIDE, MAX_SHRINK * min(native))
+    floor_side = min(size) if target_kind(kind).xy_points else max(MIN_AUTO_SIDE, MAX_SHRINK * min(native))
     while affordable < wanted and min(size) * SIZE_STEP >= floor_side:
         shrunk = (max(8, int(round(size[0] * SIZE_STEP))), max(8, int(round(size[1] * SIZE_STEP))))
         affordable *= (size[0] * size[1]) / (shrunk[0] * shrunk[1])  # step time ~ pixels
@@ -212,7 +214,8 @@ def loading_geometry(probe: SourceProbe, config: TrainConfig, *, fit_seconds: fl
     square (the whole image when it is square). The size is :func:`choose_input_size`'s. The
     user's --size/--crop/--channels/--roi win.
     """
-    wants_coords = config.kind == "coords" or (config.kind is None and coords_by_name(probe.header))
+    wants_coords = (target_kind(config.kind).xy_points if config.kind is not None
+                    else coords_by_name(probe.header))
     if config.crop is not None:
         crop = "center" if config.crop == "circle" else config.crop  # the circle is a mask, applied later
     else:
@@ -245,7 +248,7 @@ def model_crop(kind: str, geometry: PreprocessConfig, config: TrainConfig, probe
     if config.crop is not None:
         return config.crop, "asked for with --crop"
     height, width = geometry.input_size
-    if kind in ("scalar", "distribution", "angle") and height == width and config.invariance != "none":
+    if kind_training(kind).round_crop and height == width and config.invariance != "none":
         round_sample, why = corners_are_background(probe.thumbs if probe is not None else ())
         if round_sample:
             return "circle", why
@@ -318,7 +321,7 @@ def load_external_test(root: str | Path, loaded: LoadedData, config: TrainConfig
         DatasetError: unreadable folder, or targets that differ from the training data's.
     """
     dataset = load_dataset(root, config=loaded.geometry, targets=list(loaded.dataset.names)
-                           if loaded.kind != "coords" else config.targets, kind=loaded.kind, strict=config.strict)
+                           if not target_kind(loaded.kind).xy_points else config.targets, kind=loaded.kind, strict=config.strict)
     if tuple(dataset.names) != tuple(loaded.dataset.names):
         raise DatasetError(f"--test '{root}' has targets {', '.join(dataset.names)}, the training data "
                            f"{', '.join(loaded.dataset.names)}; give both folders the same target columns")
@@ -480,7 +483,7 @@ def resolve_reference(loaded: LoadedData, config: TrainConfig, train_rows: np.nd
 
     if config.reference == "none":
         return ReferenceChoice(None, "--reference none", {})
-    if config.reference == "auto" and (loaded.kind not in ("scalar", "vector", "distribution")
+    if config.reference == "auto" and (not kind_training(loaded.kind).colour_reading
                                        or loaded.geometry.channels != "rgb"):
         return ReferenceChoice(None, f"only colour readings (RGB scalar/vector/distribution) are tested; this is "
                                      f"{loaded.geometry.channels} {loaded.kind}", {})
@@ -523,7 +526,7 @@ def make_plan(loaded: LoadedData, config: TrainConfig, split, *, model_name: str
     augment = parse_augment(config.augment, kind=loaded.kind, crop=preprocess.crop, square=height == width,
                             invariance=config.invariance, lighting=reference is not None)
     value_range = None
-    if loaded.kind == "scalar":
+    if kind_training(loaded.kind).bounded:
         value_range = ([tuple(config.range)] * len(dataset.names) if config.range is not None
                        else [default_range(column) for column in dataset.targets[train].T])
     transform = OutputTransform.from_targets(loaded.kind, dataset.targets[train], value_range=value_range)

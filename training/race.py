@@ -31,8 +31,10 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from edgereg.kinds import target_kind
 from edgereg.training import ddp
 from edgereg.training.config import TrainConfig
+from edgereg.training.kind_training import kind_training
 from edgereg.training.metrics import rmse_standard_error, sample_errors
 
 RACE_SHARE = 0.2  # share of the budget left after loading that the race may use
@@ -73,14 +75,14 @@ def race_candidates(kind: str, config: TrainConfig, *, invariant_ok: bool,
     """The (model, learning rate) pairs to race, in tie-break order."""
     if config.model not in (None, "auto"):
         models = [config.model]
-    elif kind == "coords":
+    elif target_kind(kind).xy_points:
         models = ["heatmap_small"]
     else:
         models = ["cnn_small", "resnet_tiny"]
-        if input_size is not None and max(input_size) <= SMALL_INPUT and kind in ("scalar", "vector"):
+        if input_size is not None and max(input_size) <= SMALL_INPUT:
             # small whole-frame patches: the seed paper's Base, a linear path to every pixel; second,
             # so that a short race drops the deeper resnet_tiny before it
-            models.insert(1, "base_seed004")
+            models[1:1] = kind_training(kind).small_input_models
         if config.invariance in ("d4", "rotation") and invariant_ok:
             models.append("p4m_small")
     lrs = (float(config.lr),) if isinstance(config.lr, (int, float)) else RACE_LRS

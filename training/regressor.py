@@ -3,13 +3,8 @@
 The transform travels with the model: it is a layer of the network (constants as buffers), so the
 exported ONNX graph outputs physical units exactly as the ONNX contract says:
 
-| kind | raw (``forward_raw``, what losses see) | ``forward`` (and the ONNX ``value``) | encoded target |
-|---|---|---|---|
-| scalar | logit per target | ``lo + (hi - lo) * sigmoid(raw)`` | ``(y - lo) / (hi - lo)`` in [0, 1] |
-| vector | standardized value | ``mean + std * raw`` | ``(y - mean) / std`` |
-| distribution | logit per bin | ``softmax(raw)`` | ``y / sum(y)`` |
-| coords | (x, y) per point in [0, 1] | ``clip(raw, 0, 1)`` | ``y`` ([0, 1] of the input) |
-| angle | (sin, cos) per target | degrees in [0, 360) from atan2 | ``(sin y, cos y)`` |
+What each kind's raw output, ``forward`` (and the ONNX ``value``) and encoded target are is the
+table of :mod:`edgereg.training.kind_training`; the transform asks the kind's object.
 
 Losses (:mod:`edgereg.training.losses`) compare ``forward_raw`` with ``encode_targets`` and apply
 the kind's link (sigmoid, softmax) themselves, so the trainer has no kind-specific code.
@@ -30,7 +25,8 @@ from torch import nn
 
 from edgereg.card import INPUT_NAME, OUTPUT_NAME
 from edgereg.errors import DatasetError, EdgeregError, ShapeError, require_extra
-from edgereg.training.heads import check_kind
+from edgereg.kinds import target_kind
+from edgereg.training.kind_training import kind_training
 
 
 @dataclass(frozen=True)
@@ -40,25 +36,25 @@ class OutputTransform:
     Build it from the training split with :meth:`from_targets`; store it with :meth:`to_dict`.
     """
 
-    kind: str  # one of KINDS: picks the link (sigmoid range, de-standardization, softmax, atan2)
+    kind: str  # a kind of edgereg.training.kind_training: picks the link (sigmoid range, softmax, atan2, ...)
     n_targets: int  # T: columns of the physical output (1 per angle, 2 per coords point)
-    mean: tuple[float, ...] = ()  # vector only: training-split mean per target, physical units
+    mean: tuple[float, ...] = ()  # vector and count: training-split mean per target, physical units
     std: tuple[float, ...] = ()  # vector only: training-split std per target (> 0)
     lo: tuple[float, ...] = ()  # scalar only: lower end of each target's range, physical units
     hi: tuple[float, ...] = ()  # scalar only: upper end of each target's range (> lo)
 
     def __post_init__(self) -> None:
-        check_kind(self.kind)
+        kind = kind_training(self.kind)
         if isinstance(self.n_targets, bool) or int(self.n_targets) != self.n_targets or self.n_targets < 1:
             raise EdgeregError(f"n_targets must be a positive integer, got {self.n_targets!r}")
         object.__setattr__(self, "n_targets", int(self.n_targets))
-        if self.kind == "coords" and self.n_targets % 2:
+        if target_kind(self.kind).xy_points and self.n_targets % 2:
             raise ShapeError(
                 f"coords targets come as (x, y) pairs; got {self.n_targets} columns, expected an even number"
             )
         for name in ("mean", "std", "lo", "hi"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        needed = {"scalar": ("lo", "hi"), "vector": ("mean", "std")}.get(self.kind, ())
+        needed = kind.transform_fields
         for name in ("mean", "std", "lo", "hi"):
             values = getattr(self, name)
             if name in needed and len(values) != self.n_targets:
@@ -82,7 +78,7 @@ class OutputTransform:
     @property
     def n_outputs(self) -> int:
         """Width of the raw model output: 2 per angle target (sin, cos), else one per target."""
-        return 2 * self.n_targets if self.kind == "angle" else self.n_targets
+        return kind_training(self.kind).outputs_per_target * self.n_targets
 
     @classmethod
     def from_targets(cls, kind: str, targets: np.ndarray, *,
@@ -98,18 +94,7 @@ class OutputTransform:
         y = np.asarray(targets, dtype=np.float64)
         if y.ndim != 2 or y.shape[0] < 1:
             raise ShapeError(f"targets must be (N, T) with N >= 1, got shape {y.shape}")
-        t = y.shape[1]
-        if kind == "vector":
-            return cls(kind, t, mean=tuple(y.mean(axis=0)), std=tuple(y.std(axis=0)))
-        if kind == "scalar":
-            if value_range is None:
-                raise EdgeregError("a scalar output transform needs value_range=(lo, hi); pass the --range")
-            bounds = np.asarray(value_range, dtype=np.float64)
-            bounds = np.broadcast_to(bounds, (t, 2)) if bounds.shape == (2,) else bounds
-            if bounds.shape != (t, 2):
-                raise ShapeError(f"value_range must be (lo, hi) or {t} such pairs, got {value_range!r}")
-            return cls(kind, t, lo=tuple(bounds[:, 0]), hi=tuple(bounds[:, 1]))
-        return cls(kind, t)
+        return cls(kind, y.shape[1], **kind_training(kind).fit(y, value_range))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists for tuples)."""
@@ -138,23 +123,7 @@ class OutputTransform:
             raise ShapeError(f"targets must be (N, {self.n_targets}) for this model, got {tuple(y.shape)}")
         if not bool(torch.isfinite(y).all()):
             raise DatasetError("targets contain NaN or infinity; fix or drop those rows")
-        if self.kind == "scalar":
-            lo, hi = (torch.tensor(v, dtype=torch.float32, device=y.device) for v in (self.lo, self.hi))
-            return ((y - lo) / (hi - lo)).clamp(0.0, 1.0)
-        if self.kind == "vector":
-            mean, std = (torch.tensor(v, dtype=torch.float32, device=y.device) for v in (self.mean, self.std))
-            return (y - mean) / std
-        if self.kind == "distribution":
-            y = y.clamp_min(0.0)
-            total = y.sum(dim=1, keepdim=True)
-            if not bool((total > 0).all()):
-                raise DatasetError("a distribution target row sums to 0; every row needs a positive total")
-            return y / total
-        if self.kind == "angle":
-            radians = torch.deg2rad(y)
-            pairs = torch.stack([torch.sin(radians), torch.cos(radians)], dim=2)  # (N,T) -> (N,T,2)
-            return pairs.flatten(1)  # (N,T,2) -> (N,2T)
-        return y
+        return kind_training(self.kind).encode(y, self)
 
 
 def atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -190,30 +159,16 @@ class OutputLayer(nn.Module):
 
     def __init__(self, transform: OutputTransform):
         super().__init__()
-        self.kind = transform.kind
+        self.kind = kind_training(transform.kind)
         self.n_targets = transform.n_targets
-        if transform.kind == "scalar":
-            lo, hi = np.asarray(transform.lo), np.asarray(transform.hi)
-            self._constant("offset", lo)
-            self._constant("scale", hi - lo)
-        elif transform.kind == "vector":
-            self._constant("offset", np.asarray(transform.mean))
-            self._constant("scale", np.asarray(transform.std))
+        for name, values in self.kind.output_constants(transform).items():
+            self._constant(name, values)
 
     def _constant(self, name: str, values: np.ndarray) -> None:
         self.register_buffer(name, torch.tensor(values, dtype=torch.float32)[None], persistent=False)  # (1,T)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        if self.kind == "scalar":
-            return self.offset + self.scale * torch.sigmoid(raw)
-        if self.kind == "vector":
-            return self.offset + self.scale * raw
-        if self.kind == "distribution":
-            return torch.softmax(raw, dim=1)
-        if self.kind == "coords":
-            return raw.clamp(0.0, 1.0)
-        pairs = raw.reshape(-1, self.n_targets, 2)  # (B,2T) -> (B,T,2): (sin, cos) per target
-        return degrees_from_sin_cos(pairs[:, :, 0], pairs[:, :, 1])
+        return self.kind.output(self, raw)
 
 
 class Regressor(nn.Module):

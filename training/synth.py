@@ -531,6 +531,39 @@ def _render_angle(index: int, n: int, size: int, seed: int) -> Rendered:
 
 
 # --------------------------------------------------------------------------------------------------
+# count: particles in a round dish
+
+_COUNT_MAX = 20  # particles per photo, 0..this
+_DISH_RADIUS = 0.46  # dish radius / image side
+_PARTICLE_ZONE = 0.36  # particle centres lie within this radius / image side (inside the dish)
+
+
+def _render_count(index: int, n: int, size: int, seed: int) -> Rendered:
+    rng = _rng(seed, 6, _IMAGE_STREAM, index)
+    xx, yy = _grid(size)
+    centre = (size - 1) / 2.0
+    ground = rng.uniform(40, 90)
+    image = np.full((3, size, size), ground, dtype=np.float32)  # a plain dark bench
+    dish = _disk_coverage(np.hypot(xx - centre, yy - centre), _DISH_RADIUS * size)
+    image = _lerp(image, rng.uniform(190, 225) * (1 + 0.03 * rng.standard_normal(3)), dish)
+    wanted = int(rng.integers(0, _COUNT_MAX + 1))
+    placed: list[tuple[float, float, float]] = []  # (x, y, radius) px; particles never touch
+    for _ in range(50 * (wanted + 1)):
+        if len(placed) == wanted:
+            break
+        radius = rng.uniform(0.035, 0.05) * size
+        reach = _PARTICLE_ZONE * size * math.sqrt(rng.random())
+        heading = rng.uniform(0.0, 2.0 * math.pi)
+        x, y = centre + reach * math.cos(heading), centre + reach * math.sin(heading)
+        if all(math.hypot(x - px, y - py) > radius + pr + 1.5 for px, py, pr in placed):
+            placed.append((x, y, radius))
+    for x, y, radius in placed:
+        colour = rng.uniform(20, 70) * (1 + 0.05 * rng.standard_normal(3))
+        image = _lerp(image, colour, _disk_coverage(np.hypot(xx - x, yy - y), radius))
+    return _to_uint8(image, rng, blur=0.5, noise=3.0), (float(len(placed)),), None
+
+
+# --------------------------------------------------------------------------------------------------
 
 TASKS: dict[str, SynthTask] = {
     task.name: task for task in (
@@ -544,6 +577,8 @@ TASKS: dict[str, SynthTask] = {
                   "gray textured patches, labelled with their pixels' mean, median, std", _render_pixelstats),
         SynthTask("angle", 5, 64, 16, ("angle",), False,
                   "an arrow at an orientation in degrees, counter-clockwise from +x", _render_angle),
+        SynthTask("count", 6, 64, 32, ("count",), False,
+                  "dark particles in a round dish, labelled with how many there are", _render_count),
     )
 }
 
@@ -577,7 +612,7 @@ def make_dataset(task: str, out_dir: str | os.PathLike, *, n: int, seed: int = 0
     not listed.
 
     Args:
-        task: one of ``TASKS``: assay, gravel, box, pixelstats, angle.
+        task: one of ``TASKS``: assay, gravel, box, pixelstats, angle, count.
         out_dir: folder to write into (created).
         n: number of images, >= 1.
         seed: random seed, >= 0; the same seed, n and size give the same bytes.

@@ -53,6 +53,7 @@ from edgereg.training import ddp
 from edgereg.training.config import DEFAULT_LR, TrainConfig
 from edgereg.training.fit import (FitOutcome, Fitter, SanityResult, evaluate_external, evaluate_fit, find_lr,
                                   merge_scored, sanity_check, scored_rows)
+from edgereg.training.kind_training import kind_training
 from edgereg.training.losses import default_loss, make_loss
 from edgereg.training.lr_find import plot_lr_find
 from edgereg.training.metrics import rmse_standard_error, sample_errors
@@ -165,7 +166,7 @@ def run_record(plan: FitPlan, config: TrainConfig, *, status: str, metrics: dict
     """
     dataset = plan.loaded.dataset
     transform = plan.transform
-    ranges = list(zip(transform.lo, transform.hi)) if plan.loaded.kind == "scalar" else None
+    ranges = list(zip(transform.lo, transform.hi)) if kind_training(plan.loaded.kind).bounded else None
     summary = None
     if metrics is not None:
         summary = {name: {"rmse": metrics[name]["rmse"], "mae": metrics[name]["mae"], "n": metrics[name]["n"]}
@@ -399,7 +400,7 @@ def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: Validati
         plan = make_plan(loaded, config, vplan.split, reference_region=reference, seen_frac=0.0)
         lr = auto_lr(plan, config, run_dir, ctx, log=log)
         config = replace(config, lr=lr)
-    candidates = race_candidates(kind, config, invariant_ok=kind in ("scalar", "vector", "distribution"),
+    candidates = race_candidates(kind, config, invariant_ok=kind_training(kind).invariant,
                                  input_size=loaded.geometry.input_size)
     if len(candidates) == 1:
         winner = candidates[0]

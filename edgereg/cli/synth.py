@@ -12,6 +12,7 @@ TASK_HELP = {
     "box": "64 px   a small bright box on clutter; x, y in source pixels; group = quadrant q0..q3",
     "pixelstats": "28 px   gray textured patches; mean, median, std of their pixels in [0, 1]",
     "angle": "64 px   an arrow; angle in degrees, counter-clockwise from +x, in [0, 360)",
+    "count": "64 px   dark particles in a round dish; count = how many (0..20); train with --kind count",
 }
 
 EPILOG = "tasks (default size):\n" + "\n".join(f"  {name:<11} {text}" for name, text in TASK_HELP.items()) + """

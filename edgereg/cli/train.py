@@ -49,7 +49,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                             "learning rates on validation in the first part of the time budget")
     model.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                        help="a model option, repeatable, e.g. --model-opt width=24")
-    model.add_argument("--loss", help="mse, huber, mse_logmse, soft_ce or kl (default per kind)")
+    model.add_argument("--loss", help="mse, huber, mse_logmse, soft_ce, kl or poisson (default per kind)")
     model.add_argument("--batch-size", type=int, default=64, help="images per step and process (default 64)")
     model.add_argument("--augment", default="auto",
                        help="augmentation preset[,key=value...]: auto, none, geometric, lighting, all; "

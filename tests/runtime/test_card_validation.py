@@ -32,8 +32,8 @@ def test_range_with_lo_just_below_hi_is_accepted():
 
 INVALID = [
     (dict(kind="scaler"), "field 'kind' is 'scaler' (did you mean 'scalar'?); "
-                          "expected one of scalar, vector, distribution, coords, angle"),
-    (dict(kind="banana"), "field 'kind' is 'banana'; expected one of scalar, vector, distribution, coords, angle"),
+                          "expected one of scalar, vector, distribution, coords, angle, count"),
+    (dict(kind="banana"), "field 'kind' is 'banana'; expected one of scalar, vector, distribution, coords, angle, count"),
     (dict(targets=()), "field 'targets' must be a non-empty list of names, got ()"),
     (dict(targets=("a", "")), "field 'targets' must be a non-empty list of names, got ('a', '')"),
     (dict(targets=("a", 3)), "field 'targets' must be a non-empty list of names, got ('a', 3)"),

@@ -14,7 +14,7 @@ from edgereg.tta import parse_tta
 
 
 def test_every_card_kind_has_one_frozen_object_named_like_it():
-    assert KINDS == ("scalar", "vector", "distribution", "coords", "angle")
+    assert KINDS == ("scalar", "vector", "distribution", "coords", "angle", "count")
     assert [KIND_BY_NAME[name].name for name in KINDS] == list(KINDS)
     assert target_kind("angle") is ANGLE and target_kind(ANGLE) is ANGLE
     assert ModelCard(kind="coords", targets=("x", "y"), input_size=(8, 8)).target_kind is COORDS
@@ -127,11 +127,11 @@ def test_smoothing_arithmetic_per_kind():
 
 
 def test_capabilities_of_each_kind():
-    assert [KIND_BY_NAME[k].stable_tolerance for k in KINDS] == [None, None, 0.01, 1.0, 1.0]
-    assert [KIND_BY_NAME[k].calibrated for k in KINDS] == [True, True, False, False, False]
-    assert [KIND_BY_NAME[k].range_flagged for k in KINDS] == [True, True, False, False, False]
-    assert [KIND_BY_NAME[k].lab_code for k in KINDS] == [0, 0, 2, 0, 1]
-    assert [KIND_BY_NAME[k].value_difficulty for k in KINDS] == [True, True, True, False, False]
+    assert [KIND_BY_NAME[k].stable_tolerance for k in KINDS] == [None, None, 0.01, 1.0, 1.0, None]
+    assert [KIND_BY_NAME[k].calibrated for k in KINDS] == [True, True, False, False, False, True]
+    assert [KIND_BY_NAME[k].range_flagged for k in KINDS] == [True, True, False, False, False, True]
+    assert [KIND_BY_NAME[k].lab_code for k in KINDS] == [0, 0, 2, 0, 1, 0]
+    assert [KIND_BY_NAME[k].value_difficulty for k in KINDS] == [True, True, True, False, False, True]
     assert [k for k in KINDS if KIND_BY_NAME[k].xy_points] == ["coords"]
     assert [k for k in KINDS if KIND_BY_NAME[k].circular] == ["angle"]
 

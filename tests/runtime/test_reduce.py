@@ -205,5 +205,5 @@ def test_reduction_errors_name_the_mismatch_and_the_fix():
     with pytest.raises(TTAError, match=r"^expected 8 views per image for TTA d4, got 3$"):
         target_kind("scalar").reduce_views(np.zeros((2, 3, 5)), parse_tta("d4"))
     with pytest.raises(EdgeregError, match=r"^unknown target kind 'angel' \(did you mean 'angle'\?\); expected one of "
-                                          r"scalar, vector, distribution, coords, angle$"):
+                                          r"scalar, vector, distribution, coords, angle, count$"):
         target_kind("angel")

@@ -20,7 +20,7 @@ from edgereg.training.regressor import OutputTransform, Regressor
 
 torch.set_num_threads(1)
 
-N_TARGETS = {"scalar": 1, "vector": 3, "distribution": 5, "coords": 4, "angle": 2}  # coords: 2 points
+N_TARGETS = {"scalar": 1, "vector": 3, "distribution": 5, "coords": 4, "angle": 2, "count": 2}  # coords: 2 points
 
 
 def make_transform(kind: str) -> OutputTransform:
@@ -29,6 +29,8 @@ def make_transform(kind: str) -> OutputTransform:
         return OutputTransform(kind, t, lo=(80.0,), hi=(350.0,))
     if kind == "vector":
         return OutputTransform(kind, t, mean=(1.0, -2.0, 30.0), std=(0.5, 2.0, 10.0))
+    if kind == "count":
+        return OutputTransform(kind, t, mean=(4.0, 12.0))
     return OutputTransform(kind, t)
 
 

@@ -19,6 +19,7 @@ EXPECTED_COLUMNS = {
     "box": ["x", "y", "group"],
     "pixelstats": ["mean", "median", "std"],
     "angle": ["angle"],
+    "count": ["count"],
 }
 
 
@@ -230,6 +231,23 @@ def test_angle_is_counter_clockwise_as_displayed_from_plus_x():
         assert 0 <= angle < 360
     assert len(errors) > 30
     assert np.median(np.abs(errors)) < 5
+
+
+# ---- count -------------------------------------------------------------------------------------
+
+def test_count_label_is_the_number_of_particles_in_the_photo():
+    counts = []
+    for index in range(40):
+        image, (count,), group = synth.render("count", index, n=40)
+        gray = image.astype(np.float32).mean(axis=2)  # (S, S)
+        size = gray.shape[0]
+        yy, xx = np.mgrid[:size, :size]
+        dish = np.hypot(xx - (size - 1) / 2, yy - (size - 1) / 2) < 0.42 * size  # inside the rim's blur
+        dark = ((gray < 130) & dish).astype(np.uint8)
+        n_blobs = cv2.connectedComponents(dark, connectivity=4)[0] - 1  # label 0 is the background
+        assert count == n_blobs and count == int(count) and group is None
+        counts.append(count)
+    assert min(counts) <= 3 and max(counts) >= 15, "counts must span the task's range"
 
 
 # ---- CLI and dependencies ----------------------------------------------------------------------

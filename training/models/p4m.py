@@ -26,10 +26,11 @@ from torch import nn
 
 from edgereg.errors import EdgeregError
 from edgereg.training.heads import make_head
+from edgereg.training.kind_training import KIND_TRAINING
 from edgereg.training.models import d4
 from edgereg.training.models.registry import positive_ints, register_model
 
-INVARIANT_KINDS = ("scalar", "vector", "distribution")  # an invariant net cannot locate or orient
+INVARIANT_KINDS = tuple(name for name, kind in KIND_TRAINING.items() if kind.invariant)  # not locate, orient
 
 
 class P4MConvBNReLU(nn.Module):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from edgereg.card import KINDS
 from edgereg.errors import EdgeregError, ShapeError, did_you_mean
 from edgereg.training.heads import check_kind
+from edgereg.training.kind_training import kind_training
 
 _REQUIRED_PARAMETERS = ("in_channels", "n_outputs", "kind", "input_size")
 _DEFAULT_MODEL = {"coords": "heatmap_small"}  # every other kind: "cnn_small"
@@ -167,7 +168,7 @@ def create_model(
                 f"its options are: {choices}"
             )
     n_outputs = _positive_int(n_outputs, "n_outputs")
-    if kind in ("coords", "angle") and n_outputs % 2:
+    if kind_training(kind).paired_outputs and n_outputs % 2:
         raise EdgeregError(
             f"kind {kind!r} needs an even number of raw outputs ((x, y) or (sin, cos) pairs), "
             f"got n_outputs={n_outputs}; use OutputTransform.n_outputs"
