@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import json
 import os
@@ -250,8 +252,10 @@ def test_worker_processes_killed_mid_run_still_every_input_exactly_once(local_ra
     killed = {}
 
     def workers(title):
-        """Processes below this test process (its Ray's workers) whose title is ``title``."""
-        return [pid for pid, command in descendants(os.getpid()).items() if command.strip() == title]
+        """Processes below this test process (its Ray's workers) whose title is ``title`` (an actor's
+        title gains the method's name while it runs one)."""
+        return [pid for pid, command in descendants(os.getpid()).items()
+                if command.strip() == title or command.startswith(title + ".")]
 
     def kill_workers():
         # 1. the decode task of the slow block: the worker that keeps decoding for over a second
@@ -266,11 +270,17 @@ def test_worker_processes_killed_mid_run_still_every_input_exactly_once(local_ra
                     killed["decode"] = pid
             time.sleep(0.25)
         # 2. the ONNX Runtime actor, once it runs (its retried input is still being decoded)
-        wait_until(lambda: workers("ray::MapWorker(MapBatches(OnnxScorer))"), "the actor", timeout_s=60)
-        killed["rows before the actor was killed"] = committed_rows(out)
-        for pid in workers("ray::MapWorker(MapBatches(OnnxScorer))"):
-            os.kill(pid, signal.SIGKILL)  # Ray Data restarts the actor and resubmits its tasks
-            killed["actor"] = pid
+        # (looked up again until one is killed: a scan of /proc can miss a process it sees a moment later)
+        deadline = time.monotonic() + 60
+        while "actor" not in killed and time.monotonic() < deadline:
+            actors = workers("ray::MapWorker(MapBatches(OnnxScorer))")
+            if actors:
+                killed["rows before the actor was killed"] = committed_rows(out)
+            for pid in actors:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # Ray Data restarts the actor and resubmits its tasks
+                    killed["actor"] = pid
+            time.sleep(0.1)
 
     helper = threading.Thread(target=kill_workers, daemon=True)
     helper.start()
