@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -226,7 +227,10 @@ def test_ctrl_c_mid_run_exits_130_with_complete_rows(model, tmp_path, rng):
     listing.write_text("\n".join(first + slow) + "\n")
     out = tmp_path / "preds.csv"
     process = subprocess.Popen([sys.executable, "-m", "edgereg", "infer", model, str(listing), "--out", str(out),
-                                "--batch", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                "--batch", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               # Ctrl-C must reach it even when the test run itself was started with
+                               # SIGINT ignored (a background job of a non-interactive shell)
+                               preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for_rows(out, 8, process)
         process.send_signal(signal.SIGINT)

@@ -4,6 +4,7 @@ Ctrl-C. No test needs a camera."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -270,7 +271,9 @@ def test_cli_bad_camera_spec_and_undecodable_video_file(predictor, tmp_path, cap
 def test_ctrl_c_exits_cleanly_with_a_summary(predictor):
     # a device that never opens: the loop retries until interrupted
     process = subprocess.Popen([sys.executable, "-m", "edgereg", "infer", str(predictor.path), "--camera", "97"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # SIGINT as a terminal delivers it, even under a runner that ignores it
+                               preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
     try:
         first = process.stdout.readline()  # the first "no frame" line: the loop is running
         assert first.startswith("no frame: could not open camera 97")
