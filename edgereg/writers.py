@@ -30,6 +30,7 @@ fails in the middle of a run (disk full) cuts the file back to its last complete
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -513,10 +514,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
         raise output_error(exc, target, fix="choose another output folder") from None
     finally:
         if temp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(temp)
-            except OSError:
-                pass
     return target
 
 

@@ -8,6 +8,7 @@ files with the same preprocessing is a single read. numpy and OpenCV only: no to
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -416,10 +417,8 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
         pass  # read-only dataset folder, full disk: loading still works, only slower next time
     finally:
         if temp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(temp)
-            except OSError:
-                pass
 
 
 def load_dataset(root_or_csv: str | os.PathLike, *, config: PreprocessConfig,

@@ -15,7 +15,8 @@ import os
 import sys
 import time
 
-from edgereg.cli.options import MAX_PIXELS_HELP, MAX_THREADS, add_card_option, count, non_negative, pixels
+from edgereg.cli.options import (MAX_PIXELS_HELP, MAX_THREADS, add_card_option, add_smoothing_options, count, finite,
+                                 level, non_negative, pixels)
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 DESCRIPTION = """\
@@ -97,7 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_card_option(model)
 
     lab = parser.add_argument_group("lab-grade readings (docs/lab-grade.md)")
-    lab.add_argument("--confidence", type=_level, default=0.9, metavar="P",
+    lab.add_argument("--confidence", type=level, default=0.9, metavar="P",
                      help="level of the <target>_lo/_hi intervals: 0.5, 0.8, 0.9 (default), 0.95 or 0.99")
     lab.add_argument("--no-intervals", action="store_true", help="leave out the _lo/_hi columns")
     lab.add_argument("--no-calibration", action="store_true",
@@ -137,12 +138,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="rows per atomically committed part (default 4096; a crash redoes at most this many)")
 
     live = parser.add_argument_group("live readout (--camera)")
-    live.add_argument("--smooth", type=count(1), default=5, metavar="N",
-                      help="smooth over N frames; stable = held within tolerance for N frames (default 5)")
-    live.add_argument("--smooth-method", choices=("median", "ema"), default="median",
-                      help="median (default; ignores odd frames) or ema")
-    live.add_argument("--stable-tol", type=float, default=None, metavar="X",
-                      help="tolerance of 'stable' in target units (default: 1%% of the card's range)")
+    add_smoothing_options(live)
     live.add_argument("--show", action="store_true", help="show frames with the reading (needs an OpenCV GUI)")
     live.add_argument("--frames", type=count(1), default=None, metavar="N", help="stop after this many frames")
     live.add_argument("--max-retries", type=count(0), default=None, metavar="N",
@@ -151,32 +147,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     quality.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
     quality.add_argument("--blur-threshold", type=non_negative, default=None, metavar="X",
                       help="variance of the Laplacian below which a frame is blurred (default 10; 0: off)")
-    live.add_argument("--check-standard", type=_finite, default=None, metavar="VALUE",
+    live.add_argument("--check-standard", type=finite, default=None, metavar="VALUE",
                       help="a standard of this known value is in view: warn (and exit 1) when stable readings "
                            "drift beyond their interval")
     return parser
-
-
-def _level(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a level such as 0.9, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a level in (0, 1) such as 0.9, got {text}")
-    return value
-
-
-def _finite(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return value
 
 
 def run(args) -> int:

@@ -32,15 +32,23 @@ def count(minimum: int, maximum: int | None = None):
     return parse
 
 
-def non_negative(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
+def number(accept, unparsable: str, rejected: str):
+    """A parser of floats that ``accept(value)`` admits; the errors say "expected <unparsable>" for
+    text that is not a number and "expected <rejected>" for a number outside the admitted set."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unparsable}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {rejected}, got {text}")
+        return value
+    return parse
+
+
+non_negative = number(lambda value: value >= 0 and math.isfinite(value), "a number >= 0", "a finite number >= 0")
+finite = number(math.isfinite, "a number", "a finite number")
+level = number(lambda value: 0 < value < 1, "a level such as 0.9", "a level in (0, 1) such as 0.9")
 
 
 def pixels(text: str) -> int | None:
@@ -70,3 +78,14 @@ def card_from_option(args):
     from edgereg.card import read_card_file
 
     return read_card_file(args.card)
+
+
+def add_smoothing_options(group: argparse._ArgumentGroup) -> None:
+    """``--smooth``, ``--smooth-method`` and ``--stable-tol`` of a live readout (infer --camera, serve)."""
+    group.add_argument("--smooth", type=count(1), default=5, metavar="N",
+                       help="smooth over N frames; stable = held within tolerance for N frames (default 5)")
+    group.add_argument("--smooth-method", choices=("median", "ema"), default="median",
+                       help="median (default; ignores odd frames) or ema")
+    group.add_argument("--stable-tol", type=float, default=None, metavar="X",
+                       help="tolerance of 'stable' in target units (default: 1%% of the card's range)")
+

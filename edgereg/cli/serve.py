@@ -12,7 +12,8 @@ import ipaddress
 import re
 import sys
 
-from edgereg.cli.options import MAX_PIXELS_HELP, MAX_THREADS, add_card_option, count, non_negative, pixels
+from edgereg.cli.options import (MAX_PIXELS_HELP, MAX_THREADS, add_card_option, add_smoothing_options, count,
+                                 non_negative, pixels)
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 
@@ -91,12 +92,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_card_option(model)
 
     live = parser.add_argument_group("live readout (--camera)")
-    live.add_argument("--smooth", type=count(1), default=5, metavar="N",
-                      help="smooth over N frames; stable = held within tolerance for N frames (default 5)")
-    live.add_argument("--smooth-method", choices=("median", "ema"), default="median",
-                      help="median (default; ignores odd frames) or ema")
-    live.add_argument("--stable-tol", type=float, default=None, metavar="X",
-                      help="tolerance of 'stable' in target units (default: 1%% of the card's range)")
+    add_smoothing_options(live)
     live.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
     live.add_argument("--blur-threshold", type=non_negative, default=None, metavar="X",
                       help="variance of the Laplacian below which a frame is blurred (default 10; 0: off)")

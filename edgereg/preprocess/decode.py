@@ -18,6 +18,7 @@ Hostile files are refused before they cost memory or time:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
@@ -260,6 +261,19 @@ def _looks_truncated(data: bytes) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _os_errors_as_decode_errors(path):
+    """Turn the OS errors of stat/open into one-line DecodeErrors naming ``path``."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DecodeError(f"'{path}': file not found") from None
+    except PermissionError:
+        raise DecodeError(f"'{path}': permission denied") from None
+    except OSError as exc:
+        raise DecodeError(f"'{path}': unreadable ({exc.strerror or exc})") from None
+
+
 def read_file_bytes(path: str | os.PathLike, *, max_bytes: int | None = None) -> bytes:
     """The bytes of a regular file; anything else is refused without blocking.
 
@@ -270,28 +284,16 @@ def read_file_bytes(path: str | os.PathLike, *, max_bytes: int | None = None) ->
     Raises:
         DecodeError: missing, not a regular file, larger than ``max_bytes``, or unreadable.
     """
-    try:
+    with _os_errors_as_decode_errors(path):
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise DecodeError(f"'{path}': file not found") from None
-    except PermissionError:
-        raise DecodeError(f"'{path}': permission denied") from None
-    except OSError as exc:
-        raise DecodeError(f"'{path}': unreadable ({exc.strerror or exc})") from None
     kind = file_kind(mode)
     if kind == "directory":
         raise DecodeError(f"'{path}': is a directory, not an image")
     if kind is not None:
         raise DecodeError(f"'{path}': not a regular file ({kind})")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
+    with _os_errors_as_decode_errors(path):
         fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise DecodeError(f"'{path}': file not found") from None
-    except PermissionError:
-        raise DecodeError(f"'{path}': permission denied") from None
-    except OSError as exc:
-        raise DecodeError(f"'{path}': unreadable ({exc.strerror or exc})") from None
     try:
         info = os.fstat(fd)
         kind = file_kind(info.st_mode)
