@@ -15,20 +15,13 @@ import time
 import cv2
 import numpy as np
 import pytest
+from scoring_files import read_csv, write_images, write_slow_images
 
 from edgereg.cli.main import main
 
 
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
-def write_images(folder, rng, names):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        cv2.imwrite(str(folder / name), rng.integers(0, 256, (24, 20, 3), dtype=np.uint8))
-    return [str(folder / name) for name in names]
 
 
 def write_broken(folder):
@@ -169,16 +162,6 @@ def wait_for_rows(path, n_rows, process, timeout_s=120.0):
     raise AssertionError(f"no {n_rows} rows in {path} after {timeout_s} s")
 
 
-def write_slow_images(folder, names):
-    """Valid 7000x7000 PNGs (49 MP, under the 50 MP default) of ~0.6 MB that take a while to decode:
-    they keep a run busy mid-way (FIFOs no longer can: they are refused without blocking)."""
-    image = np.zeros((7000, 7000, 3), dtype=np.uint8)
-    image[::50] = 200
-    data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_bytes(data)
-    return [str(folder / name) for name in names]
 
 
 @pytest.mark.slow
