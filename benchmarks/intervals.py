@@ -56,14 +56,22 @@ def log_scale(concentration: float) -> float:
     return 10.0 ** ((concentration - 80.0) / 135.0)
 
 
+def rows_to_derive(source: Path, out: Path) -> list[dict] | None:
+    """The label rows of ``source`` for a dataset ``out`` derived from it, with ``out/images`` made;
+    None when ``out`` is already complete (its labels.csv, written last, exists)."""
+    if (out / "labels.csv").exists():
+        return None
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with open(source / "labels.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def relabel(source: Path, out: Path, transform, column: str) -> Path:
     """A dataset folder with ``source``'s images (hard links, or copies across file systems: a
     dataset's images stay inside its folder) and a transformed target."""
-    if (out / "labels.csv").exists():
+    rows = rows_to_derive(source, out)
+    if rows is None:
         return out
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    with open(source / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
     for row in rows:
         target = out / row["path"]
         if not target.exists():

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from intervals import rows_to_derive  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,9 @@ def edgereg(*args) -> None:
 
 def drifted_copy(source: Path, out: Path, change: CameraChange) -> Path:
     """The dataset ``source`` as the new camera would have taken it (same labels)."""
-    if (out / "labels.csv").exists():
+    rows = rows_to_derive(source, out)
+    if rows is None:
         return out
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    with open(source / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
     for row in rows:
         cv2.imwrite(str(out / row["path"]), change(cv2.imread(str(source / row["path"]), cv2.IMREAD_COLOR)))
     (out / "labels.csv").write_text((source / "labels.csv").read_text())
