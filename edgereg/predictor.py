@@ -67,6 +67,14 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.values)
 
+    def take(self, start: int, stop: int) -> "Predictions":
+        """Readings ``start:stop`` with every field cut alike, indexed from 0 (one request's share of
+        a micro-batch)."""
+        part = slice(start, stop)
+        cut = lambda array: None if array is None else array[part]  # noqa: E731
+        return replace(self, values=self.values[part], spread=cut(self.spread), lo=cut(self.lo), hi=cut(self.hi),
+                       raw=cut(self.raw), flags=self.flags[part], index=np.arange(stop - start, dtype=np.int64))
+
     def rows(self) -> Iterator[dict[str, float]]:
         """One dict per image: ``{name: value, name + "_lo": lo, name + "_hi": hi, ...,
         name + "_spread": spread, ...}`` (bounds only with intervals, spreads only with TTA)."""

@@ -158,6 +158,17 @@ def output_columns(predictor: Predictor, *, audit: bool = False) -> tuple[str, .
                               with_interval=predictor.lab.has_intervals, audit=AUDIT_COLUMNS if audit else ())
 
 
+def prediction_flags(card: ModelCard, result: Predictions, boxes: list[CropBox]) -> list[tuple[str, ...]]:
+    """The flags of each reading of ``result``: :func:`reading_flags` judged on the network's own
+    readings (before a calibration to standards: ``out_of_range`` is about the network's head),
+    then the lab flags the predictor attached (``below_lod``, ...)."""
+    network = result.values if result.raw is None else result.raw
+    flags = reading_flags(card, network, result.spread, target_spans(card, boxes))
+    if not result.flags:
+        return flags
+    return [(*own, *lab) for own, lab in zip(flags, result.flags)]
+
+
 def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None,
                   spans: np.ndarray) -> list[tuple[str, ...]]:
     """The flags of each reading (see the module docstring).
@@ -189,7 +200,7 @@ def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None
     return flags
 
 
-def _reason(exc: BaseException, key: str) -> str:
+def failure_reason(exc: BaseException, key: str) -> str:
     """The error message without the ``'path': `` prefix that edgereg's errors start with; an
     OpenCV exception becomes a sentence (``explain_cv2_error``), never its assertion text."""
     import cv2
@@ -246,7 +257,7 @@ def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAU
             # JPEGs decoded at 1/2..1/8 under config.decode, as training decoded them (preprocess.frames)
             return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels)
     except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
-        return _reason(exc, entry.key)
+        return failure_reason(exc, entry.key)
 
 
 def load_entry(entry: Entry, config: PreprocessConfig,
@@ -401,8 +412,7 @@ def _rows(predictor: Predictor, items: list[_Item], audit=None) -> Iterator[dict
         frames = np.stack([item.frame for item in scored])  # (B, h, w, 3)
         boxes = [item.box for item in scored]
         result = predictor.predict_prepared(frames, boxes)
-        network = result.values if result.raw is None else result.raw  # out_of_range judges the network's head
-        flags = reading_flags(predictor.card, network, result.spread, target_spans(predictor.card, boxes))
+        flags = prediction_flags(predictor.card, result, boxes)
     with_interval = predictor.lab.has_intervals
     position = 0
     for item in items:
@@ -424,7 +434,7 @@ def _rows(predictor: Predictor, items: list[_Item], audit=None) -> Iterator[dict
                     row[f"{name}_hi"] = float(result.hi[position, j])
             if result.spread is not None:
                 row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[position]))
-            row["flags"] = (*flags[position], *quality, *result.flags[position])
+            row["flags"] = (*flags[position], *quality)
             position += 1
         if audit is not None:
             row.update(audit.fields(source_of(item.entry.key), item.frame))

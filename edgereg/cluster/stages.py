@@ -29,7 +29,7 @@ import numpy as np
 
 from edgereg.preprocess import CropBox, PreprocessConfig, preprocess_batch
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
-from edgereg.scoring import load_entry, reading_flags, target_spans
+from edgereg.scoring import load_entry, prediction_flags
 from edgereg.sources import Entry
 from edgereg.tta import TTASpec
 
@@ -137,8 +137,6 @@ class OnnxScorer:
                 spread[good] = result.spread
             if result.lo is not None:
                 lo[good], hi[good] = result.lo, result.hi
-            network = result.values if result.raw is None else result.raw  # out_of_range judges the network
-            marks = reading_flags(predictor.card, network, result.spread, target_spans(predictor.card, boxes))
-            flags[good] = [FLAG_SEPARATOR.join((*m, *lab)) for m, lab in zip(marks, result.flags)]
+            flags[good] = [FLAG_SEPARATOR.join(marks) for marks in prediction_flags(predictor.card, result, boxes)]
         return {"index": np.asarray(batch["index"], dtype=np.int64), "values": values, "spread": spread, "lo": lo,
                 "hi": hi, "flags": flags, "error": errors, "provider": np.full(count, self.provider, dtype=object)}

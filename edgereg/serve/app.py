@@ -41,7 +41,7 @@ from edgereg import __version__
 from edgereg.live import NO_FRAME, LiveFeed, Reading
 from edgereg.predictor import Predictor
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
-from edgereg.scoring import reading_flags, target_spans
+from edgereg.scoring import prediction_flags
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.frames import FrameEncoder, JpegOptions, StreamClock
 from edgereg.serve.guard import BodyLimit, SecurityHeaders, TokenGuard
@@ -289,15 +289,18 @@ class _Server:
         readings: list[dict | None] = [None] * len(uploads)
         if len(prepared.frames):
             result = await asyncio.wrap_future(self.batcher.submit(prepared.frames, prepared.boxes))
-            spans = target_spans(self.predictor.card, prepared.boxes)
-            flags = reading_flags(self.predictor.card, result.values, result.spread, spans)
+            flags = prediction_flags(self.predictor.card, result, prepared.boxes)
             for row, position in enumerate(prepared.index):
-                readings[position] = {
+                reading = {
                     "index": position, "name": uploads[position].name,
                     "value": _finite(dict(zip(result.names, result.values[row]))),
                     "spread": None if result.spread is None else _finite(dict(zip(result.names, result.spread[row]))),
                     "flags": list(flags[row]),
                 }
+                if result.lo is not None:  # the card's intervals, at its confidence, as folder scoring writes them
+                    reading["lo"] = _finite(dict(zip(result.names, result.lo[row])))
+                    reading["hi"] = _finite(dict(zip(result.names, result.hi[row])))
+                readings[position] = reading
         for position, name, reason in prepared.errors:
             readings[position] = {"index": position, "name": name, "error": reason}
         self.metrics.images.labels("read").inc(len(prepared.index))

@@ -112,7 +112,5 @@ class MicroBatcher:
         start = 0
         for job in jobs:
             n = len(job.frames)
-            spread = None if result.spread is None else result.spread[start:start + n]
-            job.future.set_result(Predictions(result.values[start:start + n], spread, result.names,
-                                              np.arange(n, dtype=np.int64)))
+            job.future.set_result(result.take(start, start + n))
             start += n

@@ -1,10 +1,11 @@
 """Uploaded images -> frames for the model, through the same checks as folder scoring.
 
-Each upload is decoded with :func:`edgereg.preprocess.decode_image` (empty, truncated, corrupt
-images, and images whose header declares more than ``max_pixels``, are refused before decoding
-with the same reasons as ``edgereg infer PATH``), then cropped and
-resized with :func:`edgereg.preprocess.crop_resize`. A bad upload never fails the others: it gets
-its reason, and the good ones are read.
+Each upload is read with :func:`edgereg.preprocess.load_frame`, the function folder scoring and
+training use: the card's decode policy (a reduced JPEG decode where the crop allows it), the
+crop and the resize; empty, truncated and corrupt images, and images whose header declares more
+than ``max_pixels``, are refused before decoding with the reasons ``edgereg infer PATH`` gives
+(:func:`edgereg.scoring.failure_reason`). A bad upload never fails the others: it gets its
+reason, and the good ones are read.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.errors import EdgeregError
-from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, decode_image
+from edgereg.preprocess import CropBox, PreprocessConfig, load_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
+from edgereg.scoring import failure_reason
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,6 @@ class PreparedUploads:
     errors: list[tuple[int, str, str]]
 
 
-def _reason(exc: BaseException, name: str) -> str:
-    """The error's one line without the ``'name': `` prefix that decode errors start with."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    prefix = f"'{name}': "
-    text = text[len(prefix):] if text.startswith(prefix) else text
-    return text if isinstance(exc, EdgeregError) else f"{type(exc).__name__}: {text}"
-
-
 def prepare_uploads(uploads: list[Upload], config: PreprocessConfig, *,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PreparedUploads:
     """Decode, check, crop and resize uploads (blocking: call from a worker thread).
@@ -63,10 +56,9 @@ def prepare_uploads(uploads: list[Upload], config: PreprocessConfig, *,
     frames, boxes, index, errors = [], [], [], []
     for position, upload in enumerate(uploads):
         try:
-            image = decode_image(upload.data, source=upload.name, max_pixels=max_pixels)
-            frame, box = crop_resize(image, config)
+            frame, box = load_frame(upload.data, config, source=upload.name, max_pixels=max_pixels)
         except Exception as exc:  # noqa: BLE001 - a bad upload is reported, never a server error
-            errors.append((position, upload.name, _reason(exc, upload.name)))
+            errors.append((position, upload.name, failure_reason(exc, upload.name)))
             continue
         frames.append(frame)
         boxes.append(box)

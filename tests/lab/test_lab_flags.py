@@ -166,3 +166,38 @@ def test_c_postprocess_matches_the_python_runtime_on_the_grid(variant, model_fac
         np.testing.assert_allclose(got[:, 2], python.hi[:, 0], rtol=1e-6, atol=1e-6)
     bits = [sum(1 << LAB_FLAGS.index(f) for f in flags) for flags in python.flags]
     assert got[:, 3].astype(int).tolist() == bits
+
+
+def test_the_http_api_returns_the_bounds_and_lab_flags_folder_scoring_writes(model_factory, tmp_path):
+    """/api/predict on a calibrated, validated model with intervals: the same value, lo, hi and
+    flags as `edgereg infer` writes for the same files (two requests batched together included)."""
+    pytest.importorskip("starlette")
+    import csv
+
+    import cv2
+    from starlette.testclient import TestClient
+
+    from edgereg import Predictor
+    from edgereg.cli.main import main
+    from edgereg.serve.app import create_app
+
+    model = model_factory(**lab_fields())
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for gray in (0, 70, 230):
+        cv2.imwrite(str(folder / f"g{gray:03d}.png"), np.full((16, 16, 3), gray, np.uint8))
+    assert main(["infer", str(model), str(folder), "--out", str(tmp_path / "rows.csv")]) == 0
+    with open(tmp_path / "rows.csv", newline="") as handle:
+        written = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(handle)}
+    files = [("image", (path.name, path.read_bytes(), "image/png")) for path in sorted(folder.iterdir())]
+    with TestClient(create_app(Predictor(model, confidence=0.9))) as client:
+        readings = client.post("/api/predict", files=files).json()["readings"]
+    assert [r["name"] for r in readings] == sorted(written)
+    flagged = 0
+    for reading in readings:
+        row = written[reading["name"]]
+        for field, column in (("value", "conc"), ("lo", "conc_lo"), ("hi", "conc_hi")):
+            assert reading[field]["conc"] == pytest.approx(float(row[column]), rel=1e-6), (reading["name"], field)
+        assert ";".join(reading["flags"]) == row["flags"]
+        flagged += bool(reading["flags"])
+    assert flagged >= 2  # gray 0 reads below the blank's limit, gray 230 above the validated range
