@@ -109,7 +109,7 @@ class LabC:
         return (f" *   {p}_read_rgb888(pixels, width, height, stride, confidence, out)\n"
                 f" *   {p}_read_gray8(pixels, width, height, stride, confidence, out)\n"
                 f" *       A frame -> struct {p}_reading: the network's readings (raw), calibrated values\n"
-                f" *       ({_comment_safe(calibration)}), conformal intervals at `confidence` (one of: {levels};\n"
+                f" *       ({comment_safe(calibration)}), conformal intervals at `confidence` (one of: {levels};\n"
                 f" *       else {m}_ERR_CONFIDENCE) and lab flags, as edgereg's runtime computes them without TTA.\n"
                 f" *       Coverage holds only for frames like the export's calibration images.\n"
                 f" *\n"
@@ -227,7 +227,8 @@ class LabC:
                          for key in ("lob", "lod", "loq", "range_lo", "range_hi"))
 
 
-def _comment_safe(text: str) -> str:
+def comment_safe(text: str) -> str:
+    """``text`` made safe inside a C block comment (no ``*/``)."""
     return text.replace("*/", "* /")
 
 

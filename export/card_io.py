@@ -20,13 +20,7 @@ def embed_card(model, card: ModelCard):
 
 def write_card(path: str | Path, card: ModelCard) -> None:
     """Rewrite the ONNX file at ``path`` with ``card`` embedded (atomic replace)."""
-    onnx = require_extra("onnx")
-    path = Path(path)
-    model = onnx.load(str(path))
-    embed_card(model, card)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    copy_with_card(path, path, card)
 
 
 def copy_with_card(src: str | Path, dst: str | Path, card: ModelCard) -> Path:

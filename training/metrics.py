@@ -17,22 +17,9 @@ import numpy as np
 
 from edgereg.errors import ShapeError, did_you_mean
 from edgereg.kinds import target_kind
+from edgereg.angles import circular_difference  # noqa: F401 (re-exported: kind_training, tests)
 from edgereg.preprocess.geometry import uv_to_source_pixels  # noqa: F401 (re-exported: fit, tests)
 from edgereg.training.kind_training import KIND_TRAINING, kind_training
-
-
-def circular_difference(pred_deg: np.ndarray, true_deg: np.ndarray) -> np.ndarray:
-    """Signed smallest angle from ``true`` to ``pred``.
-
-    Args:
-        pred_deg: (...) float, degrees.
-        true_deg: (...) float, degrees, broadcastable to ``pred_deg``.
-
-    Returns:
-        (...) float64 in [-180, 180) degrees.
-    """
-    diff = np.asarray(pred_deg, dtype=np.float64) - np.asarray(true_deg, dtype=np.float64)
-    return np.mod(diff + 180.0, 360.0) - 180.0
 
 
 def circular_mean(angles_deg: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
+from scoring_files import read_csv
 
 from edgereg.cluster.parts import MANIFEST, PartStore, error_line, state_dir_for
 from edgereg.errors import EdgeregError
@@ -27,10 +27,6 @@ def rows_of(*rows, fmt="csv"):
 def errors_of(*pairs):
     return [(key, error_line(key, reason)) for key, reason in pairs]
 
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def local_bytes(tmp_path, rows):

@@ -70,6 +70,8 @@ def test_max_drop_must_be_a_finite_number_from_zero(bad):
 @pytest.mark.parametrize("good", [0, 0.0, 0.1, 5])
 def test_max_drop_accepts_zero_and_positive_numbers(good):
     validate_max_drop(good)
+    same = check_gate(metrics(1.0, a=1.0), metrics(1.0, a=1.0), max_drop=good)  # no drop passes at any bound
+    assert same.passed and same.max_drop == float(good)
 
 
 def test_user_units_are_source_pixels_for_coords_and_float64_for_the_rest():

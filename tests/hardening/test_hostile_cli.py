@@ -3,7 +3,6 @@ and the CPU shown with the numbers (defects 8, 10, 11, 13, 14; part 1 of the cam
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -11,15 +10,12 @@ import cv2
 import numpy as np
 import pytest
 from hostile_helpers import assert_one_line_error, run_cli
+from scoring_files import read_csv
 
 from edgereg.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 # ------------------------------------------------------------------------------ defect 8: bench

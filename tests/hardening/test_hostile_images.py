@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import socket
 
@@ -10,16 +9,13 @@ import cv2
 import numpy as np
 import pytest
 from hostile_helpers import png_bomb, run_cli_measured, write_pngs
+from scoring_files import read_csv
 
 from edgereg.errors import DecodeError
 from edgereg.preprocess import decode_image, read_image
 
 BOMB_REASON = "too large: 30000x30000 = 900 MP > 50 MP (--max-pixels)"
 
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.mark.slow

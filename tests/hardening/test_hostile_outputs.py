@@ -9,13 +9,10 @@ import os
 
 import pytest
 from hostile_helpers import assert_one_line_error, read_only_dir, small_tmpfs, write_pngs
+from scoring_files import read_csv
 
 from edgereg.cli.main import main
 
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def first_rows(path, n):

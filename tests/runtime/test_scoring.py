@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import cv2
 import numpy as np
 import pytest
+from scoring_files import read_csv
 
 from edgereg import Predictor
 from edgereg.errors import EdgeregError
@@ -19,10 +19,6 @@ from edgereg.writers import (
     prediction_columns,
 )
 
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def make_mixed_folder(root, rng, n_good=9):
