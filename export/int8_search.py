@@ -159,10 +159,10 @@ def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict,
         steps.append(line)
         log(line)
 
-    head = quantizer.head if quantizer.options.keep_head_float else ()
+    head = (quantizer.head if quantizer.options.keep_head_float else ()) + quantizer.fixed
 
     def nodes_for(float_layers: dict[str, str]) -> tuple[str, ...]:
-        """The head (when kept float) and every node of the float layers."""
+        """The head (when kept float), the fixed feature blocks and every node of the float layers."""
         return tuple(dict.fromkeys([*head, *(node for name in float_layers for node in layers[name].nodes)]))
 
     def build(method: str, activations: str, float_layers: dict[str, str]) -> _State:

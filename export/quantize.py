@@ -231,6 +231,18 @@ def head_nodes(model) -> tuple[str, ...]:
     return tuple(node.name for node in graph.node if node.name in keep)
 
 
+FIXED_FEATURES = "fixed_features"  # module name of the feature blocks of edgereg.training.blocks
+
+
+def fixed_feature_nodes(model) -> tuple[str, ...]:
+    """Nodes of fixed (not learned) feature blocks, named ``.../fixed_features/...`` by the exporter.
+
+    They stay float: they hold no learned weight to shrink, are a small share of the work, and
+    quantizing the pixel values or order statistics they compute only loses precision.
+    """
+    return tuple(n.name for n in model.graph.node if f"/{FIXED_FEATURES}" in n.name)
+
+
 def first_nodes(model) -> tuple[str, ...]:
     """Name of the first learned layer (the Conv/Gemm nearest the graph input), as a 1-tuple.
 
@@ -396,8 +408,10 @@ class Quantizer:
         self.head = head_nodes(self.model)
         self.first = first_nodes(self.model)
         fixed = (self.first if options.keep_first_float else ()) + (self.head if options.keep_head_float else ())
-        self.base_float = tuple(dict.fromkeys(fixed))
-        self.layers = quantizable_layers(self.model, exclude=self.head if options.keep_head_float else ())
+        self.fixed = fixed_feature_nodes(self.model)  # always float (see fixed_feature_nodes)
+        self.base_float = tuple(dict.fromkeys(fixed + self.fixed))
+        excluded = (self.head if options.keep_head_float else ()) + self.fixed
+        self.layers = quantizable_layers(self.model, exclude=excluded)
         self._ranges: dict[str, Path] = {}
 
     def ranges(self, method: str) -> Path:

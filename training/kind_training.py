@@ -117,6 +117,13 @@ class KindTraining:
         """Raw output ``(B, n_outputs)`` mapped into the encoded target's space (the loss applies it)."""
         return raw
 
+    def from_target_space(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_target_space`: encoded targets ``(B, n_outputs)`` -> raw outputs.
+
+        A closed-form readout (``edgereg.training.blocks``) predicts in the encoded space; this makes
+        its prediction a raw output like a network's, clamped where the link is undefined."""
+        return z
+
     def output_constants(self, transform: OutputTransform) -> dict[str, np.ndarray]:
         """Constants of the output layer, ``name -> (T,)``; they become buffers of shape (1, T)."""
         return {}
@@ -194,6 +201,12 @@ class Scalar(KindTraining):
 
         return torch.sigmoid(raw)
 
+    def from_target_space(self, z):
+        import torch
+
+        z = z.clamp(1e-6, 1.0 - 1e-6)
+        return torch.log(z / (1.0 - z))
+
     def output_constants(self, transform):
         lo, hi = np.asarray(transform.lo), np.asarray(transform.hi)
         return {"offset": lo, "scale": hi - lo}
@@ -239,6 +252,11 @@ class Distribution(KindTraining):
         import torch
 
         return torch.softmax(raw, dim=1)
+
+    def from_target_space(self, z):
+        import torch
+
+        return torch.log(z.clamp_min(1e-6))
 
     def output(self, layer, raw):
         import torch
@@ -366,6 +384,11 @@ class Count(KindTraining):
         import torch
 
         return torch.exp(raw)
+
+    def from_target_space(self, z):
+        import torch
+
+        return torch.log(z.clamp_min(1e-6))
 
     def output_constants(self, transform):
         return {"scale": np.asarray(transform.mean)}

@@ -60,13 +60,15 @@ from edgereg.training.metrics import rmse_standard_error, sample_errors
 from edgereg.training.models import default_model
 from edgereg.training.plan import (FitPlan, LoadedData, ValidationPlan, load_data, load_external_test, make_plan,
                                    plan_validation, resolve_reference, run_record_model_part, seconds_per_step)
+from edgereg.training.blocks import race as readouts
 from edgereg.training.race import (MIN_RACE_STEPS, RACE_SHARE, SCORING_SHARE, Candidate, affordable,
                                    race_candidates, race_record, run_race)
 from edgereg.training.reference import describe_region
+from edgereg.training.metrics import compute_metrics
 from edgereg.training.report import SplitEvaluation, build_metrics, evaluate_split, format_summary, plot_report
 from edgereg.training.run import (BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, REPORT_FILE, RUN_FILE, RUN_FORMAT,
                                   atomic_write_bytes, failure_reason, json_ready, load_checkpoint, mark_failed,
-                                  read_json, write_json)
+                                  read_json, save_checkpoint, write_json)
 from edgereg.training.splits import Split, kfold
 
 
@@ -524,11 +526,19 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         reference_record = {"region": found.region, "reason": found.reason, "scores": found.scores}
         log(f"reference: {describe_region(reference) if reference else 'none'} ({found.reason})")
         clock.mark("reference test")
-        winner, race = choose_model_and_lr(loaded, config, vplan, reference, ctx, clock, run_dir, log=log)
+        if config.model == readouts.MODEL_NAME:
+            winner, race = Candidate(readouts.MODEL_NAME, 0.0), race_record([], None, "--model readout")
+        else:
+            winner, race = choose_model_and_lr(loaded, config, vplan, reference, ctx, clock, run_dir, log=log)
         clock.mark("race")
+    scores, readout_predictions = score_readouts(loaded, config, vplan, reference, log=log)
+    clock.mark("readouts")
     choice = {"model": winner.model, "lr": winner.lr, "reference": reference, "race": race,
               "reference_test": reference_record}
     reserve = eval_reserve(clock.budget)
+    if winner.model == readouts.MODEL_NAME:  # --model readout: the closed-form fit is the whole fit
+        return ship_readout(loaded, config, vplan, reference, scores, readout_predictions, {}, None, run_dir,
+                            clock, choice, log=log)
 
     def end(share: float = 1.0) -> float | None:
         if clock.deadline is None:
@@ -597,11 +607,26 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         clock.mark("refit")
     if not ctx.is_main:
         return TrainResult(run_dir, {}, (), "")
+    best = readouts.best_readout(scores)
+    network_val = evaluate_fit(plan, outcome.regressor, device=ctx.device,
+                               batch_size=config.eval_batch).get("val") if "val" not in evaluations else evaluations["val"]
+    if best is not None and network_val is not None and best.val_rmse < network_val.metrics["rmse"]:
+        log(f"model: {best.label()} (validation RMSE {best.val_rmse:.4g} ± {best.val_se:.2g}) beats the network "
+            f"{winner.label()} ({network_val.metrics['rmse']:.4g}): the readout is shipped")
+        network = {f"network {winner.model}": network_val.metrics}
+        return ship_readout(loaded, config, vplan, reference, scores, readout_predictions, network, network_val,
+                            run_dir, clock, choice, log=log)
     evaluations.update({k: v for k, v in evaluate_fit(plan, outcome.regressor, device=ctx.device,
                                                       batch_size=config.eval_batch).items() if k not in evaluations})
     if external is not None:
         evaluations["test"] = evaluate_external(plan, outcome.regressor, external, device=ctx.device,
                                                 batch_size=config.eval_batch)
+    if scores and "val" in evaluations:
+        evaluations["val"] = with_baselines(evaluations["val"], readout_metrics(loaded, scores, readout_predictions))
+        if best is not None:
+            ratio = best.val_rmse / max(evaluations["val"].metrics["rmse"], 1e-300)
+            log(f"the network's validation RMSE is {ratio:.2f}x lower than the best block readout's ({best.label()})")
+            facts["readouts"] = readouts_record(scores, best, ratio)
     val = evaluations.get("val")
     if val is not None:
         per_sample = sample_errors(loaded.kind, val.y_true, val.y_pred)
@@ -619,6 +644,96 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=winner.lr,
                                               choice=choice, validation_split=vplan.split if refitted else None))
     return TrainResult(run_dir, metrics, tuple(warnings), summary)
+
+
+def score_readouts(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None, *,
+                   log: Callable[[str], None]) -> tuple[list, dict]:
+    """The block readouts on the validation design (none when another model was asked for by name)."""
+    if config.model not in (None, "auto", readouts.MODEL_NAME):
+        return [], {}
+    candidates = readouts.CANDIDATES
+    if config.model == readouts.MODEL_NAME:
+        options = dict(config.model_kwargs)
+        candidates = ((options.get("blocks", readouts.DEFAULT_BLOCKS), int(options.get("hidden", 0))),)
+    splits = list(vplan.folds) if vplan.mode == "kfold" else [vplan.split]
+    if not all(len(split.val) for split in splits):
+        return [], {}
+    make_plans = lambda: [make_plan(loaded, config, split, model_name=readouts.MODEL_NAME,  # noqa: E731
+                                    reference_region=reference, seen_frac=0.0) for split in splits]
+    return readouts.race_readouts(make_plans, kind=loaded.kind, groups=loaded.dataset.groups, seed=config.seed,
+                                  batch_size=config.eval_batch, log=log, candidates=candidates)
+
+
+def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None,
+                 scores: list, predictions: dict, network: dict, network_val: SplitEvaluation | None,
+                 run_dir: Path, clock: BudgetClock, choice: dict, *, log: Callable[[str], None]) -> TrainResult:
+    """Fit the best block readout on the final rows (train, or every row after a refit/k-fold design),
+    write best.pt, metrics.json, report.png and run.json as for a network."""
+    best = readouts.best_readout(scores)
+    if best is None:
+        raise EdgeregError("no block readout could be fitted on this data (see the lines above); "
+                           "train a network instead: --model auto")
+    refitted = vplan.mode == "kfold" or vplan.refit
+    if refitted:
+        split = Split(train=np.arange(len(loaded.dataset)) if vplan.mode == "kfold" else
+                      np.concatenate([vplan.split.train, vplan.split.val]), val=np.zeros(0, np.int64),
+                      test=vplan.split.test if vplan.mode == "holdout" else np.zeros(0, np.int64),
+                      mode=vplan.split.mode, seed=vplan.split.seed)
+    else:
+        split = vplan.split
+    plan = readouts.readout_plan(make_plan(loaded, config, split, model_name=readouts.MODEL_NAME,
+                                           reference_region=reference, seen_frac=0.0 if refitted else None),
+                                 best.blocks, best.hidden)
+    started = time.perf_counter()
+    regressor, fit_record = readouts.fit_plan(plan, seed=config.seed)
+    save_checkpoint(run_dir / BEST_FILE, regressor.state_dict())
+    evaluations = {k: v for k, v in evaluate_fit(plan, regressor, batch_size=config.eval_batch).items()}
+    true, pred = predictions[best.label()]
+    baselines = dict(network_val.baselines) if network_val is not None else {}
+    others = readout_metrics(loaded, [s for s in scores if s is not best], predictions)
+    val = evaluate_split("val", loaded.kind, loaded.dataset.names, true, pred, {},
+                         groups=None if network_val is None else network_val.groups)
+    evaluations["val"] = with_baselines(val, {**baselines, **network, **others})
+    clock.mark("readout fit")
+    stopped = f"closed-form readout ({best.label()}, {fit_record})"
+    outcome = FitOutcome(regressor, [], 0, 0, stopped, 0.0, time.perf_counter() - started)
+    per_sample = sample_errors(loaded.kind, true, pred)
+    facts = {"validation": {"mode": vplan.mode, "reason": vplan.reason, "refit": vplan.refit,
+                            "val_se": best.val_se, "scored": "the readout fitted on the validation design's train rows"},
+             "race": choice.get("race"), "reference_test": choice.get("reference_test"),
+             "readouts": readouts_record(scores, best, None),
+             "decisions": [{"what": w, "choice": c, "why": y} for w, c, y in loaded.decisions]}
+    facts["validation"]["val_se"] = rmse_standard_error(per_sample, val.groups)
+    facts["budget_record"] = clock.record(stopped)
+    metrics, warnings, summary = report_fit(plan, outcome, evaluations, run_dir, facts=facts,
+                                            budget_line=lambda: clock.line(stopped))
+    metrics["budget"] = clock.record(stopped)
+    write_json(run_dir / METRICS_FILE, json_ready(metrics))
+    choice = {**choice, "model": readouts.MODEL_NAME, "lr": None, "readout": best.kwargs()}
+    write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=None, choice=choice,
+                                              validation_split=vplan.split if refitted else None))
+    return TrainResult(run_dir, metrics, tuple(warnings), summary)
+
+
+def readout_metrics(loaded: LoadedData, scores: list, predictions: dict) -> dict:
+    """{label: compute_metrics of the readout's held-out predictions} (baselines of the report)."""
+    out = {}
+    for score in scores:
+        true, pred = predictions[score.label()]
+        out[score.label()] = compute_metrics(loaded.kind, true, pred, loaded.dataset.names)
+    return out
+
+
+def with_baselines(evaluation: SplitEvaluation, extra: dict) -> SplitEvaluation:
+    """``evaluation`` with more named baselines (metrics dicts) beside its own."""
+    return replace(evaluation, baselines={**evaluation.baselines, **extra})
+
+
+def readouts_record(scores: list, best, ratio: float | None) -> dict:
+    """metrics.json ``readouts``: every candidate's validation score, the best, and how many times
+    lower the shipped network's RMSE is (None: the readout was shipped)."""
+    return {"candidates": [asdict(s) for s in scores], "best": None if best is None else best.label(),
+            "network_advantage": ratio}
 
 
 def notice(message: str) -> None:

@@ -1,0 +1,212 @@
+"""Block readouts: fixed feature blocks + a closed-form ridge (or a small MLP) readout, as a model.
+
+``readout`` is a registered model like ``cnn_small``: it maps normalized images ``(B, C, H, W)``
+to raw outputs ``(B, n_outputs)``, exports to plain ONNX (the card, TTA, intervals and the int8
+gate apply unchanged) and rebuilds from run.json + best.pt. It is not trained by gradient steps:
+:func:`fit_readout` sets its constants and weights in closed form in seconds.
+
+Inside the model::
+
+    x (normalized) -> intensity = x * scale + offset          (per channel; back to pixel values)
+                   -> fixed_features: [block(intensity) ...]  (B, D)
+                   -> (f - mu) / sd                           (standardized on the train split)
+                   -> readout: Linear (ridge) or MLP          (B, n_outputs), encoded target space
+                   -> the kind's inverse link                 raw outputs (heads.py's convention)
+
+The module attribute ``fixed_features`` names the fixed blocks in the ONNX node names, which int8
+export keeps in float (they hold no learned weights; quantizing their inputs only loses precision).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgereg.errors import EdgeregError
+from edgereg.training.blocks.features import BLOCKS
+from edgereg.training.kind_training import kind_training
+
+DEFAULT_BLOCKS = "moments,colour,bank,pixels"
+RIDGE_ALPHAS = tuple(10.0 ** e for e in range(-8, 5))  # relative to the mean eigenvalue of X'X / N
+CV_FOLDS = 5
+
+
+def parse_blocks(blocks: str) -> tuple[str, ...]:
+    """``"moments,colour"`` -> ("moments", "colour"); unknown names are an EdgeregError naming the choices."""
+    names = tuple(b.strip() for b in str(blocks).replace("+", ",").split(",") if b.strip())
+    unknown = [b for b in names if b not in BLOCKS]
+    if not names or unknown:
+        raise EdgeregError(f"unknown feature block(s) {unknown or [blocks]}; choose from {', '.join(BLOCKS)} "
+                           f"(e.g. --model readout --model-opt blocks=moments,colour)")
+    return names
+
+
+class FixedFeatures(nn.Module):
+    """Normalized images -> standardized block features, with no learned weight.
+
+    ``(B, C, H, W) float32 -> (B, D) float32``: back to pixel values (``x * scale + offset``), every
+    block, then ``(f - mu) / sd``. Its constants are set by :func:`fit_readout`.
+    """
+
+    def __init__(self, block_names: tuple[str, ...], in_channels: int, input_size: tuple[int, int]):
+        super().__init__()
+        self.blocks = nn.ModuleList(BLOCKS[b](in_channels, tuple(input_size)) for b in block_names)
+        self.n_features = d = sum(b.n_features for b in self.blocks)
+        self.register_buffer("scale", torch.ones(1, in_channels, 1, 1))
+        self.register_buffer("offset", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("mu", torch.zeros(1, d))
+        self.register_buffer("sd", torch.ones(1, d))
+
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalized -> (B, D) block features before standardization."""
+        intensity = images * self.scale + self.offset
+        return torch.cat([block(intensity) for block in self.blocks], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.raw(images) - self.mu) / self.sd
+
+
+class BlockReadout(nn.Module):
+    """Fixed feature blocks, standardization and a linear (``hidden=0``) or one-hidden-layer readout.
+
+    ``(B, C, H, W) float32 normalized -> (B, n_outputs) float32 raw``.
+    """
+
+    def __init__(self, *, in_channels: int, n_outputs: int, kind: str, input_size: tuple[int, int],
+                 blocks: str = DEFAULT_BLOCKS, hidden: int = 0):
+        super().__init__()
+        self.kind = kind
+        self.block_names = parse_blocks(blocks)
+        self.fixed_features = FixedFeatures(self.block_names, in_channels, input_size)
+        d = self.n_features = self.fixed_features.n_features
+        if hidden:
+            self.readout = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs))
+        else:
+            self.readout = nn.Linear(d, n_outputs)
+        self.input_shape = (in_channels, *input_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.readout(self.fixed_features(images))  # (B, n_outputs) encoded targets
+        return kind_training(self.kind).from_target_space(z)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Closed-form fitting
+
+
+def ridge_path(x: np.ndarray, z: np.ndarray, alphas: tuple[float, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Ridge solutions for each alpha: [(W (D, T), b (T,))], x standardized (N, D) float64, z (N, T).
+
+    One eigendecomposition of the Gram matrix serves every alpha (alpha scaled by its mean eigenvalue).
+    """
+    x_mean, z_mean = x.mean(axis=0), z.mean(axis=0)
+    xc, zc = x - x_mean, z - z_mean
+    gram = xc.T @ xc  # (D, D)
+    eigval, eigvec = np.linalg.eigh(gram)
+    eigval = np.clip(eigval, 0.0, None)
+    proj = eigvec.T @ (xc.T @ zc)  # (D, T)
+    unit = max(float(eigval.mean()), 1e-12)
+    out = []
+    for alpha in alphas:
+        w = eigvec @ (proj / (eigval + alpha * unit)[:, None])  # (D, T)
+        out.append((w, z_mean - x_mean @ w))
+    return out
+
+
+def choose_alpha(x: np.ndarray, z: np.ndarray, groups: np.ndarray | None, *, seed: int = 0) -> tuple[float, float]:
+    """(alpha, its cross-validated MSE in the encoded space) by K-fold CV on the rows given, folds of
+    whole groups when ``groups`` is given (a penalty chosen on rows of seen groups would be too weak)."""
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    if groups is not None and len(np.unique(groups)) >= 3:
+        unique = np.unique(groups)
+        order = rng.permutation(len(unique))
+        fold_of_group = {g: i % CV_FOLDS for i, g in zip(range(len(unique)), unique[order])}
+        folds = np.array([fold_of_group[g] for g in groups])
+    else:
+        folds = rng.permutation(n) % min(CV_FOLDS, max(2, n // 2))
+    errors = np.zeros(len(RIDGE_ALPHAS))
+    for f in np.unique(folds):
+        train, held = folds != f, folds == f
+        for i, (w, b) in enumerate(ridge_path(x[train], z[train], RIDGE_ALPHAS)):
+            errors[i] += ((x[held] @ w + b - z[held]) ** 2).sum()
+    errors /= n * z.shape[1]
+    best = int(np.argmin(errors))
+    return RIDGE_ALPHAS[best], float(errors[best])
+
+
+@torch.no_grad()
+def block_features(model: BlockReadout, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """(N, D) float64 features of normalized images (N, C, H, W), in batches."""
+    model.eval()
+    parts = [model.fixed_features.raw(images[i:i + batch]).double().numpy() for i in range(0, len(images), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.n_features))
+
+
+@torch.no_grad()
+def fit_readout(model: BlockReadout, images: torch.Tensor, targets_encoded: torch.Tensor, *,
+                intensity_scale, intensity_offset, groups: np.ndarray | None = None, seed: int = 0
+                ) -> dict:
+    """Fit the model's constants and readout on training images, in place.
+
+    Args:
+        images: (N, C, H, W) float32 normalized training images (the model's input).
+        targets_encoded: (N, n_outputs) float32 targets in the kind's encoded space.
+        intensity_scale, intensity_offset: (C,) the affine from the normalized input back to pixel
+            values (the preprocessing's std and mean, or the reference ratio's).
+        groups: (N,) group ids, for grouped cross-validation of the penalty.
+
+    Returns:
+        A record: alpha, its cross-validated MSE (encoded space), feature count.
+    """
+    channels = images.shape[1]
+    fixed = model.fixed_features
+    fixed.scale.copy_(torch.as_tensor(np.asarray(intensity_scale, np.float32)).view(1, channels, 1, 1))
+    fixed.offset.copy_(torch.as_tensor(np.asarray(intensity_offset, np.float32)).view(1, channels, 1, 1))
+    intensity = images * fixed.scale + fixed.offset
+    for block in fixed.blocks:
+        block.fit(intensity)
+    x = block_features(model, images)  # (N, D)
+    finite = np.isfinite(x).all(axis=1)
+    x, z = x[finite], targets_encoded.double().numpy()[finite]
+    groups = None if groups is None else np.asarray(groups)[finite]
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    sd = np.where(sd > 1e-9, sd, 1.0)  # a constant feature stays 0 after standardization
+    xs = (x - mu) / sd
+    fixed.mu.copy_(torch.from_numpy(mu[None].astype(np.float32)))
+    fixed.sd.copy_(torch.from_numpy(sd[None].astype(np.float32)))
+    if isinstance(model.readout, nn.Linear):
+        alpha, cv_mse = choose_alpha(xs, z, groups, seed=seed)
+        ((w, b),) = ridge_path(xs, z, (alpha,))
+        model.readout.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
+        model.readout.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+        return {"alpha": alpha, "cv_mse": cv_mse, "features": int(x.shape[1]), "rows": int(len(x))}
+    with torch.enable_grad():
+        return fit_mlp(model, xs, z, seed=seed)
+
+
+def fit_mlp(model: BlockReadout, xs: np.ndarray, z: np.ndarray, *, seed: int, steps: int = 600) -> dict:
+    """Full-batch AdamW on standardized features, weight decay chosen on a held-out fifth of the rows."""
+    rng = np.random.default_rng(seed)
+    held = rng.permutation(len(xs)) < max(1, len(xs) // 5)
+    x_t, z_t = torch.from_numpy(xs.astype(np.float32)), torch.from_numpy(z.astype(np.float32))
+    best = None
+    for decay in (1e-4, 1e-2, 1e-1):
+        torch.manual_seed(seed)
+        for layer in model.readout:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        optimizer = torch.optim.AdamW(model.readout.parameters(), lr=3e-3, weight_decay=decay)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = (model.readout(x_t[~held]) - z_t[~held]).square().mean()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            err = float((model.readout(x_t[held]) - z_t[held]).square().mean())
+        if best is None or err < best[0]:
+            best = (err, decay, {k: v.clone() for k, v in model.readout.state_dict().items()})
+    with torch.no_grad():
+        model.readout.load_state_dict(best[2])
+    return {"weight_decay": best[1], "held_mse": best[0], "features": int(xs.shape[1]), "rows": int(len(xs))}
