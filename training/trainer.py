@@ -531,14 +531,16 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         else:
             winner, race = choose_model_and_lr(loaded, config, vplan, reference, ctx, clock, run_dir, log=log)
         clock.mark("race")
-    scores, readout_predictions = score_readouts(loaded, config, vplan, reference, log=log)
+    race_of_readouts = score_readouts(loaded, config, vplan, reference, log=log)
     clock.mark("readouts")
     choice = {"model": winner.model, "lr": winner.lr, "reference": reference, "race": race,
               "reference_test": reference_record}
-    reserve = eval_reserve(clock.budget)
+    # time to fit the shipped readout on every row, should it beat the network (twice the measured
+    # feature time: the final fit computes the features again, then scores the splits)
+    reserve = eval_reserve(clock.budget) + 2.0 * race_of_readouts.seconds_per_row * len(loaded.dataset)
     if winner.model == readouts.MODEL_NAME:  # --model readout: the closed-form fit is the whole fit
-        return ship_readout(loaded, config, vplan, reference, scores, readout_predictions, {}, None, run_dir,
-                            clock, choice, log=log)
+        return ship_readout(loaded, config, vplan, reference, race_of_readouts, {}, None, run_dir, clock, choice,
+                            log=log)
 
     def end(share: float = 1.0) -> float | None:
         if clock.deadline is None:
@@ -607,26 +609,27 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         clock.mark("refit")
     if not ctx.is_main:
         return TrainResult(run_dir, {}, (), "")
-    best = readouts.best_readout(scores)
+    best = race_of_readouts.best()
     network_val = evaluate_fit(plan, outcome.regressor, device=ctx.device,
                                batch_size=config.eval_batch).get("val") if "val" not in evaluations else evaluations["val"]
     if best is not None and network_val is not None and best.val_rmse < network_val.metrics["rmse"]:
         log(f"model: {best.label()} (validation RMSE {best.val_rmse:.4g} ± {best.val_se:.2g}) beats the network "
             f"{winner.label()} ({network_val.metrics['rmse']:.4g}): the readout is shipped")
         network = {f"network {winner.model}": network_val.metrics}
-        return ship_readout(loaded, config, vplan, reference, scores, readout_predictions, network, network_val,
-                            run_dir, clock, choice, log=log)
+        return ship_readout(loaded, config, vplan, reference, race_of_readouts, network, network_val, run_dir,
+                            clock, choice, log=log)
     evaluations.update({k: v for k, v in evaluate_fit(plan, outcome.regressor, device=ctx.device,
                                                       batch_size=config.eval_batch).items() if k not in evaluations})
     if external is not None:
         evaluations["test"] = evaluate_external(plan, outcome.regressor, external, device=ctx.device,
                                                 batch_size=config.eval_batch)
-    if scores and "val" in evaluations:
-        evaluations["val"] = with_baselines(evaluations["val"], readout_metrics(loaded, scores, readout_predictions))
+    if race_of_readouts.scores and "val" in evaluations:
+        evaluations["val"] = with_baselines(evaluations["val"], readout_metrics(loaded, race_of_readouts.scores,
+                                                                                race_of_readouts.predictions))
         if best is not None:
             ratio = best.val_rmse / max(evaluations["val"].metrics["rmse"], 1e-300)
             log(f"the network's validation RMSE is {ratio:.2f}x lower than the best block readout's ({best.label()})")
-            facts["readouts"] = readouts_record(scores, best, ratio)
+            facts["readouts"] = readouts_record(race_of_readouts.scores, best, ratio)
     val = evaluations.get("val")
     if val is not None:
         per_sample = sample_errors(loaded.kind, val.y_true, val.y_pred)
@@ -647,29 +650,30 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
 
 
 def score_readouts(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None, *,
-                   log: Callable[[str], None]) -> tuple[list, dict]:
+                   log: Callable[[str], None]) -> readouts.ReadoutRace:
     """The block readouts on the validation design (none when another model was asked for by name)."""
     if config.model not in (None, "auto", readouts.MODEL_NAME):
-        return [], {}
+        return readouts.ReadoutRace((), {})
     candidates = readouts.CANDIDATES
     if config.model == readouts.MODEL_NAME:
         options = dict(config.model_kwargs)
-        candidates = ((options.get("blocks", readouts.DEFAULT_BLOCKS), int(options.get("hidden", 0))),)
+        candidates = ((options.get("blocks", readouts.COMPACT_SET + ",pixels"), int(options.get("hidden", 0)),
+                       str(options.get("quadratic", False)).lower() in ("1", "true", "yes")),)
     splits = list(vplan.folds) if vplan.mode == "kfold" else [vplan.split]
     if not all(len(split.val) for split in splits):
-        return [], {}
+        return readouts.ReadoutRace((), {})
     make_plans = lambda: [make_plan(loaded, config, split, model_name=readouts.MODEL_NAME,  # noqa: E731
                                     reference_region=reference, seen_frac=0.0) for split in splits]
     return readouts.race_readouts(make_plans, kind=loaded.kind, groups=loaded.dataset.groups, seed=config.seed,
-                                  batch_size=config.eval_batch, log=log, candidates=candidates)
+                                  log=log, candidates=candidates)
 
 
 def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None,
-                 scores: list, predictions: dict, network: dict, network_val: SplitEvaluation | None,
+                 race: readouts.ReadoutRace, network: dict, network_val: SplitEvaluation | None,
                  run_dir: Path, clock: BudgetClock, choice: dict, *, log: Callable[[str], None]) -> TrainResult:
     """Fit the best block readout on the final rows (train, or every row after a refit/k-fold design),
     write best.pt, metrics.json, report.png and run.json as for a network."""
-    best = readouts.best_readout(scores)
+    best = race.best()
     if best is None:
         raise EdgeregError("no block readout could be fitted on this data (see the lines above); "
                            "train a network instead: --model auto")
@@ -683,14 +687,14 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
         split = vplan.split
     plan = readouts.readout_plan(make_plan(loaded, config, split, model_name=readouts.MODEL_NAME,
                                            reference_region=reference, seen_frac=0.0 if refitted else None),
-                                 best.blocks, best.hidden)
+                                 best.blocks, best.hidden, best.quadratic)
     started = time.perf_counter()
     regressor, fit_record = readouts.fit_plan(plan, seed=config.seed)
     save_checkpoint(run_dir / BEST_FILE, regressor.state_dict())
     evaluations = {k: v for k, v in evaluate_fit(plan, regressor, batch_size=config.eval_batch).items()}
-    true, pred = predictions[best.label()]
+    true, pred = race.predictions[best.label()]
     baselines = dict(network_val.baselines) if network_val is not None else {}
-    others = readout_metrics(loaded, [s for s in scores if s is not best], predictions)
+    others = readout_metrics(loaded, [s for s in race.scores if s is not best], race.predictions)
     val = evaluate_split("val", loaded.kind, loaded.dataset.names, true, pred, {},
                          groups=None if network_val is None else network_val.groups)
     evaluations["val"] = with_baselines(val, {**baselines, **network, **others})
@@ -701,7 +705,7 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
     facts = {"validation": {"mode": vplan.mode, "reason": vplan.reason, "refit": vplan.refit,
                             "val_se": best.val_se, "scored": "the readout fitted on the validation design's train rows"},
              "race": choice.get("race"), "reference_test": choice.get("reference_test"),
-             "readouts": readouts_record(scores, best, None),
+             "readouts": readouts_record(race.scores, best, None),
              "decisions": [{"what": w, "choice": c, "why": y} for w, c, y in loaded.decisions]}
     facts["validation"]["val_se"] = rmse_standard_error(per_sample, val.groups)
     facts["budget_record"] = clock.record(stopped)

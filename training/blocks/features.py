@@ -22,6 +22,8 @@ colour      per channel: log mean over a centre disc, two rings, the corners   c
 bank        log energy of a filter bank on the gray image: at every octave of  texture scale,
             a pyramid, a centre-surround (difference of Gaussians) and four    grain size,
             oriented derivative filters, at two scales per octave              orientation
+spectrum    log power in 12 log-spaced radial bands of the windowed 2-D DFT,    texture scale,
+            over all orientations and in 4 sectors, relative to the total      periodicity
 pixels      the image average-pooled to at most 16 x 16 (native when <= 32)    anything linear in
                                                                                the pixels (mean)
 ==========  =================================================================  ===================
@@ -224,6 +226,67 @@ class FilterBank(Block):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Spectrum
+
+
+SPECTRUM_BANDS = 12
+SPECTRUM_MAX_SIDE = 128  # larger images are average-pooled to about this side first
+
+
+def dft_matrices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, n) cos and sin matrices of the length-n DFT: ``X[k] = sum_t x[t] (cos - i sin)(2 pi k t / n)``."""
+    k = np.arange(n)[:, None] * np.arange(n)[None, :]
+    return np.cos(2 * np.pi * k / n), np.sin(2 * np.pi * k / n)
+
+
+class Spectrum(Block):
+    """Log power of the windowed gray image in log-spaced radial bands of the 2-D Fourier spectrum,
+    over all orientations and in four orientation sectors, relative to the total power (contrast
+    invariant): the classical texture-scale reader.
+
+    The DFT is four constant matrix products (``C_h X C_w^T`` etc.), so the block exports to MatMul
+    and runs in the C backend. ``(B, C, H, W) -> (B, 5 * SPECTRUM_BANDS)``.
+    """
+
+    def __init__(self, channels: int, input_size: tuple[int, int]):
+        super().__init__()
+        h, w = input_size
+        self.factor = max(1, math.ceil(max(h, w) / SPECTRUM_MAX_SIDE))
+        h, w = h // self.factor, w // self.factor
+        ch, sh = dft_matrices(h)
+        cw, sw = dft_matrices(w)
+        window = np.outer(np.hanning(h), np.hanning(w))
+        fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+        radius, angle = np.hypot(fx, fy), np.mod(np.arctan2(fy, fx), np.pi)  # orientation in [0, pi)
+        edges = np.geomspace(1.0 / max(h, w), 0.5 * math.sqrt(2.0), SPECTRUM_BANDS + 1)
+        masks = []
+        for sector in [None, 0, 1, 2, 3]:
+            in_sector = np.ones_like(radius, bool) if sector is None else (
+                np.abs(np.mod(angle - sector * np.pi / 4 + np.pi / 8, np.pi)) < np.pi / 4)
+            for b in range(SPECTRUM_BANDS):
+                masks.append(((radius >= edges[b]) & (radius < edges[b + 1]) & in_sector).reshape(-1))
+        ac = (radius > 0).reshape(-1)  # everything but the DC term
+        for name, value in (("ch", ch), ("sh", sh), ("cwt", cw.T), ("swt", sw.T), ("window", window),
+                            ("bands", np.stack(masks, axis=1)), ("ac", ac[:, None])):
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+        self.register_buffer("gray", torch.full((1, channels, 1, 1), 1.0 / channels))
+        self.n_features = len(masks)
+        self.names = tuple(f"{s}_b{b}" for s in ("all", "s0", "s45", "s90", "s135") for b in range(SPECTRUM_BANDS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = (x * self.gray).sum(dim=1, keepdim=True)  # (B,C,H,W) -> (B,1,H,W)
+        if self.factor > 1:
+            g = F.avg_pool2d(g, self.factor)  # (B,1,H,W) -> (B,1,h,w)
+        g = (g - g.mean(dim=(2, 3), keepdim=True)) * self.window
+        a, b = g @ self.cwt, g @ self.swt  # (B,1,h,w) @ (w,w) -> (B,1,h,w)
+        real = self.ch @ a - self.sh @ b  # (h,h) @ (B,1,h,w) -> (B,1,h,w)
+        imag = self.sh @ a + self.ch @ b
+        power = (real.square() + imag.square()).reshape(g.shape[0], -1)  # (B,1,h,w) -> (B,h*w)
+        total = power @ self.ac + ENERGY_FLOOR  # (B,1)
+        return torch.log((power @ self.bands) / total + 1e-9)  # (B,h*w) @ (h*w,5*bands) -> (B,5*bands)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Pixels
 
 
@@ -249,4 +312,5 @@ class Pixels(Block):
         return x.reshape(x.shape[0], -1)  # (B,C,h,w) -> (B,C*h*w)
 
 
-BLOCKS = {"moments": Moments, "colour": ColourRegions, "bank": FilterBank, "pixels": Pixels}
+BLOCKS = {"moments": Moments, "colour": ColourRegions, "spectrum": Spectrum, "bank": FilterBank, "pixels": Pixels}
+COMPACT = ("moments", "colour", "spectrum", "bank")  # blocks with few, summarising features (pixels is not)

@@ -1,10 +1,14 @@
 """Block readouts on the trainer's validation plan: candidates, baselines and, when best, the model.
 
-Before any CNN trains, every candidate readout (:data:`CANDIDATES`) is fitted in closed form on the
-validation plan's train rows and scored on its validation rows, or out of fold under k-fold, the
-same design the CNN is scored with. They are reported beside the mean and median baselines, and
-the trainer ships the best readout instead of the CNN when its validation RMSE is lower: the kit
-never ships a model that a classical reader beats on validation.
+Before the network is chosen, every candidate readout (:data:`CANDIDATES`) is fitted in closed form
+on the validation plan's train rows and scored on its validation rows, or out of fold under k-fold:
+the design the network is scored with. They are reported beside the mean and median baselines, and
+the trainer ships the best readout instead of the network when its validation RMSE is lower: the
+kit never ships a model that a classical reader beats on validation.
+
+The blocks' raw features do not depend on the split (pixel values, not normalized inputs, go in),
+so they are computed once for every row and each candidate and fold only slices them: the whole
+race costs about one pass of the blocks over the data plus a few small linear solves.
 """
 
 from __future__ import annotations
@@ -17,12 +21,31 @@ import numpy as np
 import torch
 
 from edgereg.preprocess import preprocess_batch
-from edgereg.training.blocks.readout import DEFAULT_BLOCKS, fit_readout
+from edgereg.training.blocks.features import BLOCKS
+from edgereg.training.blocks.readout import block_features, fit_head, prepare_blocks, readout_outputs
 from edgereg.training.metrics import rmse_standard_error, sample_errors
 
-# (blocks, hidden units): each block alone, then all of them with a ridge and with an MLP readout
-CANDIDATES = (("moments", 0), ("colour", 0), ("bank", 0), ("pixels", 0), (DEFAULT_BLOCKS, 0), (DEFAULT_BLOCKS, 32))
 MODEL_NAME = "readout"
+COMPACT_SET = "moments,colour,spectrum,bank"
+# (blocks, hidden units, quadratic): each reader alone, the compact ones together with their
+# squares, every block linearly, and every block through a small MLP
+CANDIDATES = (("moments", 0, False), ("colour", 0, False), ("spectrum", 0, True), ("bank", 0, False),
+              ("pixels", 0, False), (COMPACT_SET, 0, True), (COMPACT_SET + ",pixels", 0, False),
+              (COMPACT_SET + ",pixels", 32, False))
+
+
+@dataclass(frozen=True)
+class ReadoutRace:
+    """What :func:`race_readouts` found: scores, held-out predictions, and the blocks' cost."""
+
+    scores: tuple  # ReadoutScore per fitted candidate, in candidate order
+    predictions: dict  # label -> (true, pred) (N, T) in user units on the scored rows
+    seconds_per_row: float = 0.0  # measured time of every block on one image
+
+    def best(self):
+        """The candidate with the lowest validation RMSE (None when none was fitted)."""
+        finite = [s for s in self.scores if np.isfinite(s.val_rmse)]
+        return min(finite, key=lambda s: s.val_rmse) if finite else None
 
 
 @dataclass(frozen=True)
@@ -31,100 +54,155 @@ class ReadoutScore:
 
     blocks: str
     hidden: int
+    quadratic: bool
     val_rmse: float
     val_se: float
     seconds: float
     fit: dict  # alpha / weight decay and the cross-validated error of the last fit
 
     def label(self) -> str:
-        return f"readout {self.blocks}" + (f" mlp{self.hidden}" if self.hidden else "")
+        return (f"readout {self.blocks}" + (" +squares" if self.quadratic else "")
+                + (f" mlp{self.hidden}" if self.hidden else ""))
 
     def kwargs(self) -> dict:
-        return {"blocks": self.blocks, "hidden": self.hidden}
+        return {"blocks": self.blocks, "hidden": self.hidden, "quadratic": self.quadratic}
 
 
-def readout_plan(plan, blocks: str, hidden: int):
+def readout_plan(plan, blocks: str, hidden: int = 0, quadratic: bool = False):
     """``plan`` (a FitPlan) with the readout model and these options."""
-    return replace(plan, model_name=MODEL_NAME, model_kwargs={"blocks": blocks, "hidden": int(hidden)})
+    return replace(plan, model_name=MODEL_NAME,
+                   model_kwargs={"blocks": blocks, "hidden": int(hidden), "quadratic": bool(quadratic)})
+
+
+def intensity_affine(plan) -> tuple:
+    """(scale, offset) per channel from the model input back to pixel values (or reference ratios)."""
+    if plan.reference:
+        return plan.reference["std_out"], plan.reference["mean_out"]
+    return plan.preprocess.std, plan.preprocess.mean
+
+
+@torch.no_grad()
+def model_inputs(regressor, plan, rows: np.ndarray, batch: int = 512) -> torch.Tensor:
+    """(N, C, H, W) float32: the readout's input for ``rows`` (runtime preprocessing, then the
+    reference normalisation when the plan has one)."""
+    images = plan.loaded.dataset.images[np.asarray(rows)]
+    parts = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(preprocess_batch(images[start:start + batch], plan.preprocess))
+        parts.append(regressor.reference(x) if regressor.reference is not None else x)
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def prepared_regressor(plan, *, seed: int):
+    """A Regressor for ``plan`` whose blocks are prepared on its train rows, and those rows' inputs."""
+    from edgereg.training.plan import new_regressor
+
+    regressor = new_regressor(plan, seed).eval()
+    x = model_inputs(regressor, plan, plan.split.train)
+    scale, offset = intensity_affine(plan)
+    prepare_blocks(regressor.model, x, intensity_scale=scale, intensity_offset=offset)
+    return regressor, x
 
 
 def fit_plan(plan, *, seed: int = 0):
     """A Regressor with the readout of ``plan`` fitted on ``plan.split.train``; (regressor, fit record)."""
-    from edgereg.training.plan import new_regressor
-
+    regressor, x = prepared_regressor(plan, seed=seed)
     loaded = plan.loaded
     rows = np.asarray(plan.split.train)
-    regressor = new_regressor(plan, seed)
-    regressor.eval()
-    with torch.no_grad():
-        x = torch.from_numpy(preprocess_batch(loaded.dataset.images[rows], plan.preprocess))  # (N,C,H,W)
-        if regressor.reference is not None:
-            x = regressor.reference(x)
-    if plan.reference:
-        scale, offset = plan.reference["std_out"], plan.reference["mean_out"]
-    else:
-        scale, offset = plan.preprocess.std, plan.preprocess.mean
     groups = None if loaded.dataset.groups is None else np.asarray(loaded.dataset.groups)[rows]
     with torch.no_grad():
-        z = regressor.encode_targets(loaded.dataset.targets[rows])
-    record = fit_readout(regressor.model, x, z, intensity_scale=scale, intensity_offset=offset, groups=groups,
-                         seed=seed)
-    regressor.eval()
-    return regressor, record
+        z = regressor.encode_targets(loaded.dataset.targets[rows]).double().numpy()
+    record = fit_head(regressor.model, block_features(regressor.model, x), z, groups, seed=seed)
+    return regressor.eval(), record
 
 
-def held_out_predictions(plans: list, *, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Fit on each plan's train rows, predict its val rows: (true, pred, rows, last fit record), user units."""
-    from edgereg.training.fit import predict, to_user_units
+class FeatureCache:
+    """Raw features of every block for every row of a design, computed once (blocks prepared on the
+    first plan's train rows)."""
+
+    def __init__(self, plan, blocks: tuple[str, ...], rows: np.ndarray, *, seed: int):
+        full = readout_plan(plan, ",".join(blocks))
+        regressor, _ = prepared_regressor(full, seed=seed)
+        self.rows = np.asarray(rows)
+        self.position = {int(r): i for i, r in enumerate(self.rows)}
+        fixed = regressor.model.fixed_features
+        x = block_features(regressor.model, model_inputs(regressor, full, self.rows))  # (N, D)
+        self.columns, start = {}, 0
+        for name, block in zip(regressor.model.block_names, fixed.blocks):
+            self.columns[name] = slice(start, start + block.n_features)
+            start += block.n_features
+        self.features = x
+
+    def take(self, blocks: tuple[str, ...], rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D) raw features of ``blocks`` (in the readout's block order) for ``rows``."""
+        at = np.array([self.position[int(r)] for r in rows], dtype=np.int64)
+        return np.hstack([self.features[at, self.columns[b]] for b in blocks])
+
+
+def held_out_predictions(cache: FeatureCache, plans: list, *, seed: int) -> tuple:
+    """Fit each plan's readout on its train rows from cached features, predict its val rows.
+
+    Returns:
+        (true, pred) in user units, the val rows, and the last fit record.
+    """
+    from edgereg.training.fit import to_user_units
+    from edgereg.training.plan import new_regressor
 
     trues, preds, all_rows, record = [], [], [], {}
     for plan in plans:
-        regressor, record = fit_plan(plan, seed=seed)
-        rows = np.asarray(plan.split.val)
         loaded = plan.loaded
-        pred = predict(regressor, loaded.dataset.images[rows], plan.preprocess, batch_size=batch_size)
-        preds.append(to_user_units(loaded, pred, rows))
-        trues.append(to_user_units(loaded, loaded.dataset.targets[rows], rows))
-        all_rows.append(rows)
+        regressor = new_regressor(plan, seed).eval()
+        blocks = regressor.model.block_names
+        train, val = np.asarray(plan.split.train), np.asarray(plan.split.val)
+        groups = None if loaded.dataset.groups is None else np.asarray(loaded.dataset.groups)[train]
+        with torch.no_grad():
+            z = regressor.encode_targets(loaded.dataset.targets[train]).double().numpy()
+        record = fit_head(regressor.model, cache.take(blocks, train), z, groups, seed=seed)
+        with torch.no_grad():
+            values = regressor.output(readout_outputs(regressor.model, cache.take(blocks, val))).double().numpy()
+        preds.append(to_user_units(loaded, values, val))
+        trues.append(to_user_units(loaded, loaded.dataset.targets[val], val))
+        all_rows.append(val)
     return np.concatenate(trues), np.concatenate(preds), np.concatenate(all_rows), record
 
 
 def race_readouts(make_plans: Callable[[], list], *, kind: str, groups: np.ndarray | None, seed: int,
-                  batch_size: int, log: Callable[[str], None], candidates=CANDIDATES
-                  ) -> tuple[list[ReadoutScore], dict]:
+                  log: Callable[[str], None], candidates=CANDIDATES) -> ReadoutRace:
     """Score every candidate readout on the validation design.
 
     Args:
         make_plans: () -> the FitPlans of the design (one for a holdout, one per fold for k-fold),
             each with ``split.val`` the rows it is scored on.
         groups: (N,) every row's group, or None (for the standard error).
+        candidates: (blocks, hidden, quadratic) triples.
 
     Returns:
-        (the scores in CANDIDATES order, {label: (true, pred) in user units on the scored rows}).
+        The scores in candidate order, each one's held-out predictions, the blocks' time per image.
     """
+    started = time.perf_counter()
     base = make_plans()
+    used = tuple(b for b in BLOCKS if any(b in c[0].split(",") for c in candidates))
+    rows = np.unique(np.concatenate([np.concatenate([p.split.train, p.split.val]) for p in base]))
+    cache = FeatureCache(base[0], used, rows, seed=seed)
+    seconds_per_row = (time.perf_counter() - started) / max(1, len(rows))
+    log(f"block readouts: features of {len(rows)} images in {time.perf_counter() - started:.1f} s")
     scores, predictions = [], {}
-    for blocks, hidden in candidates:
+    for blocks, hidden, quadratic in candidates:
         started = time.perf_counter()
-        plans = [readout_plan(p, blocks, hidden) for p in base]
+        plans = [readout_plan(p, blocks, hidden, quadratic) for p in base]
         try:
-            true, pred, rows, record = held_out_predictions(plans, seed=seed, batch_size=batch_size)
+            true, pred, scored, record = held_out_predictions(cache, plans, seed=seed)
         except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:  # a degenerate design: no candidate
             log(f"readout {blocks}: not fitted ({exc})")
             continue
         per_sample = sample_errors(kind, true, pred)
         rmse = float(np.sqrt(per_sample.mean())) if np.isfinite(per_sample).all() else float("inf")
-        se = rmse_standard_error(per_sample, None if groups is None else np.asarray(groups)[rows])
-        score = ReadoutScore(blocks, int(hidden), rmse, se, round(time.perf_counter() - started, 2), record)
+        se = rmse_standard_error(per_sample, None if groups is None else np.asarray(groups)[scored])
+        score = ReadoutScore(blocks, int(hidden), bool(quadratic), rmse, se,
+                             round(time.perf_counter() - started, 2), record)
         scores.append(score)
         predictions[score.label()] = (true, pred)
     if scores:
-        text = "; ".join(f"{s.label()}: {s.val_rmse:.4g} ± {s.val_se:.2g} ({s.seconds:.1f} s)" for s in scores)
+        text = "; ".join(f"{s.label()}: {s.val_rmse:.4g} ± {s.val_se:.2g}" for s in scores)
         log(f"block readouts (closed form, on validation): {text}")
-    return scores, predictions
-
-
-def best_readout(scores: list[ReadoutScore]) -> ReadoutScore | None:
-    """The candidate with the lowest validation RMSE (None when none was fitted)."""
-    finite = [s for s in scores if np.isfinite(s.val_rmse)]
-    return min(finite, key=lambda s: s.val_rmse) if finite else None
+    return ReadoutRace(tuple(scores), predictions, seconds_per_row)

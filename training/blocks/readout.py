@@ -24,22 +24,45 @@ import torch
 from torch import nn
 
 from edgereg.errors import EdgeregError
-from edgereg.training.blocks.features import BLOCKS
+from edgereg.training.blocks.features import BLOCKS, COMPACT
 from edgereg.training.kind_training import kind_training
 
-DEFAULT_BLOCKS = "moments,colour,bank,pixels"
+DEFAULT_BLOCKS = "moments,colour,spectrum,bank,pixels"
 RIDGE_ALPHAS = tuple(10.0 ** e for e in range(-8, 5))  # relative to the mean eigenvalue of X'X / N
 CV_FOLDS = 5
 
 
 def parse_blocks(blocks: str) -> tuple[str, ...]:
-    """``"moments,colour"`` -> ("moments", "colour"); unknown names are an EdgeregError naming the choices."""
-    names = tuple(b.strip() for b in str(blocks).replace("+", ",").split(",") if b.strip())
-    unknown = [b for b in names if b not in BLOCKS]
+    """``"moments,colour"`` -> ("moments", "colour"), compact blocks first (in BLOCKS order), pixels
+    last; unknown names are an EdgeregError naming the choices."""
+    names = {b.strip() for b in str(blocks).replace("+", ",").split(",") if b.strip()}
+    unknown = sorted(names - set(BLOCKS))
     if not names or unknown:
         raise EdgeregError(f"unknown feature block(s) {unknown or [blocks]}; choose from {', '.join(BLOCKS)} "
                            f"(e.g. --model readout --model-opt blocks=moments,colour)")
-    return names
+    return tuple(b for b in BLOCKS if b in names)
+
+
+def standardize(x: np.ndarray, mu: np.ndarray, sd: np.ndarray, n_compact: int, mu2: np.ndarray | None,
+                sd2: np.ndarray | None) -> np.ndarray:
+    """The readout's design matrix from raw features (N, D): standardized, then (when ``mu2`` is given)
+    the squares of the first ``n_compact`` standardized columns, standardized too. The numpy twin of
+    :meth:`FixedFeatures.forward`."""
+    xs = (x - mu) / sd
+    if mu2 is None:
+        return xs
+    return np.hstack([xs, (xs[:, :n_compact] ** 2 - mu2) / sd2])
+
+
+def standardizer(x: np.ndarray, n_compact: int, quadratic: bool) -> tuple:
+    """(mu, sd, mu2, sd2) of raw training features (N, D); mu2/sd2 None without squares."""
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    sd = np.where(sd > 1e-9, sd, 1.0)  # a constant feature stays 0 after standardization
+    if not quadratic:
+        return mu, sd, None, None
+    sq = ((x[:, :n_compact] - mu[:n_compact]) / sd[:n_compact]) ** 2
+    mu2, sd2 = sq.mean(axis=0), sq.std(axis=0)
+    return mu, sd, mu2, np.where(sd2 > 1e-9, sd2, 1.0)
 
 
 class FixedFeatures(nn.Module):
@@ -49,14 +72,21 @@ class FixedFeatures(nn.Module):
     block, then ``(f - mu) / sd``. Its constants are set by :func:`fit_readout`.
     """
 
-    def __init__(self, block_names: tuple[str, ...], in_channels: int, input_size: tuple[int, int]):
+    def __init__(self, block_names: tuple[str, ...], in_channels: int, input_size: tuple[int, int], *,
+                 quadratic: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(BLOCKS[b](in_channels, tuple(input_size)) for b in block_names)
-        self.n_features = d = sum(b.n_features for b in self.blocks)
+        self.n_raw = d = sum(b.n_features for b in self.blocks)
+        self.n_compact = q = sum(b.n_features for name, b in zip(block_names, self.blocks) if name in COMPACT)
+        self.quadratic = bool(quadratic) and q > 0
+        self.n_features = d + (q if self.quadratic else 0)
         self.register_buffer("scale", torch.ones(1, in_channels, 1, 1))
         self.register_buffer("offset", torch.zeros(1, in_channels, 1, 1))
         self.register_buffer("mu", torch.zeros(1, d))
         self.register_buffer("sd", torch.ones(1, d))
+        if self.quadratic:
+            self.register_buffer("mu2", torch.zeros(1, q))
+            self.register_buffer("sd2", torch.ones(1, q))
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalized -> (B, D) block features before standardization."""
@@ -64,7 +94,18 @@ class FixedFeatures(nn.Module):
         return torch.cat([block(intensity) for block in self.blocks], dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.raw(images) - self.mu) / self.sd
+        xs = (self.raw(images) - self.mu) / self.sd  # (B, D)
+        if not self.quadratic:
+            return xs
+        squares = (xs[:, :self.n_compact].square() - self.mu2) / self.sd2  # (B, Dq)
+        return torch.cat([xs, squares], dim=1)  # (B, D + Dq)
+
+    def set_standardizer(self, mu, sd, mu2, sd2) -> None:
+        """Copy :func:`standardizer`'s arrays into the buffers."""
+        with torch.no_grad():
+            for name, value in (("mu", mu), ("sd", sd), ("mu2", mu2), ("sd2", sd2)):
+                if value is not None:
+                    getattr(self, name).copy_(torch.from_numpy(np.asarray(value, np.float32)[None]))
 
 
 class BlockReadout(nn.Module):
@@ -74,11 +115,11 @@ class BlockReadout(nn.Module):
     """
 
     def __init__(self, *, in_channels: int, n_outputs: int, kind: str, input_size: tuple[int, int],
-                 blocks: str = DEFAULT_BLOCKS, hidden: int = 0):
+                 blocks: str = DEFAULT_BLOCKS, hidden: int = 0, quadratic: bool = False):
         super().__init__()
         self.kind = kind
         self.block_names = parse_blocks(blocks)
-        self.fixed_features = FixedFeatures(self.block_names, in_channels, input_size)
+        self.fixed_features = FixedFeatures(self.block_names, in_channels, input_size, quadratic=quadratic)
         d = self.n_features = self.fixed_features.n_features
         if hidden:
             self.readout = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs))
@@ -98,18 +139,21 @@ class BlockReadout(nn.Module):
 def ridge_path(x: np.ndarray, z: np.ndarray, alphas: tuple[float, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Ridge solutions for each alpha: [(W (D, T), b (T,))], x standardized (N, D) float64, z (N, T).
 
-    One eigendecomposition of the Gram matrix serves every alpha (alpha scaled by its mean eigenvalue).
+    One eigendecomposition serves every alpha (alpha scaled by the mean eigenvalue): of the Gram
+    matrix X'X (D x D) when N >= D, else of the kernel matrix XX' (N x N), the same solution
+    ``W = X' (XX' + a)^-1 Z`` at a fraction of the cost when features outnumber rows.
     """
     x_mean, z_mean = x.mean(axis=0), z.mean(axis=0)
     xc, zc = x - x_mean, z - z_mean
-    gram = xc.T @ xc  # (D, D)
-    eigval, eigvec = np.linalg.eigh(gram)
+    primal = xc.shape[0] >= xc.shape[1]
+    eigval, eigvec = np.linalg.eigh(xc.T @ xc if primal else xc @ xc.T)
     eigval = np.clip(eigval, 0.0, None)
-    proj = eigvec.T @ (xc.T @ zc)  # (D, T)
+    proj = eigvec.T @ (xc.T @ zc if primal else zc)  # (D or N, T)
     unit = max(float(eigval.mean()), 1e-12)
     out = []
     for alpha in alphas:
-        w = eigvec @ (proj / (eigval + alpha * unit)[:, None])  # (D, T)
+        coef = eigvec @ (proj / (eigval + alpha * unit)[:, None])
+        w = coef if primal else xc.T @ coef  # (D, T)
         out.append((w, z_mean - x_mean @ w))
     return out
 
@@ -141,24 +185,17 @@ def block_features(model: BlockReadout, images: torch.Tensor, batch: int = 64) -
     """(N, D) float64 features of normalized images (N, C, H, W), in batches."""
     model.eval()
     parts = [model.fixed_features.raw(images[i:i + batch]).double().numpy() for i in range(0, len(images), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, model.n_features))
+    return np.concatenate(parts) if parts else np.zeros((0, model.fixed_features.n_raw))
 
 
 @torch.no_grad()
-def fit_readout(model: BlockReadout, images: torch.Tensor, targets_encoded: torch.Tensor, *,
-                intensity_scale, intensity_offset, groups: np.ndarray | None = None, seed: int = 0
-                ) -> dict:
-    """Fit the model's constants and readout on training images, in place.
+def prepare_blocks(model: BlockReadout, images: torch.Tensor, *, intensity_scale, intensity_offset) -> None:
+    """Set the blocks' data-dependent constants from training images, in place.
 
     Args:
         images: (N, C, H, W) float32 normalized training images (the model's input).
-        targets_encoded: (N, n_outputs) float32 targets in the kind's encoded space.
         intensity_scale, intensity_offset: (C,) the affine from the normalized input back to pixel
             values (the preprocessing's std and mean, or the reference ratio's).
-        groups: (N,) group ids, for grouped cross-validation of the penalty.
-
-    Returns:
-        A record: alpha, its cross-validated MSE (encoded space), feature count.
     """
     channels = images.shape[1]
     fixed = model.fixed_features
@@ -167,23 +204,54 @@ def fit_readout(model: BlockReadout, images: torch.Tensor, targets_encoded: torc
     intensity = images * fixed.scale + fixed.offset
     for block in fixed.blocks:
         block.fit(intensity)
-    x = block_features(model, images)  # (N, D)
+
+
+@torch.no_grad()
+def fit_head(model: BlockReadout, x: np.ndarray, z: np.ndarray, groups: np.ndarray | None = None, *,
+             seed: int = 0) -> dict:
+    """Fit the standardization and the readout on raw block features, in place.
+
+    Args:
+        x: (N, D) float64 raw features of the training rows (:func:`block_features`).
+        z: (N, n_outputs) float64 targets in the kind's encoded space.
+        groups: (N,) group ids, for grouped cross-validation of the penalty.
+
+    Returns:
+        A record: alpha and its cross-validated MSE (ridge), or the weight decay (MLP); feature count.
+    """
     finite = np.isfinite(x).all(axis=1)
-    x, z = x[finite], targets_encoded.double().numpy()[finite]
+    x, z = x[finite], np.asarray(z, np.float64)[finite]
     groups = None if groups is None else np.asarray(groups)[finite]
-    mu, sd = x.mean(axis=0), x.std(axis=0)
-    sd = np.where(sd > 1e-9, sd, 1.0)  # a constant feature stays 0 after standardization
-    xs = (x - mu) / sd
-    fixed.mu.copy_(torch.from_numpy(mu[None].astype(np.float32)))
-    fixed.sd.copy_(torch.from_numpy(sd[None].astype(np.float32)))
+    fixed = model.fixed_features
+    stats = standardizer(x, fixed.n_compact, fixed.quadratic)
+    fixed.set_standardizer(*stats)
+    xs = standardize(x, *stats[:2], fixed.n_compact, *stats[2:])
     if isinstance(model.readout, nn.Linear):
         alpha, cv_mse = choose_alpha(xs, z, groups, seed=seed)
         ((w, b),) = ridge_path(xs, z, (alpha,))
         model.readout.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
         model.readout.bias.copy_(torch.from_numpy(b.astype(np.float32)))
-        return {"alpha": alpha, "cv_mse": cv_mse, "features": int(x.shape[1]), "rows": int(len(x))}
+        return {"alpha": alpha, "cv_mse": round(cv_mse, 8), "features": int(xs.shape[1]), "rows": int(len(x))}
     with torch.enable_grad():
         return fit_mlp(model, xs, z, seed=seed)
+
+
+def fit_readout(model: BlockReadout, images: torch.Tensor, targets_encoded: torch.Tensor, *,
+                intensity_scale, intensity_offset, groups: np.ndarray | None = None, seed: int = 0) -> dict:
+    """:func:`prepare_blocks` then :func:`fit_head` on the images' features: the whole fit, in place."""
+    prepare_blocks(model, images, intensity_scale=intensity_scale, intensity_offset=intensity_offset)
+    return fit_head(model, block_features(model, images), targets_encoded.double().numpy(), groups, seed=seed)
+
+
+@torch.no_grad()
+def readout_outputs(model: BlockReadout, x: np.ndarray) -> torch.Tensor:
+    """Raw outputs (N, n_outputs) of a fitted model from raw block features (N, D) float64."""
+    fixed = model.fixed_features
+    stats = [None if getattr(fixed, n, None) is None else getattr(fixed, n)[0].double().numpy()
+             for n in ("mu", "sd", "mu2", "sd2")]
+    xs = standardize(x, stats[0], stats[1], fixed.n_compact, stats[2], stats[3])
+    z = model.readout(torch.from_numpy(xs.astype(np.float32)))
+    return kind_training(model.kind).from_target_space(z)
 
 
 def fit_mlp(model: BlockReadout, xs: np.ndarray, z: np.ndarray, *, seed: int, steps: int = 600) -> dict:
