@@ -380,7 +380,8 @@ def load_done_keys(out: str | os.PathLike, columns: Sequence[str], *, fmt: str |
             done.add(row[0])
         return done
     done = set()
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines would also split at U+2028, U+0085, ... that JSON keeps raw in a path
+    for line, raw in enumerate(text.split("\n")[:-1], start=1):
         try:
             record = json.loads(raw)
         except json.JSONDecodeError:

@@ -377,13 +377,13 @@ def _read_rows(out: Path, fmt: str) -> Iterator[dict[str, Any]]:
     if fmt == "csv":
         yield from csv.DictReader(io.StringIO(text, newline=""))
     else:
-        for line in text.splitlines():
+        for line in text.split("\n")[:-1]:  # not splitlines: U+2028, U+0085 may stand raw in a path
             yield json.loads(line)
 
 
 def _read_manifest(manifest: Path) -> tuple[dict[str, Any], list[Part]]:
     cut_partial_line(manifest)
-    lines = manifest.read_bytes().splitlines()
+    lines = manifest.read_bytes().split(b"\n")[:-1]  # ends with a newline (cut_partial_line)
     fix = f"move '{manifest.parent}' away (or pass --overwrite) and score again"
     try:
         header = json.loads(lines[0]) if lines else {}

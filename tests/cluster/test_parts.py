@@ -143,3 +143,17 @@ def test_merge_interleaves_generations_and_survives_a_reordered_listing(tmp_path
     gone = {k: i for i, k in enumerate("bcdefg")}  # 'a' is no longer listed: it keeps its place, first
     resumed.merge(out, columns=COLUMNS, position_of=gone)
     assert [r["path"] for r in read_csv(out)] == list("abcefg")
+
+
+def test_a_jsonl_output_with_unicode_line_separators_in_paths_is_imported_whole(tmp_path):
+    """U+2028 and U+0085 stand raw in the JSON lines; only "\\n" ends a row (str.splitlines would split)."""
+    out = tmp_path / "preds.jsonl"
+    keys = ["a\u2028b.png", "c\u0085d.png", "e\u2029f.png"]
+    with open_rows(out, COLUMNS) as writer:
+        for i, key in enumerate(keys):
+            writer.write(row(key, float(i)))
+    before = out.read_bytes()
+    store = PartStore.open(out, {**IDENTITY, "format": "jsonl"}, columns=COLUMNS, resume=True)
+    assert store.done_keys() == set(keys)
+    store.merge(out, columns=COLUMNS, position_of={key: i for i, key in enumerate(keys)})
+    assert out.read_bytes() == before
