@@ -49,7 +49,8 @@ from typing import Any
 
 from edgereg.errors import EdgeregError, output_error
 from edgereg.writers import (
-    ERROR_COLUMNS, cut_partial_line, encode_csv_row, encode_row, errors_path_for, load_done_keys, output_format,
+    ERROR_COLUMNS, cut_partial_line, discard_output, encode_csv_row, encode_row, errors_path_for, load_done_keys,
+    output_format,
 )
 
 FORMAT_VERSION = 1
@@ -147,7 +148,7 @@ class PartStore:
             columns: the output columns (to validate an existing output that is imported).
             fmt: "csv" or "jsonl" (None: from ``out``'s name).
             resume: continue an unfinished run, or import an existing output and add to it.
-            overwrite: discard any state and existing output.
+            overwrite: discard any state and the existing output, its errors file and identity record.
 
         Raises:
             EdgeregError: an unfinished run or an existing output without ``resume``/``overwrite``;
@@ -157,8 +158,9 @@ class PartStore:
         fmt = fmt or output_format(out)
         root = state_dir_for(out)
         manifest = root / MANIFEST
-        if overwrite:
+        if overwrite:  # before the new identity is written: no old row survives a failed run
             _remove_state(root)
+            discard_output(out)
         if manifest.exists():
             if not resume:
                 raise EdgeregError(f"'{out}' has an unfinished --engine ray run (state in '{root}'); pass --resume "

@@ -334,3 +334,24 @@ def test_an_input_that_ray_drops_fails_the_run_and_resume_scores_it(local_ray, m
     monkeypatch.undo()
     assert main(argv + ["--resume"]) == 0
     assert out.read_bytes() == local.read_bytes() and not state_dir_for(out).exists()
+
+
+def test_overwrite_that_fails_half_way_leaves_no_old_row_for_resume(local_ray, model, model_factory, tmp_path, rng,
+                                                                    capsys, monkeypatch):
+    import edgereg.cluster.engine as engine
+
+    old_model = str(model_factory(targets=("conc",), range=((-2.0, 2.0),), units=("mg/L",), mean=(0.2, 0.2, 0.2)))
+    folder = tmp_path / "imgs"
+    write_images(folder, rng, [f"im{i}.png" for i in range(6)])
+    reference, out = tmp_path / "reference.csv", tmp_path / "preds.csv"
+    assert main(["infer", model, str(folder), "--out", str(reference)]) == 0
+    assert main(["infer", old_model, str(folder), "--out", str(out)]) == 0  # the old rows, of another model
+    old_rows = {tuple(row.values()) for row in read_csv(out)}
+    assert not old_rows & {tuple(row.values()) for row in read_csv(reference)}  # none reads like a new one
+    real = engine.build_dataset
+    monkeypatch.setattr(engine, "build_dataset", lambda *args, **kwargs: DroppingDataset(real(*args, **kwargs), 4))
+    assert main(["infer", model, str(folder), "--out", str(out), "--engine", "ray", "--overwrite",
+                 "--commit-rows", "2"]) == 1  # fails half-way, under the new model's identity
+    monkeypatch.undo()
+    assert main(["infer", model, str(folder), "--out", str(out), "--resume"]) == 0  # the local engine
+    assert out.read_bytes() == reference.read_bytes()  # every row from the new model, none from the old
