@@ -206,3 +206,13 @@ def test_folder_scoring_and_uploads_decode_within_a_byte_budget(model_factory, t
     prepared = prepare_uploads([Upload(f"u{i}.png", blob) for i, blob in enumerate(blobs)], predictor.config,
                                budget=upload_budget)
     assert len(prepared.index) == 8 and upload_budget.holds == 8 and upload_budget.peak <= limit
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".ppm", ".pfm", ".webp", ".tiff", ".jp2", ".gif", ".hdr",
+                                 ".sr"])
+def test_every_format_opencv_writes_here_gives_its_size_from_the_header(ext):
+    image = np.random.default_rng(2).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(ext, image.astype(np.float32) if ext in (".pfm", ".hdr") else image)
+    assert ok
+    assert image_dimensions(encoded.tobytes()) == (80, 48)
+    assert decode_image(encoded.tobytes()).shape == (48, 80, 3)
