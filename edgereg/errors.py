@@ -65,6 +65,15 @@ class WriteFailedError(OutputError):
     exit_code = 1
 
 
+class IncompleteRunError(EdgeregError):
+    """A distributed run ended without a row or an error for some inputs (a block lost on the way).
+
+    Exit code 1: what came back is committed; ``--resume`` scores the missing inputs.
+    """
+
+    exit_code = 1
+
+
 class GateError(EdgeregError):
     """The int8 accuracy gate failed: the quantized model is too far from fp32."""
 

@@ -57,7 +57,8 @@ from edgereg.audit import source_of
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
-from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, explain_cv2_error, max_file_bytes, read_file_bytes
+from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, DecodeBudget, explain_cv2_error, max_file_bytes,
+                                       read_file_bytes)
 from edgereg.preprocess.frames import load_frame
 from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.sources import BatchSource, Entry
@@ -241,11 +242,11 @@ class _OpenCVCalls:
 
 
 def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-          opencv: _OpenCVCalls | None = None) -> tuple[np.ndarray, CropBox] | str:
+          opencv: _OpenCVCalls | None = None, budget: DecodeBudget | None = None) -> tuple[np.ndarray, CropBox] | str:
     """Read, decode, crop and resize one entry (in a worker thread); a string is the failure reason.
 
     The file is read first (I/O, which may hang on a dead network file system), then decoded and
-    cropped inside ``opencv`` (which an exit waits for).
+    cropped inside ``opencv`` (which an exit waits for), holding its decoded bytes in ``budget``.
     """
     if entry.error is not None:
         return entry.error
@@ -255,7 +256,7 @@ def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAU
             if data is None:
                 return crop_resize(entry.frame, config)
             # JPEGs decoded at 1/2..1/8 under config.decode, as training decoded them (preprocess.frames)
-            return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels)
+            return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels, budget=budget)
     except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
         return failure_reason(exc, entry.key)
 
@@ -371,7 +372,8 @@ def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, t
     pending: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
     stop = threading.Event()
     opencv = _OpenCVCalls()
-    pool = _DecoderPool(threads, functools.partial(_load, opencv=opencv), opencv)
+    budget = DecodeBudget()  # decoded bytes in flight, whatever the number of threads
+    pool = _DecoderPool(threads, functools.partial(_load, opencv=opencv, budget=budget), opencv)
     producer = threading.Thread(target=_produce, name="edgereg-sources", daemon=True,
                                 args=(source, select, pool, config, pending, stop, max_pixels, quality))
     producer.start()

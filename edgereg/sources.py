@@ -202,8 +202,8 @@ class ListFileSource(_FileListSource):
         except OSError as exc:
             raise EdgeregError(f"cannot read list file '{list_path}' ({exc.strerror or exc}); check the path") from None
         items = []
-        for line in text.splitlines():
-            name = line.strip()
+        for line in text.split("\n"):  # not splitlines: U+2028, U+0085, ... may stand in a file name
+            name = line.strip(" \t\r")
             if not name or name.startswith("#"):
                 continue
             path = Path(name)

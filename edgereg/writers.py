@@ -20,7 +20,9 @@ Formats:
   columns and the edgereg version). It is written atomically before the first row; ``--resume``
   compares it with the run about to append (:func:`check_resume_identity`) and refuses to mix
   rows of another model, card, TTA or target set. A non-empty output without its sidecar (an
-  older edgereg, another tool) is refused as well: nothing says whose rows it holds.
+  older edgereg, another tool) is refused as well: nothing says whose rows it holds. With
+  ``--overwrite`` the old rows, errors and record are removed first (:func:`discard_output`), so a
+  run that fails half-way never leaves old rows under the new identity.
 
 Failures to write are :class:`~edgereg.errors.OutputError` (exit 2) with one line naming the file
 and the fix: a read-only folder, a missing parent folder, a directory in the way. A write that
@@ -380,7 +382,8 @@ def load_done_keys(out: str | os.PathLike, columns: Sequence[str], *, fmt: str |
             done.add(row[0])
         return done
     done = set()
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines would also split at U+2028, U+0085, ... that JSON keeps raw in a path
+    for line, raw in enumerate(text.split("\n")[:-1], start=1):
         try:
             record = json.loads(raw)
         except json.JSONDecodeError:
@@ -517,6 +520,23 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
     return target
+
+
+def discard_output(out_path: str | os.PathLike) -> None:
+    """Remove an output's rows, its errors file and its identity record, in that order (``--overwrite``).
+
+    Call before writing the new identity: a run that then fails half-way leaves no old row under the
+    new model's identity for ``--resume`` to append to. A crash between the removals leaves at most
+    a record without rows, which describes nothing.
+
+    Raises:
+        OutputError: a file could not be removed (the folder is not writable).
+    """
+    for path in (Path(out_path), errors_path_for(out_path), identity_path_for(out_path)):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise output_error(exc, path, fix="remove it by hand, or choose another --out") from None
 
 
 def write_identity(out_path: str | os.PathLike, identity: OutputIdentity) -> Path:

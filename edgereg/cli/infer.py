@@ -259,8 +259,8 @@ def _run_batch(args) -> int:
     from edgereg.errors import EdgeregError
     from edgereg.scoring import Shard, default_inference_threads, output_columns, score_source
     from edgereg.sources import open_source
-    from edgereg.writers import (OutputIdentity, check_output_target, check_resume_identity, load_done_keys,
-                                 open_errors, open_rows, output_format, write_identity)
+    from edgereg.writers import (OutputIdentity, check_output_target, check_resume_identity, discard_output,
+                                 load_done_keys, open_errors, open_rows, output_format, write_identity)
 
     if args.jsonl and args.out:
         raise EdgeregError("--jsonl writes to stdout and --out to a file; for a JSONL file use --out preds.jsonl")
@@ -288,6 +288,8 @@ def _run_batch(args) -> int:
         if args.resume:
             check_resume_identity(out, identity)
             done = load_done_keys(out, columns, fmt=fmt)
+        if args.overwrite:
+            discard_output(out)  # the old rows go before the new identity is written
         write_identity(out, identity)
     elif args.resume:
         raise EdgeregError("--resume needs an output file: add --out preds.csv")

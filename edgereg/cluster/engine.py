@@ -15,6 +15,9 @@ The pipeline:
    row it has already received (a retried task can deliver a block twice; each input is written
    once whatever Ray does), and hands rows and errors to a sink: committed parts
    (:class:`PartSink`, exactly once, see ``edgereg.cluster.parts``) or stdout (:class:`StreamSink`).
+5. At the end every input must have come back once, as a row or an error: a block lost on the
+   way fails the run (:class:`~edgereg.errors.IncompleteRunError`, exit 1) before the merge, with
+   what came back committed, so ``--resume`` scores the missing inputs.
 
 Worker processes that die are Ray's to replace: Ray Data restarts dead actors and retries their
 tasks, and retries tasks whose worker died; the driver's de-duplication and the parts make the
@@ -33,7 +36,7 @@ import numpy as np
 from edgereg.cluster.parts import PartStore, error_line
 from edgereg.cluster.plan import ResourcePlan
 from edgereg.cluster.stages import FLAG_SEPARATOR, OnnxScorer, decode_batch
-from edgereg.errors import EdgeregError
+from edgereg.errors import EdgeregError, IncompleteRunError
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.scoring import FAILURES_KEPT, ScoreStats, Shard
 from edgereg.sources import BatchSource, Entry, VideoSource
@@ -228,6 +231,8 @@ def score_on_ray(ray, entries: Sequence[Entry], predictor, model_bytes: bytes, s
 
     Raises:
         EdgeregError: the Ray run failed (what was scored before is committed).
+        IncompleteRunError: the run ended without a row or an error for some inputs (exit 1;
+            ``--resume`` scores them).
     """
     stats = ScoreStats(total=len(entries))
     providers_used: set[str] = set()
@@ -242,9 +247,9 @@ def score_on_ray(ray, entries: Sequence[Entry], predictor, model_bytes: bytes, s
     # next one is, so the rows before a slow input would wait to be committed
     batches = build_dataset(ray, entries, predictor, model_bytes, plan=plan, providers=providers,
                             config=config).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+    stop = False  # fail_fast stopped the run
     try:
         for batch in batches:
-            stop = False
             for i, index in enumerate(batch["index"]):
                 if seen[index]:
                     continue  # delivered again by a retried task
@@ -282,7 +287,28 @@ def score_on_ray(ray, entries: Sequence[Entry], predictor, model_bytes: bytes, s
         if close:
             close()
     stats.elapsed_s = time.perf_counter() - started
+    if not stop:
+        check_every_input_seen(seen, entries)
     return stats, providers_used
+
+
+def check_every_input_seen(seen: np.ndarray, entries: Sequence[Entry]) -> None:
+    """Fail a run that ended without a row or an error for some inputs.
+
+    Args:
+        seen: (N,) bool, whether input i (a position in ``entries``) came back, as a row or an error.
+        entries: the N inputs of the run.
+
+    Raises:
+        IncompleteRunError: some inputs never came back (a block lost by Ray); what came back is
+            committed, and ``--resume`` scores the rest.
+    """
+    missing = np.flatnonzero(~seen)
+    if missing.size:
+        first = ", ".join(f"'{entries[i].key}'" for i in missing[:3])
+        raise IncompleteRunError(f"the Ray run ended without {missing.size} of its {len(entries)} inputs ({first}"
+                                 f"{', ...' if missing.size > 3 else ''}): they were neither scored nor reported as "
+                                 "failed; what came back is kept, score the rest with --resume")
 
 
 def _ray_failure(exc: BaseException) -> str:

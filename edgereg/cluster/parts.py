@@ -11,7 +11,8 @@ While an ``--engine ray`` run writes ``preds.csv``, its state lives in ``preds.c
   ``edgereg.writers.encode_row``, as the local engine encodes them), then the errors file's lines.
 
 Committing a part: write ``.NAME.tmp``, fsync, rename to ``NAME``, fsync the folder, then append
-its manifest line (one write, fsync). The manifest line is the commit: a part file without one (a
+its manifest line (written whole: short writes are completed, a failed write is cut back; then
+fsync). The manifest line is the commit: a part file without one (a
 crash between the rename and the append) is an orphan, deleted on resume, and its rows are scored
 again. So every row is either in exactly one committed part or in none.
 
@@ -35,6 +36,8 @@ state, from which ``--resume`` merges again, or the finished output.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import heapq
 import json
 import os
@@ -44,9 +47,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgereg.errors import EdgeregError
+from edgereg.errors import EdgeregError, output_error
 from edgereg.writers import (
-    ERROR_COLUMNS, cut_partial_line, encode_csv_row, encode_row, errors_path_for, load_done_keys, output_format,
+    ERROR_COLUMNS, cut_partial_line, discard_output, encode_csv_row, encode_row, errors_path_for, load_done_keys,
+    output_format,
 )
 
 FORMAT_VERSION = 1
@@ -144,7 +148,7 @@ class PartStore:
             columns: the output columns (to validate an existing output that is imported).
             fmt: "csv" or "jsonl" (None: from ``out``'s name).
             resume: continue an unfinished run, or import an existing output and add to it.
-            overwrite: discard any state and existing output.
+            overwrite: discard any state and the existing output, its errors file and identity record.
 
         Raises:
             EdgeregError: an unfinished run or an existing output without ``resume``/``overwrite``;
@@ -154,8 +158,9 @@ class PartStore:
         fmt = fmt or output_format(out)
         root = state_dir_for(out)
         manifest = root / MANIFEST
-        if overwrite:
+        if overwrite:  # before the new identity is written: no old row survives a failed run
             _remove_state(root)
+            discard_output(out)
         if manifest.exists():
             if not resume:
                 raise EdgeregError(f"'{out}' has an unfinished --engine ray run (state in '{root}'); pass --resume "
@@ -207,11 +212,12 @@ class PartStore:
             errors: ``(key, errors-file line)`` (lines from :func:`error_line`).
         """
         self._sequence += 1
-        part = self._write_part(f"g{self.generation:04d}-{self._sequence:06d}.part", rows, errors,
-                                generation=self.generation)
-        with open(self.root / MANIFEST, "ab", buffering=0) as handle:
-            handle.write(_json_line(asdict(part)))
-            os.fsync(handle.fileno())
+        name = f"g{self.generation:04d}-{self._sequence:06d}.part"
+        try:
+            part = self._write_part(name, rows, errors, generation=self.generation)
+        except OSError as exc:  # the part is an orphan, removed on resume
+            raise output_error(exc, self.root / name, mid_run=True, resumable=True) from None
+        _append_line(self.root / MANIFEST, _json_line(asdict(part)))
         self.parts.append(part)
         return part
 
@@ -356,6 +362,32 @@ def _position(key: str, position_of: Mapping[str, int] | None) -> int:
     return position_of.get(key, -1) if position_of is not None else -1
 
 
+def _append_line(path: Path, line: bytes) -> None:
+    """Append one whole line to ``path`` and fsync it.
+
+    A write may take fewer bytes than given (a full disk, a signal): the rest is written until the
+    line is whole, so a later line never follows half of one. On an error the file is cut back to
+    where it ended, so it still ends with a whole line.
+
+    Raises:
+        WriteFailedError: the line could not be written (disk full, I/O error); ``--resume`` goes on.
+    """
+    with open(path, "ab", buffering=0) as handle:
+        end = handle.seek(0, os.SEEK_END)
+        view = memoryview(line)
+        try:
+            while view:
+                written = handle.write(view)
+                if not written:  # nothing taken and no error: the device takes no more
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[written:]
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(handle.fileno(), end)
+            raise output_error(exc, path, mid_run=True, resumable=True) from None
+
+
 def _write_atomically(path: Path, header: bytes, chunks: Iterable[bytes]) -> None:
     """Write ``header`` and the chunks to ``path.merging``, fsync, rename it over ``path``."""
     temporary = path.with_name(path.name + MERGING_SUFFIX)
@@ -377,13 +409,13 @@ def _read_rows(out: Path, fmt: str) -> Iterator[dict[str, Any]]:
     if fmt == "csv":
         yield from csv.DictReader(io.StringIO(text, newline=""))
     else:
-        for line in text.splitlines():
+        for line in text.split("\n")[:-1]:  # not splitlines: U+2028, U+0085 may stand raw in a path
             yield json.loads(line)
 
 
 def _read_manifest(manifest: Path) -> tuple[dict[str, Any], list[Part]]:
     cut_partial_line(manifest)
-    lines = manifest.read_bytes().splitlines()
+    lines = manifest.read_bytes().split(b"\n")[:-1]  # ends with a newline (cut_partial_line)
     fix = f"move '{manifest.parent}' away (or pass --overwrite) and score again"
     try:
         header = json.loads(lines[0]) if lines else {}

@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 
 from edgereg.preprocess.config import PreprocessConfig
-from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, decode_image, image_dimensions, max_file_bytes,
-                                       read_file_bytes, read_images)
+from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, DecodeBudget, decode_image, image_dimensions,
+                                       max_file_bytes, read_file_bytes, read_images)
 from edgereg.preprocess.geometry import CropBox, crop_box, crop_region, crop_resize
 
 REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -69,7 +69,8 @@ def reduction(box_h: float, box_w: float, size: tuple[int, int]) -> int:
 
 
 def load_frame(data: bytes, config: PreprocessConfig, *, source: str = "<bytes>",
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, CropBox]:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               budget: DecodeBudget | None = None) -> tuple[np.ndarray, CropBox]:
     """Decode encoded image bytes and crop/resize them to the model input, under ``config.decode``.
 
     Args:
@@ -77,6 +78,7 @@ def load_frame(data: bytes, config: PreprocessConfig, *, source: str = "<bytes>"
         config: the model's preprocessing (``decode``: "full" or "reduced").
         source: a name for error messages (usually the path).
         max_pixels: refuse images whose header declares more pixels (``decode_image``).
+        budget: decoded bytes shared with other decoder threads (``decode_image``; None: no wait).
 
     Returns:
         ((h, w, 3) uint8 BGR with (h, w) = config.input_size, CropBox in source pixels).
@@ -91,13 +93,15 @@ def load_frame(data: bytes, config: PreprocessConfig, *, source: str = "<bytes>"
         s = min(reduction(*_box_sides(height, width, config), config.input_size),
                 reduction(*_box_sides(width, height, config), config.input_size))
         if s > 1:
-            reduced = decode_image(data, source=source, max_pixels=max_pixels, flags=REDUCED_FLAGS[s])
+            reduced = decode_image(data, source=source, max_pixels=max_pixels, flags=REDUCED_FLAGS[s],
+                                   budget=budget)
             return _crop_reduced(reduced, s, (height, width), config)
-    return crop_resize(decode_image(data, source=source, max_pixels=max_pixels), config)
+    return crop_resize(decode_image(data, source=source, max_pixels=max_pixels, budget=budget), config)
 
 
 def read_frame(path: str | os.PathLike, config: PreprocessConfig, *,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, CropBox]:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               budget: DecodeBudget | None = None) -> tuple[np.ndarray, CropBox]:
     """Read an image file and return it cropped and resized to the model input (see :func:`load_frame`).
 
     The file is read as ``read_image`` reads it (regular files only, size limits from ``max_pixels``).
@@ -107,14 +111,17 @@ def read_frame(path: str | os.PathLike, config: PreprocessConfig, *,
             undecodable file.
     """
     data = read_file_bytes(path, max_bytes=max_file_bytes(max_pixels))
-    return load_frame(data, config, source=str(path), max_pixels=max_pixels)
+    return load_frame(data, config, source=str(path), max_pixels=max_pixels, budget=budget)
 
 
 def read_frames(paths, config: PreprocessConfig, *, threads: int | None = None,
                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """:func:`read_frame` over ``paths`` in a thread pool, yielding ``(index, (frame, CropBox) or
-    DecodeError)`` in input order (see ``edgereg.preprocess.read_images``)."""
-    return read_images(paths, threads=threads, loader=lambda path: read_frame(path, config, max_pixels=max_pixels))
+    DecodeError)`` in input order (see ``edgereg.preprocess.read_images``); the decodes share one
+    :class:`~edgereg.preprocess.decode.DecodeBudget`."""
+    budget = DecodeBudget()
+    return read_images(paths, threads=threads,
+                       loader=lambda path: read_frame(path, config, max_pixels=max_pixels, budget=budget))
 
 
 def _box_sides(height: int, width: int, config: PreprocessConfig) -> tuple[float, float]:

@@ -6,6 +6,10 @@ crop and the resize; empty, truncated and corrupt images, and images whose heade
 than ``max_pixels``, are refused before decoding with the reasons ``edgereg infer PATH`` gives
 (:func:`edgereg.scoring.failure_reason`). A bad upload never fails the others: it gets its
 reason, and the good ones are read.
+
+Decodes of all requests share one :class:`~edgereg.preprocess.decode.DecodeBudget`
+(:data:`UPLOAD_DECODE_BUDGET`): however many requests arrive at once, the images being decoded
+hold at most its bytes; the others wait for their turn.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgereg.preprocess import CropBox, PreprocessConfig, load_frame
-from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, DecodeBudget
 from edgereg.scoring import failure_reason
+
+UPLOAD_DECODE_BUDGET = DecodeBudget()  # shared by every request of the process (1 GiB decoding at once)
 
 
 @dataclass(frozen=True)
@@ -45,18 +51,20 @@ class PreparedUploads:
 
 
 def prepare_uploads(uploads: list[Upload], config: PreprocessConfig, *,
-                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PreparedUploads:
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                    budget: DecodeBudget = UPLOAD_DECODE_BUDGET) -> PreparedUploads:
     """Decode, check, crop and resize uploads (blocking: call from a worker thread).
 
     Args:
         uploads: the request's images.
         config: the model's preprocessing.
         max_pixels: refuse images whose header declares more pixels (None: no limit of ours).
+        budget: decoded bytes shared with the other requests' decodes (default: the process's).
     """
     frames, boxes, index, errors = [], [], [], []
     for position, upload in enumerate(uploads):
         try:
-            frame, box = load_frame(upload.data, config, source=upload.name, max_pixels=max_pixels)
+            frame, box = load_frame(upload.data, config, source=upload.name, max_pixels=max_pixels, budget=budget)
         except Exception as exc:  # noqa: BLE001 - a bad upload is reported, never a server error
             errors.append((position, upload.name, failure_reason(exc, upload.name)))
             continue

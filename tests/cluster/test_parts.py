@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -143,3 +144,86 @@ def test_merge_interleaves_generations_and_survives_a_reordered_listing(tmp_path
     gone = {k: i for i, k in enumerate("bcdefg")}  # 'a' is no longer listed: it keeps its place, first
     resumed.merge(out, columns=COLUMNS, position_of=gone)
     assert [r["path"] for r in read_csv(out)] == list("abcefg")
+
+
+def test_a_jsonl_output_with_unicode_line_separators_in_paths_is_imported_whole(tmp_path):
+    """U+2028 and U+0085 stand raw in the JSON lines; only "\\n" ends a row (str.splitlines would split)."""
+    out = tmp_path / "preds.jsonl"
+    keys = ["a\u2028b.png", "c\u0085d.png", "e\u2029f.png"]
+    with open_rows(out, COLUMNS) as writer:
+        for i, key in enumerate(keys):
+            writer.write(row(key, float(i)))
+    before = out.read_bytes()
+    store = PartStore.open(out, {**IDENTITY, "format": "jsonl"}, columns=COLUMNS, resume=True)
+    assert store.done_keys() == set(keys)
+    store.merge(out, columns=COLUMNS, position_of={key: i for i, key in enumerate(keys)})
+    assert out.read_bytes() == before
+
+
+class ShortWrites:
+    """A manifest opened for appending whose writes take at most half of what they are given, and
+    whose write number ``fail_at`` (if any) fails with ENOSPC: a full disk as the kernel shows it."""
+
+    def __init__(self, handle, fail_at=None):
+        self.handle, self.fail_at, self.calls = handle, fail_at, 0
+
+    def write(self, data):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.handle.write(bytes(data)[:max(1, len(data) // 2)])
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.handle.close()
+
+
+def short_writes_to_the_manifest(monkeypatch, fail_at=None):
+    import builtins
+
+    import edgereg.cluster.parts as parts
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        handle = builtins.open(path, mode, *args, **kwargs)
+        return ShortWrites(handle, fail_at) if str(path).endswith(MANIFEST) and "a" in mode else handle
+
+    monkeypatch.setattr(parts, "open", fake_open, raising=False)
+
+
+def test_manifest_lines_are_written_whole_despite_short_writes(tmp_path, monkeypatch):
+    out = tmp_path / "preds.csv"
+    store = PartStore.open(out, IDENTITY, columns=COLUMNS)
+    short_writes_to_the_manifest(monkeypatch)
+    store.commit(rows_of(row("a", 1.0)))
+    store.commit(rows_of(row("b", 2.0)))
+    monkeypatch.undo()
+    resumed = PartStore.open(out, IDENTITY, columns=COLUMNS, resume=True)  # not "damaged"
+    assert resumed.done_keys() == {"a", "b"}
+
+
+def test_a_manifest_write_that_fails_half_way_is_cut_back_and_resume_goes_on(tmp_path, monkeypatch):
+    from edgereg.errors import WriteFailedError
+
+    out = tmp_path / "preds.csv"
+    store = PartStore.open(out, IDENTITY, columns=COLUMNS)
+    store.commit(rows_of(row("a", 1.0)))
+    manifest = state_dir_for(out) / MANIFEST
+    before = manifest.read_bytes()
+    short_writes_to_the_manifest(monkeypatch, fail_at=2)  # half a line lands, then the disk is full
+    with pytest.raises(WriteFailedError, match=r"no space left on device; free some space, then run again with "
+                                                 r"--resume"):
+        store.commit(rows_of(row("b", 2.0)))
+    assert manifest.read_bytes() == before  # ends with a whole line
+    monkeypatch.undo()
+    resumed = PartStore.open(out, IDENTITY, columns=COLUMNS, resume=True)
+    assert resumed.done_keys() == {"a"}
+    resumed.commit(rows_of(row("b", 2.0)))
+    assert PartStore.open(out, IDENTITY, columns=COLUMNS, resume=True).done_keys() == {"a", "b"}
+    with open(manifest, "ab") as handle:  # half a line from a machine that went down mid-write
+        handle.write(b'{"name": "g0003-0000')
+    assert PartStore.open(out, IDENTITY, columns=COLUMNS, resume=True).done_keys() == {"a", "b"}

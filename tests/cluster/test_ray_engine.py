@@ -301,3 +301,57 @@ def test_gpu_actors_request_a_gpu_each_and_say_which_provider_ran(model, tmp_pat
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert "GPU actors ran on CPUExecutionProvider" in result.stderr
+
+
+class DroppingDataset:
+    """A Ray dataset whose batches lose the rows of some inputs on the way to the driver, as a
+    block that Ray drops silently would."""
+
+    def __init__(self, dataset, lost_index):
+        self.dataset, self.lost_index = dataset, lost_index
+
+    def iter_batches(self, **kwargs):
+        for batch in self.dataset.iter_batches(**kwargs):
+            keep = batch["index"] != self.lost_index
+            yield {name: column[keep] for name, column in batch.items()}
+
+
+def test_an_input_that_ray_drops_fails_the_run_and_resume_scores_it(local_ray, model, tmp_path, rng, capsys,
+                                                                     monkeypatch):
+    import edgereg.cluster.engine as engine
+
+    folder = tmp_path / "imgs"
+    good = write_images(folder, rng, [f"im{i}.png" for i in range(6)])
+    local, out = tmp_path / "local.csv", tmp_path / "ray.csv"
+    assert main(["infer", model, str(folder), "--out", str(local)]) == 0
+    real = engine.build_dataset
+    monkeypatch.setattr(engine, "build_dataset", lambda *args, **kwargs: DroppingDataset(real(*args, **kwargs), 2))
+    argv = ["infer", model, str(folder), "--out", str(out), "--engine", "ray", "--commit-rows", "2"]
+    assert main(argv) == 1  # never exit 0 with a row missing
+    err = capsys.readouterr().err
+    assert f"the Ray run ended without 1 of its 6 inputs ('{good[2]}')" in err and "with --resume" in err
+    assert committed_rows(out) == 5 and not out.exists()  # what came back is kept, nothing merged
+    monkeypatch.undo()
+    assert main(argv + ["--resume"]) == 0
+    assert out.read_bytes() == local.read_bytes() and not state_dir_for(out).exists()
+
+
+def test_overwrite_that_fails_half_way_leaves_no_old_row_for_resume(local_ray, model, model_factory, tmp_path, rng,
+                                                                    capsys, monkeypatch):
+    import edgereg.cluster.engine as engine
+
+    old_model = str(model_factory(targets=("conc",), range=((-2.0, 2.0),), units=("mg/L",), mean=(0.2, 0.2, 0.2)))
+    folder = tmp_path / "imgs"
+    write_images(folder, rng, [f"im{i}.png" for i in range(6)])
+    reference, out = tmp_path / "reference.csv", tmp_path / "preds.csv"
+    assert main(["infer", model, str(folder), "--out", str(reference)]) == 0
+    assert main(["infer", old_model, str(folder), "--out", str(out)]) == 0  # the old rows, of another model
+    old_rows = {tuple(row.values()) for row in read_csv(out)}
+    assert not old_rows & {tuple(row.values()) for row in read_csv(reference)}  # none reads like a new one
+    real = engine.build_dataset
+    monkeypatch.setattr(engine, "build_dataset", lambda *args, **kwargs: DroppingDataset(real(*args, **kwargs), 4))
+    assert main(["infer", model, str(folder), "--out", str(out), "--engine", "ray", "--overwrite",
+                 "--commit-rows", "2"]) == 1  # fails half-way, under the new model's identity
+    monkeypatch.undo()
+    assert main(["infer", model, str(folder), "--out", str(out), "--resume"]) == 0  # the local engine
+    assert out.read_bytes() == reference.read_bytes()  # every row from the new model, none from the old

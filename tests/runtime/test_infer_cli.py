@@ -244,3 +244,24 @@ def test_stdout_closed_by_its_reader_stops_quietly(model, tmp_path, rng):
             process.kill()
     assert process.returncode == 141
     assert "stdout was closed" in err and "Traceback" not in err
+
+
+def test_resume_of_jsonl_and_list_files_with_unicode_line_separators_in_paths(model, tmp_path, rng, capsys):
+    """U+2028, U+2029 and U+0085 stand raw in JSON strings; str.splitlines would split rows at them."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = ["a\u2028b.png", "c\u0085d.png", "e\u2029f.png", "plain.png"]
+    for name in names:
+        (folder / name).write_bytes(cv2.imencode(".png", rng.integers(0, 256, (24, 20, 3), dtype=np.uint8))[1])
+    out = tmp_path / "preds.jsonl"
+    assert main(["infer", model, str(folder), "--out", str(out)]) == 0
+    full = out.read_bytes()
+    out.write_bytes(b"".join(line + b"\n" for line in full.split(b"\n")[:2]))  # the first two rows were written
+    assert main(["infer", model, str(folder), "--out", str(out), "--resume"]) == 0
+    assert "2 already in" in capsys.readouterr().err
+    assert out.read_bytes() == full
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"imgs/{name}\n" for name in names), encoding="utf-8")
+    listed = tmp_path / "listed.jsonl"
+    assert main(["infer", model, str(listing), "--out", str(listed)]) == 0
+    assert [json.loads(line)["path"] for line in listed.read_bytes().split(b"\n")[:-1]] == [f"imgs/{n}" for n in names]
