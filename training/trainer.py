@@ -569,6 +569,9 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
                                       log=log, deadline=end(REFIT_SHARE), closing_rows=0)
             evaluations["val"] = evaluate_fit(first, outcome.regressor, device=ctx.device,
                                               batch_size=config.eval_batch)["val"]
+            held_out = HeldOut(np.asarray(vplan.split.val), np.zeros(len(vplan.split.val), np.int64),
+                               evaluations["val"].y_true, evaluations["val"].y_pred,
+                               "validation predictions of the model fitted before the refit")
             clock.mark("fit")
             rows = np.concatenate([vplan.split.train, vplan.split.val])
             final_split = Split(train=rows, val=np.zeros(0, np.int64), test=vplan.split.test, mode=vplan.split.mode,
@@ -592,6 +595,9 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
                 fold_rmse = float(np.sqrt(np.mean(sample_errors(loaded.kind, parts[-1][0], parts[-1][1]))))
                 log(f"fold {k + 1}/{len(vplan.folds)}: {outcome_k.steps} steps, held-out groups RMSE {fold_rmse:.4g}")
             true, pred, baselines, groups = merge_scored(parts)
+            held_out = HeldOut(np.concatenate([np.asarray(f.val) for f in vplan.folds]),
+                               np.concatenate([np.full(len(f.val), k) for k, f in enumerate(vplan.folds)]), true, pred,
+                               "out-of-fold predictions of the fold models (k-fold design)")
             evaluations["val"] = evaluate_split("val", loaded.kind, loaded.dataset.names, true, pred, baselines,
                                                 groups=groups)
             clock.mark("folds")
@@ -599,6 +605,8 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
                                 test=np.zeros(0, np.int64), mode=vplan.split.mode, seed=vplan.split.seed)
             epochs = None
         final_config = config if epochs is None else replace(config, epochs=epochs)
+        if ctx.is_main:
+            held_out.write(run_dir)
         plan = make_plan(loaded, final_config, final_split, model_name=winner.model, reference_region=reference,
                          seen_frac=0.0)
         record = lambda status, metrics=None: run_record(plan, config, status=status, metrics=metrics,  # noqa: E731
@@ -649,6 +657,35 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     return TrainResult(run_dir, metrics, tuple(warnings), summary)
 
 
+HELD_OUT_FILE = "held_out.npz"
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Predictions of rows by models that never saw them, kept when the shipped model was refitted on
+    every row (k-fold or holdout + refit): what honest intervals are calibrated on (export/conformal).
+
+    ``rows (N,) int64`` dataset rows, ``folds (N,) int64`` the fold that held each out, ``true`` and
+    ``pred (N, T) float64`` in the user's units; ``scored_by`` says which models predicted them.
+    """
+
+    rows: np.ndarray
+    folds: np.ndarray
+    true: np.ndarray
+    pred: np.ndarray
+    scored_by: str
+
+    def write(self, run_dir: Path) -> None:
+        """RUN/held_out.npz, written atomically."""
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, rows=np.asarray(self.rows, np.int64), folds=np.asarray(self.folds, np.int64),
+                 true=np.asarray(self.true, np.float64), pred=np.asarray(self.pred, np.float64),
+                 scored_by=np.asarray(self.scored_by))
+        atomic_write_bytes(run_dir / HELD_OUT_FILE, buffer.getvalue())
+
+
 def score_readouts(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None, *,
                    log: Callable[[str], None]) -> readouts.ReadoutRace:
     """The block readouts on the validation design (none when another model was asked for by name)."""
@@ -679,6 +716,9 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
                            "train a network instead: --model auto")
     refitted = vplan.mode == "kfold" or vplan.refit
     if refitted:
+        true, pred = race.predictions[best.label()]
+        HeldOut(race.rows, race.folds, true, pred, f"held-out predictions of {best.label()} fitted without them "
+                f"({vplan.mode} design)").write(run_dir)
         split = Split(train=np.arange(len(loaded.dataset)) if vplan.mode == "kfold" else
                       np.concatenate([vplan.split.train, vplan.split.val]), val=np.zeros(0, np.int64),
                       test=vplan.split.test if vplan.mode == "holdout" else np.zeros(0, np.int64),

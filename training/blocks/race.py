@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ class ReadoutRace:
     scores: tuple  # ReadoutScore per fitted candidate, in candidate order
     predictions: dict  # label -> (true, pred) (N, T) in user units on the scored rows
     seconds_per_row: float = 0.0  # measured time of every block on one image
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) scored rows, in prediction order
+    folds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) the fold that held each out
 
     def best(self):
         """The candidate with the lowest validation RMSE (None when none was fitted)."""
@@ -149,7 +151,7 @@ def held_out_predictions(cache: FeatureCache, plans: list, *, seed: int) -> tupl
     from edgereg.training.plan import new_regressor
 
     trues, preds, all_rows, record = [], [], [], {}
-    for plan in plans:
+    for k, plan in enumerate(plans):
         loaded = plan.loaded
         regressor = new_regressor(plan, seed).eval()
         blocks = regressor.model.block_names
@@ -205,4 +207,6 @@ def race_readouts(make_plans: Callable[[], list], *, kind: str, groups: np.ndarr
     if scores:
         text = "; ".join(f"{s.label()}: {s.val_rmse:.4g} ± {s.val_se:.2g}" for s in scores)
         log(f"block readouts (closed form, on validation): {text}")
-    return ReadoutRace(tuple(scores), predictions, seconds_per_row)
+    scored = [np.asarray(p.split.val) for p in base]
+    return ReadoutRace(tuple(scores), predictions, seconds_per_row, np.concatenate(scored),
+                       np.concatenate([np.full(len(r), k) for k, r in enumerate(scored)]))
