@@ -735,10 +735,15 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
     true, pred = race.predictions[best.label()]
     baselines = dict(network_val.baselines) if network_val is not None else {}
     others = readout_metrics(loaded, [s for s in race.scores if s is not best], race.predictions)
-    val = evaluate_split("val", loaded.kind, loaded.dataset.names, true, pred, {},
-                         groups=None if network_val is None else network_val.groups)
+    if refitted or "val" not in evaluations:  # out-of-fold predictions of the models fitted without them
+        val = evaluate_split("val", loaded.kind, loaded.dataset.names, true, pred, {},
+                             groups=None if network_val is None else network_val.groups)
+    else:  # the shipped model itself on the validation rows
+        val = evaluations["val"]
+        true, pred = val.y_true, val.y_pred
     evaluations["val"] = with_baselines(val, {**baselines, **network, **others})
     clock.mark("readout fit")
+    clock.mark("evaluation")
     stopped = f"closed-form readout ({best.label()}, {fit_record})"
     outcome = FitOutcome(regressor, [], 0, 0, stopped, 0.0, time.perf_counter() - started)
     per_sample = sample_errors(loaded.kind, true, pred)

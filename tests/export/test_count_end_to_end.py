@@ -25,7 +25,8 @@ def test_count_kind_trains_exports_infers_and_runs_in_c(tmp_path):
     torch.set_num_threads(1)
     data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "models"
     assert main(["synth", "count", str(data), "--n", "48", "--size", "32"]) == 0
-    assert main(["train", str(data), "--kind", "count", "--out", str(run), "--epochs", "2", "--batch-size", "16",
+    assert main(["train", str(data), "--kind", "count", "--model", "cnn_small", "--out", str(run), "--epochs", "2",
+                 "--batch-size", "16",
                  "--threads", "1", "--seed", "0", "--quiet"]) == 0
     code = main(["export", str(run), "--out", str(out), "--int8", "--c", "--calib-method", "minmax",
                  "--calib-images", "16", "--no-speed"])

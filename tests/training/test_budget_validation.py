@@ -204,8 +204,13 @@ def test_train_with_only_a_time_budget_fills_it_and_reports_why_it_stopped(assay
     # or take the step and the validation pass in flight when the clock is checked (seconds on a
     # loaded machine); only the scoring and the report may run over
     assert sum(stages.values()) - stages["evaluation"] <= 30 + 5
-    assert result.metrics["training"]["steps"] > 0
     assert result.metrics["race"]["winner"]["model"] in ("cnn_small", "resnet_tiny")
+    # the race's winner trained; on data this small a block readout may still beat it, and is then shipped
+    # with the network's validation score among its baselines
+    if result.metrics["model"]["name"] == "readout":
+        assert any(name.startswith("network") for name in result.metrics["val"]["baselines"])
+    else:
+        assert result.metrics["training"]["steps"] > 0
     assert {d["what"] for d in result.metrics["decisions"]} >= {"input size", "crop", "channels", "kind"}
     assert result.metrics["validation"]["val_se"] > 0
     assert "time budget: used" in result.summary

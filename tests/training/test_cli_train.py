@@ -32,7 +32,8 @@ def _env() -> dict:
 
 def test_train_prints_the_decisions_and_ends_with_what_to_look_at(assay_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", str(assay_dir), "--out", str(run), "--epochs", "2", "--lr", "auto", "--units", "mg/L",
+    code = main(["train", str(assay_dir), "--out", str(run), "--model", "cnn_small", "--epochs", "2", "--lr", "auto",
+                 "--units", "mg/L",
                  "--range", "80,350", "--quiet", *FAST])
     out = capsys.readouterr().out
     assert code == 0

@@ -17,7 +17,8 @@ from edgereg.training.trainer import train
 
 torch.set_num_threads(1)
 
-TINY = dict(input_size=(24, 24), threads=1, batch_size=16, epochs=2, patience=50)
+# the network itself is under test: a block readout would win on data this small (tests/training/test_blocks.py)
+TINY = dict(input_size=(24, 24), threads=1, batch_size=16, epochs=2, patience=50, model="cnn_small")
 
 
 def _quiet(message: str) -> None:

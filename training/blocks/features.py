@@ -24,6 +24,10 @@ bank        log energy of a filter bank on the gray image: at every octave of  t
             oriented derivative filters, at two scales per octave              orientation
 spectrum    log power in 12 log-spaced radial bands of the windowed 2-D DFT,    texture scale,
             over all orientations and in 4 sectors, relative to the total      periodicity
+tiles       moments and spectrum of each cell of a 4 x 4 grid, averaged over    mixtures of
+            the cells (linear in the proportions of a mixture)                 materials
+template    per labelled point: the sub-pixel peak (u, v) and height of the NCC    positions
+            map with a template learned from the training photos
 pixels      the image average-pooled to at most 16 x 16 (native when <= 32)    anything linear in
                                                                                the pixels (mean)
 ==========  =================================================================  ===================
@@ -51,8 +55,9 @@ class Block(nn.Module):
     n_features: int = 0
     names: tuple[str, ...] = ()
 
-    def fit(self, intensity: torch.Tensor) -> None:
-        """Set data-dependent constants from training intensities ``(N, C, H, W)`` (default: none)."""
+    def fit(self, intensity: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+        """Set data-dependent constants from training intensities ``(N, C, H, W)`` and, for blocks
+        that learn from labels, the encoded targets ``(N, n_outputs)`` (default: nothing to set)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -82,7 +87,7 @@ class Moments(Block):
         self.names = tuple(f"c{c}_{stat}" for c in range(channels) for stat in
                            ("mean", "std", "min", "max", "mid_lo", "mid_hi", *(f"q{q:g}" for q in ORDER_QUANTILES)))
 
-    def fit(self, intensity: torch.Tensor) -> None:
+    def fit(self, intensity: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         """Keep the 8-bit grid when the training values lie on it, else use their quantiles."""
         sample = intensity[:, :, ::self.stride, ::self.stride].transpose(0, 1).reshape(self.channels, -1)  # (C, N*P)
         on_grid = bool(((sample * 255.0 - torch.round(sample * 255.0)).abs() < 1e-3).all())
@@ -312,5 +317,147 @@ class Pixels(Block):
         return x.reshape(x.shape[0], -1)  # (B,C,h,w) -> (B,C*h*w)
 
 
-BLOCKS = {"moments": Moments, "colour": ColourRegions, "spectrum": Spectrum, "bank": FilterBank, "pixels": Pixels}
-COMPACT = ("moments", "colour", "spectrum", "bank")  # blocks with few, summarising features (pixels is not)
+TILE_GRID = 4  # tiles per side
+
+
+class Tiles(Block):
+    """Moments and spectrum of every tile of a TILE_GRID x TILE_GRID grid, averaged over the tiles.
+
+    For a photo that is a mixture of materials, each pure tile shows one material's features and
+    their average is the mixture's composition times those features: linear in the proportions,
+    which a linear readout inverts (the whole image's spectrum is not: the materials' spectra add
+    before the log). The remainder rows/columns of the grid are dropped.
+    ``(B, C, H, W) -> (B, F_moments + F_spectrum)`` of one tile.
+    """
+
+    def __init__(self, channels: int, input_size: tuple[int, int]):
+        super().__init__()
+        h, w = input_size
+        self.grid = TILE_GRID if min(h, w) >= 8 * TILE_GRID else max(1, min(h, w) // 8)
+        self.tile = (h // self.grid, w // self.grid)
+        self.parts = nn.ModuleList([Moments(channels, self.tile), Spectrum(channels, self.tile)])
+        self.n_features = sum(p.n_features for p in self.parts)
+        self.names = tuple(f"tile_{n}" for p in self.parts for n in p.names)
+
+    def _tiles(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        g, (th, tw) = self.grid, self.tile
+        x = x[:, :, :g * th, :g * tw].reshape(b, c, g, th, g, tw)  # (B,C,H,W) -> (B,C,g,th,g,tw)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(b * g * g, c, th, tw)  # -> (B*g*g,C,th,tw)
+
+    def fit(self, intensity: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+        tiles = self._tiles(intensity)
+        for part in self.parts:
+            part.fit(tiles)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        tiles = self._tiles(x)
+        features = torch.cat([part(tiles) for part in self.parts], dim=1)  # (B*g*g, F)
+        return features.reshape(b, self.grid * self.grid, -1).mean(dim=1)  # (B*g*g,F) -> (B,g*g,F) -> (B,F)
+
+
+TEMPLATE_SIDES = (1 / 8, 1 / 5, 1 / 3)  # template sides tried, as fractions of the shorter image side
+PEAK_BAND = 0.05  # NCC values within this of the map's maximum form the sub-pixel centroid
+
+
+class Template(Block):
+    """Normalized cross-correlation with a template learned from the training photos, per point.
+
+    For coordinate targets (pairs u, v in [0, 1] of the input): :meth:`fit` cuts a window around
+    every labelled point of the training images (bilinear, sub-pixel), averages them into one
+    template per point, and keeps the side (of TEMPLATE_SIDES) whose matching is most accurate on
+    the training rows. ``forward`` computes the NCC map of the gray image with each template
+    ("valid": every position where the template fits), then the centroid of the map's values within
+    PEAK_BAND of its maximum: a sub-pixel peak with no ArgMax (C-friendly). Features per point:
+    ``u, v`` of the peak and the peak's NCC. ``(B, C, H, W) -> (B, 3 * points)``.
+    The template lives in a fixed ``side_max`` square; a mask selects the chosen side.
+    """
+
+    def __init__(self, channels: int, input_size: tuple[int, int], points: int = 1):
+        super().__init__()
+        h, w = input_size
+        self.points = points
+        sides = sorted({max(5, int(round(f * min(h, w))) | 1) for f in TEMPLATE_SIDES})
+        self.sides = tuple(s for s in sides if s < min(h, w)) or (max(3, (min(h, w) // 2) | 1),)
+        self.side_max = max(self.sides)
+        k = self.side_max
+        self.register_buffer("gray", torch.full((1, channels, 1, 1), 1.0 / channels))
+        self.register_buffer("templates", torch.zeros(points, 1, k, k))  # zero mean, unit norm, masked
+        self.register_buffer("mask", torch.ones(1, 1, k, k))  # 1 inside the chosen side
+        self.register_buffer("count", torch.tensor(float(k * k)))
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        # zero-padded "same" maps: (i, j) is the window centred on input pixel (i, j); u = (x + 0.5) / W
+        self.register_buffer("grid_u", ((xs + 0.5) / w).reshape(1, 1, -1))  # (1,1,H*W)
+        self.register_buffer("grid_v", ((ys + 0.5) / h).reshape(1, 1, -1))
+        self.n_features = 3 * points
+        self.names = tuple(f"p{p}_{n}" for p in range(points) for n in ("u", "v", "ncc"))
+
+    def ncc(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, points, H, W) normalized cross-correlation maps (zero padding: an
+        object at the border is still found, matched on the part of the template inside the frame)."""
+        pad = self.side_max // 2
+        g = (x * self.gray).sum(dim=1, keepdim=True)  # (B,1,H,W)
+        total = F.conv2d(g, self.mask, padding=pad)  # (B,1,H,W) window sums
+        energy = F.conv2d(g.square(), self.mask, padding=pad)
+        spread = (energy - total.square() / self.count).clamp_min(1e-12).sqrt()  # window std * sqrt(n)
+        return F.conv2d(g, self.templates, padding=pad) / spread  # zero-mean template: the window mean drops out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.ncc(x)
+        b = maps.shape[0]
+        flat = maps.reshape(b, self.points, -1)  # (B,P,oh,ow) -> (B,P,oh*ow)
+        peak = flat.max(dim=2, keepdim=True).values  # (B,P,1)
+        weights = torch.relu(flat - peak + PEAK_BAND)  # (B,P,oh*ow)
+        total = weights.sum(dim=2, keepdim=True) + 1e-12
+        u = (weights * self.grid_u).sum(dim=2, keepdim=True) / total
+        v = (weights * self.grid_v).sum(dim=2, keepdim=True) / total
+        return torch.cat([u, v, peak], dim=2).reshape(b, -1)  # (B,P,3) -> (B,3P)
+
+    def _set(self, templates: torch.Tensor, side: int) -> None:
+        k = self.side_max
+        off = (k - side) // 2
+        mask = torch.zeros(1, 1, k, k)
+        mask[..., off:off + side, off:off + side] = 1.0
+        self.mask.copy_(mask)
+        self.count.fill_(float(side * side))
+        self.templates.copy_(templates)
+
+    @torch.no_grad()
+    def fit(self, intensity: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+        if targets is None or targets.shape[1] != 2 * self.points:
+            return
+        n, _, h, w = intensity.shape
+        g = (intensity * self.gray).sum(dim=1, keepdim=True)  # (N,1,H,W)
+        k = self.side_max
+        offsets = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
+        best = None
+        sample = torch.arange(n)[: min(n, 400)]
+        for side in self.sides:
+            templates = torch.zeros(self.points, 1, k, k)
+            off = (k - side) // 2
+            for p in range(self.points):
+                cx = targets[:, 2 * p].float() * w - 0.5  # (N,) input pixels
+                cy = targets[:, 2 * p + 1].float() * h - 0.5
+                gx = (cx[:, None, None] + offsets[None, None, :]) / (w - 1) * 2 - 1  # (N,1,k) in [-1, 1]
+                gy = (cy[:, None, None] + offsets[None, :, None]) / (h - 1) * 2 - 1  # (N,k,1)
+                grid = torch.stack([gx.expand(n, k, k), gy.expand(n, k, k)], dim=3)  # (N,k,k,2)
+                windows = F.grid_sample(g, grid, mode="bilinear", padding_mode="border", align_corners=True)
+                mean = windows.mean(dim=0)[0]  # (N,1,k,k) -> (k,k)
+                inner = torch.zeros(k, k)
+                inner[off:off + side, off:off + side] = mean[off:off + side, off:off + side]
+                inner[off:off + side, off:off + side] -= inner[off:off + side, off:off + side].mean()
+                templates[p, 0] = inner / inner.norm().clamp_min(1e-12)
+            self._set(templates, side)
+            found = self.forward(intensity[sample]).reshape(len(sample), self.points, 3)[..., :2]  # (S,P,2)
+            error = (found.reshape(len(sample), -1) - targets[sample].float()).square().mean().item()
+            if best is None or error < best[0]:
+                best = (error, templates.clone(), side)
+        self._set(best[1], best[2])
+
+
+BLOCKS = {"moments": Moments, "colour": ColourRegions, "spectrum": Spectrum, "bank": FilterBank, "tiles": Tiles,
+          "template": Template, "pixels": Pixels}
+POINT_BLOCKS = ("template",)  # blocks for coordinate targets only (built with the number of points)
+COMPACT = ("moments", "colour", "spectrum", "bank", "tiles", "template")  # blocks with few, summarising features (pixels is not)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from edgereg.kinds import target_kind
 from edgereg.preprocess import preprocess_batch
 from edgereg.training.blocks.features import BLOCKS
 from edgereg.training.blocks.readout import block_features, fit_head, prepare_blocks, readout_outputs
@@ -29,9 +30,10 @@ MODEL_NAME = "readout"
 COMPACT_SET = "moments,colour,spectrum,bank"
 # (blocks, hidden units, quadratic): each reader alone, the compact ones together with their
 # squares, every block linearly, and every block through a small MLP
+POINT_CANDIDATES = (("template", 0, False), ("template", 0, True))  # coordinate targets
 CANDIDATES = (("moments", 0, False), ("colour", 0, False), ("spectrum", 0, True), ("bank", 0, False),
-              ("pixels", 0, False), (COMPACT_SET, 0, True), (COMPACT_SET + ",pixels", 0, False),
-              (COMPACT_SET + ",pixels", 32, False))
+              ("tiles", 0, False), ("pixels", 0, False), (COMPACT_SET, 0, True), (COMPACT_SET + ",tiles,pixels", 0, False),
+              (COMPACT_SET + ",tiles,pixels", 32, False))
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,9 @@ def prepared_regressor(plan, *, seed: int):
     regressor = new_regressor(plan, seed).eval()
     x = model_inputs(regressor, plan, plan.split.train)
     scale, offset = intensity_affine(plan)
-    prepare_blocks(regressor.model, x, intensity_scale=scale, intensity_offset=offset)
+    with torch.no_grad():
+        z = regressor.encode_targets(plan.loaded.dataset.targets[np.asarray(plan.split.train)])
+    prepare_blocks(regressor.model, x, z, intensity_scale=scale, intensity_offset=offset)
     return regressor, x
 
 
@@ -183,6 +187,8 @@ def race_readouts(make_plans: Callable[[], list], *, kind: str, groups: np.ndarr
     """
     started = time.perf_counter()
     base = make_plans()
+    if target_kind(kind).xy_points and candidates is CANDIDATES:
+        candidates = POINT_CANDIDATES
     used = tuple(b for b in BLOCKS if any(b in c[0].split(",") for c in candidates))
     rows = np.unique(np.concatenate([np.concatenate([p.split.train, p.split.val]) for p in base]))
     cache = FeatureCache(base[0], used, rows, seed=seed)

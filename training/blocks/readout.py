@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgereg.errors import EdgeregError
-from edgereg.training.blocks.features import BLOCKS, COMPACT
+from edgereg.training.blocks.features import BLOCKS, COMPACT, POINT_BLOCKS
 from edgereg.training.kind_training import kind_training
 
 DEFAULT_BLOCKS = "moments,colour,spectrum,bank,pixels"
@@ -73,9 +73,10 @@ class FixedFeatures(nn.Module):
     """
 
     def __init__(self, block_names: tuple[str, ...], in_channels: int, input_size: tuple[int, int], *,
-                 quadratic: bool = False):
+                 quadratic: bool = False, points: int = 0):
         super().__init__()
-        self.blocks = nn.ModuleList(BLOCKS[b](in_channels, tuple(input_size)) for b in block_names)
+        self.blocks = nn.ModuleList(BLOCKS[b](in_channels, tuple(input_size), points=points) if b in POINT_BLOCKS
+                                    else BLOCKS[b](in_channels, tuple(input_size)) for b in block_names)
         self.n_raw = d = sum(b.n_features for b in self.blocks)
         self.n_compact = q = sum(b.n_features for name, b in zip(block_names, self.blocks) if name in COMPACT)
         self.quadratic = bool(quadratic) and q > 0
@@ -119,7 +120,12 @@ class BlockReadout(nn.Module):
         super().__init__()
         self.kind = kind
         self.block_names = parse_blocks(blocks)
-        self.fixed_features = FixedFeatures(self.block_names, in_channels, input_size, quadratic=quadratic)
+        points = n_outputs // 2 if kind_training(kind).target.xy_points else 0
+        if not points and set(self.block_names) & set(POINT_BLOCKS):
+            raise EdgeregError(f"the {', '.join(POINT_BLOCKS)} block reads positions: it needs coordinate targets "
+                               f"(x, y columns), not {kind}; choose other blocks")
+        self.fixed_features = FixedFeatures(self.block_names, in_channels, input_size, quadratic=quadratic,
+                                            points=points)
         d = self.n_features = self.fixed_features.n_features
         if hidden:
             self.readout = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs))
@@ -189,11 +195,14 @@ def block_features(model: BlockReadout, images: torch.Tensor, batch: int = 64) -
 
 
 @torch.no_grad()
-def prepare_blocks(model: BlockReadout, images: torch.Tensor, *, intensity_scale, intensity_offset) -> None:
+def prepare_blocks(model: BlockReadout, images: torch.Tensor, targets_encoded: torch.Tensor | None = None, *,
+                   intensity_scale, intensity_offset) -> None:
     """Set the blocks' data-dependent constants from training images, in place.
 
     Args:
         images: (N, C, H, W) float32 normalized training images (the model's input).
+        targets_encoded: (N, n_outputs) their targets in the encoded space (the template block
+            learns its template from the labelled positions).
         intensity_scale, intensity_offset: (C,) the affine from the normalized input back to pixel
             values (the preprocessing's std and mean, or the reference ratio's).
     """
@@ -203,7 +212,7 @@ def prepare_blocks(model: BlockReadout, images: torch.Tensor, *, intensity_scale
     fixed.offset.copy_(torch.as_tensor(np.asarray(intensity_offset, np.float32)).view(1, channels, 1, 1))
     intensity = images * fixed.scale + fixed.offset
     for block in fixed.blocks:
-        block.fit(intensity)
+        block.fit(intensity, targets_encoded)
 
 
 @torch.no_grad()
@@ -239,7 +248,7 @@ def fit_head(model: BlockReadout, x: np.ndarray, z: np.ndarray, groups: np.ndarr
 def fit_readout(model: BlockReadout, images: torch.Tensor, targets_encoded: torch.Tensor, *,
                 intensity_scale, intensity_offset, groups: np.ndarray | None = None, seed: int = 0) -> dict:
     """:func:`prepare_blocks` then :func:`fit_head` on the images' features: the whole fit, in place."""
-    prepare_blocks(model, images, intensity_scale=intensity_scale, intensity_offset=intensity_offset)
+    prepare_blocks(model, images, targets_encoded, intensity_scale=intensity_scale, intensity_offset=intensity_offset)
     return fit_head(model, block_features(model, images), targets_encoded.double().numpy(), groups, seed=seed)
 
 

@@ -14,7 +14,7 @@ def readout(*, in_channels: int, n_outputs: int, kind: str, input_size: tuple[in
     """Fixed feature blocks + ridge (or MLP) readout, fitted in closed form in seconds.
 
     Options:
-        blocks: comma-separated feature blocks: moments, colour, spectrum, bank, pixels.
+        blocks: comma-separated feature blocks: moments, colour, spectrum, bank, tiles, pixels.
         hidden: 0 for a ridge readout, else the width of a one-hidden-layer MLP readout.
         quadratic: also the squares of the compact blocks' standardized features.
     """
