@@ -536,9 +536,15 @@ def make_plan(loaded: LoadedData, config: TrainConfig, split, *, model_name: str
 
 
 def new_regressor(plan: FitPlan, seed: int):
-    """A freshly initialized Regressor (deterministic for ``seed``)."""
+    """A freshly initialized Regressor (deterministic for ``seed``); a model that starts from the
+    data (``needs_data_init``: the hybrid's readout) is fitted on the plan's train rows first."""
     torch.manual_seed(seed)
-    return build_regressor(run_record_model_part(plan))
+    regressor = build_regressor(run_record_model_part(plan))
+    if getattr(regressor.model, "needs_data_init", False):
+        from edgereg.training.blocks.race import initialize_from_data
+
+        initialize_from_data(regressor, plan, seed=seed)
+    return regressor
 
 
 def run_record_model_part(plan: FitPlan) -> dict:

@@ -110,6 +110,19 @@ def prepared_regressor(plan, *, seed: int):
     return regressor, x
 
 
+def initialize_from_data(regressor, plan, *, seed: int = 0) -> dict:
+    """Fit the readout inside a hybrid model (``regressor.model.readout``) on the plan's train rows."""
+    readout = regressor.model.readout
+    x = model_inputs(regressor, plan, plan.split.train)
+    scale, offset = intensity_affine(plan)
+    rows = np.asarray(plan.split.train)
+    groups = None if plan.loaded.dataset.groups is None else np.asarray(plan.loaded.dataset.groups)[rows]
+    with torch.no_grad():
+        z = regressor.encode_targets(plan.loaded.dataset.targets[rows])
+    prepare_blocks(readout, x, z, intensity_scale=scale, intensity_offset=offset)
+    return fit_head(readout, block_features(readout, x), z.double().numpy(), groups, seed=seed)
+
+
 def fit_plan(plan, *, seed: int = 0):
     """A Regressor with the readout of ``plan`` fitted on ``plan.split.train``; (regressor, fit record)."""
     regressor, x = prepared_regressor(plan, seed=seed)

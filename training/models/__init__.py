@@ -15,7 +15,7 @@ from edgereg.training.models.registry import (
 )
 
 # Registration order is the order of `edgereg models`: edgereg's own models, then the baselines.
-from edgereg.training.models import cnn, resnet, mobilenet, msd, heatmap, p4m, mlp, seeds, readout  # noqa: E402,F401,E501
+from edgereg.training.models import cnn, resnet, mobilenet, msd, heatmap, p4m, mlp, seeds, readout, hybrid  # noqa: E402,F401,E501
 
 __all__ = [
     "ModelEntry",
