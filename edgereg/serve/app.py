@@ -45,7 +45,7 @@ from edgereg.scoring import prediction_flags
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.frames import FrameEncoder, JpegOptions, StreamClock
 from edgereg.serve.guard import BodyLimit, SecurityHeaders, TokenGuard
-from edgereg.serve.hub import ReadingHub
+from edgereg.serve.hub import CameraState, ReadingHub
 from edgereg.serve.metrics import CONTENT_TYPE, ServerMetrics
 from edgereg.serve.uploads import Upload, prepare_uploads
 
@@ -102,7 +102,7 @@ class _Server:
         self.batcher: MicroBatcher | None = None
         self._unsubscribe = None
         if feed is not None:
-            self.metrics.watch_frame_age(feed.frame_age_s)
+            self.metrics.watch_camera(lambda: self._camera()[1], lambda: self.hub.camera_state().frame_age_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,20 +160,27 @@ class _Server:
     async def healthz(self, request: Request) -> Response:
         if self.feed is None:
             return JSONResponse({"status": "ok", "camera": None})
-        age = self.feed.frame_age_s()
-        connected = self.feed.connected() and age is not None and age <= self.config.stale_after_s
-        if not self.feed.running:
-            status = "stopped"
-        elif connected:
-            status = "ok"
-        else:
-            status = "camera_lost" if self.hub.camera_lost() or age is None else "stale"
+        status, connected, state = self._camera()
+        age = state.frame_age_s
         body = {"status": status, "camera": {
             "connected": connected, "last_frame_age_s": None if age is None else round(age, 3),
             "frames": self.feed.stats.frames, "readings": self.feed.stats.readings,
             "failed_reads": self.feed.stats.failed_reads,
             "error": None if self.feed.error is None else str(self.feed.error)}}
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+    def _camera(self) -> tuple[str, bool, CameraState]:
+        """(status, connected, state) of the camera, judged from one hub state (the one that
+        ``/snapshot.jpg`` and ``/events`` serve), so ``/healthz`` and ``/metrics`` agree with them."""
+        state = self.hub.camera_state()
+        connected = self.feed.running and state.connected(self.config.stale_after_s)
+        if not self.feed.running:
+            status = "stopped"
+        elif connected:
+            status = "ok"
+        else:
+            status = "camera_lost" if state.lost or state.frame_age_s is None else "stale"
+        return status, connected, state
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)

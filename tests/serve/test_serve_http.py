@@ -19,11 +19,12 @@ from serve_helpers import (EventReader, SwitchableCamera, decode_jpeg, get, live
 from starlette.testclient import TestClient  # noqa: E402
 
 from edgereg import Predictor  # noqa: E402
-from edgereg.live import LiveConfig, LiveFeed  # noqa: E402
+from edgereg.live import NO_FRAME, LiveConfig, LiveFeed  # noqa: E402
 from edgereg.serve.app import ServeConfig, create_app  # noqa: E402
 from edgereg.serve.frames import format_value  # noqa: E402
 
 FAST_RETRY = LiveConfig(smooth_window=3, retry_initial_s=0.05, retry_max_s=0.1)
+PATIENCE = 60.0  # seconds to wait for a state on a busy machine; a passing test waits far less
 
 
 def jpeg(image: np.ndarray, ext: str = ".jpg") -> bytes:
@@ -187,9 +188,9 @@ def test_token_guards_every_endpoint_but_healthz_and_no_cors(predictor):
 
 def test_camera_health_snapshot_history_and_loss(camera_app, camera):
     with TestClient(camera_app()) as client:
-        health = wait_for(lambda: (h := client.get("/healthz")).status_code == 200 and h.json(), 20)
+        health = wait_for(lambda: (h := client.get("/healthz")).status_code == 200 and h.json(), PATIENCE)
         assert health and health["status"] == "ok" and health["camera"]["connected"]
-        assert 0 <= health["camera"]["last_frame_age_s"] < 1
+        assert 0 <= health["camera"]["last_frame_age_s"] <= ServeConfig().stale_after_s
         snap = client.get("/snapshot.jpg")
         raw = client.get("/snapshot.jpg?overlay=0")
         assert snap.status_code == raw.status_code == 200 and snap.headers["x-edgereg-camera"] == "connected"
@@ -197,32 +198,61 @@ def test_camera_health_snapshot_history_and_loss(camera_app, camera):
         assert drawn.shape == plain.shape == (120, 160, 3)
         if snap.headers["x-edgereg-seq"] == raw.headers["x-edgereg-seq"]:  # the same frame: only the overlay differs
             assert np.abs(drawn.astype(int) - plain.astype(int)).max() > 100
-        history = client.get("/api/history?seconds=60").json()
-        assert len(history["timestamp"]) >= 2 and set(history["smoothed"]) == {"conc"}
+        history = wait_for(lambda: (h := client.get("/api/history?seconds=60").json())["timestamp"][1:] and h,
+                           PATIENCE)  # the first healthy moment may have one reading: wait for two
+        assert history and set(history["smoothed"]) == {"conc"}
         assert all(80 <= v <= 350 for v in history["smoothed"]["conc"] if v is not None)
         assert client.get("/api/history?seconds=soon").status_code == 400
 
         camera.unplugged = True
-        lost = wait_for(lambda: (h := client.get("/healthz")).status_code == 503 and h.json(), 5)
-        assert lost and lost["status"] == "camera_lost" and not lost["camera"]["connected"]
-        assert lost["camera"]["failed_reads"] >= 1
-        lost_snap = client.get("/snapshot.jpg")
+        lost = wait_for(lambda: (h := client.get("/healthz")).json()["status"] == "camera_lost" and h, PATIENCE)
+        assert lost and lost.status_code == 503 and not lost.json()["camera"]["connected"]
+        assert lost.json()["camera"]["failed_reads"] >= 1
+        lost_snap = client.get("/snapshot.jpg")  # the state /healthz judged: it stays until the camera is back
         assert lost_snap.status_code == 200 and lost_snap.headers["x-edgereg-camera"] == "lost"
         assert client.get("/snapshot.jpg?overlay=0").status_code == 503
         assert 'edgereg_camera_connected 0.0' in client.get("/metrics").text
 
         camera.unplugged = False
-        back = wait_for(lambda: client.get("/healthz").status_code == 200, 5)
-        assert back
+        assert wait_for(lambda: client.get("/healthz").status_code == 200, PATIENCE)
         assert 'edgereg_camera_connected 1.0' in client.get("/metrics").text
     assert camera.released  # the lifespan's end stopped the loop and released the camera
+
+
+def test_health_metrics_and_snapshot_judge_the_camera_from_one_state(predictor, camera):
+    """While the capture thread still hands a failed read to its subscribers, /healthz, /metrics and
+    /snapshot.jpg all see the last published reading: none says "lost" while another says "connected"."""
+    feed = LiveFeed(camera, predictor, config=FAST_RETRY)
+    handing_out, release = threading.Event(), threading.Event()
+
+    def slow_subscriber(reading):  # subscribed first: runs before the server's own subscriber
+        if reading.quality == NO_FRAME:
+            handing_out.set()
+            release.wait(PATIENCE)
+    feed.subscribe(slow_subscriber)
+    config = ServeConfig(stale_after_s=3600.0)  # never stale here, however slow the machine
+    with TestClient(create_app(predictor, feed, config)) as client:
+        assert wait_for(lambda: client.get("/healthz").status_code == 200, PATIENCE)
+        camera.unplugged = True
+        assert handing_out.wait(PATIENCE)  # the feed has the failed read; the hub has not published it yet
+        health = client.get("/healthz")
+        snap = client.get("/snapshot.jpg")
+        metrics = client.get("/metrics").text
+        assert snap.headers["x-edgereg-camera"] == "connected"
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.json()
+        assert "edgereg_camera_connected 1.0" in metrics
+        release.set()
+        lost = wait_for(lambda: (h := client.get("/healthz")).status_code == 503 and h.json(), PATIENCE)
+        assert lost and lost["status"] == "camera_lost"
+        assert client.get("/snapshot.jpg").headers["x-edgereg-camera"] == "lost"
+        assert "edgereg_camera_connected 0.0" in client.get("/metrics").text
 
 
 def test_events_one_reading_per_frame_resume_and_loss(camera_app, camera, predictor):
     with live_server(camera_app()) as port:
         reader = EventReader(port)
         assert reader.status == 200
-        records = reader.wait(12)
+        records = reader.wait(12, PATIENCE)
         assert len(records) >= 12
         ids = [event_id for event_id, _ in records]
         instance = ids[0].split(":")[0]
@@ -238,43 +268,49 @@ def test_events_one_reading_per_frame_resume_and_loss(camera_app, camera, predic
         assert first["value"]["conc"] == pytest.approx(expected, abs=1e-5)  # JSON keeps 6 decimals
 
         resumed = EventReader(port, headers={"Last-Event-ID": ids[3]})  # a reconnect gets what it missed
-        assert int(resumed.wait(1)[0][0].split(":")[1]) == seqs[3] + 1
+        assert int(resumed.wait(1, PATIENCE)[0][0].split(":")[1]) == seqs[3] + 1
         resumed.close()
         foreign = EventReader(port, headers={"Last-Event-ID": "0000beef:5"})  # another server instance
-        assert int(foreign.wait(1)[0][0].split(":")[1]) >= seqs[-1]  # the latest, not seq 6
+        assert int(foreign.wait(1, PATIENCE)[0][0].split(":")[1]) >= seqs[-1]  # the latest, not seq 6
         foreign.close()
 
         camera.black = True  # the light goes off: readings withheld, with the reason
-        black = wait_for(lambda: [r for _, r in reader.records if r["quality"] == "black"], 5)
+        black = wait_for(lambda: [r for _, r in reader.records if r["quality"] == "black"], PATIENCE)
         assert black and black[0]["value"] is None and black[0]["note"].startswith("black: brightness")
         assert metric(port, 'edgereg_withheld_total{reason="black"}') >= 1
         camera.black = False
         camera.unplugged = True
-        lost = wait_for(lambda: [r for _, r in reader.records if r["quality"] == "no_frame"], 5)
+        lost = wait_for(lambda: [r for _, r in reader.records if r["quality"] == "no_frame"], PATIENCE)
         assert lost and lost[0]["value"] is None and "retry" in lost[0]["note"]
         camera.unplugged = False
-        back = wait_for(lambda: [r for _, r in reader.records[-5:] if r["note"] and "frames are back" in r["note"]], 5)
+        back = wait_for(lambda: [r for _, r in reader.records if r["note"] and "frames are back" in r["note"]],
+                        PATIENCE)
         assert back
         assert instance == ids[-1].split(":")[0]
         reader.close()
 
 
 def test_mjpeg_shares_one_encode_per_frame_caps_fps_and_stops_on_disconnect(camera_app):
-    config = ServeConfig(stream_fps=8.0)
+    fps = 8.0
+    config = ServeConfig(stream_fps=fps, keepalive_s=3600.0)  # no keepalive write notices the disconnect for us
     with live_server(camera_app(config)) as port:
-        wait_for(lambda: get(port, "/healthz")[0] == 200, 20)
+        assert wait_for(lambda: get(port, "/healthz")[0] == 200, PATIENCE)
         encodes_before = metric(port, "edgereg_jpeg_encodes_total")
         results: list[list[bytes]] = [[] for _ in range(3)]
-        threads = [threading.Thread(target=lambda i=i: results[i].extend(read_mjpeg_parts(port, 2.0)))
+        threads = [threading.Thread(target=lambda i=i: results[i].extend(read_mjpeg_parts(port, PATIENCE, parts=6)))
                    for i in range(3)]
+        started = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        elapsed = time.monotonic() - started  # measured, not bounded: a slow machine only loosens the caps
         encodes = metric(port, "edgereg_jpeg_encodes_total") - encodes_before
         counts = [len(parts) for parts in results]
-        assert all(3 <= n <= 8 * 2.0 + 2 for n in counts), counts  # 30 fps camera, 8 fps cap (fewer on a busy machine)
-        assert encodes <= max(counts) + 3, (encodes, counts)  # shared, not one encode per client
+        assert counts == [6, 6, 6], counts
+        cap = fps * elapsed + 3  # the stream clock's cap over the whole read (30 fps camera)
+        assert len({part for parts in results for part in parts}) <= cap, (counts, elapsed)
+        assert encodes <= cap and encodes < sum(counts), (encodes, counts, elapsed)  # shared, not one per client
         frame = decode_jpeg(results[0][-1])
         assert frame.shape == (120, 160, 3)
         assert len({part for parts in results for part in parts}) > 3  # the frames change
@@ -283,11 +319,9 @@ def test_mjpeg_shares_one_encode_per_frame_caps_fps_and_stops_on_disconnect(came
             client = socket.create_connection(("127.0.0.1", port))
             client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             assert client.recv(4096)
-            assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 1, 2)
-            client.close()
-            started = time.monotonic()
-            assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 0, 1.0), endpoint
-            assert time.monotonic() - started < 1.0
+            assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 1, PATIENCE)
+            client.close()  # the server notices the disconnect and closes its side
+            assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 0, PATIENCE), endpoint
 
 
 def test_page_number_format_matches_the_overlay():
