@@ -26,7 +26,7 @@ import json
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -135,15 +135,19 @@ class Reading:
 
 
 class LiveStats:
-    """Counts for the end-of-run summary; feed it every reading."""
+    """Counts for the end-of-run summary; feed it every reading.
 
-    def __init__(self) -> None:
+    Memory stays flat however long the loop runs: counters, and the processing times of the last
+    ``keep_times`` frames (the summary's median is over those).
+    """
+
+    def __init__(self, keep_times: int = 10_000) -> None:
         self.frames = 0
         self.readings = 0
         self.withheld: Counter[str] = Counter()
         self.failed_reads = 0
         self.dropouts = 0
-        self.process_ms: list[float] = []
+        self.process_ms: deque[float] = deque(maxlen=keep_times)  # milliseconds, the latest frames
         self._in_dropout = False
         self._started = time.perf_counter()
 
@@ -170,7 +174,8 @@ class LiveStats:
         if self.failed_reads:
             text += f"; {self.dropouts} camera drop-out(s), {self.failed_reads} failed reads"
         if self.process_ms:
-            text += f"; {float(np.median(self.process_ms)):.1f} ms/frame (median)"
+            over = "" if len(self.process_ms) == self.frames else f" of the last {len(self.process_ms)}"
+            text += f"; {float(np.median(self.process_ms)):.1f} ms/frame (median{over})"
         if elapsed > 0:
             text += f"; {self.frames / elapsed:.1f} frames/s over {elapsed:.1f} s"
         return text

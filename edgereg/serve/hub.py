@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgereg.live import NO_FRAME, Reading
 
@@ -30,7 +30,8 @@ class Published:
 
     Attributes:
         seq: 1, 2, ... in publishing order.
-        reading: the reading (with its frame, for the JPEG encoder).
+        reading: the reading; with its frame (for the JPEG encoder) only in :meth:`ReadingHub.latest`
+            and :meth:`ReadingHub.latest_with_image`, never in the history.
         json: ``reading.to_json()``, computed once for every client.
         at: ``time.monotonic()`` when it was published.
     """
@@ -84,6 +85,7 @@ class ReadingHub:
         self._last_frame_at: float | None = None  # clock() when the latest reading from a frame was published
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        self._latest: Published | None = None  # the latest reading, with its frame
         self._last_image_item: Published | None = None  # the latest reading that carries a frame
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -96,8 +98,9 @@ class ReadingHub:
         return self._seq
 
     def latest(self) -> Published | None:
+        """The latest reading, with its frame (None before the first)."""
         with self._lock:
-            return self._items[-1] if self._items else None
+            return self._latest
 
     def oldest_seq(self) -> int | None:
         """The sequence number of the oldest buffered reading (None when empty)."""
@@ -109,12 +112,17 @@ class ReadingHub:
         return self._last_image_item
 
     def publish(self, reading: Reading) -> Published:
-        """Add a reading (any thread) and wake the waiting clients."""
+        """Add a reading (any thread) and wake the waiting clients.
+
+        The history keeps the reading without its frame (a frame is 1-25 MB; the history holds up
+        to ``max_items`` readings): only the latest frame is kept, for the snapshot and the stream.
+        """
         now = self._clock()
         with self._lock:
             self._seq += 1
             item = Published(self._seq, reading, reading.to_json(), now)
-            self._items.append(item)
+            self._latest = item
+            self._items.append(item if reading.image is None else replace(item, reading=replace(reading, image=None)))
             while self._items and (len(self._items) > self.max_items or now - self._items[0].at > self.history_s):
                 self._items.popleft()
             if reading.image is not None:
@@ -198,7 +206,7 @@ class ReadingHub:
     def camera_state(self) -> CameraState:
         """The camera's state from the published readings, read at once under the hub's lock."""
         with self._lock:
-            latest = self._items[-1] if self._items else None
+            latest = self._latest
             at = self._last_frame_at
             now = self._clock()
         lost = latest is not None and latest.reading.quality == NO_FRAME

@@ -175,3 +175,26 @@ def test_hub_wakes_waiters_from_another_thread_and_keeps_history():
     history = hub.history(60, max_points=10)
     assert len(history["timestamp"]) <= 10 and history["quality"][-1] == NO_FRAME
     assert history["smoothed"]["c"][-1] is None and history["timestamp"][-1] == 100.0
+
+
+def test_hub_history_keeps_readings_not_frames():
+    """Memory stays flat: the history (up to 20,000 readings) holds no frame, only the latest does;
+    the loop's statistics keep a bounded window of processing times."""
+    from edgereg.live import LiveStats, Reading
+
+    hub = ReadingHub(history_s=3600, max_items=20_000)
+    readings = [Reading(float(i), i, "ok", values={"c": 1.0}, smoothed={"c": 1.0}, process_ms=1.0,
+                        image=np.zeros((120, 160, 3), np.uint8)) for i in range(300)]  # a new frame each, like a camera
+    for reading in readings:
+        hub.publish(reading)
+    held = [item.seq for item in hub.since(0) if item.reading.image is not None]
+    assert len(hub.since(0)) == 300 and held == []  # every reading kept, no frame
+    assert hub.latest().seq == 300 and hub.latest().reading.image is not None  # the snapshot's and stream's frame
+    assert hub.latest_with_image().seq == 300
+    assert hub.history(3600)["timestamp"][-1] == 299.0
+
+    stats = LiveStats(keep_times=100)
+    for reading in readings:
+        stats.add(reading)
+    assert len(stats.process_ms) == 100 and stats.frames == 300  # bounded, however long the loop runs
+    assert "(median of the last 100)" in stats.summary()
