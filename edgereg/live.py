@@ -36,6 +36,7 @@ import numpy as np
 from edgereg.errors import CameraError, EdgeregError, ShapeError
 from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.smoothing import StabilityTracker, make_smoother, stability_tolerance
+from edgereg.sources import redact_credentials
 
 if TYPE_CHECKING:
     from edgereg.predictor import Predictor
@@ -200,7 +201,8 @@ def run_live(source: FrameSource, predictor: Predictor, *, config: LiveConfig = 
     Raises:
         CameraError: ``max_retries`` consecutive reads failed.
     """
-    readout = _Readout(predictor, config, clock, source_name=str(getattr(source, "name", "camera")))
+    readout = _Readout(predictor, config, clock,
+                       source_name=redact_credentials(str(getattr(source, "name", "camera"))))
     failures = 0
     frame_number = 0
     try:
@@ -211,7 +213,7 @@ def run_live(source: FrameSource, predictor: Predictor, *, config: LiveConfig = 
             except CameraError as exc:
                 if getattr(source, "ended", False):
                     raise  # it cannot open and never will (a video file OpenCV cannot decode)
-                ok, frame, reason = False, None, str(exc)
+                ok, frame, reason = False, None, redact_credentials(str(exc))  # notes reach web clients
             if not ok or frame is None:
                 if getattr(source, "ended", False):
                     return
@@ -253,7 +255,7 @@ class LiveFeed:
         self.source = source
         self.predictor = predictor
         self.config = config
-        self.name = name or getattr(source, "name", type(source).__name__)
+        self.name = redact_credentials(str(name or getattr(source, "name", type(source).__name__)))
         self.stats = LiveStats()
         self.error: BaseException | None = None  # why the loop ended, when it ended on an error
         self._clock = clock

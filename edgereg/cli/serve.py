@@ -202,9 +202,9 @@ def run(args) -> int:
     from edgereg.live import LiveConfig, LiveFeed
     from edgereg.predictor import Predictor
     from edgereg.quality import QualityConfig
-    from edgereg.serve.app import ServeConfig, create_app, redact
+    from edgereg.serve.app import ServeConfig, create_app
     from edgereg.serve.frames import JpegOptions
-    from edgereg.sources import CameraSource
+    from edgereg.sources import CameraSource, redact_credentials
 
     config = ServeConfig(token=token, stream_fps=args.stream_fps, jpeg=JpegOptions(quality=args.jpeg_quality),
                          max_request_bytes=int(args.max_request_mb * 2**20), max_images=args.max_images,
@@ -232,7 +232,7 @@ def run(args) -> int:
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    what = f"camera {redact(feed.name)}" if feed is not None else "the API alone (no --camera)"
+    what = f"camera {redact_credentials(feed.name)}" if feed is not None else "the API alone (no --camera)"
     print(f"edgereg: serving {args.model} with {what} on http://{shown}:{port}/"
           + (" (token required: open /?token=TOKEN once)" if token else "") + "; Ctrl-C to stop",
           file=sys.stderr, flush=True)

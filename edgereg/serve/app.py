@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -42,6 +41,7 @@ from edgereg.live import NO_FRAME, LiveFeed, Reading
 from edgereg.predictor import Predictor
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.scoring import prediction_flags
+from edgereg.sources import redact_credentials
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.frames import FrameEncoder, JpegOptions, StreamClock
 from edgereg.serve.guard import BodyLimit, SecurityHeaders, TokenGuard
@@ -75,11 +75,6 @@ class ServeConfig:
             raise ValueError(f"stream_fps must be > 0, got {self.stream_fps}")
         if self.max_images < 1 or self.batch_images < 1:
             raise ValueError("max_images and batch_images must be >= 1")
-
-
-def redact(source: str) -> str:
-    """A camera name without the credentials of a URL (``rtsp://user:pw@host`` -> ``rtsp://***@host``)."""
-    return re.sub(r"://[^/@\s]+@", "://***@", source)
 
 
 def _finite(mapping: dict[str, float]) -> dict[str, float | None]:
@@ -149,7 +144,7 @@ class _Server:
         return JSONResponse({
             "version": __version__, "model": self.predictor.path.name, "tta": str(self.predictor.tta),
             "providers": list(self.predictor.providers), "targets": list(card.targets), "units": card.unit_of,
-            "camera": redact(self.feed.name) if self.feed is not None else None,
+            "camera": redact_credentials(self.feed.name) if self.feed is not None else None,
             "stream_fps": self.config.stream_fps, "history_s": self.config.history_s,
             "max_images": self.config.max_images, "max_request_bytes": self.config.max_request_bytes,
             "max_pixels": self.config.max_pixels,
@@ -166,7 +161,7 @@ class _Server:
             "connected": connected, "last_frame_age_s": None if age is None else round(age, 3),
             "frames": self.feed.stats.frames, "readings": self.feed.stats.readings,
             "failed_reads": self.feed.stats.failed_reads,
-            "error": None if self.feed.error is None else str(self.feed.error)}}
+            "error": None if self.feed.error is None else redact_credentials(str(self.feed.error))}}
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     def _camera(self) -> tuple[str, bool, CameraState]:
@@ -195,7 +190,7 @@ class _Server:
             raise HTTPException(503, "no frame yet: the camera has not delivered its first frame")
         lost = item.reading.quality == NO_FRAME
         if lost and not overlay:
-            raise HTTPException(503, f"camera lost, retrying ({item.reading.note})")
+            raise HTTPException(503, f"camera lost, retrying ({redact_credentials(item.reading.note or NO_FRAME)})")
         jpeg = await anyio.to_thread.run_sync(
             lambda: self.encoder.jpeg(item, image_item=self.hub.latest_with_image(), overlay=overlay))
         headers = {"cache-control": "no-store", "x-edgereg-seq": str(item.seq),

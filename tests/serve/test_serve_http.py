@@ -22,6 +22,7 @@ from edgereg import Predictor  # noqa: E402
 from edgereg.live import NO_FRAME, LiveConfig, LiveFeed  # noqa: E402
 from edgereg.serve.app import ServeConfig, create_app  # noqa: E402
 from edgereg.serve.frames import format_value  # noqa: E402
+from edgereg.sources import CameraSource  # noqa: E402
 
 FAST_RETRY = LiveConfig(smooth_window=3, retry_initial_s=0.05, retry_max_s=0.1)
 PATIENCE = 60.0  # seconds to wait for a state on a busy machine; a passing test waits far less
@@ -246,6 +247,36 @@ def test_health_metrics_and_snapshot_judge_the_camera_from_one_state(predictor, 
         assert lost and lost["status"] == "camera_lost"
         assert client.get("/snapshot.jpg").headers["x-edgereg-camera"] == "lost"
         assert "edgereg_camera_connected 0.0" in client.get("/metrics").text
+
+
+class UnreachableCapture:
+    """A ``cv2.VideoCapture`` stand-in for a stream that never opens."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return False
+
+    def release(self) -> None:
+        pass
+
+
+def test_camera_credentials_never_reach_a_client(predictor):
+    secret = "hunter2"
+    source = CameraSource(f"rtsp://admin:{secret}@10.0.0.5:554/stream", open_capture=UnreachableCapture)
+    assert secret not in source.name  # `edgereg infer --camera` and `serve` name the source by it
+    feed = LiveFeed(source, predictor, config=FAST_RETRY)
+    with live_server(create_app(predictor, feed)) as port:
+        reader = EventReader(port)
+        lost = reader.wait(2, PATIENCE)
+        reader.close()
+        assert lost and all(r["quality"] == NO_FRAME for _, r in lost)
+        assert "rtsp://***@10.0.0.5:554/stream" in lost[0][1]["note"], lost[0][1]["note"]
+        bodies = {path: get(port, path)[2].decode() for path in ("/snapshot.jpg?overlay=0", "/healthz", "/api/info")}
+    assert "rtsp://***@10.0.0.5" in bodies["/snapshot.jpg?overlay=0"]
+    for text in [*bodies.values(), *(r["note"] for _, r in lost)]:
+        assert secret not in text and "admin" not in text, text
 
 
 def test_events_one_reading_per_frame_resume_and_loss(camera_app, camera, predictor):

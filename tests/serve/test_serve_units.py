@@ -198,3 +198,26 @@ def test_hub_history_keeps_readings_not_frames():
         stats.add(reading)
     assert len(stats.process_ms) == 100 and stats.frames == 300  # bounded, however long the loop runs
     assert "(median of the last 100)" in stats.summary()
+
+
+def test_live_loop_hides_credentials_in_notes_and_names(assay_model):
+    """A source of any kind whose error or name carries a URL's password: the reading's note (sent to
+    web clients and printed by `edgereg infer --camera`) and the feed's name show it redacted."""
+    from edgereg.errors import CameraError
+
+    class Refusing:
+        name = "stream 'http://viewer:s3cret@cam.local/mjpg'"
+
+        def read(self):
+            raise CameraError("401 from http://viewer:s3cret@cam.local/mjpg")
+
+        def release(self):
+            pass
+
+    readings = run_live(Refusing(), Predictor(assay_model), config=LiveConfig(max_retries=1), sleep=lambda s: None)
+    first = next(readings)
+    assert first.quality == NO_FRAME and first.note.startswith("401 from http://***@cam.local/mjpg")
+    with pytest.raises(CameraError) as raised:
+        next(readings)
+    assert "s3cret" not in str(raised.value)
+    assert LiveFeed(Refusing(), Predictor(assay_model)).name == "stream 'http://***@cam.local/mjpg'"
