@@ -44,7 +44,7 @@ from edgereg.scoring import prediction_flags
 from edgereg.sources import redact_credentials
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.frames import FrameEncoder, JpegOptions, StreamClock
-from edgereg.serve.guard import BodyLimit, SecurityHeaders, TokenGuard
+from edgereg.serve.guard import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders, TokenGuard
 from edgereg.serve.hub import CameraState, ReadingHub
 from edgereg.serve.metrics import CONTENT_TYPE, ServerMetrics
 from edgereg.serve.uploads import Upload, prepare_uploads
@@ -69,6 +69,8 @@ class ServeConfig:
     history_s: float = 300.0  # readings kept for the chart and for event-stream resumes
     stale_after_s: float = 5.0  # /healthz reports the camera lost when no frame came for this long
     keepalive_s: float = 15.0  # an idle /events stream gets a comment this often (proxies, dead peers)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host names answered (others: 421); "*": any
+    any_ip_host: bool = False  # also answer any IP-address Host (a wildcard bind such as 0.0.0.0)
 
     def __post_init__(self) -> None:
         if not self.stream_fps > 0:
@@ -373,7 +375,8 @@ def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: Serve
         Route("/metrics", server.metrics_text),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders)]
+    middleware = [Middleware(SecurityHeaders),
+                  Middleware(HostGuard, allowed=config.allowed_hosts, any_ip=config.any_ip_host)]
     if config.token:
         middleware.append(Middleware(TokenGuard, token=config.token))
     middleware.append(Middleware(BodyLimit, max_bytes=config.max_request_bytes))

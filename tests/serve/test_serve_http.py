@@ -28,6 +28,11 @@ FAST_RETRY = LiveConfig(smooth_window=3, retry_initial_s=0.05, retry_max_s=0.1)
 PATIENCE = 60.0  # seconds to wait for a state on a busy machine; a passing test waits far less
 
 
+def local(app, **options) -> TestClient:
+    """A test client that calls the server by its loopback address (the Host it answers by default)."""
+    return TestClient(app, base_url="http://127.0.0.1", **options)
+
+
 def jpeg(image: np.ndarray, ext: str = ".jpg") -> bytes:
     ok, buffer = cv2.imencode(ext, image)
     assert ok
@@ -55,7 +60,7 @@ def camera_app(predictor, camera):
 
 
 def test_api_only_server_serves_page_card_health_and_metrics(predictor):
-    with TestClient(create_app(predictor)) as client:
+    with local(create_app(predictor)) as client:
         page = client.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert '<script src="/static/app.js"' in page.text and "http" not in page.text.split("<body>")[1]
@@ -86,7 +91,7 @@ def test_predict_reads_uploads_like_the_predictor_and_reports_bad_ones(predictor
              ("image", ("corrupt.jpg", b"\xff\xd8 not really a jpeg \xff\xd9", "image/jpeg")),
              ("image", ("cut.png", jpeg(images[1], ".png")[:300], "image/png")),
              ("image", ("empty.jpg", b"", "image/jpeg"))]
-    with TestClient(create_app(predictor)) as client:
+    with local(create_app(predictor)) as client:
         response = client.post("/api/predict", files=files)
         assert response.status_code == 200
         readings = response.json()["readings"]
@@ -106,12 +111,12 @@ def test_predict_refuses_image_bombs_from_the_header(predictor):
     png = bytearray(jpeg(sample_frame(2, size=(48, 64)), ".png"))
     png[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR declares 30000x30000: 900 MP in a few KB
     files = [("image", ("bomb.png", bytes(png), "image/png")), ("image", ("ok.png", jpeg(sample_frame(2), ".png"), "image/png"))]
-    with TestClient(create_app(predictor)) as client:
+    with local(create_app(predictor)) as client:
         readings = client.post("/api/predict", files=files).json()["readings"]
     assert readings[0]["error"] == "too large: 30000x30000 = 900 MP > 50 MP (--max-pixels)"
     assert "value" in readings[1]
     small = ServeConfig(max_pixels=1000)  # the server's --max-pixels applies to every upload
-    with TestClient(create_app(predictor, config=small)) as client:
+    with local(create_app(predictor, config=small)) as client:
         refused = client.post("/api/predict", files=files[1:])
     assert refused.status_code == 422 and "(--max-pixels)" in refused.json()["readings"][0]["error"]
 
@@ -119,7 +124,7 @@ def test_predict_refuses_image_bombs_from_the_header(predictor):
 def test_predict_raw_body_and_request_errors(predictor):
     image = jpeg(sample_frame(1))
     config = ServeConfig(max_images=2, max_request_bytes=200_000)
-    with TestClient(create_app(predictor, config=config)) as client:
+    with local(create_app(predictor, config=config)) as client:
         raw = client.post("/api/predict", content=image, headers={"content-type": "image/jpeg", "x-filename": "x.jpg"})
         assert raw.status_code == 200 and raw.json()["readings"][0]["name"] == "x.jpg"
         wrong_type = client.post("/api/predict", content=b"{}", headers={"content-type": "application/json"})
@@ -148,7 +153,7 @@ def test_predict_raw_body_and_request_errors(predictor):
 
 
 def test_a_failing_model_is_a_json_500_and_the_server_goes_on(predictor, monkeypatch):
-    with TestClient(create_app(predictor), raise_server_exceptions=False) as client:
+    with local(create_app(predictor), raise_server_exceptions=False) as client:
         def broken(frames, boxes):
             raise RuntimeError("ORT went away")
         monkeypatch.setattr(client.app.state.server.batcher, "_predict", broken)
@@ -161,7 +166,7 @@ def test_a_failing_model_is_a_json_500_and_the_server_goes_on(predictor, monkeyp
 
 
 def test_token_guards_every_endpoint_but_healthz_and_no_cors(predictor):
-    with TestClient(create_app(predictor, config=ServeConfig(token="s3cret"))) as client:
+    with local(create_app(predictor, config=ServeConfig(token="s3cret"))) as client:
         assert client.get("/healthz").status_code == 200
         for path in ("/", "/api/card", "/metrics", "/static/app.js", "/events"):
             refused = client.get(path)
@@ -184,11 +189,34 @@ def test_token_guards_every_endpoint_but_healthz_and_no_cors(predictor):
         assert not any(h.lower().startswith("access-control-") for h in [*cross.headers, *preflight.headers])
 
 
+def test_only_the_servers_own_host_names_are_answered(predictor):
+    """DNS rebinding: a page on evil.example that re-points its name at 127.0.0.1 sends
+    ``Host: evil.example``; the server refuses it (421, one line, security headers) on every path."""
+    with TestClient(create_app(predictor), base_url="http://evil.example:8080") as client:
+        for path in ("/", "/api/info", "/healthz", "/metrics", "/static/app.js"):
+            refused = client.get(path)
+            assert refused.status_code == 421, path
+            assert refused.json()["error"].startswith("Host 'evil.example' is not a name of this server")
+            assert "--allowed-host evil.example" in refused.json()["error"]
+            assert refused.headers["x-content-type-options"] == "nosniff"
+        assert client.post("/api/predict", content=b"x", headers={"content-type": "image/jpeg"}).status_code == 421
+        for host in ("127.0.0.1:8080", "localhost", "LOCALHOST.:80", "[::1]:8080"):
+            assert client.get("/api/info", headers={"host": host}).status_code == 200, host
+        assert client.get("/api/info", headers={"host": "192.168.1.20"}).status_code == 421
+    named = ServeConfig(allowed_hosts=("analyzer.lab",), any_ip_host=True)  # --host 0.0.0.0 --allowed-host analyzer.lab
+    with TestClient(create_app(predictor, config=named), base_url="http://analyzer.lab:8080") as client:
+        assert client.get("/api/info").status_code == 200
+        assert client.get("/api/info", headers={"host": "192.168.1.20:8080"}).status_code == 200
+        assert client.get("/api/info", headers={"host": "[fe80::1]:8080"}).status_code == 200
+        assert client.get("/api/info", headers={"host": "evil.example"}).status_code == 421
+        assert client.get("/api/info", headers={"host": "localhost"}).status_code == 421  # not in this list
+
+
 # ------------------------------------------------------------------ the camera
 
 
 def test_camera_health_snapshot_history_and_loss(camera_app, camera):
-    with TestClient(camera_app()) as client:
+    with local(camera_app()) as client:
         health = wait_for(lambda: (h := client.get("/healthz")).status_code == 200 and h.json(), PATIENCE)
         assert health and health["status"] == "ok" and health["camera"]["connected"]
         assert 0 <= health["camera"]["last_frame_age_s"] <= ServeConfig().stale_after_s
@@ -232,7 +260,7 @@ def test_health_metrics_and_snapshot_judge_the_camera_from_one_state(predictor, 
             release.wait(PATIENCE)
     feed.subscribe(slow_subscriber)
     config = ServeConfig(stale_after_s=3600.0)  # never stale here, however slow the machine
-    with TestClient(create_app(predictor, feed, config)) as client:
+    with local(create_app(predictor, feed, config)) as client:
         assert wait_for(lambda: client.get("/healthz").status_code == 200, PATIENCE)
         camera.unplugged = True
         assert handing_out.wait(PATIENCE)  # the feed has the failed read; the hub has not published it yet
@@ -348,7 +376,7 @@ def test_mjpeg_shares_one_encode_per_frame_caps_fps_and_stops_on_disconnect(came
 
         for path, endpoint in (("/stream.mjpg", "stream"), ("/events", "events")):
             client = socket.create_connection(("127.0.0.1", port))
-            client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            client.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             assert client.recv(4096)
             assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 1, PATIENCE)
             client.close()  # the server notices the disconnect and closes its side
