@@ -104,6 +104,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="frames per second sent to each /stream.mjpg client at most (default 10)")
     live.add_argument("--jpeg-quality", type=count(1, 100), default=80, metavar="Q",
                       help="JPEG quality of the stream and snapshots, 1..100 (default 80)")
+    live.add_argument("--max-streams", type=count(1), default=16, metavar="N",
+                      help="open /events and /stream.mjpg connections at most, together (default 16); "
+                           "more get 503 with Retry-After")
     live.add_argument("--history", type=_positive, default=300.0, metavar="S",
                       help="seconds of readings kept for the page's chart (default 300)")
 
@@ -141,6 +144,12 @@ def host_policy(host: str, names: list[str]) -> tuple[tuple[str, ...], bool]:
     except ValueError:
         wildcard = bound == ""
     return tuple(name for name in allowed if name), wildcard
+
+
+def connection_limit(max_streams: int) -> int:
+    """uvicorn's ``limit_concurrency``: every stream slot plus room for API and page requests
+    (connections beyond it get uvicorn's 503 before any work is done)."""
+    return max_streams + 64
 
 
 def resolve_token(args) -> str | None:
@@ -233,7 +242,7 @@ def run(args) -> int:
                          stream_fps=args.stream_fps, jpeg=JpegOptions(quality=args.jpeg_quality),
                          max_request_bytes=int(args.max_request_mb * 2**20), max_images=args.max_images,
                          batch_images=args.batch, batch_wait_s=args.batch_wait_ms / 1e3, history_s=args.history,
-                         max_pixels=args.max_pixels)
+                         max_pixels=args.max_pixels, max_streams=args.max_streams)
     # one predictor for the camera and the API; frames are too small to wake numba's workers
     predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch,
                           threads=args.threads, preprocess_parallel=False, card=card_from_option(args))
@@ -261,7 +270,8 @@ def run(args) -> int:
           + (" (token required: open /?token=TOKEN once)" if token else "") + "; Ctrl-C to stop",
           file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
-                                           timeout_graceful_shutdown=1, lifespan="on"))
+                                           timeout_graceful_shutdown=1, lifespan="on",
+                                           limit_concurrency=connection_limit(args.max_streams)))
     try:
         server.run(sockets=[sock])
     finally:

@@ -14,7 +14,10 @@ Endpoints (every one but ``/healthz`` behind the token when one is set, see ``gu
 * ``GET /metrics``: Prometheus text.
 
 Without a camera, the live endpoints answer 404 and the page offers uploads to ``/api/predict``.
-Error bodies are ``{"error": "one line"}``.
+Error bodies are ``{"error": "one line"}``; every response, errors and 500s included, carries the
+security headers (``guard.SecurityHeaders``). Requests whose ``Host`` is not a name of the server
+get 421 (``guard.HostGuard``); more than ``max_streams`` open ``/events`` and ``/stream.mjpg``
+connections together get 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -69,14 +72,29 @@ class ServeConfig:
     history_s: float = 300.0  # readings kept for the chart and for event-stream resumes
     stale_after_s: float = 5.0  # /healthz reports the camera lost when no frame came for this long
     keepalive_s: float = 15.0  # an idle /events stream gets a comment this often (proxies, dead peers)
+    max_streams: int = 16  # open /events and /stream.mjpg connections at most (more: 503 with Retry-After)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host names answered (others: 421); "*": any
     any_ip_host: bool = False  # also answer any IP-address Host (a wildcard bind such as 0.0.0.0)
 
     def __post_init__(self) -> None:
         if not self.stream_fps > 0:
             raise ValueError(f"stream_fps must be > 0, got {self.stream_fps}")
-        if self.max_images < 1 or self.batch_images < 1:
-            raise ValueError("max_images and batch_images must be >= 1")
+        if self.max_images < 1 or self.batch_images < 1 or self.max_streams < 1:
+            raise ValueError("max_images, batch_images and max_streams must be >= 1")
+
+
+class _HeldStream(StreamingResponse):
+    """A streaming response that gives its stream slot back when it ends, however it ends."""
+
+    def __init__(self, content, release: Callable[[], None], **options) -> None:
+        super().__init__(content, **options)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _finite(mapping: dict[str, float]) -> dict[str, float | None]:
@@ -98,6 +116,7 @@ class _Server:
         self.stream_clock = StreamClock(1.0 / config.stream_fps)
         self.batcher: MicroBatcher | None = None
         self._unsubscribe = None
+        self._open_streams = 0  # /events and /stream.mjpg responses in progress (event loop only)
         if feed is not None:
             self.metrics.watch_camera(lambda: self._camera()[1], lambda: self.hub.camera_state().frame_age_s)
 
@@ -201,10 +220,22 @@ class _Server:
             headers["x-edgereg-frame"] = str(item.reading.frame)
         return Response(jpeg, media_type="image/jpeg", headers=headers)
 
+    def _open_stream(self, content, media_type: str) -> Response:
+        """A streaming response holding one of the ``max_streams`` slots; 503 when none is free."""
+        if self._open_streams >= self.config.max_streams:
+            raise HTTPException(503, f"all {self.config.max_streams} stream slots are in use (/events and "
+                                     "/stream.mjpg together); retry later, close another viewer, or raise the "
+                                     "server's --max-streams", headers={"retry-after": "5"})
+        self._open_streams += 1
+
+        def release() -> None:
+            self._open_streams -= 1
+        return _HeldStream(content, release, media_type=media_type,
+                           headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
     async def stream(self, request: Request) -> Response:
         self._need_camera()
-        return StreamingResponse(self._mjpeg(), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        return self._open_stream(self._mjpeg(), f"multipart/x-mixed-replace; boundary={BOUNDARY}")
 
     async def _mjpeg(self):
         """One JPEG part per frame of the shared stream clock; cancelled when the client disconnects."""
@@ -230,20 +261,22 @@ class _Server:
     async def events(self, request: Request) -> Response:
         self._need_camera()
         cursor = self._resume_cursor(request.headers.get("last-event-id"))
-        return StreamingResponse(self._sse(cursor), media_type="text/event-stream",
-                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        return self._open_stream(self._sse(cursor), "text/event-stream")
 
     def _resume_cursor(self, last_event_id: str | None) -> int:
         """The sequence number to send after: the client's last event when it is from this server
-        instance and still buffered, else just before the latest reading (it is sent at once)."""
+        instance and still buffered, else just before the latest reading (it is sent at once).
+        An id this server did not write (another instance, malformed) is ignored."""
         latest = self.hub.latest()
         start = latest.seq - 1 if latest is not None else 0
         if last_event_id:
-            instance, _, seq = last_event_id.partition(":")
-            if instance == self.hub.instance and seq.isdigit() and int(seq) <= self.hub.seq:
+            instance, _, text = last_event_id.partition(":")
+            # ASCII digits only: str.isdigit() also accepts '¹' and '٣', which int() refuses or reads
+            seq = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+            if instance == self.hub.instance and seq is not None and seq <= self.hub.seq:
                 oldest = self.hub.oldest_seq()
-                if oldest is not None and int(seq) >= oldest - 1:
-                    return int(seq)
+                if oldest is not None and seq >= oldest - 1:
+                    return seq
         return start
 
     async def _sse(self, cursor: int):
@@ -352,6 +385,14 @@ async def _server_error(request: Request, exc: Exception) -> Response:
                         status_code=500)
 
 
+class _Application(Starlette):
+    """Starlette with the security headers outside its error handling, so that 500s carry them too
+    (Starlette puts its ServerErrorMiddleware outside every user middleware)."""
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: ServeConfig = ServeConfig(), *,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     """The ASGI application: the page, the streams and the API around one predictor and one capture loop.
@@ -375,12 +416,11 @@ def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: Serve
         Route("/metrics", server.metrics_text),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders),
-                  Middleware(HostGuard, allowed=config.allowed_hosts, any_ip=config.any_ip_host)]
+    middleware = [Middleware(HostGuard, allowed=config.allowed_hosts, any_ip=config.any_ip_host)]
     if config.token:
         middleware.append(Middleware(TokenGuard, token=config.token))
     middleware.append(Middleware(BodyLimit, max_bytes=config.max_request_bytes))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=server.lifespan,
+    app = _Application(routes=routes, middleware=middleware, lifespan=server.lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.server = server
     return app

@@ -16,7 +16,7 @@ import pytest
 from serve_helpers import sample_frame, wait_for
 
 from edgereg.cli.main import main
-from edgereg.cli.serve import host_policy, is_loopback
+from edgereg.cli.serve import connection_limit, host_policy, is_loopback
 
 
 def test_loopback_detection():
@@ -32,6 +32,10 @@ def test_host_policy_answers_the_bound_address_loopback_and_allowed_names():
     assert {"192.168.1.20", "analyzer.lab", "analyzer", "localhost"} <= set(names) and not any_ip
     assert "evil.example" not in names
     assert host_policy("0.0.0.0", [])[1] and host_policy("::", [])[1] and host_policy("[::]", [])[1]
+
+
+def test_uvicorn_admits_every_stream_slot_and_room_for_the_api():
+    assert connection_limit(16) > 16 and connection_limit(1) > 1
 
 
 def test_serve_refuses_unsafe_and_contradictory_options(assay_model, tmp_path, capsys):

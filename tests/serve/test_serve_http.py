@@ -4,6 +4,7 @@ ones (/events, /stream.mjpg) through a real uvicorn server on a thread, read wit
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -159,6 +160,9 @@ def test_a_failing_model_is_a_json_500_and_the_server_goes_on(predictor, monkeyp
         monkeypatch.setattr(client.app.state.server.batcher, "_predict", broken)
         response = client.post("/api/predict", content=jpeg(sample_frame(1)), headers={"content-type": "image/jpeg"})
         assert response.status_code == 500 and "RuntimeError: ORT went away" in response.json()["error"]
+        assert response.headers["x-content-type-options"] == "nosniff"  # errors carry the security headers too
+        assert response.headers["x-frame-options"] == "DENY" and "default-src 'self'" in response.headers[
+            "content-security-policy"]
         monkeypatch.undo()
         again = client.post("/api/predict", content=jpeg(sample_frame(1)), headers={"content-type": "image/jpeg"})
         assert again.status_code == 200
@@ -347,6 +351,39 @@ def test_events_one_reading_per_frame_resume_and_loss(camera_app, camera, predic
         assert back
         assert instance == ids[-1].split(":")[0]
         reader.close()
+
+
+def test_malformed_last_event_ids_are_ignored(camera_app):
+    with live_server(camera_app()) as port:
+        events = EventReader(port)
+        first = events.wait(1, PATIENCE)
+        assert events.status == 200 and first
+        instance = first[0][0].split(":")[0]
+        for bad in (f"{instance}:\u00b9", "1:\u00b9", f"{instance}:", f"{instance}:-3", "::", f"{instance}:{'9' * 40}"):
+            resumed = EventReader(port, headers={"Last-Event-ID": bad})  # '¹': str.isdigit() says yes, int() no
+            assert resumed.status == 200, bad
+            assert resumed.wait(1, PATIENCE), bad  # starts from the latest reading
+            resumed.close()
+        events.close()
+
+
+def test_stream_clients_are_capped(camera_app):
+    with live_server(camera_app(ServeConfig(max_streams=2))) as port:
+        events = EventReader(port)
+        assert events.status == 200 and events.wait(1, PATIENCE)
+        stream = socket.create_connection(("127.0.0.1", port))
+        stream.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert stream.recv(4096).startswith(b"HTTP/1.1 200")
+        for path in ("/events", "/stream.mjpg"):  # two slots, both taken
+            status, headers, body = get(port, path)
+            assert status == 503 and headers["retry-after"] == "5", path
+            assert "--max-streams" in json.loads(body)["error"] and headers["x-content-type-options"] == "nosniff"
+        assert get(port, "/api/info")[0] == 200  # the API still answers
+        stream.close()  # a slot comes free when the server notices
+        again = wait_for(lambda: (reader := EventReader(port)).status == 200 and reader, PATIENCE)
+        assert again and again.wait(1, PATIENCE)
+        again.close()
+        events.close()
 
 
 def test_mjpeg_shares_one_encode_per_frame_caps_fps_and_stops_on_disconnect(camera_app):
