@@ -26,7 +26,7 @@ import json
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +36,7 @@ import numpy as np
 from edgereg.errors import CameraError, EdgeregError, ShapeError
 from edgereg.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.smoothing import StabilityTracker, make_smoother, stability_tolerance
+from edgereg.sources import redact_credentials
 
 if TYPE_CHECKING:
     from edgereg.predictor import Predictor
@@ -135,15 +136,19 @@ class Reading:
 
 
 class LiveStats:
-    """Counts for the end-of-run summary; feed it every reading."""
+    """Counts for the end-of-run summary; feed it every reading.
 
-    def __init__(self) -> None:
+    Memory stays flat however long the loop runs: counters, and the processing times of the last
+    ``keep_times`` frames (the summary's median is over those).
+    """
+
+    def __init__(self, keep_times: int = 10_000) -> None:
         self.frames = 0
         self.readings = 0
         self.withheld: Counter[str] = Counter()
         self.failed_reads = 0
         self.dropouts = 0
-        self.process_ms: list[float] = []
+        self.process_ms: deque[float] = deque(maxlen=keep_times)  # milliseconds, the latest frames
         self._in_dropout = False
         self._started = time.perf_counter()
 
@@ -170,7 +175,8 @@ class LiveStats:
         if self.failed_reads:
             text += f"; {self.dropouts} camera drop-out(s), {self.failed_reads} failed reads"
         if self.process_ms:
-            text += f"; {float(np.median(self.process_ms)):.1f} ms/frame (median)"
+            over = "" if len(self.process_ms) == self.frames else f" of the last {len(self.process_ms)}"
+            text += f"; {float(np.median(self.process_ms)):.1f} ms/frame (median{over})"
         if elapsed > 0:
             text += f"; {self.frames / elapsed:.1f} frames/s over {elapsed:.1f} s"
         return text
@@ -195,7 +201,8 @@ def run_live(source: FrameSource, predictor: Predictor, *, config: LiveConfig = 
     Raises:
         CameraError: ``max_retries`` consecutive reads failed.
     """
-    readout = _Readout(predictor, config, clock, source_name=str(getattr(source, "name", "camera")))
+    readout = _Readout(predictor, config, clock,
+                       source_name=redact_credentials(str(getattr(source, "name", "camera"))))
     failures = 0
     frame_number = 0
     try:
@@ -206,7 +213,7 @@ def run_live(source: FrameSource, predictor: Predictor, *, config: LiveConfig = 
             except CameraError as exc:
                 if getattr(source, "ended", False):
                     raise  # it cannot open and never will (a video file OpenCV cannot decode)
-                ok, frame, reason = False, None, str(exc)
+                ok, frame, reason = False, None, redact_credentials(str(exc))  # notes reach web clients
             if not ok or frame is None:
                 if getattr(source, "ended", False):
                     return
@@ -248,7 +255,7 @@ class LiveFeed:
         self.source = source
         self.predictor = predictor
         self.config = config
-        self.name = name or getattr(source, "name", type(source).__name__)
+        self.name = redact_credentials(str(name or getattr(source, "name", type(source).__name__)))
         self.stats = LiveStats()
         self.error: BaseException | None = None  # why the loop ended, when it ended on an error
         self._clock = clock

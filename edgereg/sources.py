@@ -296,6 +296,15 @@ def open_source(spec: str, *, recursive: bool = False) -> BatchSource:
                        "'photos/*.jpg', a .txt list of paths or a video file")
 
 
+def redact_credentials(text: str) -> str:
+    """``text`` with the credentials of every URL in it hidden (``rtsp://user:pw@host`` -> ``rtsp://***@host``).
+
+    Every message, reading note and web page that names a camera goes through this: a stream URL
+    often carries its password.
+    """
+    return re.sub(r"://[^/@\s]+@", "://***@", text)
+
+
 class CameraSource:
     """A live source for ``edgereg infer --camera``: a device index, a video file or a stream URL.
 
@@ -332,7 +341,8 @@ class CameraSource:
         else:
             raise CameraError(f"--camera {text!r} is not a device index (0, 1, ...), an existing video file "
                               "or a stream URL (rtsp://..., http://...); check the value")
-        self.name = f"camera {self.target}" if self.kind == "device" else f"{self.kind} '{self.target}'"
+        shown = redact_credentials(str(self.target))  # the name goes into messages, notes and web pages
+        self.name = f"camera {self.target}" if self.kind == "device" else f"{self.kind} '{shown}'"
         self._open_capture = open_capture
         self._capture = None
         self.loop = loop and self.kind == "file"

@@ -33,7 +33,8 @@ Without --camera, the API alone.
 
 Safe by default: binds to 127.0.0.1. Another address needs --token (checked on every endpoint but
 /healthz, as 'Authorization: Bearer TOKEN', or opening the page once as /?token=TOKEN) or an
-explicit --no-auth.
+explicit --no-auth. Requests must name the server in their Host header (its address, localhost,
+or a name given with --allowed-host); others get 421, so no web page can reach it by DNS rebinding.
 """
 
 EXAMPLES = """\
@@ -73,6 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="read the token from FILE (keeps it out of the process list)")
     auth.add_argument("--no-auth", action="store_true",
                       help="serve a non-loopback --host without a token (a trusted network only)")
+    auth.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                      help="also answer requests for this host name (repeatable), e.g. the machine's DNS name "
+                           "when clients open http://NAME:PORT/; the bound address and localhost always work")
     auth.add_argument("--max-request-mb", type=_positive, default=32.0, metavar="MB",
                       help="largest request body accepted (default 32 MiB)")
     auth.add_argument("--max-images", type=count(1), default=32, metavar="N",
@@ -100,6 +104,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="frames per second sent to each /stream.mjpg client at most (default 10)")
     live.add_argument("--jpeg-quality", type=count(1, 100), default=80, metavar="Q",
                       help="JPEG quality of the stream and snapshots, 1..100 (default 80)")
+    live.add_argument("--max-streams", type=count(1), default=16, metavar="N",
+                      help="open /events and /stream.mjpg connections at most, together (default 16); "
+                           "more get 503 with Retry-After")
     live.add_argument("--history", type=_positive, default=300.0, metavar="S",
                       help="seconds of readings kept for the page's chart (default 300)")
 
@@ -119,6 +126,30 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def host_policy(host: str, names: list[str]) -> tuple[tuple[str, ...], bool]:
+    """The Host names the server answers for ``--host host --allowed-host NAME...``.
+
+    Returns:
+        (names, any_ip): the bound address, the loopback names and ``names``; ``any_ip`` is True
+        for a wildcard bind (0.0.0.0, ::), reachable at every address of the machine.
+    """
+    from edgereg.serve.guard import LOOPBACK_HOSTS
+
+    bound = host.strip().strip("[]").lower()
+    allowed = dict.fromkeys([*LOOPBACK_HOSTS, *LOOPBACK_NAMES, bound, *(name.strip().lower() for name in names)])
+    try:
+        wildcard = ipaddress.ip_address(bound).is_unspecified
+    except ValueError:
+        wildcard = bound == ""
+    return tuple(name for name in allowed if name), wildcard
+
+
+def connection_limit(max_streams: int) -> int:
+    """uvicorn's ``limit_concurrency``: every stream slot plus room for API and page requests
+    (connections beyond it get uvicorn's 503 before any work is done)."""
+    return max_streams + 64
 
 
 def resolve_token(args) -> str | None:
@@ -202,14 +233,16 @@ def run(args) -> int:
     from edgereg.live import LiveConfig, LiveFeed
     from edgereg.predictor import Predictor
     from edgereg.quality import QualityConfig
-    from edgereg.serve.app import ServeConfig, create_app, redact
+    from edgereg.serve.app import ServeConfig, create_app
     from edgereg.serve.frames import JpegOptions
-    from edgereg.sources import CameraSource
+    from edgereg.sources import CameraSource, redact_credentials
 
-    config = ServeConfig(token=token, stream_fps=args.stream_fps, jpeg=JpegOptions(quality=args.jpeg_quality),
+    allowed_hosts, any_ip_host = host_policy(args.host, args.allowed_host)
+    config = ServeConfig(token=token, allowed_hosts=allowed_hosts, any_ip_host=any_ip_host,
+                         stream_fps=args.stream_fps, jpeg=JpegOptions(quality=args.jpeg_quality),
                          max_request_bytes=int(args.max_request_mb * 2**20), max_images=args.max_images,
                          batch_images=args.batch, batch_wait_s=args.batch_wait_ms / 1e3, history_s=args.history,
-                         max_pixels=args.max_pixels)
+                         max_pixels=args.max_pixels, max_streams=args.max_streams)
     # one predictor for the camera and the API; frames are too small to wake numba's workers
     predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=args.batch,
                           threads=args.threads, preprocess_parallel=False, card=card_from_option(args))
@@ -232,12 +265,13 @@ def run(args) -> int:
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    what = f"camera {redact(feed.name)}" if feed is not None else "the API alone (no --camera)"
+    what = f"camera {redact_credentials(feed.name)}" if feed is not None else "the API alone (no --camera)"
     print(f"edgereg: serving {args.model} with {what} on http://{shown}:{port}/"
           + (" (token required: open /?token=TOKEN once)" if token else "") + "; Ctrl-C to stop",
           file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
-                                           timeout_graceful_shutdown=1, lifespan="on"))
+                                           timeout_graceful_shutdown=1, lifespan="on",
+                                           limit_concurrency=connection_limit(args.max_streams)))
     try:
         server.run(sockets=[sock])
     finally:

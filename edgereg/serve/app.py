@@ -14,14 +14,16 @@ Endpoints (every one but ``/healthz`` behind the token when one is set, see ``gu
 * ``GET /metrics``: Prometheus text.
 
 Without a camera, the live endpoints answer 404 and the page offers uploads to ``/api/predict``.
-Error bodies are ``{"error": "one line"}``.
+Error bodies are ``{"error": "one line"}``; every response, errors and 500s included, carries the
+security headers (``guard.SecurityHeaders``). Requests whose ``Host`` is not a name of the server
+get 421 (``guard.HostGuard``); more than ``max_streams`` open ``/events`` and ``/stream.mjpg``
+connections together get 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -42,10 +44,11 @@ from edgereg.live import NO_FRAME, LiveFeed, Reading
 from edgereg.predictor import Predictor
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.scoring import prediction_flags
+from edgereg.sources import redact_credentials
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.frames import FrameEncoder, JpegOptions, StreamClock
-from edgereg.serve.guard import BodyLimit, SecurityHeaders, TokenGuard
-from edgereg.serve.hub import ReadingHub
+from edgereg.serve.guard import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders, TokenGuard
+from edgereg.serve.hub import CameraState, ReadingHub
 from edgereg.serve.metrics import CONTENT_TYPE, ServerMetrics
 from edgereg.serve.uploads import Upload, prepare_uploads
 
@@ -69,17 +72,29 @@ class ServeConfig:
     history_s: float = 300.0  # readings kept for the chart and for event-stream resumes
     stale_after_s: float = 5.0  # /healthz reports the camera lost when no frame came for this long
     keepalive_s: float = 15.0  # an idle /events stream gets a comment this often (proxies, dead peers)
+    max_streams: int = 16  # open /events and /stream.mjpg connections at most (more: 503 with Retry-After)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host names answered (others: 421); "*": any
+    any_ip_host: bool = False  # also answer any IP-address Host (a wildcard bind such as 0.0.0.0)
 
     def __post_init__(self) -> None:
         if not self.stream_fps > 0:
             raise ValueError(f"stream_fps must be > 0, got {self.stream_fps}")
-        if self.max_images < 1 or self.batch_images < 1:
-            raise ValueError("max_images and batch_images must be >= 1")
+        if self.max_images < 1 or self.batch_images < 1 or self.max_streams < 1:
+            raise ValueError("max_images, batch_images and max_streams must be >= 1")
 
 
-def redact(source: str) -> str:
-    """A camera name without the credentials of a URL (``rtsp://user:pw@host`` -> ``rtsp://***@host``)."""
-    return re.sub(r"://[^/@\s]+@", "://***@", source)
+class _HeldStream(StreamingResponse):
+    """A streaming response that gives its stream slot back when it ends, however it ends."""
+
+    def __init__(self, content, release: Callable[[], None], **options) -> None:
+        super().__init__(content, **options)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _finite(mapping: dict[str, float]) -> dict[str, float | None]:
@@ -101,8 +116,9 @@ class _Server:
         self.stream_clock = StreamClock(1.0 / config.stream_fps)
         self.batcher: MicroBatcher | None = None
         self._unsubscribe = None
+        self._open_streams = 0  # /events and /stream.mjpg responses in progress (event loop only)
         if feed is not None:
-            self.metrics.watch_frame_age(feed.frame_age_s)
+            self.metrics.watch_camera(lambda: self._camera()[1], lambda: self.hub.camera_state().frame_age_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,7 +165,7 @@ class _Server:
         return JSONResponse({
             "version": __version__, "model": self.predictor.path.name, "tta": str(self.predictor.tta),
             "providers": list(self.predictor.providers), "targets": list(card.targets), "units": card.unit_of,
-            "camera": redact(self.feed.name) if self.feed is not None else None,
+            "camera": redact_credentials(self.feed.name) if self.feed is not None else None,
             "stream_fps": self.config.stream_fps, "history_s": self.config.history_s,
             "max_images": self.config.max_images, "max_request_bytes": self.config.max_request_bytes,
             "max_pixels": self.config.max_pixels,
@@ -160,20 +176,27 @@ class _Server:
     async def healthz(self, request: Request) -> Response:
         if self.feed is None:
             return JSONResponse({"status": "ok", "camera": None})
-        age = self.feed.frame_age_s()
-        connected = self.feed.connected() and age is not None and age <= self.config.stale_after_s
+        status, connected, state = self._camera()
+        age = state.frame_age_s
+        body = {"status": status, "camera": {
+            "connected": connected, "last_frame_age_s": None if age is None else round(age, 3),
+            "frames": self.feed.stats.frames, "readings": self.feed.stats.readings,
+            "failed_reads": self.feed.stats.failed_reads,
+            "error": None if self.feed.error is None else redact_credentials(str(self.feed.error))}}
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+    def _camera(self) -> tuple[str, bool, CameraState]:
+        """(status, connected, state) of the camera, judged from one hub state (the one that
+        ``/snapshot.jpg`` and ``/events`` serve), so ``/healthz`` and ``/metrics`` agree with them."""
+        state = self.hub.camera_state()
+        connected = self.feed.running and state.connected(self.config.stale_after_s)
         if not self.feed.running:
             status = "stopped"
         elif connected:
             status = "ok"
         else:
-            status = "camera_lost" if self.hub.camera_lost() or age is None else "stale"
-        body = {"status": status, "camera": {
-            "connected": connected, "last_frame_age_s": None if age is None else round(age, 3),
-            "frames": self.feed.stats.frames, "readings": self.feed.stats.readings,
-            "failed_reads": self.feed.stats.failed_reads,
-            "error": None if self.feed.error is None else str(self.feed.error)}}
-        return JSONResponse(body, status_code=200 if status == "ok" else 503)
+            status = "camera_lost" if state.lost or state.frame_age_s is None else "stale"
+        return status, connected, state
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
@@ -188,7 +211,7 @@ class _Server:
             raise HTTPException(503, "no frame yet: the camera has not delivered its first frame")
         lost = item.reading.quality == NO_FRAME
         if lost and not overlay:
-            raise HTTPException(503, f"camera lost, retrying ({item.reading.note})")
+            raise HTTPException(503, f"camera lost, retrying ({redact_credentials(item.reading.note or NO_FRAME)})")
         jpeg = await anyio.to_thread.run_sync(
             lambda: self.encoder.jpeg(item, image_item=self.hub.latest_with_image(), overlay=overlay))
         headers = {"cache-control": "no-store", "x-edgereg-seq": str(item.seq),
@@ -197,10 +220,22 @@ class _Server:
             headers["x-edgereg-frame"] = str(item.reading.frame)
         return Response(jpeg, media_type="image/jpeg", headers=headers)
 
+    def _open_stream(self, content, media_type: str) -> Response:
+        """A streaming response holding one of the ``max_streams`` slots; 503 when none is free."""
+        if self._open_streams >= self.config.max_streams:
+            raise HTTPException(503, f"all {self.config.max_streams} stream slots are in use (/events and "
+                                     "/stream.mjpg together); retry later, close another viewer, or raise the "
+                                     "server's --max-streams", headers={"retry-after": "5"})
+        self._open_streams += 1
+
+        def release() -> None:
+            self._open_streams -= 1
+        return _HeldStream(content, release, media_type=media_type,
+                           headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
     async def stream(self, request: Request) -> Response:
         self._need_camera()
-        return StreamingResponse(self._mjpeg(), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        return self._open_stream(self._mjpeg(), f"multipart/x-mixed-replace; boundary={BOUNDARY}")
 
     async def _mjpeg(self):
         """One JPEG part per frame of the shared stream clock; cancelled when the client disconnects."""
@@ -226,20 +261,22 @@ class _Server:
     async def events(self, request: Request) -> Response:
         self._need_camera()
         cursor = self._resume_cursor(request.headers.get("last-event-id"))
-        return StreamingResponse(self._sse(cursor), media_type="text/event-stream",
-                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        return self._open_stream(self._sse(cursor), "text/event-stream")
 
     def _resume_cursor(self, last_event_id: str | None) -> int:
         """The sequence number to send after: the client's last event when it is from this server
-        instance and still buffered, else just before the latest reading (it is sent at once)."""
+        instance and still buffered, else just before the latest reading (it is sent at once).
+        An id this server did not write (another instance, malformed) is ignored."""
         latest = self.hub.latest()
         start = latest.seq - 1 if latest is not None else 0
         if last_event_id:
-            instance, _, seq = last_event_id.partition(":")
-            if instance == self.hub.instance and seq.isdigit() and int(seq) <= self.hub.seq:
+            instance, _, text = last_event_id.partition(":")
+            # ASCII digits only: str.isdigit() also accepts '¹' and '٣', which int() refuses or reads
+            seq = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+            if instance == self.hub.instance and seq is not None and seq <= self.hub.seq:
                 oldest = self.hub.oldest_seq()
-                if oldest is not None and int(seq) >= oldest - 1:
-                    return int(seq)
+                if oldest is not None and seq >= oldest - 1:
+                    return seq
         return start
 
     async def _sse(self, cursor: int):
@@ -348,6 +385,14 @@ async def _server_error(request: Request, exc: Exception) -> Response:
                         status_code=500)
 
 
+class _Application(Starlette):
+    """Starlette with the security headers outside its error handling, so that 500s carry them too
+    (Starlette puts its ServerErrorMiddleware outside every user middleware)."""
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: ServeConfig = ServeConfig(), *,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     """The ASGI application: the page, the streams and the API around one predictor and one capture loop.
@@ -371,11 +416,11 @@ def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: Serve
         Route("/metrics", server.metrics_text),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders)]
+    middleware = [Middleware(HostGuard, allowed=config.allowed_hosts, any_ip=config.any_ip_host)]
     if config.token:
         middleware.append(Middleware(TokenGuard, token=config.token))
     middleware.append(Middleware(BodyLimit, max_bytes=config.max_request_bytes))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=server.lifespan,
+    app = _Application(routes=routes, middleware=middleware, lifespan=server.lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.server = server
     return app

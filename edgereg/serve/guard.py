@@ -1,5 +1,11 @@
 """Access control and request limits, as ASGI middleware around the application.
 
+:class:`HostGuard`: the ``Host`` header must name this server: one of the allowed names (the
+bound address, the loopback names, ``--allowed-host``) or, on a wildcard bind (``0.0.0.0``),
+any IP address. Otherwise 421 and a one-line reason: a web page on another site that re-points
+its DNS name at this address (DNS rebinding) cannot read the camera or the API through a
+browser, even on a loopback server without a token.
+
 :class:`TokenGuard`: with a token configured, every request but the open paths (``/healthz``)
 must carry it, as ``Authorization: Bearer TOKEN`` (API clients, Prometheus), as the
 ``edgereg_token`` cookie (the page's own requests: an ``<img>`` and an ``EventSource`` cannot set
@@ -22,6 +28,7 @@ read the API).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Collection
 from http.cookies import SimpleCookie
@@ -48,6 +55,61 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # names no other site can take (resolved on this machine)
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header without its port, lower case (``[::1]:8080`` -> ``::1``)."""
+    host = header.strip().lower()
+    if host.startswith("["):  # an IPv6 literal
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HostGuard:
+    """Answer only requests whose ``Host`` names this server (see the module docstring).
+
+    Args:
+        allowed: host names or addresses (without port); ``"*"`` turns the check off.
+        any_ip: also allow every IP-address ``Host`` (a wildcard bind is reachable at all of this
+            machine's addresses; an IP address cannot be re-pointed like a DNS name).
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Collection[str], *, any_ip: bool = False) -> None:
+        self.app = app
+        self.allowed = frozenset(host_name(name) for name in allowed)
+        self.any_ip = any_ip
+
+    def permits(self, header: str | None) -> bool:
+        if header is None or "*" in self.allowed:  # no Host: not a browser (HTTP/1.0 tools)
+            return True
+        host = host_name(header)
+        return host in self.allowed or (self.any_ip and _is_ip(host))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = _header(scope, b"host")
+        if self.permits(header):
+            await self.app(scope, receive, send)
+            return
+        name = host_name(header)[:100]
+        await send_json(send, 421, {"error": f"Host '{name}' is not a name of this server (a DNS rebinding "
+                                             f"attempt?); open it by its address, or start it with "
+                                             f"--allowed-host {name}"})
 
 
 class TokenGuard:

@@ -18,7 +18,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from edgereg.live import NO_FRAME, Reading
 
@@ -29,7 +30,8 @@ class Published:
 
     Attributes:
         seq: 1, 2, ... in publishing order.
-        reading: the reading (with its frame, for the JPEG encoder).
+        reading: the reading; with its frame (for the JPEG encoder) only in :meth:`ReadingHub.latest`
+            and :meth:`ReadingHub.latest_with_image`, never in the history.
         json: ``reading.to_json()``, computed once for every client.
         at: ``time.monotonic()`` when it was published.
     """
@@ -40,23 +42,50 @@ class Published:
     at: float
 
 
+@dataclass(frozen=True)
+class CameraState:
+    """The camera as the published readings tell it, taken at one moment (one lock, one clock).
+
+    ``/healthz``, ``/metrics`` and the snapshot all judge the camera from this, so they never
+    disagree about a reading that is being handed out.
+
+    Attributes:
+        seq: sequence number of the latest reading (0 before the first).
+        lost: the latest reading is a failed read (``quality == "no_frame"``).
+        frame_age_s: seconds since the latest reading from a frame was published; None before the first.
+    """
+
+    seq: int
+    lost: bool
+    frame_age_s: float | None
+
+    def connected(self, stale_after_s: float) -> bool:
+        """Frames arrive: the latest reading came from a frame no older than ``stale_after_s`` seconds."""
+        return not self.lost and self.frame_age_s is not None and self.frame_age_s <= stale_after_s
+
+
 class ReadingHub:
     """Buffer of recent readings with async waiting.
 
     Args:
         history_s: how long readings are kept (for ``/api/history`` and event-stream resumes).
         max_items: at most this many readings are kept, whatever their age.
+        clock: monotonic seconds (inject a fake in tests); ages and expiry are measured with it.
     """
 
-    def __init__(self, *, history_s: float = 300.0, max_items: int = 20_000) -> None:
+    def __init__(self, *, history_s: float = 300.0, max_items: int = 20_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.history_s = float(history_s)
         self.max_items = int(max_items)
         self.instance = uuid.uuid4().hex[:8]
+        self._clock = clock
         self._items: deque[Published] = deque()
         self._lock = threading.Lock()
         self._seq = 0
+        self._last_frame_at: float | None = None  # clock() when the latest reading from a frame was published
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        self._latest: Published | None = None  # the latest reading, with its frame
         self._last_image_item: Published | None = None  # the latest reading that carries a frame
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -69,8 +98,9 @@ class ReadingHub:
         return self._seq
 
     def latest(self) -> Published | None:
+        """The latest reading, with its frame (None before the first)."""
         with self._lock:
-            return self._items[-1] if self._items else None
+            return self._latest
 
     def oldest_seq(self) -> int | None:
         """The sequence number of the oldest buffered reading (None when empty)."""
@@ -82,16 +112,23 @@ class ReadingHub:
         return self._last_image_item
 
     def publish(self, reading: Reading) -> Published:
-        """Add a reading (any thread) and wake the waiting clients."""
-        now = time.monotonic()
+        """Add a reading (any thread) and wake the waiting clients.
+
+        The history keeps the reading without its frame (a frame is 1-25 MB; the history holds up
+        to ``max_items`` readings): only the latest frame is kept, for the snapshot and the stream.
+        """
+        now = self._clock()
         with self._lock:
             self._seq += 1
             item = Published(self._seq, reading, reading.to_json(), now)
-            self._items.append(item)
+            self._latest = item
+            self._items.append(item if reading.image is None else replace(item, reading=replace(reading, image=None)))
             while self._items and (len(self._items) > self.max_items or now - self._items[0].at > self.history_s):
                 self._items.popleft()
             if reading.image is not None:
                 self._last_image_item = item
+            if reading.quality != NO_FRAME:
+                self._last_frame_at = now
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -137,7 +174,7 @@ class ReadingHub:
             ``{"timestamp": [t...], "value": {target: [v or None...]}, "smoothed": {...},
             "stable": [bool...], "quality": [str...]}`` (epoch seconds; None where withheld).
         """
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             items = [item for item in self._items if now - item.at <= seconds]
         step = max(1, math.ceil(len(items) / max_points))
@@ -166,7 +203,15 @@ class ReadingHub:
             "quality": [item.reading.quality for item in items],
         }
 
+    def camera_state(self) -> CameraState:
+        """The camera's state from the published readings, read at once under the hub's lock."""
+        with self._lock:
+            latest = self._latest
+            at = self._last_frame_at
+            now = self._clock()
+        lost = latest is not None and latest.reading.quality == NO_FRAME
+        return CameraState(self._seq if latest is not None else 0, lost, None if at is None else max(0.0, now - at))
+
     def camera_lost(self) -> bool:
         """The latest reading is a failed read."""
-        latest = self.latest()
-        return latest is not None and latest.reading.quality == NO_FRAME
+        return self.camera_state().lost

@@ -2,7 +2,8 @@
 
 Capture loop: ``edgereg_frames_total``, ``edgereg_readings_total``,
 ``edgereg_withheld_total{reason}``, ``edgereg_failed_reads_total``, ``edgereg_camera_connected``,
-``edgereg_last_frame_age_seconds``, ``edgereg_frame_seconds`` (histogram of the time from frame
+``edgereg_last_frame_age_seconds`` (both read at every scrape from the state ``/healthz`` reads),
+``edgereg_frame_seconds`` (histogram of the time from frame
 to reading: quality gate + model + smoothing). Streams: ``edgereg_clients{endpoint}`` (open
 ``/stream.mjpg`` and ``/events`` connections) and ``edgereg_jpeg_encodes_total``. API:
 ``edgereg_predict_requests_total{code}``, ``edgereg_predict_images_total{outcome}``,
@@ -35,7 +36,7 @@ class ServerMetrics:
         self.withheld = Counter("edgereg_withheld", "Frames withheld by the quality gate, by reason",
                                 ["reason"], registry=r)
         self.failed_reads = Counter("edgereg_failed_reads", "Reads that returned no frame", registry=r)
-        self.camera_connected = Gauge("edgereg_camera_connected", "1 while frames arrive, 0 after a failed read",
+        self.camera_connected = Gauge("edgereg_camera_connected", "1 while frames arrive (as /healthz says), 0 when lost or stale",
                                       registry=r)
         self.frame_age = Gauge("edgereg_last_frame_age_seconds", "Seconds since the last frame was read",
                                registry=r)
@@ -55,17 +56,17 @@ class ServerMetrics:
         for endpoint in ("stream", "events"):
             self.clients.labels(endpoint).set(0)
 
-    def watch_frame_age(self, age_s: Callable[[], float | None]) -> None:
-        """Report ``age_s()`` (None: no frame yet, reported as -1) at every scrape."""
-        self.frame_age.set_function(lambda: -1.0 if (age := age_s()) is None else age)
+    def watch_camera(self, connected: Callable[[], bool], frame_age_s: Callable[[], float | None]) -> None:
+        """Report the camera at every scrape: ``connected()`` (1/0) and ``frame_age_s()``, the age of
+        the last frame in seconds (None before the first frame: reported as -1)."""
+        self.camera_connected.set_function(lambda: float(connected()))
+        self.frame_age.set_function(lambda: -1.0 if (age := frame_age_s()) is None else age)
 
     def observe_reading(self, reading: Reading) -> None:
         """Count one reading of the capture loop (called on the capture thread)."""
         if reading.quality == NO_FRAME:
             self.failed_reads.inc()
-            self.camera_connected.set(0)
             return
-        self.camera_connected.set(1)
         self.frames.inc()
         self.frame_seconds.observe(reading.process_ms / 1e3)
         if reading.ok:

@@ -190,7 +190,7 @@ def test_the_http_api_returns_the_bounds_and_lab_flags_folder_scoring_writes(mod
     with open(tmp_path / "rows.csv", newline="") as handle:
         written = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(handle)}
     files = [("image", (path.name, path.read_bytes(), "image/png")) for path in sorted(folder.iterdir())]
-    with TestClient(create_app(Predictor(model, confidence=0.9))) as client:
+    with TestClient(create_app(Predictor(model, confidence=0.9)), base_url="http://127.0.0.1") as client:  # a Host it answers
         readings = client.post("/api/predict", files=files).json()["readings"]
     assert [r["name"] for r in readings] == sorted(written)
     flagged = 0

@@ -180,7 +180,7 @@ class EventReader:
         except Exception:  # noqa: BLE001 - the connection was closed under the reader: its end
             pass
 
-    def wait(self, n: int, timeout_s: float = 10.0) -> list[tuple[str, dict]]:
+    def wait(self, n: int, timeout_s: float = 60.0) -> list[tuple[str, dict]]:
         wait_for(lambda: len(self.records) >= n, timeout_s)
         return list(self.records)
 
@@ -190,15 +190,15 @@ class EventReader:
         self.connection.close()
 
 
-def read_mjpeg_parts(port: int, seconds: float) -> list[bytes]:
-    """The JPEG parts of /stream.mjpg received within ``seconds``."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def read_mjpeg_parts(port: int, seconds: float, *, parts: int | None = None) -> list[bytes]:
+    """The JPEG parts of /stream.mjpg received within ``seconds`` (stops early after ``parts`` parts)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("GET", "/stream.mjpg")
     response = connection.getresponse()
     boundary = response.getheader("content-type").split("boundary=")[1].encode()
-    parts, deadline = [], time.monotonic() + seconds
+    wanted, parts, deadline = parts, [], time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (wanted is None or len(parts) < wanted):
             line = response.fp.readline()
             if line.strip() != b"--" + boundary:
                 continue

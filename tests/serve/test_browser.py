@@ -1,8 +1,8 @@
 """The page of `edgereg serve` in a real browser: Playwright driving the system's Chromium (Debian's
 `chromium` package; `.ci/run` installs it) against `edgereg serve` on a looping video.
 
-It checks what a person at the analyzer sees: readings arrive (>= 10 in 5 s), the image moves (two
-screenshots differ), the number on the page is the one on /events, the page says "camera lost,
+It checks what a person at the analyzer sees: readings keep arriving, the image moves (a later
+screenshot differs),  the number on the page is the one on /events, the page says "camera lost,
 retrying" when the video disappears and recovers when it comes back, and it reconnects after the
 server restarts. With EDGEREG_SCREENSHOT=docs/serve.png it also saves the page for the README.
 
@@ -32,6 +32,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.slow
+PATIENCE = 60.0  # seconds to wait for a state on a busy machine; a passing test waits far less
 
 
 def _browser_or_skip():
@@ -135,27 +136,27 @@ def test_page_in_chromium_live_readings_match_events_and_recover(assay_model, tm
                 args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 860})
             page = context.new_page()
             page.goto(server.url + "/")
-            assert poll(page, lambda r: r["received"] > 0, 30), "no reading reached the page"
+            assert poll(page, lambda r: r["received"] > 0, PATIENCE), "no reading reached the page"
             events = Events(server.port)
 
-            # >= 10 readings in 5 s
+            # readings keep arriving
             before = _page_reading(page)["received"]
-            time.sleep(5)
-            after = _page_reading(page)["received"]
-            assert after - before >= 10, (before, after)
+            assert poll(page, lambda r: r["received"] >= before + 10, PATIENCE), before
 
-            # the image moves: two screenshots of the live frame differ
+            # the image moves: a later screenshot of the live frame differs
             frame = page.locator(".frame")
             first = decode_jpeg(frame.screenshot(type="jpeg"))
-            time.sleep(0.7)
-            second = decode_jpeg(frame.screenshot(type="jpeg"))
-            assert first.shape == second.shape and np.abs(first.astype(int) - second.astype(int)).mean() > 0.5
+
+            def moved() -> bool:
+                later = decode_jpeg(frame.screenshot(type="jpeg"))
+                return first.shape == later.shape and np.abs(first.astype(int) - later.astype(int)).mean() > 0.5
+            assert wait_until(moved, PATIENCE), "the live image does not move"
 
             # the number on the page is the one on /events for the same frame
             for _ in range(3):
                 shown = _page_reading(page)
                 frame_number = int(shown["frame"])
-                assert wait_for_key(events.by_frame, frame_number, 5), f"frame {frame_number} not on /events"
+                assert wait_for_key(events.by_frame, frame_number, PATIENCE), f"frame {frame_number} not on /events"
                 expected = events.by_frame[frame_number]["smoothed"]["conc"]
                 decimals = len(shown["text"].split(".")[1]) if "." in shown["text"] else 0
                 assert abs(float(shown["text"]) - expected) <= 0.5 * 10 ** -decimals + 1e-9, (shown, expected)
@@ -168,28 +169,37 @@ def test_page_in_chromium_live_readings_match_events_and_recover(assay_model, tm
             # the video disappears: the page says so; it comes back: the page resumes
             hidden = video.with_name("elsewhere.avi")
             video.rename(hidden)
-            page.wait_for_selector("#banner:not([hidden])", timeout=10_000)
+            page.wait_for_selector("#banner:not([hidden])", timeout=PATIENCE * 1000)
             assert page.inner_text("#banner") == "camera lost, retrying"
             assert "camera lost" in page.inner_text("#state")
             hidden.rename(video)
-            page.wait_for_selector("#banner[hidden]", state="attached", timeout=10_000)
+            page.wait_for_selector("#banner[hidden]", state="attached", timeout=PATIENCE * 1000)
             resumed = _page_reading(page)["received"]
-            assert poll(page, lambda r: r["received"] > resumed + 5, 10), "no readings after the video came back"
+            assert poll(page, lambda r: r["received"] > resumed + 5, PATIENCE), "no readings after the video came back"
             assert page.inner_text("#state") in ("STABLE", "settling")
 
             # the server restarts: the page's event stream reconnects by itself
             events.close()
             server.stop()
-            assert poll(page, lambda r: "reconnecting" in r["connection"], 10), "the page did not notice the restart"
+            assert poll(page, lambda r: "reconnecting" in r["connection"], PATIENCE), "the page did not notice the restart"
             server.start()
             restarted = _page_reading(page)["received"]
-            assert poll(page, lambda r: r["received"] > restarted + 5, 30), "the page did not reconnect"
-            assert page.inner_text("#connection") == "live"
+            assert poll(page, lambda r: r["received"] > restarted + 5, PATIENCE), "the page did not reconnect"
+            assert poll(page, lambda r: r["connection"] == "live", PATIENCE)
             context.close()
     finally:
         if events is not None:
             events.close()
         server.stop()
+
+
+def wait_until(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def wait_for_key(mapping: dict, key, timeout_s: float) -> bool:
