@@ -547,13 +547,20 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
             return None
         return time.perf_counter() + share * max(0.0, clock.left() - reserve)
 
+    hybrid_options = hybrid_network(race_of_readouts, winner, loaded.kind, log=log)
+
+    def plan_for(plan_config, split, **options):
+        """make_plan for the network that is fitted: the race's winner, or its hybrid with the best readout."""
+        made = make_plan(loaded, plan_config, split, model_name=winner.model, reference_region=reference, **options)
+        return made if hybrid_options is None else replace(made, model_name="hybrid", model_kwargs=hybrid_options)
+
     facts = {"validation": {"mode": vplan.mode, "reason": vplan.reason, "refit": vplan.refit},
              "race": race, "reference_test": reference_record,
              "decisions": [{"what": w, "choice": c, "why": y} for w, c, y in loaded.decisions]}
     evaluations: dict[str, SplitEvaluation] = {}
     sanity = None
     if vplan.mode == "holdout" and not vplan.refit:
-        plan = make_plan(loaded, config, vplan.split, model_name=winner.model, reference_region=reference)
+        plan = plan_for(config, vplan.split)
         record = lambda status, metrics=None: run_record(plan, config, status=status, metrics=metrics,  # noqa: E731
                                                          lr=winner.lr, choice=choice)
         closing = len(plan.split.test) + len(plan.seen) + (0 if external is None else len(external))
@@ -562,8 +569,7 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         clock.mark("fit")
     else:
         if vplan.mode == "holdout":  # fit on train, score val, then refit on train + val
-            first = make_plan(loaded, config, vplan.split, model_name=winner.model, reference_region=reference,
-                              seen_frac=0.0)
+            first = plan_for(config, vplan.split, seen_frac=0.0)
             log(f"fit on the train part (scored on validation), then a refit on train + validation")
             outcome, sanity = run_fit(first, config, None, ctx, lr=winner.lr, resume=False, progress=progress,
                                       log=log, deadline=end(REFIT_SHARE), closing_rows=0)
@@ -582,8 +588,7 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
             fold_seconds = None if clock.budget is None else FOLDS_SHARE * max(0.0, clock.left() - reserve) / len(
                 vplan.folds)
             for k, fold in enumerate(vplan.folds):
-                plan_k = make_plan(loaded, config, fold, model_name=winner.model, reference_region=reference,
-                                   seen_frac=0.0)
+                plan_k = plan_for(config, fold, seen_frac=0.0)
                 deadline_k = None if fold_seconds is None else time.perf_counter() + fold_seconds
                 outcome_k, _ = run_fit(plan_k, config, None, ctx, lr=winner.lr, resume=False, progress=progress,
                                        log=log, deadline=deadline_k, quiet=True, closing_rows=0)
@@ -607,8 +612,7 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         final_config = config if epochs is None else replace(config, epochs=epochs)
         if ctx.is_main:
             held_out.write(run_dir)
-        plan = make_plan(loaded, final_config, final_split, model_name=winner.model, reference_region=reference,
-                         seen_frac=0.0)
+        plan = plan_for(final_config, final_split, seen_frac=0.0)
         record = lambda status, metrics=None: run_record(plan, config, status=status, metrics=metrics,  # noqa: E731
                                                          lr=winner.lr, choice=choice, validation_split=vplan.split)
         log(f"refit on {len(final_split.train)} rows with the chosen settings")
@@ -623,7 +627,7 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     if best is not None and network_val is not None and best.val_rmse < network_val.metrics["rmse"]:
         log(f"model: {best.label()} (validation RMSE {best.val_rmse:.4g} ± {best.val_se:.2g}) beats the network "
             f"{winner.label()} ({network_val.metrics['rmse']:.4g}): the readout is shipped")
-        network = {f"network {winner.model}": network_val.metrics}
+        network = {f"network {plan.model_name} ({winner.model})": network_val.metrics}
         return ship_readout(loaded, config, vplan, reference, race_of_readouts, network, network_val, run_dir,
                             clock, choice, log=log)
     evaluations.update({k: v for k, v in evaluate_fit(plan, outcome.regressor, device=ctx.device,
@@ -684,6 +688,30 @@ class HeldOut:
                  true=np.asarray(self.true, np.float64), pred=np.asarray(self.pred, np.float64),
                  scored_by=np.asarray(self.scored_by))
         atomic_write_bytes(run_dir / HELD_OUT_FILE, buffer.getvalue())
+
+
+HYBRID_GAIN = 0.7  # a readout joins the network (hybrid) when its RMSE is below this share of the targets' spread
+
+
+def hybrid_network(race: readouts.ReadoutRace, winner: Candidate, kind: str, *,
+                   log: Callable[[str], None]) -> dict | None:
+    """The hybrid's options (trunk = the race's winner, the best linear readout) or None: the network
+    alone, when no linear readout explains much of the targets or the kind reads positions."""
+    from edgereg.kinds import target_kind
+
+    linear = [s for s in race.scores if not s.hidden and np.isfinite(s.val_rmse)]
+    if not linear or target_kind(kind).xy_points or winner.model == readouts.MODEL_NAME:
+        return None
+    best = min(linear, key=lambda s: s.val_rmse)
+    true, _ = race.predictions[best.label()]
+    spread = float(np.sqrt(np.mean((true - true.mean(axis=0)) ** 2)))
+    if not best.val_rmse < HYBRID_GAIN * spread:
+        log(f"network: {winner.model} alone (the best linear readout, {best.val_rmse:.4g}, explains too little of "
+            f"the targets' spread {spread:.4g})")
+        return None
+    log(f"network: hybrid of {winner.model} and {best.label()} (the network starts at the readout's answer and "
+        f"learns what it misses)")
+    return {"trunk": winner.model, "blocks": best.blocks, "quadratic": best.quadratic}
 
 
 def score_readouts(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None, *,

@@ -4,6 +4,7 @@ through train / export (fp32, int8, C) and the trainer shipping a readout that b
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -118,3 +119,22 @@ def test_the_trainer_ships_a_readout_that_beats_its_network(pixelstats_dir, tmp_
     # one epoch of a network cannot read exact pixel statistics; a readout can: it is shipped
     assert record["model"]["name"] == "readout" and metrics["model"]["name"] == "readout"
     assert any(name.startswith("network") for name in metrics["val"]["baselines"])
+
+
+def test_a_hybrid_starts_at_its_readout_and_trains_only_the_network(assay_dir):
+    from edgereg.training.config import TrainConfig
+    from edgereg.training.plan import load_data, make_plan, make_run_split, new_regressor
+    from edgereg.training.blocks.race import fit_plan, readout_plan
+
+    config = TrainConfig(input_size=(24, 24), threads=1)
+    loaded = load_data(assay_dir, config, log=lambda m: None)
+    split = make_run_split(loaded, config)
+    base = make_plan(loaded, config, split, model_name="cnn_small", seen_frac=0.0)
+    hybrid_plan = replace(base, model_name="hybrid", model_kwargs={"trunk": "cnn_small", "blocks": "colour"})
+    hybrid = new_regressor(hybrid_plan, seed=0).eval()
+    readout, _ = fit_plan(readout_plan(base, "colour"), seed=0)
+    x = torch.rand(4, 3, 24, 24)
+    with torch.no_grad():  # the network's output layer starts at zero: the hybrid is the readout
+        torch.testing.assert_close(hybrid(x), readout(x))
+    trainable = {n for n, p in hybrid.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.trunk.") for n in trainable)
