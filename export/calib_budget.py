@@ -78,7 +78,7 @@ def entropy_search_work(bins: int, quantized_bins: int = QUANTIZED_BINS) -> floa
 
 def plan_calibrator(method: str, *, available: int, collected: int, seconds_per_image: float,
                     threshold_seconds: Callable[[int], float] | None, seconds_left: float | None,
-                    bins: int = ENTROPY_BINS, min_bins: int = MIN_ENTROPY_BINS,
+                    batch: int = 1, bins: int = ENTROPY_BINS, min_bins: int = MIN_ENTROPY_BINS,
                     preferred_images: int = PREFERRED_IMAGES, min_images: int = MIN_IMAGES) -> CalibrationPlan:
     """The most images and bins a histogram calibrator can use in ``seconds_left``, or a skip.
 
@@ -94,6 +94,7 @@ def plan_calibrator(method: str, *, available: int, collected: int, seconds_per_
         threshold_seconds: predicted seconds of the threshold search over all tensors at a given
             bin count (the entropy calibrator's), or None when that search is cheap (percentile).
         seconds_left: seconds this calibrator may still take; None = no budget (full plan).
+        batch: images are collected in batches of this size: a subsample is a whole number of them.
         bins: the preferred histogram bins for the threshold search.
         min_bins, preferred_images, min_images: the limits described above.
 
@@ -116,7 +117,7 @@ def plan_calibrator(method: str, *, available: int, collected: int, seconds_per_
     for wanted, choices in ((min(available, preferred_images), bin_choices), (floor_images, bin_choices[-1:])):
         for num_bins in choices:
             fit = _images_that_fit(seconds_left - cost(collected, num_bins), seconds_per_image)
-            images = min(available, collected + fit)
+            images = min(available, collected + (fit // batch) * batch if fit >= 0 else collected - 1)
             if images >= max(wanted, collected, 1):
                 return plan(images, num_bins, _cut_note(available, images, bins, num_bins, seconds_left,
                                                         cost(available, bin_choices[0])))

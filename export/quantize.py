@@ -569,19 +569,17 @@ def calibrate(model_path: Path, calibration: np.ndarray, options: QuantizeOption
             search = _entropy_search_cost(calibrator, histograms, clock)
     left = None if seconds is None else seconds - (clock() - started)
     plan = plan_calibrator(options.method, available=available, collected=collected, seconds_per_image=per_image,
-                           threshold_seconds=search, seconds_left=left)
+                           threshold_seconds=search, seconds_left=left, batch=options.calibration_batch)
     if plan.skipped:
         return None, replace(plan, seconds=clock() - started)
-    batches = len(reader) if plan.images >= available else max(1, plan.images // options.calibration_batch)
-    _collect(calibrator, reader, 1, batches)
+    _collect(calibrator, reader, 1, -(-plan.images // options.calibration_batch))
     if plan.num_bins is not None and histograms is not None:
         from edgereg.export.calib_budget import coarsen_histogram
 
         for name, histogram in histograms.items():
             histograms[name] = coarsen_histogram(histogram, plan.num_bins)
     data = calibrator.compute_data()
-    images = min(available, batches * options.calibration_batch)
-    return data, replace(plan, images=images, seconds=clock() - started)
+    return data, replace(plan, seconds=clock() - started)
 
 
 def _collect(calibrator, reader: ArrayCalibrationReader, start: int, end: int) -> None:

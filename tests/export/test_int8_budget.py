@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.calibrate import load_tensors_data
 
 from edgereg.cli.main import main
-from edgereg.export.calib_budget import (CalibrationPlan, coarsen_histogram, entropy_search_work,
+from edgereg.export.calib_budget import (CalibrationPlan, coarsen_histogram, entropy_search_work, merge_bounded,
                                          plan_calibrator)
 from edgereg.export.quantize import QuantizeOptions, Quantizer
 
@@ -74,6 +74,24 @@ def test_coarsened_histogram_keeps_counts_and_zero_in_the_middle():
     assert (low, high) == (data.min(), data.max())
     small = (hist[:100], edges[:101], 0.0, 1.0, threshold)
     assert coarsen_histogram(small, 512) is small
+
+
+def test_bounded_merge_moves_old_counts_onto_a_coarser_grid_instead_of_millions_of_bins():
+    rng = np.random.default_rng(0)
+    quiet = (rng.standard_normal(1000) * 1e-4).astype(np.float32)
+    threshold = np.float32(np.abs(quiet).max())
+    hist, edges = np.histogram(quiet, 512, range=(-threshold, threshold))
+    old = (hist, edges.astype(np.float32), quiet.min(), quiet.max(), np.array(threshold))
+    loud = (rng.standard_normal(1000) * 10).astype(np.float32)
+    loud_threshold = np.float32(np.abs(loud).max())
+    merged, merged_edges, low, high, wider = merge_bounded(old, loud, loud.min(), loud.max(), loud_threshold,
+                                                           max_bins=2048)
+    assert len(merged) == 2048 and merged.sum() == 2000
+    assert merged[1023] + merged[1024] >= 1000, "the quiet values land in the bins around zero"
+    assert merged_edges[0] == pytest.approx(-loud_threshold) and wider == loud_threshold
+    assert (low, high) == (min(quiet.min(), loud.min()), max(quiet.max(), loud.max()))
+    assert merge_bounded(old, quiet * 1.5, quiet.min(), quiet.max(), threshold * 1.5, max_bins=2048) is None, \
+        "a histogram that stays small is left to ONNX Runtime's own merge"
 
 
 def _conv_relu_model(path):
