@@ -502,12 +502,13 @@ def calibrate(model_path: Path, calibration: np.ndarray, options: QuantizeOption
 
     One batch per ``collect_data`` call: the histogram calibrators merge histograms across calls,
     so memory holds one batch of activations, not all of them. Entropy searches a histogram of at
-    most 512 bins for the clipping threshold whose 128-level quantization loses least information
-    (KL divergence). ONNX Runtime's own defaults give it 128 bins for 128 levels, which leaves a
-    single candidate, the min/max range, so "entropy" would silently equal "minmax". Its collector
-    widens a histogram whenever a later batch reaches further than the first (tens of thousands of
-    bins), and its search is quadratic in bins, so the collected histograms are merged down to the
-    planned bins before the search (``edgereg.export.calib_budget``).
+    most 2048 bins (fewer when the budget demands) for the clipping threshold whose 128-level
+    quantization loses least information (KL divergence). ONNX Runtime's own defaults give it 128
+    bins for 128 levels, which leaves a single candidate, the min/max range, so "entropy" would
+    silently equal "minmax"; edgereg starts its histograms at 512 bins. The collector widens a
+    histogram whenever a later batch reaches further than the first (to tens of thousands of bins)
+    and the search is quadratic in bins, so merges are bounded and the collected histograms are
+    merged down to the planned bins before the search (``edgereg.export.calib_budget``).
 
     The histogram calibrators are timed on their first batch (the pilot; for entropy also one
     threshold search at 512 bins), then :func:`edgereg.export.calib_budget.plan_calibrator` decides
@@ -519,7 +520,7 @@ def calibrate(model_path: Path, calibration: np.ndarray, options: QuantizeOption
         calibration: (N, C, H, W) float32 normalized images.
         options: method, percentile, batch size.
         workdir: a scratch folder for the calibrator's augmented model.
-        seconds: wall seconds this calibration may take; None = no limit (full plan, 512 bins).
+        seconds: wall seconds this calibration may take; None = no limit (every image, 2048 bins).
         clock: seconds, monotonic (tests pass a fake one).
 
     Returns:
@@ -529,7 +530,7 @@ def calibrate(model_path: Path, calibration: np.ndarray, options: QuantizeOption
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    from edgereg.export.calib_budget import ENTROPY_BINS, CalibrationPlan, plan_calibrator
+    from edgereg.export.calib_budget import HISTOGRAM_BINS, CalibrationPlan, plan_calibrator
 
     started = clock()
     available = len(calibration)
@@ -544,7 +545,7 @@ def calibrate(model_path: Path, calibration: np.ndarray, options: QuantizeOption
         return None, CalibrationPlan(options.method, 0, available, skipped=True,
                                      note="skipped: no time left of the budget")
     methods = {
-        "entropy": (CalibrationMethod.Entropy, {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128}),
+        "entropy": (CalibrationMethod.Entropy, {"num_bins": HISTOGRAM_BINS, "num_quantized_bins": 128}),
         "percentile": (CalibrationMethod.Percentile, {"num_bins": 2048, "percentile": options.percentile}),
     }
     method, settings = methods[options.method]
@@ -617,10 +618,10 @@ def _entropy_search_cost(calibrator, histograms: dict, clock) -> Callable[[int],
     Times one search on this machine (the first tensor's pilot histogram merged down to 512 bins)
     and scales it by :func:`edgereg.export.calib_budget.entropy_search_work`.
     """
-    from edgereg.export.calib_budget import ENTROPY_BINS, coarsen_histogram, entropy_search_work
+    from edgereg.export.calib_budget import HISTOGRAM_BINS, coarsen_histogram, entropy_search_work
 
     name = next(iter(histograms))
-    probe = coarsen_histogram(histograms[name], ENTROPY_BINS)
+    probe = coarsen_histogram(histograms[name], HISTOGRAM_BINS)
     started = clock()
     calibrator.collector.get_entropy_threshold(probe, calibrator.num_quantized_bins)
     per_work = (clock() - started) / entropy_search_work(len(probe[0]))

@@ -27,24 +27,31 @@ def _entropy_plan(seconds_left, *, per_image=0.01, per_tensor_512=0.04, tensors=
 
 def test_a_calibrator_that_fits_runs_in_full():
     plan = _entropy_plan(100.0)
-    assert (plan.images, plan.num_bins, plan.skipped, plan.note) == (256, 512, False, "")
-    assert plan.predicted_s == pytest.approx(240 * 0.01 + 20 * 0.04)
+    assert (plan.images, plan.num_bins, plan.skipped, plan.note) == (256, 2048, False, "")
+    search = 20 * 0.04 * entropy_search_work(2048) / entropy_search_work(512)
+    assert plan.predicted_s == pytest.approx(240 * 0.01 + search)
+
+
+def test_bins_are_cut_to_512_before_images_are():
+    plan = _entropy_plan(4.0)  # 2.4 s to collect; the search takes 5.3 s at 2048 bins, 2.1 s at 1024, 0.8 s at 512
+    assert (plan.images, plan.num_bins) == (256, 512)
+    assert plan.note.startswith("subsampled to 512 histogram bins instead of 2048")
     assert _entropy_plan(None, per_image=1e6).images == 256, "no budget: the full plan"
 
 
 def test_slow_collection_is_subsampled_to_the_images_that_fit():
     plan = _entropy_plan(2.0, per_image=0.02)  # 256 images would take 4.8 s + 0.8 s of search
     assert not plan.skipped and plan.num_bins == 512
-    assert plan.images == 16 + int((2.0 - 0.8) // 0.02)
+    assert plan.images == 16 + int((2.0 - 0.8) // 0.02)  # 2048 and 1024 bins did not fit with every image
     assert plan.predicted_s <= 2.0
     assert f"subsampled to {plan.images} of 256 images" in plan.note and "2.0 s left" in plan.note
 
 
-def test_a_slow_threshold_search_gets_fewer_bins_before_fewer_than_64_images():
+def test_a_slow_threshold_search_gets_fewer_than_512_bins_before_fewer_than_64_images():
     plan = _entropy_plan(1.2, per_image=0.005, per_tensor_512=0.05)  # search alone: 1.0 s at 512 bins
     assert plan.num_bins == 256 and plan.images >= 64
     assert plan.predicted_s <= 1.2
-    assert "256 histogram bins instead of 512" in plan.note
+    assert "256 histogram bins instead of 2048" in plan.note
 
 
 def test_a_calibrator_that_cannot_fit_is_skipped_with_the_reason():
@@ -121,11 +128,11 @@ def test_entropy_search_sees_at_most_the_planned_bins_however_the_histograms_gre
     quantizer = Quantizer(model, _quiet_then_loud(), workdir=tmp_path,
                           options=QuantizeOptions(keep_first_float=False, keep_head_float=False))
     plan = quantizer.calibrate("entropy")  # unbounded by time, bounded by bins
-    assert (plan.images, plan.num_bins, plan.skipped) == (96, 512, False)
+    assert (plan.images, plan.num_bins, plan.skipped) == (96, 2048, False)
     ranges = load_tensors_data(quantizer.ranges("entropy"))
     assert len(ranges.keys()) >= 3
     for data in ranges.values():
-        assert len(data.hist) <= 512
+        assert len(data.hist) <= 2048
         low, high = data.range_value
         assert np.isfinite(low) and np.isfinite(high) and low <= high
 
