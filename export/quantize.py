@@ -408,17 +408,26 @@ class Quantizer:
         """Measure ``method``'s activation ranges within ``seconds`` (see :func:`calibrate`), once.
 
         Returns:
-            its ``CalibrationPlan`` (``skipped`` when it did not fit; :meth:`quantize` with that
-            method then raises).
+            its ``CalibrationPlan`` (``skipped`` when it did not fit, or when a histogram calibrator
+            failed on these activations; :meth:`quantize` with that method then raises).
         """
         if method not in self.plans:
             from onnxruntime.quantization.calibrate import save_tensors_data
 
+            from edgereg.export.calib_budget import CalibrationPlan
+
             options = QuantizeOptions(method=method, percentile=self.options.percentile,
                                       calibration_batch=self.options.calibration_batch)
             with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-                measured, plan = calibrate(self.prepared, self.calibration, options, workdir=self.workdir,
-                                           seconds=seconds, clock=clock)
+                try:
+                    measured, plan = calibrate(self.prepared, self.calibration, options, workdir=self.workdir,
+                                               seconds=seconds, clock=clock)
+                except ValueError as exc:  # e.g. numpy: "Too many bins for data range" on a near-constant tensor
+                    if method == "minmax":
+                        raise
+                    measured, plan = None, CalibrationPlan(method, 0, len(self.calibration), skipped=True,
+                                                           note=f"skipped: ONNX Runtime's {method} calibrator "
+                                                                f"failed on these activations ({exc})")
             if measured is not None:
                 cache = self.workdir / f"ranges-{method}.json"
                 save_tensors_data(measured, cache)

@@ -14,6 +14,7 @@ EPILOG = """examples:
   edgereg export runs/assay --int8                # + model.int8.onnx if it stays within 10% RMSE
   edgereg export runs/assay --int8 --max-drop 0.05 --calib-method entropy
   edgereg export runs/assay --int8 --calib-dir camera_frames/   # calibrate on deployment images
+  edgereg export runs/assay --int8 --int8-budget 30       # calibrators within 30 s (minmax always runs)
   edgereg export runs/assay --fp16                # + model.fp16.onnx for CUDA/TensorRT (Jetson)
   edgereg export runs/assay --int8 --c            # + C99 sources for a microcontroller
   edgereg export runs/assay --int8 --interval-bins 1      # intervals without per-range-bin quantiles

@@ -159,6 +159,22 @@ def test_quantizer_subsamples_or_skips_by_its_clock(tmp_path):
     assert none_left.skipped and "no time left" in none_left.note
 
 
+def test_a_histogram_calibrator_that_fails_on_the_activations_is_skipped_not_fatal(tmp_path):
+    # value = 1000 + 1e-3 * image: a range of ~100 float32 steps, which numpy cannot cut into 2048 bins
+    nodes = [helper.make_node("Mul", ["image", "tiny"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "big"], ["value"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [numpy_helper.from_array(np.array(1e-3, np.float32), "tiny"),
+                               numpy_helper.from_array(np.array(1000.0, np.float32), "big")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    images = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    quantizer = Quantizer(tmp_path / "m.onnx", images, workdir=tmp_path)
+    plan = quantizer.calibrate("percentile")
+    assert plan.skipped and "percentile calibrator failed" in plan.note
+    assert not quantizer.calibrate("minmax").skipped
+
+
 def test_export_with_no_budget_left_runs_minmax_only_and_says_why(assay_run, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["export", str(assay_run), "--out", str(out), "--int8", "--int8-budget", "0", "--no-speed",
