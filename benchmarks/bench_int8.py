@@ -3,8 +3,10 @@
 For each (model, task) the model is trained briefly (``edgereg train --time-budget``), exported with
 ``edgereg export --int8`` (calibration, accuracy control, speed control: ``edgereg.export.int8_search``)
 and one row is printed from its ``export_report.json``: did an int8 model pass the default gate
-(10%), which layers stayed float and why, and int8 / fp32 images/s at batch 1 and 32 as the export's
-speed control measured them (single thread, int8 and fp32 timed side by side in one process).
+(10%), which layers stayed float and why, int8 / fp32 images/s at batch 1 and 32 as the export's
+speed control measured them (single thread, int8 and fp32 timed side by side in one process), and
+the export's wall seconds (``int8.json`` also keeps each calibrator's seconds, or "skipped", under
+the ``--int8-budget``).
 
 Goal (issue "Faster than decoding"): every row passes the gate at >= 1.3x fp32 at batch 32.
 
@@ -67,14 +69,17 @@ def models_for(kind: str) -> list[str]:
     return list_models(kind=kind)
 
 
-def row(model: str, task: str, run: Path, code: int, seconds: float) -> dict:
+def row(model: str, task: str, run: Path, code: int, seconds: float, export_seconds: float) -> dict:
     report = json.loads((run / "export_report.json").read_text())
     int8 = report["models"].get("int8", {})
+    plans = (int8.get("calibration") or {}).get("plans", {})
     search = int8.get("search") or {}
     speed = search.get("speed") or {}
     layers = search.get("layers", [])
     return {
         "model": model, "task": task, "exit": code, "seconds": round(seconds, 1),
+        "export_seconds": round(export_seconds, 1),
+        "calibration": {m: ("skipped" if p["skipped"] else p["seconds"]) for m, p in plans.items()},
         "passed": bool(report["gate"] and report["gate"]["passed"]),
         "worst_drop": report["gate"]["worst_drop"] if report["gate"] else None,
         "activations": int8.get("activations", "").split(",")[0],
@@ -93,7 +98,7 @@ def short(name: str) -> str:
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'model':<16}{'task':<12}{'gate':<7}{'worst':>8}{'act':>7}  {'float layers (why)':<44}"
-          f"{'b1':>7}{'b32':>7}  recommended")
+          f"{'b1':>7}{'b32':>7}{'export s':>10}  recommended")
     for r in rows:
         if "error" in r:
             print(f"{r['model']:<16}{r['task']:<12}ERROR  {r['error'][:90]}")
@@ -105,7 +110,8 @@ def print_table(rows: list[dict]) -> None:
         worst = f"{r['worst_drop']:+.1%}" if r["worst_drop"] is not None else "-"
         gate = "pass" if r["passed"] else "FAIL"
         print(f"{r['model']:<16}{r['task']:<12}{gate:<7}{worst:>8}{r['activations']:>7}  {floats[:44]:<44}"
-              f"{cell('1'):>7}{cell('32'):>7}  {r['recommended'] or '-'}")
+              f"{cell('1'):>7}{cell('32'):>7}{r.get('export_seconds', float('nan')):>10.1f}  "
+              f"{r['recommended'] or '-'}")
     met = [r for r in rows if r.get("passed") and r["int8_vs_fp32"].get("32", 0) >= 1.3]
     print(f"\n{len(met)}/{len(rows)} rows pass the gate at >= 1.3x fp32 at batch 32 "
           f"(goal: all); {sum(bool(r.get('passed')) for r in rows)}/{len(rows)} pass the gate")
@@ -120,6 +126,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=600, help="images per synthetic dataset")
     parser.add_argument("--retrain", action="store_true", help="train again even where OUT has a finished run")
     parser.add_argument("--calib-method", default="auto", help="passed to edgereg export (minmax is quickest)")
+    parser.add_argument("--int8-budget", default="100", help="passed to edgereg export (calibrators' seconds)")
     parser.add_argument("--lock", default=None, help="flock this file while each export measures speed")
     args = parser.parse_args()
     work = Path(args.out).resolve()
@@ -145,14 +152,16 @@ def main() -> int:
                     edgereg("train", data, "--out", run, "--model", model, "--time-budget", args.minutes,
                             "--quiet", *train_args)
                 with locked(args.lock):
+                    exporting = time.perf_counter()
                     code = edgereg("export", run, "--int8", "--repeats", "3", "--calib-method", args.calib_method,
-                                   allowed=(0, 1)).returncode
+                                   "--int8-budget", args.int8_budget, allowed=(0, 1)).returncode
+                    export_seconds = time.perf_counter() - exporting
             except RuntimeError as exc:  # one broken combination must not stop the sweep
                 print(f"  failed: {exc}", flush=True)
                 rows.append({"model": model, "task": task, "error": str(exc).splitlines()[-1]})
                 results_path.write_text(json.dumps(rows, indent=1))
                 continue
-            rows.append(row(model, task, run, code, time.perf_counter() - started))
+            rows.append(row(model, task, run, code, time.perf_counter() - started, export_seconds))
             print("  " + "\n  ".join(rows[-1]["steps"]), flush=True)
             results_path.write_text(json.dumps(rows, indent=1))
     print_table(rows)

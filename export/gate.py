@@ -24,6 +24,7 @@ import numpy as np
 
 from edgereg.card import ModelCard
 from edgereg.errors import EdgeregError, require_extra
+from edgereg.export.int8_search import CALIBRATION_BUDGET_S
 from edgereg.kinds import TargetKind, target_kind
 
 DEFAULT_MAX_DROP = 0.10
@@ -227,7 +228,8 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
                        per_channel: bool = True, keep_head_float: bool = True,
                        keep_first_float: bool = True, holdout: EvalSet | None = None,
                        calibration_info: dict | None = None, max_float_layers: int | None = None,
-                       measure_speed: bool = True, log=lambda line: None) -> Int8Export:
+                       measure_speed: bool = True, budget_s: float | None = CALIBRATION_BUDGET_S,
+                       log=lambda line: None) -> Int8Export:
     """Quantize, let the search (``edgereg.export.int8_search``) decide which layers stay float, and
     write the int8 model only if it passes the gate.
 
@@ -245,6 +247,8 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
         max_float_layers: the most layers accuracy control may keep float (None: half of them;
             0: no accuracy control).
         measure_speed: choose the activation type and run the speed control by timing on this machine.
+        budget_s: wall seconds the calibrators may take together (``--int8-budget``; see
+            ``edgereg.export.int8_search``); None = no limit.
         log: receives the search's decisions, one line each.
 
     Returns:
@@ -269,7 +273,7 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
         quantizer = Quantizer(fp32_path, calibration, workdir=tmp, options=options)
         found = search_int8(quantizer, lambda path: evaluate(path, evalset, card=card), fp32_metrics,
                             Path(fp32_path), methods=methods, max_drop=max_drop, max_float_layers=max_float_layers,
-                            measure_speed=measure_speed, gate_images=gate_images, log=log)
+                            measure_speed=measure_speed, gate_images=gate_images, budget_s=budget_s, log=log)
         int8_metrics = found.metrics
         gate = check_gate(fp32_metrics, int8_metrics, max_drop=max_drop)
         chosen = found.path
@@ -285,7 +289,8 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
             "activations": f"{found.activations}, asymmetric, per tensor",
             "method": found.method,
             "methods_tried": found.methods_tried,
-            "calibration": {"images": int(len(calibration)), **(calibration_info or {})},
+            "calibration": {"images": int(len(calibration)), **(calibration_info or {}),
+                            "budget_s": budget_s, "plans": found.calibration},
             "float_nodes": list(found.float_nodes),
             "float_layers": float_layers,
             "int8_layers": sum(1 for layer in found.layers if not layer.float),

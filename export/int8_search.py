@@ -5,7 +5,10 @@ What NNCF's ``quantize_with_accuracy_control`` does for OpenVINO, done on ONNX R
 
 1. Calibration method: every method asked for is quantized with the base float set (the float head
    and, by default, the float first layer) and scored in the user's units on the gate split; the
-   most accurate is kept (as before).
+   most accurate is kept. The calibrators share a time budget (``budget_s``, ``--int8-budget``):
+   minmax always runs in full; entropy and percentile are timed on a first batch and then
+   subsampled (fewer images, fewer histogram bins) or skipped to fit (``edgereg.export.calib_budget``),
+   and the report says which and why.
 2. Activation type: int8 (S8S8) and uint8 (U8S8) activations are timed side by side against fp32.
    The CPU's fast path is kept (uint8 on x86, where ONNX Runtime's fused QLinearAdd, QLinearConcat,
    ... exist for uint8 and VNNI multiplies u8 by s8; int8 on ARM) unless the other is at least
@@ -40,6 +43,7 @@ to rank the candidates; every decision is taken on a whole-model comparison.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,7 @@ MIN_GAIN = 1.05  # a speed step is kept only when it is at least this much faste
 SPEED_BATCH = 32  # batch size of speed decisions
 MAX_SPEED_STEPS = 4  # slow layers tried in float, slowest first
 SQNR_IMAGES = 32  # gate images the per-layer SQNR is measured on
+CALIBRATION_BUDGET_S = 100.0  # default wall seconds for all calibrators together (--int8-budget)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class SearchResult:
         steps: one line per decision, in order (for the report).
         speed: {"int8_vs_fp32": {batch: ratio}, "images_per_s": {...}, "threads": 1,
             "recommended": "int8" | "fp32", "note": str} or None when speed was not measured.
+        calibration: {method: ``CalibrationPlan.to_dict()``}: images and bins each calibrator
+            used, its predicted and measured seconds, and what was subsampled or skipped and why.
     """
 
     path: Path
@@ -111,6 +118,7 @@ class SearchResult:
     steps: tuple[str, ...]
     speed: dict | None = None
     gate_passed: bool = False
+    calibration: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +134,7 @@ class _State:
 def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict, fp32_path: Path, *,
                 methods: Sequence[str], max_drop: float, max_float_layers: int | None = None,
                 measure_speed: bool = True, gate_images: np.ndarray | None = None,
+                budget_s: float | None = CALIBRATION_BUDGET_S, clock: Callable[[], float] = time.perf_counter,
                 log: Callable[[str], None] = lambda line: None) -> SearchResult:
     """Run the search described in the module docstring.
 
@@ -140,6 +149,9 @@ def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict,
             (default: half of the quantizable layers, rounded up); 0 turns accuracy control off.
         measure_speed: time int8 against fp32 and run the speed control.
         gate_images: (N, C, H, W) float32 normalized gate images for the SQNR, or None to skip it.
+        budget_s: wall seconds the calibrators may take together (minmax always runs in full; the
+            histogram calibrators are subsampled or skipped to fit); None = no limit.
+        clock: seconds, monotonic (tests pass a fake one).
         log: receives one line per decision.
 
     Returns:
@@ -174,12 +186,13 @@ def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict,
 
     initial = {name: "first layer" for name in layers if name in first and quantizer.options.keep_first_float}
 
-    # 1. calibration method, on the base configuration
-    tried = {method: build(method, "int8", initial) for method in methods}
-    method = min(methods, key=lambda m: tried[m].metrics["rmse"])
+    # 1. calibration method, on the base configuration, within the calibration budget
+    tried = {method: build(method, "int8", initial)
+             for method in _calibrate_within(quantizer, methods, budget_s, clock, note)}
+    method = min(tried, key=lambda m: tried[m].metrics["rmse"])
     state = tried[method]
     note(f"calibration: {method} (overall RMSE by method: "
-         + ", ".join(f"{m} {tried[m].metrics['rmse']:.4g}" for m in methods) + ")")
+         + ", ".join(f"{m} {tried[m].metrics['rmse']:.4g}" for m in tried) + ")")
 
     # 2. activation type: the platform's fast path unless the other is measurably faster
     activations = "int8"
@@ -245,8 +258,34 @@ def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict,
         for name, layer in layers.items())
     return SearchResult(path=state.path, method=method, activations=activations,
                         float_nodes=nodes_for(state.float_layers), metrics=state.metrics,
-                        methods_tried={m: tried[m].metrics["rmse"] for m in methods}, layers=reports,
-                        steps=tuple(steps), speed=speed, gate_passed=passed)
+                        methods_tried={m: tried[m].metrics["rmse"] for m in tried}, layers=reports,
+                        steps=tuple(steps), speed=speed, gate_passed=passed,
+                        calibration={m: plan.to_dict() for m, plan in quantizer.plans.items()})
+
+
+def _calibrate_within(quantizer, methods: Sequence[str], budget_s: float | None, clock, note) -> list[str]:
+    """Calibrate ``methods`` in ``budget_s`` seconds; the methods that ran, in the order asked.
+
+    minmax runs first and in full (one pass, no search). Each histogram calibrator then gets an
+    equal share of what is left (a share it does not use passes to the next); its time plan
+    (``edgereg.export.calib_budget``) subsamples images or bins to fit, or skips it. When every
+    method asked for was skipped, minmax is used instead.
+    """
+    ordered = sorted(methods, key=lambda m: m != "minmax")
+    started = clock()
+    for index, method in enumerate(ordered):
+        share = None
+        if budget_s is not None and method != "minmax":
+            share = (budget_s - (clock() - started)) / (len(ordered) - index)
+        plan = quantizer.calibrate(method, seconds=share, clock=clock)
+        if plan.note:
+            note(f"calibration {method}: {plan.note}")
+    ran = [m for m in methods if not quantizer.plans[m].skipped]
+    if not ran:
+        note("calibration: every method asked for was skipped; using minmax")
+        quantizer.calibrate("minmax", clock=clock)
+        ran = ["minmax"]
+    return ran
 
 
 def preferred_activations() -> str:

@@ -42,7 +42,9 @@ import contextlib
 import hashlib
 import io
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +88,7 @@ class QuantizedModel:
         path: the int8 QDQ model (no card yet: the gate embeds it once the model passes).
         options: what was asked for.
         float_nodes: names of the nodes kept in float.
-        n_calibration: images the calibrator saw.
+        n_calibration: images the calibrator saw (fewer than offered when its time plan subsampled).
     """
 
     path: Path
@@ -413,19 +415,45 @@ class Quantizer:
         excluded = (self.head if options.keep_head_float else ()) + self.fixed
         self.layers = quantizable_layers(self.model, exclude=excluded)
         self._ranges: dict[str, Path] = {}
+        self.plans: dict = {}  # method -> edgereg.export.calib_budget.CalibrationPlan, once calibrated
 
-    def ranges(self, method: str) -> Path:
-        """The calibration cache (JSON) of ``method``, measured on first use."""
-        if method not in self._ranges:
+    def calibrate(self, method: str, *, seconds: float | None = None,
+                  clock: Callable[[], float] = time.perf_counter):
+        """Measure ``method``'s activation ranges within ``seconds`` (see :func:`calibrate`), once.
+
+        Returns:
+            its ``CalibrationPlan`` (``skipped`` when it did not fit, or when a histogram calibrator
+            failed on these activations; :meth:`quantize` with that method then raises).
+        """
+        if method not in self.plans:
             from onnxruntime.quantization.calibrate import save_tensors_data
+
+            from edgereg.export.calib_budget import CalibrationPlan
 
             options = QuantizeOptions(method=method, percentile=self.options.percentile,
                                       calibration_batch=self.options.calibration_batch)
             with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-                measured = calibrate(self.prepared, self.calibration, options, workdir=self.workdir)
-            cache = self.workdir / f"ranges-{method}.json"
-            save_tensors_data(measured, cache)
-            self._ranges[method] = cache
+                try:
+                    measured, plan = calibrate(self.prepared, self.calibration, options, workdir=self.workdir,
+                                               seconds=seconds, clock=clock)
+                except ValueError as exc:  # e.g. numpy: "Too many bins for data range" on a near-constant tensor
+                    if method == "minmax":
+                        raise
+                    measured, plan = None, CalibrationPlan(method, 0, len(self.calibration), skipped=True,
+                                                           note=f"skipped: ONNX Runtime's {method} calibrator "
+                                                                f"failed on these activations ({exc})")
+            if measured is not None:
+                cache = self.workdir / f"ranges-{method}.json"
+                save_tensors_data(measured, cache)
+                self._ranges[method] = cache
+            self.plans[method] = plan
+        return self.plans[method]
+
+    def ranges(self, method: str) -> Path:
+        """The calibration cache (JSON) of ``method``, measured on first use (no time limit)."""
+        if self.calibrate(method).skipped:
+            raise EdgeregError(f"calibration method {method!r} was skipped ({self.plans[method].note}); "
+                               "allow more time with --int8-budget")
         return self._ranges[method]
 
     def quantize(self, out_path: str | Path, *, method: str, activations: str = "int8",
@@ -461,7 +489,7 @@ class Quantizer:
                                   calibration_batch=self.options.calibration_batch,
                                   percentile=self.options.percentile)
         return QuantizedModel(path=Path(out_path), options=options, float_nodes=float_nodes,
-                              n_calibration=len(self.calibration))
+                              n_calibration=self.plans[method].images)
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,
@@ -491,38 +519,134 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         return quantizer.quantize(out_path, method=options.method, activations=options.activations)
 
 
-def calibrate(model_path: Path, calibration: np.ndarray, options: QuantizeOptions, *, workdir: Path):
-    """Activation ranges of every float tensor, measured by ONNX Runtime's calibrator.
+def calibrate(model_path: Path, calibration: np.ndarray, options: QuantizeOptions, *, workdir: Path,
+              seconds: float | None = None, clock: Callable[[], float] = time.perf_counter):
+    """Activation ranges of every float tensor, measured by ONNX Runtime's calibrator within ``seconds``.
 
     One batch per ``collect_data`` call: the histogram calibrators merge histograms across calls,
-    so memory holds one batch of activations, not all of them. Entropy searches a 512-bin histogram
-    for the clipping threshold whose 128-level quantization loses least information (KL divergence).
-    ONNX Runtime's own defaults give it 128 bins for 128 levels, which leaves a single candidate,
-    the min/max range, so "entropy" would silently equal "minmax"; 2048 bins (TensorRT's choice)
-    cost ~1.7 s per tensor on this CPU, 512 bins ~0.3 s.
+    so memory holds one batch of activations, not all of them. Entropy searches a histogram of at
+    most 2048 bins (fewer when the budget demands) for the clipping threshold whose 128-level
+    quantization loses least information (KL divergence). ONNX Runtime's own defaults give it 128
+    bins for 128 levels, which leaves a single candidate, the min/max range, so "entropy" would
+    silently equal "minmax"; edgereg starts its histograms at 512 bins. The collector widens a
+    histogram whenever a later batch reaches further than the first (to tens of thousands of bins)
+    and the search is quadratic in bins, so merges are bounded and the collected histograms are
+    merged down to the planned bins before the search (``edgereg.export.calib_budget``).
+
+    The histogram calibrators are timed on their first batch (the pilot; for entropy also one
+    threshold search at 512 bins), then :func:`edgereg.export.calib_budget.plan_calibrator` decides
+    how many more images (a seeded random subset) and how many bins fit in ``seconds``, or skips.
+    minmax always runs in full (one pass, no search).
 
     Args:
         model_path: the prepared fp32 model.
         calibration: (N, C, H, W) float32 normalized images.
         options: method, percentile, batch size.
         workdir: a scratch folder for the calibrator's augmented model.
+        seconds: wall seconds this calibration may take; None = no limit (every image, 2048 bins).
+        clock: seconds, monotonic (tests pass a fake one).
 
     Returns:
-        onnxruntime.quantization.calibrate.TensorsData.
+        (onnxruntime.quantization.calibrate.TensorsData or None when skipped, CalibrationPlan with
+        ``seconds`` measured).
     """
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
 
+    from edgereg.export.calib_budget import HISTOGRAM_BINS, CalibrationPlan, plan_calibrator
+
+    started = clock()
+    available = len(calibration)
+    if options.method == "minmax":
+        calibrator = create_calibrator(model_path, None, augmented_model_path=str(workdir / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax, extra_options={})
+        reader = ArrayCalibrationReader(calibration, batch_size=options.calibration_batch)
+        _collect(calibrator, reader, 0, len(reader))
+        data = calibrator.compute_data()
+        return data, CalibrationPlan("minmax", available, available, seconds=clock() - started)
+    if seconds is not None and seconds <= 0:
+        return None, CalibrationPlan(options.method, 0, available, skipped=True,
+                                     note="skipped: no time left of the budget")
     methods = {
-        "minmax": (CalibrationMethod.MinMax, {}),
-        "entropy": (CalibrationMethod.Entropy, {"num_bins": 512, "num_quantized_bins": 128}),
+        "entropy": (CalibrationMethod.Entropy, {"num_bins": HISTOGRAM_BINS, "num_quantized_bins": 128}),
         "percentile": (CalibrationMethod.Percentile, {"num_bins": 2048, "percentile": options.percentile}),
     }
     method, settings = methods[options.method]
     calibrator = create_calibrator(model_path, None, augmented_model_path=str(workdir / "augmented.onnx"),
                                    calibrate_method=method, extra_options=settings)
-    reader = ArrayCalibrationReader(calibration, batch_size=options.calibration_batch)
-    for batch in range(len(reader)):
+    order = np.random.default_rng(0).permutation(available)  # a subsample is then a random draw
+    reader = ArrayCalibrationReader(calibration[order], batch_size=options.calibration_batch)
+    pilot_started = clock()
+    _collect(calibrator, reader, 0, 1)
+    collected = min(options.calibration_batch, available)
+    per_image = (clock() - pilot_started) / collected
+    histograms = _histograms(calibrator)
+    if options.method == "entropy" and histograms is not None:
+        _bound_merges(calibrator.collector)
+    search = None
+    if options.method == "entropy":
+        if histograms is None:  # an ONNX Runtime that hides them: the search cannot be bounded
+            if seconds is not None:
+                return None, CalibrationPlan(options.method, 0, available, skipped=True,
+                                             note="skipped: this ONNX Runtime's entropy search cannot be bounded")
+        else:
+            search = _entropy_search_cost(calibrator, histograms, clock)
+    left = None if seconds is None else seconds - (clock() - started)
+    plan = plan_calibrator(options.method, available=available, collected=collected, seconds_per_image=per_image,
+                           threshold_seconds=search, seconds_left=left, batch=options.calibration_batch)
+    if plan.skipped:
+        return None, replace(plan, seconds=clock() - started)
+    _collect(calibrator, reader, 1, -(-plan.images // options.calibration_batch))
+    if plan.num_bins is not None and histograms is not None:
+        from edgereg.export.calib_budget import coarsen_histogram
+
+        for name, histogram in histograms.items():
+            histograms[name] = coarsen_histogram(histogram, plan.num_bins)
+    data = calibrator.compute_data()
+    return data, replace(plan, seconds=clock() - started)
+
+
+def _collect(calibrator, reader: ArrayCalibrationReader, start: int, end: int) -> None:
+    """Feed batches ``start..end-1`` to the calibrator, one ``collect_data`` call each."""
+    for batch in range(start, min(end, len(reader))):
         reader.set_range(batch, batch + 1)
         calibrator.collect_data(reader)
-    return calibrator.compute_data()
+
+
+def _bound_merges(collector) -> None:
+    """Make this collector's histogram merges stay within ``COLLECT_BINS`` bins (``merge_bounded``)."""
+    from edgereg.export.calib_budget import COLLECT_BINS, merge_bounded
+
+    merge = collector.merge_histogram
+
+    def bounded(old_histogram, data, new_min, new_max, new_threshold):
+        merged = merge_bounded(old_histogram, data, new_min, new_max, new_threshold, max_bins=COLLECT_BINS)
+        return merge(old_histogram, data, new_min, new_max, new_threshold) if merged is None else merged
+
+    collector.merge_histogram = bounded
+
+
+def _histograms(calibrator) -> dict | None:
+    """The histogram collector's {tensor: (hist, edges, min, max, threshold)}, or None where this
+    ONNX Runtime keeps them otherwise (the entropy collector's layout since 1.8)."""
+    histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", None)
+    if not isinstance(histograms, dict) or not all(isinstance(h, tuple) and len(h) == 5 for h in histograms.values()):
+        return None
+    return histograms
+
+
+def _entropy_search_cost(calibrator, histograms: dict, clock) -> Callable[[int], float]:
+    """Predicted seconds of the entropy threshold search over every tensor at a given bin count.
+
+    Times one search on this machine (the first tensor's pilot histogram merged down to 512 bins)
+    and scales it by :func:`edgereg.export.calib_budget.entropy_search_work`.
+    """
+    from edgereg.export.calib_budget import HISTOGRAM_BINS, coarsen_histogram, entropy_search_work
+
+    name = next(iter(histograms))
+    probe = coarsen_histogram(histograms[name], HISTOGRAM_BINS)
+    started = clock()
+    calibrator.collector.get_entropy_threshold(probe, calibrator.num_quantized_bins)
+    per_work = (clock() - started) / entropy_search_work(len(probe[0]))
+    tensors = len(histograms)
+    return lambda bins: tensors * per_work * entropy_search_work(bins)

@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 CALIBRATION_CHOICES = ("auto", "minmax", "entropy", "percentile")
+CALIBRATION_BUDGET_S = 100.0  # = edgereg.export.int8_search.CALIBRATION_BUDGET_S (not imported: keeps --help light)
 
 EPILOG = """examples:
   edgereg export runs/assay                       # model.onnx (fp32) with its card
   edgereg export runs/assay --int8                # + model.int8.onnx if it stays within 10% RMSE
   edgereg export runs/assay --int8 --max-drop 0.05 --calib-method entropy
   edgereg export runs/assay --int8 --calib-dir camera_frames/   # calibrate on deployment images
+  edgereg export runs/assay --int8 --int8-budget 30       # calibrators within 30 s (minmax always runs)
   edgereg export runs/assay --fp16                # + model.fp16.onnx for CUDA/TensorRT (Jetson)
   edgereg export runs/assay --int8 --c            # + C99 sources for a microcontroller
   edgereg export runs/assay --int8 --interval-bins 1      # intervals without per-range-bin quantiles
@@ -49,6 +51,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="calibration images drawn from the training split (default 256)")
     parser.add_argument("--calib-dir", metavar="DIR",
                         help="calibrate on the images in DIR instead of the training split")
+    parser.add_argument("--int8-budget", type=float, default=CALIBRATION_BUDGET_S, metavar="SECONDS",
+                        help="wall seconds the int8 calibrators may take together (default %(default)g): minmax "
+                             "always runs; entropy and percentile are timed on a first batch, then run on fewer "
+                             "images or histogram bins, or skipped, to fit; the report says which and why")
     parser.add_argument("--max-drop", type=float, default=0.10, metavar="X",
                         help="int8 RMSE (overall and per target) may exceed fp32's by at most this fraction "
                              "(default 0.10 = 10%%)")
@@ -193,7 +199,8 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
             fp32.path, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
             methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
             keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
-            calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed)
+            calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed,
+            budget_s=args.int8_budget)
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
         elif conformal is not None:  # the int8 model's own residuals, not fp32's
@@ -251,6 +258,8 @@ def _check_args(args, run_dir: Path) -> None:
     check_opset(args.opset)
     if args.max_float_layers is not None and args.max_float_layers < 0:
         raise EdgeregError(f"--max-float-layers must be >= 0, got {args.max_float_layers}")
+    if not 0 <= args.int8_budget < float("inf"):
+        raise EdgeregError(f"--int8-budget must be a number of seconds >= 0, got {args.int8_budget:g}")
     if args.calib_images < 1 or args.repeats < 1:
         raise EdgeregError(f"--calib-images and --repeats must be >= 1, got {args.calib_images} and {args.repeats}")
 

@@ -190,7 +190,10 @@ def test_gate_round_writes_the_most_accurate_int8_model_with_its_card(tiny, tmp_
     assert result.activations == "int8"  # without timing, the search keeps int8 activations
     assert q["activations"] == "int8, asymmetric, per tensor" and q["method"] == result.method
     assert q["methods_tried"] == result.candidates
-    assert q["calibration"] == {"images": 24, "source": "test frames"}
+    calibration = dict(q["calibration"])
+    plans = calibration.pop("plans")  # each calibrator's time plan (tests/export/test_int8_budget.py)
+    assert calibration == {"images": 24, "source": "test frames", "budget_s": 100.0}
+    assert set(plans) == {"minmax", "percentile"}
     assert q["float_nodes"] == list(result.float_nodes) and q["speed"] == {"measured": False}
     assert q["int8_layers"] == sum(1 for layer in result.layers if not layer.float) > 0
     assert q["float_layers"] == [{"name": layer.name, "op_type": layer.op_type, "why": layer.why}
@@ -213,7 +216,7 @@ def test_failed_gate_writes_nothing_and_says_why(tiny, tmp_path):
     assert not result.gate.passed and result.path is None and result.holdout is None
     assert list(out.parent.iterdir()) == [], "nothing written, no temporary files left"
     assert result.card.quantization["weights"] == "int8, symmetric, per tensor"
-    assert result.card.quantization["calibration"] == {"images": 4}
+    assert result.card.quantization["calibration"]["images"] == 4
     assert result.card.quantization["gate"]["passed"] is False
     with pytest.raises(EdgeregError, match="max-drop"):
         quantize_with_gate(path, out, card=card, calibration=calibration, evalset=evalset, max_drop=-1)

@@ -58,6 +58,10 @@ def test_int8_model_is_qdq_with_per_channel_weights_and_a_float_head(exported, a
     assert calibration["source"] == "training split" and len(calibration["fingerprint"]) == 16
     assert card.quantization["method"] in ("minmax", "entropy", "percentile")
     assert set(card.quantization["methods_tried"]) == {"minmax", "entropy", "percentile"}
+    plans = calibration["plans"]  # the default --int8-budget fits every calibrator of a tiny model in full
+    assert set(plans) == {"minmax", "entropy", "percentile"} and calibration["budget_s"] == 100
+    assert all(not p["skipped"] and p["images"] == calibration["images"] and p["note"] == "" for p in plans.values())
+    assert plans["entropy"]["num_bins"] == 2048 and plans["entropy"]["seconds"] is not None
     assert card.quantization["gate"]["passed"] is True
 
 
