@@ -515,6 +515,7 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         metrics = read_json(run_dir / METRICS_FILE)
         return TrainResult(run_dir, metrics, tuple(metrics.get("warnings", ())), "")
     choice = (stored or {}).get("choice") if resume else None
+    resumed_choice = choice
     if choice:
         reference = choice["reference"]
         winner = Candidate(choice["model"], float(choice["lr"]))
@@ -539,15 +540,18 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     # feature time: the final fit computes the features again, then scores the splits)
     reserve = eval_reserve(clock.budget) + 2.0 * race_of_readouts.seconds_per_row * len(loaded.dataset)
     if winner.model == readouts.MODEL_NAME:  # --model readout: the closed-form fit is the whole fit
-        return ship_readout(loaded, config, vplan, reference, race_of_readouts, {}, None, run_dir, clock, choice,
-                            log=log)
+        return ship_readout(loaded, config, vplan, reference, race_of_readouts, {}, None, external, run_dir, clock,
+                            choice, log=log)
 
     def end(share: float = 1.0) -> float | None:
         if clock.deadline is None:
             return None
         return time.perf_counter() + share * max(0.0, clock.left() - reserve)
 
-    hybrid_options = hybrid_network(race_of_readouts, winner, loaded.kind, log=log)
+    # the hybrid decision is made once and replayed on --resume (run.json "choice")
+    hybrid_options = (resumed_choice.get("hybrid") if resumed_choice else
+                      hybrid_network(race_of_readouts, winner, loaded.kind, log=log))
+    choice["hybrid"] = hybrid_options
 
     def plan_for(plan_config, split, **options):
         """make_plan for the network that is fitted: the race's winner, or its hybrid with the best readout."""
@@ -628,8 +632,8 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
         log(f"model: {best.label()} (validation RMSE {best.val_rmse:.4g} ± {best.val_se:.2g}) beats the network "
             f"{winner.label()} ({network_val.metrics['rmse']:.4g}): the readout is shipped")
         network = {f"network {plan.model_name} ({winner.model})": network_val.metrics}
-        return ship_readout(loaded, config, vplan, reference, race_of_readouts, network, network_val, run_dir,
-                            clock, choice, log=log)
+        return ship_readout(loaded, config, vplan, reference, race_of_readouts, network, network_val, external,
+                            run_dir, clock, choice, log=log)
     evaluations.update({k: v for k, v in evaluate_fit(plan, outcome.regressor, device=ctx.device,
                                                       batch_size=config.eval_batch).items() if k not in evaluations})
     if external is not None:
@@ -734,7 +738,7 @@ def score_readouts(loaded: LoadedData, config: TrainConfig, vplan: ValidationPla
 
 
 def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None,
-                 race: readouts.ReadoutRace, network: dict, network_val: SplitEvaluation | None,
+                 race: readouts.ReadoutRace, network: dict, network_val: SplitEvaluation | None, external,
                  run_dir: Path, clock: BudgetClock, choice: dict, *, log: Callable[[str], None]) -> TrainResult:
     """Fit the best block readout on the final rows (train, or every row after a refit/k-fold design),
     write best.pt, metrics.json, report.png and run.json as for a network."""
@@ -760,6 +764,8 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
     regressor, fit_record = readouts.fit_plan(plan, seed=config.seed)
     save_checkpoint(run_dir / BEST_FILE, regressor.state_dict())
     evaluations = {k: v for k, v in evaluate_fit(plan, regressor, batch_size=config.eval_batch).items()}
+    if external is not None:
+        evaluations["test"] = evaluate_external(plan, regressor, external, batch_size=config.eval_batch)
     true, pred = race.predictions[best.label()]
     baselines = dict(network_val.baselines) if network_val is not None else {}
     others = readout_metrics(loaded, [s for s in race.scores if s is not best], race.predictions)

@@ -90,7 +90,7 @@ def test_ridge_recovers_a_linear_law_and_cross_validation_prefers_little_penalty
 
 
 def test_unknown_blocks_are_refused_with_the_choices():
-    with pytest.raises(EdgeregError, match="choose from moments, colour, spectrum, bank, tiles, pixels"):
+    with pytest.raises(EdgeregError, match="choose from moments, colour, spectrum, bank, tiles, template, pixels"):
         parse_blocks("moments,colur")
     assert parse_blocks("pixels,moments") == ("moments", "pixels")  # compact blocks first
 

@@ -209,6 +209,8 @@ class FilterBank(Block):
         while min(h, w) >= 8 + side and levels < 6:
             levels, h, w = levels + 1, h // 2, w // 2
         self.levels = max(1, levels)
+        sides = [min(input_size) // 2 ** i for i in range(self.levels)]
+        self.fits = tuple(side >= side_kernel for side, side_kernel in zip(sides, [side] * self.levels))
         self.n_features = 1 + self.levels * padded.shape[0]
         self.names = ("log_var",) + tuple(f"l{l}_s{s}_f{f}" for l in range(self.levels)
                                           for s in range(len(self.SIGMAS)) for f in range(5))
@@ -219,7 +221,7 @@ class FilterBank(Block):
         features = [torch.log(var + ENERGY_FLOOR).unsqueeze(1)]
         level = g
         for i in range(self.levels):
-            if min(level.shape[-2:]) >= self.kernels.shape[-1]:
+            if self.fits[i]:
                 response = F.conv2d(level, self.kernels)  # (B,1,h,w) -> (B,10,h-k+1,w-k+1)
                 energy = response.square().mean(dim=(2, 3))  # (B,10)
             else:  # too small for the kernels: a constant the readout ignores
@@ -271,8 +273,11 @@ class Spectrum(Block):
             for b in range(SPECTRUM_BANDS):
                 masks.append(((radius >= edges[b]) & (radius < edges[b + 1]) & in_sector).reshape(-1))
         ac = (radius > 0).reshape(-1)  # everything but the DC term
-        for name, value in (("ch", ch), ("sh", sh), ("cwt", cw.T), ("swt", sw.T), ("window", window),
-                            ("bands", np.stack(masks, axis=1)), ("ac", ac[:, None])):
+        # the spectrum is computed transposed, (w, h), so that every matrix product has its constant
+        # on the right (what the C backend lowers); the band masks are laid out to match
+        transposed = [m.reshape(h, w).T.reshape(-1) for m in masks + [ac]]
+        for name, value in (("ch", ch), ("sh", sh), ("cw", cw), ("sw", sw), ("window", window),
+                            ("bands", np.stack(transposed[:-1], axis=1)), ("ac", transposed[-1][:, None])):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
         self.register_buffer("gray", torch.full((1, channels, 1, 1), 1.0 / channels))
         self.n_features = len(masks)
@@ -283,10 +288,12 @@ class Spectrum(Block):
         if self.factor > 1:
             g = F.avg_pool2d(g, self.factor)  # (B,1,H,W) -> (B,1,h,w)
         g = (g - g.mean(dim=(2, 3), keepdim=True)) * self.window
-        a, b = g @ self.cwt, g @ self.swt  # (B,1,h,w) @ (w,w) -> (B,1,h,w)
-        real = self.ch @ a - self.sh @ b  # (h,h) @ (B,1,h,w) -> (B,1,h,w)
-        imag = self.sh @ a + self.ch @ b
-        power = (real.square() + imag.square()).reshape(g.shape[0], -1)  # (B,1,h,w) -> (B,h*w)
+        # X = (C_h - i S_h) g (C_w - i S_w) with symmetric C, S: rows first, then (transposed) columns
+        a, b = g @ self.cw, g @ self.sw  # (B,1,h,w) @ (w,w) -> (B,1,h,w)
+        a_t, b_t = a.transpose(2, 3), b.transpose(2, 3)  # (B,1,w,h)
+        real = a_t @ self.ch - b_t @ self.sh  # (B,1,w,h) @ (h,h) -> (B,1,w,h): Re X transposed
+        imag = a_t @ self.sh + b_t @ self.ch
+        power = (real.square() + imag.square()).reshape(g.shape[0], -1)  # (B,1,w,h) -> (B,w*h)
         total = power @ self.ac + ENERGY_FLOOR  # (B,1)
         return torch.log((power @ self.bands) / total + 1e-9)  # (B,h*w) @ (h*w,5*bands) -> (B,5*bands)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgereg.card import KINDS
 from edgereg.errors import EdgeregError
 from edgereg.kinds import target_kind
 from edgereg.training.blocks.readout import DEFAULT_BLOCKS, BlockReadout
@@ -42,7 +43,10 @@ class Hybrid(nn.Module):
         return self.readout(images) + self.trunk(images)
 
 
-@register_model(input_size=(64, 64))
+NUMBER_KINDS = tuple(k for k in KINDS if not target_kind(k).xy_points)
+
+
+@register_model(input_size=(64, 64), kinds=NUMBER_KINDS)
 def hybrid(*, in_channels: int, n_outputs: int, kind: str, input_size: tuple[int, int], trunk: str = "cnn_small",
            blocks: str = DEFAULT_BLOCKS, quadratic: bool = False) -> nn.Module:
     """A block readout plus a network (trunk) trained on what the readout misses.
