@@ -536,9 +536,9 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     clock.mark("readouts")
     choice = {"model": winner.model, "lr": winner.lr, "reference": reference, "race": race,
               "reference_test": reference_record}
-    # time to fit the shipped readout on every row, should it beat the network (twice the measured
-    # feature time: the final fit computes the features again, then scores the splits)
-    reserve = eval_reserve(clock.budget) + 2.0 * race_of_readouts.seconds_per_row * len(loaded.dataset)
+    # time to fit the shipped readout on every row, should it beat the network (the blocks' measured
+    # time per image: the final fit computes the features of its rows once more)
+    reserve = eval_reserve(clock.budget) + race_of_readouts.seconds_per_row * len(loaded.dataset)
     if winner.model == readouts.MODEL_NAME:  # --model readout: the closed-form fit is the whole fit
         return ship_readout(loaded, config, vplan, reference, race_of_readouts, {}, None, external, run_dir, clock,
                             choice, log=log)
