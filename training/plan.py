@@ -541,7 +541,7 @@ def new_regressor(plan: FitPlan, seed: int):
     torch.manual_seed(seed)
     regressor = build_regressor(run_record_model_part(plan))
     if getattr(regressor.model, "needs_data_init", False):
-        from edgereg.training.blocks.race import initialize_from_data
+        from edgereg.training.blocks.fitting import initialize_from_data
 
         initialize_from_data(regressor, plan, seed=seed)
     return regressor

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from edgereg.kinds import target_kind
-from edgereg.preprocess import preprocess_batch
 from edgereg.training.blocks.features import BLOCKS
+from edgereg.training.blocks.fitting import intensity_affine, model_inputs
 from edgereg.training.blocks.readout import block_features, fit_head, prepare_blocks, readout_outputs
 from edgereg.training.metrics import rmse_standard_error, sample_errors
 
@@ -78,25 +78,6 @@ def readout_plan(plan, blocks: str, hidden: int = 0, quadratic: bool = False):
                    model_kwargs={"blocks": blocks, "hidden": int(hidden), "quadratic": bool(quadratic)})
 
 
-def intensity_affine(plan) -> tuple:
-    """(scale, offset) per channel from the model input back to pixel values (or reference ratios)."""
-    if plan.reference:
-        return plan.reference["std_out"], plan.reference["mean_out"]
-    return plan.preprocess.std, plan.preprocess.mean
-
-
-@torch.no_grad()
-def model_inputs(regressor, plan, rows: np.ndarray, batch: int = 512) -> torch.Tensor:
-    """(N, C, H, W) float32: the readout's input for ``rows`` (runtime preprocessing, then the
-    reference normalisation when the plan has one)."""
-    images = plan.loaded.dataset.images[np.asarray(rows)]
-    parts = []
-    for start in range(0, len(images), batch):
-        x = torch.from_numpy(preprocess_batch(images[start:start + batch], plan.preprocess))
-        parts.append(regressor.reference(x) if regressor.reference is not None else x)
-    return torch.cat(parts) if parts else torch.zeros(0)
-
-
 def prepared_regressor(plan, *, seed: int):
     """A Regressor for ``plan`` whose blocks are prepared on its train rows, and those rows' inputs."""
     from edgereg.training.plan import new_regressor
@@ -108,19 +89,6 @@ def prepared_regressor(plan, *, seed: int):
         z = regressor.encode_targets(plan.loaded.dataset.targets[np.asarray(plan.split.train)])
     prepare_blocks(regressor.model, x, z, intensity_scale=scale, intensity_offset=offset)
     return regressor, x
-
-
-def initialize_from_data(regressor, plan, *, seed: int = 0) -> dict:
-    """Fit the readout inside a hybrid model (``regressor.model.readout``) on the plan's train rows."""
-    readout = regressor.model.readout
-    x = model_inputs(regressor, plan, plan.split.train)
-    scale, offset = intensity_affine(plan)
-    rows = np.asarray(plan.split.train)
-    groups = None if plan.loaded.dataset.groups is None else np.asarray(plan.loaded.dataset.groups)[rows]
-    with torch.no_grad():
-        z = regressor.encode_targets(plan.loaded.dataset.targets[rows])
-    prepare_blocks(readout, x, z, intensity_scale=scale, intensity_offset=offset)
-    return fit_head(readout, block_features(readout, x), z.double().numpy(), groups, seed=seed)
 
 
 def fit_plan(plan, *, seed: int = 0):
