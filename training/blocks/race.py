@@ -8,7 +8,8 @@ kit never ships a model that a classical reader beats on validation.
 
 The blocks' raw features do not depend on the split (pixel values, not normalized inputs, go in),
 so they are computed once for every row and each candidate and fold only slices them: the whole
-race costs about one pass of the blocks over the data plus a few small linear solves.
+race costs about one pass of the blocks over the data plus a few small linear solves. The template
+block learns from the labels, so its features are computed per fold, from that fold's train rows.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from edgereg.training.metrics import rmse_standard_error, sample_errors
 
 MODEL_NAME = "readout"
 COMPACT_SET = "moments,colour,spectrum,bank"
+LEARNS_FROM_LABELS = ("template",)  # blocks whose constants come from the training targets
 # (blocks, hidden units, quadratic): each reader alone, the compact ones together with their
 # squares, every block linearly, and every block through a small MLP
 POINT_CANDIDATES = (("template", 0, False), ("template", 0, True))  # coordinate targets
@@ -104,8 +106,8 @@ def fit_plan(plan, *, seed: int = 0):
 
 
 class FeatureCache:
-    """Raw features of every block for every row of a design, computed once (blocks prepared on the
-    first plan's train rows)."""
+    """Raw features of some blocks for some rows, computed once; the blocks are prepared on ``plan``'s
+    train rows (their 8-bit levels or quantiles, the template)."""
 
     def __init__(self, plan, blocks: tuple[str, ...], rows: np.ndarray, *, seed: int):
         full = readout_plan(plan, ",".join(blocks))
@@ -126,8 +128,9 @@ class FeatureCache:
         return np.hstack([self.features[at, self.columns[b]] for b in blocks])
 
 
-def held_out_predictions(cache: FeatureCache, plans: list, *, seed: int) -> tuple:
-    """Fit each plan's readout on its train rows from cached features, predict its val rows.
+def held_out_predictions(caches: list[FeatureCache], plans: list, *, seed: int) -> tuple:
+    """Fit each plan's readout on its train rows from cached features (``caches[k]`` for plan k),
+    predict its val rows.
 
     Returns:
         (true, pred) in user units, the val rows, and the last fit record.
@@ -137,6 +140,7 @@ def held_out_predictions(cache: FeatureCache, plans: list, *, seed: int) -> tupl
 
     trues, preds, all_rows, record = [], [], [], {}
     for k, plan in enumerate(plans):
+        cache = caches[k]
         loaded = plan.loaded
         regressor = new_regressor(plan, seed).eval()
         blocks = regressor.model.block_names
@@ -172,15 +176,18 @@ def race_readouts(make_plans: Callable[[], list], *, kind: str, groups: np.ndarr
         candidates = POINT_CANDIDATES
     used = tuple(b for b in BLOCKS if any(b in c[0].split(",") for c in candidates))
     rows = np.unique(np.concatenate([np.concatenate([p.split.train, p.split.val]) for p in base]))
-    cache = FeatureCache(base[0], used, rows, seed=seed)
-    seconds_per_row = (time.perf_counter() - started) / max(1, len(rows))
+    if set(used) & set(LEARNS_FROM_LABELS):  # prepared on each plan's own train rows: no leak into its val rows
+        caches = [FeatureCache(p, used, np.concatenate([p.split.train, p.split.val]), seed=seed) for p in base]
+    else:  # label-free blocks: one pass over every row serves every plan
+        caches = [FeatureCache(base[0], used, rows, seed=seed)] * len(base)
+    seconds_per_row = (time.perf_counter() - started) / max(1, sum(len(c.rows) for c in set(caches)))
     log(f"block readouts: features of {len(rows)} images in {time.perf_counter() - started:.1f} s")
     scores, predictions = [], {}
     for blocks, hidden, quadratic in candidates:
         started = time.perf_counter()
         plans = [readout_plan(p, blocks, hidden, quadratic) for p in base]
         try:
-            true, pred, scored, record = held_out_predictions(cache, plans, seed=seed)
+            true, pred, scored, record = held_out_predictions(caches, plans, seed=seed)
         except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:  # a degenerate design: no candidate
             log(f"readout {blocks}: not fitted ({exc})")
             continue
