@@ -40,7 +40,11 @@ class Hybrid(nn.Module):
         self.input_shape = (in_channels, *input_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.readout(images) + self.trunk(images)
+        # the readout always in float32, also inside a bf16 autocast step: its logs of band powers and
+        # counts of levels are what it was fitted on, and it does not train
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            base = self.readout(images.float())
+        return base + self.trunk(images)
 
 
 NUMBER_KINDS = tuple(k for k in KINDS if not target_kind(k).xy_points)
