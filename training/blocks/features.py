@@ -46,7 +46,11 @@ EIGHT_BIT_LEVELS = 256
 ORDER_QUANTILES = (0.02, 0.10, 0.25, 0.75, 0.90, 0.98)  # besides min, max and the middle pair
 MAX_ORDER_PIXELS = 784  # order statistics are read from at most this many pixels per channel (strided; 28 x 28 exactly)
 LOG_FLOOR = 1e-3  # intensities are clamped here before a log (a black region must not give -inf)
-ENERGY_FLOOR = 1e-8
+# Floors under the logs of energies, near the quantization noise of 8-bit pixels ((1/255)^2 / 12 =
+# 1.3e-6 in [0, 1] units): below them a log would read float rounding, which ONNX Runtime and torch
+# (and the C backend) sum in different orders, and a readout would amplify the difference.
+ENERGY_FLOOR = 1e-6  # absolute, for filter energies and variances of pixel values in [0, 1]
+SHARE_FLOOR = 1e-6  # relative, for a band's share of the total spectral power
 
 
 class Block(nn.Module):
@@ -295,7 +299,7 @@ class Spectrum(Block):
         imag = a_t @ self.sh + b_t @ self.ch
         power = (real.square() + imag.square()).reshape(g.shape[0], -1)  # (B,1,w,h) -> (B,w*h)
         total = power @ self.ac + ENERGY_FLOOR  # (B,1)
-        return torch.log((power @ self.bands) / total + 1e-9)  # (B,h*w) @ (h*w,5*bands) -> (B,5*bands)
+        return torch.log((power @ self.bands) / total + SHARE_FLOOR)  # (B,h*w) @ (h*w,5*bands) -> (B,5*bands)
 
 
 # ----------------------------------------------------------------------------------------------------

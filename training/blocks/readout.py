@@ -30,6 +30,7 @@ from edgereg.training.kind_training import kind_training
 DEFAULT_BLOCKS = "moments,colour,spectrum,bank,pixels"
 RIDGE_ALPHAS = tuple(10.0 ** e for e in range(-8, 5))  # relative to the mean eigenvalue of X'X / N
 CV_FOLDS = 5
+CONSTANT_SPREAD = 1e-5  # a feature spread below this (relative to its size) is float rounding: a constant
 
 
 def parse_blocks(blocks: str) -> tuple[str, ...]:
@@ -57,12 +58,14 @@ def standardize(x: np.ndarray, mu: np.ndarray, sd: np.ndarray, n_compact: int, m
 def standardizer(x: np.ndarray, n_compact: int, quadratic: bool) -> tuple:
     """(mu, sd, mu2, sd2) of raw training features (N, D); mu2/sd2 None without squares."""
     mu, sd = x.mean(axis=0), x.std(axis=0)
-    sd = np.where(sd > 1e-9, sd, 1.0)  # a constant feature stays 0 after standardization
+    # a feature whose spread is float rounding (a region the circle mask fills with one value) is a
+    # constant: dividing by its spread would turn the rounding of another runtime into signal
+    sd = np.where(sd > CONSTANT_SPREAD * (1.0 + np.abs(mu)), sd, 1.0)
     if not quadratic:
         return mu, sd, None, None
     sq = ((x[:, :n_compact] - mu[:n_compact]) / sd[:n_compact]) ** 2
     mu2, sd2 = sq.mean(axis=0), sq.std(axis=0)
-    return mu, sd, mu2, np.where(sd2 > 1e-9, sd2, 1.0)
+    return mu, sd, mu2, np.where(sd2 > CONSTANT_SPREAD * (1.0 + np.abs(mu2)), sd2, 1.0)
 
 
 class FixedFeatures(nn.Module):
