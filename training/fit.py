@@ -432,6 +432,13 @@ class Fitter:
     def run(self) -> FitOutcome:
         """Train until the schedule ends, the deadline passes or early stopping; return the best weights."""
         stopped = "finished the planned schedule"
+        if getattr(self.regressor.model, "needs_data_init", False) and self.epoch == 0:
+            # a model that starts from a fitted answer (the hybrid's readout) keeps that start when no
+            # epoch beats it on validation
+            start = self._validate()
+            if start is not None:
+                self.best_rmse = self.smoothed = start
+                self.best_state = self._state_copy()
         while self.epoch < MAX_EPOCHS_WITH_BUDGET and not self.schedule.finished:
             started = time.perf_counter()
             train_loss, steps, timed_out = self.train_epoch()
