@@ -204,12 +204,14 @@ def to_float_batch(images: np.ndarray, device: torch.device | str = "cpu") -> to
     return batch.float().contiguous()
 
 
-def to_model_input(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+def to_model_input(images: torch.Tensor, config: PreprocessConfig, *,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Normalize a float batch exactly like :func:`edgereg.preprocess.preprocess_batch`.
 
     Args:
         images: (B, 3, H, W) float32 in [0, 255], BGR.
         config: the preprocessing configuration (channels, mean/std, crop, fill).
+        memory_format: the layout of the result (``torch.channels_last`` for an NHWC training step).
 
     Returns:
         (B, C, H, W) float32 with C = 3 (RGB) or 1 (gray): ``pixel / 255`` standardized per channel,
@@ -228,7 +230,7 @@ def to_model_input(images: torch.Tensor, config: PreprocessConfig) -> torch.Tens
         height, width = planes.shape[-2:]
         inside = torch.from_numpy(circle_mask(height, width)).to(planes.device)  # (H, W) bool
         planes = torch.where(inside, planes, planes.new_tensor(float(config.fill)))
-    return planes.contiguous()
+    return planes.contiguous(memory_format=memory_format)
 
 
 def augment_batch(images: torch.Tensor, targets: torch.Tensor, *, kind: str, config: AugmentConfig,
