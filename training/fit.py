@@ -4,8 +4,9 @@ Each epoch shuffles the train rows with a generator seeded by ``(seed, epoch)``,
 replays exactly; each batch goes uint8 -> float -> :func:`~edgereg.training.augment.augment_batch`
 -> :func:`~edgereg.training.augment.to_model_input` -> ``Regressor.forward_raw`` -> loss on the
 encoded targets, in the step format :func:`~edgereg.training.step.choose_step` measured fastest
-(bf16 autocast and/or channels-last where they win; fp32 losses and weights always). Validation (:func:`predict`) preprocesses with :func:`edgereg.preprocess.preprocess_batch`
-itself, so training and deployment never differ. Also here: the LR range test (:func:`find_lr`) and
+(bf16 autocast and/or channels-last where they win; float32 weights and losses always). Validation
+(:func:`predict`) stays float32 NCHW, since it defines the reported numbers, and preprocesses with
+:func:`edgereg.preprocess.preprocess_batch` itself, so training and deployment never differ. Also here: the LR range test (:func:`find_lr`) and
 the one-batch overfit check (:func:`sanity_check`) on the same batches and optimizer.
 """
 
@@ -249,6 +250,7 @@ SMOOTHING = 0.5  # EMA weight of the newest validation score in the smoothed met
 REPLAN_DRIFT = 0.1  # re-plan when the steady step time moves this much from the one the plan used
 MAX_EPOCHS_WITH_BUDGET = 100_000  # with a time budget the clock, not an epoch count, ends the fit
 PATIENCE_SHARE = 0.25  # early stopping waits at least this share of the planned epochs
+KEPT = " (kept on resume)"  # appended to the step format's reason by a resumed fit
 
 
 class Fitter:
@@ -324,9 +326,13 @@ class Fitter:
         self.smoothed = checkpoint.get("smoothed")
         self.best_state = checkpoint["best_model"]
         self.planned_rate = checkpoint.get("planned_rate")
-        # the format the run started with (the layout changes the last bits); older checkpoints: fp32 NCHW
-        fmt = StepFormat.from_dict(checkpoint.get("step"))
-        self._use_step(StepChoice(fmt, 0.0, f"{fmt.describe()}: the format this run started with (resumed)"))
+        # the format the run started with (it changes the last bits); checkpoints without one ran fp32 NCHW
+        record = checkpoint.get("step") or {}
+        fmt = StepFormat.from_dict(record)
+        reason = record.get("reason", fmt.describe()).removesuffix(KEPT) + KEPT
+        work = {name: ms / 1000 for name, ms in (record.get("work_ms") or {}).items()}
+        self._use_step(StepChoice(fmt, float(record.get("seconds_per_step") or 0.0), reason, work,
+                                  record.get("bf16_difference")))
 
     def _use_step(self, choice: StepChoice) -> None:
         self.step_choice = choice
@@ -358,7 +364,7 @@ class Fitter:
             "bad_epochs": self.bad_epochs, "seconds": self.seconds, "best_rmse": self.best_rmse,
             "best_epoch": self.best_epoch, "best_model": self.best_state, "smoothed": self.smoothed,
             "planned_rate": self.planned_rate,
-            "step": None if self.step_choice is None else self.step_choice.format.to_dict(),
+            "step": None if self.step_choice is None else self.step_choice.record(),
         })
         save_checkpoint(self.run_dir / BEST_FILE, self.best_state)
 

@@ -12,17 +12,21 @@ A training step can run in two precisions and two layouts:
   kernels, and gives bit-identical results, as converting the model too.
 
 :func:`choose_step` (``--precision auto``) picks one by timing a few optimizer steps of the model
-at its input size in each allowed format (:func:`edgereg.training.plan.seconds_per_step` returns the
-chosen format's time, so the planner spends the gain on resolution and steps). bf16 is a candidate
-only where the CPU computes it natively (:func:`detect_machine`: AVX512-BF16 or AMX-BF16, and a
-oneDNN allowed to use them) and only when a few bf16 steps from the same weights and data give
-losses within :data:`BF16_TOLERANCE` of the fp32 ones. Another format must be :data:`MARGIN` times
-faster than fp32 NCHW to replace it, and steps of fewer than :data:`MIN_COMPARED_PIXELS` input
-pixels are not compared at all, so near-ties and tiny inputs keep the reference. ``--precision
-fp32`` is the NCHW fp32 step of earlier versions and ``--precision bf16`` the bf16 channels-last
-step, only timed. The layout and the precision change the last bits of the sums, so the choice is
-stored in the checkpoint and a resumed run keeps it; a rerun of ``auto`` measures again (pin the
-format with ``--precision`` where bit-identical reruns matter).
+at its input size in each allowed format, taking turns step by step, and keeps the one that does
+the least work: the process's CPU time per step on one thread, which other jobs on a shared
+machine barely move (wall time there, or CPU time with two OpenMP threads waiting on each other,
+swung 10x from step to step while this was written). The chosen format is then timed by wall clock
+at the fit's thread count: :func:`edgereg.training.plan.seconds_per_step` returns that, so the
+planner spends the gain on resolution and steps. bf16 is a candidate only where the CPU computes
+it natively (:func:`detect_machine`: AVX512-BF16 or AMX-BF16, and a oneDNN allowed to use them)
+and only when a few bf16 steps from the same weights and data give losses within
+:data:`BF16_TOLERANCE` of the fp32 ones. Another format must do :data:`MARGIN` times less work
+than fp32 NCHW to replace it, and steps of fewer than :data:`MIN_COMPARED_PIXELS` input pixels are
+not compared at all, so near-ties and tiny inputs keep the reference. ``--precision fp32`` is the
+NCHW fp32 step of earlier versions and ``--precision bf16`` the bf16 channels-last step, only
+timed. The layout and the precision change the last bits of the sums, so the choice is stored in
+the checkpoint and a resumed run keeps it; a rerun of ``auto`` measures again (pin the format with
+``--precision`` where bit-identical reruns matter).
 
 ``torch.compile`` is not used: compiling the forward and backward graphs of these models takes
 tens of seconds on two cores (and again for every new input size or model in a race), which a
@@ -42,7 +46,7 @@ import torch
 
 from edgereg.training.config import PRECISIONS
 
-TIMED_STEPS = 3  # steps timed per format after one warm-up step (the least disturbed one counts)
+TIMED_STEPS = 3  # steps timed per format after one warm-up step, formats in turn (the least disturbed counts)
 MIN_COMPARED_PIXELS = 64 * 32 * 32  # smaller steps (batch x H x W) are not compared: a few ms in any format
 MARGIN = 1.15  # another format must be this much faster than the reference to replace it
 BF16_TOLERANCE = 0.05  # bf16 losses may differ this much (relative) from the fp32 ones on the same steps
@@ -112,7 +116,8 @@ class StepFormat:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "StepFormat":
-        """Inverse of :meth:`to_dict`; None (a checkpoint from before formats were chosen): fp32 NCHW."""
+        """Inverse of :meth:`to_dict` (other keys ignored); None or {} (a checkpoint from before
+        formats were chosen): fp32 NCHW."""
         return cls() if not data else cls(str(data["precision"]), bool(data["channels_last"]))
 
 
@@ -124,14 +129,15 @@ class StepChoice:
     """The chosen format, its measured step time and why (metrics.json ``training.step``)."""
 
     format: StepFormat
-    seconds_per_step: float  # the chosen format's optimizer step on random data (no augmentation)
+    seconds_per_step: float  # wall time of the chosen format's optimizer step on random data, no augmentation
     reason: str
-    timings: dict = field(default_factory=dict)  # format description -> seconds per step (measured ones)
+    work: dict = field(default_factory=dict)  # format description -> CPU s per step on one thread (compared ones)
     bf16_difference: float | None = None  # max relative loss difference bf16 vs fp32 over the timed steps
 
     def record(self) -> dict:
+        """JSON-ready: precision, channels_last, seconds_per_step, reason, work_ms, bf16_difference."""
         return {**self.format.to_dict(), "seconds_per_step": self.seconds_per_step, "reason": self.reason,
-                "timings_ms": {k: round(v * 1000, 2) for k, v in self.timings.items()},
+                "work_ms": {k: round(v * 1000, 2) for k, v in self.work.items()},
                 "bf16_difference": self.bf16_difference}
 
 
@@ -146,33 +152,38 @@ def _candidates(precision: str, machine: Machine) -> list[StepFormat]:
     return [StepFormat(p, layout) for p in precisions for layout in (False, True)]
 
 
-def _timed_steps(model_name: str, kind: str, size: tuple[int, int], channels: int, batch: int, model_kwargs: str,
-                 fmt: StepFormat, steps: int) -> tuple[float, list[float]]:
-    """(least disturbed step time in s, losses of every step) of ``steps`` + 1 AdamW steps of a model
-    built from one fixed seed on one fixed random batch; the global RNG is left untouched."""
+def _timed_formats(model_name: str, kind: str, size: tuple[int, int], channels: int, batch: int,
+                   model_kwargs: str, formats: list[StepFormat], steps: int, clock=time.perf_counter
+                   ) -> dict[StepFormat, tuple[float, list]]:
+    """For each format: (least disturbed step time in s on ``clock``, losses of every step) of
+    ``steps`` + 1 AdamW steps of a model built from one fixed seed on one fixed random batch. The
+    formats take turns step by step, so a burst of other work slows them alike; the global RNG is
+    left untouched."""
     from edgereg.training.models import create_model
 
+    runs = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = create_model(model_name, n_outputs=2, kind=kind, in_channels=channels, input_size=tuple(size),
-                             **json.loads(model_kwargs))
-        model.train()
-        generator = torch.Generator().manual_seed(1)
-        x = torch.randn(batch, channels, *size, generator=generator).contiguous(memory_format=fmt.memory_format)
-        target = torch.rand(batch, 2, generator=generator)  # (B, 2): any bounded target will do
-        optimizer = torch.optim.AdamW(model.parameters(), lr=CHECK_LR)
-        times, losses = [], []
+        for fmt in formats:
+            torch.manual_seed(0)
+            model = create_model(model_name, n_outputs=2, kind=kind, in_channels=channels, input_size=tuple(size),
+                                 **json.loads(model_kwargs))
+            model.train()
+            generator = torch.Generator().manual_seed(1)
+            x = torch.randn(batch, channels, *size, generator=generator).contiguous(memory_format=fmt.memory_format)
+            target = torch.rand(batch, 2, generator=generator)  # (B, 2): any bounded target will do
+            runs.append((fmt, model, torch.optim.AdamW(model.parameters(), lr=CHECK_LR), x, target, [], []))
         for _ in range(steps + 1):
-            started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with fmt.autocast():
-                raw = model(x)
-            loss = (fmt.loss_input(raw) - target).square().mean()
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - started)
-            losses.append(float(loss.detach()))
-    return float(np.min(times[1:])), losses
+            for fmt, model, optimizer, x, target, times, losses in runs:
+                started = clock()
+                optimizer.zero_grad(set_to_none=True)
+                with fmt.autocast():
+                    raw = model(x)
+                loss = (fmt.loss_input(raw) - target).square().mean()
+                loss.backward()
+                optimizer.step()
+                times.append(clock() - started)
+                losses.append(float(loss.detach()))
+    return {run[0]: (float(np.min(run[5][1:])), run[6]) for run in runs}
 
 
 def _relative_difference(losses: list[float], reference: list[float]) -> float:
@@ -215,20 +226,24 @@ def _choose_cached(model_name: str, kind: str, size: tuple[int, int], channels: 
                    tolerance: float) -> StepChoice:
     candidates = _candidates(precision, machine)
     reference = candidates[0]
-    timings, losses = {}, {}
-    seconds, losses[reference] = _timed_steps(model_name, kind, size, channels, batch, model_kwargs, reference,
-                                              TIMED_STEPS)
-    timings[reference.describe()] = seconds
     where = machine.reason if precision == "auto" else f"asked for with --precision {precision}"
-    if len(candidates) == 1:
-        return StepChoice(reference, seconds, f"{reference.describe()}: {where}", timings)
-    pixels = batch * size[0] * size[1]
-    if pixels < min_compared_pixels:
-        return StepChoice(reference, seconds, f"{reference.describe()}: a step of {batch} x {size[0]}x{size[1]} "
-                                              f"pixels is too small to gain from another format ({where})", timings)
-    for fmt in candidates[1:]:
-        timings[fmt.describe()], losses[fmt] = _timed_steps(model_name, kind, size, channels, batch, model_kwargs,
-                                                            fmt, TIMED_STEPS)
+    args = (model_name, kind, size, channels, batch, model_kwargs)
+    if len(candidates) == 1 or batch * size[0] * size[1] < min_compared_pixels:
+        seconds = _timed_formats(*args, [reference], TIMED_STEPS)[reference][0]
+        why = (where if len(candidates) == 1 else f"a step of {batch} x {size[0]}x{size[1]} pixels is too small "
+               f"to gain from another format ({where})")
+        return StepChoice(reference, seconds, f"{reference.describe()}: {why}")
+    # which format does the least work: CPU time on one thread, which other jobs barely move
+    # (wall time on a busy machine, or CPU time with waiting OpenMP threads, swings 10x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        measured = _timed_formats(*args, candidates, TIMED_STEPS, clock=time.process_time)
+    finally:
+        torch.set_num_threads(threads)
+    timings = {fmt.describe(): cpu for fmt, (cpu, _) in measured.items()}
+    losses = {fmt: trace for fmt, (_, trace) in measured.items()}
+    work = timings[reference.describe()]
     difference = None
     rejected = ""
     fp32 = [fmt for fmt in candidates if fmt.precision == "fp32"]
@@ -240,13 +255,14 @@ def _choose_cached(model_name: str, kind: str, size: tuple[int, int], channels: 
             eligible = fp32
             rejected = f"; bf16 rejected: its losses differ {difference:.2%} from fp32's (more than {tolerance:.2%})"
     best = min(eligible, key=lambda fmt: timings[fmt.describe()])
-    if timings[best.describe()] * MARGIN > seconds:
+    if timings[best.describe()] * MARGIN > work:
         best = reference
-    chosen = timings[best.describe()]
-    measured = ", ".join(f"{name} {t * 1000:.0f} ms" for name, t in timings.items())
+    seconds = _timed_formats(*args, [best], TIMED_STEPS)[best][0]  # wall time at the fit's thread count
+    per_step = ", ".join(f"{name} {t * 1000:.0f} ms" for name, t in timings.items())
     accuracy = ("" if difference is None or rejected
                 else f"; bf16 losses within {difference:.1%} of fp32")
-    gain = (f"no other format was {MARGIN:g}x faster" if best == reference
-            else f"{seconds / chosen:.1f}x the steps/s of {reference.describe()}")
-    reason = f"{best.describe()}: {gain} (per step: {measured}; {where}{accuracy}{rejected})"
-    return StepChoice(best, chosen, reason, timings, difference)
+    gain = (f"no other format did {MARGIN:g}x less work" if best == reference
+            else f"{work / timings[best.describe()]:.1f}x less work than {reference.describe()}")
+    reason = (f"{best.describe()}: {gain} (CPU time per step on one thread: {per_step}; {where}{accuracy}"
+              f"{rejected}); {seconds * 1000:.0f} ms per step on {threads} thread(s)")
+    return StepChoice(best, seconds, reason, timings, difference)

@@ -43,14 +43,14 @@ def test_an_unknown_precision_is_refused_with_the_choices(assay_dir, tmp_path, c
 def test_without_native_bf16_auto_compares_only_fp32_layouts():
     choice = choose_step("cnn_small", "scalar", (16, 16), 3, 4, machine=NO_BF16, min_compared_pixels=0)
     assert choice.format.precision == "fp32"
-    assert set(choice.timings) == {"fp32, NCHW", "fp32, channels-last"}  # bf16 was never tried
+    assert set(choice.work) == {"fp32, NCHW", "fp32, channels-last"}  # bf16 was never tried
     assert "a fake CPU without bf16" in choice.reason and choice.bf16_difference is None
     assert choice.seconds_per_step > 0
 
 
 def test_bf16_must_match_fp32_to_be_chosen():
     matching = choose_step("cnn_small", "scalar", (16, 16), 3, 4, machine=FAKE_BF16, min_compared_pixels=0)
-    assert len(matching.timings) == 4 and 0 < matching.bf16_difference < 0.05
+    assert len(matching.work) == 4 and 0 < matching.bf16_difference < 0.05
     strict = choose_step("cnn_small", "scalar", (16, 16), 3, 4, machine=FAKE_BF16, min_compared_pixels=0,
                          tolerance=0.0)
     assert strict.format.precision == "fp32" and "bf16 rejected" in strict.reason
@@ -58,9 +58,9 @@ def test_bf16_must_match_fp32_to_be_chosen():
 
 def test_small_steps_and_given_precisions_are_not_compared():
     tiny = choose_step("cnn_small", "scalar", (16, 16), 3, 4, machine=FAKE_BF16)
-    assert tiny.format == StepFormat("fp32", False) and "too small" in tiny.reason and len(tiny.timings) == 1
+    assert tiny.format == StepFormat("fp32", False) and "too small" in tiny.reason and not tiny.work
     pinned = choose_step("cnn_small", "scalar", (16, 16), 3, 4, precision="bf16", min_compared_pixels=0)
-    assert pinned.format == StepFormat("bf16", True) and len(pinned.timings) == 1
+    assert pinned.format == StepFormat("bf16", True) and not pinned.work and pinned.seconds_per_step > 0
     assert choose_step("cnn_small", "scalar", (16, 16), 3, 4, precision="fp32").format == StepFormat()
 
 
@@ -69,7 +69,7 @@ def test_a_onednn_capped_at_avx2_gets_fp32(tmp_path):
     code = ("from edgereg.training.step import choose_step, detect_machine\n"
             "machine = detect_machine()\n"
             "choice = choose_step('cnn_small', 'scalar', (16, 16), 3, 4, min_compared_pixels=0)\n"
-            "print(machine.bf16, choice.format.precision, sorted(choice.timings))\n")
+            "print(machine.bf16, choice.format.precision, sorted(choice.work))\n")
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -87,7 +87,8 @@ def test_a_bf16_run_trains_records_its_step_and_exports_fp32_onnx(assay_dir, tmp
     assert step["precision"] == "bf16" and step["channels_last"] and "--precision bf16" in step["reason"]
     assert json.loads((run / "run.json").read_text())["step"]["precision"] == "bf16"
     assert all(np.isfinite(h["train_loss"]) for h in result.metrics["training"]["history"])
-    assert load_checkpoint(run / "checkpoint.pt")["step"] == {"precision": "bf16", "channels_last": True}
+    stored = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert (stored["precision"], stored["channels_last"]) == ("bf16", True)
 
     out = tmp_path / "export"
     assert main(["export", str(run), "--out", str(out), "--intervals", "none", "--no-speed"]) == 0
@@ -124,7 +125,9 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_one(assay_dir, 
     resumed = train(assay_dir, tmp_path / "cut", config, resume=True, progress=False, log=_quiet)
     whole = train(assay_dir, tmp_path / "whole", config, progress=False, log=_quiet)
     a, b = (load_checkpoint(d / "checkpoint.pt") for d in (tmp_path / "cut", tmp_path / "whole"))
-    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    assert a["epoch"] == b["epoch"] == 3
+    assert (a["step"]["precision"], a["step"]["channels_last"]) == (b["step"]["precision"], b["step"]["channels_last"])
+    assert a["step"]["reason"].endswith("(kept on resume)")
     for key, value in b["model"].items():
         assert torch.equal(a["model"][key], value), key
     assert resumed.metrics["test"]["rmse"] == whole.metrics["test"]["rmse"]
