@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from edgereg.errors import EdgeregError
+from edgereg.errors import EdgeregError, did_you_mean
 from edgereg.training.run import json_ready
 from edgereg.tta import parse_tta
 
@@ -17,6 +17,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 SPLITS = ("auto", "random", "group")
 INVARIANCES = ("auto", "none", "flip", "d4", "rotation")
 REFERENCES = ("auto", "none", "ring", "corners")
+PRECISIONS = ("auto", "fp32", "bf16")  # the training step's numeric format (edgereg.training.step)
 SMALL_IMAGE = 64  # without --max-size: the input side when nothing else decides it
 MAX_SIZE = 128  # default cap of the input side: native resolution up to this
 AUTO_STEPS = 1500  # optimizer steps a default run without a time budget aims for
@@ -69,6 +70,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: the cores divided among local processes
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = True  # bit-identical reruns and resumes (deterministic oneDNN/cuDNN kernels, ~1.0-1.3x)
+    precision: str = "auto"  # training step: auto (bf16 where native and matching fp32, measured), fp32, bf16
     eval_batch: int = 256  # images per forward pass when evaluating
 
     def __post_init__(self) -> None:
@@ -80,6 +82,10 @@ class TrainConfig:
             raise EdgeregError(f"--reference {self.reference!r} is unknown; expected one of {', '.join(REFERENCES)}")
         if not isinstance(self.max_size, int) or self.max_size < 8:
             raise EdgeregError(f"--max-size must be an integer >= 8 pixels, got {self.max_size!r}")
+        if self.precision not in PRECISIONS:
+            raise EdgeregError(f"--precision {self.precision!r}{did_you_mean(str(self.precision), PRECISIONS)} is "
+                               f"unknown; expected one of {', '.join(PRECISIONS)} "
+                               "(auto: bf16 where the CPU has it natively and it matches fp32, else fp32)")
         if self.split not in SPLITS:
             raise EdgeregError(f"--split {self.split!r} is unknown; expected one of {', '.join(SPLITS)}")
         if self.lr is not None and not (isinstance(self.lr, str) and self.lr == "auto") and not (

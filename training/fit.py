@@ -3,8 +3,10 @@
 Each epoch shuffles the train rows with a generator seeded by ``(seed, epoch)``, so a resumed run
 replays exactly; each batch goes uint8 -> float -> :func:`~edgereg.training.augment.augment_batch`
 -> :func:`~edgereg.training.augment.to_model_input` -> ``Regressor.forward_raw`` -> loss on the
-encoded targets. Validation (:func:`predict`) preprocesses with :func:`edgereg.preprocess.preprocess_batch`
-itself, so training and deployment never differ. Also here: the LR range test (:func:`find_lr`) and
+encoded targets, in the step format :func:`~edgereg.training.step.choose_step` measured fastest
+(bf16 autocast and/or channels-last where they win; float32 weights and losses always). Validation
+(:func:`predict`) stays float32 NCHW, since it defines the reported numbers, and preprocesses with
+:func:`edgereg.preprocess.preprocess_batch` itself, so training and deployment never differ. Also here: the LR range test (:func:`find_lr`) and
 the one-batch overfit check (:func:`sanity_check`) on the same batches and optimizer.
 """
 
@@ -36,6 +38,7 @@ from edgereg.training.plan import FitPlan, LoadedData, new_regressor
 from edgereg.training.report import SplitEvaluation, baseline_predictions, evaluate_split, thumbnail_features
 from edgereg.training.run import BEST_FILE, CHECKPOINT_FILE, RUN_FORMAT, save_checkpoint
 from edgereg.training.schedule import StepClock, StepSchedule, steps_that_fit
+from edgereg.training.step import FP32, StepChoice, StepFormat, choose_step
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -71,11 +74,13 @@ def epoch_batches(rows: np.ndarray, batch_size: int, generator: torch.Generator,
 
 @dataclass(frozen=True)
 class BatchLoss:
-    """Computes the training loss of a batch of row indices (augmented unless told otherwise)."""
+    """Computes the training loss of a batch of row indices (augmented unless told otherwise), the
+    forward pass in ``step``'s format (bf16 autocast, channels-last input) and the loss in float32."""
 
     plan: FitPlan
     loss_fn: Callable
     device: str
+    step: StepFormat = FP32
 
     def __call__(self, net: nn.Module, regressor, rows: np.ndarray, generator: torch.Generator | None
                  ) -> torch.Tensor:
@@ -85,8 +90,10 @@ class BatchLoss:
         if generator is not None:
             images, targets = augment_batch(images, targets, kind=self.plan.loaded.kind,
                                             config=self.plan.augment, generator=generator)
-        raw = net(to_model_input(images, self.plan.preprocess))  # (B, n_outputs)
-        return self.loss_fn(raw, regressor.encode_targets(targets))
+        x = to_model_input(images, self.plan.preprocess, memory_format=self.step.memory_format)  # (B,C,H,W)
+        with self.step.autocast(self.device):
+            raw = net(x)  # (B, n_outputs), bf16 under autocast
+        return self.loss_fn(self.step.loss_input(raw), regressor.encode_targets(targets))
 
 
 @torch.no_grad()
@@ -230,6 +237,7 @@ class FitOutcome:
     seconds_per_step: float | None = None  # steady-state step time (warm-up excluded)
     peak_step: int = 0  # the step of the learning-rate peak; early stopping never came before it
     replans: tuple = ()  # (step, planned steps) each time the schedule was re-planned
+    step: dict | None = None  # the step format, its measured time and why (StepChoice.record)
 
 
 def auto_epochs(steps_per_epoch: int) -> int:
@@ -242,6 +250,7 @@ SMOOTHING = 0.5  # EMA weight of the newest validation score in the smoothed met
 REPLAN_DRIFT = 0.1  # re-plan when the steady step time moves this much from the one the plan used
 MAX_EPOCHS_WITH_BUDGET = 100_000  # with a time budget the clock, not an epoch count, ends the fit
 PATIENCE_SHARE = 0.25  # early stopping waits at least this share of the planned epochs
+KEPT = " (kept on resume)"  # appended to the step format's reason by a resumed fit
 
 
 class Fitter:
@@ -296,6 +305,7 @@ class Fitter:
         self.epoch, self.history, self.bad_epochs, self.seconds = 0, [], 0, 0.0
         self.best_rmse, self.best_epoch, self.smoothed = math.inf, 0, None
         self.best_state = self._state_copy()
+        self.step_choice: StepChoice | None = None  # chosen (measured) at the first epoch, or restored
 
     @property
     def planned(self) -> int:
@@ -316,6 +326,32 @@ class Fitter:
         self.smoothed = checkpoint.get("smoothed")
         self.best_state = checkpoint["best_model"]
         self.planned_rate = checkpoint.get("planned_rate")
+        # the format the run started with (it changes the last bits); checkpoints without one ran fp32 NCHW
+        record = checkpoint.get("step") or {}
+        fmt = StepFormat.from_dict(record)
+        reason = record.get("reason", fmt.describe()).removesuffix(KEPT) + KEPT
+        work = {name: ms / 1000 for name, ms in (record.get("work_ms") or {}).items()}
+        self._use_step(StepChoice(fmt, float(record.get("seconds_per_step") or 0.0), reason, work,
+                                  record.get("bf16_difference")))
+
+    def _use_step(self, choice: StepChoice) -> None:
+        self.step_choice = choice
+        self.batch_loss = replace(self.batch_loss, step=choice.format)
+
+    def choose_step(self) -> StepChoice:
+        """Measure the step formats of this plan's model (cached per model and size) and use the
+        fastest; every rank takes rank 0's choice."""
+        geometry = self.plan.preprocess
+        choice = choose_step(self.plan.model_name, self.plan.loaded.kind, geometry.input_size, geometry.n_channels,
+                             self.config.batch_size, precision=self.config.precision,
+                             model_kwargs=self.plan.model_kwargs, device=self.ctx.device)
+        if self.ctx.distributed:
+            bf16 = ddp.broadcast_float(float(choice.format.precision == "bf16"), self.ctx) > 0.5
+            last = ddp.broadcast_float(float(choice.format.channels_last), self.ctx) > 0.5
+            choice = replace(choice, format=StepFormat("bf16" if bf16 else "fp32", last))
+        self._use_step(choice)
+        self.log(f"step: {choice.reason}")
+        return choice
 
     def save(self) -> None:
         """Atomically write checkpoint.pt (everything to resume) then best.pt (rank 0 only)."""
@@ -328,6 +364,7 @@ class Fitter:
             "bad_epochs": self.bad_epochs, "seconds": self.seconds, "best_rmse": self.best_rmse,
             "best_epoch": self.best_epoch, "best_model": self.best_state, "smoothed": self.smoothed,
             "planned_rate": self.planned_rate,
+            "step": None if self.step_choice is None else self.step_choice.record(),
         })
         save_checkpoint(self.run_dir / BEST_FILE, self.best_state)
 
@@ -439,6 +476,8 @@ class Fitter:
             if start is not None:
                 self.best_rmse = self.smoothed = start
                 self.best_state = self._state_copy()
+        if self.step_choice is None:
+            self.choose_step()
         while self.epoch < MAX_EPOCHS_WITH_BUDGET and not self.schedule.finished:
             started = time.perf_counter()
             train_loss, steps, timed_out = self.train_epoch()
@@ -484,7 +523,7 @@ class Fitter:
         return FitOutcome(self.regressor, self.history, self.best_epoch, self.planned, stopped, self.lr,
                           self.seconds, steps=self.schedule.step, planned_steps=self.schedule.total,
                           seconds_per_step=self.clock.seconds_per_step, peak_step=self.schedule.peak_step,
-                          replans=tuple(self.replans))
+                          replans=tuple(self.replans), step=self.step_choice.record())
 
 
 # ----------------------------------------------------------------------------------------------------

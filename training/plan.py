@@ -9,7 +9,6 @@ and augmentation. Everything in a :class:`FitPlan` is fixed before the first ste
 from __future__ import annotations
 
 import csv
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -149,21 +148,14 @@ MAX_SHRINK = 0.5  # ... nor below this fraction of the native side: detail is wh
 
 
 def seconds_per_step(model_name: str, kind: str, size: tuple[int, int], channels: int, batch: int,
-                     n_outputs: int = 2) -> float:
-    """Median time of a few optimizer steps of ``model_name`` at ``size`` on random data, this machine."""
-    from edgereg.training.models import create_model
+                     n_outputs: int = 2, precision: str = "auto") -> float:
+    """Seconds of one optimizer step of ``model_name`` at ``size`` on random data, this machine, in the
+    step format the fit will use (:func:`edgereg.training.step.choose_step`: fp32 or bf16 autocast,
+    NCHW or channels-last, whichever measured fastest; the least disturbed of a few steps).
+    ``n_outputs`` is not used: the width of the head does not change the time of a step."""
+    from edgereg.training.step import choose_step
 
-    model = create_model(model_name, n_outputs=n_outputs, kind=kind, in_channels=channels, input_size=size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, channels, *size)
-    times = []
-    for _ in range(4):
-        started = time.perf_counter()
-        optimizer.zero_grad()
-        model(x).float().square().mean().backward()
-        optimizer.step()
-        times.append(time.perf_counter() - started)
-    return float(np.min(times[1:]))  # the least disturbed step: the machine may be shared
+    return choose_step(model_name, kind, size, channels, batch, precision=precision).seconds_per_step
 
 
 def choose_input_size(probe: SourceProbe, config: TrainConfig, *, crop: str, kind: str, model_name: str,
@@ -187,7 +179,7 @@ def choose_input_size(probe: SourceProbe, config: TrainConfig, *, crop: str, kin
     channels = 1 if probe.gray and config.channels != "rgb" else 3
     steps_per_epoch = max(1, round(probe.rows * (1 - config.val_frac - config.test_frac) / config.batch_size))
     wanted = min(max(MIN_FIT_EPOCHS * steps_per_epoch, MIN_FIT_STEPS), MAX_FIT_STEPS)
-    step = seconds_per_step(model_name, kind, size, channels, config.batch_size)
+    step = seconds_per_step(model_name, kind, size, channels, config.batch_size, precision=config.precision)
     affordable = fit_seconds / max(step, 1e-6)
     original = size
     # coords are read in source pixels: shrinking the input scales their error with it (64 px coins at

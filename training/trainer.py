@@ -97,7 +97,8 @@ def report_fit(plan: FitPlan, outcome: FitOutcome, evaluations: dict[str, SplitE
                      "best_epoch": outcome.best_epoch, "stopped": outcome.stopped, "lr": outcome.lr,
                      "seconds": outcome.seconds, "steps": outcome.steps, "planned_steps": outcome.planned_steps,
                      "seconds_per_step": outcome.seconds_per_step, "peak_step": outcome.peak_step,
-                     "replans": [list(r) for r in outcome.replans], "history": outcome.history},
+                     "replans": [list(r) for r in outcome.replans], "history": outcome.history,
+                     "step": outcome.step},
         "sanity": None if sanity is None else asdict(sanity),
         "augment": plan.augment.describe(),
         "reference": plan.reference,
@@ -191,6 +192,7 @@ def run_record(plan: FitPlan, config: TrainConfig, *, status: str, metrics: dict
         "seed": config.seed, "lr": lr, "config": config.to_dict(), "choice": choice,
         "versions": {"edgereg": edgereg.__version__, "torch": torch.__version__, "numpy": np.__version__},
         "metrics": summary,
+        "step": None if metrics is None else (metrics.get("training") or {}).get("step"),
     })
 
 
@@ -417,7 +419,7 @@ def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: Validati
     # what one rung-0 candidate needs, measured on this machine: MIN_RACE_STEPS steps of the first
     # candidate and a validation pass (a forward pass costs about a third of a training step)
     step = seconds_per_step(candidates[0].model, kind, loaded.geometry.input_size, loaded.geometry.n_channels,
-                            config.batch_size)
+                            config.batch_size, precision=config.precision)
     scoring = step / 3 * math.ceil(len(vplan.split.val) / config.batch_size)
     racing = affordable(candidates, seconds, min_rung=(MIN_RACE_STEPS * step + scoring) / (1 - SCORING_SHARE))
     if len(racing) == 1:

@@ -103,6 +103,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     fit.add_argument("--test-frac", type=float, default=0.15)
     fit.add_argument("--folds", type=int, help="K-fold cross-validation (final model: best-validation fold)")
     fit.add_argument("--tta", default="none", help="the card's default TTA: none, d4 or rot:N")
+    fit.add_argument("--precision", default="auto", metavar="auto|fp32|bf16",
+                     help="numeric format of the training step: auto times fp32 against bf16 autocast (only "
+                          "where the CPU has native bf16 and its losses match fp32) and NCHW against "
+                          "channels-last, and keeps the fastest; validation and the exported model are fp32")
     fit.add_argument("--sanity", action="store_true", help="overfit one batch first; fail if the loss does not fall")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     fit.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -175,6 +179,7 @@ def config_from_args(args):
         weight_decay=args.weight_decay, patience=args.patience, split=args.split,
         test_groups=_names(args.test_groups), val_frac=args.val_frac, test_frac=args.test_frac,
         folds=args.folds, tta=args.tta, sanity=args.sanity, refit=args.refit, test_dir=args.test,
+        precision=args.precision,
     )
 
 

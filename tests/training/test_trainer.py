@@ -87,6 +87,8 @@ def test_checkpoint_holds_everything_to_resume(assay_dir, tmp_path):
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")  # weights_only=True
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
     assert {"model", "optimizer", "scheduler", "best_model"} <= set(checkpoint)
+    # the step format a resume must keep (24 px x 16 images is too small to compare formats: fp32 NCHW)
+    assert (checkpoint["step"]["precision"], checkpoint["step"]["channels_last"]) == ("fp32", False)
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert all(torch.equal(best[k], checkpoint["best_model"][k]) for k in best)
 
