@@ -101,7 +101,7 @@ def _coverage(predictor, dataset, boxes, truth) -> dict | None:
     from edgereg.lab import interval_coverage
     from edgereg.predictor import Predictor
 
-    if not predictor.card.intervals:
+    if not predictor.card.intervals or "sets" not in predictor.card.intervals:
         return None
     network = Predictor(predictor.path, providers="cpu", tta=str(predictor.tta), batch_size=predictor.batch_size,
                         confidence=None, calibration=False, card=predictor.card)
@@ -116,9 +116,13 @@ def _coverage_lines(coverage: dict | None) -> list[str]:
     if coverage is None:
         return ["  intervals: none in this model's card (export with `edgereg export` to add them)"]
     levels = coverage["levels"]
-    seen = ", ".join(f"{float(level):.0%} -> {entry['coverage']:.1%}" for level, entry in levels.items())
+    seen = ", ".join(f"{float(level):.0%} -> {entry['coverage']:.1%}" for level, entry in levels.items()
+                     if "coverage" in entry)
     lines = [f"  interval coverage (nominal -> observed): {seen}"]
-    if "0.9" in levels:
+    for level, entry in levels.items():
+        if "unsupported" in entry:
+            lines.append(f"  {float(level):.0%}: not reported: {entry['unsupported']}")
+    if "coverage" in levels.get("0.9", {}):
         for name, bins in levels["0.9"]["bins"].items():
             parts = [f"{b['lo']:.4g}..{b['hi']:.4g}: {b['coverage']:.0%} (n {b['n']})" for b in bins if b["n"]]
             lines.append(f"  90% coverage of {name} by range bin: " + "; ".join(parts))

@@ -172,12 +172,12 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
 
     regressor, info = load_run(run_dir)
     dataset = load_run_dataset(info)
-    gate_set, holdout = _held_out_sets(dataset, info)
+    conformal = _interval_setup(args, dataset, info)
+    gate_set, holdout, gate_rows = _held_out_sets(dataset, info, None if conformal is None else conformal[1])
     card = export_card(info.card, opset=args.opset)
     check_inputs = preprocess_batch(gate_set.frames, info.preprocess)  # (N, C, H, W) float32
     fp32 = export_fp32(regressor, card, out_dir / "model.onnx", check_inputs=check_inputs, opset=args.opset)
     fp32_metrics = evaluate(fp32.path, gate_set, card=card)
-    conformal = _interval_setup(args, dataset, info)
     intervals_report = {}
     fp32_card = card
     if conformal is not None:
@@ -197,7 +197,8 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
         elif conformal is not None:  # the int8 model's own residuals, not fp32's
-            _, intervals_report["int8"] = add_intervals(int8.path, int8.card, parts, model="int8", options=options)
+            _, intervals_report["int8"] = add_intervals(int8.path, int8.card, parts, model="int8", options=options,
+                                                        fp32_path=fp32.path, exclude_rows=gate_rows)
 
     fp16 = None
     if args.fp16:
@@ -255,17 +256,26 @@ def _check_args(args, run_dir: Path) -> None:
         raise EdgeregError(f"--calib-images and --repeats must be >= 1, got {args.calib_images} and {args.repeats}")
 
 
-def _held_out_sets(dataset, info):
-    """(the gate split: val, or test when the run has no val; test as a second split, or None)."""
+def _held_out_sets(dataset, info, parts=None):
+    """(the gate split, test as a second split or None, the gate's dataset rows).
+
+    The gate split is what the int8 search chooses on: val, or test when the run has no val. A
+    refitted model with held-out rows divided for its intervals gets the difficulty part instead
+    (rows no quantile comes from); the int8 model's quantiles leave out whatever rows the gate
+    looked at (``add_intervals(exclude_rows=...)``).
+    """
     from edgereg.errors import EdgeregError
     from edgereg.export.gate import eval_set
 
     kind = info.card.kind
+    if parts is not None and parts.cross_validated and parts.fit is not None:
+        holdout = eval_set(dataset, info.split.test, kind=kind, split="test") if len(info.split.test) else None
+        return parts.fit, holdout, parts.fit_rows
     if len(info.split.val):
         holdout = eval_set(dataset, info.split.test, kind=kind, split="test") if len(info.split.test) else None
-        return eval_set(dataset, info.split.val, kind=kind, split="val"), holdout
+        return eval_set(dataset, info.split.val, kind=kind, split="val"), holdout, info.split.val
     if len(info.split.test):
-        return eval_set(dataset, info.split.test, kind=kind, split="test"), None
+        return eval_set(dataset, info.split.test, kind=kind, split="test"), None, info.split.test
     raise EdgeregError(f"run '{info.run_dir}' has no validation or test images to check the export on; "
                        "retrain with a validation split (the default)")
 
@@ -278,7 +288,8 @@ def _interval_setup(args, dataset, info):
 
     options = ConformalOptions(method=args.intervals, bins=args.interval_bins, wide_factor=args.interval_wide_factor,
                                seed=info.card.provenance.get("seed") or 0)
-    return options, held_out_parts(dataset, info.split, kind=info.card.kind)
+    return options, held_out_parts(dataset, info.split, kind=info.card.kind, refit_rows=info.record.get("refit_rows"),
+                                   run_dir=info.run_dir, seed=options.seed)
 
 
 def _gate_hint(args) -> str:

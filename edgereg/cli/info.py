@@ -74,7 +74,9 @@ def run(args) -> int:
 def _lab_lines(card) -> list[str]:
     """Intervals, calibration to standards and validation limits, one line each (docs/lab-grade.md)."""
     lines = []
-    if card.intervals:
+    if card.intervals.get("none"):
+        lines.append(f"intervals  none: {card.intervals['none']}")
+    elif card.intervals:
         sets = card.intervals["sets"]
         parts = [f"tta {s['tta']}: {s['model']} residuals, {s['n_calibration']} images of {s['calibration_split']}"
                  for s in sets]
