@@ -69,6 +69,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     intervals.add_argument("--interval-wide-factor", type=float, default=2.0, metavar="X",
                            help="flag interval_wide when a reading's interval is over X times the typical one "
                                 "(default 2)")
+    familiar = parser.add_argument_group("unfamiliar photos (docs/lab-grade.md)")
+    familiar.add_argument("--no-novelty", dest="novelty", action="store_false",
+                          help="leave out the novelty output (a shrinkage Mahalanobis distance of the penultimate "
+                               "features; readings above its threshold are flagged unfamiliar)")
+    familiar.add_argument("--novelty-rate", type=float, default=0.05, metavar="X",
+                          help="share of familiar photos flagged unfamiliar at most, on average (default 0.05)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--no-speed", dest="speed", action="store_false",
                         help="skip the speed/memory measurement and the int8 speed control")
@@ -176,7 +182,11 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
     gate_set, holdout, gate_rows = _held_out_sets(dataset, info, None if conformal is None else conformal[1])
     card = export_card(info.card, opset=args.opset)
     check_inputs = preprocess_batch(gate_set.frames, info.preprocess)  # (N, C, H, W) float32
-    fp32 = export_fp32(regressor, card, out_dir / "model.onnx", check_inputs=check_inputs, opset=args.opset)
+    novelty = _novelty_setup(args, regressor, dataset, info)
+    fp32 = export_fp32(regressor, card, out_dir / "model.onnx", check_inputs=check_inputs, opset=args.opset,
+                       novelty=None if novelty is None else novelty.head)
+    if novelty is not None:
+        card = novelty.card_for(fp32.path, card)
     fp32_metrics = evaluate(fp32.path, gate_set, card=card)
     intervals_report = {}
     fp32_card = card
@@ -194,6 +204,10 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
             methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
             keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
             calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed)
+        if int8.path is not None and novelty is not None:  # the int8 model's own novelty scores set its threshold
+            from dataclasses import replace as _replace
+
+            int8 = _replace(int8, card=novelty.card_for(int8.path, int8.card))
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
         elif conformal is not None:  # the int8 model's own residuals, not fp32's
@@ -290,6 +304,15 @@ def _interval_setup(args, dataset, info):
                                seed=info.card.provenance.get("seed") or 0)
     return options, held_out_parts(dataset, info.split, kind=info.card.kind, refit_rows=info.record.get("refit_rows"),
                                    run_dir=info.run_dir, seed=options.seed)
+
+
+def _novelty_setup(args, regressor, dataset, info):
+    """The novelty head fitted on the shipped model's training rows, and its threshold rows, or None."""
+    if not args.novelty:
+        return None
+    from edgereg.export.novelty_plan import plan_novelty
+
+    return plan_novelty(regressor, dataset, info, rate=args.novelty_rate)
 
 
 def _gate_hint(args) -> str:
