@@ -1,18 +1,33 @@
 """Split-conformal prediction intervals at export, from held-out images the model never trained on.
 
-Which images (:func:`held_out_parts`):
+Which images (:func:`held_out_parts`): quantiles never come from rows the shipped model was fitted
+on, nor from rows a choice looked at (the epoch, the race, the int8 search).
 
-* The run's **validation** split fits the per-reading difficulty (and picks its form); the **test**
-  split, which nothing else has chosen, gives the conformal quantiles. The model and the difficulty
-  are fixed before the test images are looked at, so the split-conformal guarantee holds exactly:
-  for new images exchangeable with the test split, coverage >= level on average (and < level +
-  1 / (n_test + 1)). Validation having chosen the epoch (and the int8 calibration method) does not
-  weaken this, because no quantile comes from it.
-* With fewer than ``MIN_FIT`` validation or ``MIN_CALIBRATION`` test images, validation and test are
-  pooled for the quantiles and the difficulty is constant (plain split-conformal). Validation chose
-  the epoch, so its residuals are slightly optimistic: a model picked for its low validation error
-  looks a little better there than on new images, and the intervals can under-cover by a small
-  amount (the report and the card say so).
+* A model trained on the train split only: the **validation** split fits the per-reading difficulty
+  (and picks its form); the **test** split, which nothing else has chosen, gives the conformal
+  quantiles. The model and the difficulty are fixed before the test images are looked at, so the
+  split-conformal guarantee holds exactly: for new images exchangeable with the test split,
+  coverage >= level on average (and < level + 1 / (n_test + 1)). With fewer than ``MIN_FIT``
+  validation or ``MIN_CALIBRATION`` test images, the difficulty is constant and the quantiles come
+  from test alone (validation chose the epoch: it is never pooled in). No test split: no intervals.
+* A **refitted** model (k-fold design, holdout + ``--refit``, or a block readout shipped after such a
+  design) was fitted on every row, so its own residuals say nothing. The trainer keeps the
+  out-of-fold predictions ``RUN/held_out.npz`` (each row predicted by a model fitted without it) and
+  the quantiles are those of the out-of-fold residuals, applied around the refitted model's reading:
+  the cross-conformal ("CV") interval of Barber, Candes, Ramdas & Tibshirani (2021) with the refitted
+  model in place of the fold models. CV+ with the fold models guarantees coverage >= 1 - 2 alpha;
+  this refit-model version is the standard practical approximation: no finite-sample guarantee,
+  validated empirically (docs/lab-grade.md). The held-out rows are divided (by group) into a
+  difficulty part (about ``FIT_SHARE``, which is also what the int8 search looks at) and a
+  quantile part; with too few rows, constant width from all of them. A holdout + refit run whose
+  test split the refit never saw takes its quantiles from that test split, read by the shipped model.
+  A refitted model without ``held_out.npz`` (runs of older versions) gets no intervals, with the
+  reason in the card (``{"none": reason}``) and the report.
+* The int8 model's quantiles leave out any row the int8 search looked at (``exclude_rows``); a
+  refitted int8 model's residuals are the out-of-fold ones plus its own difference from the fp32
+  model on the same images.
+* The report's coverage check (:func:`split_half_coverage`) takes quantiles from one half of the
+  calibration rows and measures the other half, both ways: rows nothing chose from.
 
 Difficulty (:func:`fit_difficulty`): candidates are ``constant``, ``value`` (linear in the reading:
 noise that grows with the value), ``value2`` (quadratic: noise that grows towards both ends),
@@ -22,9 +37,10 @@ half it was not fitted on. The narrowest wins; a non-constant form must beat ``c
 ``MIN_GAIN`` (3%). Coords and angles use ``constant`` or the spread only (their position or
 direction says nothing general about their difficulty).
 
-Mondrian per range bin (on by default, ``bins=5``; ``bins=1`` turns it off): the test readings are
-cut into up to ``bins`` bins of their own value (equal width over the central 99%, merged until
-each keeps >= ``MIN_PER_BIN`` images), and each bin gets its own quantiles, so coverage holds
+Mondrian per range bin (on by default, ``bins=5``; ``bins=1`` turns it off): the readings are cut
+into up to ``bins`` bins of their value, with edges cut from the training targets (equal width over
+their central 99%, merged until each bin expects >= ``MIN_PER_BIN`` calibration images), never from
+the calibration readings themselves, and each bin gets its own quantiles, so coverage holds
 within every range bin and not only on average: a model that is worse near one end of its range (a
 bounded head near saturation, a colour that stops changing) gets wider intervals there. A level
 whose quantiles need more images than a bin has (99% needs 199 per side) takes the quantiles of all
