@@ -82,6 +82,11 @@ def _lab_lines(card) -> list[str]:
                  for s in sets]
         levels = ", ".join(f"{v:g}" for v in card.intervals["levels"])
         lines.append(f"intervals  {card.intervals['method']} at {levels}; " + "; ".join(parts))
+    if card.novelty:
+        n = card.novelty
+        limit = "none (too few held-out rows)" if n.get("threshold") is None else f"{n['threshold']:.4g}"
+        lines.append(f"novelty    output 'novelty'; unfamiliar above {limit} ({n.get('false_alarm_rate', 0):.0%} false "
+                     f"alarms on {n.get('n_threshold')} held-out photos); {n.get('features')} features")
     if card.calibration:
         cal = card.calibration
         standards = cal.get("standards", {})
