@@ -248,7 +248,8 @@ class Predictor:
         outputs = self.session.run(self._fetch, {self._input: tensor})
         raw = outputs[0]
         if novelty is not None:
-            novelty[start:start + count] = outputs[1].astype(np.float64).reshape(count, self.tta.n).mean(axis=1)
+            scores = outputs[1].reshape(count, self.tta.n)  # (b*V, 1) -> (b, V)
+            novelty[start:start + count] = scores[:, 0] if self.tta.n == 1 else scores.mean(axis=1)
         if raw.ndim != 2 or raw.shape != (len(tensor), n_targets):
             raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "
                                  f"({len(tensor)}, {n_targets}) for targets {self.card.targets}")

@@ -352,22 +352,36 @@ class NoveltyHead(nn.Module):
     precision ``P = V diag(1/l - 1/r) V' + I / r`` of a Ledoit-Wolf covariance kept in its top
     ``k`` eigenvectors ``V (D, k)`` (eigenvalues ``l``) and one value ``r`` for the rest.
 
+    With every direction kept (k = D) the graph is one affine map and a norm, ``|f A + b|`` with
+    ``A = V diag(l^-1/2)``, ``b = -mean A`` (MatMul, Add, ReduceL2); else
+    ``sqrt(|c|^2 / r - |c V diag((1/r - 1/l)^1/2)|^2)``.
+
     Args: mean (D,), basis (D, k), weights (k,) = 1/l - 1/r, rest = 1/r; float arrays.
     """
 
     def __init__(self, mean: np.ndarray, basis: np.ndarray, weights: np.ndarray, rest: float) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(np.asarray(mean, np.float32))[None])  # (1, D)
-        self.register_buffer("basis", torch.tensor(np.asarray(basis, np.float32)))  # (D, k)
-        self.register_buffer("weights", torch.tensor(np.asarray(weights, np.float32))[None])  # (1, k)
-        self.register_buffer("rest", torch.tensor([[float(rest)]], dtype=torch.float32))  # (1, 1)
+        mean, basis = np.asarray(mean, np.float64), np.asarray(basis, np.float64)
+        weights = np.asarray(weights, np.float64)
+        self.full = basis.shape[0] == basis.shape[1]
+        if self.full:  # P = V diag(1/l) V'
+            a = basis * np.sqrt(np.maximum(weights + rest, 0.0))[None]  # (D, D)
+            self.register_buffer("a", torch.tensor(a, dtype=torch.float32))
+            self.register_buffer("b", torch.tensor(-(mean @ a), dtype=torch.float32)[None])  # (1, D)
+        else:  # top directions have l >= r: subtract their excess precision
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[None])  # (1, D)
+            self.register_buffer("a", torch.tensor(basis * np.sqrt(np.maximum(-weights, 0.0))[None],
+                                                   dtype=torch.float32))  # (D, k)
+            self.register_buffer("rest", torch.tensor([[float(np.sqrt(rest))]], dtype=torch.float32))  # (1, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, 1) float32 distance."""
+        if self.full:
+            return torch.linalg.vector_norm(features @ self.a + self.b, dim=1, keepdim=True)
         c = features - self.mean
-        q = c @ self.basis  # (B, k)
-        d2 = (q * q * self.weights).sum(dim=1, keepdim=True) + (c * c).sum(dim=1, keepdim=True) * self.rest
-        return torch.sqrt(torch.clamp(d2, min=0.0))
+        whole = torch.linalg.vector_norm(c * self.rest, dim=1, keepdim=True)
+        top = torch.linalg.vector_norm(c @ self.a, dim=1, keepdim=True)
+        return torch.sqrt(torch.clamp(whole * whole - top * top, min=0.0))
 
 
 class WithNovelty(nn.Module):
