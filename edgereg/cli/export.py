@@ -199,15 +199,33 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
     int8 = None
     if args.int8:
         calibration, calibration_info = _calibration(args, dataset, info)
+        quantize_from = fp32.path
+        if novelty is not None:  # the quantizer sees the regression graph alone (novelty_plan)
+            import tempfile
+
+            from edgereg.export.novelty_plan import value_only_copy
+
+            scratch = tempfile.TemporaryDirectory(prefix="edgereg-value-only-")
+            quantize_from = value_only_copy(fp32.path, Path(scratch.name) / "model.onnx")
         int8 = quantize_with_gate(
-            fp32.path, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
+            quantize_from, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
             methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
             keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
             calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed)
-        if int8.path is not None and novelty is not None:  # the int8 model's own novelty scores set its threshold
+        if int8.path is not None and novelty is not None:  # float branch back in; its own scores set its threshold
             from dataclasses import replace as _replace
 
-            int8 = _replace(int8, card=novelty.card_for(int8.path, int8.card))
+            from edgereg.export.novelty_plan import graft_novelty
+
+            if graft_novelty(fp32.path, int8.path):
+                int8 = _replace(int8, card=novelty.card_for(int8.path, int8.card))
+            else:
+                int8 = _replace(int8, card=int8.card.with_(novelty={}))
+                from edgereg.export.card_io import write_card
+
+                write_card(int8.path, int8.card)
+                print("note: model.int8.onnx has no novelty output (its penultimate features have no tensor of "
+                      "their own in the int8 graph)")
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
         elif conformal is not None:  # the int8 model's own residuals, not fp32's
