@@ -94,7 +94,7 @@ def _calibration_method(value: str) -> str:
 
 def run(args) -> int:
     """Export; an OSError mid-way (disk full) removes this export's files and exits 1, one line."""
-    from edgereg.errors import require_extra
+    from edgereg.errors import OutputError, WriteFailedError, require_extra
 
     require_extra("torch")
     require_extra("onnx")
@@ -113,6 +113,12 @@ def run(args) -> int:
         error = output_error(exc, exc.filename or out_dir, fix="choose another --out", mid_run=True)
         kept = f"; the {len(removed)} file(s) it had written were removed" if removed else ""
         raise type(error)(f"{error} (an export is all or nothing{kept})") from None
+    except OutputError as exc:  # an atomic write (a model's card) failing mid-export: the same, typed
+        if isinstance(exc, WriteFailedError):
+            raise
+        removed = _remove_partial_outputs(out_dir, since=started)
+        kept = f"; the {len(removed)} file(s) it had written were removed" if removed else ""
+        raise WriteFailedError(f"{exc} (an export is all or nothing{kept})") from None
 
 
 OUTPUT_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "export_report.json")
