@@ -290,6 +290,8 @@ def _check_args(args, run_dir: Path) -> None:
     check_opset(args.opset)
     if args.max_float_layers is not None and args.max_float_layers < 0:
         raise EdgeregError(f"--max-float-layers must be >= 0, got {args.max_float_layers}")
+    if not 0 < args.novelty_rate < 1:
+        raise EdgeregError(f"--novelty-rate must be in (0, 1), e.g. 0.05, got {args.novelty_rate}")
     if args.calib_images < 1 or args.repeats < 1:
         raise EdgeregError(f"--calib-images and --repeats must be >= 1, got {args.calib_images} and {args.repeats}")
 
