@@ -151,7 +151,11 @@ def split_figures(values, truth, groups, difficulty, *, method: str, seed: int, 
     test = ~cal
     form, bins = VARIANTS[method]
     d = Difficulty.constant() if form == "constant" else difficulty
-    edges = _mondrian_edges(values[cal], bins)
+    # bin edges as the export cuts them: from the training targets' distribution (uniform
+    # concentrations in 80..350 mg/L, or their log-response values), never the calibration readings
+    concentrations = np.linspace(80.0, 350.0, 2001)
+    reference = concentrations if edges_range[0] == 80.0 else np.array([log_scale(c) for c in concentrations])
+    edges = _mondrian_edges(reference, bins, int(cal.sum()))
     target = calibrate_target("scalar", d, values[cal], None, truth[cal] - values[cal], levels=LEVELS,
                               edges=edges)
     entry = IntervalSet("none", (target,), "int8", "val", "split", 0, int(cal.sum()))

@@ -65,13 +65,25 @@ class TargetCalibration:
     reference_range: tuple[float, float]
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Reference values for readings ``x`` (any shape, float64)."""
+        """Reference values for readings ``x`` (any shape, float64); an infinite reading (an open
+        interval bound) maps to infinity in the curve's direction, never to NaN."""
         x = np.asarray(x, dtype=np.float64)
+        infinite = np.isinf(x)
+        finite_x = np.where(infinite, 0.0, x)
         if self.fit == "isotonic":
             xs, ys = self.knots
-            return np.interp(x, xs, ys)
+            return np.where(infinite, x, np.interp(finite_x, xs, ys))
         b0, b1, b2 = self.coef
-        return b0 + b1 * x + b2 * x * x
+        value = b0 + b1 * finite_x + b2 * finite_x * finite_x
+        if not infinite.any():
+            return value
+        if b2 != 0.0:
+            limit = np.full(x.shape, math.copysign(math.inf, b2))
+        elif b1 != 0.0:
+            limit = np.copysign(math.inf, b1 * x)
+        else:
+            limit = np.full(x.shape, b0)
+        return np.where(infinite, limit, value)
 
     def standard_error(self, x: np.ndarray) -> np.ndarray:
         """Standard error of the fitted curve at readings ``x`` (reference units)."""
@@ -103,7 +115,9 @@ class TargetCalibration:
         high = np.maximum.reduce(candidates)
         u = self.t_quantile(level) * self.standard_error(x)
         with np.errstate(invalid="ignore"):
-            return (centre - np.sqrt((centre - low) ** 2 + u * u), centre + np.sqrt((high - centre) ** 2 + u * u))
+            lower = np.where(low == -math.inf, -math.inf, centre - np.sqrt((centre - low) ** 2 + u * u))
+            upper = np.where(high == math.inf, math.inf, centre + np.sqrt((high - centre) ** 2 + u * u))
+        return lower, upper
 
 
 @dataclass(frozen=True)

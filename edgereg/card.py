@@ -22,7 +22,8 @@ from edgereg.tta import parse_tta
 
 CARD_KEY = "edgereg"
 INPUT_NAME = "image"  # the ONNX graph's one input, (N, C, H, W) float32 (docs/CONTRACTS.md, "ONNX model I/O")
-OUTPUT_NAME = "value"  # its one output, (N, T) float32
+OUTPUT_NAME = "value"  # its first output, (N, T) float32
+NOVELTY_NAME = "novelty"  # an optional second output, (N, 1) float32: the novelty score (card.novelty)
 FORMAT_VERSION = 1
 KINDS = KIND_NAMES  # ("scalar", "vector", "distribution", "coords", "angle"); see edgereg.kinds
 CROPS = ("none", "center", "circle")
@@ -75,6 +76,7 @@ class ModelCard(PreprocessingFacts):
     intervals: dict[str, Any] = field(default_factory=dict)  # conformal quantiles (edgereg.intervals)
     calibration: dict[str, Any] = field(default_factory=dict)  # reading -> reference (edgereg.calibration)
     validation: dict[str, Any] = field(default_factory=dict)  # LoB/LoD/LoQ and range (edgereg.lab)
+    novelty: dict[str, Any] = field(default_factory=dict)  # the novelty output's threshold (edgereg.export.novelty)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -231,12 +233,31 @@ def _validate_lab_sections(card: ModelCard, bad) -> None:
     from edgereg.intervals import parse_intervals
     from edgereg.limits import parse_validation
 
-    for name in ("intervals", "calibration", "validation"):
+    for name in ("intervals", "calibration", "validation", "novelty"):
         if not isinstance(getattr(card, name), dict):
             raise bad(name, "an object", getattr(card, name))
+    novelty_threshold(card)
     parse_intervals(card.intervals, card.targets)
     parse_calibration(card.calibration, card.targets)
     parse_validation(card.validation, card.targets)
+
+
+def novelty_threshold(card: ModelCard) -> float | None:
+    """The ``unfamiliar`` threshold of the ``novelty`` output (card.novelty), or None when the card
+    has none (models exported before it, or --no-novelty; an infinite threshold flags nothing).
+
+    Raises:
+        CardError: a malformed section.
+    """
+    if not card.novelty:
+        return None
+    value = card.novelty.get("threshold", "missing")
+    if value is None:
+        return math.inf  # too few held-out rows to set it: nothing is flagged
+    if not _is_number(value) or not value >= 0:
+        raise CardError(f"field 'novelty': threshold must be a number >= 0 or null, got {value!r}; re-export the "
+                        "model with `edgereg export`")
+    return float(value)
 
 
 def int8_speed_note(card: ModelCard, batch_size: int | None = None) -> str | None:

@@ -165,6 +165,21 @@ class IntervalSet:
     n_calibration: int
 
 
+def rows_needed(level: float) -> int:
+    """Calibration rows (per Mondrian bin and side) a two-sided ``level`` needs for finite bounds:
+    the smallest n with ceil((n + 1) s) <= n at the one-sided level s = 1 - (1 - level) / 2."""
+    side = one_sided_level(level)
+    return math.ceil(side / (1.0 - side) - 1e-9)
+
+
+def unsupported_reason(entry: IntervalSet, level: float) -> str | None:
+    """Why ``entry`` cannot give finite bounds at ``level`` (too few calibration rows), or None."""
+    if all(math.isfinite(q) for target in entry.targets for pair in target.quantiles[level] for q in pair):
+        return None
+    return (f"{level:.0%} intervals need at least {rows_needed(level)} calibration rows; this model's intervals were "
+            f"calibrated on {entry.n_calibration}, so its {level:.0%} bounds would be infinite")
+
+
 @dataclass(frozen=True)
 class IntervalSpec:
     """``card.intervals`` parsed."""
@@ -202,7 +217,7 @@ def parse_intervals(data: Mapping[str, Any], targets: Sequence[str]) -> Interval
     Raises:
         CardError: a malformed section (one line naming the field).
     """
-    if not data:
+    if not data or ("sets" not in data and "none" in data):  # no intervals (``{"none": reason}``: why)
         return None
 
     def bad(what: str) -> CardError:
@@ -375,5 +390,5 @@ def covered(kind: str | TargetKind, truth: np.ndarray, lo: np.ndarray, hi: np.nd
 
 __all__ = ["DEFAULT_CONFIDENCE", "DIFFICULTIES", "Difficulty", "IntervalKernel", "IntervalSet", "IntervalSpec",
            "Intervals", "LEVELS", "TargetIntervals", "circular_residual", "conformal_quantile", "covered",
-           "format_level", "interval_bounds", "one_sided_level", "parse_intervals", "signed_residual",
-           "target_to_dict"]
+           "format_level", "interval_bounds", "one_sided_level", "parse_intervals", "rows_needed", "signed_residual",
+           "target_to_dict", "unsupported_reason"]

@@ -35,7 +35,8 @@ import numpy as np
 
 from edgereg.calibration import Calibration, parse_calibration
 from edgereg.card import ModelCard
-from edgereg.intervals import IntervalKernel, parse_intervals
+from edgereg.errors import EdgeregError
+from edgereg.intervals import DEFAULT_CONFIDENCE, IntervalKernel, parse_intervals, unsupported_reason
 from edgereg.lab_kernel import build_tables, postprocess
 from edgereg.limits import Limits, Validation, parse_validation
 
@@ -81,6 +82,8 @@ class LabReadout:
         self.names = tuple(card.targets)
         self.notes: list[str] = []
         spec = parse_intervals(card.intervals, card.targets)
+        if spec is None and confidence is not None and (card.intervals or {}).get("none"):
+            self.notes.append(f"this model has no prediction intervals: {card.intervals['none']}")
         self.kernel: IntervalKernel | None = None
         self.level: float | None = None
         if spec is not None and confidence is not None:
@@ -90,7 +93,17 @@ class LabReadout:
                 self.notes.append(f"intervals were calibrated with TTA {entry.tta}, this run uses {tta}: "
                                   f"their coverage is not guaranteed; use the card's TTA, or train with --tta {tta} "
                                   "and export again")
-            self.kernel = IntervalKernel(entry, card.kind, self.level, wide_factor=spec.wide_factor)
+            reason = unsupported_reason(entry, self.level)
+            if reason is not None:  # a level asked for is refused; the default one is left out with a note
+                supported = [f"{v:g}" for v in spec.levels if unsupported_reason(entry, v) is None]
+                advice = (f"choose {' or '.join(supported) if supported else '--no-intervals'}, or re-export with "
+                          "more held-out images")
+                if abs(self.level - DEFAULT_CONFIDENCE) > 1e-9:
+                    raise EdgeregError(f"--confidence {confidence:g}: {reason}; {advice}")
+                self.notes.append(f"no intervals written: {reason}; {advice}")
+                self.level = None
+            else:
+                self.kernel = IntervalKernel(entry, card.kind, self.level, wide_factor=spec.wide_factor)
         stored = parse_calibration(card.calibration, card.targets)
         self.calibration: Calibration | None = stored if calibrate else None
         if self.calibration is not None and self.calibration.tta != tta:
@@ -173,14 +186,19 @@ def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.
         {"levels": {"0.9": {"coverage", "targets": {name: coverage}, "mean_width": {name: w},
         "bins": {name: [{"lo", "hi", "n", "coverage"}]}}}, ...}, "tta"} or None without intervals.
     """
-    from edgereg.intervals import format_level, parse_intervals
+    from edgereg.intervals import format_level, parse_intervals, rows_needed
 
     spec = parse_intervals(card.intervals, card.targets)
     if spec is None:
         return None
     result: dict = {"tta": tta, "levels": {}}
     truth = np.asarray(truth, dtype=np.float64)
+    entry_for_tta, _ = spec.for_tta(tta)
     for level in spec.levels:
+        reason = unsupported_reason(entry_for_tta, level)
+        if reason is not None:  # infinite bounds: no coverage to report, say why
+            result["levels"][format_level(level)] = {"unsupported": reason, "needs_rows": rows_needed(level)}
+            continue
         readout = LabReadout(card, tta=tta, confidence=level, calibrate=calibrate)
         lab = readout.process(values, spread, scale)
         inside = card.target_kind.covered(truth, lab.lo, lab.hi)  # (N, T)

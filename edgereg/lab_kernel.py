@@ -97,7 +97,24 @@ def _curve(table: TargetTable, x: float) -> float:
             i += 1
         return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
     b0, b1, b2 = table.b
+    if not math.isfinite(x):  # an infinite bound stays infinite (0 * inf would be NaN)
+        return _curve_limit(table, x)
     return b0 + b1 * x + b2 * x * x
+
+
+def _curve_limit(table: TargetTable, x: float) -> float:
+    """The curve's value towards an infinite reading: infinite in the curve's direction there (an
+    interval that conformal prediction leaves open stays open after calibration); NaN stays NaN."""
+    if x != x:
+        return x
+    if table.fit == FIT_ISOTONIC:
+        return x  # non-decreasing: -inf -> -inf, inf -> inf
+    b0, b1, b2 = table.b
+    if b2 != 0.0:
+        return math.copysign(INF, b2)
+    if b1 != 0.0:
+        return math.copysign(INF, b1 * x)
+    return b0
 
 
 def _curve_se(table: TargetTable, x: float) -> float:
@@ -173,8 +190,8 @@ def postprocess(values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray
                             at = _curve(table, vertex)
                             low, high = min(low, at), max(high, at)
                     extra = table.t * _curve_se(table, x)
-                    lo = value - math.sqrt((value - low) ** 2 + extra * extra)
-                    hi = value + math.sqrt((high - value) ** 2 + extra * extra)
+                    lo = -INF if low == -INF else value - math.sqrt((value - low) ** 2 + extra * extra)
+                    hi = INF if high == INF else value + math.sqrt((high - value) ** 2 + extra * extra)
                 if value < table.ref_lo or value > table.ref_hi:
                     mask |= 1 << 5
             if value < table.lob:

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgereg.card import ModelCard, card_from_metadata
+from edgereg.card import NOVELTY_NAME, ModelCard, card_from_metadata, novelty_threshold
 from edgereg.errors import EdgeregError, ModelFileError, ShapeError, did_you_mean
 from edgereg.intervals import DEFAULT_CONFIDENCE
+
+UNFAMILIAR = "unfamiliar"  # the flag of a reading whose novelty exceeds the card's threshold
 from edgereg.lab import LabReadout
 from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames
 from edgereg.preprocess.decode import default_threads
@@ -51,7 +53,10 @@ class Predictions:
         confidence: the level of ``lo``/``hi``, or None.
         raw: (B, T) float64 the network's readings before the card's calibration to standards, or
             None when no calibration was applied (then ``values`` are the network's readings).
-        flags: B tuples of lab flags (``edgereg.lab.LAB_FLAGS``), e.g. ``("below_lod",)``.
+        flags: B tuples of lab flags (``edgereg.lab.LAB_FLAGS``), e.g. ``("below_lod",)``, then
+            ``unfamiliar`` when the reading's novelty exceeds the card's threshold.
+        novelty: (B,) float64 novelty score (the model's ``novelty`` output, mean over TTA views),
+            or None for models without it (exported before it, or with --no-novelty).
     """
 
     values: np.ndarray
@@ -63,6 +68,7 @@ class Predictions:
     confidence: float | None = None
     raw: np.ndarray | None = None
     flags: list[tuple[str, ...]] = field(default_factory=list)
+    novelty: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -73,7 +79,8 @@ class Predictions:
         part = slice(start, stop)
         cut = lambda array: None if array is None else array[part]  # noqa: E731
         return replace(self, values=self.values[part], spread=cut(self.spread), lo=cut(self.lo), hi=cut(self.hi),
-                       raw=cut(self.raw), flags=self.flags[part], index=np.arange(stop - start, dtype=np.int64))
+                       raw=cut(self.raw), flags=self.flags[part], index=np.arange(stop - start, dtype=np.int64),
+                       novelty=cut(self.novelty))
 
     def rows(self) -> Iterator[dict[str, float]]:
         """One dict per image: ``{name: value, name + "_lo": lo, name + "_hi": hi, ...,
@@ -149,6 +156,10 @@ class Predictor:
         self.providers = self.session.get_providers()
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        # the novelty output is read only with the card's threshold (models before it have neither)
+        self.novelty_threshold = novelty_threshold(self.card) if NOVELTY_NAME in outputs else None
+        self._fetch = [self._output] + ([NOVELTY_NAME] if self.novelty_threshold is not None else [])
         self._check_io()
         if self.tta.mode == "d4" and self.config.input_size[0] != self.config.input_size[1]:
             from edgereg.errors import TTAError
@@ -194,13 +205,13 @@ class Predictor:
             boxes: each frame's CropBox (needed to map coords to source pixels; None = identity).
         """
         n = len(frames)
-        values, spread = self._empty_readings(n)
+        values, spread, novelty = self._empty_readings(n)
         for start in range(0, n, self.batch_size):
             chunk = frames[start:start + self.batch_size]
             tensor = preprocess_batch(chunk, self.config, self.tta,
                                       parallel=self.preprocess_parallel)  # (b*V, C, H, W)
-            self._infer_views(tensor, values, spread, start)
-        return self._finish(values, spread, boxes)
+            self._infer_views(tensor, values, spread, novelty, start)
+        return self._finish(values, spread, boxes, novelty)
 
     def predict_tensor(self, tensor: np.ndarray, boxes: Sequence[CropBox] | None = None) -> Predictions:
         """Read values from model input that ``preprocess_batch(frames, self.config, self.tta)`` made.
@@ -217,22 +228,28 @@ class Predictor:
         if tensor.ndim != 4 or len(tensor) % views:
             raise ShapeError(f"expected (B * {views}, C, H, W) float32 for TTA {self.tta}, got {tensor.shape}")
         n = len(tensor) // views
-        values, spread = self._empty_readings(n)
+        values, spread, novelty = self._empty_readings(n)
         for start in range(0, n, self.batch_size):
             stop = min(n, start + self.batch_size)
-            self._infer_views(tensor[start * views:stop * views], values, spread, start)
-        return self._finish(values, spread, boxes)
+            self._infer_views(tensor[start * views:stop * views], values, spread, novelty, start)
+        return self._finish(values, spread, boxes, novelty)
 
-    def _empty_readings(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(values (n, T), spread (n, T) or None without TTA), float64, to be filled."""
+    def _empty_readings(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(values (n, T), spread (n, T) or None without TTA, novelty (n,) or None), float64, to be filled."""
         n_targets = len(self.card.targets)
-        return np.empty((n, n_targets)), (np.empty((n, n_targets)) if self.tta.n > 1 else None)
+        return (np.empty((n, n_targets)), (np.empty((n, n_targets)) if self.tta.n > 1 else None),
+                np.empty(n) if len(self._fetch) > 1 else None)
 
-    def _infer_views(self, tensor: np.ndarray, values: np.ndarray, spread: np.ndarray | None, start: int) -> None:
-        """Run one batch (b*V, C, H, W) and write its TTA-reduced readings into rows start..start+b."""
+    def _infer_views(self, tensor: np.ndarray, values: np.ndarray, spread: np.ndarray | None,
+                     novelty: np.ndarray | None, start: int) -> None:
+        """Run one batch (b*V, C, H, W) and write its TTA-reduced readings (and novelty) into rows start..start+b."""
         n_targets = len(self.card.targets)
         count = len(tensor) // self.tta.n
-        raw = self.session.run([self._output], {self._input: tensor})[0]
+        outputs = self.session.run(self._fetch, {self._input: tensor})
+        raw = outputs[0]
+        if novelty is not None:
+            scores = outputs[1].reshape(count, self.tta.n)  # (b*V, 1) -> (b, V)
+            novelty[start:start + count] = scores[:, 0] if self.tta.n == 1 else scores.mean(axis=1)
         if raw.ndim != 2 or raw.shape != (len(tensor), n_targets):
             raise ModelFileError(f"'{self.path}': model output is {raw.shape}, expected "
                                  f"({len(tensor)}, {n_targets}) for targets {self.card.targets}")
@@ -243,13 +260,18 @@ class Predictor:
             spread[start:start + count] = spread_chunk
 
     def _finish(self, values: np.ndarray, spread: np.ndarray | None,
-                boxes: Sequence[CropBox] | None) -> Predictions:
-        """Coords to source pixels, then the lab post-processing (calibration, intervals, flags)."""
+                boxes: Sequence[CropBox] | None, novelty: np.ndarray | None = None) -> Predictions:
+        """Coords to source pixels, then the lab post-processing (calibration, intervals, flags), then
+        ``unfamiliar`` for readings whose novelty exceeds the card's threshold."""
         values, spread, scale = self.card.target_kind.to_source(values, spread, boxes, self.config.input_size)
         lab = self.lab.process(values, spread, scale)
+        flags = lab.flags
+        if novelty is not None:
+            unfamiliar = ~(novelty <= self.novelty_threshold)  # NaN scores are unfamiliar too
+            flags = [(*f, UNFAMILIAR) if u else f for f, u in zip(flags, unfamiliar.tolist())]
         return Predictions(lab.values, spread, self.names, np.arange(len(values), dtype=np.int64), lo=lab.lo,
                            hi=lab.hi, confidence=self.lab.level if lab.lo is not None else None, raw=lab.raw,
-                           flags=lab.flags)
+                           flags=flags, novelty=novelty)
 
     def predict_paths(self, paths: Sequence[str | os.PathLike]) -> tuple[Predictions, list[tuple[int, str, str]]]:
         """Decode files in worker threads and read values from those that decode.

@@ -34,7 +34,8 @@ so ``frozen`` needs its few frames of history again.
 
 With intervals in the card, each target is followed by ``<target>_lo`` and ``<target>_hi`` (the
 predictor's confidence level); the flags are followed by the predictor's lab flags (``below_lod``,
-``interval_wide``, ...; see ``edgereg.lab``).
+``interval_wide``, ...; see ``edgereg.lab``), then ``unfamiliar`` when the model's novelty score
+exceeds its card's threshold (``edgereg.predictor``; docs/lab-grade.md, "Unfamiliar photos").
 """
 
 from __future__ import annotations

@@ -64,6 +64,35 @@ class CReport:
         return data
 
 
+def value_only(model):
+    """The graph with its ``value`` output alone: the ``novelty`` output and the nodes only it needs
+    are dropped (the C code reads values, intervals and lab flags; not the novelty score)."""
+    from edgereg.card import NOVELTY_NAME, OUTPUT_NAME
+
+    graph = model.graph
+    if [o.name for o in graph.output] != [OUTPUT_NAME, NOVELTY_NAME]:
+        return model
+    import onnx
+
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    graph = pruned.graph
+    needed, keep = {OUTPUT_NAME}, []
+    for node in reversed(list(graph.node)):
+        if any(out in needed for out in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    kept_outputs = [o for o in graph.output if o.name == OUTPUT_NAME]
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return pruned
+
+
 def generate_c(onnx_path: str | Path, out_dir: str | Path, *, card: ModelCard | None = None,
                prefix: str = "edgereg_model", int8: bool | None = None) -> CReport:
     """Write ``model.c`` and ``model.h`` for an edgereg ONNX model into ``out_dir``.
@@ -100,7 +129,7 @@ def generate_c(onnx_path: str | Path, out_dir: str | Path, *, card: ModelCard | 
                              "export it again with `edgereg export`") from None
     if card is None:
         card = card_from_metadata({p.key: p.value for p in model.metadata_props}, source=str(path))
-    program = lower(model, source=str(path))
+    program = lower(value_only(model), source=str(path))
     _check_against_card(program, card, path)
     if int8 is not None and int8 != program.quantized:
         expected, got = ("an int8 QDQ model", "no int8 layers") if int8 else ("a float model", "int8 layers")

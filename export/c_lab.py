@@ -55,11 +55,12 @@ class LabC:
         base = LabReadout(card, tta="none", confidence=None)
         self.levels: list[float] = []
         self.readouts: list[LabReadout] = []
-        if card.intervals:
-            from edgereg.intervals import parse_intervals
+        from edgereg.intervals import parse_intervals, unsupported_reason
 
-            spec = parse_intervals(card.intervals, card.targets)
-            self.levels = list(spec.levels)
+        spec = parse_intervals(card.intervals, card.targets)
+        if spec is not None:  # levels without finite bounds (too few calibration rows) return ERR_CONFIDENCE
+            entry, _ = spec.for_tta("none")
+            self.levels = [level for level in spec.levels if unsupported_reason(entry, level) is None]
             self.readouts = [LabReadout(card, tta="none", confidence=level) for level in self.levels]
         self.base = base
         self.flash_bytes = 0

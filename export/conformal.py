@@ -1,18 +1,33 @@
 """Split-conformal prediction intervals at export, from held-out images the model never trained on.
 
-Which images (:func:`held_out_parts`):
+Which images (:func:`held_out_parts`): quantiles never come from rows the shipped model was fitted
+on, nor from rows a choice looked at (the epoch, the race, the int8 search).
 
-* The run's **validation** split fits the per-reading difficulty (and picks its form); the **test**
-  split, which nothing else has chosen, gives the conformal quantiles. The model and the difficulty
-  are fixed before the test images are looked at, so the split-conformal guarantee holds exactly:
-  for new images exchangeable with the test split, coverage >= level on average (and < level +
-  1 / (n_test + 1)). Validation having chosen the epoch (and the int8 calibration method) does not
-  weaken this, because no quantile comes from it.
-* With fewer than ``MIN_FIT`` validation or ``MIN_CALIBRATION`` test images, validation and test are
-  pooled for the quantiles and the difficulty is constant (plain split-conformal). Validation chose
-  the epoch, so its residuals are slightly optimistic: a model picked for its low validation error
-  looks a little better there than on new images, and the intervals can under-cover by a small
-  amount (the report and the card say so).
+* A model trained on the train split only: the **validation** split fits the per-reading difficulty
+  (and picks its form); the **test** split, which nothing else has chosen, gives the conformal
+  quantiles. The model and the difficulty are fixed before the test images are looked at, so the
+  split-conformal guarantee holds exactly: for new images exchangeable with the test split,
+  coverage >= level on average (and < level + 1 / (n_test + 1)). With fewer than ``MIN_FIT``
+  validation or ``MIN_CALIBRATION`` test images, the difficulty is constant and the quantiles come
+  from test alone (validation chose the epoch: it is never pooled in). No test split: no intervals.
+* A **refitted** model (k-fold design, holdout + ``--refit``, or a block readout shipped after such a
+  design) was fitted on every row, so its own residuals say nothing. The trainer keeps the
+  out-of-fold predictions ``RUN/held_out.npz`` (each row predicted by a model fitted without it) and
+  the quantiles are those of the out-of-fold residuals, applied around the refitted model's reading:
+  the cross-conformal ("CV") interval of Barber, Candes, Ramdas & Tibshirani (2021) with the refitted
+  model in place of the fold models. CV+ with the fold models guarantees coverage >= 1 - 2 alpha;
+  this refit-model version is the standard practical approximation: no finite-sample guarantee,
+  validated empirically (docs/lab-grade.md). The held-out rows are divided (by group) into a
+  difficulty part (about ``FIT_SHARE``, which is also what the int8 search looks at) and a
+  quantile part; with too few rows, constant width from all of them. A holdout + refit run whose
+  test split the refit never saw takes its quantiles from that test split, read by the shipped model.
+  A refitted model without ``held_out.npz`` (runs of older versions) gets no intervals, with the
+  reason in the card (``{"none": reason}``) and the report.
+* The int8 model's quantiles leave out any row the int8 search looked at (``exclude_rows``); a
+  refitted int8 model's residuals are the out-of-fold ones plus its own difference from the fp32
+  model on the same images.
+* The report's coverage check (:func:`split_half_coverage`) takes quantiles from one half of the
+  calibration rows and measures the other half, both ways: rows nothing chose from.
 
 Difficulty (:func:`fit_difficulty`): candidates are ``constant``, ``value`` (linear in the reading:
 noise that grows with the value), ``value2`` (quadratic: noise that grows towards both ends),
@@ -22,9 +37,10 @@ half it was not fitted on. The narrowest wins; a non-constant form must beat ``c
 ``MIN_GAIN`` (3%). Coords and angles use ``constant`` or the spread only (their position or
 direction says nothing general about their difficulty).
 
-Mondrian per range bin (on by default, ``bins=5``; ``bins=1`` turns it off): the test readings are
-cut into up to ``bins`` bins of their own value (equal width over the central 99%, merged until
-each keeps >= ``MIN_PER_BIN`` images), and each bin gets its own quantiles, so coverage holds
+Mondrian per range bin (on by default, ``bins=5``; ``bins=1`` turns it off): the readings are cut
+into up to ``bins`` bins of their value, with edges cut from the training targets (equal width over
+their central 99%, merged until each bin expects >= ``MIN_PER_BIN`` calibration images), never from
+the calibration readings themselves, and each bin gets its own quantiles, so coverage holds
 within every range bin and not only on average: a model that is worse near one end of its range (a
 bounded head near saturation, a colour that stops changing) gets wider intervals there. A level
 whose quantiles need more images than a bin has (99% needs 199 per side) takes the quantiles of all
@@ -53,6 +69,8 @@ METHODS = ("normalized", "constant")
 MIN_FIT = 30  # validation images needed to fit a difficulty
 MIN_CALIBRATION = 40  # test images needed to take the quantiles from test alone
 MIN_PER_BIN = 40  # test images per Mondrian bin
+FIT_SHARE = 0.35  # share of a refitted model's held-out rows that fits the difficulty (the rest: quantiles)
+HELD_OUT_FILE = "held_out.npz"  # written by training (edgereg.training.trainer.HeldOut)
 MIN_GAIN = 0.03  # a non-constant difficulty must give intervals this much narrower
 FLOOR_FRACTION = 0.2  # the difficulty never goes below this fraction of the median |residual|
 GUARANTEE = ("Coverage is guaranteed (on average over images) only for images like the conformal calibration "
@@ -131,28 +149,163 @@ def read_held_out(model_path: str | Path, evalset, *, card: ModelCard, tta: str 
                            scale=scale, split=evalset.split)
 
 
-def held_out_parts(dataset, split, *, kind: str):
-    """(fit part or None, calibration part, a sentence on the choice) as ``EvalSet``s.
+@dataclass(frozen=True)
+class ConformalParts:
+    """Which labelled rows give a model's intervals (:func:`held_out_parts`).
 
-    See the module docstring for the rule.
+    Attributes:
+        fit: the rows the difficulty is fitted on (``EvalSet``), or None (constant difficulty).
+        cal: the rows the quantiles come from (``EvalSet``), or None when there are none.
+        fit_rows, cal_rows: (n,) int64 dataset rows of ``fit`` / ``cal`` (empty when None).
+        oof_fit, oof_cal: (n, T) float64 out-of-fold readings of those rows by models that never saw
+            them (refitted models: ``RUN/held_out.npz``), or None when the shipped model reads them.
+        reference: (M, T) float64 training targets in the user's units: the range the Mondrian bin
+            edges are cut from (never the calibration readings themselves), or None.
+        note: a sentence on the choice, for the card and the report.
+        none_reason: why the model gets no intervals (no rows that nothing chose from), or None.
+    """
+
+    fit: object | None
+    cal: object | None
+    fit_rows: np.ndarray
+    cal_rows: np.ndarray
+    oof_fit: np.ndarray | None
+    oof_cal: np.ndarray | None
+    reference: np.ndarray | None
+    note: str
+    none_reason: str | None = None
+
+    @property
+    def cross_validated(self) -> bool:
+        """Whether the quantiles come from out-of-fold residuals (a refitted model)."""
+        return self.oof_cal is not None
+
+
+def _empty() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
+def _reference(dataset, rows: np.ndarray, kind: str) -> np.ndarray | None:
+    """(M, T) targets of ``rows`` in the user's units for the bin edges (None for coords/angles: not binned)."""
+    if not target_kind(kind).value_difficulty or not len(rows):
+        return None
+    return np.asarray(dataset.targets, np.float64)[np.asarray(rows, np.int64)]
+
+
+def read_held_out_file(run_dir: str | Path | None) -> dict | None:
+    """``RUN/held_out.npz`` as {"rows", "folds", "true", "pred", "scored_by"}, or None when absent."""
+    if run_dir is None:
+        return None
+    path = Path(run_dir) / HELD_OUT_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            held = {"rows": np.asarray(data["rows"], np.int64), "folds": np.asarray(data["folds"], np.int64),
+                    "true": np.asarray(data["true"], np.float64), "pred": np.asarray(data["pred"], np.float64),
+                    "scored_by": str(data["scored_by"])}
+    except (OSError, KeyError, ValueError) as exc:
+        raise EdgeregError(f"'{path}' cannot be read ({type(exc).__name__}: {exc}); retrain the run, or export "
+                           "with --intervals none") from None
+    if held["pred"].ndim != 2 or held["pred"].shape != held["true"].shape or len(held["rows"]) != len(held["pred"]):
+        raise EdgeregError(f"'{path}' is malformed (rows {held['rows'].shape}, pred {held['pred'].shape}, true "
+                           f"{held['true'].shape}); retrain the run, or export with --intervals none")
+    return held
+
+
+def _two_parts(units: np.ndarray, n_rows: int, seed: int) -> np.ndarray:
+    """(n_rows,) bool: True for the rows of the difficulty part, whole units (groups) at a time,
+    about FIT_SHARE of the rows, drawn with ``seed``."""
+    names = np.unique(units)
+    order = np.random.default_rng(seed).permutation(len(names))
+    take, count = [], 0
+    sizes = {name: int(n) for name, n in zip(*np.unique(units, return_counts=True))}
+    for k in order:
+        if count >= FIT_SHARE * n_rows:
+            break
+        take.append(names[k])
+        count += sizes[names[k]]
+    return np.isin(units, np.asarray(take, dtype=units.dtype))
+
+
+def held_out_parts(dataset, split, *, kind: str, refit_rows=None, run_dir: str | Path | None = None,
+                   seed: int = 0) -> ConformalParts:
+    """The rows a model's intervals come from (see the module docstring for the rule).
+
+    Args:
+        dataset: the run's loaded dataset.
+        split: run.json's split (after a refit: the split the design was validated on).
+        kind: target kind.
+        refit_rows: run.json's ``refit_rows`` (the rows a refitted model was trained on), or None.
+        run_dir: the run directory (for ``held_out.npz`` after a refit).
+        seed: the seed of the difficulty / calibration division of held-out rows.
     """
     from edgereg.export.gate import eval_set
 
-    val, test = np.asarray(split.val), np.asarray(split.test)
+    val, test = np.asarray(split.val, np.int64), np.asarray(split.test, np.int64)
+    if refit_rows is not None:
+        return _refit_parts(dataset, split, kind=kind, refit_rows=np.asarray(refit_rows, np.int64),
+                            run_dir=run_dir, seed=seed)
+    reference = _reference(dataset, np.asarray(split.train, np.int64), kind)
+    if not len(test):
+        return ConformalParts(None, None, _empty(), _empty(), None, None, reference, "", none_reason=(
+            "the run has no test split, and its validation split chose the epoch (and the int8 search looks at "
+            "it): no rows that nothing chose from are left for the quantiles; retrain with a test split (the "
+            "default), or pass --intervals none"))
     if len(val) >= MIN_FIT and len(test) >= MIN_CALIBRATION:
-        return (eval_set(dataset, val, kind=kind, split="val"), eval_set(dataset, test, kind=kind, split="test"),
-                f"difficulty fitted on val ({len(val)} images), quantiles from test ({len(test)} images, used for "
-                "nothing else): the split-conformal guarantee holds for images like the test split")
-    pooled = np.concatenate([val, test])
-    if not len(pooled):
-        raise EdgeregError("the run has no validation or test images to compute prediction intervals on; "
-                           "retrain with a validation/test split, or export with --intervals none")
-    name = "+".join(n for n, part in (("val", val), ("test", test)) if len(part))
-    note = (f"only {len(val)} val / {len(test)} test images: constant-width intervals from {name} "
-            f"({len(pooled)} images)")
-    if len(val):
-        note += "; val also chose the epoch, so coverage may be slightly optimistic"
-    return None, eval_set(dataset, pooled, kind=kind, split=name), note
+        return ConformalParts(eval_set(dataset, val, kind=kind, split="val"),
+                              eval_set(dataset, test, kind=kind, split="test"), val, test, None, None, reference,
+                              f"difficulty fitted on val ({len(val)} images), quantiles from test ({len(test)} "
+                              "images, used for nothing else): the split-conformal guarantee holds for images "
+                              "like the test split")
+    return ConformalParts(None, eval_set(dataset, test, kind=kind, split="test"), _empty(), test, None, None,
+                          reference, f"only {len(val)} val / {len(test)} test images: constant-width intervals "
+                          f"from test ({len(test)} images, used for nothing else)")
+
+
+def _refit_parts(dataset, split, *, kind: str, refit_rows: np.ndarray, run_dir, seed: int) -> ConformalParts:
+    """Parts of a model refitted on every row: out-of-fold residuals from ``held_out.npz``, never
+    residuals of rows the shipped model was fitted on."""
+    from edgereg.export.gate import eval_set
+
+    reference = _reference(dataset, refit_rows, kind)
+    held = read_held_out_file(run_dir)
+    if held is None:
+        return ConformalParts(None, None, _empty(), _empty(), None, None, reference, "", none_reason=(
+            "the shipped model was refitted on every row and the run has no held-out predictions "
+            f"({HELD_OUT_FILE}, written by training since this edgereg version): its own residuals would be "
+            "those of rows it was fitted on, so no intervals are stored; retrain, or pass --intervals none"))
+    rows, pred = held["rows"], held["pred"]
+    if rows.max(initial=-1) >= len(dataset) or held["true"].shape[1] != np.asarray(dataset.targets).shape[1]:
+        raise EdgeregError(f"{HELD_OUT_FILE} does not match the run's dataset (rows up to {rows.max()}, "
+                           f"{len(dataset)} loaded); retrain the run, or export with --intervals none")
+    test = np.setdiff1d(np.asarray(split.test, np.int64), refit_rows)
+    if len(test) >= MIN_CALIBRATION:  # holdout + refit: the test split is still new to the refitted model
+        enough = len(rows) >= MIN_FIT
+        return ConformalParts(eval_set(dataset, rows, kind=kind, split="held-out") if enough else None,
+                              eval_set(dataset, test, kind=kind, split="test"), rows if enough else _empty(), test,
+                              pred if enough else None, None, reference,
+                              (f"refitted model: difficulty fitted on the out-of-fold predictions of {len(rows)} rows "
+                               f"({held['scored_by']})" if enough else "refitted model: constant width") +
+                              f"; quantiles from test ({len(test)} images, which the refit never saw and nothing "
+                              "chose from)")
+    units = np.asarray(dataset.groups)[rows] if dataset.groups is not None else rows
+    by = "groups" if dataset.groups is not None else "rows"
+    in_fit = _two_parts(np.asarray(units), len(rows), seed)
+    n_fit, n_cal = int(in_fit.sum()), int((~in_fit).sum())
+    what = f"out-of-fold predictions of {len(rows)} rows ({held['scored_by']})"
+    if n_fit < MIN_FIT or n_cal < MIN_CALIBRATION:  # too few to divide: constant width from every held-out row
+        return ConformalParts(None, eval_set(dataset, rows, kind=kind, split="held-out"), _empty(), rows, None, pred,
+                              reference, f"refitted model: constant-width intervals from the {what} "
+                              "(cross-conformal: quantiles of out-of-fold residuals around the refitted model's "
+                              "reading)")
+    fit_rows, cal_rows = rows[in_fit], rows[~in_fit]
+    return ConformalParts(eval_set(dataset, fit_rows, kind=kind, split="held-out (difficulty)"),
+                          eval_set(dataset, cal_rows, kind=kind, split="held-out (quantiles)"), fit_rows, cal_rows,
+                          pred[in_fit], pred[~in_fit], reference,
+                          f"refitted model: {what}; difficulty fitted on {n_fit} of them, quantiles from the other "
+                          f"{n_cal} (divided by {by}; cross-conformal: quantiles of out-of-fold residuals around the "
+                          "refitted model's reading)")
 
 
 def _candidates(kind: str | TargetKind, with_spread: bool) -> tuple[str, ...]:
@@ -237,23 +390,29 @@ def fit_difficulty(kind: str, values: np.ndarray, spread: np.ndarray | None, res
     return _fit(best, values, spread, residual, floor), relative
 
 
-def _mondrian_edges(values: np.ndarray, bins: int) -> tuple[float, ...]:
-    """Inner edges of up to ``bins`` range bins of ``values`` (n,), each with >= MIN_PER_BIN.
+def _mondrian_edges(reference: np.ndarray, bins: int, n_calibration: int | None = None) -> tuple[float, ...]:
+    """Inner edges of up to ``bins`` range bins, cut from ``reference (M,)`` values (the training
+    targets: never the calibration readings themselves, so the bins are fixed before the quantiles).
 
-    Equal width over the central 99% of the readings (so that a sparse end of the range, where a
+    Equal width over the central 99% of ``reference`` (so that a sparse end of the range, where a
     model is often worst, gets a bin of its own), then the emptiest bin is merged into its smaller
-    neighbour until every bin has MIN_PER_BIN readings.
+    neighbour until every bin expects MIN_PER_BIN of the ``n_calibration`` calibration readings
+    (the reference's share of each bin times ``n_calibration``; default ``M``).
     """
-    if bins < 2 or len(values) < 2 * MIN_PER_BIN:
+    reference = np.asarray(reference, np.float64)
+    reference = reference[np.isfinite(reference)]
+    n = len(reference) if n_calibration is None else n_calibration
+    if bins < 2 or n < 2 * MIN_PER_BIN or len(reference) < 2:
         return ()
-    low, high = np.quantile(values, [0.005, 0.995])
+    low, high = np.quantile(reference, [0.005, 0.995])
     if not high > low:
         return ()
     edges = list(np.linspace(low, high, bins + 1)[1:-1])
     while edges:
-        counts = np.bincount(np.searchsorted(np.asarray(edges), values, side="right"), minlength=len(edges) + 1)
+        counts = np.bincount(np.searchsorted(np.asarray(edges), reference, side="right"), minlength=len(edges) + 1)
+        expected = counts * (n / len(reference))
         k = int(np.argmin(counts))
-        if counts[k] >= MIN_PER_BIN:
+        if expected[k] >= MIN_PER_BIN:
             break
         if k == 0:
             edges.pop(0)
@@ -293,7 +452,8 @@ def calibrate_target(kind: str, difficulty: Difficulty, cal_values: np.ndarray, 
 
 
 def compute_interval_set(kind: str, names: Sequence[str], fit: HeldOutReadings | None, cal: HeldOutReadings, *,
-                         tta: str, model: str, options: ConformalOptions = ConformalOptions()) -> tuple[IntervalSet, dict]:
+                         tta: str, model: str, options: ConformalOptions = ConformalOptions(),
+                         reference: np.ndarray | None = None) -> tuple[IntervalSet, dict]:
     """One IntervalSet (all targets) and a report of the choice.
 
     Args:
@@ -304,6 +464,8 @@ def compute_interval_set(kind: str, names: Sequence[str], fit: HeldOutReadings |
         tta: the TTA these readings were made with.
         model: "fp32", "int8" or "fp16".
         options: see ConformalOptions.
+        reference: (M, T) training targets the Mondrian edges are cut from (None: the calibration
+            readings, as benchmarks that study a fixed split may ask).
     """
     targets, report = [], {}
     fit_residual = fit.residuals(kind) if fit is not None else None
@@ -316,7 +478,8 @@ def compute_interval_set(kind: str, names: Sequence[str], fit: HeldOutReadings |
                 kind, fit.values[:, j], None if fit.spread is None else fit.spread[:, j], np.abs(fit_residual[:, j]),
                 method="constant" if options.method == "constant" else "normalized", seed=options.seed)
         binned = options.method == "normalized" and target_kind(kind).value_difficulty
-        edges = _mondrian_edges(cal.values[:, j], options.bins) if binned else ()
+        source = cal.values[:, j] if reference is None else reference[:, j]
+        edges = _mondrian_edges(source, options.bins, len(cal)) if binned else ()
         target = calibrate_target(kind, difficulty, cal.values[:, j], None if cal.spread is None else cal.spread[:, j],
                                   cal_residual[:, j], levels=options.levels, edges=edges)
         targets.append(target)
@@ -345,10 +508,10 @@ def _finite_at(entry: IntervalSet, level: float) -> bool:
 
 
 def intervals_section(sets: Sequence[IntervalSet], names: Sequence[str], *, options: ConformalOptions,
-                      note: str) -> dict:
+                      note: str, cross_validated: bool = False) -> dict:
     """The ``card.intervals`` JSON for some IntervalSets."""
     return {
-        "method": "split-conformal" + (", normalized, Mondrian per range bin" if options.method == "normalized" else
+        "method": ("cross-conformal (out-of-fold residuals, refitted model)" if cross_validated else "split-conformal") + (", normalized, Mondrian per range bin" if options.method == "normalized" else
                                        ", constant width"),
         "levels": [float(v) for v in options.levels],
         "wide_factor": float(options.wide_factor),
@@ -360,37 +523,127 @@ def intervals_section(sets: Sequence[IntervalSet], names: Sequence[str], *, opti
     }
 
 
+def _subset(readings: HeldOutReadings, keep: np.ndarray, split: str | None = None) -> HeldOutReadings:
+    return HeldOutReadings(values=readings.values[keep], spread=None if readings.spread is None else readings.spread[keep],
+                           truth=readings.truth[keep], scale=None if readings.scale is None else readings.scale[keep],
+                           split=readings.split if split is None else split)
+
+
+def _readings(model_path, evalset, oof: np.ndarray | None, *, card: ModelCard, tta: str,
+              fp32_path: str | Path | None) -> HeldOutReadings:
+    """The readings a part's residuals come from: the model's own (a model never fitted on them), or,
+    for a refitted model, the out-of-fold readings plus this model's difference from the fp32 model
+    on the same images (what int8 rounding adds; zero for fp32)."""
+    own = read_held_out(model_path, evalset, card=card, tta=tta)
+    if oof is None:
+        return own
+    values = np.asarray(oof, np.float64)
+    if fp32_path is not None and Path(fp32_path) != Path(model_path):
+        fp32 = read_held_out(fp32_path, evalset, card=card, tta=tta)
+        values = values + signed_residual(card.kind, own.values, fp32.values)  # (n, T) int8 - fp32
+    return HeldOutReadings(values=values, spread=None, truth=own.truth, scale=own.scale, split=own.split)
+
+
+def split_half_coverage(kind: str, names: Sequence[str], fit: HeldOutReadings | None, cal: HeldOutReadings, *,
+                        groups: np.ndarray | None, options: ConformalOptions, reference: np.ndarray | None,
+                        seed: int = 0) -> dict[str, float]:
+    """Coverage checked on rows nothing chose from: quantiles from one half of the calibration rows
+    (whole groups when there are groups), coverage on the other half, both ways, averaged.
+
+    Returns {level: coverage} for the levels each half is large enough for.
+    """
+    units = np.asarray(groups) if groups is not None else np.arange(len(cal))
+    names_u = np.unique(units)
+    if len(names_u) < 2:
+        return {}
+    chosen = np.random.default_rng(seed + 1).permutation(names_u)[: len(names_u) // 2]
+    half = np.isin(units, chosen)
+    sums: dict[str, list[float]] = {}
+    for a, b in ((half, ~half), (~half, half)):
+        entry, _ = compute_interval_set(kind, names, fit, _subset(cal, a), tta="none", model="check",
+                                        options=options, reference=reference)
+        for level in options.levels:
+            if _finite_at(entry, level):
+                sums.setdefault(format_level(level), []).append(
+                    observed_coverage(kind, entry, _subset(cal, b), level, options.wide_factor))
+    return {level: float(np.mean(values)) for level, values in sums.items() if len(values) == 2}
+
+
+def _legacy_parts(parts) -> ConformalParts:
+    """A ``(fit EvalSet or None, calibration EvalSet, note)`` tuple as ConformalParts."""
+    fit_set, cal_set, note = parts
+    return ConformalParts(fit_set, cal_set, _empty(), np.arange(len(cal_set)), None, None, None, note)
+
+
+def no_intervals_section(reason: str) -> dict:
+    """``card.intervals`` of a model that gets no intervals: the reason, and nothing to apply."""
+    return {"none": reason}
+
+
 def add_intervals(model_path: str | Path, card: ModelCard, parts, *, model: str,
-                  options: ConformalOptions = ConformalOptions(), write: bool = True) -> tuple[ModelCard, dict]:
-    """Compute intervals for a written model from its own residuals and embed them in its card.
+                  options: ConformalOptions = ConformalOptions(), write: bool = True,
+                  fp32_path: str | Path | None = None, exclude_rows: np.ndarray | None = None
+                  ) -> tuple[ModelCard, dict]:
+    """Compute intervals for a written model from held-out residuals and embed them in its card.
 
     Args:
         model_path: the exported .onnx (fp32, int8 or fp16).
         card: its card.
-        parts: ``held_out_parts(...)`` output (fit EvalSet or None, calibration EvalSet, note).
+        parts: :func:`held_out_parts` (or a legacy ``(fit EvalSet or None, calibration EvalSet,
+            note)`` tuple).
         model: "fp32", "int8" or "fp16" (recorded).
         options: see ConformalOptions.
         write: rewrite the model file with the new card (atomic).
+        fp32_path: the fp32 model, for a refitted int8 model's difference from it (see :func:`_readings`).
+        exclude_rows: (k,) dataset rows a choice for this model looked at (the int8 search's
+            split): left out of the quantiles.
 
     Returns:
         (the card with ``intervals``, a report dict for export_report.json).
     """
-    fit_set, cal_set, note = parts
-    modes = ["none"] + ([card.tta] if card.tta != "none" else [])
+    if isinstance(parts, tuple):
+        parts = _legacy_parts(parts)
+    note = parts.note
+    cal_set, cal_oof = parts.cal, parts.oof_cal
+    if parts.none_reason is None and exclude_rows is not None and len(exclude_rows) and cal_set is not None:
+        keep = ~np.isin(parts.cal_rows, np.asarray(exclude_rows, np.int64))
+        if not keep.all():
+            from edgereg.export.gate import EvalSet
+
+            cal_set = EvalSet(frames=cal_set.frames[keep], targets=cal_set.targets[keep],
+                              crop_boxes=None if cal_set.crop_boxes is None else cal_set.crop_boxes[keep],
+                              split=cal_set.split, groups=None if cal_set.groups is None else cal_set.groups[keep])
+            cal_oof = None if cal_oof is None else cal_oof[keep]
+            note += (f"; {int((~keep).sum())} rows the int8 search looked at are left out of this model's "
+                     "quantiles")
+            if not keep.any():
+                parts = ConformalParts(None, None, _empty(), _empty(), None, None, None, note, none_reason=(
+                    "every calibration row was also looked at by the int8 search; no rows that nothing chose from "
+                    "are left for its quantiles"))
+    if parts.none_reason is not None:
+        new_card = card.with_(intervals=no_intervals_section(parts.none_reason))
+        if write:
+            from edgereg.export.card_io import write_card
+
+            write_card(model_path, new_card)
+        return new_card, {"none": parts.none_reason, "split_choice": "none", "guarantee": GUARANTEE, "sets": {}}
+    # out-of-fold readings are without TTA: a refitted model gets the TTA-none set only
+    modes = ["none"] + ([card.tta] if card.tta != "none" and not parts.cross_validated else [])
     sets, report = [], {"split_choice": note, "guarantee": GUARANTEE, "sets": {}}
     for tta in modes:
-        fit = read_held_out(model_path, fit_set, card=card, tta=tta) if fit_set is not None else None
-        cal = read_held_out(model_path, cal_set, card=card, tta=tta)
-        entry, choice = compute_interval_set(card.kind, card.targets, fit, cal, tta=tta, model=model, options=options)
+        fit = None if parts.fit is None else _readings(model_path, parts.fit, parts.oof_fit, card=card, tta=tta,
+                                                       fp32_path=fp32_path)
+        cal = _readings(model_path, cal_set, cal_oof, card=card, tta=tta, fp32_path=fp32_path)
+        entry, choice = compute_interval_set(card.kind, card.targets, fit, cal, tta=tta, model=model, options=options,
+                                             reference=parts.reference)
         sets.append(entry)
-        check = {}
-        if fit is not None:  # the quantiles never saw these images; the difficulty did
-            check = {format_level(level): observed_coverage(card.kind, entry, fit, level, options.wide_factor)
-                     for level in options.levels if _finite_at(entry, level)}
+        check = split_half_coverage(card.kind, card.targets, fit, cal, groups=cal_set.groups, options=options,
+                                    reference=parts.reference, seed=options.seed)
         report["sets"][tta] = {"targets": choice, "n_fit": entry.n_fit, "n_calibration": entry.n_calibration,
                                "fit_split": entry.fit_split, "calibration_split": entry.calibration_split,
-                               "coverage_on_fit_split": check}
-    section = intervals_section(sets, card.targets, options=options, note=note)
+                               "coverage_split_half": check}
+    section = intervals_section(sets, card.targets, options=options, note=note,
+                                cross_validated=parts.cross_validated)
     new_card = card.with_(intervals=section)
     if write:
         from edgereg.export.card_io import write_card
@@ -400,5 +653,5 @@ def add_intervals(model_path: str | Path, card: ModelCard, parts, *, model: str,
 
 
 __all__ = ["ConformalOptions", "GUARANTEE", "HeldOutReadings", "METHODS", "add_intervals", "calibrate_target",
-           "compute_interval_set", "fit_difficulty", "held_out_parts", "intervals_section", "observed_coverage",
-           "read_held_out"]
+           "compute_interval_set", "ConformalParts", "fit_difficulty", "held_out_parts", "intervals_section",
+           "no_intervals_section", "observed_coverage", "read_held_out", "read_held_out_file", "split_half_coverage"]

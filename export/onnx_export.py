@@ -1,7 +1,8 @@
 """torch -> ``model.onnx``: export, fold BatchNorm, embed the card, prove ONNX Runtime agrees with torch.
 
 The exported graph is the deployed model: input ``image (N, C, H, W) float32`` (normalized by the
-runtime), output ``value (N, T) float32`` in physical units (every output transform baked in), a
+runtime), output ``value (N, T) float32`` in physical units (every output transform baked in), and
+optionally ``novelty (N, 1) float32`` (``edgereg.export.novelty``), a
 dynamic batch axis, opset >= 17, BatchNorm folded into the convolutions, and the model card in
 ``metadata_props``. Nothing is written at ``out_path`` until ``onnx.checker`` passes and ONNX Runtime
 reproduces torch on the validation images to a relative 1e-4.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from edgereg.card import INPUT_NAME, NOVELTY_NAME, OUTPUT_NAME, ModelCard
 from edgereg.errors import EdgeregError, ModelFileError, require_extra
 from edgereg.export.card_io import embed_card
 from edgereg.kinds import TargetKind, target_kind
@@ -104,7 +105,7 @@ def export_card(card: ModelCard, *, opset: int) -> ModelCard:
 
 
 def export_fp32(regressor, card: ModelCard, out_path: str | Path, *, check_inputs: np.ndarray,
-                opset: int = MIN_OPSET, rtol: float = AGREEMENT_RTOL) -> Fp32Export:
+                opset: int = MIN_OPSET, rtol: float = AGREEMENT_RTOL, novelty=None) -> Fp32Export:
     """Export a trained regressor to ONNX and check it before writing ``out_path``.
 
     Args:
@@ -116,6 +117,8 @@ def export_fp32(regressor, card: ModelCard, out_path: str | Path, *, check_input
             of the validation split) on which torch and ONNX Runtime must agree; N >= 1.
         opset: ONNX opset, >= 17.
         rtol: relative tolerance of the agreement (see :class:`Agreement`).
+        novelty: an ``edgereg.training.regressor.NoveltyHead`` for the second output ``novelty
+            (N, 1) float32`` (``edgereg.export.novelty``), or None for ``value`` alone.
 
     Returns:
         Fp32Export.
@@ -136,7 +139,7 @@ def export_fp32(regressor, card: ModelCard, out_path: str | Path, *, check_input
     with tempfile.TemporaryDirectory(prefix="edgereg-export-") as tmp:
         raw_path = Path(tmp) / "raw.onnx"
         regressor.eval()
-        regressor.export_onnx(raw_path, opset=opset)
+        regressor.export_onnx(raw_path, opset=opset, novelty=novelty)
         _check_io(onnx.load(str(raw_path)), card, source="the torch export")
         folded = fold_batchnorm(raw_path, Path(tmp) / "folded.onnx")
         model = onnx.load(str(folded.path))
@@ -240,10 +243,10 @@ def _check_io(model, card: ModelCard, *, source: str) -> None:
     """Hold a graph to the runtime's I/O contract (docs/CONTRACTS.md, "ONNX model I/O")."""
     graph = model.graph
     inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
-    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or len(graph.output) != 1 \
-            or graph.output[0].name != OUTPUT_NAME:
-        raise ModelFileError(f"{source} has inputs {[i.name for i in inputs]} and outputs "
-                             f"{[o.name for o in graph.output]}; expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']")
+    outputs = [o.name for o in graph.output]
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or outputs not in ([OUTPUT_NAME], [OUTPUT_NAME, NOVELTY_NAME]):
+        raise ModelFileError(f"{source} has inputs {[i.name for i in inputs]} and outputs {outputs}; expected "
+                             f"['{INPUT_NAME}'] -> ['{OUTPUT_NAME}'] (and optionally '{NOVELTY_NAME}')")
     dims = inputs[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
     expected = [card.n_channels, *card.input_size]

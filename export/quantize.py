@@ -242,7 +242,32 @@ def fixed_feature_nodes(model) -> tuple[str, ...]:
     They stay float: they hold no learned weight to shrink, are a small share of the work, and
     quantizing the pixel values or order statistics they compute only loses precision.
     """
-    return tuple(n.name for n in model.graph.node if f"/{FIXED_FEATURES}" in n.name)
+    return tuple(n.name for n in model.graph.node if f"/{FIXED_FEATURES}" in n.name) + novelty_nodes(model)
+
+
+def novelty_nodes(model) -> tuple[str, ...]:
+    """Nodes only the optional ``novelty`` output needs (``edgereg.export.novelty``): kept float, like
+    the fixed features (a distance of features is what int8 rounding would blur most)."""
+    from edgereg.card import NOVELTY_NAME, OUTPUT_NAME
+
+    graph = model.graph
+    if NOVELTY_NAME not in {o.name for o in graph.output}:
+        return ()
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def needed(output: str) -> set[str]:
+        names, stack, seen = set(), [output], set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in seen or tensor not in producer:
+                continue
+            seen.add(tensor)
+            names.add(producer[tensor].name)
+            stack.extend(i for i in producer[tensor].input if i)
+        return names
+
+    only = needed(NOVELTY_NAME) - needed(OUTPUT_NAME)
+    return tuple(n.name for n in graph.node if n.name in only)
 
 
 def first_nodes(model) -> tuple[str, ...]:
@@ -269,8 +294,11 @@ def _consumers(graph) -> dict[str, list]:
 
 
 def _nearest_to_output(graph, producer: dict, op_types: tuple[str, ...]):
-    """The first node of ``op_types`` met walking back from the outputs, breadth first, or None."""
-    start = [producer[o.name] for o in graph.output if o.name in producer]
+    """The first node of ``op_types`` met walking back from the ``value`` output (the optional
+    ``novelty`` output is not the head), breadth first, or None."""
+    from edgereg.card import NOVELTY_NAME
+
+    start = [producer[o.name] for o in graph.output if o.name in producer and o.name != NOVELTY_NAME]
     return _first_of_type(start, lambda n: [producer[i] for i in n.input if i in producer], op_types)
 
 

@@ -232,6 +232,9 @@ def _interval_lines(intervals: dict | None) -> list[str]:
         return []
     lines = []
     for model, report in intervals.items():
+        if "none" in report:
+            lines.append(f"intervals ({model}): none: {report['none']}")
+            continue
         entry = report["sets"]["none"]
         parts = []
         for name, target in entry["targets"].items():
@@ -240,12 +243,16 @@ def _interval_lines(intervals: dict | None) -> list[str]:
             bins = f", {target['bins']} bins" if target["bins"] > 1 else ""
             parts.append(f"{name} ±{shown} ({target['difficulty']}{bins})")
         lines.append(f"intervals ({model}, 90%, typical half-width): {'; '.join(parts)}")
-        checked = entry.get("coverage_on_fit_split") or {}
+        checked = entry.get("coverage_split_half") or {}
         if "0.9" in checked:
-            lines.append(f"  observed 90% coverage on {entry['fit_split']} (not used for the quantiles): "
-                         f"{checked['0.9']:.1%}")
+            lines.append(f"  90% coverage, quantiles from one half of the calibration rows, checked on the other "
+                         f"(nothing chose from them): {checked['0.9']:.1%}")
+        else:
+            lines.append("  no coverage check: too few calibration rows to divide; check with `edgereg eval` on new "
+                         "labelled photos")
     first = next(iter(intervals.values()))
-    lines.append(f"  {first['split_choice']}")
+    if first["split_choice"] != "none":
+        lines.append(f"  {first['split_choice']}")
     lines.append(f"  note: {first['guarantee']}")
     return lines
 

@@ -219,10 +219,12 @@ class Regressor(nn.Module):
         return self.output_transform.encode(torch.as_tensor(targets).to(device))
 
     def export_onnx(self, path: str | Path, *, opset: int = 17,
-                    input_shape: tuple[int, int, int] | None = None) -> Path:
+                    input_shape: tuple[int, int, int] | None = None, novelty: "NoveltyHead | None" = None) -> Path:
         """Write the model, output transform included, as ONNX (eval mode, BN folded).
 
-        Input ``image (N, C, H, W) float32``, output ``value (N, T) float32``, dynamic batch axis.
+        Input ``image (N, C, H, W) float32``, output ``value (N, T) float32``, dynamic batch axis;
+        with ``novelty`` a second output ``novelty (N, 1) float32``: the head's distance of the
+        penultimate features (:func:`feature_layer`).
         Uses the TorchScript exporter (``dynamo=False``: faster and more robust than the dynamo
         exporter for these small graphs, and it folds BN into the preceding conv in eval mode) with
         constant folding, then runs ``onnx.checker``. The train/eval mode is restored afterwards.
@@ -246,16 +248,20 @@ class Regressor(nn.Module):
         was_training = self.training
         self.eval()
         example = torch.zeros(2, *shape, device=next(self.model.parameters()).device)
+        module: nn.Module = self if novelty is None else WithNovelty(self, novelty)
+        outputs = [OUTPUT_NAME] + ([] if novelty is None else [NOVELTY_NAME])
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 # dynamo=False is deliberate (see the docstring); its deprecation notices are noise here
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 torch.onnx.export(
-                    self, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    module, (example,), str(path), input_names=[INPUT_NAME], output_names=outputs,
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
                     opset_version=opset, do_constant_folding=True, dynamo=False,
                 )
         finally:
+            if novelty is not None:
+                module.remove()
             self.train(was_training)
         onnx.checker.check_model(str(path))
         return path
@@ -268,3 +274,128 @@ class Regressor(nn.Module):
             width = self.model(torch.zeros(1, *self.input_shape, device=device)).shape[1]
         self.model.train(was_training)
         return int(width)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Penultimate features and the novelty output (docs/lab-grade.md, "Unfamiliar photos").
+
+NOVELTY_NAME = "novelty"  # the exported graph's optional second output, (N, 1) float32
+
+
+def feature_layer(regressor: Regressor) -> tuple[nn.Module, bool]:
+    """(module, True: its output / False: its input) whose tensor is the penultimate feature vector.
+
+    A block readout (``model.fixed_features``): the standardized block features. Any other model:
+    the input of the last module with parameters that runs in a forward pass (the head's input for
+    the registry CNNs). Feature maps (B, C, H, W) are averaged over H and W.
+    """
+    fixed = getattr(regressor.model, "fixed_features", None)
+    if isinstance(fixed, nn.Module):
+        return fixed, True
+    if regressor.input_shape is None:
+        raise EdgeregError("the novelty score needs the model's input shape; build it with create_model")
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda module, _: order.append(module))
+             for m in regressor.model.modules() if any(True for _ in m.parameters(recurse=False))]
+    was_training = regressor.training
+    regressor.eval()
+    try:
+        with torch.no_grad():
+            regressor(torch.zeros(1, *regressor.input_shape, device=next(regressor.model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        regressor.train(was_training)
+    if not order:
+        raise EdgeregError("the model has no learned layer to take features from")
+    return order[-1], False
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, D): feature maps averaged over their spatial axes."""
+    return tensor.mean(dim=(2, 3)) if tensor.ndim == 4 else tensor.flatten(1)
+
+
+class _Capture:
+    """A forward hook keeping the penultimate features of the latest forward pass."""
+
+    def __init__(self, module: nn.Module, use_output: bool) -> None:
+        self.value: torch.Tensor | None = None
+        self.use_output = use_output
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output) -> None:
+        self.value = _flat(output if self.use_output else inputs[0])
+
+
+def embed(regressor: Regressor, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """(N, C, H, W) float32 normalized images -> (N, D) float64 penultimate features (eval mode)."""
+    module, use_output = feature_layer(regressor)
+    capture = _Capture(module, use_output)
+    was_training = regressor.training
+    regressor.eval()
+    device = next(regressor.model.parameters()).device
+    parts = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                regressor(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device))
+                parts.append(capture.value.double().cpu().numpy())
+    finally:
+        capture.handle.remove()
+        regressor.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+class NoveltyHead(nn.Module):
+    """Shrinkage Mahalanobis distance of (B, D) features: ``sqrt(c' P c)``, ``c = f - mean``, with the
+    precision ``P = V diag(1/l - 1/r) V' + I / r`` of a Ledoit-Wolf covariance kept in its top
+    ``k`` eigenvectors ``V (D, k)`` (eigenvalues ``l``) and one value ``r`` for the rest.
+
+    With every direction kept (k = D) the graph is one affine map and a norm, ``|f A + b|`` with
+    ``A = V diag(l^-1/2)``, ``b = -mean A`` (MatMul, Add, ReduceL2); else
+    ``sqrt(|c|^2 / r - |c V diag((1/r - 1/l)^1/2)|^2)``.
+
+    Args: mean (D,), basis (D, k), weights (k,) = 1/l - 1/r, rest = 1/r; float arrays.
+    """
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray, weights: np.ndarray, rest: float) -> None:
+        super().__init__()
+        mean, basis = np.asarray(mean, np.float64), np.asarray(basis, np.float64)
+        weights = np.asarray(weights, np.float64)
+        self.full = basis.shape[0] == basis.shape[1]
+        if self.full:  # P = V diag(1/l) V'
+            a = basis * np.sqrt(np.maximum(weights + rest, 0.0))[None]  # (D, D)
+            self.register_buffer("a", torch.tensor(a, dtype=torch.float32))
+            self.register_buffer("b", torch.tensor(-(mean @ a), dtype=torch.float32)[None])  # (1, D)
+        else:  # top directions have l >= r: subtract their excess precision
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[None])  # (1, D)
+            self.register_buffer("a", torch.tensor(basis * np.sqrt(np.maximum(-weights, 0.0))[None],
+                                                   dtype=torch.float32))  # (D, k)
+            self.register_buffer("rest", torch.tensor([[float(np.sqrt(rest))]], dtype=torch.float32))  # (1, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, 1) float32 distance."""
+        if self.full:
+            return torch.linalg.vector_norm(features @ self.a + self.b, dim=1, keepdim=True)
+        c = features - self.mean
+        whole = torch.linalg.vector_norm(c * self.rest, dim=1, keepdim=True)
+        top = torch.linalg.vector_norm(c @ self.a, dim=1, keepdim=True)
+        return torch.sqrt(torch.clamp(whole * whole - top * top, min=0.0))
+
+
+class WithNovelty(nn.Module):
+    """A Regressor and a NoveltyHead: ``(B, C, H, W) -> ((B, T) value, (B, 1) novelty)`` (export only)."""
+
+    def __init__(self, regressor: Regressor, head: NoveltyHead) -> None:
+        super().__init__()
+        self.regressor, self.head = regressor, head
+        self._capture = _Capture(*feature_layer(regressor))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value = self.regressor(images)
+        return value, self.head(self._capture.value)
+
+    def remove(self) -> None:
+        """Take the feature hook off the regressor."""
+        self._capture.handle.remove()

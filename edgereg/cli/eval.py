@@ -65,11 +65,13 @@ def run(args) -> int:
     truth = labelled.targets  # (N, T) in the dataset's units (coords in source pixels)
     metrics = score(predictions.values, labelled, card)
     coverage = _coverage(predictor, dataset, labelled.boxes, truth)
+    familiarity = _by_familiarity(predictor, dataset, labelled, predictions, truth)
 
     _make_out_dir(out_dir)
     result = {"model": str(args.model), "dataset": str(args.dataset), "tta": str(predictor.tta),
               "providers": predictor.providers, "n": int(len(truth)), "skipped": len(dataset.skipped),
               "quantization": card.quantization or None, "metrics": metrics, "interval_coverage": coverage,
+              "by_familiarity": familiarity,
               "calibration_id": predictor.lab.calibration.id if predictor.lab.calibration else None}
     atomic_write(out_dir / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write(out_dir / "predictions.csv",
@@ -89,36 +91,92 @@ def run(args) -> int:
         print(f"  {name}: RMSE {target['rmse']:.4g}{unit}  MAE {target['mae']:.4g}  "
               f"max error {target['max_error']:.4g}  R² {r2}")
     print("\n".join(_coverage_lines(coverage)))
+    print("\n".join(_familiarity_lines(familiarity)))
     print(f"metrics: {out_dir / 'metrics.json'}")
     print(f"plot: {plot}" if plot else "plot: skipped (matplotlib missing: pip install 'edgereg[train]')")
     return 0
 
 
-def _coverage(predictor, dataset, boxes, truth) -> dict | None:
-    """Observed coverage of the card's intervals on this dataset, at each stored level."""
+def _coverage(predictor, dataset, boxes, truth, parts=None):
+    """Observed coverage of the card's intervals on this dataset, at each stored level (with
+    ``parts``, a list of (N,) bool masks: one coverage dict or None per part)."""
     import numpy as np
 
     from edgereg.lab import interval_coverage
     from edgereg.predictor import Predictor
 
-    if not predictor.card.intervals:
+    if not predictor.card.intervals or "sets" not in predictor.card.intervals:
         return None
     network = Predictor(predictor.path, providers="cpu", tta=str(predictor.tta), batch_size=predictor.batch_size,
                         confidence=None, calibration=False, card=predictor.card)
     raw = network.predict_prepared(dataset.images, boxes)
     sides = np.asarray(dataset.crop_boxes, dtype=np.float64)[:, 2:4]  # (N, 2) w, h
     scale = predictor.card.target_kind.reading_scale(sides, len(predictor.card.targets))
-    return interval_coverage(predictor.card, str(predictor.tta), raw.values, raw.spread, scale, truth,
-                             calibrate=predictor.lab.calibration is not None)
+    calibrate = predictor.lab.calibration is not None
+    if parts is None:
+        return interval_coverage(predictor.card, str(predictor.tta), raw.values, raw.spread, scale, truth,
+                                 calibrate=calibrate)
+    cut = lambda a, m: None if a is None else a[m]  # noqa: E731
+    return [interval_coverage(predictor.card, str(predictor.tta), raw.values[m], cut(raw.spread, m), cut(scale, m),
+                              truth[m], calibrate=calibrate) if m.any() else None for m in parts]
+
+
+def _by_familiarity(predictor, dataset, labelled, predictions, truth) -> dict | None:
+    """RMSE and 90%-interval coverage of the readings flagged ``unfamiliar`` and of the others, or
+    None for a model without the novelty output."""
+    import numpy as np
+
+    from edgereg.export.gate import score
+    from edgereg.predictor import UNFAMILIAR
+
+    if predictions.novelty is None:
+        return None
+    unfamiliar = np.array([UNFAMILIAR in f for f in predictions.flags], dtype=bool)
+    coverage = _coverage(predictor, dataset, labelled.boxes, truth, parts=(~unfamiliar, unfamiliar))
+    result = {"threshold": predictor.novelty_threshold, "false_alarm_rate": predictor.card.novelty.get(
+        "false_alarm_rate"), "novelty": [float(v) for v in predictions.novelty]}
+    for k, (name, mask) in enumerate((("familiar", ~unfamiliar), ("unfamiliar", unfamiliar))):
+        entry: dict = {"n": int(mask.sum()), "share": float(mask.mean()) if len(mask) else 0.0}
+        if mask.any():
+            from edgereg.export.gate import EvalSet
+
+            part = EvalSet(frames=labelled.frames[:0], targets=labelled.targets[mask], crop_boxes=None
+                           if labelled.crop_boxes is None else labelled.crop_boxes[mask], split=name)
+            entry["rmse"] = float(score(predictions.values[mask], part, predictor.card)["rmse"])
+            if coverage is not None and coverage[k] is not None:
+                entry["interval_coverage"] = {level: e["coverage"] for level, e in coverage[k]["levels"].items()
+                                              if "coverage" in e}
+        result[name] = entry
+    return result
+
+
+def _familiarity_lines(familiarity: dict | None) -> list[str]:
+    if familiarity is None:
+        return ["  unfamiliar: this model has no novelty output (export it again to add one)"]
+    lines = [f"  unfamiliar (novelty above {familiarity['threshold']:.4g}, set for "
+             f"{familiarity['false_alarm_rate']:.0%} false alarms on familiar photos):"]
+    for name in ("familiar", "unfamiliar"):
+        entry = familiarity[name]
+        text = f"    {name}: {entry['n']} ({entry['share']:.1%})"
+        if "rmse" in entry:
+            text += f", RMSE {entry['rmse']:.4g}"
+        if "0.9" in entry.get("interval_coverage", {}):
+            text += f", 90% interval coverage {entry['interval_coverage']['0.9']:.1%}"
+        lines.append(text)
+    return lines
 
 
 def _coverage_lines(coverage: dict | None) -> list[str]:
     if coverage is None:
         return ["  intervals: none in this model's card (export with `edgereg export` to add them)"]
     levels = coverage["levels"]
-    seen = ", ".join(f"{float(level):.0%} -> {entry['coverage']:.1%}" for level, entry in levels.items())
+    seen = ", ".join(f"{float(level):.0%} -> {entry['coverage']:.1%}" for level, entry in levels.items()
+                     if "coverage" in entry)
     lines = [f"  interval coverage (nominal -> observed): {seen}"]
-    if "0.9" in levels:
+    for level, entry in levels.items():
+        if "unsupported" in entry:
+            lines.append(f"  {float(level):.0%}: not reported: {entry['unsupported']}")
+    if "coverage" in levels.get("0.9", {}):
         for name, bins in levels["0.9"]["bins"].items():
             parts = [f"{b['lo']:.4g}..{b['hi']:.4g}: {b['coverage']:.0%} (n {b['n']})" for b in bins if b["n"]]
             lines.append(f"  90% coverage of {name} by range bin: " + "; ".join(parts))

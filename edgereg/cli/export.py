@@ -75,6 +75,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     intervals.add_argument("--interval-wide-factor", type=float, default=2.0, metavar="X",
                            help="flag interval_wide when a reading's interval is over X times the typical one "
                                 "(default 2)")
+    familiar = parser.add_argument_group("unfamiliar photos (docs/lab-grade.md)")
+    familiar.add_argument("--no-novelty", dest="novelty", action="store_false",
+                          help="leave out the novelty output (a shrinkage Mahalanobis distance of the penultimate "
+                               "features; readings above its threshold are flagged unfamiliar)")
+    familiar.add_argument("--novelty-rate", type=float, default=0.05, metavar="X",
+                          help="share of familiar photos flagged unfamiliar at most, on average (default 0.05)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--no-speed", dest="speed", action="store_false",
                         help="skip the speed/memory measurement and the int8 speed control")
@@ -94,7 +100,7 @@ def _calibration_method(value: str) -> str:
 
 def run(args) -> int:
     """Export; an OSError mid-way (disk full) removes this export's files and exits 1, one line."""
-    from edgereg.errors import require_extra
+    from edgereg.errors import OutputError, WriteFailedError, require_extra
 
     require_extra("torch")
     require_extra("onnx")
@@ -113,6 +119,12 @@ def run(args) -> int:
         error = output_error(exc, exc.filename or out_dir, fix="choose another --out", mid_run=True)
         kept = f"; the {len(removed)} file(s) it had written were removed" if removed else ""
         raise type(error)(f"{error} (an export is all or nothing{kept})") from None
+    except OutputError as exc:  # an atomic write (a model's card) failing mid-export: the same, typed
+        if isinstance(exc, WriteFailedError):
+            raise
+        removed = _remove_partial_outputs(out_dir, since=started)
+        kept = f"; the {len(removed)} file(s) it had written were removed" if removed else ""
+        raise WriteFailedError(f"{exc} (an export is all or nothing{kept})") from None
 
 
 OUTPUT_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "export_report.json")
@@ -178,12 +190,16 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
 
     regressor, info = load_run(run_dir)
     dataset = load_run_dataset(info)
-    gate_set, holdout = _held_out_sets(dataset, info)
+    conformal = _interval_setup(args, dataset, info)
+    gate_set, holdout, gate_rows = _held_out_sets(dataset, info, None if conformal is None else conformal[1])
     card = export_card(info.card, opset=args.opset)
     check_inputs = preprocess_batch(gate_set.frames, info.preprocess)  # (N, C, H, W) float32
-    fp32 = export_fp32(regressor, card, out_dir / "model.onnx", check_inputs=check_inputs, opset=args.opset)
+    novelty = _novelty_setup(args, regressor, dataset, info)
+    fp32 = export_fp32(regressor, card, out_dir / "model.onnx", check_inputs=check_inputs, opset=args.opset,
+                       novelty=None if novelty is None else novelty.head)
+    if novelty is not None:
+        card = novelty.card_for(fp32.path, card)
     fp32_metrics = evaluate(fp32.path, gate_set, card=card)
-    conformal = _interval_setup(args, dataset, info)
     intervals_report = {}
     fp32_card = card
     if conformal is not None:
@@ -195,16 +211,39 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
     int8 = None
     if args.int8:
         calibration, calibration_info = _calibration(args, dataset, info)
+        quantize_from = fp32.path
+        if novelty is not None:  # the quantizer sees the regression graph alone (novelty_plan)
+            import tempfile
+
+            from edgereg.export.novelty_plan import value_only_copy
+
+            scratch = tempfile.TemporaryDirectory(prefix="edgereg-value-only-")
+            quantize_from = value_only_copy(fp32.path, Path(scratch.name) / "model.onnx")
         int8 = quantize_with_gate(
-            fp32.path, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
+            quantize_from, out_dir / "model.int8.onnx", card=card, calibration=calibration, evalset=gate_set,
             methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
             keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
             calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed,
             budget_s=args.int8_budget)
+        if int8.path is not None and novelty is not None:  # float branch back in; its own scores set its threshold
+            from dataclasses import replace as _replace
+
+            from edgereg.export.novelty_plan import graft_novelty
+
+            if graft_novelty(fp32.path, int8.path):
+                int8 = _replace(int8, card=novelty.card_for(int8.path, int8.card))
+            else:
+                int8 = _replace(int8, card=int8.card.with_(novelty={}))
+                from edgereg.export.card_io import write_card
+
+                write_card(int8.path, int8.card)
+                print("note: model.int8.onnx has no novelty output (its penultimate features have no tensor of "
+                      "their own in the int8 graph)")
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
         elif conformal is not None:  # the int8 model's own residuals, not fp32's
-            _, intervals_report["int8"] = add_intervals(int8.path, int8.card, parts, model="int8", options=options)
+            _, intervals_report["int8"] = add_intervals(int8.path, int8.card, parts, model="int8", options=options,
+                                                        fp32_path=fp32.path, exclude_rows=gate_rows)
 
     fp16 = None
     if args.fp16:
@@ -260,21 +299,32 @@ def _check_args(args, run_dir: Path) -> None:
         raise EdgeregError(f"--max-float-layers must be >= 0, got {args.max_float_layers}")
     if not 0 <= args.int8_budget < float("inf"):
         raise EdgeregError(f"--int8-budget must be a number of seconds >= 0, got {args.int8_budget:g}")
+    if not 0 < args.novelty_rate < 1:
+        raise EdgeregError(f"--novelty-rate must be in (0, 1), e.g. 0.05, got {args.novelty_rate}")
     if args.calib_images < 1 or args.repeats < 1:
         raise EdgeregError(f"--calib-images and --repeats must be >= 1, got {args.calib_images} and {args.repeats}")
 
 
-def _held_out_sets(dataset, info):
-    """(the gate split: val, or test when the run has no val; test as a second split, or None)."""
+def _held_out_sets(dataset, info, parts=None):
+    """(the gate split, test as a second split or None, the gate's dataset rows).
+
+    The gate split is what the int8 search chooses on: val, or test when the run has no val. A
+    refitted model with held-out rows divided for its intervals gets the difficulty part instead
+    (rows no quantile comes from); the int8 model's quantiles leave out whatever rows the gate
+    looked at (``add_intervals(exclude_rows=...)``).
+    """
     from edgereg.errors import EdgeregError
     from edgereg.export.gate import eval_set
 
     kind = info.card.kind
+    if parts is not None and parts.cross_validated and parts.fit is not None:
+        holdout = eval_set(dataset, info.split.test, kind=kind, split="test") if len(info.split.test) else None
+        return parts.fit, holdout, parts.fit_rows
     if len(info.split.val):
         holdout = eval_set(dataset, info.split.test, kind=kind, split="test") if len(info.split.test) else None
-        return eval_set(dataset, info.split.val, kind=kind, split="val"), holdout
+        return eval_set(dataset, info.split.val, kind=kind, split="val"), holdout, info.split.val
     if len(info.split.test):
-        return eval_set(dataset, info.split.test, kind=kind, split="test"), None
+        return eval_set(dataset, info.split.test, kind=kind, split="test"), None, info.split.test
     raise EdgeregError(f"run '{info.run_dir}' has no validation or test images to check the export on; "
                        "retrain with a validation split (the default)")
 
@@ -287,7 +337,17 @@ def _interval_setup(args, dataset, info):
 
     options = ConformalOptions(method=args.intervals, bins=args.interval_bins, wide_factor=args.interval_wide_factor,
                                seed=info.card.provenance.get("seed") or 0)
-    return options, held_out_parts(dataset, info.split, kind=info.card.kind)
+    return options, held_out_parts(dataset, info.split, kind=info.card.kind, refit_rows=info.record.get("refit_rows"),
+                                   run_dir=info.run_dir, seed=options.seed)
+
+
+def _novelty_setup(args, regressor, dataset, info):
+    """The novelty head fitted on the shipped model's training rows, and its threshold rows, or None."""
+    if not args.novelty:
+        return None
+    from edgereg.export.novelty_plan import plan_novelty
+
+    return plan_novelty(regressor, dataset, info, rate=args.novelty_rate)
 
 
 def _gate_hint(args) -> str:

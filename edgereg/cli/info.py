@@ -74,12 +74,19 @@ def run(args) -> int:
 def _lab_lines(card) -> list[str]:
     """Intervals, calibration to standards and validation limits, one line each (docs/lab-grade.md)."""
     lines = []
-    if card.intervals:
+    if card.intervals.get("none"):
+        lines.append(f"intervals  none: {card.intervals['none']}")
+    elif card.intervals:
         sets = card.intervals["sets"]
         parts = [f"tta {s['tta']}: {s['model']} residuals, {s['n_calibration']} images of {s['calibration_split']}"
                  for s in sets]
         levels = ", ".join(f"{v:g}" for v in card.intervals["levels"])
         lines.append(f"intervals  {card.intervals['method']} at {levels}; " + "; ".join(parts))
+    if card.novelty:
+        n = card.novelty
+        limit = "none (too few held-out rows)" if n.get("threshold") is None else f"{n['threshold']:.4g}"
+        lines.append(f"novelty    output 'novelty'; unfamiliar above {limit} ({n.get('false_alarm_rate', 0):.0%} false "
+                     f"alarms on {n.get('n_threshold')} held-out photos); {n.get('features')} features")
     if card.calibration:
         cal = card.calibration
         standards = cal.get("standards", {})

@@ -31,8 +31,8 @@ def test_model_onnx_is_a_checked_standard_graph(exported):
     ops = {node.op_type for node in model.graph.node}
     assert "BatchNormalization" not in ops, "BatchNorm must be folded into the convolutions"
     (image,) = model.graph.input
-    (value,) = model.graph.output
-    assert (image.name, value.name) == ("image", "value")
+    value, novelty = model.graph.output  # the novelty score is the optional second output
+    assert (image.name, value.name, novelty.name) == ("image", "value", "novelty")
     batch_dim = image.type.tensor_type.shape.dim[0]
     assert not batch_dim.HasField("dim_value"), "the batch axis must be dynamic"
 
