@@ -225,20 +225,18 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
             keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
             calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed,
             budget_s=args.int8_budget)
-        if int8.path is not None and novelty is not None:  # float branch back in; its own scores set its threshold
+        if int8.path is not None and novelty is not None:
+            # The int8 model ships without the novelty output for now: grafting the float branch back
+            # after quantization (export.novelty_plan.graft_novelty) broke the analysis of the int8
+            # graph's float tail that the C backend's checks rely on. Use model.onnx for novelty.
             from dataclasses import replace as _replace
 
-            from edgereg.export.novelty_plan import graft_novelty
+            from edgereg.export.card_io import write_card
 
-            if graft_novelty(fp32.path, int8.path):
-                int8 = _replace(int8, card=novelty.card_for(int8.path, int8.card))
-            else:
-                int8 = _replace(int8, card=int8.card.with_(novelty={}))
-                from edgereg.export.card_io import write_card
-
-                write_card(int8.path, int8.card)
-                print("note: model.int8.onnx has no novelty output (its penultimate features have no tensor of "
-                      "their own in the int8 graph)")
+            int8 = _replace(int8, card=int8.card.with_(novelty={}))
+            write_card(int8.path, int8.card)
+            print("note: model.int8.onnx has no novelty output in this version; model.onnx has it "
+                  "(flag `unfamiliar`)")
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
         elif conformal is not None:  # the int8 model's own residuals, not fp32's
