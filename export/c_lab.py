@@ -80,7 +80,7 @@ class LabC:
             f"#define {m}_ERR_CONFIDENCE (-3) /* a confidence level the card has no quantiles for ({levels}) */",
             *flag_macros(m),
             "",
-            f"/* A lab-grade reading: calibrated values, their conformal interval at the requested confidence,",
+            "/* A lab-grade reading: calibrated values, their conformal interval at the requested confidence,",
             f" * the network's readings and the flags ({m}_FLAG_*). lo/hi are NaN without intervals. */",
             f"struct {p}_reading {{",
             f"    float value[{m}_N_OUTPUTS];",

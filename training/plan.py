@@ -27,7 +27,7 @@ from edgereg.training.config import DEFAULT_UNITS, SMALL_IMAGE, TrainConfig
 from edgereg.training.data import (LABELS_FILE, check_targets_vary, confine, default_range, load_dataset,
                                    skip_summary)
 from edgereg.training.kind_training import kind_training
-from edgereg.training.models import default_model, model_entry
+from edgereg.training.models import default_model
 from edgereg.training.regressor import OutputTransform
 from edgereg.training.run import build_regressor, json_ready
 from edgereg.training.splits import Split, kfold, make_split

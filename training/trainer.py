@@ -576,7 +576,7 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     else:
         if vplan.mode == "holdout":  # fit on train, score val, then refit on train + val
             first = plan_for(config, vplan.split, seen_frac=0.0)
-            log(f"fit on the train part (scored on validation), then a refit on train + validation")
+            log("fit on the train part (scored on validation), then a refit on train + validation")
             outcome, sanity = run_fit(first, config, None, ctx, lr=winner.lr, resume=False, progress=progress,
                                       log=log, deadline=end(REFIT_SHARE), closing_rows=0)
             evaluations["val"] = evaluate_fit(first, outcome.regressor, device=ctx.device,
