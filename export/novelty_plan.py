@@ -8,10 +8,9 @@
   threshold set on the other 30%, which the mean never saw but the network did (features of
   photos a network trained on sit a little closer to the others than a new photo's, so a little
   more than ``rate`` of new familiar photos may be flagged: measured in docs/changes-intervals.md).
-* Each exported model (fp32, int8) gets the threshold of its own ``novelty`` output. The int8
-  quantizer and its search see the regression graph alone (:func:`value_only_copy`); the branch is
-  grafted back into the int8 model in float (:func:`graft_novelty`), reading the penultimate
-  features the int8 layers computed.
+* The int8 quantizer and its search see the regression graph alone (:func:`value_only_copy`), and
+  the int8 model ships without a novelty output in this version (grafting the float branch back
+  broke the analysis of the int8 graph's float tail that the C backend's checks rely on).
 """
 
 from __future__ import annotations
@@ -76,59 +75,15 @@ class NoveltyPlan:
         return new_card
 
 
-def _backward(graph, outputs: set[str]) -> set[str]:
-    """Names of the nodes ``outputs`` depend on."""
-    producer = {out: node for node in graph.node for out in node.output}
-    needed, stack, seen = set(), list(outputs), set()
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in producer:
-            continue
-        seen.add(name)
-        node = producer[name]
-        needed.add(node.name)
-        stack.extend(i for i in node.input if i)
-    return needed
-
-
 def value_only_copy(fp32_path: str | Path, out_path: str | Path) -> Path:
     """The fp32 model without its novelty branch (card kept), for the int8 quantizer: the int8
-    search then sees the regression graph alone, and the branch is grafted back in float after."""
+    search then sees the regression graph alone."""
     import onnx
 
     from edgereg.export.c_codegen import value_only
 
     onnx.save(value_only(onnx.load(str(fp32_path))), str(out_path))
     return Path(out_path)
-
-
-def graft_novelty(fp32_path: str | Path, model_path: str | Path) -> bool:
-    """Copy the fp32 model's novelty branch (float) into the int8 model at ``model_path``, reading the
-    same penultimate tensor there (computed by the int8 layers). Returns False, leaving the file
-    as it is, when that tensor has no counterpart in the int8 graph."""
-    import onnx
-
-    from edgereg.card import OUTPUT_NAME
-    from edgereg.writers import atomic_write
-
-    src, dst = onnx.load(str(fp32_path)), onnx.load(str(model_path))
-    branch_names = _backward(src.graph, {NOVELTY_NAME}) - _backward(src.graph, {OUTPUT_NAME})
-    branch = [node for node in src.graph.node if node.name in branch_names]
-    made = {out for node in branch for out in node.output}
-    constants = {init.name: init for init in src.graph.initializer}
-    reads = {i for node in branch for i in node.input if i and i not in made}
-    available = {out for node in dst.graph.node for out in node.output} | {i.name for i in dst.graph.input}
-    if not branch or not (reads - set(constants)) <= available:
-        return False
-    taken = {node.name for node in dst.graph.node} | {init.name for init in dst.graph.initializer}
-    if branch_names & taken or any(name in taken for name in reads & set(constants)):
-        return False  # a name clash: leave the int8 model without the output
-    dst.graph.node.extend(branch)
-    dst.graph.initializer.extend(constants[name] for name in sorted(reads & set(constants)))
-    dst.graph.output.extend(o for o in src.graph.output if o.name == NOVELTY_NAME)
-    onnx.checker.check_model(dst)
-    atomic_write(model_path, dst.SerializeToString())
-    return True
 
 
 def plan_novelty(regressor, dataset, info, *, rate: float) -> NoveltyPlan:
@@ -164,4 +119,4 @@ def plan_novelty(regressor, dataset, info, *, rate: float) -> NoveltyPlan:
                        fitted_on=fitted_on, threshold_rows=where, features=features.shape[1])
 
 
-__all__ = ["NoveltyPlan", "graft_novelty", "plan_novelty", "value_only_copy"]
+__all__ = ["NoveltyPlan", "plan_novelty", "value_only_copy"]

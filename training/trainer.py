@@ -628,16 +628,17 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     if not ctx.is_main:
         return TrainResult(run_dir, {}, (), "")
     best = race_of_readouts.best()
-    network_val = evaluate_fit(plan, outcome.regressor, device=ctx.device,
-                               batch_size=config.eval_batch).get("val") if "val" not in evaluations else evaluations["val"]
+    # the network scored once on every split it has (val, test, seen); a val already scored (before
+    # a refit, or out of fold) is the one that counts
+    scored = evaluate_fit(plan, outcome.regressor, device=ctx.device, batch_size=config.eval_batch)
+    evaluations.update({k: v for k, v in scored.items() if k not in evaluations})
+    network_val = evaluations.get("val")
     if best is not None and network_val is not None and best.val_rmse < network_val.metrics["rmse"]:
         log(f"model: {best.label()} (validation RMSE {best.val_rmse:.4g} ± {best.val_se:.2g}) beats the network "
             f"{winner.label()} ({network_val.metrics['rmse']:.4g}): the readout is shipped")
         network = {f"network {plan.model_name} ({winner.model})": network_val.metrics}
         return ship_readout(loaded, config, vplan, reference, race_of_readouts, network, network_val, external,
                             run_dir, clock, choice, log=log)
-    evaluations.update({k: v for k, v in evaluate_fit(plan, outcome.regressor, device=ctx.device,
-                                                      batch_size=config.eval_batch).items() if k not in evaluations})
     if external is not None:
         evaluations["test"] = evaluate_external(plan, outcome.regressor, external, device=ctx.device,
                                                 batch_size=config.eval_batch)
@@ -765,7 +766,7 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
     started = time.perf_counter()
     regressor, fit_record = readouts.fit_plan(plan, seed=config.seed)
     save_checkpoint(run_dir / BEST_FILE, regressor.state_dict())
-    evaluations = {k: v for k, v in evaluate_fit(plan, regressor, batch_size=config.eval_batch).items()}
+    evaluations = dict(evaluate_fit(plan, regressor, batch_size=config.eval_batch))
     if external is not None:
         evaluations["test"] = evaluate_external(plan, regressor, external, batch_size=config.eval_batch)
     true, pred = race.predictions[best.label()]

@@ -227,8 +227,8 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
             budget_s=args.int8_budget)
         if int8.path is not None and novelty is not None:
             # The int8 model ships without the novelty output for now: grafting the float branch back
-            # after quantization (export.novelty_plan.graft_novelty) broke the analysis of the int8
-            # graph's float tail that the C backend's checks rely on. Use model.onnx for novelty.
+            # after quantization broke the analysis of the int8 graph's float tail that the C
+            # backend's checks rely on. Use model.onnx for novelty.
             from dataclasses import replace as _replace
 
             from edgereg.export.card_io import write_card

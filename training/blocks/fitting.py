@@ -33,14 +33,33 @@ def model_inputs(regressor, plan, rows: np.ndarray, batch: int = 512) -> torch.T
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
-def initialize_from_data(regressor, plan, *, seed: int = 0) -> dict:
-    """Fit the readout inside a hybrid model (``regressor.model.readout``) on the plan's train rows."""
-    readout = regressor.model.readout
-    x = model_inputs(regressor, plan, plan.split.train)
-    scale, offset = intensity_affine(plan)
+def prepare_from_plan(readout, regressor, plan, x: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Prepare ``readout``'s blocks (a BlockReadout inside ``regressor``) on the plan's train rows.
+
+    Args:
+        x: the train rows' model inputs when the caller has them (:func:`model_inputs`).
+
+    Returns:
+        (x (N, C, H, W) float32 model inputs, z (N, n_outputs) float64 encoded targets) of the train rows.
+    """
     rows = np.asarray(plan.split.train)
-    groups = None if plan.loaded.dataset.groups is None else np.asarray(plan.loaded.dataset.groups)[rows]
+    x = model_inputs(regressor, plan, rows) if x is None else x
+    scale, offset = intensity_affine(plan)
     with torch.no_grad():
         z = regressor.encode_targets(plan.loaded.dataset.targets[rows])
     prepare_blocks(readout, x, z, intensity_scale=scale, intensity_offset=offset)
-    return fit_head(readout, block_features(readout, x), z.double().numpy(), groups, seed=seed)
+    return x, z.double().numpy()
+
+
+def fit_from_plan(readout, regressor, plan, *, seed: int = 0) -> dict:
+    """Prepare and fit ``readout`` (a BlockReadout inside ``regressor``: the model itself, or a
+    hybrid's readout) on the plan's train rows, in place; returns the fit record."""
+    x, z = prepare_from_plan(readout, regressor, plan)
+    rows = np.asarray(plan.split.train)
+    groups = None if plan.loaded.dataset.groups is None else np.asarray(plan.loaded.dataset.groups)[rows]
+    return fit_head(readout, block_features(readout, x), z, groups, seed=seed)
+
+
+def initialize_from_data(regressor, plan, *, seed: int = 0) -> dict:
+    """Fit the readout inside a hybrid model (``regressor.model.readout``) on the plan's train rows."""
+    return fit_from_plan(regressor.model.readout, regressor, plan, seed=seed)

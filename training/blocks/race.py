@@ -23,8 +23,8 @@ import torch
 
 from edgereg.kinds import target_kind
 from edgereg.training.blocks.features import BLOCKS
-from edgereg.training.blocks.fitting import intensity_affine, model_inputs
-from edgereg.training.blocks.readout import block_features, fit_head, prepare_blocks, readout_outputs
+from edgereg.training.blocks.fitting import fit_from_plan, model_inputs, prepare_from_plan
+from edgereg.training.blocks.readout import block_features, fit_head, readout_outputs
 from edgereg.training.metrics import rmse_standard_error, sample_errors
 
 MODEL_NAME = "readout"
@@ -80,28 +80,12 @@ def readout_plan(plan, blocks: str, hidden: int = 0, quadratic: bool = False):
                    model_kwargs={"blocks": blocks, "hidden": int(hidden), "quadratic": bool(quadratic)})
 
 
-def prepared_regressor(plan, *, seed: int):
-    """A Regressor for ``plan`` whose blocks are prepared on its train rows, and those rows' inputs."""
+def fit_plan(plan, *, seed: int = 0):
+    """A Regressor with the readout of ``plan`` fitted on ``plan.split.train``; (regressor, fit record)."""
     from edgereg.training.plan import new_regressor
 
     regressor = new_regressor(plan, seed).eval()
-    x = model_inputs(regressor, plan, plan.split.train)
-    scale, offset = intensity_affine(plan)
-    with torch.no_grad():
-        z = regressor.encode_targets(plan.loaded.dataset.targets[np.asarray(plan.split.train)])
-    prepare_blocks(regressor.model, x, z, intensity_scale=scale, intensity_offset=offset)
-    return regressor, x
-
-
-def fit_plan(plan, *, seed: int = 0):
-    """A Regressor with the readout of ``plan`` fitted on ``plan.split.train``; (regressor, fit record)."""
-    regressor, x = prepared_regressor(plan, seed=seed)
-    loaded = plan.loaded
-    rows = np.asarray(plan.split.train)
-    groups = None if loaded.dataset.groups is None else np.asarray(loaded.dataset.groups)[rows]
-    with torch.no_grad():
-        z = regressor.encode_targets(loaded.dataset.targets[rows]).double().numpy()
-    record = fit_head(regressor.model, block_features(regressor.model, x), z, groups, seed=seed)
+    record = fit_from_plan(regressor.model, regressor, plan, seed=seed)
     return regressor.eval(), record
 
 
@@ -110,12 +94,17 @@ class FeatureCache:
     train rows (their 8-bit levels or quantiles, the template)."""
 
     def __init__(self, plan, blocks: tuple[str, ...], rows: np.ndarray, *, seed: int):
+        from edgereg.training.plan import new_regressor
+
         full = readout_plan(plan, ",".join(blocks))
-        regressor, _ = prepared_regressor(full, seed=seed)
+        regressor = new_regressor(full, seed).eval()
         self.rows = np.asarray(rows)
         self.position = {int(r): i for i, r in enumerate(self.rows)}
+        inputs = model_inputs(regressor, full, self.rows)  # (N, C, H, W): every row preprocessed once
+        train_at = np.array([self.position[int(r)] for r in np.asarray(full.split.train)], dtype=np.int64)
+        prepare_from_plan(regressor.model, regressor, full, inputs[train_at])
         fixed = regressor.model.fixed_features
-        x = block_features(regressor.model, model_inputs(regressor, full, self.rows))  # (N, D)
+        x = block_features(regressor.model, inputs)  # (N, D)
         self.columns, start = {}, 0
         for name, block in zip(regressor.model.block_names, fixed.blocks):
             self.columns[name] = slice(start, start + block.n_features)

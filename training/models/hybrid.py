@@ -18,7 +18,7 @@ class Hybrid(nn.Module):
 
     ``(B, C, H, W) float32 normalized -> (B, n_outputs) raw``. The readout is fitted in closed form
     on the training rows before the first step (``needs_data_init``; see
-    :func:`edgereg.training.blocks.race.initialize_from_data`) and its weights never train.
+    :func:`edgereg.training.blocks.fitting.initialize_from_data`) and its weights never train.
     """
 
     needs_data_init = True
