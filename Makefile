@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 # Mutation testing (docs/mutants.md): hours on 2 cores, so not part of `make test`.
-# MUTANTS_ARGS, e.g. "edgereg/reduce.py --jobs 2", picks modules and parallelism.
+# MUTANTS_ARGS, e.g. "edgereg/core/reduce.py --jobs 2", picks modules and parallelism.
 mutants: $(STAMP)
 	nice -n 10 $(PY) tools/mutants.py $(MUTANTS_ARGS)
 

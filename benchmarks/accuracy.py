@@ -422,7 +422,7 @@ def main() -> None:
     }
     results_path = work / "accuracy.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    from edgereg.platform_info import runtime_line
+    from edgereg.core.platform_info import runtime_line
 
     print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     run_tasks({task: runners[task] for task in args.tasks.split(",")}, results, results_path)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_onnx_model  # noqa: E402  (the test helper that builds tiny real models)
 
 from edgereg import Predictor  # noqa: E402
-from edgereg.card import ModelCard  # noqa: E402
+from edgereg.core.card import ModelCard  # noqa: E402
 
 RUNS = 7
 STAGES = (  # (label, code run by a fresh interpreter); each adds to the one before
@@ -35,8 +35,8 @@ STAGES = (  # (label, code run by a fresh interpreter); each adds to the one bef
     ("+ numpy", "import numpy"),
     ("+ OpenCV", "import numpy, cv2"),
     ("+ onnxruntime", "import numpy, cv2, onnxruntime"),
-    ("+ edgereg runtime", "import edgereg.cli.main, edgereg.cli.infer, edgereg.scoring, edgereg.predictor, "
-                          "edgereg.sources, edgereg.writers"),
+    ("+ edgereg runtime", "import edgereg.cli.main, edgereg.cli.infer, edgereg.batch.scoring, edgereg.core.predictor, "
+                          "edgereg.batch.sources, edgereg.batch.writers"),
 )
 
 
@@ -54,7 +54,7 @@ def median_wall(command: list[str], runs: int = RUNS) -> tuple[float, float]:
 
 
 def main() -> None:
-    from edgereg.platform_info import runtime_line
+    from edgereg.core.platform_info import runtime_line
 
     print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     with tempfile.TemporaryDirectory() as tmp:

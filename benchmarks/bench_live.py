@@ -1,7 +1,7 @@
 """Live readout benchmark: processing time per frame against the 30 fps frame period.
 
 Frames (default 480x640, textured so that they pass the quality gate) come from an in-memory
-source through ``edgereg.live.run_live``, so the time is what the loop itself spends per frame:
+source through ``edgereg.live.loop.run_live``, so the time is what the loop itself spends per frame:
 quality gate + crop/resize + preprocessing + inference + smoothing. Reported for TTA none, d4
 and rot:8 as the median and 95th percentile in milliseconds, and as a fraction of the 33.3 ms
 frame period (below 1.0 keeps up with a 30 fps camera).
@@ -22,7 +22,7 @@ import numpy as np
 
 from bench_scoring import build_cnn
 from edgereg import Predictor
-from edgereg.live import LiveConfig, run_live
+from edgereg.live.loop import LiveConfig, run_live
 
 FRAME_PERIOD_MS = 1000.0 / 30.0
 
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--quick", action="store_true", help="50 frames: a smoke run")
     args = parser.parse_args()
-    from edgereg.platform_info import runtime_line
+    from edgereg.core.platform_info import runtime_line
 
     print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     height, width = (int(v) for v in args.frame.lower().split("x"))

@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="batch 32, 2 repeats")
     args = parser.parse_args()
-    from edgereg.platform_info import runtime_line
+    from edgereg.core.platform_info import runtime_line
 
     print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     batch, repeats = (32, 2) if args.quick else (args.batch, args.repeats)

@@ -46,9 +46,9 @@ from edgereg.cluster.parts import PartStore  # noqa: E402
 from edgereg.cluster.plan import ClusterResources, plan_resources  # noqa: E402
 from edgereg.cluster.session import ray_session  # noqa: E402
 from edgereg.cluster.stages import OnnxScorer, decode_batch  # noqa: E402
-from edgereg.scoring import default_inference_threads, score_source  # noqa: E402
-from edgereg.sources import FolderSource  # noqa: E402
-from edgereg.writers import open_errors, open_rows, prediction_columns  # noqa: E402
+from edgereg.batch.scoring import default_inference_threads, score_source  # noqa: E402
+from edgereg.batch.sources import FolderSource  # noqa: E402
+from edgereg.batch.writers import open_errors, open_rows, prediction_columns  # noqa: E402
 
 
 def run_local(folder: Path, model: Path, out: Path, batch: int) -> float:

@@ -3,7 +3,7 @@
 On a folder of generated JPEGs (default 2,000 at 480x640) and a small CNN (generated with
 onnx.helper: three strided 3x3 convolutions, 32-64-128 channels, at 64x64; or ``--model``):
 
-* end-to-end ``edgereg.scoring.score_source`` (decode threads + batched inference + CSV rows)
+* end-to-end ``edgereg.batch.scoring.score_source`` (decode threads + batched inference + CSV rows)
   against a full-resolution decode-only loop (``read_image``) with the same number of threads on the
   same files (goal >= 1.0). The generated model's card has ``decode="reduced"`` (what ``edgereg
   train`` records): a 480x640 JPEG whose 480x480 crop feeds a 64x64 model is decoded at 1/4 in the
@@ -16,7 +16,7 @@ Decode-only and end-to-end run in alternating rounds and the median of the per-r
 reported, so that load from other processes hits both sides alike. When decode-only already keeps
 every core busy, end-to-end cannot beat decode / (decode + crop + inference) CPU time; that
 ceiling is printed too, from single-thread stage costs. ONNX Runtime gets the threads
-``edgereg infer`` gives it (``edgereg.scoring.default_inference_threads``) unless ``--ort-threads``.
+``edgereg infer`` gives it (``edgereg.batch.scoring.default_inference_threads``) unless ``--ort-threads``.
 
 Run: ``python benchmarks/bench_scoring.py`` (``--quick`` for a smoke run, ``--model m.onnx`` for a
 real model).
@@ -35,11 +35,11 @@ import cv2
 import numpy as np
 
 from edgereg import Predictor
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.preprocess import default_threads, read_frame, read_image
-from edgereg.scoring import default_inference_threads, output_columns, score_source
-from edgereg.sources import FolderSource
-from edgereg.writers import CsvRowWriter
+from edgereg.batch.scoring import default_inference_threads, output_columns, score_source
+from edgereg.batch.sources import FolderSource
+from edgereg.batch.writers import CsvRowWriter
 
 
 def build_cnn(path: Path, *, input_size: int = 64, widths=(32, 64, 128), seed: int = 0,
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--naive-n", type=int, default=500, help="images timed in the naive loop")
     parser.add_argument("--quick", action="store_true", help="200 small images: a smoke run")
     args = parser.parse_args()
-    from edgereg.platform_info import runtime_line
+    from edgereg.core.platform_info import runtime_line
 
     print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     n, (height, width) = args.n, (int(v) for v in args.frame.lower().split("x"))

@@ -3,7 +3,7 @@
 1. Streams. A 640x480 video at 10 fps, looped and paced like a camera (``--camera clip.avi``),
    read by the small CNN of ``bench_scoring.py``. The CPU of three processes, measured from
    ``/proc/PID/stat`` (every thread) over the same window length, in turns:
-     a. the capture + inference loop alone (``edgereg.live.LiveFeed``, exactly what serve runs),
+     a. the capture + inference loop alone (``edgereg.live.loop.LiveFeed``, exactly what serve runs),
      b. ``edgereg serve`` with no client,
      c. ``edgereg serve`` with 3 clients on ``/stream.mjpg`` and 3 on ``/events``.
    Reported in % of one core; the goal is c - a <= 15% (the server's own cost: HTTP, one JPEG
@@ -52,8 +52,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 LOOP_ALONE = """
 import sys, time
 from edgereg import Predictor
-from edgereg.live import LiveConfig, LiveFeed
-from edgereg.sources import CameraSource
+from edgereg.live.loop import LiveConfig, LiveFeed
+from edgereg.batch.sources import CameraSource
 model, video, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 predictor = Predictor(model, preprocess_parallel=False)
 feed = LiveFeed(CameraSource(video, loop=True, realtime=True), predictor, config=LiveConfig(retry_max_s=3.0))

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from edgereg.platform_info import cpu_info  # noqa: E402
+from edgereg.core.platform_info import cpu_info  # noqa: E402
 from edgereg.preprocess import PreprocessConfig  # noqa: E402
 from edgereg.training.augment import AugmentConfig, augment_batch, to_float_batch, to_model_input  # noqa: E402
 from edgereg.training.models import create_model  # noqa: E402

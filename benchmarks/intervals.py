@@ -6,7 +6,7 @@ user would; export fits the per-reading difficulty on the run's validation split
 then reads held-out photos of new samples (another seed, never seen in training or selection). Over
 20 random splits of those photos into halves (>= 1000 each; also by sample, for coverage on new
 samples only) the quantiles come from one half and coverage is measured on the other, with the export's own code
-(``edgereg.export.conformal.calibrate_target``, ``edgereg.intervals.interval_bounds``).
+(``edgereg.export.conformal.calibrate_target``, ``edgereg.lab.intervals.interval_bounds``).
 
 Variants: ``normalized`` (the export's default: its difficulty and up to 5 Mondrian range bins),
 ``no bins`` (the difficulty alone), ``constant`` (plain split-conformal, constant width).
@@ -113,8 +113,8 @@ def prepare(work: Path, task: str, *, n_train: int, n_heldout: int, epochs: int)
 
 def held_out_readings(model: Path, heldout: Path):
     """(values (N,), truth (N,), groups (N,), difficulty fitted at export, card, a frame) of the model."""
-    from edgereg.intervals import parse_intervals
-    from edgereg.predictor import Predictor
+    from edgereg.lab.intervals import parse_intervals
+    from edgereg.core.predictor import Predictor
     from edgereg.preprocess import CropBox
     from edgereg.training.data import load_dataset
 
@@ -138,7 +138,7 @@ def split_figures(values, truth, groups, difficulty, *, method: str, seed: int, 
     """Coverage, width and per-bin coverage of one calibration/test split (random halves of the
     photos, or with ``by="group"`` of the samples, so that the test half holds only new samples)."""
     from edgereg.export.conformal import _mondrian_edges, calibrate_target
-    from edgereg.intervals import Difficulty, IntervalSet, covered, interval_bounds
+    from edgereg.lab.intervals import Difficulty, IntervalSet, covered, interval_bounds
 
     rng = np.random.default_rng(seed)
     if by == "group":
@@ -207,8 +207,8 @@ def latency(model: Path, frame: np.ndarray, *, rounds: int = 15, calls: int = 10
     """Added time per reading of Predictor.predict([frame]) with intervals: the same predictor (one
     ONNX Runtime session) alternates between its interval post-processing and none, round by round,
     and the median of the paired differences is reported (a shared machine drifts between rounds)."""
-    from edgereg.lab import LabReadout
-    from edgereg.predictor import Predictor
+    from edgereg.lab.readout import LabReadout
+    from edgereg.core.predictor import Predictor
 
     predictor = Predictor(model, providers="cpu", confidence=0.9, calibration=False)
     labs = {"with": predictor.lab, "without": LabReadout(predictor.card, confidence=None, calibrate=False)}

@@ -110,7 +110,7 @@ def pick_standards(pool: Path, out: Path, *, fractions=(0.15, 0.5, 0.85), replic
 
 
 def rmse(model: Path, dataset: Path) -> float:
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
     from edgereg.preprocess import CropBox
     from edgereg.training.data import load_dataset
 
@@ -200,7 +200,7 @@ def main() -> int:
         warm = calibrate(original, standards, out, fit)
         calibrated = rmse(out, sets["new_test"])
         recovery = (drifted - calibrated) / (drifted - oracle) if drifted > oracle else float("nan")
-        from edgereg.card import read_card
+        from edgereg.core.card import read_card
 
         chosen = read_card(out).calibration["fit"]
         print(f"calibrated with 3 standards x 3 photos, --fit {fit} ({chosen}): RMSE {calibrated:.3f}; recovers "

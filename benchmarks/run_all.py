@@ -17,7 +17,7 @@ QUICK_FLAG = {"bench_preprocess.py": ["--quick"], "bench_scoring.py": ["--quick"
 
 def main() -> int:
     quick = "--quick" in sys.argv[1:]
-    from edgereg.platform_info import runtime_line
+    from edgereg.core.platform_info import runtime_line
 
     print(runtime_line(), flush=True)  # the CPU and instruction set behind every number below
     failed = []

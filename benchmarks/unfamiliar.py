@@ -68,7 +68,7 @@ def prepare(work: Path, task: str, *, n_train: int, n_eval: int, budget: float) 
 
 def readings(model: Path, folder: Path) -> dict:
     """covered (N,), unfamiliar (N,), novelty (N,), abs error (N,) of the model on a labelled folder."""
-    from edgereg.predictor import UNFAMILIAR, Predictor
+    from edgereg.core.predictor import UNFAMILIAR, Predictor
     from edgereg.preprocess import CropBox
     from edgereg.training.data import load_dataset
 
@@ -98,7 +98,7 @@ def auroc(score: np.ndarray, positive: np.ndarray) -> float:
 
 
 def report(task: str, paths: dict[str, Path]) -> dict:
-    from edgereg.card import read_card
+    from edgereg.core.card import read_card
 
     card = read_card(paths["model"])
     print(f"\n== {task}: {paths['model']}; intervals: {card.intervals.get('method') or card.intervals.get('none')}")
@@ -127,7 +127,7 @@ def latency(model: Path, frame: np.ndarray, *, rounds: int = 15, calls: int = 50
     import onnx
 
     from edgereg.export.c_codegen import value_only
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "value_only.onnx"

@@ -17,10 +17,10 @@ _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 28))
 __all__ = ["Predictor", "Predictions", "ModelCard", "read_card", "EdgeregError"]
 
 _LAZY = {
-    "Predictor": "edgereg.predictor",
-    "Predictions": "edgereg.predictor",
-    "ModelCard": "edgereg.card",
-    "read_card": "edgereg.card",
+    "Predictor": "edgereg.core.predictor",
+    "Predictions": "edgereg.core.predictor",
+    "ModelCard": "edgereg.core.card",
+    "read_card": "edgereg.core.card",
     "EdgeregError": "edgereg.errors",
 }
 

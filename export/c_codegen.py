@@ -26,7 +26,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgereg.card import ModelCard, card_from_metadata
+from edgereg.core.card import ModelCard, card_from_metadata
 from edgereg.errors import EdgeregError, ModelFileError, require_extra
 from edgereg.export.c_arena import ArenaPlan, plan_arena
 from edgereg.export.c_lowering import Program, lower
@@ -67,7 +67,7 @@ class CReport:
 def value_only(model):
     """The graph with its ``value`` output alone: the ``novelty`` output and the nodes only it needs
     are dropped (the C code reads values, intervals and lab flags; not the novelty score)."""
-    from edgereg.card import NOVELTY_NAME, OUTPUT_NAME
+    from edgereg.core.card import NOVELTY_NAME, OUTPUT_NAME
 
     graph = model.graph
     if [o.name for o in graph.output] != [OUTPUT_NAME, NOVELTY_NAME]:

@@ -3,10 +3,10 @@
 The generated ``model.c`` gets ``<prefix>_read_rgb888`` / ``_read_gray8`` (a frame -> a
 ``struct <prefix>_reading`` with calibrated values, interval bounds, the network's readings and a
 flag bit mask) and ``<prefix>_postprocess`` (network readings -> the same struct, for firmware that
-runs the network itself). The arithmetic is ``edgereg.lab.LabReadout``'s, in double precision, with
+runs the network itself). The arithmetic is ``edgereg.lab.readout.LabReadout``'s, in double precision, with
 the constants taken from a LabReadout built for each stored level (TTA "none": C has no TTA), so the
 C and the Python runtime agree to float rounding. Flags are bits in the order of
-``edgereg.lab.LAB_FLAGS``.
+``edgereg.lab.readout.LAB_FLAGS``.
 
 Without intervals in the card, ``lo``/``hi`` are NaN; without calibration, ``value`` equals ``raw``.
 """
@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from edgereg.card import ModelCard
-from edgereg.lab import LAB_FLAGS, LabReadout
+from edgereg.core.card import ModelCard
+from edgereg.lab.readout import LAB_FLAGS, LabReadout
 
 _FITS = {"linear": 0, "quadratic": 0, "offset": 0, "isotonic": 1}
 
@@ -55,7 +55,7 @@ class LabC:
         base = LabReadout(card, tta="none", confidence=None)
         self.levels: list[float] = []
         self.readouts: list[LabReadout] = []
-        from edgereg.intervals import parse_intervals, unsupported_reason
+        from edgereg.lab.intervals import parse_intervals, unsupported_reason
 
         spec = parse_intervals(card.intervals, card.targets)
         if spec is not None:  # levels without finite bounds (too few calibration rows) return ERR_CONFIDENCE

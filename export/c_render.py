@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from edgereg import __version__
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.errors import ModelFileError
 from edgereg.export.c_arena import ArenaPlan
 from edgereg.export.c_lab import LabC, comment_safe
@@ -141,7 +141,7 @@ class CRenderer:
             preprocess,
             "/* ---- public API ------------------------------------------------------------------- */",
             self._api(),
-            "/* ---- lab-grade readings: calibration, conformal intervals, flags (edgereg.lab) ------- */",
+            "/* ---- lab-grade readings: calibration, conformal intervals, flags (edgereg.lab.readout) ------- */",
             self.lab.source(),
             self._read_api(),
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgereg.card import CARD_KEY, ModelCard
+from edgereg.core.card import CARD_KEY, ModelCard
 from edgereg.errors import require_extra
 
 
@@ -30,7 +30,7 @@ def copy_with_card(src: str | Path, dst: str | Path, card: ModelCard) -> Path:
     Raises:
         OutputError: ``dst`` cannot be written (missing folder, a folder in the way, read-only).
     """
-    from edgereg.writers import atomic_write
+    from edgereg.batch.writers import atomic_write
 
     onnx = require_extra("onnx")
     model = onnx.load(str(src))

@@ -58,10 +58,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
-from edgereg.kinds import TargetKind, target_kind
-from edgereg.intervals import (DEFAULT_WIDE_FACTOR, LEVELS, Difficulty, IntervalSet, TargetIntervals, conformal_quantile,
+from edgereg.core.kinds import TargetKind, target_kind
+from edgereg.lab.intervals import (DEFAULT_WIDE_FACTOR, LEVELS, Difficulty, IntervalSet, TargetIntervals, conformal_quantile,
                                covered, format_level, interval_bounds, one_sided_level, signed_residual,
                                target_to_dict)
 
@@ -136,7 +136,7 @@ class HeldOutReadings:
 def read_held_out(model_path: str | Path, evalset, *, card: ModelCard, tta: str = "none",
                   batch_size: int = 64) -> HeldOutReadings:
     """Read an ``edgereg.export.gate.EvalSet`` with the model as deployed (no calibration, no intervals)."""
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     predictor = Predictor(model_path, providers="cpu", tta=tta, batch_size=batch_size, card=card.with_(
         intervals={}, calibration={}, validation={}), confidence=None)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from edgereg.core.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from edgereg.errors import ModelFileError, require_extra
 from edgereg.export.onnx_export import Agreement, check_agreement
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError, require_extra
 from edgereg.export.int8_search import CALIBRATION_BUDGET_S
-from edgereg.kinds import TargetKind, target_kind
+from edgereg.core.kinds import TargetKind, target_kind
 
 DEFAULT_MAX_DROP = 0.10
 
@@ -100,7 +100,7 @@ def predict(model_path: str | Path, evalset: EvalSet, *, card: ModelCard | None 
     Returns:
         (N, T) float64 in the user's units (coords in source pixels).
     """
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     predictor = Predictor(model_path, providers="cpu", tta="none", batch_size=batch_size, card=card)
     return predictor.predict_prepared(evalset.frames, evalset.boxes).values

@@ -401,7 +401,7 @@ def _layer_sqnr(fp32_path: Path, int8_path: Path, quantizer, images: np.ndarray)
                                                          create_activation_matching,
                                                          modify_model_output_intermediate_tensors)
 
-    from edgereg.card import INPUT_NAME
+    from edgereg.core.card import INPUT_NAME
 
     workdir = quantizer.workdir
     batch = np.ascontiguousarray(images[:SQNR_IMAGES], dtype=np.float32)

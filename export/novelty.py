@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgereg.errors import EdgeregError
-from edgereg.intervals import conformal_quantile
+from edgereg.lab.intervals import conformal_quantile
 
 FALSE_ALARM_RATE = 0.05  # share of familiar photos flagged `unfamiliar`, at most, on average
 MAX_COMPONENTS = 128  # eigenvectors kept in the graph (the rest share one eigenvalue)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import INPUT_NAME, NOVELTY_NAME, ModelCard
+from edgereg.core.card import INPUT_NAME, NOVELTY_NAME, ModelCard
 from edgereg.export.novelty import MIN_THRESHOLD_ROWS, ShrinkageFit, fit_shrinkage, novelty_section, threshold
 
 FIT_SHARE = 0.7  # of a refitted model's rows: the mean's part (the rest sets the threshold)

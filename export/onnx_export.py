@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import INPUT_NAME, NOVELTY_NAME, OUTPUT_NAME, ModelCard
+from edgereg.core.card import INPUT_NAME, NOVELTY_NAME, OUTPUT_NAME, ModelCard
 from edgereg.errors import EdgeregError, ModelFileError, require_extra
 from edgereg.export.card_io import embed_card
-from edgereg.kinds import TargetKind, target_kind
+from edgereg.core.kinds import TargetKind, target_kind
 
 MIN_OPSET = 17
 AGREEMENT_RTOL = 1e-4

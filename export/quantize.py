@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.card import INPUT_NAME
+from edgereg.core.card import INPUT_NAME
 from edgereg.errors import EdgeregError, did_you_mean, require_extra
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -163,7 +163,7 @@ def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple
 
     Args:
         directory: a folder of images (searched recursively; the suffixes folder scoring reads,
-            ``edgereg.sources.IMAGE_EXTENSIONS``).
+            ``edgereg.batch.sources.IMAGE_EXTENSIONS``).
         config: the model's ``PreprocessConfig``.
         limit: the most images to use.
 
@@ -174,7 +174,7 @@ def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple
         EdgeregError: the folder is missing or has no readable image.
     """
     from edgereg.preprocess.frames import read_frames
-    from edgereg.sources import IMAGE_EXTENSIONS, is_image_file
+    from edgereg.batch.sources import IMAGE_EXTENSIONS, is_image_file
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -248,7 +248,7 @@ def fixed_feature_nodes(model) -> tuple[str, ...]:
 def novelty_nodes(model) -> tuple[str, ...]:
     """Nodes only the optional ``novelty`` output needs (``edgereg.export.novelty``): kept float, like
     the fixed features (a distance of features is what int8 rounding would blur most)."""
-    from edgereg.card import NOVELTY_NAME, OUTPUT_NAME
+    from edgereg.core.card import NOVELTY_NAME, OUTPUT_NAME
 
     graph = model.graph
     if NOVELTY_NAME not in {o.name for o in graph.output}:
@@ -296,7 +296,7 @@ def _consumers(graph) -> dict[str, list]:
 def _nearest_to_output(graph, producer: dict, op_types: tuple[str, ...]):
     """The first node of ``op_types`` met walking back from the ``value`` output (the optional
     ``novelty`` output is not the head), breadth first, or None."""
-    from edgereg.card import NOVELTY_NAME
+    from edgereg.core.card import NOVELTY_NAME
 
     start = [producer[o.name] for o in graph.output if o.name in producer and o.name != NOVELTY_NAME]
     return _first_of_type(start, lambda n: [producer[i] for i in n.input if i in producer], op_types)

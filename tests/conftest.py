@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 
 
 def make_onnx_model(path: str | Path, card: ModelCard, *, fn: str = "mean", opset: int = 17) -> Path:

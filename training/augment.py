@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from edgereg.errors import EdgeregError, did_you_mean
-from edgereg.kinds import target_kind
+from edgereg.core.kinds import target_kind
 from edgereg.preprocess import PreprocessConfig
 from edgereg.preprocess.reference import circle_mask
 from edgereg.training.kind_training import kind_training

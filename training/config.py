@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from edgereg.errors import EdgeregError, did_you_mean
 from edgereg.training.run import json_ready
-from edgereg.tta import parse_tta
+from edgereg.core.tta import parse_tta
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 SPLITS = ("auto", "random", "group")

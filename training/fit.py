@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgereg.errors import EdgeregError
-from edgereg.kinds import target_kind
+from edgereg.core.kinds import target_kind
 from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.training import ddp
 from edgereg.training.augment import augment_batch, to_float_batch, to_model_input

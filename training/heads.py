@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from edgereg.errors import EdgeregError, did_you_mean
-from edgereg.kinds import target_kind
+from edgereg.core.kinds import target_kind
 from edgereg.training.kind_training import kind_training
 
 HEAD_STYLES = ("pool", "location", "soft_argmax", "flatten")

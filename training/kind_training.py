@@ -1,6 +1,6 @@
 """What training does differently per target kind, as one frozen object per kind, in one place.
 
-The runtime's kinds (:mod:`edgereg.kinds`) say how readings are reduced, compared and shown; this
+The runtime's kinds (:mod:`edgereg.core.kinds`) say how readings are reduced, compared and shown; this
 module adds what training needs on top, keyed on the same name (``kind_training(name)``):
 
 =============  ===========  ===========  ==========================  ===========================  =========
@@ -22,7 +22,7 @@ and the per-element errors the metrics use.
 The module loads without torch (the dataset loader and ``edgereg synth`` use it on machines without
 it); the methods that compute on tensors import torch themselves.
 
-To add a kind: its runtime object in ``edgereg/kinds.py`` and its training object here (a subclass
+To add a kind: its runtime object in ``edgereg/core/kinds.py`` and its training object here (a subclass
 of :class:`KindTraining` overriding what differs, added to ``KIND_TRAINING``).
 """
 
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgereg.angles import circular_difference
+from edgereg.core.angles import circular_difference
 from edgereg.errors import DatasetError, EdgeregError, ShapeError, did_you_mean
-from edgereg.kinds import TargetKind, target_kind
+from edgereg.core.kinds import TargetKind, target_kind
 
 if TYPE_CHECKING:
     import torch
@@ -428,7 +428,7 @@ KIND_TRAINING: dict[str, KindTraining] = {}
 
 
 def register_kind_training(kind: KindTraining) -> KindTraining:
-    """Add ``kind`` to :data:`KIND_TRAINING`; its runtime kind (``edgereg.kinds``) must exist."""
+    """Add ``kind`` to :data:`KIND_TRAINING`; its runtime kind (``edgereg.core.kinds``) must exist."""
     target_kind(kind.name)
     if kind.name in KIND_TRAINING:
         raise EdgeregError(f"kind {kind.name!r} is registered twice for training")

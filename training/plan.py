@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from edgereg.errors import DatasetError, EdgeregError
-from edgereg.kinds import target_kind
+from edgereg.core.kinds import target_kind
 from edgereg.preprocess import PreprocessConfig, read_image
 from edgereg.preprocess.reference import GRAY_WEIGHTS_BGR, circle_mask
 from edgereg.training.augment import AugmentConfig, parse_augment

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from edgereg.kinds import target_kind
+from edgereg.core.kinds import target_kind
 from edgereg.training import ddp
 from edgereg.training.config import TrainConfig
 from edgereg.training.kind_training import kind_training

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgereg.card import INPUT_NAME, OUTPUT_NAME
+from edgereg.core.card import INPUT_NAME, OUTPUT_NAME
 from edgereg.errors import DatasetError, EdgeregError, ShapeError, require_extra
-from edgereg.kinds import target_kind
+from edgereg.core.kinds import target_kind
 from edgereg.training.kind_training import kind_training
 
 

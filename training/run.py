@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import PreprocessConfig
 

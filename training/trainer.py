@@ -704,7 +704,7 @@ def hybrid_network(race: readouts.ReadoutRace, winner: Candidate, kind: str, *,
                    log: Callable[[str], None]) -> dict | None:
     """The hybrid's options (trunk = the race's winner, the best linear readout) or None: the network
     alone, when no linear readout explains much of the targets or the kind reads positions."""
-    from edgereg.kinds import target_kind
+    from edgereg.core.kinds import target_kind
 
     linear = [s for s in race.scores if not s.hidden and np.isfinite(s.val_rmse)]
     if not linear or target_kind(kind).xy_points or winner.model == readouts.MODEL_NAME:

@@ -76,10 +76,10 @@ def run(args) -> int:
 
     from edgereg.cli.options import card_from_option
     from edgereg.errors import EdgeregError
-    from edgereg.platform_info import runtime_line
-    from edgereg.predictor import Predictor
+    from edgereg.core.platform_info import runtime_line
+    from edgereg.core.predictor import Predictor
     from edgereg.preprocess import decode_image, prepare_frames, preprocess_batch
-    from edgereg.providers import AUTO_ORDER, resolve_providers
+    from edgereg.core.providers import AUTO_ORDER, resolve_providers
 
     batches = args.batch
     height, width = args.frame

@@ -52,13 +52,13 @@ def run(args) -> int:
 
     require_extra("scipy", "lab")
     require_extra("onnx", "lab")
-    from edgereg.audit import sha256_file
-    from edgereg.calibration import calibration_id
-    from edgereg.calibration_fit import card_entry, fit_target
+    from edgereg.lab.audit import sha256_file
+    from edgereg.lab.calibration import calibration_id
+    from edgereg.lab.fit.calibration import card_entry, fit_target
     from edgereg.export.card_io import copy_with_card
-    from edgereg.predictor import Predictor
-    from edgereg.standards import read_standards
-    from edgereg.validation import json_safe
+    from edgereg.core.predictor import Predictor
+    from edgereg.lab.fit.standards import read_standards
+    from edgereg.lab.fit.validation import json_safe
 
     model = Path(args.model)
     out = Path(args.out) if args.out else model.with_name(model.name.removesuffix(".onnx") + ".cal.onnx")
@@ -128,9 +128,9 @@ def _write_report(path: Path, section: dict, fits: dict, standards) -> None:
                          "reading": float(standards.readings[i, j]), "residual": residuals[i]})
     report = {"calibration": section, "analysis": {name: fit["analysis"] for name, fit in fits.items()},
               "standards": rows, "skipped": [list(s) for s in standards.skipped]}
-    from edgereg.writers import atomic_write
+    from edgereg.batch.writers import atomic_write
 
-    from edgereg.validation import json_safe
+    from edgereg.lab.fit.validation import json_safe
 
     atomic_write(path, (json.dumps(json_safe(report), indent=2) + "\n").encode())
 

@@ -48,9 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from edgereg.cli.options import card_from_option
     from edgereg.export.gate import eval_set, score
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
     from edgereg.training.data import load_dataset, skip_summary
-    from edgereg.writers import atomic_write
+    from edgereg.batch.writers import atomic_write
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
     _check_out_dir(out_dir)
@@ -102,8 +102,8 @@ def _coverage(predictor, dataset, boxes, truth, parts=None):
     ``parts``, a list of (N,) bool masks: one coverage dict or None per part)."""
     import numpy as np
 
-    from edgereg.lab import interval_coverage
-    from edgereg.predictor import Predictor
+    from edgereg.lab.readout import interval_coverage
+    from edgereg.core.predictor import Predictor
 
     if not predictor.card.intervals or "sets" not in predictor.card.intervals:
         return None
@@ -127,7 +127,7 @@ def _by_familiarity(predictor, dataset, labelled, predictions, truth) -> dict | 
     import numpy as np
 
     from edgereg.export.gate import score
-    from edgereg.predictor import UNFAMILIAR
+    from edgereg.core.predictor import UNFAMILIAR
 
     if predictions.novelty is None:
         return None
@@ -248,7 +248,7 @@ def _plot(path: Path, card, truth, predicted, metrics: dict) -> Path | None:
                title=f"{name}: RMSE {metrics['targets'][name]['rmse']:.4g}")
     for k in range(count, rows * columns):
         axes[k // columns][k % columns].axis("off")
-    from edgereg.writers import atomic_write
+    from edgereg.batch.writers import atomic_write
 
     figure.tight_layout()
     image = io.BytesIO()

@@ -261,7 +261,7 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
     report = build_report(run_dir=run_dir, out_dir=out_dir, fp32=fp32, fp32_metrics=fp32_metrics, int8=int8,
                           fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32,
                           intervals=intervals_report or None)
-    from edgereg.platform_info import cpu_info, runtime_line
+    from edgereg.core.platform_info import cpu_info, runtime_line
 
     machine = cpu_info()
     report["machine"] = {"cpu": machine.describe(), "isa": machine.isa}  # where the speed numbers come from

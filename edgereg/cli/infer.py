@@ -1,7 +1,7 @@
 """`edgereg infer MODEL PATH` (batch scoring) and `edgereg infer MODEL --camera SRC` (live readout).
 
-This module parses options and renders output; the work is in ``edgereg.scoring`` (batch),
-``edgereg.live`` (camera loop), ``edgereg.sources`` and ``edgereg.writers``.
+This module parses options and renders output; the work is in ``edgereg.batch.scoring`` (batch),
+``edgereg.live.loop`` (camera loop), ``edgereg.batch.sources`` and ``edgereg.batch.writers``.
 
 Progress: a one-line progress display on stderr, only when stderr is a terminal (tqdm is not a
 runtime dependency, and a plain line is all that is needed); nothing when piped. The summary line
@@ -175,8 +175,8 @@ def run(args) -> int:
 
 
 def _load_predictor(args, *, batch_size: int, threads: int | None):
-    from edgereg.card import int8_speed_note
-    from edgereg.predictor import Predictor
+    from edgereg.core.card import int8_speed_note
+    from edgereg.core.predictor import Predictor
 
     # Preprocessing stays on the calling thread: decoder threads already keep every core busy, and a
     # live frame is too small to be worth waking numba's workers.
@@ -197,7 +197,7 @@ def _load_predictor(args, *, batch_size: int, threads: int | None):
 
 def _quality_config(args):
     """The quality gate's thresholds from --no-quality-gate / --blur-threshold (None: no gate)."""
-    from edgereg.quality import QualityConfig
+    from edgereg.live.quality import QualityConfig
 
     if args.no_quality_gate:
         return None
@@ -257,9 +257,9 @@ def _run_batch(args) -> int:
     from pathlib import Path
 
     from edgereg.errors import EdgeregError
-    from edgereg.scoring import Shard, default_inference_threads, output_columns, score_source
-    from edgereg.sources import open_source
-    from edgereg.writers import (OutputIdentity, check_output_target, check_resume_identity, discard_output,
+    from edgereg.batch.scoring import Shard, default_inference_threads, output_columns, score_source
+    from edgereg.batch.sources import open_source
+    from edgereg.batch.writers import (OutputIdentity, check_output_target, check_resume_identity, discard_output,
                                  load_done_keys, open_errors, open_rows, output_format, write_identity)
 
     if args.jsonl and args.out:
@@ -273,7 +273,7 @@ def _run_batch(args) -> int:
     shard = Shard.parse(args.shard) if args.shard else None
     source = open_source(args.path, recursive=args.recursive)
     if args.engine == "ray":
-        from edgereg.cluster.command import run_batch_on_ray
+        from edgereg.cli.ray import run_batch_on_ray
 
         return run_batch_on_ray(args, source=source, out=out, fmt=fmt, shard=shard)
     planned = source.planned_keys()
@@ -295,7 +295,7 @@ def _run_batch(args) -> int:
         raise EdgeregError("--resume needs an output file: add --out preds.csv")
     audit = None
     if args.audit:
-        from edgereg.audit import AuditTrail
+        from edgereg.lab.audit import AuditTrail
 
         audit = AuditTrail.for_predictor(predictor)
 
@@ -350,7 +350,7 @@ def _close_all(*writers, raising: bool) -> None:
 def _batch_summary(stats, *, out, done, shard, source) -> str:
     """``scored 1,998, failed 2 (reasons in preds.errors.csv: 'a.png': empty file; ...); folder 'photos'
     (2,000 images); 312.4 images/s``. The first failures are quoted whatever the verbosity."""
-    from edgereg.writers import errors_path_for
+    from edgereg.batch.writers import errors_path_for
 
     scored, failed = (stats.scored, stats.failed) if stats else (0, 0)
     summary = f"scored {scored:,}, failed {failed:,}"
@@ -375,7 +375,7 @@ def _batch_summary(stats, *, out, done, shard, source) -> str:
 
 def format_reading(reading, units: dict[str, str]) -> str:
     """One human line for a live reading."""
-    from edgereg.live import NO_FRAME
+    from edgereg.live.loop import NO_FRAME
 
     if reading.quality == NO_FRAME:
         return f"no frame: {reading.note}"
@@ -406,8 +406,8 @@ def _stdout_closed() -> int:
 def _run_live(args) -> int:
     import signal
 
-    from edgereg.live import NO_FRAME, LiveConfig, LiveStats, check_gui, run_live
-    from edgereg.sources import CameraSource
+    from edgereg.live.loop import NO_FRAME, LiveConfig, LiveStats, check_gui, run_live
+    from edgereg.batch.sources import CameraSource
 
     if args.show:
         check_gui()
@@ -483,7 +483,7 @@ def _run_live(args) -> int:
 def _standard_check(args, predictor):
     """The --check-standard watcher, or None; refuses a model without intervals up front."""
     from edgereg.errors import EdgeregError
-    from edgereg.standard_check import StandardCheck
+    from edgereg.lab.standard_check import StandardCheck
 
     if args.check_standard is None:
         return None
@@ -497,7 +497,7 @@ def _show(reading, units) -> bool:
     """Draw the reading over its frame in a window; True when the user pressed q or Esc."""
     import cv2
 
-    from edgereg.live import draw_overlay
+    from edgereg.live.loop import draw_overlay
 
     text = format_reading(reading, units)
     lines = [text[i:i + 60] for i in range(0, len(text), 60)]

@@ -23,19 +23,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from edgereg.card import int8_speed_note
+    from edgereg.core.card import int8_speed_note
     from edgereg.cli.options import card_from_option
 
     card = card_from_option(args)
     if card is None:
-        from edgereg.card import read_card
+        from edgereg.core.card import read_card
 
         card = read_card(args.model)
     if args.json:
         print(json.dumps(json.loads(card.to_json()), indent=2))
         return 0
-    from edgereg.platform_info import runtime_line
-    from edgereg.predictor import Predictor
+    from edgereg.core.platform_info import runtime_line
+    from edgereg.core.predictor import Predictor
 
     # the Predictor loads the model and checks that the card fits its inputs (a --card included)
     session = Predictor(args.model, providers="cpu", card=card, tta="none").session

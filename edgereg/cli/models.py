@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgereg.card import KINDS
+from edgereg.core.card import KINDS
 
 EXAMPLES = """examples:
   edgereg models
@@ -31,7 +31,7 @@ def run(args) -> int:
     from edgereg.errors import require_extra
 
     require_extra("torch")
-    from edgereg.kinds import target_kind
+    from edgereg.core.kinds import target_kind
     from edgereg.training.models import (
         count_parameters, create_model, default_model, list_models, model_entry,
     )

@@ -75,7 +75,7 @@ def card_from_option(args):
     """The ``--card`` file's ModelCard, or None when the option was not given."""
     if not getattr(args, "card", None):
         return None
-    from edgereg.card import read_card_file
+    from edgereg.core.card import read_card_file
 
     return read_card_file(args.card)
 

@@ -230,12 +230,12 @@ def run(args) -> int:
 
     import uvicorn
 
-    from edgereg.live import LiveConfig, LiveFeed
-    from edgereg.predictor import Predictor
-    from edgereg.quality import QualityConfig
+    from edgereg.live.loop import LiveConfig, LiveFeed
+    from edgereg.core.predictor import Predictor
+    from edgereg.live.quality import QualityConfig
     from edgereg.serve.app import ServeConfig, create_app
     from edgereg.serve.frames import JpegOptions
-    from edgereg.sources import CameraSource, redact_credentials
+    from edgereg.batch.sources import CameraSource, redact_credentials
 
     allowed_hosts, any_ip_host = host_policy(args.host, args.allowed_host)
     config = ServeConfig(token=token, allowed_hosts=allowed_hosts, any_ip_host=any_ip_host,

@@ -7,7 +7,7 @@ import json
 
 from edgereg.cli.options import MAX_THREADS, count
 from edgereg.errors import EdgeregError
-from edgereg.card import KINDS
+from edgereg.core.card import KINDS
 
 EPILOG = """examples:
   edgereg train data/assay --out runs/assay

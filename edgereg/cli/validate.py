@@ -60,13 +60,13 @@ def run(args) -> int:
     from edgereg.errors import EdgeregError, output_error, require_extra
 
     require_extra("scipy", "lab")
-    from edgereg.audit import sha256_file
-    from edgereg.calibration import calibration_id
+    from edgereg.lab.audit import sha256_file
+    from edgereg.lab.calibration import calibration_id
     from edgereg.cli.calibrate import check_model_output
-    from edgereg.predictor import Predictor
-    from edgereg.standards import read_standards
-    from edgereg.validation import json_safe, validate
-    from edgereg.writers import atomic_write
+    from edgereg.core.predictor import Predictor
+    from edgereg.lab.fit.standards import read_standards
+    from edgereg.lab.fit.validation import json_safe, validate
+    from edgereg.batch.writers import atomic_write
 
     model = Path(args.model)
     if not all(v > 0 and math.isfinite(v) for v in (args.max_cv, args.max_bias)):
@@ -137,7 +137,7 @@ def _interval_coverage(predictor, standards) -> dict | None:
 
 
 def _plots(out_dir: Path, model: Path, standards, figures: dict, units: dict, date: str) -> list[Path]:
-    from edgereg.validation_plot import plot_validation
+    from edgereg.lab.fit.plot import plot_validation
 
     paths = []
     for j, name in enumerate(standards.names):

@@ -8,7 +8,7 @@ While an ``--engine ray`` run writes ``preds.csv``, its state lives in ``preds.c
 * part files: a first line of ASCII JSON, the index ``{"keys": [...], "ends": [...],
   "error_keys": [...], "error_ends": [...]}`` (each row's key and the byte offset where it ends),
   then the rows exactly as they will stand in the output (encoded once, by
-  ``edgereg.writers.encode_row``, as the local engine encodes them), then the errors file's lines.
+  ``edgereg.batch.writers.encode_row``, as the local engine encodes them), then the errors file's lines.
 
 Committing a part: write ``.NAME.tmp``, fsync, rename to ``NAME``, fsync the folder, then append
 its manifest line (written whole: short writes are completed, a failed write is cut back; then
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from edgereg.errors import EdgeregError, output_error
-from edgereg.writers import (
+from edgereg.batch.writers import (
     ERROR_COLUMNS, cut_partial_line, discard_output, encode_csv_row, encode_row, errors_path_for, load_done_keys,
     output_format,
 )
@@ -208,7 +208,7 @@ class PartStore:
         """Commit one part of this generation.
 
         Args:
-            rows: ``(key, output line)`` in input order (lines from ``edgereg.writers.encode_row``).
+            rows: ``(key, output line)`` in input order (lines from ``edgereg.batch.writers.encode_row``).
             errors: ``(key, errors-file line)`` (lines from :func:`error_line`).
         """
         self._sequence += 1

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from edgereg.errors import EdgeregError
-from edgereg.providers import ALIASES
+from edgereg.core.providers import ALIASES
 
 MIN_DECODE_CPUS = 1.0  # logical CPUs the actor pool must leave to the decode tasks
 DECODE_TASK_CPUS = 0.5  # logical CPUs each decode task requests

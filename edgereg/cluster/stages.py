@@ -29,9 +29,9 @@ import numpy as np
 
 from edgereg.preprocess import CropBox, PreprocessConfig, preprocess_batch
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
-from edgereg.scoring import load_entry, prediction_flags
-from edgereg.sources import Entry
-from edgereg.tta import TTASpec
+from edgereg.batch.scoring import load_entry, prediction_flags
+from edgereg.batch.sources import Entry
+from edgereg.core.tta import TTASpec
 
 FLAG_SEPARATOR = ";"
 
@@ -100,8 +100,8 @@ class OnnxScorer:
 
     def __init__(self, model: bytes, *, card: str, providers: str, tta: str, batch_size: int, threads: int,
                  confidence: float | None = 0.9, calibration: bool = True) -> None:
-        from edgereg.card import ModelCard
-        from edgereg.predictor import Predictor
+        from edgereg.core.card import ModelCard
+        from edgereg.core.predictor import Predictor
 
         handle, path = tempfile.mkstemp(suffix=".onnx", prefix="edgereg-")
         try:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.card import ModelCard, PreprocessingFacts, check_preprocessing
+from edgereg.core.card import ModelCard, PreprocessingFacts, check_preprocessing
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class PreprocessConfig(PreprocessingFacts):
     decode: str = "full"  # "full" or "reduced": the decode policy the model was trained with
 
     def __post_init__(self) -> None:
-        check_preprocessing(self)  # the card's rules (edgereg.card), one definition for both
+        check_preprocessing(self)  # the card's rules (edgereg.core.card), one definition for both
 
     @classmethod
     def from_card(cls, card: ModelCard) -> "PreprocessConfig":

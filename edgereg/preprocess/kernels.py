@@ -11,7 +11,7 @@ per output pixel and in one pass:
 4. the circular mask: pixels with ``(x - (W-1)/2)^2 + (y - (H-1)/2)^2 > (min(H, W)/2)^2`` get ``fill``,
 5. HWC -> CHW layout.
 
-The conventions are those of ``edgereg.tta`` and ``docs/CONTRACTS.md``; ``edgereg.preprocess.reference``
+The conventions are those of ``edgereg.core.tta`` and ``docs/CONTRACTS.md``; ``edgereg.preprocess.reference``
 implements the same in plain numpy and the tests hold the two equal. Kernels are compiled with
 ``cache=True`` so a new process loads them from disk instead of compiling.
 """
@@ -119,7 +119,7 @@ def _d4_image(images, b, scale, offset, fill, circle, gray, out):
 
 @njit(parallel=True, cache=True)
 def fused_d4(images, scale, offset, fill, circle, gray, out):
-    """The 8 exact D4 views of square images (view k as in edgereg.tta).
+    """The 8 exact D4 views of square images (view k as in edgereg.core.tta).
 
     Each source pixel is converted and normalized once, into view 0; the other seven views are
     derived from that float plane: four by (reversed) row copies and four from one tiled

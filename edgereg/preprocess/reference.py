@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgereg.preprocess.config import PreprocessConfig
-from edgereg.tta import TTASpec, parse_tta
+from edgereg.core.tta import TTASpec, parse_tta
 
 GRAY_WEIGHTS_BGR = np.array([0.114, 0.587, 0.299])
 

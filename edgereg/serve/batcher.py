@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgereg.predictor import Predictions
+from edgereg.core.predictor import Predictions
 from edgereg.preprocess import CropBox
 
 

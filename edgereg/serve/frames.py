@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edgereg.card import ModelCard
-from edgereg.live import NO_FRAME, Reading
+from edgereg.core.card import ModelCard
+from edgereg.live.loop import NO_FRAME, Reading
 from edgereg.preprocess import PreprocessConfig, crop_box
 from edgereg.serve.hub import Published
 

@@ -1,7 +1,7 @@
 """The readings of the capture loop, kept for a few minutes and handed to async web clients.
 
 The capture thread calls :meth:`ReadingHub.publish` for every reading; the reading is serialized
-once (the ``--jsonl`` schema, :meth:`edgereg.live.Reading.to_json`) and every ``/events`` client
+once (the ``--jsonl`` schema, :meth:`edgereg.live.loop.Reading.to_json`) and every ``/events`` client
 sends the same text. Async clients wait with :meth:`ReadingHub.wait_newer`, woken on the server's
 event loop through ``call_soon_threadsafe``; nothing blocks the event loop.
 
@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from edgereg.live import NO_FRAME, Reading
+from edgereg.live.loop import NO_FRAME, Reading
 
 
 @dataclass(frozen=True)

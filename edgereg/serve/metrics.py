@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from edgereg.live import NO_FRAME, Reading
+from edgereg.live.loop import NO_FRAME, Reading
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -4,7 +4,7 @@ Each upload is read with :func:`edgereg.preprocess.load_frame`, the function fol
 training use: the card's decode policy (a reduced JPEG decode where the crop allows it), the
 crop and the resize; empty, truncated and corrupt images, and images whose header declares more
 than ``max_pixels``, are refused before decoding with the reasons ``edgereg infer PATH`` gives
-(:func:`edgereg.scoring.failure_reason`). A bad upload never fails the others: it gets its
+(:func:`edgereg.batch.scoring.failure_reason`). A bad upload never fails the others: it gets its
 reason, and the good ones are read.
 
 Decodes of all requests share one :class:`~edgereg.preprocess.decode.DecodeBudget`
@@ -20,7 +20,7 @@ import numpy as np
 
 from edgereg.preprocess import CropBox, PreprocessConfig, load_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, DecodeBudget
-from edgereg.scoring import failure_reason
+from edgereg.batch.scoring import failure_reason
 
 UPLOAD_DECODE_BUDGET = DecodeBudget()  # shared by every request of the process (1 GiB decoding at once)
 

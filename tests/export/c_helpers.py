@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.export.card_io import embed_card
 
 nn = torch.nn

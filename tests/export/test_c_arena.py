@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")

@@ -38,9 +38,9 @@ def test_mismatched_expectations_are_clear_errors(conv_model, tmp_path):
 def test_export_cli_c_flag_writes_code_that_compiles_and_agrees(assay_run, assay_data, tmp_path):
     """`edgereg export RUN --int8 --c` on a real trained run: the generated C of each written model
     compiles and reads the dataset's own photos (crop, resize, mask, network) as the Predictor does."""
-    from edgereg.card import read_card
+    from edgereg.core.card import read_card
     from edgereg.cli.main import main
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
     from edgereg.preprocess import prepare_frames, preprocess_batch, read_image
 
     out = tmp_path / "models"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.errors import ModelFileError, ShapeError
 
 torch = pytest.importorskip("torch")

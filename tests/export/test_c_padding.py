@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

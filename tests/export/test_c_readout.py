@@ -17,9 +17,9 @@ import pytest
 @pytest.mark.parametrize("task, blocks", [("assay", "moments,colour,spectrum,bank,tiles,pixels"),
                                           ("box", "template")])
 def test_a_readout_of_every_block_lowers_to_c_that_agrees_with_onnx_runtime(task, blocks, assay_data, tmp_path):
-    from edgereg.card import read_card
+    from edgereg.core.card import read_card
     from edgereg.cli.main import main
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
     from edgereg.preprocess import read_image
     from edgereg.training.synth import make_dataset
 

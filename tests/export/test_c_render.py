@@ -29,7 +29,7 @@ PREPROCESS_CASES = {
 def test_c_preprocessing_matches_runtime(case, model_factory, tmp_path):
     """Shrinking (INTER_AREA) matches edgereg.preprocess to float rounding; enlarging (bilinear; OpenCV
     uses fixed-point weights there) to one pixel level."""
-    from edgereg.card import read_card
+    from edgereg.core.card import read_card
     from edgereg.preprocess import PreprocessConfig, prepare_frames, preprocess_batch
 
     fields, (height, width) = PREPROCESS_CASES[case]
@@ -53,7 +53,7 @@ def test_c_preprocessing_matches_runtime(case, model_factory, tmp_path):
 
 def test_predict_rgb888_matches_predictor(model_factory, tmp_path):
     """The frame entry point end to end: crop, normalize, network, output transform."""
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     model = model_factory(kind="vector", targets=("a", "b"), input_size=(16, 16), crop="circle", fill=0.5)
     generate_c(model, tmp_path / "c")
@@ -66,7 +66,7 @@ def test_predict_rgb888_matches_predictor(model_factory, tmp_path):
 
 def test_predict_coords_are_mapped_to_frame_pixels(model_factory, tmp_path):
     """Coordinates come back in frame pixels through the crop box, as the Predictor returns them."""
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     model = model_factory(fn="centroid", kind="coords", targets=("x", "y"), input_size=(16, 16),
                           channels="gray", mean=(0.5,), std=(0.25,))

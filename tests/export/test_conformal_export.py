@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edgereg.card import read_card
+from edgereg.core.card import read_card
 from edgereg.cli.main import main
 from edgereg.export.conformal import MIN_CALIBRATION, MIN_FIT, held_out_parts
-from edgereg.intervals import parse_intervals
+from edgereg.lab.intervals import parse_intervals
 
 
 def test_every_exported_model_has_its_own_intervals(exported, assay_run):
@@ -94,7 +94,7 @@ def test_coordinate_intervals_scale_with_each_frames_crop(model_factory):
     """Scores are fractions of the crop side, so one quantile serves every frame size."""
     from edgereg.export.conformal import add_intervals
     from edgereg.export.gate import EvalSet
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
     from edgereg.preprocess import PreprocessConfig, crop_resize
 
     fields = dict(kind="coords", targets=("x", "y"), input_size=(16, 16), channels="gray", mean=(0.5,), std=(0.25,))

@@ -24,7 +24,7 @@ def _labels(dataset_dir):
 
 @pytest.mark.parametrize("model_file", ["model.onnx", "model.int8.onnx"])
 def test_eval_reports_metrics_that_match_the_predictor(exported, assay_data, tmp_path, capsys, model_file):
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     out = tmp_path / "eval"
     # the same provider, batch size and machine on both sides: the same computation, held to 1e-6

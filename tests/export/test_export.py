@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgereg.card import read_card
+from edgereg.core.card import read_card
 from edgereg.cli.main import main
 
 
@@ -72,7 +72,7 @@ def test_card_carries_preprocessing_and_provenance(assay_run, exported):
 def test_exported_model_runs_in_the_predictor_like_torch(assay_run, exported):
     import torch
 
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
     from edgereg.training.run import load_run_dataset
 
     regressor, inputs, info = _validation_inputs(assay_run)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgereg.card import ModelCard, read_card
+from edgereg.core.card import ModelCard, read_card
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import CropBox
 

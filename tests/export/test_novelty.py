@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgereg.card import read_card
+from edgereg.core.card import read_card
 from edgereg.cli.main import main
 
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgereg.card import read_card
+from edgereg.core.card import read_card
 from edgereg.cli.main import main
 from edgereg.errors import EdgeregError
 from edgereg.export.gate import check_gate
@@ -66,7 +66,7 @@ def test_int8_model_is_qdq_with_per_channel_weights_and_a_float_head(exported, a
 
 
 def test_report_accuracy_matches_an_independent_evaluation(exported, assay_run):
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     info, dataset = _run_data(assay_run)
     frames, truth = dataset.images[info.split.val], dataset.targets[info.split.val]

@@ -12,9 +12,9 @@ import shutil
 import numpy as np
 import pytest
 
-from edgereg.card import read_card
+from edgereg.core.card import read_card
 from edgereg.cli.main import main
-from edgereg.intervals import parse_intervals
+from edgereg.lab.intervals import parse_intervals
 
 NOISE = 5.0  # mg/L: the out-of-fold error written into the fake held_out.npz
 
@@ -106,7 +106,7 @@ def test_a_level_the_calibration_rows_cannot_support_is_refused_and_no_bound_is_
 
 
 def test_calibration_carries_an_infinite_bound_as_infinite():
-    from edgereg.calibration import TargetCalibration
+    from edgereg.lab.calibration import TargetCalibration
 
     for coef, expect in (((10.0, 5.0, 0.0), (-math.inf, math.inf)), ((10.0, -5.0, 0.0), (-math.inf, math.inf)),
                          ((1.0, 2.0, 0.5), (-1.0, math.inf))):  # a parabola's minimum -1 bounds it below

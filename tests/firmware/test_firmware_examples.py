@@ -35,7 +35,7 @@ def _make(*args: str) -> subprocess.CompletedProcess:
 def test_c_analyzer_reads_ppm_and_pgm_like_onnxruntime(model_factory, tmp_path):
     pytest.importorskip("onnx")
     from edgereg.export.c_codegen import generate_c
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     model = model_factory(kind="vector", targets=("level", "tint"), input_size=(16, 16), crop="circle")
     generate_c(model, tmp_path / "model")
@@ -208,7 +208,7 @@ def test_example_scripts_compile():
 # --------------------------------------------------------------------------------------------------
 
 def test_python_embed_loop_reads_a_video_like_the_predictor(model_factory, tmp_path):
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
     model = model_factory(kind="scalar", targets=("conc",), input_size=(16, 16), range=((80.0, 350.0),))
     video = tmp_path / "sample.avi"

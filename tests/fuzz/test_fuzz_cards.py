@@ -8,7 +8,7 @@ from fuzz_helpers import assert_one_line, bounded, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgereg.card import ModelCard, card_from_metadata
+from edgereg.core.card import ModelCard, card_from_metadata
 from edgereg.errors import CardError
 
 VALID = json.loads(ModelCard(kind="scalar", targets=("conc",), input_size=(32, 32), units=("mg/L",),

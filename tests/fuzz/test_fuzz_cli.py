@@ -21,7 +21,7 @@ from fuzz_helpers import bounded, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.cli.main import build_parser, main
 
 INTS = ["-1", "0", "1", "2", "3", "x", "", "1.5", "100000", "1e3"]

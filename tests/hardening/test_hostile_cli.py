@@ -52,7 +52,7 @@ def test_bench_repeats_0_and_a_huge_frame_exit_2_without_traceback(tiny_model):
 def test_bench_prints_the_cpu_and_positive_rates(tiny_model, capsys):
     assert main(["bench", str(tiny_model), "--batch", "1,2", "--frame", "48x64", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    from edgereg.platform_info import isa_level
+    from edgereg.core.platform_info import isa_level
 
     assert f", {isa_level()}" in out and "onnxruntime" in out
     rates = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("CPUExecutionProvider")]
@@ -63,7 +63,7 @@ def test_bench_prints_the_cpu_and_positive_rates(tiny_model, capsys):
 
 
 def test_info_shows_the_instruction_set_level(tiny_model, capsys):
-    from edgereg.platform_info import cpu_info, isa_level
+    from edgereg.core.platform_info import cpu_info, isa_level
 
     level = isa_level()
     assert level in {"AMX", "AVX-512 VNNI", "AVX-VNNI", "AVX-512", "AVX2", "AVX", "SSE4.1", "ARM i8mm",
@@ -160,7 +160,7 @@ def test_video_frames_pass_the_quality_gate_flagged_or_withheld(other_model, tmp
 
 
 def test_readme_states_the_camera_back_off_the_code_uses():
-    from edgereg.live import LiveConfig
+    from edgereg.live.loop import LiveConfig
 
     config = LiveConfig()
     readme = (ROOT / "README.md").read_text()

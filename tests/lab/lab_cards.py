@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from edgereg.intervals import LEVELS, Difficulty, IntervalSet, TargetIntervals, format_level
+from edgereg.lab.intervals import LEVELS, Difficulty, IntervalSet, TargetIntervals, format_level
 
 T_90 = 1.8946  # Student t, 7 dof, 95th percentile (two-sided 90 %)
 

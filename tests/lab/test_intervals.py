@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.errors import CardError, EdgeregError
 from edgereg.export.conformal import (ConformalOptions, HeldOutReadings, compute_interval_set, fit_difficulty,
                                       intervals_section)
-from edgereg.intervals import (LEVELS, Difficulty, IntervalKernel, conformal_quantile, covered, interval_bounds,
+from edgereg.lab.intervals import (LEVELS, Difficulty, IntervalKernel, conformal_quantile, covered, interval_bounds,
                                parse_intervals)
 
 

@@ -16,8 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from edgereg.card import ModelCard
-from edgereg.lab import LAB_FLAGS, LabReadout
+from edgereg.core.card import ModelCard
+from edgereg.lab.readout import LAB_FLAGS, LabReadout
 
 from lab_cards import T_90, lab_sections
 

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from edgereg.calibration import parse_calibration  # noqa: E402
-from edgereg.calibration_fit import card_entry, fit_target, lack_of_fit  # noqa: E402
+from edgereg.lab.calibration import parse_calibration  # noqa: E402
+from edgereg.lab.fit.calibration import card_entry, fit_target, lack_of_fit  # noqa: E402
 from edgereg.errors import EdgeregError  # noqa: E402
-from edgereg.validation import (ep17_cp, ich_limits, limit_of_blank, limit_of_detection, linearity,  # noqa: E402
+from edgereg.lab.fit.validation import (ep17_cp, ich_limits, limit_of_blank, limit_of_detection, linearity,  # noqa: E402
                                 repeatability, validate, working_range)
 
 

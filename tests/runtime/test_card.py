@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgereg.card import FORMAT_VERSION, ModelCard, read_card
+from edgereg.core.card import FORMAT_VERSION, ModelCard, read_card
 from edgereg.errors import CardError
 
 BASE = dict(kind="scalar", targets=["concentration"], input_size=[64, 64], units=["mg/L"],
@@ -53,7 +53,7 @@ def test_missing_field_and_bad_json():
 def test_decode_policy_defaults_to_full_for_older_cards_and_is_validated():
     import json
 
-    from edgereg.card import ModelCard
+    from edgereg.core.card import ModelCard
     from edgereg.errors import CardError
     from edgereg.preprocess import PreprocessConfig
 
@@ -68,7 +68,7 @@ def test_decode_policy_defaults_to_full_for_older_cards_and_is_validated():
 
 
 def test_card_files_read_back_and_every_failure_names_the_fix(tmp_path):
-    from edgereg.card import read_card_file
+    from edgereg.core.card import read_card_file
 
     card = ModelCard.from_dict(BASE)
     saved = tmp_path / "card.json"
@@ -111,7 +111,7 @@ def test_a_file_that_is_not_onnx_is_named_with_the_runtime_s_first_line(tmp_path
 
 
 def test_int8_speed_note_reads_the_nearest_measured_batch():
-    from edgereg.card import int8_speed_note
+    from edgereg.core.card import int8_speed_note
 
     def with_speed(speed):
         return ModelCard.from_dict({**BASE, "quantization": {"speed": speed}})

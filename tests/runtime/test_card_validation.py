@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from edgereg.card import ModelCard, card_from_metadata, read_card
+from edgereg.core.card import ModelCard, card_from_metadata, read_card
 from edgereg.errors import CardError, ModelFileError
 
 SCALAR = dict(kind="scalar", targets=("c",), input_size=(16, 16))

@@ -180,12 +180,12 @@ class RecordingBudget(DecodeBudget):
 
 
 def test_folder_scoring_and_uploads_decode_within_a_byte_budget(model_factory, tmp_path, monkeypatch):
-    import edgereg.scoring
-    from edgereg.predictor import Predictor
-    from edgereg.scoring import output_columns, score_source
+    import edgereg.batch.scoring
+    from edgereg.core.predictor import Predictor
+    from edgereg.batch.scoring import output_columns, score_source
     from edgereg.serve.uploads import Upload, prepare_uploads
-    from edgereg.sources import open_source
-    from edgereg.writers import open_rows
+    from edgereg.batch.sources import open_source
+    from edgereg.batch.writers import open_rows
 
     model = model_factory(targets=("conc",), range=((-2.0, 2.0),), units=("mg/L",))
     folder = tmp_path / "imgs"
@@ -196,7 +196,7 @@ def test_folder_scoring_and_uploads_decode_within_a_byte_budget(model_factory, t
         (folder / f"im{i}.png").write_bytes(blobs[-1])
     limit = 2 * decode_cost(50, 40)  # two images at a time, whatever the number of threads
     scoring_budget = RecordingBudget(limit)
-    monkeypatch.setattr(edgereg.scoring, "DecodeBudget", lambda: scoring_budget)
+    monkeypatch.setattr(edgereg.batch.scoring, "DecodeBudget", lambda: scoring_budget)
     predictor = Predictor(str(model), batch_size=2)
     with open_rows(tmp_path / "p.csv", output_columns(predictor)) as rows:
         stats = score_source(open_source(str(folder)), predictor, rows, None, decode_threads=6)

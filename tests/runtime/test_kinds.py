@@ -1,4 +1,4 @@
-"""The target-kind objects (edgereg.kinds), through their public methods, on values worked by hand."""
+"""The target-kind objects (edgereg.core.kinds), through their public methods, on values worked by hand."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from edgereg.card import KINDS, ModelCard
+from edgereg.core.card import KINDS, ModelCard
 from edgereg.errors import CardError, EdgeregError
-from edgereg.kinds import ANGLE, COORDS, DISTRIBUTION, KIND_BY_NAME, SCALAR, VECTOR, target_kind
-from edgereg.tta import parse_tta
+from edgereg.core.kinds import ANGLE, COORDS, DISTRIBUTION, KIND_BY_NAME, SCALAR, VECTOR, target_kind
+from edgereg.core.tta import parse_tta
 
 
 def test_every_card_kind_has_one_frozen_object_named_like_it():

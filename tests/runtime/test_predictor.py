@@ -8,9 +8,9 @@ import pytest
 
 from edgereg import Predictor
 from edgereg.errors import CardError, ModelFileError, ProviderError, ShapeError, TTAError
-from edgereg.kinds import target_kind
-from edgereg.reduce import unmap_angles
-from edgereg.tta import parse_tta
+from edgereg.core.kinds import target_kind
+from edgereg.core.reduce import unmap_angles
+from edgereg.core.tta import parse_tta
 
 
 def expected_mean_model(frames, config_mean=0.5, config_std=0.25, n_targets=1):
@@ -140,7 +140,7 @@ def test_model_without_card_or_with_wrong_card(tmp_path, model_factory):
     onnx.save(model, str(bare))
     with pytest.raises(CardError, match="no edgereg model card"):
         Predictor(bare)
-    from edgereg.card import ModelCard
+    from edgereg.core.card import ModelCard
 
     wrong = ModelCard(kind="scalar", targets=("v",), input_size=(16, 16))
     with pytest.raises(ModelFileError, match="card does not belong"):

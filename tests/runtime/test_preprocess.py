@@ -158,7 +158,7 @@ def test_numba_is_loaded_only_by_calls_that_need_it():
     import sys
 
     code = ("import sys, numpy as np\n"
-            "from edgereg.predictor import Predictor\n"
+            "from edgereg.core.predictor import Predictor\n"
             "from edgereg.preprocess import PreprocessConfig, preprocess_batch\n"
             "from edgereg.preprocess.reference import preprocess_batch_ref\n"
             "config = PreprocessConfig(input_size=(64, 64), crop='circle')\n"

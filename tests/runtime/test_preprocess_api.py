@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.errors import CardError, ShapeError
 from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.preprocess import kernels

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgereg.errors import ShapeError
-from edgereg.quality import QualityConfig, QualityGate
+from edgereg.live.quality import QualityConfig, QualityGate
 
 
 def textured(rng, size=(240, 320)):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgereg.errors import ShapeError
-from edgereg.quality import QualityConfig, QualityGate, QualityReport
+from edgereg.live.quality import QualityConfig, QualityGate, QualityReport
 
 NO_BLUR = dict(blur_threshold=0.0)  # flat test frames have no texture; judge the other checks alone
 

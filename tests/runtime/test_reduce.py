@@ -12,9 +12,9 @@ import pytest
 from edgereg import Predictor
 from edgereg.preprocess import PreprocessConfig, crop_resize
 from edgereg.preprocess.reference import preprocess_batch_ref
-from edgereg.angles import circular_reduce
-from edgereg.kinds import target_kind
-from edgereg.tta import parse_tta
+from edgereg.core.angles import circular_reduce
+from edgereg.core.kinds import target_kind
+from edgereg.core.tta import parse_tta
 
 
 def seen_by_views(true_deg: float, spec) -> np.ndarray:
@@ -119,7 +119,7 @@ def _position_model(path, card):
 
 @pytest.mark.parametrize("tta", ["d4", "rot:3"])
 def test_predictor_distribution_tta_equals_the_hand_computed_mean_over_views(tmp_path, rng, tta):
-    from edgereg.card import ModelCard
+    from edgereg.core.card import ModelCard
 
     card = ModelCard(kind="distribution", targets=("b0", "b1", "b2", "b3"), input_size=(12, 12), crop="circle")
     path, weights = _position_model(tmp_path / "position.onnx", card)

@@ -12,9 +12,9 @@ from scoring_files import read_csv
 from edgereg import Predictor
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import read_image
-from edgereg.scoring import Shard, reading_flags, score_source, target_spans
-from edgereg.sources import BatchSource, Entry, FolderSource
-from edgereg.writers import (
+from edgereg.batch.scoring import Shard, reading_flags, score_source, target_spans
+from edgereg.batch.sources import BatchSource, Entry, FolderSource
+from edgereg.batch.writers import (
     CsvRowWriter, JsonlRowWriter, cut_partial_line, errors_path_for, load_done_keys, open_errors, open_rows,
     prediction_columns,
 )
@@ -172,7 +172,7 @@ def test_flags_out_of_range_and_tta_disagreement(model_factory):
 
 
 def test_flags_not_finite():
-    from edgereg.card import ModelCard
+    from edgereg.core.card import ModelCard
 
     card = ModelCard(kind="vector", targets=("a", "b"), input_size=(8, 8))
     values = np.array([[1.0, np.nan], [1.0, 2.0]])
@@ -180,7 +180,7 @@ def test_flags_not_finite():
 
 
 def test_coords_spans_are_the_crop_sides():
-    from edgereg.card import ModelCard
+    from edgereg.core.card import ModelCard
     from edgereg.preprocess import CropBox
 
     card = ModelCard(kind="coords", targets=("x0", "y0", "x1", "y1"), input_size=(8, 8))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgereg.smoothing import EmaSmoother, MedianSmoother
+from edgereg.live.smoothing import EmaSmoother, MedianSmoother
 
 
 def test_distribution_median_is_the_per_bin_median_renormalized():
@@ -45,7 +45,7 @@ def test_angle_median_across_zero_and_ema_with_its_alpha():
 
 
 def test_degrees_wrap_to_a_half_open_turn():
-    from edgereg.angles import to_full_turn, wrap_degrees
+    from edgereg.core.angles import to_full_turn, wrap_degrees
 
     angles = [0, 180, -180, 190, 200, 540, -190, 359.5, 720]
     assert wrap_degrees(angles).tolist() == [0.0, -180.0, -180.0, -170.0, -160.0, -180.0, 170.0, -0.5, 0.0]
@@ -55,7 +55,7 @@ def test_degrees_wrap_to_a_half_open_turn():
 
 def test_window_of_one_is_allowed_and_less_is_an_error():
     from edgereg.errors import EdgeregError
-    from edgereg.smoothing import StabilityTracker
+    from edgereg.live.smoothing import StabilityTracker
 
     median, ema = MedianSmoother(1), EmaSmoother(1)
     assert median.kind.name == "scalar" and ema.kind.name == "scalar" and ema.alpha == 1.0
@@ -76,7 +76,7 @@ def circular_distance(a, b) -> np.ndarray:
 
 
 def test_two_angle_targets_are_smoothed_independently():
-    from edgereg.angles import circular_mean
+    from edgereg.core.angles import circular_mean
 
     readings = np.array([[350.0, 90.0], [10.0, 100.0], [0.0, 110.0]])  # (n, T)
     assert circular_distance(circular_mean(readings), [0.0, 100.0]).max() < 1e-9
@@ -91,7 +91,7 @@ def test_two_angle_targets_are_smoothed_independently():
 
 def test_make_smoother_passes_the_window_and_the_kind():
     from edgereg.errors import EdgeregError
-    from edgereg.smoothing import make_smoother
+    from edgereg.live.smoothing import make_smoother
 
     ema = make_smoother("ema", 3, kind="angle")
     assert isinstance(ema, EmaSmoother) and ema.kind.name == "angle" and ema.alpha == 0.5
@@ -104,9 +104,9 @@ def test_make_smoother_passes_the_window_and_the_kind():
 
 
 def test_stability_tolerances_by_card_and_override():
-    from edgereg.card import ModelCard
+    from edgereg.core.card import ModelCard
     from edgereg.errors import EdgeregError
-    from edgereg.smoothing import stability_tolerance
+    from edgereg.live.smoothing import stability_tolerance
 
     coords = ModelCard(kind="coords", targets=("x0", "y0", "x1", "y1"), input_size=(8, 8))
     assert stability_tolerance(coords).tolist() == [1.0, 1.0, 1.0, 1.0]
@@ -123,7 +123,7 @@ def test_stability_tolerances_by_card_and_override():
 
 
 def test_stability_edges():
-    from edgereg.smoothing import StabilityTracker
+    from edgereg.live.smoothing import StabilityTracker
 
     exact = StabilityTracker(2, np.array([0.5]))
     exact.update(np.array([1.0]))
@@ -149,7 +149,7 @@ def test_stability_edges():
 def test_float32_readings_are_wrapped_and_smoothed_in_float64():
     """A float32 model output must not drag the angle arithmetic and the smoothers down to float32:
     190.1 degrees in float32 is 190.1000061..., and float32 arithmetic would round it again."""
-    from edgereg.angles import to_full_turn, wrap_degrees
+    from edgereg.core.angles import to_full_turn, wrap_degrees
 
     reading = np.float32([190.1, -0.1])
     exact = reading.astype(np.float64)
@@ -172,7 +172,7 @@ def test_float32_readings_are_wrapped_and_smoothed_in_float64():
 def test_angle_stability_is_judged_around_the_newest_reading():
     """350, 10 and then 179 degrees are not stable: around 179 the three span 340 degrees (the old
     pair sits on the far side of the circle). Measured around 10 they would seem to span 189."""
-    from edgereg.smoothing import StabilityTracker
+    from edgereg.live.smoothing import StabilityTracker
 
     tracker = StabilityTracker(3, np.array([200.0]), circular=True)
     assert [tracker.update(np.array([a])) for a in (350.0, 10.0, 179.0)] == [False, False, False]
@@ -183,7 +183,7 @@ def test_angle_stability_is_judged_around_the_newest_reading():
 def test_stability_spread_of_float32_readings_is_taken_in_float64():
     """1.0 - 1e-8 is 0.99999999 in float64 but rounds to 1.0 in float32: a tolerance between the two
     must call the pair stable."""
-    from edgereg.smoothing import StabilityTracker
+    from edgereg.live.smoothing import StabilityTracker
 
     tracker = StabilityTracker(2, np.array([0.999999995]))
     assert [tracker.update(np.float32([1e-8])), tracker.update(np.float32([1.0]))] == [False, True]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgereg.errors import CameraError, DecodeError, EdgeregError
-from edgereg.sources import (
+from edgereg.batch.sources import (
     CameraSource, FolderSource, GlobSource, ImageSource, ListFileSource, VideoSource, natural_key, open_source,
 )
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgereg.errors import TTAError
-from edgereg.tta import MAX_ROTATIONS, TTASpec, parse_tta
+from edgereg.core.tta import MAX_ROTATIONS, TTASpec, parse_tta
 
 
 @pytest.mark.parametrize("text", [None, "none", "", "off", "0", "OFF", " None ", "\tnone\n"])

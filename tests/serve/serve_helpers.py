@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 
 LEVELS = (80.0, 350.0)  # mg/L, the card's range
 

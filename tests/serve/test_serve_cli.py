@@ -74,7 +74,7 @@ def test_runtime_imports_and_serve_explains_without_the_extra(assay_model):
                 if name.split(".")[0] in ("starlette", "uvicorn", "prometheus_client", "python_multipart", "multipart"):
                     raise ImportError(name + " is blocked in this test")
         sys.meta_path.insert(0, Block())
-        import edgereg.live, edgereg.serve.hub, edgereg.serve.frames, edgereg.serve.batcher, edgereg.serve.uploads
+        import edgereg.live.loop, edgereg.serve.hub, edgereg.serve.frames, edgereg.serve.batcher, edgereg.serve.uploads
         from edgereg.cli.main import main
         sys.exit(main(["serve", {str(assay_model)!r}]))
     """)

@@ -20,10 +20,10 @@ from serve_helpers import (EventReader, SwitchableCamera, decode_jpeg, get, live
 from starlette.testclient import TestClient  # noqa: E402
 
 from edgereg import Predictor  # noqa: E402
-from edgereg.live import NO_FRAME, LiveConfig, LiveFeed  # noqa: E402
+from edgereg.live.loop import NO_FRAME, LiveConfig, LiveFeed  # noqa: E402
 from edgereg.serve.app import ServeConfig, create_app  # noqa: E402
 from edgereg.serve.frames import format_value  # noqa: E402
-from edgereg.sources import CameraSource  # noqa: E402
+from edgereg.batch.sources import CameraSource  # noqa: E402
 
 FAST_RETRY = LiveConfig(smooth_window=3, retry_initial_s=0.05, retry_max_s=0.1)
 PATIENCE = 60.0  # seconds to wait for a state on a busy machine; a passing test waits far less

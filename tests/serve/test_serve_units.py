@@ -12,12 +12,12 @@ import pytest
 from serve_helpers import SwitchableCamera, sample_frame, wait_for, write_video
 
 from edgereg import Predictor
-from edgereg.live import NO_FRAME, LiveConfig, LiveFeed, run_live
-from edgereg.predictor import Predictions
+from edgereg.live.loop import NO_FRAME, LiveConfig, LiveFeed, run_live
+from edgereg.core.predictor import Predictions
 from edgereg.preprocess import CropBox
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.hub import ReadingHub
-from edgereg.sources import CameraSource
+from edgereg.batch.sources import CameraSource
 
 PATIENCE = 60.0  # seconds to wait for a state on a busy machine; a passing test waits far less
 
@@ -156,7 +156,7 @@ def test_looping_video_plays_again_survives_removal_and_keeps_its_frame_rate(ass
 
 
 def test_hub_wakes_waiters_from_another_thread_and_keeps_history():
-    from edgereg.live import Reading
+    from edgereg.live.loop import Reading
 
     hub = ReadingHub(history_s=60, max_items=50)
 
@@ -180,7 +180,7 @@ def test_hub_wakes_waiters_from_another_thread_and_keeps_history():
 def test_hub_history_keeps_readings_not_frames():
     """Memory stays flat: the history (up to 20,000 readings) holds no frame, only the latest does;
     the loop's statistics keep a bounded window of processing times."""
-    from edgereg.live import LiveStats, Reading
+    from edgereg.live.loop import LiveStats, Reading
 
     hub = ReadingHub(history_s=3600, max_items=20_000)
     readings = [Reading(float(i), i, "ok", values={"c": 1.0}, smoothed={"c": 1.0}, process_ms=1.0,

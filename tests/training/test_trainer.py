@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import preprocess_batch
 from edgereg.training.config import TrainConfig

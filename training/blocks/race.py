@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from edgereg.kinds import target_kind
+from edgereg.core.kinds import target_kind
 from edgereg.training.blocks.features import BLOCKS
 from edgereg.training.blocks.fitting import fit_from_plan, model_inputs, prepare_from_plan
 from edgereg.training.blocks.readout import block_features, fit_head, readout_outputs

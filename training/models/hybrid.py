@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgereg.card import KINDS
+from edgereg.core.card import KINDS
 from edgereg.errors import EdgeregError
-from edgereg.kinds import target_kind
+from edgereg.core.kinds import target_kind
 from edgereg.training.blocks.readout import DEFAULT_BLOCKS, BlockReadout
 from edgereg.training.models.registry import create_model, register_model, require_input_size
 

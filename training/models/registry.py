@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edgereg.card import KINDS
+from edgereg.core.card import KINDS
 from edgereg.errors import EdgeregError, ShapeError, did_you_mean
 from edgereg.training.heads import check_kind
 from edgereg.training.kind_training import kind_training

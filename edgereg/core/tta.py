@@ -1,5 +1,5 @@
 """Test-time augmentation specs: which views an image is read in (each target kind reduces them:
-``edgereg.kinds``).
+``edgereg.core.kinds``).
 
 View conventions (shared by the numba kernels, the numpy reference and the reductions):
 

@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgereg.card import NOVELTY_NAME, ModelCard, card_from_metadata, novelty_threshold
+from edgereg.core.card import NOVELTY_NAME, ModelCard, card_from_metadata, novelty_threshold
 from edgereg.errors import EdgeregError, ModelFileError, ShapeError, did_you_mean
-from edgereg.intervals import DEFAULT_CONFIDENCE
+from edgereg.lab.intervals import DEFAULT_CONFIDENCE
 
 UNFAMILIAR = "unfamiliar"  # the flag of a reading whose novelty exceeds the card's threshold
-from edgereg.lab import LabReadout
+from edgereg.lab.readout import LabReadout
 from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames
 from edgereg.preprocess.decode import default_threads
 from edgereg.preprocess.frames import read_frames
 from edgereg.preprocess.geometry import CropBox
-from edgereg.providers import resolve_providers
-from edgereg.tta import TTASpec, parse_tta
+from edgereg.core.providers import resolve_providers
+from edgereg.core.tta import TTASpec, parse_tta
 
 GRAPH_LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -53,7 +53,7 @@ class Predictions:
         confidence: the level of ``lo``/``hi``, or None.
         raw: (B, T) float64 the network's readings before the card's calibration to standards, or
             None when no calibration was applied (then ``values`` are the network's readings).
-        flags: B tuples of lab flags (``edgereg.lab.LAB_FLAGS``), e.g. ``("below_lod",)``, then
+        flags: B tuples of lab flags (``edgereg.lab.readout.LAB_FLAGS``), e.g. ``("below_lod",)``, then
             ``unfamiliar`` when the reading's novelty exceeds the card's threshold.
         novelty: (B,) float64 novelty score (the model's ``novelty`` output, mean over TTA views),
             or None for models without it (exported before it, or with --no-novelty).

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgereg.angles import circular_difference, circular_mean, circular_reduce, to_full_turn, wrap_degrees
+from edgereg.core.angles import circular_difference, circular_mean, circular_reduce, to_full_turn, wrap_degrees
 from edgereg.errors import CardError, EdgeregError, TTAError, did_you_mean
-from edgereg.reduce import unmap_angles, unmap_coords
-from edgereg.tta import TTASpec
+from edgereg.core.reduce import unmap_angles, unmap_coords
+from edgereg.core.tta import TTASpec
 
 if TYPE_CHECKING:
     from edgereg.preprocess.geometry import CropBox
@@ -48,7 +48,7 @@ class TargetKind:
         stable_tolerance: the live ``stable`` indicator's tolerance (max - min over the window) in
             the reading's units, or None for 1% of the card's range (of the reading when unbounded).
         circular: readings are angles in degrees, compared on the circle.
-        calibrated: readings can be calibrated to reference standards and certified (``edgereg.calibration``).
+        calibrated: readings can be calibrated to reference standards and certified (``edgereg.lab.calibration``).
         range_flagged: a card ``range`` bounds the readings; near its ends they get ``out_of_range``.
         xy_points: targets are (x, y) pairs; the network reads ``[0, 1]`` of the model input and the
             user gets source pixels, so converting needs each image's crop box.

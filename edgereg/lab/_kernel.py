@@ -1,13 +1,13 @@
 """The post-processing of lab-grade readings, one reading at a time: interval, calibration, flags.
 
-One pass over a ``(B, T)`` batch of network readings does what ``edgereg.lab`` describes, with the
+One pass over a ``(B, T)`` batch of network readings does what ``edgereg.lab.readout`` describes, with the
 arithmetic of the generated C (``edgereg.export.c_lab``), in plain Python floats. That is a few
 microseconds per reading: less than a chain of small numpy calls costs at batch 1 (tens of
 microseconds), and no numba, whose import a process scoring one image must not pay (see
 ``edgereg.preprocess.batch``). The per-target constants are unpacked once per
-:class:`edgereg.lab.LabReadout` into :class:`TargetTable` tuples.
+:class:`edgereg.lab.readout.LabReadout` into :class:`TargetTable` tuples.
 
-Flag bits follow ``edgereg.lab.LAB_FLAGS``: 0 below_lob, 1 below_lod, 2 below_loq, 3 below_range,
+Flag bits follow ``edgereg.lab.readout.LAB_FLAGS``: 0 below_lob, 1 below_lod, 2 below_loq, 3 below_range,
 4 above_range, 5 extrapolated, 6 uncalibrated, 7 interval_wide.
 """
 
@@ -53,8 +53,8 @@ class TargetTable(NamedTuple):
 
 def build_tables(names, kind: str, *, kernel=None, calibration=None, level=None, limits=None,
                  uncalibrated=None) -> tuple[TargetTable, ...]:
-    """One TargetTable per target from an ``edgereg.intervals.IntervalKernel`` (or None), an
-    ``edgereg.calibration.Calibration`` (or None), the interval ``level``, ``limits`` ({"lob": (T,),
+    """One TargetTable per target from an ``edgereg.lab.intervals.IntervalKernel`` (or None), an
+    ``edgereg.lab.calibration.Calibration`` (or None), the interval ``level``, ``limits`` ({"lob": (T,),
     ...} from ``LabReadout.limit_arrays``, or None) and the ``(T,)`` uncalibrated mask."""
     tables = []
     for j, name in enumerate(names):

@@ -1,6 +1,6 @@
 """Undoing TTA view transforms on readings: the geometry each target kind's reduction needs.
 
-Each kind's ``reduce_views`` (``edgereg.kinds``, table in docs/architecture.md) takes the model's
+Each kind's ``reduce_views`` (``edgereg.core.kinds``, table in docs/architecture.md) takes the model's
 outputs for all views, ``views: (B, V, T) float64``, and returns ``(values (B, T), spread (B, T))``:
 the reading and its disagreement across views (an uncertainty).
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgereg.angles import circular_reduce
-from edgereg.tta import TTASpec
+from edgereg.core.angles import circular_reduce
+from edgereg.core.tta import TTASpec
 
 
 def unmap_coords(views: np.ndarray, spec: TTASpec) -> np.ndarray:

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from edgereg import __version__
-from edgereg.card import ModelCard
+from edgereg.core.card import ModelCard
 
 AUDIT_COLUMNS = ("model_sha256", "card_version", "calibration_id", "calibration_date", "validation_id",
                  "edgereg_version", "confidence", "timestamp", "source", "quality_brightness", "quality_clipped",

@@ -50,9 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from edgereg.angles import circular_difference
+from edgereg.core.angles import circular_difference
 from edgereg.errors import CardError, EdgeregError
-from edgereg.kinds import TargetKind, target_kind
+from edgereg.core.kinds import TargetKind, target_kind
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # confidence levels stored at export
 DEFAULT_CONFIDENCE = 0.9

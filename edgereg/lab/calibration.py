@@ -1,6 +1,6 @@
 """Calibration to reference standards, as the runtime applies it (numpy only).
 
-``edgereg calibrate MODEL STANDARDS`` (fitting: :mod:`edgereg.calibration_fit`) stores in the card a
+``edgereg calibrate MODEL STANDARDS`` (fitting: :mod:`edgereg.lab.fit.calibration`) stores in the card a
 map from the network's reading ``x`` to the reference value, per target, with its provenance. The
 runtime applies it after the network (and after TTA):
 

@@ -81,7 +81,7 @@ def prediction_columns(names: Sequence[str], *, with_spread: bool, with_interval
                        audit: Sequence[str] = ()) -> tuple[str, ...]:
     """The output columns for target ``names``: ``path``, each target (followed by ``name_lo``,
     ``name_hi`` with intervals), each ``name_spread`` (with TTA), ``flags``, then the ``audit``
-    columns (``edgereg.audit.AUDIT_COLUMNS`` with --audit)."""
+    columns (``edgereg.lab.audit.AUDIT_COLUMNS`` with --audit)."""
     targets = tuple(c for name in names for c in ((name, f"{name}_lo", f"{name}_hi") if with_interval else (name,)))
     spread = tuple(f"{name}_spread" for name in names) if with_spread else ()
     return ("path", *targets, *spread, "flags", *audit)

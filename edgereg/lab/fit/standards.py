@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.audit import files_digest
+from edgereg.lab.audit import files_digest
 from edgereg.errors import DatasetError
 
 
@@ -30,7 +30,7 @@ class StandardReadings:
         paths: N image paths as listed in labels.csv.
         groups: (N,) str standard ids, or None.
         root: the standards folder.
-        digest: SHA-256 over labels.csv and every image (``edgereg.audit.files_digest``).
+        digest: SHA-256 over labels.csv and every image (``edgereg.lab.audit.files_digest``).
         skipped: ``(line, path, reason)`` of rows left out.
         lo, hi: (N, K) float64 interval bounds of the readings, or None without intervals.
     """

@@ -11,7 +11,7 @@ rows come out in input order whatever order the decodes finish in.
 
 A file that cannot be read or decoded is never fatal: it is written to the errors writer with
 its reason and scoring goes on (``fail_fast`` stops at the first). Rows are written one at a time
-(see ``edgereg.writers``), so a killed run leaves only complete rows.
+(see ``edgereg.batch.writers``), so a killed run leaves only complete rows.
 
 Flags (the ``flags`` column), see :func:`reading_flags`:
 
@@ -24,7 +24,7 @@ Flags (the ``flags`` column), see :func:`reading_flags`:
 * ``not_finite``: the model returned NaN or infinity.
 
 Video frames (batch scoring of a video file) pass the live readout's quality gate
-(``edgereg.quality``, the same thresholds as ``--camera``), in frame order, before they are read:
+(``edgereg.live.quality``, the same thresholds as ``--camera``), in frame order, before they are read:
 a frame that is ``black``, ``overexposed``, ``frozen`` or ``blurred`` gets that word in its flags;
 with ``gate=True`` (``--gate``) its row is still written, so nothing goes missing and ``--resume``
 knows it was seen, but with empty values (JSONL ``null``) and the flag ``withheld``. Still images
@@ -34,8 +34,8 @@ so ``frozen`` needs its few frames of history again.
 
 With intervals in the card, each target is followed by ``<target>_lo`` and ``<target>_hi`` (the
 predictor's confidence level); the flags are followed by the predictor's lab flags (``below_lod``,
-``interval_wide``, ...; see ``edgereg.lab``), then ``unfamiliar`` when the model's novelty score
-exceeds its card's threshold (``edgereg.predictor``; docs/lab-grade.md, "Unfamiliar photos").
+``interval_wide``, ...; see ``edgereg.lab.readout``), then ``unfamiliar`` when the model's novelty score
+exceeds its card's threshold (``edgereg.core.predictor``; docs/lab-grade.md, "Unfamiliar photos").
 """
 
 from __future__ import annotations
@@ -54,19 +54,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgereg.audit import source_of
-from edgereg.card import ModelCard
+from edgereg.lab.audit import source_of
+from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
 from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, DecodeBudget, explain_cv2_error, max_file_bytes,
                                        read_file_bytes)
 from edgereg.preprocess.frames import load_frame
-from edgereg.quality import QualityConfig, QualityGate, QualityReport
-from edgereg.sources import BatchSource, Entry
-from edgereg.writers import RowWriter
+from edgereg.live.quality import QualityConfig, QualityGate, QualityReport
+from edgereg.batch.sources import BatchSource, Entry
+from edgereg.batch.writers import RowWriter
 
 if TYPE_CHECKING:
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
 OPENCV_EXIT_WAIT_S = 60.0  # the longest an exit waits for a decode in progress (a 50 MP image takes ~1 s)
 OUT_OF_RANGE_MARGIN = 0.005  # fraction of the range span from a limit that counts as "at the limit"
@@ -153,8 +153,8 @@ def target_spans(card: ModelCard, boxes: list[CropBox]) -> np.ndarray:
 def output_columns(predictor: Predictor, *, audit: bool = False) -> tuple[str, ...]:
     """The columns :func:`score_source` writes for ``predictor`` (bounds when it has intervals,
     spreads with TTA, the audit columns when ``audit``)."""
-    from edgereg.audit import AUDIT_COLUMNS
-    from edgereg.writers import prediction_columns
+    from edgereg.lab.audit import AUDIT_COLUMNS
+    from edgereg.batch.writers import prediction_columns
 
     return prediction_columns(predictor.names, with_spread=predictor.tta.n > 1,
                               with_interval=predictor.lab.has_intervals, audit=AUDIT_COLUMNS if audit else ())
@@ -405,7 +405,7 @@ class _Item:
 def _rows(predictor: Predictor, items: list[_Item], audit=None) -> Iterator[dict[str, Any]]:
     """Score one batch and yield its output rows (``path``, targets with their ``_lo``/``_hi``
     bounds, spreads, ``flags``, then the audit columns when ``audit``, an
-    ``edgereg.audit.AuditTrail``, is given), in order.
+    ``edgereg.lab.audit.AuditTrail``, is given), in order.
 
     Withheld items get a row with empty values and the flags ``(reason, "withheld")``; the others
     go through the model together.
@@ -457,7 +457,7 @@ def score_source(source: BatchSource, predictor: Predictor, rows: RowWriter, err
     """Score every selected input of ``source`` and write one row each, in input order.
 
     Args:
-        source: the inputs (see ``edgereg.sources``).
+        source: the inputs (see ``edgereg.batch.sources``).
         predictor: an ``edgereg.Predictor`` (its ``batch_size``, TTA and card apply).
         rows: the predictions writer, with columns :func:`output_columns` ``(predictor, audit=...)``.
         errors: the errors writer (columns ``path, reason``), or None.
@@ -472,7 +472,7 @@ def score_source(source: BatchSource, predictor: Predictor, rows: RowWriter, err
         max_pixels: images whose header declares more pixels are failures (``--max-pixels``).
         quality: the quality gate's thresholds for video frames; None: no gate.
         gate: withhold the reading of a frame the gate rejects (``--gate``) instead of flagging it.
-        audit: an ``edgereg.audit.AuditTrail`` to add its columns to every row, or None.
+        audit: an ``edgereg.lab.audit.AuditTrail`` to add its columns to every row, or None.
 
     Returns:
         The final ScoreStats.

@@ -20,7 +20,7 @@ is the ``path`` column of the output, which ``--resume`` matches on.
   file that is not a regular file is refused before it is opened.
 
 :class:`CameraSource` is the live source: a device index, a video file or a stream URL, opened
-with ``cv2.VideoCapture`` and re-opened after a drop-out (see ``edgereg.live``).
+with ``cv2.VideoCapture`` and re-opened after a drop-out (see ``edgereg.live.loop``).
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ class CameraSource:
 
     ``read()`` opens the capture on first use and again after a failed read, so a camera that is
     unplugged and plugged back in, or a stream that drops, comes back without a restart; the
-    retry pacing is the caller's (``edgereg.live.run_live`` backs off). A video file is finite:
+    retry pacing is the caller's (``edgereg.live.loop.run_live`` backs off). A video file is finite:
     at its end ``read()`` returns ``(False, None)`` and sets ``ended`` -- unless ``loop`` is set.
 
     Args:

@@ -1,6 +1,6 @@
 """Validation limits in the card (``card.validation``, written by ``edgereg validate``), parsed.
 
-numpy-free and cheap to import: reading a card parses this section (``edgereg.card``).
+numpy-free and cheap to import: reading a card parses this section (``edgereg.core.card``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :class:`LabReadout` is built once from the card (and the TTA, confidence level and calibration
 choice in use) and turns each batch of network readings into calibrated values, conformal bounds
-and the lab flags below, in one pass per batch (``edgereg.lab_kernel``, a few microseconds per
+and the lab flags below, in one pass per batch (``edgereg.lab._kernel``, a few microseconds per
 reading, no numba).
 
 Flags (beside ``out_of_range``, ``tta_disagreement`` and ``not_finite`` of folder scoring), each
@@ -33,12 +33,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgereg.calibration import Calibration, parse_calibration
-from edgereg.card import ModelCard
+from edgereg.lab.calibration import Calibration, parse_calibration
+from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
-from edgereg.intervals import DEFAULT_CONFIDENCE, IntervalKernel, parse_intervals, unsupported_reason
-from edgereg.lab_kernel import build_tables, postprocess
-from edgereg.limits import Limits, Validation, parse_validation
+from edgereg.lab.intervals import DEFAULT_CONFIDENCE, IntervalKernel, parse_intervals, unsupported_reason
+from edgereg.lab._kernel import build_tables, postprocess
+from edgereg.lab.limits import Limits, Validation, parse_validation
 
 LAB_FLAGS = ("below_lob", "below_lod", "below_loq", "below_range", "above_range", "extrapolated",
              "uncalibrated", "interval_wide")
@@ -148,12 +148,12 @@ class LabReadout:
         return self.kernel is not None
 
     def process(self, values: np.ndarray, spread: np.ndarray | None, scale: np.ndarray | None = None) -> LabResult:
-        """Calibrate, bound and flag a batch (``edgereg.lab_kernel.postprocess``).
+        """Calibrate, bound and flag a batch (``edgereg.lab._kernel.postprocess``).
 
         Args:
             values: (B, T) float64 network readings after TTA reduction (coords in source pixels).
             spread: (B, T) float64 TTA spread, or None.
-            scale: (B, T) float64 crop sides for coords (see ``edgereg.intervals``), or None.
+            scale: (B, T) float64 crop sides for coords (see ``edgereg.lab.intervals``), or None.
         """
         n = len(values)
         if self._trivial:
@@ -186,7 +186,7 @@ def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.
         {"levels": {"0.9": {"coverage", "targets": {name: coverage}, "mean_width": {name: w},
         "bins": {name: [{"lo", "hi", "n", "coverage"}]}}}, ...}, "tta"} or None without intervals.
     """
-    from edgereg.intervals import format_level, parse_intervals, rows_needed
+    from edgereg.lab.intervals import format_level, parse_intervals, rows_needed
 
     spec = parse_intervals(card.intervals, card.targets)
     if spec is None:

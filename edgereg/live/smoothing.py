@@ -6,7 +6,7 @@
 * :class:`StabilityTracker`: ``stable`` once the smoothed reading has stayed within a tolerance
   (max - min, per target) for N consecutive readings.
 
-Target kinds (``edgereg.kinds``) decide the arithmetic: angles (degrees) are smoothed on the circle
+Target kinds (``edgereg.core.kinds``) decide the arithmetic: angles (degrees) are smoothed on the circle
 (the EMA averages unit vectors; the median is taken of the differences to the circular mean), and
 distributions are renormalized to sum to 1 after a per-bin median.
 """
@@ -18,10 +18,10 @@ from collections import deque
 
 import numpy as np
 
-from edgereg.angles import wrap_degrees
-from edgereg.card import ModelCard
+from edgereg.core.angles import wrap_degrees
+from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
-from edgereg.kinds import TargetKind, target_kind
+from edgereg.core.kinds import TargetKind, target_kind
 
 METHODS = ("median", "ema")
 RANGE_FRACTION = 0.01  # default tolerance: 1% of a bounded target's range

@@ -20,12 +20,12 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
     from edgereg.cluster.parts import PartStore
     from edgereg.cluster.plan import GPU_PROVIDERS, ClusterResources, plan_resources
     from edgereg.cluster.session import import_ray, ray_session
-    from edgereg.predictor import Predictor
-    from edgereg.sources import VideoSource
+    from edgereg.core.predictor import Predictor
+    from edgereg.batch.sources import VideoSource
     from edgereg.cli.infer import _readings
     from edgereg.errors import EdgeregError
-    from edgereg.scoring import output_columns
-    from edgereg.writers import OutputIdentity, check_resume_identity, open_rows, write_identity
+    from edgereg.batch.scoring import output_columns
+    from edgereg.batch.writers import OutputIdentity, check_resume_identity, open_rows, write_identity
 
     import_ray()  # the missing extra is the first thing to say
     if args.audit:

@@ -1,6 +1,6 @@
 """Fitting the reading -> reference calibration to standards (needs scipy: ``edgereg[lab]``).
 
-Fits (the curve maps the network's reading ``x`` to the reference ``y``, see ``edgereg.calibration``):
+Fits (the curve maps the network's reading ``x`` to the reference ``y``, see ``edgereg.lab.calibration``):
 
 * ``linear`` (default): ordinary least squares ``y = b0 + b1 x``; 95% confidence intervals of the
   slope and intercept from Student's t at n - 2 degrees of freedom.
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgereg.errors import EdgeregError, require_extra
-from edgereg.intervals import LEVELS, format_level
+from edgereg.lab.intervals import LEVELS, format_level
 
 FIT_CHOICES = ("linear", "quadratic", "isotonic", "offset", "auto")
 ALPHA = 0.05  # significance of the lack-of-fit test
@@ -125,7 +125,7 @@ def fit_target(readings: np.ndarray, reference: np.ndarray, fit: str = "linear",
         levels: interval levels whose t quantiles the runtime will need.
 
     Returns:
-        The card entry (``edgereg.calibration`` format) plus figures for people: ``r2``,
+        The card entry (``edgereg.lab.calibration`` format) plus figures for people: ``r2``,
         ``slope_ci95`` / ``intercept_ci95`` (linear), ``residuals``, ``analysis``, ``choice``.
 
     Raises:

@@ -26,7 +26,7 @@ def plot_validation(path: str | Path, name: str, unit: str, reference: np.ndarra
         path: the PNG to write.
         name, unit: the target and its unit ("" when unitless).
         reference, readings: (N,) the standards' reference values and the model's readings.
-        figures: ``edgereg.validation.validate`` output.
+        figures: ``edgereg.lab.fit.validation.validate`` output.
         title: first line of the page (model, standards, date).
     """
     matplotlib = require_extra("matplotlib", "lab")

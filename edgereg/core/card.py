@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from edgereg.errors import CardError, ModelFileError, did_you_mean
-from edgereg.kinds import KIND_BY_NAME, KIND_NAMES, TargetKind
-from edgereg.tta import parse_tta
+from edgereg.core.kinds import KIND_BY_NAME, KIND_NAMES, TargetKind
+from edgereg.core.tta import parse_tta
 
 CARD_KEY = "edgereg"
 INPUT_NAME = "image"  # the ONNX graph's one input, (N, C, H, W) float32 (docs/CONTRACTS.md, "ONNX model I/O")
 OUTPUT_NAME = "value"  # its first output, (N, T) float32
 NOVELTY_NAME = "novelty"  # an optional second output, (N, 1) float32: the novelty score (card.novelty)
 FORMAT_VERSION = 1
-KINDS = KIND_NAMES  # ("scalar", "vector", "distribution", "coords", "angle"); see edgereg.kinds
+KINDS = KIND_NAMES  # ("scalar", "vector", "distribution", "coords", "angle"); see edgereg.core.kinds
 CROPS = ("none", "center", "circle")
 CHANNELS = ("rgb", "gray")
 DECODES = ("full", "reduced")  # image files: every pixel, or JPEG DCT-domain downscaling (preprocess.frames)
@@ -73,9 +73,9 @@ class ModelCard(PreprocessingFacts):
     provenance: dict[str, Any] = field(default_factory=dict)  # dataset, metrics, seed, versions
     quantization: dict[str, Any] = field(default_factory=dict)  # calibration and int8 deltas
     # Lab-grade readings (docs/lab-grade.md); empty for models exported before they existed:
-    intervals: dict[str, Any] = field(default_factory=dict)  # conformal quantiles (edgereg.intervals)
-    calibration: dict[str, Any] = field(default_factory=dict)  # reading -> reference (edgereg.calibration)
-    validation: dict[str, Any] = field(default_factory=dict)  # LoB/LoD/LoQ and range (edgereg.lab)
+    intervals: dict[str, Any] = field(default_factory=dict)  # conformal quantiles (edgereg.lab.intervals)
+    calibration: dict[str, Any] = field(default_factory=dict)  # reading -> reference (edgereg.lab.calibration)
+    validation: dict[str, Any] = field(default_factory=dict)  # LoB/LoD/LoQ and range (edgereg.lab.readout)
     novelty: dict[str, Any] = field(default_factory=dict)  # the novelty output's threshold (edgereg.export.novelty)
     format_version: int = FORMAT_VERSION
 
@@ -84,7 +84,7 @@ class ModelCard(PreprocessingFacts):
 
     @property
     def target_kind(self) -> TargetKind:
-        """The :class:`edgereg.kinds.TargetKind` named by ``kind``."""
+        """The :class:`edgereg.core.kinds.TargetKind` named by ``kind``."""
         return KIND_BY_NAME[self.kind]
 
     @property
@@ -229,9 +229,9 @@ def _validate(card: ModelCard) -> None:
 
 def _validate_lab_sections(card: ModelCard, bad) -> None:
     """Parse the lab sections, so a malformed one fails when the card is read, not mid-run."""
-    from edgereg.calibration import parse_calibration
-    from edgereg.intervals import parse_intervals
-    from edgereg.limits import parse_validation
+    from edgereg.lab.calibration import parse_calibration
+    from edgereg.lab.intervals import parse_intervals
+    from edgereg.lab.limits import parse_validation
 
     for name in ("intervals", "calibration", "validation", "novelty"):
         if not isinstance(getattr(card, name), dict):

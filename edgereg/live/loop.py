@@ -1,7 +1,7 @@
 """The live readout loop: frames from a camera -> quality gate -> model -> smoothed, stable readings.
 
 :func:`run_live` works with any frame source that has ``read() -> (ok, frame)`` and ``release()``
-(``cv2.VideoCapture``, :class:`edgereg.sources.CameraSource`, or a test double). A source that can
+(``cv2.VideoCapture``, :class:`edgereg.batch.sources.CameraSource`, or a test double). A source that can
 end (a video file) sets ``ended = True`` at its end and the loop stops; a source may also raise
 :class:`~edgereg.errors.CameraError` from ``read()`` when it cannot open (the error propagates
 when the source has also ``ended``: it will never open). Any other failed read is a drop-out: the
@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edgereg.errors import CameraError, EdgeregError, ShapeError
-from edgereg.quality import QualityConfig, QualityGate, QualityReport
-from edgereg.smoothing import StabilityTracker, make_smoother, stability_tolerance
-from edgereg.sources import redact_credentials
+from edgereg.live.quality import QualityConfig, QualityGate, QualityReport
+from edgereg.live.smoothing import StabilityTracker, make_smoother, stability_tolerance
+from edgereg.batch.sources import redact_credentials
 
 if TYPE_CHECKING:
-    from edgereg.predictor import Predictor
+    from edgereg.core.predictor import Predictor
 
 NO_FRAME = "no_frame"  # the quality of a reading for a failed read
 INVALID = "invalid_frame"  # the quality of a frame that is not an image (wrong shape or dtype)
@@ -65,7 +65,7 @@ class LiveConfig:
     retry_max_s: float = 10.0  # the back-off stops doubling here, so recovery is noticed within 10 s
     max_retries: int | None = None  # consecutive failed reads before giving up; None = never give up
     max_frames: int | None = None  # stop after this many frames (None = until the source ends)
-    audit: bool = False  # add the audit trail (edgereg.audit) to every reading
+    audit: bool = False  # add the audit trail (edgereg.lab.audit) to every reading
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ class Reading:
         process_ms: time spent on this frame (gate + model), in milliseconds.
         image: the (H, W, 3) uint8 BGR frame itself, for display (not serialized).
         lo, hi: {target: conformal bound} at the predictor's confidence, or None.
-        flags: lab flags of the reading (``edgereg.lab``), e.g. ``("below_lod",)``.
-        audit: the audit trail (``edgereg.audit``) with ``--audit``, else None.
+        flags: lab flags of the reading (``edgereg.lab.readout``), e.g. ``("below_lod",)``.
+        audit: the audit trail (``edgereg.lab.audit``) with ``--audit``, else None.
         standard: the ``--check-standard`` verdict on this reading, or None.
     """
 
@@ -342,7 +342,7 @@ class _Readout:
         self.source_name = source_name
         self.audit = None
         if config.audit:
-            from edgereg.audit import AuditTrail
+            from edgereg.lab.audit import AuditTrail
 
             self.audit = AuditTrail.for_predictor(predictor)
         self.predictor = predictor

@@ -2,7 +2,7 @@
 
 A lab places a standard of known value in front of the camera on a schedule (e.g. a systemd timer
 running ``edgereg infer MODEL --camera 0 --frames 60 --check-standard 150``). Each *stable* reading
-(the smoothed value held within tolerance; see ``edgereg.live``) is compared with the standard: the
+(the smoothed value held within tolerance; see ``edgereg.live.loop``) is compared with the standard: the
 check fails when the standard lies outside the smoothed value's interval, i.e. outside
 ``[smoothed - (value - lo), smoothed + (hi - value)]`` with the reading's own conformal bounds at
 the run's ``--confidence``. Unstable or withheld readings are not judged.
@@ -46,7 +46,7 @@ class StandardCheck:
             raise EdgeregError(f"the drift persistence must be >= 1, got {self.persist}")
 
     def update(self, reading) -> tuple[dict | None, str | None]:
-        """Judge one ``edgereg.live.Reading``.
+        """Judge one ``edgereg.live.loop.Reading``.
 
         Returns:
             (the verdict for the JSON line, or None when the reading is not judged;
