@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 # for the tests of `edgereg serve`.
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench mutants venv clean
+.PHONY: demo test lint bench mutants venv clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,8 @@ mutants: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mutmut
+
+# ruff on all Python code and mypy on the runtime package (settings in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edgereg training export tests benchmarks tools firmware_examples
+	$(VENV)/bin/mypy

@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_onnx_model  # noqa: E402  (the test helper that builds tiny real models)
+from conftest import make_onnx_model
 
-from edgereg import Predictor  # noqa: E402
-from edgereg.core.card import ModelCard  # noqa: E402
+from edgereg import Predictor
+from edgereg.core.card import ModelCard
 
 RUNS = 7
 STAGES = (  # (label, code run by a fresh interpreter); each adds to the one before

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from bench_scoring import build_cnn
+
 from edgereg import Predictor
 from edgereg.live.loop import LiveConfig, run_live
 

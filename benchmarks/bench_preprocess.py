@@ -26,7 +26,7 @@ import time
 import cv2
 import numpy as np
 
-from edgereg.preprocess import PreprocessConfig, kernels, preprocess_batch, small  # noqa: F401 (kernels: numba)
+from edgereg.preprocess import PreprocessConfig, kernels, preprocess_batch, small
 from edgereg.preprocess.batch import _mask
 from edgereg.preprocess.reference import circle_mask, preprocess_batch_ref
 

@@ -36,19 +36,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scoring import build_cnn, make_jpegs  # noqa: E402  (the generated CNN and JPEGs)
+from bench_scoring import build_cnn, make_jpegs
 
-from edgereg import Predictor  # noqa: E402
-from edgereg.cluster.engine import (  # noqa: E402
-    PartSink, RayRunConfig, block_rows, input_blocks, score_on_ray, select_inputs,
+from edgereg import Predictor
+from edgereg.batch.scoring import default_inference_threads, score_source
+from edgereg.batch.sources import FolderSource
+from edgereg.batch.writers import open_errors, open_rows, prediction_columns
+from edgereg.cluster.engine import (
+    PartSink,
+    RayRunConfig,
+    block_rows,
+    input_blocks,
+    score_on_ray,
+    select_inputs,
 )
-from edgereg.cluster.parts import PartStore  # noqa: E402
-from edgereg.cluster.plan import ClusterResources, plan_resources  # noqa: E402
-from edgereg.cluster.session import ray_session  # noqa: E402
-from edgereg.cluster.stages import OnnxScorer, decode_batch  # noqa: E402
-from edgereg.batch.scoring import default_inference_threads, score_source  # noqa: E402
-from edgereg.batch.sources import FolderSource  # noqa: E402
-from edgereg.batch.writers import open_errors, open_rows, prediction_columns  # noqa: E402
+from edgereg.cluster.parts import PartStore
+from edgereg.cluster.plan import ClusterResources, plan_resources
+from edgereg.cluster.session import ray_session
+from edgereg.cluster.stages import OnnxScorer, decode_batch
 
 
 def run_local(folder: Path, model: Path, out: Path, batch: int) -> float:

@@ -35,11 +35,11 @@ import cv2
 import numpy as np
 
 from edgereg import Predictor
-from edgereg.core.card import ModelCard
-from edgereg.preprocess import default_threads, read_frame, read_image
 from edgereg.batch.scoring import default_inference_threads, output_columns, score_source
 from edgereg.batch.sources import FolderSource
 from edgereg.batch.writers import CsvRowWriter
+from edgereg.core.card import ModelCard
+from edgereg.preprocess import default_threads, read_frame, read_image
 
 
 def build_cnn(path: Path, *, input_size: int = 64, widths=(32, 64, 128), seed: int = 0,

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from bench_scoring import build_cnn
+
 from edgereg import Predictor
 from edgereg.preprocess import decode_image, default_threads
 
@@ -130,7 +130,7 @@ class StreamClient(threading.Thread):
                 data = tail + chunk
                 self.count += data.count(self.marker)
                 tail = data[-len(self.marker) + 1:]
-        except Exception:  # noqa: BLE001 - closed under the reader by close(): its end
+        except Exception:
             pass
 
     def close(self) -> None:

@@ -31,20 +31,20 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `edgereg train` (spinning OpenMP waits on a busy machine)
 
-import argparse  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import subprocess
+import sys
+import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from edgereg.core.platform_info import cpu_info  # noqa: E402
-from edgereg.preprocess import PreprocessConfig  # noqa: E402
-from edgereg.training.augment import AugmentConfig, augment_batch, to_float_batch, to_model_input  # noqa: E402
-from edgereg.training.models import create_model  # noqa: E402
-from edgereg.training.step import FP32, StepFormat, choose_step, detect_machine  # noqa: E402
+from edgereg.core.platform_info import cpu_info
+from edgereg.preprocess import PreprocessConfig
+from edgereg.training.augment import AugmentConfig, augment_batch, to_float_batch, to_model_input
+from edgereg.training.models import create_model
+from edgereg.training.step import FP32, StepFormat, choose_step, detect_machine
 
 CANDIDATES = (("cnn_small", "scalar", (64, 96, 128)), ("resnet_tiny", "scalar", (64, 96, 128)),
               ("heatmap_small", "coords", (64, 96, 128)), ("base_seed004", "scalar", (32, 64)))

@@ -113,8 +113,8 @@ def prepare(work: Path, task: str, *, n_train: int, n_heldout: int, epochs: int)
 
 def held_out_readings(model: Path, heldout: Path):
     """(values (N,), truth (N,), groups (N,), difficulty fitted at export, card, a frame) of the model."""
-    from edgereg.lab.intervals import parse_intervals
     from edgereg.core.predictor import Predictor
+    from edgereg.lab.intervals import parse_intervals
     from edgereg.preprocess import CropBox
     from edgereg.training.data import load_dataset
 
@@ -207,8 +207,8 @@ def latency(model: Path, frame: np.ndarray, *, rounds: int = 15, calls: int = 10
     """Added time per reading of Predictor.predict([frame]) with intervals: the same predictor (one
     ONNX Runtime session) alternates between its interval post-processing and none, round by round,
     and the median of the paired differences is reported (a shared machine drifts between rounds)."""
-    from edgereg.lab.readout import LabReadout
     from edgereg.core.predictor import Predictor
+    from edgereg.lab.readout import LabReadout
 
     predictor = Predictor(model, providers="cpu", confidence=0.9, calibration=False)
     labs = {"with": predictor.lab, "without": LabReadout(predictor.card, confidence=None, calibrate=False)}

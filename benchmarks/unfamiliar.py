@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_photos as rp  # noqa: E402
+import real_photos as rp
 
 
 def edgereg(*args) -> None:
@@ -126,8 +126,8 @@ def latency(model: Path, frame: np.ndarray, *, rounds: int = 15, calls: int = 50
     C generator's ``value_only`` graph), alternating round by round, median of paired differences."""
     import onnx
 
-    from edgereg.export.c_codegen import value_only
     from edgereg.core.predictor import Predictor
+    from edgereg.export.c_codegen import value_only
 
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "value_only.onnx"

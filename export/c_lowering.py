@@ -33,10 +33,24 @@ import numpy as np
 
 from edgereg.errors import ModelFileError
 from edgereg.export.c_ops import (
-    COp, Concat, Conv2D, Dense, Dequantized, Elementwise, Gather, GlobalPool, Operand, Pool2D, QOutput, Quant,
-    QuantizedConst, Reduce, Softmax, Tensor, c_float,
+    Concat,
+    Conv2D,
+    COp,
+    Dense,
+    Dequantized,
+    Elementwise,
+    Gather,
+    GlobalPool,
+    Operand,
+    Pool2D,
+    QOutput,
+    Quant,
+    QuantizedConst,
+    Reduce,
+    Softmax,
+    Tensor,
+    c_float,
 )
-
 
 # --------------------------------------------------------------------------------------------------
 # Lowering: ONNX nodes -> C operations

@@ -59,11 +59,22 @@ from pathlib import Path
 import numpy as np
 
 from edgereg.core.card import ModelCard
-from edgereg.errors import EdgeregError
 from edgereg.core.kinds import TargetKind, target_kind
-from edgereg.lab.intervals import (DEFAULT_WIDE_FACTOR, LEVELS, Difficulty, IntervalSet, TargetIntervals, conformal_quantile,
-                               covered, format_level, interval_bounds, one_sided_level, signed_residual,
-                               target_to_dict)
+from edgereg.errors import EdgeregError
+from edgereg.lab.intervals import (
+    DEFAULT_WIDE_FACTOR,
+    LEVELS,
+    Difficulty,
+    IntervalSet,
+    TargetIntervals,
+    conformal_quantile,
+    covered,
+    format_level,
+    interval_bounds,
+    one_sided_level,
+    signed_residual,
+    target_to_dict,
+)
 
 METHODS = ("normalized", "constant")
 MIN_FIT = 30  # validation images needed to fit a difficulty

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from edgereg.core.card import ModelCard
+from edgereg.core.kinds import TargetKind, target_kind
 from edgereg.errors import EdgeregError, require_extra
 from edgereg.export.int8_search import CALIBRATION_BUDGET_S
-from edgereg.core.kinds import TargetKind, target_kind
 
 DEFAULT_MAX_DROP = 0.10
 

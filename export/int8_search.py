@@ -50,7 +50,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 SPEED_GOAL = 1.3  # int8 / fp32 images/s at batch 32 the speed control aims for
 MIN_GAIN = 1.05  # a speed step is kept only when it is at least this much faster than the model before it
 SPEED_BATCH = 32  # batch size of speed decisions
@@ -397,9 +396,12 @@ def _layer_sqnr(fp32_path: Path, int8_path: Path, quantizer, images: np.ndarray)
     import contextlib
     import io
 
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     from edgereg.core.card import INPUT_NAME
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from edgereg.core.card import INPUT_NAME, NOVELTY_NAME, OUTPUT_NAME, ModelCard
+from edgereg.core.kinds import TargetKind, target_kind
 from edgereg.errors import EdgeregError, ModelFileError, require_extra
 from edgereg.export.card_io import embed_card
-from edgereg.core.kinds import TargetKind, target_kind
 
 MIN_OPSET = 17
 AGREEMENT_RTOL = 1e-4

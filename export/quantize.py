@@ -173,8 +173,8 @@ def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple
     Raises:
         EdgeregError: the folder is missing or has no readable image.
     """
-    from edgereg.preprocess.frames import read_frames
     from edgereg.batch.sources import IMAGE_EXTENSIONS, is_image_file
+    from edgereg.preprocess.frames import read_frames
 
     directory = Path(directory)
     if not directory.is_dir():

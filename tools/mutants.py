@@ -40,9 +40,10 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutmut"
@@ -96,7 +97,7 @@ class Tally:
             self.other += 1
         self.not_killed.append(name)
 
-    def add(self, other: "Tally") -> None:
+    def add(self, other: Tally) -> None:
         for name in ("killed", "crashed", "timeout", "survived", "no_tests", "other"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.not_killed += other.not_killed

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgereg.errors import EdgeregError, did_you_mean
 from edgereg.core.kinds import target_kind
+from edgereg.errors import EdgeregError, did_you_mean
 from edgereg.preprocess import PreprocessConfig
 from edgereg.preprocess.reference import circle_mask
 from edgereg.training.kind_training import kind_training

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from edgereg.core.tta import parse_tta
 from edgereg.errors import EdgeregError, did_you_mean
 from edgereg.training.run import json_ready
-from edgereg.core.tta import parse_tta
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 SPLITS = ("auto", "random", "group")
@@ -112,7 +112,7 @@ class TrainConfig:
         return json_ready(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         """Inverse of :meth:`to_dict` (lists back to tuples)."""
         known = {f.name for f in fields(cls)}
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
 from edgereg.core.kinds import target_kind
+from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
 from edgereg.preprocess import PreprocessConfig, default_threads, read_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.training.kind_training import KIND_TRAINING, SUM_TOLERANCE, coord_pairs, kind_training

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgereg.errors import EdgeregError
 from edgereg.core.kinds import target_kind
+from edgereg.errors import EdgeregError
 from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.training import ddp
 from edgereg.training.augment import augment_batch, to_float_batch, to_model_input
@@ -39,7 +39,6 @@ from edgereg.training.report import SplitEvaluation, baseline_predictions, evalu
 from edgereg.training.run import BEST_FILE, CHECKPOINT_FILE, RUN_FORMAT, save_checkpoint
 from edgereg.training.schedule import StepClock, StepSchedule, steps_that_fit
 from edgereg.training.step import FP32, StepChoice, StepFormat, choose_step
-
 
 # ----------------------------------------------------------------------------------------------------
 # Batches, the loss of a batch, and prediction.

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgereg.errors import EdgeregError, did_you_mean
 from edgereg.core.kinds import target_kind
+from edgereg.errors import EdgeregError, did_you_mean
 from edgereg.training.kind_training import kind_training
 
 HEAD_STYLES = ("pool", "location", "soft_argmax", "flatten")

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgereg.core.angles import circular_difference
-from edgereg.errors import DatasetError, EdgeregError, ShapeError, did_you_mean
 from edgereg.core.kinds import TargetKind, target_kind
+from edgereg.errors import DatasetError, EdgeregError, ShapeError, did_you_mean
 
 if TYPE_CHECKING:
     import torch

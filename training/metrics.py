@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgereg.errors import ShapeError, did_you_mean
-from edgereg.core.kinds import target_kind
 from edgereg.core.angles import circular_difference  # noqa: F401 (re-exported: kind_training, tests)
+from edgereg.core.kinds import target_kind
+from edgereg.errors import ShapeError, did_you_mean
 from edgereg.preprocess.geometry import uv_to_source_pixels  # noqa: F401 (re-exported: fit, tests)
 from edgereg.training.kind_training import KIND_TRAINING, kind_training
 

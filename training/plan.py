@@ -18,20 +18,18 @@ import cv2
 import numpy as np
 import torch
 
-from edgereg.errors import DatasetError, EdgeregError
 from edgereg.core.kinds import target_kind
+from edgereg.errors import DatasetError, EdgeregError
 from edgereg.preprocess import PreprocessConfig, read_image
 from edgereg.preprocess.reference import GRAY_WEIGHTS_BGR, circle_mask
 from edgereg.training.augment import AugmentConfig, parse_augment
 from edgereg.training.config import DEFAULT_UNITS, SMALL_IMAGE, TrainConfig
-from edgereg.training.data import (LABELS_FILE, check_targets_vary, confine, default_range, load_dataset,
-                                   skip_summary)
+from edgereg.training.data import LABELS_FILE, check_targets_vary, confine, default_range, load_dataset, skip_summary
 from edgereg.training.kind_training import kind_training
 from edgereg.training.models import default_model
 from edgereg.training.regressor import OutputTransform
 from edgereg.training.run import build_regressor, json_ready
 from edgereg.training.splits import Split, kfold, make_split
-
 
 # ----------------------------------------------------------------------------------------------------
 # Data: load once, decide per-kind defaults, split.

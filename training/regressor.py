@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from edgereg.core.card import INPUT_NAME, OUTPUT_NAME
-from edgereg.errors import DatasetError, EdgeregError, ShapeError, require_extra
 from edgereg.core.kinds import target_kind
+from edgereg.errors import DatasetError, EdgeregError, ShapeError, require_extra
 from edgereg.training.kind_training import kind_training
 
 
@@ -83,7 +83,7 @@ class OutputTransform:
     @classmethod
     def from_targets(cls, kind: str, targets: np.ndarray, *,
                      value_range: Sequence[float] | Sequence[Sequence[float]] | None = None,
-                     ) -> "OutputTransform":
+                     ) -> OutputTransform:
         """Fit the transform on training targets.
 
         Args:
@@ -101,7 +101,7 @@ class OutputTransform:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OutputTransform":
+    def from_dict(cls, data: dict[str, Any]) -> OutputTransform:
         """Inverse of :meth:`to_dict`."""
         known = {"kind", "n_targets", "mean", "std", "lo", "hi"}
         unknown = set(data) - known
@@ -219,7 +219,7 @@ class Regressor(nn.Module):
         return self.output_transform.encode(torch.as_tensor(targets).to(device))
 
     def export_onnx(self, path: str | Path, *, opset: int = 17,
-                    input_shape: tuple[int, int, int] | None = None, novelty: "NoveltyHead | None" = None) -> Path:
+                    input_shape: tuple[int, int, int] | None = None, novelty: NoveltyHead | None = None) -> Path:
         """Write the model, output transform included, as ONNX (eval mode, BN folded).
 
         Input ``image (N, C, H, W) float32``, output ``value (N, T) float32``, dynamic batch axis;

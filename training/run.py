@@ -203,9 +203,8 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
 def build_regressor(record: dict):
     """A freshly initialized Regressor with the architecture and output transform of run.json."""
     from edgereg.training.models import create_model
-    from edgereg.training.regressor import OutputTransform, Regressor
-
     from edgereg.training.reference import build_reference
+    from edgereg.training.regressor import OutputTransform, Regressor
 
     transform = OutputTransform.from_dict(record["output_transform"])
     spec = record["model"]

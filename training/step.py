@@ -117,7 +117,7 @@ class StepFormat:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "StepFormat":
+    def from_dict(cls, data: dict | None) -> StepFormat:
         """Inverse of :meth:`to_dict` (other keys ignored); None or {} (a checkpoint from before
         formats were chosen): fp32 NCHW."""
         return cls() if not data else cls(str(data["precision"]), bool(data["channels_last"]))

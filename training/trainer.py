@@ -50,27 +50,65 @@ import torch
 import edgereg
 from edgereg.errors import EdgeregError
 from edgereg.training import ddp
+from edgereg.training.blocks import race as readouts
 from edgereg.training.config import DEFAULT_LR, TrainConfig
-from edgereg.training.fit import (FitOutcome, Fitter, SanityResult, evaluate_external, evaluate_fit, find_lr,
-                                  merge_scored, sanity_check, scored_rows)
+from edgereg.training.fit import (
+    FitOutcome,
+    Fitter,
+    SanityResult,
+    evaluate_external,
+    evaluate_fit,
+    find_lr,
+    merge_scored,
+    sanity_check,
+    scored_rows,
+)
 from edgereg.training.kind_training import kind_training
 from edgereg.training.losses import default_loss, make_loss
 from edgereg.training.lr_find import plot_lr_find
-from edgereg.training.metrics import rmse_standard_error, sample_errors
+from edgereg.training.metrics import compute_metrics, rmse_standard_error, sample_errors
 from edgereg.training.models import default_model
-from edgereg.training.plan import (FitPlan, LoadedData, ValidationPlan, load_data, load_external_test, make_plan,
-                                   plan_validation, resolve_reference, run_record_model_part, seconds_per_step)
-from edgereg.training.blocks import race as readouts
-from edgereg.training.race import (MIN_RACE_STEPS, RACE_SHARE, SCORING_SHARE, Candidate, affordable,
-                                   race_candidates, race_record, run_race)
+from edgereg.training.plan import (
+    FitPlan,
+    LoadedData,
+    ValidationPlan,
+    load_data,
+    load_external_test,
+    make_plan,
+    plan_validation,
+    resolve_reference,
+    run_record_model_part,
+    seconds_per_step,
+)
+from edgereg.training.race import (
+    MIN_RACE_STEPS,
+    RACE_SHARE,
+    SCORING_SHARE,
+    Candidate,
+    affordable,
+    race_candidates,
+    race_record,
+    run_race,
+)
 from edgereg.training.reference import describe_region
-from edgereg.training.metrics import compute_metrics
 from edgereg.training.report import SplitEvaluation, build_metrics, evaluate_split, format_summary, plot_report
-from edgereg.training.run import (BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, REPORT_FILE, RUN_FILE, RUN_FORMAT,
-                                  atomic_write_bytes, failure_reason, json_ready, load_checkpoint, mark_failed,
-                                  read_json, save_checkpoint, write_json)
+from edgereg.training.run import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    RUN_FILE,
+    RUN_FORMAT,
+    atomic_write_bytes,
+    failure_reason,
+    json_ready,
+    load_checkpoint,
+    mark_failed,
+    read_json,
+    save_checkpoint,
+    write_json,
+)
 from edgereg.training.splits import Split, kfold
-
 
 # ----------------------------------------------------------------------------------------------------
 # The report of a fit, and the run record.

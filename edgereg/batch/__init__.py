@@ -7,6 +7,14 @@ whole, resume identity). Scoring beyond one machine is :mod:`edgereg.cluster`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from edgereg._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr__ imports them
+    from edgereg.batch.scoring import output_columns, score_source
+    from edgereg.batch.sources import CameraSource, open_source
+
 __all__ = ["CameraSource", "open_source", "output_columns", "score_source"]
 
 _LAZY = {
@@ -16,11 +24,4 @@ _LAZY = {
     "score_source": "edgereg.batch.scoring",
 }
 
-
-def __getattr__(name: str):
-    """Import a public name's module on first use (keeps `import edgereg.batch` cheap and cycle-free)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -54,16 +54,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgereg.lab.audit import source_of
-from edgereg.core.card import ModelCard
-from edgereg.errors import EdgeregError
-from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
-from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, DecodeBudget, explain_cv2_error, max_file_bytes,
-                                       read_file_bytes)
-from edgereg.preprocess.frames import load_frame
-from edgereg.live.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.batch.sources import BatchSource, Entry
 from edgereg.batch.writers import RowWriter
+from edgereg.core.card import ModelCard
+from edgereg.errors import EdgeregError
+from edgereg.lab.audit import source_of
+from edgereg.live.quality import QualityConfig, QualityGate, QualityReport
+from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
+from edgereg.preprocess.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeBudget,
+    explain_cv2_error,
+    max_file_bytes,
+    read_file_bytes,
+)
+from edgereg.preprocess.frames import load_frame
 
 if TYPE_CHECKING:
     from edgereg.core.predictor import Predictor
@@ -94,7 +99,7 @@ class Shard:
     count: int  # number of shards n >= 1
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str) -> Shard:
         """Parse ``"i/n"`` with 1 <= i <= n.
 
         Raises:
@@ -153,8 +158,8 @@ def target_spans(card: ModelCard, boxes: list[CropBox]) -> np.ndarray:
 def output_columns(predictor: Predictor, *, audit: bool = False) -> tuple[str, ...]:
     """The columns :func:`score_source` writes for ``predictor`` (bounds when it has intervals,
     spreads with TTA, the audit columns when ``audit``)."""
-    from edgereg.lab.audit import AUDIT_COLUMNS
     from edgereg.batch.writers import prediction_columns
+    from edgereg.lab.audit import AUDIT_COLUMNS
 
     return prediction_columns(predictor.names, with_spread=predictor.tta.n > 1,
                               with_interval=predictor.lab.has_intervals, audit=AUDIT_COLUMNS if audit else ())
@@ -258,7 +263,7 @@ def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAU
                 return crop_resize(entry.frame, config)
             # JPEGs decoded at 1/2..1/8 under config.decode, as training decoded them (preprocess.frames)
             return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels, budget=budget)
-    except Exception as exc:  # noqa: BLE001 - any bad file becomes an error row, never a crash
+    except Exception as exc:
         return failure_reason(exc, entry.key)
 
 
@@ -303,7 +308,7 @@ class _DecoderPool:
                 continue  # cancelled while queued
             try:
                 future.set_result(self._fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            except BaseException as exc:
                 future.set_exception(exc)
 
     def shutdown(self, *, timeout_s: float = 1.0, opencv_timeout_s: float = OPENCV_EXIT_WAIT_S) -> None:
@@ -355,7 +360,7 @@ def _produce(source: BatchSource, select, pool: _DecoderPool, config: Preprocess
             report = gate.check(entry.frame) if gate is not None and entry.frame is not None else None
             if not put((entry, pool.submit(entry, config, max_pixels), report)):
                 return
-    except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
+    except BaseException as exc:
         put(_Failure(exc))
     finally:
         put(_END)

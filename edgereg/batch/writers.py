@@ -139,7 +139,7 @@ class _LineSink:
                 raise OutputError(f"cannot write '{path}': a folder is in the way; choose another --out")
             # unbuffered: write() goes straight to the kernel, so a kill never leaves half a row
             try:
-                self._file = open(path, "ab" if append else "wb", buffering=0)  # noqa: SIM115
+                self._file = open(path, "ab" if append else "wb", buffering=0)
             except OSError as exc:
                 raise output_error(exc, path) from None
             self._owned = True
@@ -223,7 +223,7 @@ class RowWriter(ABC):
     def close(self) -> None:
         self._sink.close()
 
-    def __enter__(self) -> "RowWriter":
+    def __enter__(self) -> RowWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -446,7 +446,7 @@ class OutputIdentity:
 
     @classmethod
     def for_model(cls, model_path: str | os.PathLike, *, tta: str, columns: Sequence[str],
-                  card_json: str | None = None, readings: str = "") -> "OutputIdentity":
+                  card_json: str | None = None, readings: str = "") -> OutputIdentity:
         """The identity of rows written by ``model_path`` (hashing the file) with ``tta`` and ``columns``."""
         from edgereg import __version__
 
@@ -458,7 +458,7 @@ class OutputIdentity:
         return {"format": IDENTITY_FORMAT, **asdict(self), "columns": list(self.columns)}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "OutputIdentity":
+    def from_dict(cls, data: Any) -> OutputIdentity:
         """Raises ValueError for anything that is not an identity record."""
         if not isinstance(data, dict) or data.get("format") != IDENTITY_FORMAT:
             raise ValueError("not an edgereg output identity (format 1)")
@@ -473,7 +473,7 @@ class OutputIdentity:
             raise ValueError("fields other than 'columns' must be strings")
         return cls(**values)
 
-    def differences(self, other: "OutputIdentity") -> list[str]:
+    def differences(self, other: OutputIdentity) -> list[str]:
         """The compared fields (:data:`IDENTITY_KEYS`) whose values differ; a blank card hash matches any."""
         differ = []
         for key in IDENTITY_KEYS:

@@ -75,11 +75,11 @@ def run(args) -> int:
     import onnxruntime as ort
 
     from edgereg.cli.options import card_from_option
-    from edgereg.errors import EdgeregError
     from edgereg.core.platform_info import runtime_line
     from edgereg.core.predictor import Predictor
-    from edgereg.preprocess import decode_image, prepare_frames, preprocess_batch
     from edgereg.core.providers import AUTO_ORDER, resolve_providers
+    from edgereg.errors import EdgeregError
+    from edgereg.preprocess import decode_image, prepare_frames, preprocess_batch
 
     batches = args.batch
     height, width = args.frame

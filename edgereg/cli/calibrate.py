@@ -52,11 +52,11 @@ def run(args) -> int:
 
     require_extra("scipy", "lab")
     require_extra("onnx", "lab")
+    from edgereg.core.predictor import Predictor
+    from edgereg.export.card_io import copy_with_card
     from edgereg.lab.audit import sha256_file
     from edgereg.lab.calibration import calibration_id
     from edgereg.lab.fit.calibration import card_entry, fit_target
-    from edgereg.export.card_io import copy_with_card
-    from edgereg.core.predictor import Predictor
     from edgereg.lab.fit.standards import read_standards
     from edgereg.lab.fit.validation import json_safe
 
@@ -129,7 +129,6 @@ def _write_report(path: Path, section: dict, fits: dict, standards) -> None:
     report = {"calibration": section, "analysis": {name: fit["analysis"] for name, fit in fits.items()},
               "standards": rows, "skipped": [list(s) for s in standards.skipped]}
     from edgereg.batch.writers import atomic_write
-
     from edgereg.lab.fit.validation import json_safe
 
     atomic_write(path, (json.dumps(json_safe(report), indent=2) + "\n").encode())

@@ -46,11 +46,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from edgereg.cli.options import card_from_option
-    from edgereg.export.gate import eval_set, score
-    from edgereg.core.predictor import Predictor
-    from edgereg.training.data import load_dataset, skip_summary
     from edgereg.batch.writers import atomic_write
+    from edgereg.cli.options import card_from_option
+    from edgereg.core.predictor import Predictor
+    from edgereg.export.gate import eval_set, score
+    from edgereg.training.data import load_dataset, skip_summary
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
     _check_out_dir(out_dir)
@@ -102,8 +102,8 @@ def _coverage(predictor, dataset, boxes, truth, parts=None):
     ``parts``, a list of (N,) bool masks: one coverage dict or None per part)."""
     import numpy as np
 
-    from edgereg.lab.readout import interval_coverage
     from edgereg.core.predictor import Predictor
+    from edgereg.lab.readout import interval_coverage
 
     if not predictor.card.intervals or "sets" not in predictor.card.intervals:
         return None
@@ -126,8 +126,8 @@ def _by_familiarity(predictor, dataset, labelled, predictions, truth) -> dict | 
     None for a model without the novelty output."""
     import numpy as np
 
-    from edgereg.export.gate import score
     from edgereg.core.predictor import UNFAMILIAR
+    from edgereg.export.gate import score
 
     if predictions.novelty is None:
         return None

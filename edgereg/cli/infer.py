@@ -15,8 +15,17 @@ import os
 import sys
 import time
 
-from edgereg.cli.options import (MAX_PIXELS_HELP, MAX_THREADS, add_card_option, add_smoothing_options, count, finite,
-                                 level, non_negative, pixels)
+from edgereg.cli.options import (
+    MAX_PIXELS_HELP,
+    MAX_THREADS,
+    add_card_option,
+    add_smoothing_options,
+    count,
+    finite,
+    level,
+    non_negative,
+    pixels,
+)
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 DESCRIPTION = """\
@@ -175,12 +184,11 @@ def run(args) -> int:
 
 
 def _load_predictor(args, *, batch_size: int, threads: int | None):
-    from edgereg.core.card import int8_speed_note
-    from edgereg.core.predictor import Predictor
-
     # Preprocessing stays on the calling thread: decoder threads already keep every core busy, and a
     # live frame is too small to be worth waking numba's workers.
     from edgereg.cli.options import card_from_option
+    from edgereg.core.card import int8_speed_note
+    from edgereg.core.predictor import Predictor
 
     predictor = Predictor(args.model, providers=args.providers, tta=args.tta, batch_size=batch_size,
                           threads=threads, decode_threads=args.decode_threads, preprocess_parallel=False,
@@ -256,11 +264,20 @@ def _readings(predictor) -> str:
 def _run_batch(args) -> int:
     from pathlib import Path
 
-    from edgereg.errors import EdgeregError
     from edgereg.batch.scoring import Shard, default_inference_threads, output_columns, score_source
     from edgereg.batch.sources import open_source
-    from edgereg.batch.writers import (OutputIdentity, check_output_target, check_resume_identity, discard_output,
-                                 load_done_keys, open_errors, open_rows, output_format, write_identity)
+    from edgereg.batch.writers import (
+        OutputIdentity,
+        check_output_target,
+        check_resume_identity,
+        discard_output,
+        load_done_keys,
+        open_errors,
+        open_rows,
+        output_format,
+        write_identity,
+    )
+    from edgereg.errors import EdgeregError
 
     if args.jsonl and args.out:
         raise EdgeregError("--jsonl writes to stdout and --out to a file; for a JSONL file use --out preds.jsonl")
@@ -341,7 +358,7 @@ def _close_all(*writers, raising: bool) -> None:
             continue
         try:
             writer.close()
-        except Exception as exc:  # noqa: BLE001 - re-raised below, or superseded by the run's own error
+        except Exception as exc:
             first = first or exc
     if first is not None and raising:
         raise first
@@ -406,8 +423,8 @@ def _stdout_closed() -> int:
 def _run_live(args) -> int:
     import signal
 
-    from edgereg.live.loop import NO_FRAME, LiveConfig, LiveStats, check_gui, run_live
     from edgereg.batch.sources import CameraSource
+    from edgereg.live.loop import NO_FRAME, LiveConfig, LiveStats, check_gui, run_live
 
     if args.show:
         check_gui()

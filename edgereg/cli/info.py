@@ -23,8 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from edgereg.core.card import int8_speed_note
     from edgereg.cli.options import card_from_option
+    from edgereg.core.card import int8_speed_note
 
     card = card_from_option(args)
     if card is None:

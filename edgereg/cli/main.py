@@ -34,7 +34,7 @@ EPILOG = """examples:
 class _Parser(argparse.ArgumentParser):
     """argparse with a did-you-mean on mistyped options and commands, and exit code 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         hint = ""
         if "unrecognized arguments:" in message:
             word = message.split("unrecognized arguments:")[1].split()[0]

@@ -33,7 +33,11 @@ def run(args) -> int:
     require_extra("torch")
     from edgereg.core.kinds import target_kind
     from edgereg.training.models import (
-        count_parameters, create_model, default_model, list_models, model_entry,
+        count_parameters,
+        create_model,
+        default_model,
+        list_models,
+        model_entry,
     )
 
     defaults = {default_model(kind) for kind in KINDS}

@@ -14,18 +14,17 @@ from pathlib import Path
 
 
 def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
-    from edgereg.cli.infer import _batch_summary, _Progress, _stdout_closed
+    from edgereg.batch.scoring import output_columns
+    from edgereg.batch.sources import VideoSource
+    from edgereg.batch.writers import OutputIdentity, check_resume_identity, open_rows, write_identity
+    from edgereg.cli.infer import _batch_summary, _Progress, _readings, _stdout_closed
     from edgereg.cli.options import card_from_option
     from edgereg.cluster.engine import PartSink, RayRunConfig, StreamSink, score_on_ray, select_inputs
     from edgereg.cluster.parts import PartStore
     from edgereg.cluster.plan import GPU_PROVIDERS, ClusterResources, plan_resources
     from edgereg.cluster.session import import_ray, ray_session
     from edgereg.core.predictor import Predictor
-    from edgereg.batch.sources import VideoSource
-    from edgereg.cli.infer import _readings
     from edgereg.errors import EdgeregError
-    from edgereg.batch.scoring import output_columns
-    from edgereg.batch.writers import OutputIdentity, check_resume_identity, open_rows, write_identity
 
     import_ray()  # the missing extra is the first thing to say
     if args.audit:

@@ -12,10 +12,16 @@ import ipaddress
 import re
 import sys
 
-from edgereg.cli.options import (MAX_PIXELS_HELP, MAX_THREADS, add_card_option, add_smoothing_options, count,
-                                 non_negative, pixels)
+from edgereg.cli.options import (
+    MAX_PIXELS_HELP,
+    MAX_THREADS,
+    add_card_option,
+    add_smoothing_options,
+    count,
+    non_negative,
+    pixels,
+)
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
-
 
 DESCRIPTION = """\
 Serve a model over HTTP: a live page for people, an API for the software around the analyzer.
@@ -230,12 +236,12 @@ def run(args) -> int:
 
     import uvicorn
 
-    from edgereg.live.loop import LiveConfig, LiveFeed
+    from edgereg.batch.sources import CameraSource, redact_credentials
     from edgereg.core.predictor import Predictor
+    from edgereg.live.loop import LiveConfig, LiveFeed
     from edgereg.live.quality import QualityConfig
     from edgereg.serve.app import ServeConfig, create_app
     from edgereg.serve.frames import JpegOptions
-    from edgereg.batch.sources import CameraSource, redact_credentials
 
     allowed_hosts, any_ip_host = host_policy(args.host, args.allowed_host)
     config = ServeConfig(token=token, allowed_hosts=allowed_hosts, any_ip_host=any_ip_host,

@@ -6,8 +6,8 @@ import argparse
 import json
 
 from edgereg.cli.options import MAX_THREADS, count
-from edgereg.errors import EdgeregError
 from edgereg.core.card import KINDS
+from edgereg.errors import EdgeregError
 
 EPILOG = """examples:
   edgereg train data/assay --out runs/assay

@@ -33,14 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgereg.batch.scoring import FAILURES_KEPT, ScoreStats, Shard
+from edgereg.batch.sources import BatchSource, Entry, VideoSource
+from edgereg.batch.writers import RowWriter, encode_row
 from edgereg.cluster.parts import PartStore, error_line
 from edgereg.cluster.plan import ResourcePlan
 from edgereg.cluster.stages import FLAG_SEPARATOR, OnnxScorer, decode_batch
 from edgereg.errors import EdgeregError, IncompleteRunError
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
-from edgereg.batch.scoring import FAILURES_KEPT, ScoreStats, Shard
-from edgereg.batch.sources import BatchSource, Entry, VideoSource
-from edgereg.batch.writers import RowWriter, encode_row
 
 BLOCK_BYTES = 64 << 20  # target size of one decode task's output (model input, float32)
 MAX_BLOCK_ROWS = 1024  # inputs per decode task at most (small blocks pipeline sooner)

@@ -47,11 +47,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgereg.errors import EdgeregError, output_error
 from edgereg.batch.writers import (
-    ERROR_COLUMNS, cut_partial_line, discard_output, encode_csv_row, encode_row, errors_path_for, load_done_keys,
+    ERROR_COLUMNS,
+    cut_partial_line,
+    discard_output,
+    encode_csv_row,
+    encode_row,
+    errors_path_for,
+    load_done_keys,
     output_format,
 )
+from edgereg.errors import EdgeregError, output_error
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.jsonl"
@@ -139,7 +145,7 @@ class PartStore:
 
     @classmethod
     def open(cls, out: str | os.PathLike, identity: dict[str, Any], *, columns: Sequence[str], fmt: str | None = None,
-             resume: bool = False, overwrite: bool = False) -> "PartStore":
+             resume: bool = False, overwrite: bool = False) -> PartStore:
         """Open (resume) or create the state of ``out``.
 
         Args:

@@ -25,8 +25,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from edgereg.errors import EdgeregError
 from edgereg.core.providers import ALIASES
+from edgereg.errors import EdgeregError
 
 MIN_DECODE_CPUS = 1.0  # logical CPUs the actor pool must leave to the decode tasks
 DECODE_TASK_CPUS = 0.5  # logical CPUs each decode task requests
@@ -46,7 +46,7 @@ class ClusterResources:
     gpus: float = 0.0
 
     @classmethod
-    def from_ray(cls, resources: Mapping[str, float]) -> "ClusterResources":
+    def from_ray(cls, resources: Mapping[str, float]) -> ClusterResources:
         """From ``ray.cluster_resources()`` (``{"CPU": 8.0, "GPU": 1.0, ...}``)."""
         return cls(float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0)))
 

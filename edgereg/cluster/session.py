@@ -128,7 +128,7 @@ def _init(ray, address: str | None, num_cpus: int | None, num_gpus: int | None) 
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **options)
         else:
             ray.init(address=address, **options)
-    except Exception as exc:  # noqa: BLE001 - Ray raises many untyped errors; each becomes one line
+    except Exception as exc:
         raise EdgeregError(_connect_error(address, exc)) from None
     finally:
         auth_logger.setLevel(level)

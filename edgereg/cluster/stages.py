@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from edgereg.preprocess import CropBox, PreprocessConfig, preprocess_batch
-from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.batch.scoring import load_entry, prediction_flags
 from edgereg.batch.sources import Entry
 from edgereg.core.tta import TTASpec
+from edgereg.preprocess import CropBox, PreprocessConfig, preprocess_batch
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 FLAG_SEPARATOR = ";"
 

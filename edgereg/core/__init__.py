@@ -9,6 +9,16 @@ providers), ``predictor`` (images -> readings, the one entry point of the runtim
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from edgereg._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr__ imports them
+    from edgereg.core.card import ModelCard, read_card
+    from edgereg.core.kinds import TargetKind, target_kind
+    from edgereg.core.predictor import Predictions, Predictor
+    from edgereg.core.tta import TTASpec, parse_tta
+
 __all__ = ["ModelCard", "Predictions", "Predictor", "TTASpec", "TargetKind", "parse_tta", "read_card", "target_kind"]
 
 _LAZY = {
@@ -22,11 +32,4 @@ _LAZY = {
     "parse_tta": "edgereg.core.tta",
 }
 
-
-def __getattr__(name: str):
-    """Import a public name's module on first use (keeps `import edgereg.core` cheap and cycle-free)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

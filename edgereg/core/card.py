@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgereg.errors import CardError, ModelFileError, did_you_mean
 from edgereg.core.kinds import KIND_BY_NAME, KIND_NAMES, TargetKind
 from edgereg.core.tta import parse_tta
+from edgereg.errors import CardError, ModelFileError, did_you_mean
 
 CARD_KEY = "edgereg"
 INPUT_NAME = "image"  # the ONNX graph's one input, (N, C, H, W) float32 (docs/CONTRACTS.md, "ONNX model I/O")
@@ -92,7 +92,7 @@ class ModelCard(PreprocessingFacts):
         units = self.units or ("",) * len(self.targets)
         return dict(zip(self.targets, units))
 
-    def with_(self, **changes: Any) -> "ModelCard":
+    def with_(self, **changes: Any) -> ModelCard:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
@@ -101,7 +101,7 @@ class ModelCard(PreprocessingFacts):
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, *, source: str = "model card") -> "ModelCard":
+    def from_json(cls, text: str, *, source: str = "model card") -> ModelCard:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -110,7 +110,7 @@ class ModelCard(PreprocessingFacts):
         return cls.from_dict(data, source=source)
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "model card") -> "ModelCard":
+    def from_dict(cls, data: Any, *, source: str = "model card") -> ModelCard:
         if not isinstance(data, dict):
             raise CardError(f"{source}: expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version", None)

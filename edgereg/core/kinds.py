@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgereg.core.angles import circular_difference, circular_mean, circular_reduce, to_full_turn, wrap_degrees
-from edgereg.errors import CardError, EdgeregError, TTAError, did_you_mean
 from edgereg.core.reduce import unmap_angles, unmap_coords
 from edgereg.core.tta import TTASpec
+from edgereg.errors import CardError, EdgeregError, TTAError, did_you_mean
 
 if TYPE_CHECKING:
     from edgereg.preprocess.geometry import CropBox

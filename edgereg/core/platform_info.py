@@ -84,7 +84,7 @@ def _llvm_features() -> set[str]:
         from llvmlite import binding
 
         features = binding.get_host_cpu_features()
-    except Exception:  # noqa: BLE001 - any failure only means "unknown"
+    except Exception:
         return set()
     return {_normalize(name) for name, on in features.items() if on}
 

@@ -20,13 +20,13 @@ from edgereg.errors import EdgeregError, ModelFileError, ShapeError, did_you_mea
 from edgereg.lab.intervals import DEFAULT_CONFIDENCE
 
 UNFAMILIAR = "unfamiliar"  # the flag of a reading whose novelty exceeds the card's threshold
+from edgereg.core.providers import resolve_providers
+from edgereg.core.tta import TTASpec, parse_tta
 from edgereg.lab.readout import LabReadout
-from edgereg.preprocess import PreprocessConfig, preprocess_batch, prepare_frames
+from edgereg.preprocess import PreprocessConfig, prepare_frames, preprocess_batch
 from edgereg.preprocess.decode import default_threads
 from edgereg.preprocess.frames import read_frames
 from edgereg.preprocess.geometry import CropBox
-from edgereg.core.providers import resolve_providers
-from edgereg.core.tta import TTASpec, parse_tta
 
 GRAPH_LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -73,7 +73,7 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.values)
 
-    def take(self, start: int, stop: int) -> "Predictions":
+    def take(self, start: int, stop: int) -> Predictions:
         """Readings ``start:stop`` with every field cut alike, indexed from 0 (one request's share of
         a micro-batch)."""
         part = slice(start, stop)

@@ -22,7 +22,7 @@ def _known_providers() -> frozenset[str]:
     """Every provider name onnxruntime knows of, built in or not (empty if it cannot say)."""
     try:
         return frozenset(ort.get_all_providers())
-    except Exception:  # noqa: BLE001 - only used to word an error message
+    except Exception:
         return frozenset()
 
 

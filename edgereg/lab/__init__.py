@@ -10,6 +10,18 @@ the generated C). Fitting calibrations and limits needs the ``lab`` extra and li
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from edgereg._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr__ imports them
+    from edgereg.lab.audit import AuditTrail
+    from edgereg.lab.calibration import parse_calibration
+    from edgereg.lab.intervals import parse_intervals
+    from edgereg.lab.limits import parse_validation
+    from edgereg.lab.readout import LAB_FLAGS, LabReadout
+    from edgereg.lab.standard_check import StandardCheck
+
 __all__ = ["AuditTrail", "LAB_FLAGS", "LabReadout", "StandardCheck", "parse_calibration", "parse_intervals", "parse_validation"]
 
 _LAZY = {
@@ -22,11 +34,4 @@ _LAZY = {
     "parse_validation": "edgereg.lab.limits",
 }
 
-
-def __getattr__(name: str):
-    """Import a public name's module on first use (keeps `import edgereg.lab` cheap and cycle-free)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -104,7 +104,7 @@ class AuditTrail:
         }
 
     @classmethod
-    def for_predictor(cls, predictor) -> "AuditTrail":
+    def for_predictor(cls, predictor) -> AuditTrail:
         """The trail of an ``edgereg.Predictor`` (what its LabReadout applies)."""
         lab = predictor.lab
         calibration = lab.calibration

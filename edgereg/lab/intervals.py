@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from edgereg.core.angles import circular_difference
-from edgereg.errors import CardError, EdgeregError
 from edgereg.core.kinds import TargetKind, target_kind
+from edgereg.errors import CardError, EdgeregError
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # confidence levels stored at export
 DEFAULT_CONFIDENCE = 0.9
@@ -123,7 +123,7 @@ class Difficulty:
         return {"name": self.name, "coef": list(self.coef), "x_range": list(self.x_range), "floor": self.floor}
 
     @classmethod
-    def constant(cls) -> "Difficulty":
+    def constant(cls) -> Difficulty:
         return cls("constant", (1.0, 0.0, 0.0, 0.0), (-math.inf, math.inf), 1.0)
 
 

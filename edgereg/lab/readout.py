@@ -33,11 +33,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgereg.lab.calibration import Calibration, parse_calibration
 from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
-from edgereg.lab.intervals import DEFAULT_CONFIDENCE, IntervalKernel, parse_intervals, unsupported_reason
 from edgereg.lab._kernel import build_tables, postprocess
+from edgereg.lab.calibration import Calibration, parse_calibration
+from edgereg.lab.intervals import DEFAULT_CONFIDENCE, IntervalKernel, parse_intervals, unsupported_reason
 from edgereg.lab.limits import Limits, Validation, parse_validation
 
 LAB_FLAGS = ("below_lob", "below_lod", "below_loq", "below_range", "above_range", "extrapolated",

@@ -6,6 +6,15 @@ blurred frames), ``smoothing`` (median/EMA smoothing and the stability tracker).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from edgereg._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr__ imports them
+    from edgereg.live.loop import LiveConfig, LiveFeed, Reading, run_live
+    from edgereg.live.quality import QualityConfig, QualityGate
+    from edgereg.live.smoothing import StabilityTracker
+
 __all__ = ["LiveConfig", "LiveFeed", "QualityConfig", "QualityGate", "Reading", "StabilityTracker", "run_live"]
 
 _LAZY = {
@@ -18,11 +27,4 @@ _LAZY = {
     "StabilityTracker": "edgereg.live.smoothing",
 }
 
-
-def __getattr__(name: str):
-    """Import a public name's module on first use (keeps `import edgereg.live` cheap and cycle-free)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from edgereg.batch.sources import redact_credentials
 from edgereg.errors import CameraError, EdgeregError, ShapeError
 from edgereg.live.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.live.smoothing import StabilityTracker, make_smoother, stability_tolerance
-from edgereg.batch.sources import redact_credentials
 
 if TYPE_CHECKING:
     from edgereg.core.predictor import Predictor
@@ -317,7 +317,7 @@ class LiveFeed:
                 self._publish(reading)
                 if self._stop.is_set():
                     break
-        except Exception as exc:  # noqa: BLE001 - recorded for the owner (health check, log), never lost
+        except Exception as exc:
             self.error = exc
         finally:
             readings.close()

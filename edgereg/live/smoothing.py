@@ -20,8 +20,8 @@ import numpy as np
 
 from edgereg.core.angles import wrap_degrees
 from edgereg.core.card import ModelCard
-from edgereg.errors import EdgeregError
 from edgereg.core.kinds import TargetKind, target_kind
+from edgereg.errors import EdgeregError
 
 METHODS = ("median", "ema")
 RANGE_FRACTION = 0.01  # default tolerance: 1% of a bounded target's range

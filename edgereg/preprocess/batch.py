@@ -13,10 +13,10 @@ import sys
 
 import numpy as np
 
+from edgereg.core.tta import TTASpec, parse_tta
 from edgereg.errors import ShapeError, TTAError
 from edgereg.preprocess import small
 from edgereg.preprocess.config import PreprocessConfig
-from edgereg.core.tta import TTASpec, parse_tta
 
 # Below this many output values per call the serial kernels are used (about 1 MiB of float32): waking
 # worker threads costs more than the work (one 64x64 frame: ~0.02 ms serial, several ms in parallel

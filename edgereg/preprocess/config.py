@@ -40,7 +40,7 @@ class PreprocessConfig(PreprocessingFacts):
         check_preprocessing(self)  # the card's rules (edgereg.core.card), one definition for both
 
     @classmethod
-    def from_card(cls, card: ModelCard) -> "PreprocessConfig":
+    def from_card(cls, card: ModelCard) -> PreprocessConfig:
         return cls(input_size=tuple(card.input_size), channels=card.channels, crop=card.crop,
                    roi=card.roi, mean=tuple(card.mean), std=tuple(card.std), fill=float(card.fill),
                    decode=card.decode)

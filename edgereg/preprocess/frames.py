@@ -36,8 +36,15 @@ import cv2
 import numpy as np
 
 from edgereg.preprocess.config import PreprocessConfig
-from edgereg.preprocess.decode import (DEFAULT_MAX_PIXELS, DecodeBudget, decode_image, image_dimensions,
-                                       max_file_bytes, read_file_bytes, read_images)
+from edgereg.preprocess.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeBudget,
+    decode_image,
+    image_dimensions,
+    max_file_bytes,
+    read_file_bytes,
+    read_images,
+)
 from edgereg.preprocess.geometry import CropBox, crop_box, crop_region, crop_resize
 
 REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}

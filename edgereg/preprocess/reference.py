@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgereg.preprocess.config import PreprocessConfig
 from edgereg.core.tta import TTASpec, parse_tta
+from edgereg.preprocess.config import PreprocessConfig
 
 GRAY_WEIGHTS_BGR = np.array([0.114, 0.587, 0.299])
 

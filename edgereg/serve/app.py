@@ -40,11 +40,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edgereg import __version__
-from edgereg.live.loop import NO_FRAME, LiveFeed, Reading
-from edgereg.core.predictor import Predictor
-from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.batch.scoring import prediction_flags
 from edgereg.batch.sources import redact_credentials
+from edgereg.core.predictor import Predictor
+from edgereg.live.loop import NO_FRAME, LiveFeed, Reading
+from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.frames import FrameEncoder, JpegOptions, StreamClock
 from edgereg.serve.guard import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders, TokenGuard

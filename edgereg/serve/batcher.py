@@ -103,7 +103,7 @@ class MicroBatcher:
             frames = jobs[0].frames if len(jobs) == 1 else np.concatenate([j.frames for j in jobs])  # (B, H, W, 3)
             boxes = [box for job in jobs for box in job.boxes]
             result = self._predict(frames, boxes)
-        except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+        except BaseException as exc:
             for job in jobs:
                 job.future.set_exception(exc)
             return

@@ -148,7 +148,7 @@ class TokenGuard:
         cookie = SimpleCookie()
         try:
             cookie.load(_header(scope, b"cookie") or "")
-        except Exception:  # noqa: BLE001 - an unparsable cookie header is no credential
+        except Exception:
             cookie = SimpleCookie()
         if COOKIE in cookie and self._matches(cookie[COOKIE].value):
             await self.app(scope, receive, send)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgereg.batch.scoring import failure_reason
 from edgereg.preprocess import CropBox, PreprocessConfig, load_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, DecodeBudget
-from edgereg.batch.scoring import failure_reason
 
 UPLOAD_DECODE_BUDGET = DecodeBudget()  # shared by every request of the process (1 GiB decoding at once)
 
@@ -65,7 +65,7 @@ def prepare_uploads(uploads: list[Upload], config: PreprocessConfig, *,
     for position, upload in enumerate(uploads):
         try:
             frame, box = load_frame(upload.data, config, source=upload.name, max_pixels=max_pixels, budget=budget)
-        except Exception as exc:  # noqa: BLE001 - a bad upload is reported, never a server error
+        except Exception as exc:
             errors.append((position, upload.name, failure_reason(exc, upload.name)))
             continue
         frames.append(frame)

@@ -8,9 +8,9 @@ import json
 import pytest
 from scoring_files import read_csv
 
+from edgereg.batch.writers import CsvRowWriter, encode_row, errors_path_for, open_rows
 from edgereg.cluster.parts import MANIFEST, PartStore, error_line, state_dir_for
 from edgereg.errors import EdgeregError
-from edgereg.batch.writers import CsvRowWriter, encode_row, errors_path_for, open_rows
 
 COLUMNS = ("path", "v", "flags")
 IDENTITY = {"model_sha256": "abc", "columns": list(COLUMNS), "format": "csv"}

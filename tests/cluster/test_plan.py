@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from edgereg.cluster.plan import (
-    DECODE_TASK_CPUS, MIN_DECODE_CPUS, ClusterResources, plan_resources, provider_names, wants_gpu,
+    DECODE_TASK_CPUS,
+    MIN_DECODE_CPUS,
+    ClusterResources,
+    plan_resources,
+    provider_names,
+    wants_gpu,
 )
 from edgereg.errors import EdgeregError
 

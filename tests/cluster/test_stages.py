@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 
 from edgereg import Predictor
-from edgereg.cluster.engine import block_rows, input_blocks, select_inputs
-from edgereg.cluster.stages import OnnxScorer, decode_batch
 from edgereg.batch.scoring import load_entry, reading_flags, target_spans
 from edgereg.batch.sources import ListFileSource
+from edgereg.cluster.engine import block_rows, input_blocks, select_inputs
+from edgereg.cluster.stages import OnnxScorer, decode_batch
 
 
 def as_batch(table):

@@ -11,6 +11,7 @@ pytest.importorskip("onnx")
 nn = torch.nn
 
 from c_helpers import export  # noqa: E402
+
 from edgereg.export.c_codegen import generate_c  # noqa: E402  (needs onnx)
 
 

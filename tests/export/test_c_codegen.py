@@ -10,8 +10,9 @@ from edgereg.errors import EdgeregError, ModelFileError
 pytest.importorskip("torch")  # the helpers build torch models
 pytest.importorskip("onnx")
 
-from c_helpers import compile_driver, export_test_models, int8_tolerance, run_driver  # noqa: E402
-from edgereg.export.c_codegen import generate_c  # noqa: E402  (needs onnx)
+from c_helpers import compile_driver, export_test_models, int8_tolerance, run_driver
+
+from edgereg.export.c_codegen import generate_c
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,8 @@ def test_mismatched_expectations_are_clear_errors(conv_model, tmp_path):
 def test_export_cli_c_flag_writes_code_that_compiles_and_agrees(assay_run, assay_data, tmp_path):
     """`edgereg export RUN --int8 --c` on a real trained run: the generated C of each written model
     compiles and reads the dataset's own photos (crop, resize, mask, network) as the Predictor does."""
-    from edgereg.core.card import read_card
     from edgereg.cli.main import main
+    from edgereg.core.card import read_card
     from edgereg.core.predictor import Predictor
     from edgereg.preprocess import prepare_frames, preprocess_batch, read_image
 

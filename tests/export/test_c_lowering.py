@@ -18,8 +18,20 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from c_helpers import (CASES, GATE_MAX_DROP, compile_driver, export_test_models, int8_tolerance,  # noqa: E402
-                       ort_run, output_step, quantize, random_inputs, rmse, run_driver)
+from c_helpers import (  # noqa: E402
+    CASES,
+    GATE_MAX_DROP,
+    compile_driver,
+    export_test_models,
+    int8_tolerance,
+    ort_run,
+    output_step,
+    quantize,
+    random_inputs,
+    rmse,
+    run_driver,
+)
+
 from edgereg.export.c_codegen import generate_c  # noqa: E402  (needs onnx)
 from edgereg.export.card_io import embed_card  # noqa: E402
 

@@ -8,17 +8,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from c_helpers import compile_driver, run_driver  # noqa: E402
-
-
 import pytest
+from c_helpers import compile_driver, run_driver
 
 
 @pytest.mark.parametrize("task, blocks", [("assay", "moments,colour,spectrum,bank,tiles,pixels"),
                                           ("box", "template")])
 def test_a_readout_of_every_block_lowers_to_c_that_agrees_with_onnx_runtime(task, blocks, assay_data, tmp_path):
-    from edgereg.core.card import read_card
     from edgereg.cli.main import main
+    from edgereg.core.card import read_card
     from edgereg.core.predictor import Predictor
     from edgereg.preprocess import read_image
     from edgereg.training.synth import make_dataset

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("torch")  # the helpers build torch models
 pytest.importorskip("onnx")
 
-from c_helpers import CFLAGS, _gcc, compile_driver, run_driver  # noqa: E402
-from edgereg.export.c_codegen import generate_c  # noqa: E402  (needs onnx)
+from c_helpers import CFLAGS, _gcc, compile_driver, run_driver
 
+from edgereg.export.c_codegen import generate_c
 
 PREPROCESS_CASES = {
     "center_shrink": (dict(crop="center"), (37, 50)),  # non-integer INTER_AREA factor

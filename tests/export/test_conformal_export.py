@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgereg.core.card import read_card
 from edgereg.cli.main import main
+from edgereg.core.card import read_card
 from edgereg.export.conformal import MIN_CALIBRATION, MIN_FIT, held_out_parts
 from edgereg.lab.intervals import parse_intervals
 
@@ -92,9 +92,9 @@ def test_export_without_intervals(assay_run, tmp_path):
 
 def test_coordinate_intervals_scale_with_each_frames_crop(model_factory):
     """Scores are fractions of the crop side, so one quantile serves every frame size."""
+    from edgereg.core.predictor import Predictor
     from edgereg.export.conformal import add_intervals
     from edgereg.export.gate import EvalSet
-    from edgereg.core.predictor import Predictor
     from edgereg.preprocess import PreprocessConfig, crop_resize
 
     fields = dict(kind="coords", targets=("x", "y"), input_size=(16, 16), channels="gray", mean=(0.5,), std=(0.25,))

@@ -10,15 +10,15 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from c_helpers import compile_driver, int8_tolerance, run_driver  # noqa: E402
+from c_helpers import compile_driver, int8_tolerance, run_driver
 
 
 @pytest.mark.slow
 def test_count_kind_trains_exports_infers_and_runs_in_c(tmp_path):
     import torch
 
-    from edgereg.core.card import read_card
     from edgereg.cli.main import main
+    from edgereg.core.card import read_card
     from edgereg.core.predictor import Predictor
     from edgereg.preprocess import prepare_frames, preprocess_batch, read_image
 

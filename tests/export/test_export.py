@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgereg.core.card import read_card
 from edgereg.cli.main import main
+from edgereg.core.card import read_card
 
 
 def _validation_inputs(run_dir):

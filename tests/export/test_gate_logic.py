@@ -17,7 +17,14 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from edgereg.export.gate import (  # noqa: E402  (needs onnx)
-    EvalSet, check_gate, eval_set, evaluate, predict, quantize_with_gate, rmse_changes, to_user_units,
+    EvalSet,
+    check_gate,
+    eval_set,
+    evaluate,
+    predict,
+    quantize_with_gate,
+    rmse_changes,
+    to_user_units,
     validate_max_drop,
 )
 

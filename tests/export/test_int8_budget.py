@@ -12,8 +12,13 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.calibrate import load_tensors_data
 
 from edgereg.cli.main import main
-from edgereg.export.calib_budget import (CalibrationPlan, coarsen_histogram, entropy_search_work, merge_bounded,
-                                         plan_calibrator)
+from edgereg.export.calib_budget import (
+    CalibrationPlan,
+    coarsen_histogram,
+    entropy_search_work,
+    merge_bounded,
+    plan_calibrator,
+)
 from edgereg.export.quantize import QuantizeOptions, Quantizer
 
 

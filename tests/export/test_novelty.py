@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgereg.core.card import read_card
 from edgereg.cli.main import main
+from edgereg.core.card import read_card
 
 
 def _outputs(path) -> list[str]:

@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgereg.core.card import read_card
 from edgereg.cli.main import main
+from edgereg.core.card import read_card
 from edgereg.errors import EdgeregError
 from edgereg.export.gate import check_gate
 from edgereg.export.quantize import ArrayCalibrationReader, QuantizeOptions, head_nodes, quantize_int8

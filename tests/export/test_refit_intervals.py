@@ -12,8 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edgereg.core.card import read_card
 from edgereg.cli.main import main
+from edgereg.core.card import read_card
 from edgereg.lab.intervals import parse_intervals
 
 NOISE = 5.0  # mg/L: the out-of-fold error written into the fake held_out.npz

@@ -34,8 +34,8 @@ def _make(*args: str) -> subprocess.CompletedProcess:
 
 def test_c_analyzer_reads_ppm_and_pgm_like_onnxruntime(model_factory, tmp_path):
     pytest.importorskip("onnx")
-    from edgereg.export.c_codegen import generate_c
     from edgereg.core.predictor import Predictor
+    from edgereg.export.c_codegen import generate_c
 
     model = model_factory(kind="vector", targets=("level", "tint"), input_size=(16, 16), crop="circle")
     generate_c(model, tmp_path / "model")
@@ -168,7 +168,7 @@ def _forward(args: list[str], lines: list[str]) -> tuple[subprocess.CompletedPro
         while True:
             try:
                 received.append(json.loads(receiver.recv(65536)))
-            except socket.timeout:
+            except TimeoutError:
                 break
     finally:
         receiver.close()

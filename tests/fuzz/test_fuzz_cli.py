@@ -21,8 +21,8 @@ from fuzz_helpers import bounded, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgereg.core.card import ModelCard
 from edgereg.cli.main import build_parser, main
+from edgereg.core.card import ModelCard
 
 INTS = ["-1", "0", "1", "2", "3", "x", "", "1.5", "100000", "1e3"]
 FLOATS = ["-1", "0", "0.5", "1e-3", "nan", "inf", "1e308", "abc"]
@@ -48,9 +48,9 @@ SUBPARSERS = build_parser()._subparsers._group_actions[0].choices
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Real files for the path tokens: models, a dataset, photos, a video, a list, a FIFO, a run."""
-    import onnx
-
     import importlib.util
+
+    import onnx
 
     # tests/conftest.py's model builder (loaded by path: "conftest" names several modules in a session)
     spec = importlib.util.spec_from_file_location("edgereg_tests_root_conftest",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -12,7 +11,6 @@ from hostile_helpers import assert_one_line_error, read_only_dir, small_tmpfs, w
 from scoring_files import read_csv
 
 from edgereg.cli.main import main
-
 
 
 def first_rows(path, n):
@@ -121,8 +119,8 @@ def test_disk_full_mid_run_keeps_whole_rows_exits_1_and_resume_finishes(tiny_mod
 
 
 def test_output_error_is_typed(tmp_path):
-    from edgereg.errors import OutputError
     from edgereg.batch.writers import atomic_write
+    from edgereg.errors import OutputError
 
     with pytest.raises(OutputError, match="does not exist"):
         atomic_write(tmp_path / "missing" / "x.json", b"{}")

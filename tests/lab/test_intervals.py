@@ -10,10 +10,22 @@ import pytest
 
 from edgereg.core.card import ModelCard
 from edgereg.errors import CardError, EdgeregError
-from edgereg.export.conformal import (ConformalOptions, HeldOutReadings, compute_interval_set, fit_difficulty,
-                                      intervals_section)
-from edgereg.lab.intervals import (LEVELS, Difficulty, IntervalKernel, conformal_quantile, covered, interval_bounds,
-                               parse_intervals)
+from edgereg.export.conformal import (
+    ConformalOptions,
+    HeldOutReadings,
+    compute_interval_set,
+    fit_difficulty,
+    intervals_section,
+)
+from edgereg.lab.intervals import (
+    LEVELS,
+    Difficulty,
+    IntervalKernel,
+    conformal_quantile,
+    covered,
+    interval_bounds,
+    parse_intervals,
+)
 
 
 def test_conformal_quantile_is_the_ceil_n_plus_1_rank():

@@ -21,12 +21,12 @@ import pytest
 pytest.importorskip("scipy")
 pytest.importorskip("onnx")
 
-from edgereg.lab.audit import AUDIT_COLUMNS, files_digest  # noqa: E402
-from edgereg.core.card import read_card  # noqa: E402
-from edgereg.cli.main import main  # noqa: E402
-from edgereg.lab.readout import LAB_FLAGS  # noqa: E402
+from lab_cards import lab_sections
 
-from lab_cards import lab_sections  # noqa: E402
+from edgereg.cli.main import main
+from edgereg.core.card import read_card
+from edgereg.lab.audit import AUDIT_COLUMNS, files_digest
+from edgereg.lab.readout import LAB_FLAGS
 
 
 def reading_of(gray: float) -> float:

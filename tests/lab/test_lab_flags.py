@@ -15,11 +15,11 @@ import subprocess
 
 import numpy as np
 import pytest
+from lab_cards import T_90, lab_sections
 
 from edgereg.core.card import ModelCard
 from edgereg.lab.readout import LAB_FLAGS, LabReadout
 
-from lab_cards import T_90, lab_sections
 
 def lab_fields(**changes) -> dict:
     """The card's fields (for ``model_factory``)."""

@@ -10,11 +10,19 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from edgereg.lab.calibration import parse_calibration  # noqa: E402
-from edgereg.lab.fit.calibration import card_entry, fit_target, lack_of_fit  # noqa: E402
-from edgereg.errors import EdgeregError  # noqa: E402
-from edgereg.lab.fit.validation import (ep17_cp, ich_limits, limit_of_blank, limit_of_detection, linearity,  # noqa: E402
-                                repeatability, validate, working_range)
+from edgereg.errors import EdgeregError
+from edgereg.lab.calibration import parse_calibration
+from edgereg.lab.fit.calibration import card_entry, fit_target, lack_of_fit
+from edgereg.lab.fit.validation import (
+    ep17_cp,
+    ich_limits,
+    limit_of_blank,
+    limit_of_detection,
+    linearity,
+    repeatability,
+    validate,
+    working_range,
+)
 
 
 def test_ich_worked_example_s_1250_sigma_0_0025():

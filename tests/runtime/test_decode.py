@@ -7,7 +7,6 @@ import errno
 import os
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np

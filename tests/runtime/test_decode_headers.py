@@ -181,11 +181,11 @@ class RecordingBudget(DecodeBudget):
 
 def test_folder_scoring_and_uploads_decode_within_a_byte_budget(model_factory, tmp_path, monkeypatch):
     import edgereg.batch.scoring
-    from edgereg.core.predictor import Predictor
     from edgereg.batch.scoring import output_columns, score_source
-    from edgereg.serve.uploads import Upload, prepare_uploads
     from edgereg.batch.sources import open_source
     from edgereg.batch.writers import open_rows
+    from edgereg.core.predictor import Predictor
+    from edgereg.serve.uploads import Upload, prepare_uploads
 
     model = model_factory(targets=("conc",), range=((-2.0, 2.0),), units=("mg/L",))
     folder = tmp_path / "imgs"

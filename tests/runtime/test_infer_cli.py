@@ -20,10 +20,6 @@ from scoring_files import read_csv, write_images, write_slow_images
 from edgereg.cli.main import main
 
 
-
-
-
-
 def write_broken(folder):
     (folder / "zero.jpg").write_bytes(b"")
     (folder / "text.png").write_text("not an image")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from edgereg.core.card import KINDS, ModelCard
-from edgereg.errors import CardError, EdgeregError
 from edgereg.core.kinds import ANGLE, COORDS, DISTRIBUTION, KIND_BY_NAME, SCALAR, VECTOR, target_kind
 from edgereg.core.tta import parse_tta
+from edgereg.errors import CardError, EdgeregError
 
 
 def test_every_card_kind_has_one_frozen_object_named_like_it():

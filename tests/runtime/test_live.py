@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from edgereg import Predictor
-from edgereg.core.card import ModelCard
+from edgereg.batch.sources import CameraSource
 from edgereg.cli.main import main
+from edgereg.core.card import ModelCard
 from edgereg.errors import CameraError
 from edgereg.live.loop import NO_FRAME, LiveConfig, LiveStats, draw_overlay, run_live
 from edgereg.live.smoothing import EmaSmoother, MedianSmoother, StabilityTracker, stability_tolerance
-from edgereg.batch.sources import CameraSource
 
 
 def textured(rng, level=128, size=(48, 64)):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def test_inference_without_torch(model_factory, tmp_path, run_without_torch):
     model = model_factory(input_size=(16, 16), crop="circle", tta="d4")
     script = f"""

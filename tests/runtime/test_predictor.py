@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from edgereg import Predictor
-from edgereg.errors import CardError, ModelFileError, ProviderError, ShapeError, TTAError
 from edgereg.core.kinds import target_kind
 from edgereg.core.reduce import unmap_angles
 from edgereg.core.tta import parse_tta
+from edgereg.errors import CardError, ModelFileError, ProviderError, ShapeError, TTAError
 
 
 def expected_mean_model(frames, config_mean=0.5, config_std=0.25, n_targets=1):

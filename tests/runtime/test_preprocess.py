@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from edgereg.errors import DecodeError, ShapeError, TTAError
-from edgereg.preprocess import (PreprocessConfig, crop_resize, decode_image, preprocess_batch,
-                                read_image, read_images)
+from edgereg.preprocess import PreprocessConfig, crop_resize, decode_image, preprocess_batch, read_image, read_images
 from edgereg.preprocess.reference import circle_mask, d4_view, preprocess_batch_ref
 
 

@@ -8,8 +8,7 @@ import pytest
 
 from edgereg.core.card import ModelCard
 from edgereg.errors import CardError, ShapeError
-from edgereg.preprocess import PreprocessConfig, preprocess_batch
-from edgereg.preprocess import kernels
+from edgereg.preprocess import PreprocessConfig, kernels, preprocess_batch
 from edgereg.preprocess.batch import PARALLEL_MIN_VALUES
 from edgereg.preprocess.reference import preprocess_batch_ref
 

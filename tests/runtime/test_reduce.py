@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from edgereg import Predictor
-from edgereg.preprocess import PreprocessConfig, crop_resize
-from edgereg.preprocess.reference import preprocess_batch_ref
 from edgereg.core.angles import circular_reduce
 from edgereg.core.kinds import target_kind
 from edgereg.core.tta import parse_tta
+from edgereg.preprocess import PreprocessConfig, crop_resize
+from edgereg.preprocess.reference import preprocess_batch_ref
 
 
 def seen_by_views(true_deg: float, spec) -> np.ndarray:

@@ -10,15 +10,20 @@ import pytest
 from scoring_files import read_csv
 
 from edgereg import Predictor
-from edgereg.errors import EdgeregError
-from edgereg.preprocess import read_image
 from edgereg.batch.scoring import Shard, reading_flags, score_source, target_spans
 from edgereg.batch.sources import BatchSource, Entry, FolderSource
 from edgereg.batch.writers import (
-    CsvRowWriter, JsonlRowWriter, cut_partial_line, errors_path_for, load_done_keys, open_errors, open_rows,
+    CsvRowWriter,
+    JsonlRowWriter,
+    cut_partial_line,
+    errors_path_for,
+    load_done_keys,
+    open_errors,
+    open_rows,
     prediction_columns,
 )
-
+from edgereg.errors import EdgeregError
+from edgereg.preprocess import read_image
 
 
 def make_mixed_folder(root, rng, n_good=9):

@@ -6,10 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from edgereg.errors import CameraError, DecodeError, EdgeregError
 from edgereg.batch.sources import (
-    CameraSource, FolderSource, GlobSource, ImageSource, ListFileSource, VideoSource, natural_key, open_source,
+    CameraSource,
+    FolderSource,
+    GlobSource,
+    ImageSource,
+    ListFileSource,
+    VideoSource,
+    natural_key,
+    open_source,
 )
+from edgereg.errors import CameraError, DecodeError, EdgeregError
 
 
 def write_png(path, value=128, size=(12, 10)):

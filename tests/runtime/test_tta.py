@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgereg.errors import TTAError
 from edgereg.core.tta import MAX_ROTATIONS, TTASpec, parse_tta
+from edgereg.errors import TTAError
 
 
 @pytest.mark.parametrize("text", [None, "none", "", "off", "0", "OFF", " None ", "\tnone\n"])

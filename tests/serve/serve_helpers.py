@@ -177,7 +177,7 @@ class EventReader:
                 elif line == "" and data:
                     self.records.append((event_id, json.loads("\n".join(data))))
                     event_id, data = None, []
-        except Exception:  # noqa: BLE001 - the connection was closed under the reader: its end
+        except Exception:
             pass
 
     def wait(self, n: int, timeout_s: float = 60.0) -> list[tuple[str, dict]]:

@@ -95,7 +95,7 @@ class Events:
                     reading = json.loads(line[6:])
                     if reading["quality"] == "ok":
                         self.by_frame[reading["frame"]] = reading
-        except Exception:  # noqa: BLE001 - the connection closed: the reader's end
+        except Exception:
             pass
 
     def close(self) -> None:

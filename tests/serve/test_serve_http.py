@@ -15,15 +15,24 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from serve_helpers import (EventReader, SwitchableCamera, decode_jpeg, get, live_server, metric,  # noqa: E402
-                           read_mjpeg_parts, sample_frame, wait_for)
-from starlette.testclient import TestClient  # noqa: E402
+from serve_helpers import (
+    EventReader,
+    SwitchableCamera,
+    decode_jpeg,
+    get,
+    live_server,
+    metric,
+    read_mjpeg_parts,
+    sample_frame,
+    wait_for,
+)
+from starlette.testclient import TestClient
 
-from edgereg import Predictor  # noqa: E402
-from edgereg.live.loop import NO_FRAME, LiveConfig, LiveFeed  # noqa: E402
-from edgereg.serve.app import ServeConfig, create_app  # noqa: E402
-from edgereg.serve.frames import format_value  # noqa: E402
-from edgereg.batch.sources import CameraSource  # noqa: E402
+from edgereg import Predictor
+from edgereg.batch.sources import CameraSource
+from edgereg.live.loop import NO_FRAME, LiveConfig, LiveFeed
+from edgereg.serve.app import ServeConfig, create_app
+from edgereg.serve.frames import format_value
 
 FAST_RETRY = LiveConfig(smooth_window=3, retry_initial_s=0.05, retry_max_s=0.1)
 PATIENCE = 60.0  # seconds to wait for a state on a busy machine; a passing test waits far less
@@ -287,7 +296,7 @@ class UnreachableCapture:
     def __init__(self, target) -> None:
         self.target = target
 
-    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+    def isOpened(self) -> bool:
         return False
 
     def release(self) -> None:

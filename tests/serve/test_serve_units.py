@@ -12,12 +12,12 @@ import pytest
 from serve_helpers import SwitchableCamera, sample_frame, wait_for, write_video
 
 from edgereg import Predictor
-from edgereg.live.loop import NO_FRAME, LiveConfig, LiveFeed, run_live
+from edgereg.batch.sources import CameraSource
 from edgereg.core.predictor import Predictions
+from edgereg.live.loop import NO_FRAME, LiveConfig, LiveFeed, run_live
 from edgereg.preprocess import CropBox
 from edgereg.serve.batcher import MicroBatcher
 from edgereg.serve.hub import ReadingHub
-from edgereg.batch.sources import CameraSource
 
 PATIENCE = 60.0  # seconds to wait for a state on a busy machine; a passing test waits far less
 

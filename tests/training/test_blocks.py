@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from edgereg.cli.main import main
-from edgereg.training.blocks.features import Moments, Spectrum, SPECTRUM_BANDS, region_masks
-from edgereg.training.blocks.readout import choose_alpha, parse_blocks, ridge_path
 from edgereg.errors import EdgeregError
+from edgereg.training.blocks.features import SPECTRUM_BANDS, Moments, Spectrum, region_masks
+from edgereg.training.blocks.readout import choose_alpha, parse_blocks, ridge_path
 
 
 def intensities(images: np.ndarray) -> torch.Tensor:
@@ -122,9 +122,9 @@ def test_the_trainer_ships_a_readout_that_beats_its_network(pixelstats_dir, tmp_
 
 
 def test_a_hybrid_starts_at_its_readout_and_trains_only_the_network(assay_dir):
+    from edgereg.training.blocks.race import fit_plan, readout_plan
     from edgereg.training.config import TrainConfig
     from edgereg.training.plan import load_data, make_plan, make_run_split, new_regressor
-    from edgereg.training.blocks.race import fit_plan, readout_plan
 
     config = TrainConfig(input_size=(24, 24), threads=1)
     loaded = load_data(assay_dir, config, log=lambda m: None)

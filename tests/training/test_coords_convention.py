@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgereg.preprocess import PreprocessConfig, crop_resize
 from edgereg.core.reduce import unmap_coords
-from edgereg.training.augment import AugmentConfig, _forward_matrices, _move_targets, _warp, augment_batch
 from edgereg.core.tta import parse_tta
+from edgereg.preprocess import PreprocessConfig, crop_resize
+from edgereg.training.augment import AugmentConfig, _forward_matrices, _move_targets, _warp, augment_batch
 
 TOLERANCE = 0.02  # px: the blob's centroid is exact up to its truncation at the border
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_data import solid, write_dataset
 
 from edgereg.errors import DatasetError
 from edgereg.preprocess import PreprocessConfig
@@ -17,7 +18,6 @@ from edgereg.training.kind_training import kind_training
 from edgereg.training.losses import default_loss, make_loss
 from edgereg.training.metrics import compute_metrics
 from edgereg.training.regressor import OutputLayer, OutputTransform
-from test_data import solid, write_dataset
 
 
 def test_count_output_is_the_training_mean_times_exp_of_the_raw_output():

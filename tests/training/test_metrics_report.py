@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 
 from edgereg.errors import ShapeError
-from edgereg.training.metrics import (circular_difference, compute_metrics, prediction_spread,
-                                      uv_to_source_pixels)
-from edgereg.training.report import (baseline_predictions, collapse_warnings, evaluate_split, format_baselines,
-                                     format_table, memorisation_warning, plot_report,
-                                     thumbnail_features)
+from edgereg.training.metrics import circular_difference, compute_metrics, prediction_spread, uv_to_source_pixels
+from edgereg.training.report import (
+    baseline_predictions,
+    collapse_warnings,
+    evaluate_split,
+    format_baselines,
+    format_table,
+    memorisation_warning,
+    plot_report,
+    thumbnail_features,
+)
 
 
 def test_scalar_metrics_match_their_definitions():

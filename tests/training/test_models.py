@@ -3,7 +3,6 @@ with torch; the seed models match the seeds; the registry's errors; `edgereg mod
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,7 +12,13 @@ import torch
 from edgereg.cli.main import main
 from edgereg.errors import EdgeregError, ShapeError
 from edgereg.training.models import (
-    count_parameters, create_model, default_model, list_models, model_entry, register_model, registry,
+    count_parameters,
+    create_model,
+    default_model,
+    list_models,
+    model_entry,
+    register_model,
+    registry,
 )
 from edgereg.training.models.layers import DilatedConv2d
 from edgereg.training.regressor import OutputTransform, Regressor

@@ -4,6 +4,8 @@
 ``list_models()`` names them; ``default_model(kind)`` picks the trainer's default.
 """
 
+# Registration order is the order of `edgereg models`: edgereg's own models, then the baselines.
+from edgereg.training.models import cnn, heatmap, hybrid, mlp, mobilenet, msd, p4m, readout, resnet, seeds  # noqa: F401
 from edgereg.training.models.registry import (
     ModelEntry,
     count_parameters,
@@ -13,9 +15,6 @@ from edgereg.training.models.registry import (
     model_entry,
     register_model,
 )
-
-# Registration order is the order of `edgereg models`: edgereg's own models, then the baselines.
-from edgereg.training.models import cnn, resnet, mobilenet, msd, heatmap, p4m, mlp, seeds, readout, hybrid  # noqa: E402,F401,E501
 
 __all__ = [
     "ModelEntry",

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from edgereg.core.card import KINDS
-from edgereg.errors import EdgeregError
 from edgereg.core.kinds import target_kind
+from edgereg.errors import EdgeregError
 from edgereg.training.blocks.readout import DEFAULT_BLOCKS, BlockReadout
 from edgereg.training.models.registry import create_model, register_model, require_input_size
 

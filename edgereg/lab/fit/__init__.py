@@ -8,6 +8,14 @@ precision, linearity), ``plot`` (the one-page validation figure).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from edgereg._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr__ imports them
+    from edgereg.lab.fit.standards import read_standards
+    from edgereg.lab.fit.validation import json_safe
+
 __all__ = ["json_safe", "read_standards"]
 
 _LAZY = {
@@ -15,11 +23,4 @@ _LAZY = {
     "json_safe": "edgereg.lab.fit.validation",
 }
 
-
-def __getattr__(name: str):
-    """Import a public name's module on first use (keeps `import edgereg.lab.fit` cheap and cycle-free)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgereg.lab.audit import files_digest
 from edgereg.errors import DatasetError
+from edgereg.lab.audit import files_digest
 
 
 @dataclass(frozen=True)
