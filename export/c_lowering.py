@@ -523,7 +523,10 @@ class _Lowering:
             if axes is None:
                 raise self.unsupported(node, f"{op} with runtime axes")
         if op == "Squeeze":
-            drop = {int(d) % len(shape) for d in axes} if axes is not None else {d for d, n in enumerate(shape) if n == 1}
+            if axes is not None:
+                drop = {int(d) % len(shape) for d in axes}
+            else:
+                drop = {d for d, n in enumerate(shape) if n == 1}
             return tuple(n for d, n in enumerate(shape) if d not in drop)
         rank = len(shape) + len(axes)
         inserted = {int(d) % rank for d in axes}

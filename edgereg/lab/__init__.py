@@ -22,7 +22,10 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr
     from edgereg.lab.readout import LAB_FLAGS, LabReadout
     from edgereg.lab.standard_check import StandardCheck
 
-__all__ = ["AuditTrail", "LAB_FLAGS", "LabReadout", "StandardCheck", "parse_calibration", "parse_intervals", "parse_validation"]
+__all__ = [
+    "AuditTrail", "LAB_FLAGS", "LabReadout", "StandardCheck",
+    "parse_calibration", "parse_intervals", "parse_validation",
+]
 
 _LAZY = {
     "LabReadout": "edgereg.lab.readout",

@@ -216,7 +216,7 @@ class FilterBank(Block):
         sides = [min(input_size) // 2 ** i for i in range(self.levels)]
         self.fits = tuple(side >= side_kernel for side, side_kernel in zip(sides, [side] * self.levels))
         self.n_features = 1 + self.levels * padded.shape[0]
-        self.names = ("log_var",) + tuple(f"l{l}_s{s}_f{f}" for l in range(self.levels)
+        self.names = ("log_var",) + tuple(f"l{level}_s{s}_f{f}" for level in range(self.levels)
                                           for s in range(len(self.SIGMAS)) for f in range(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -471,4 +471,5 @@ class Template(Block):
 BLOCKS = {"moments": Moments, "colour": ColourRegions, "spectrum": Spectrum, "bank": FilterBank, "tiles": Tiles,
           "template": Template, "pixels": Pixels}
 POINT_BLOCKS = ("template",)  # blocks for coordinate targets only (built with the number of points)
-COMPACT = ("moments", "colour", "spectrum", "bank", "tiles", "template")  # blocks with few, summarising features (pixels is not)
+# blocks with few, summarising features (pixels is not)
+COMPACT = ("moments", "colour", "spectrum", "bank", "tiles", "template")
