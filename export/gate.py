@@ -1,7 +1,7 @@
 """The int8 accuracy gate: quantize, measure fp32 and int8 in the user's units, keep int8 only if it holds.
 
 Both models are scored as deployed (``edgereg.Predictor``, no TTA) on held-out images against their
-labels, with ``edgereg.training.metrics.compute_metrics``: RMSE, max error and per-target errors in
+labels, with ``edgereg.data.metrics.compute_metrics``: RMSE, max error and per-target errors in
 physical units (coords in source pixels, angles in degrees). The int8 model passes when its RMSE,
 overall and for every target, is at most ``(1 + max_drop)`` times the fp32 model's. Checking each
 target catches the failure an overall RMSE hides: one small-range output rounded to a constant.
@@ -65,7 +65,7 @@ def eval_set(dataset, index: np.ndarray | None, *, kind: str | TargetKind, split
     """The rows ``index`` of a loaded dataset as an EvalSet in the user's units.
 
     Args:
-        dataset: ``edgereg.training.data.Dataset`` (images cropped and resized; targets in model
+        dataset: ``edgereg.data.dataset.Dataset`` (images cropped and resized; targets in model
             units, i.e. coords in [0, 1] of the input; ``crop_boxes (N, 4)``).
         index: (M,) int rows to take, or None for every row (the images are then not copied).
         kind: target kind.
@@ -110,7 +110,7 @@ def score(readings: np.ndarray, evalset: EvalSet, card: ModelCard) -> dict:
 
     The one place a model is scored against labels in export and ``edgereg eval``.
     """
-    from edgereg.training.metrics import compute_metrics
+    from edgereg.data.metrics import compute_metrics
 
     return compute_metrics(card.kind, evalset.targets, readings, card.targets, groups=evalset.groups)
 
