@@ -114,9 +114,9 @@ def prepare(work: Path, task: str, *, n_train: int, n_heldout: int, epochs: int)
 def held_out_readings(model: Path, heldout: Path):
     """(values (N,), truth (N,), groups (N,), difficulty fitted at export, card, a frame) of the model."""
     from edgereg.core.predictor import Predictor
+    from edgereg.data.dataset import load_dataset
     from edgereg.lab.intervals import parse_intervals
     from edgereg.preprocess import CropBox
-    from edgereg.training.data import load_dataset
 
     predictor = Predictor(model, providers="cpu", confidence=None, calibration=False)
     dataset = load_dataset(heldout, config=predictor.config, targets=list(predictor.names))

@@ -111,8 +111,8 @@ def pick_standards(pool: Path, out: Path, *, fractions=(0.15, 0.5, 0.85), replic
 
 def rmse(model: Path, dataset: Path) -> float:
     from edgereg.core.predictor import Predictor
+    from edgereg.data.dataset import load_dataset
     from edgereg.preprocess import CropBox
-    from edgereg.training.data import load_dataset
 
     predictor = Predictor(model, providers="cpu", confidence=None)
     data = load_dataset(dataset, config=predictor.config, targets=list(predictor.names))

@@ -69,8 +69,8 @@ def prepare(work: Path, task: str, *, n_train: int, n_eval: int, budget: float) 
 def readings(model: Path, folder: Path) -> dict:
     """covered (N,), unfamiliar (N,), novelty (N,), abs error (N,) of the model on a labelled folder."""
     from edgereg.core.predictor import UNFAMILIAR, Predictor
+    from edgereg.data.dataset import load_dataset
     from edgereg.preprocess import CropBox
-    from edgereg.training.data import load_dataset
 
     predictor = Predictor(model, providers="cpu", confidence=0.9, calibration=False)
     dataset = load_dataset(folder, config=predictor.config, targets=list(predictor.names))

@@ -1,7 +1,7 @@
 """The int8 accuracy gate: quantize, measure fp32 and int8 in the user's units, keep int8 only if it holds.
 
 Both models are scored as deployed (``edgereg.Predictor``, no TTA) on held-out images against their
-labels, with ``edgereg.training.metrics.compute_metrics``: RMSE, max error and per-target errors in
+labels, with ``edgereg.data.metrics.compute_metrics``: RMSE, max error and per-target errors in
 physical units (coords in source pixels, angles in degrees). The int8 model passes when its RMSE,
 overall and for every target, is at most ``(1 + max_drop)`` times the fp32 model's. Checking each
 target catches the failure an overall RMSE hides: one small-range output rounded to a constant.
@@ -25,9 +25,8 @@ import numpy as np
 from edgereg.core.card import ModelCard
 from edgereg.core.kinds import TargetKind, target_kind
 from edgereg.errors import EdgeregError, require_extra
-from edgereg.export.int8_search import CALIBRATION_BUDGET_S
-
-DEFAULT_MAX_DROP = 0.10
+from edgereg.export.gate_verdict import DEFAULT_MAX_DROP, GateResult, check_gate, rmse_changes, validate_max_drop
+from edgereg.export.int8_search import CALIBRATION_BUDGET_S, search_int8
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def eval_set(dataset, index: np.ndarray | None, *, kind: str | TargetKind, split
     """The rows ``index`` of a loaded dataset as an EvalSet in the user's units.
 
     Args:
-        dataset: ``edgereg.training.data.Dataset`` (images cropped and resized; targets in model
+        dataset: ``edgereg.data.dataset.Dataset`` (images cropped and resized; targets in model
             units, i.e. coords in [0, 1] of the input; ``crop_boxes (N, 4)``).
         index: (M,) int rows to take, or None for every row (the images are then not copied).
         kind: target kind.
@@ -111,7 +110,7 @@ def score(readings: np.ndarray, evalset: EvalSet, card: ModelCard) -> dict:
 
     The one place a model is scored against labels in export and ``edgereg eval``.
     """
-    from edgereg.training.metrics import compute_metrics
+    from edgereg.data.metrics import compute_metrics
 
     return compute_metrics(card.kind, evalset.targets, readings, card.targets, groups=evalset.groups)
 
@@ -119,75 +118,6 @@ def score(readings: np.ndarray, evalset: EvalSet, card: ModelCard) -> dict:
 def evaluate(model_path: str | Path, evalset: EvalSet, *, card: ModelCard) -> dict:
     """:func:`score` of a model read as deployed (:func:`predict`), plus ``"split"``."""
     return {"split": evalset.split, **score(predict(model_path, evalset, card=card), evalset, card)}
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """fp32 vs int8 on the gate split.
-
-    Attributes:
-        passed: every RMSE (overall and per target) of int8 is within ``(1 + max_drop)`` of fp32.
-        max_drop: allowed relative RMSE increase (0.10 = 10%).
-        split: the split the gate compared on; n_images: its size.
-        fp32_rmse, int8_rmse: overall RMSE in the user's units.
-        worst: the name ("overall" or a target) with the largest relative increase, and
-            worst_drop: that increase (int8 / fp32 - 1; inf when fp32 is exact and int8 is not).
-    """
-
-    passed: bool
-    max_drop: float
-    split: str
-    n_images: int
-    fp32_rmse: float
-    int8_rmse: float
-    worst: str
-    worst_drop: float
-
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "max_drop": self.max_drop, "split": self.split, "n_images": self.n_images,
-                "fp32_rmse": self.fp32_rmse, "int8_rmse": self.int8_rmse, "worst": self.worst,
-                "worst_drop": self.worst_drop}
-
-    def summary(self) -> str:
-        """One line: what was compared, the numbers, and the verdict."""
-        verdict = "passed" if self.passed else "FAILED"
-        return (f"int8 gate {verdict} on {self.split} ({self.n_images} images): RMSE {self.int8_rmse:.4g} vs fp32 "
-                f"{self.fp32_rmse:.4g}; worst {self.worst} {self.worst_drop:+.1%} (allowed {self.max_drop:+.1%})")
-
-
-def check_gate(fp32: dict, int8: dict, *, max_drop: float = DEFAULT_MAX_DROP) -> GateResult:
-    """Hold int8 metrics to fp32 metrics (both from :func:`evaluate` on the same split).
-
-    Raises:
-        EdgeregError: a negative max_drop.
-    """
-    validate_max_drop(max_drop)
-    pairs = [("overall", fp32["rmse"], int8["rmse"])]
-    pairs += [(name, fp32["targets"][name]["rmse"], int8["targets"][name]["rmse"]) for name in fp32["targets"]]
-    drops = [(name, _relative_increase(reference, value)) for name, reference, value in pairs]
-    worst, worst_drop = max(drops, key=lambda item: item[1])  # the first of equals: "overall"
-    return GateResult(passed=bool(worst_drop <= max_drop + 1e-12), max_drop=float(max_drop), split=fp32["split"],
-                      n_images=int(fp32["n"]), fp32_rmse=float(fp32["rmse"]), int8_rmse=float(int8["rmse"]),
-                      worst=worst, worst_drop=float(worst_drop))
-
-
-def rmse_changes(fp32: dict, int8: dict) -> dict[str, float | None]:
-    """Relative RMSE change int8 / fp32 - 1, overall and per target (None where fp32 is exact)."""
-    pairs = [("overall", fp32["rmse"], int8["rmse"])]
-    pairs += [(name, fp32["targets"][name]["rmse"], int8["targets"][name]["rmse"]) for name in fp32["targets"]]
-    return {name: (value / reference - 1.0 if reference > 0 else None) for name, reference, value in pairs}
-
-
-def validate_max_drop(max_drop: float) -> None:
-    """Raise EdgeregError unless ``max_drop`` is a finite number >= 0."""
-    if not (isinstance(max_drop, (int, float)) and 0 <= max_drop < float("inf")):
-        raise EdgeregError(f"--max-drop must be a number >= 0 (0.10 allows int8 RMSE 10% above fp32), got {max_drop}")
-
-
-def _relative_increase(reference: float, value: float) -> float:
-    if reference > 0:
-        return value / reference - 1.0
-    return 0.0 if value <= 0 else float("inf")
 
 
 @dataclass(frozen=True)
@@ -256,7 +186,6 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
     """
     onnx = require_extra("onnx")
     from edgereg.export.card_io import embed_card
-    from edgereg.export.int8_search import search_int8
     from edgereg.export.quantize import CALIBRATION_METHODS, QuantizeOptions, Quantizer
     from edgereg.preprocess import PreprocessConfig, preprocess_batch
 

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgereg.export.gate_verdict import check_gate
+
 SPEED_GOAL = 1.3  # int8 / fp32 images/s at batch 32 the speed control aims for
 MIN_GAIN = 1.05  # a speed step is kept only when it is at least this much faster than the model before it
 SPEED_BATCH = 32  # batch size of speed decisions
@@ -156,8 +158,6 @@ def search_int8(quantizer, evaluate: Callable[[Path], dict], fp32_metrics: dict,
     Returns:
         SearchResult; ``gate_passed`` False when no configuration passed.
     """
-    from edgereg.export.gate import check_gate
-
     workdir = quantizer.workdir
     layers = {layer.name: layer for layer in quantizer.layers}
     first = set(quantizer.first)

@@ -46,6 +46,7 @@ from edgereg.errors import EdgeregError, did_you_mean
 from edgereg.preprocess import PreprocessConfig
 from edgereg.preprocess.reference import circle_mask
 from edgereg.training.kind_training import kind_training
+from edgereg.training.warp import forward_matrices
 
 ROTATIONS = ("none", "d4", "any")
 PRESETS = ("auto", "none", "geometric", "lighting", "all")
@@ -303,19 +304,6 @@ def _keep_points_inside(targets: torch.Tensor, angles: torch.Tensor, flips: torc
     return torch.where(low <= high, clamped, zero.double()).float()
 
 
-def _forward_matrices(angles: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 2) float64 maps of centred source pixels to centred output pixels: rotate(flip(p)).
-
-    A display-CCW rotation by t in y-down pixels is ``[[cos t, sin t], [-sin t, cos t]]``; the flip
-    negates x first.
-    """
-    radians = torch.deg2rad(angles.double())
-    cos, sin = torch.cos(radians), torch.sin(radians)
-    sign = torch.where(flips, -1.0, 1.0).double()
-    return torch.stack([torch.stack([cos * sign, sin], dim=1),
-                        torch.stack([-sin * sign, cos], dim=1)], dim=1)  # (B,2) x2 -> (B,2,2)
-
-
 def _warp(images: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Warp each image by its own flip, rotation and shift with one bilinear ``grid_sample``.
 
@@ -325,7 +313,7 @@ def _warp(images: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor, shift
     """
     batch, _, height, width = images.shape
     half = torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], dtype=torch.float64)  # (x, y)
-    inverse = _forward_matrices(angles, flips).transpose(1, 2)  # rotations/flips: inverse = transpose
+    inverse = forward_matrices(angles, flips).transpose(1, 2)  # rotations/flips: inverse = transpose
     offset = -(inverse @ shifts.double().unsqueeze(2)).squeeze(2)  # (B,2,1) -> (B,2)
     # align_corners=True puts pixel centres 0 and W-1 at -1 and +1: x_norm = (x - cx) / half_x.
     linear = inverse * half.view(1, 1, 2) / half.view(1, 2, 1)  # S^-1 A S
@@ -357,20 +345,6 @@ def _move_targets(kind: str, targets: torch.Tensor, angles: torch.Tensor, flips:
                   shifts: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """Apply the images' transforms to the targets as the kind says (coords and angles move)."""
     return kind_training(kind).move_targets(targets, angles, flips, shifts, size)
-
-
-def move_points(targets: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor, shifts: torch.Tensor,
-                size: torch.Size) -> torch.Tensor:
-    """(u, v) points ``(B, 2K)`` in [0, 1] of images of ``size`` (H, W), moved with the images:
-    rotated by ``angles (B,)`` degrees, mirrored where ``flips (B,)``, shifted by ``shifts (B, 2)`` px."""
-    height, width = size
-    dims = torch.tensor([float(width), float(height)], dtype=torch.float64)
-    points = targets.double().cpu().view(targets.shape[0], -1, 2)  # (B,2K) -> (B,K,2) (u, v)
-    centred = points * dims - 0.5 - (dims - 1) / 2.0  # [0,1] -> pixels about the centre
-    # (B,K,2) @ (B,2,2)^T + (B,1,2): each point p becomes M p + shift
-    moved = centred @ _forward_matrices(angles, flips).transpose(1, 2) + shifts.double().unsqueeze(1)
-    uv = (moved + (dims - 1) / 2.0 + 0.5) / dims
-    return uv.reshape(targets.shape).to(targets.device, torch.float32)  # (B,K,2) -> (B,2K)
 
 
 def _jitter(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

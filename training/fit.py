@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgereg.core.kinds import target_kind
+from edgereg.data.metrics import compute_metrics, uv_to_source_pixels
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.training import ddp
@@ -33,7 +34,6 @@ from edgereg.training.augment import augment_batch, to_float_batch, to_model_inp
 from edgereg.training.config import AUTO_EPOCHS, AUTO_STEPS, TrainConfig
 from edgereg.training.losses import make_loss
 from edgereg.training.lr_find import LRFindConfig, LRFindResult, lr_range_test
-from edgereg.training.metrics import compute_metrics, uv_to_source_pixels
 from edgereg.training.plan import FitPlan, LoadedData, new_regressor
 from edgereg.training.report import SplitEvaluation, baseline_predictions, evaluate_split, thumbnail_features
 from edgereg.training.run import BEST_FILE, CHECKPOINT_FILE, RUN_FORMAT, save_checkpoint

@@ -8,7 +8,6 @@ and augmentation. Everything in a :class:`FitPlan` is fixed before the first ste
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,12 +18,22 @@ import numpy as np
 import torch
 
 from edgereg.core.kinds import target_kind
+from edgereg.data.dataset import (
+    LABELS_FILE,
+    check_targets_vary,
+    confine,
+    default_range,
+    kind_by_names,
+    load_dataset,
+    read_labels,
+    skip_summary,
+    target_columns,
+)
 from edgereg.errors import DatasetError, EdgeregError
 from edgereg.preprocess import PreprocessConfig, read_image
 from edgereg.preprocess.reference import GRAY_WEIGHTS_BGR, circle_mask
 from edgereg.training.augment import AugmentConfig, parse_augment
 from edgereg.training.config import DEFAULT_UNITS, SMALL_IMAGE, TrainConfig
-from edgereg.training.data import LABELS_FILE, check_targets_vary, confine, default_range, load_dataset, skip_summary
 from edgereg.training.kind_training import kind_training
 from edgereg.training.models import default_model
 from edgereg.training.regressor import OutputTransform
@@ -60,14 +69,14 @@ def probe_sources(root: str | Path, *, count: int = 16, allow_outside: bool = Fa
     sizes, gray, thumbs = [], True, []
     if not csv_path.is_file():  # missing, a folder or a FIFO (which would block): the loader says so
         return SourceProbe((), (), False)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = tuple(next(reader, ()))
-            rows = [row for row in reader if row]
-    except (OSError, UnicodeDecodeError, csv.Error):
+    try:  # the loader's own reading of labels.csv, so both see the same header
+        header_cells, lines = read_labels(csv_path, csv_path.read_bytes())
+    except (OSError, DatasetError):
         return SourceProbe((), (), False)  # the loader raises the proper DatasetError
-    picks = sorted(set(np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int).tolist())) if rows else []
+    header = tuple(header_cells)
+    rows = [cells for _, cells in lines if cells]
+    spread = np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int).tolist() if rows else []
+    picks = sorted(set(spread))
     for index in picks:
         try:
             path, outside = confine(csv_path.parent, rows[index][0].strip(), allow_outside=allow_outside)
@@ -86,9 +95,9 @@ def probe_sources(root: str | Path, *, count: int = 16, allow_outside: bool = Fa
 
 
 def coords_by_name(header: tuple[str, ...]) -> bool:
-    """Whether labels.csv names (x, y) columns (the loader infers kind coords from them)."""
-    names = {name.strip().lower() for name in header}
-    return {"x", "y"} <= names or any(n.endswith("_x") and n[:-2] + "_y" in names for n in names)
+    """Whether labels.csv's target columns are (x, y) pairs, by the loader's own rule
+    (``edgereg.data.dataset.kind_by_names``), so the planner and the loader agree on coords."""
+    return kind_by_names(target_columns(header)) == "coords"
 
 
 ROUND_SAMPLE_RATIO = 0.5  # corners this much calmer than the inscribed disk: a round sample on a plain ground
@@ -250,7 +259,7 @@ def model_crop(kind: str, geometry: PreprocessConfig, config: TrainConfig, probe
 class LoadedData:
     """The dataset in memory plus what was decided about it before training."""
 
-    dataset: Any  # edgereg.training.data.Dataset: images (N,H,W,3) uint8 BGR, targets (N,T) float64, ...
+    dataset: Any  # edgereg.data.dataset.Dataset: images (N,H,W,3) uint8 BGR, targets (N,T) float64, ...
     kind: str  # the target kind
     geometry: PreprocessConfig  # exactly what the images were loaded with (the cache key)
     crop: str  # the model's crop (circle = the loaded square plus a mask)

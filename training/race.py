@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from edgereg.core.kinds import target_kind
+from edgereg.data.metrics import rmse_standard_error, sample_errors
 from edgereg.training import ddp
 from edgereg.training.config import TrainConfig
 from edgereg.training.kind_training import kind_training
-from edgereg.training.metrics import rmse_standard_error, sample_errors
 
 RACE_SHARE = 0.2  # share of the budget left after loading that the race may use
 SCORING_SHARE = 0.15  # share of a candidate's time kept for its validation pass

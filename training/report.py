@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgereg.data.metrics import compute_metrics, prediction_spread
 from edgereg.training.kind_training import kind_training
-from edgereg.training.metrics import compute_metrics, prediction_spread
 
 COLLAPSE_SPREAD = 0.3  # predictions' std below this fraction of the targets' std: predicting the mean
 MEAN_BASELINE_MARGIN = 0.95  # RMSE above this fraction of the mean baseline's: no better than the mean
@@ -36,7 +36,7 @@ class SplitEvaluation:
         y_true: (N, T) float64, physical units.
         y_pred: (N, T) float64, physical units.
         groups: (N,) group labels or None.
-        metrics: :func:`~edgereg.training.metrics.compute_metrics` of the model.
+        metrics: :func:`~edgereg.data.metrics.compute_metrics` of the model.
         baselines: baseline name -> its compute_metrics on the same rows.
     """
 

@@ -246,8 +246,8 @@ def load_run_dataset(info: RunInfo, *, threads: int | None = None):
         DatasetError: the dataset changed since training (its fingerprint differs), so the stored
             split indices would point at other images.
     """
+    from edgereg.data.dataset import load_dataset
     from edgereg.errors import DatasetError
-    from edgereg.training.data import load_dataset
 
     stored = info.record["dataset"]
     dataset = load_dataset(info.dataset_root, config=preprocess_from_record(stored, "loaded_with"),

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 import edgereg
+from edgereg.data.metrics import compute_metrics, rmse_standard_error, sample_errors
 from edgereg.errors import EdgeregError
 from edgereg.training import ddp
 from edgereg.training.blocks import race as readouts
@@ -66,7 +67,6 @@ from edgereg.training.fit import (
 from edgereg.training.kind_training import kind_training
 from edgereg.training.losses import default_loss, make_loss
 from edgereg.training.lr_find import plot_lr_find
-from edgereg.training.metrics import compute_metrics, rmse_standard_error, sample_errors
 from edgereg.training.models import default_model
 from edgereg.training.plan import (
     FitPlan,

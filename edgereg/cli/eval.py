@@ -49,8 +49,8 @@ def run(args) -> int:
     from edgereg.batch.writers import atomic_write
     from edgereg.cli.options import card_from_option
     from edgereg.core.predictor import Predictor
+    from edgereg.data.dataset import load_dataset, skip_summary
     from edgereg.export.gate import eval_set, score
-    from edgereg.training.data import load_dataset, skip_summary
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
     _check_out_dir(out_dir)

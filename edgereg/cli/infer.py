@@ -3,17 +3,15 @@
 This module parses options and renders output; the work is in ``edgereg.batch.scoring`` (batch),
 ``edgereg.live.loop`` (camera loop), ``edgereg.batch.sources`` and ``edgereg.batch.writers``.
 
-Progress: a one-line progress display on stderr, only when stderr is a terminal (tqdm is not a
-runtime dependency, and a plain line is all that is needed); nothing when piped. The summary line
-is always printed on stderr.
+Progress (``edgereg.cli.reporting``): a one-line progress display on stderr, only when stderr is a
+terminal (tqdm is not a runtime dependency, and a plain line is all that is needed); nothing when
+piped. The summary line is always printed on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 
 from edgereg.cli.options import (
     MAX_PIXELS_HELP,
@@ -26,6 +24,7 @@ from edgereg.cli.options import (
     non_negative,
     pixels,
 )
+from edgereg.cli.reporting import Progress, finish_batch, readings_identity, stdout_closed
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
 DESCRIPTION = """\
@@ -81,7 +80,6 @@ RAY_ONLY = {"ray_address": None, "actors": None, "unordered": False, "commit_row
 LOCAL_ONLY = {"decode_threads": None, "queue": None, "gate": False}
 LIVE_ONLY = {"show": False, "smooth": 5, "smooth_method": "median", "stable_tol": None, "frames": None,
              "max_retries": None, "check_standard": None}
-FAILURES_SHOWN = 3  # failures quoted in the summary line
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -215,52 +213,6 @@ def _quality_config(args):
 # ---------------------------------------------------------------- batch scoring
 
 
-class _Progress:
-    """Keeps the latest ScoreStats; on a terminal, also shows them as one line rewritten in place:
-    ``1,234/5,000  25% | 312 img/s | 2 failed | ETA 0:00:12``."""
-
-    def __init__(self, stream, *, show: bool, every_s: float = 0.25) -> None:
-        self.stream = stream
-        self.show = show
-        self.every_s = every_s
-        self.latest = None
-        self._last = 0.0
-        self._shown = False
-
-    def update(self, stats, *, force: bool = False) -> None:
-        self.latest = stats
-        now = time.monotonic()
-        if not self.show or (now - self._last < self.every_s and not force):
-            return
-        self._last = now
-        rate = stats.images_per_s
-        text = f"{stats.done:,}"
-        if stats.total:
-            text += f"/{stats.total:,} {100 * stats.done / stats.total:3.0f}%"
-        text += f" | {rate:,.0f} img/s | {stats.failed:,} failed"
-        if stats.total and rate > 0:
-            eta = int((stats.total - stats.done) / rate)
-            text += f" | ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
-        self.stream.write("\r" + text + "\x1b[K")
-        self.stream.flush()
-        self._shown = True
-
-    def close(self) -> None:
-        """Show the final counts and end the line (when the line was shown at all)."""
-        if self._shown:
-            self.update(self.latest, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _readings(predictor) -> str:
-    """How the values are made beyond the card, for the resume identity: the level and calibration."""
-    level = predictor.lab.level if predictor.lab.has_intervals else None
-    calibration = predictor.lab.calibration
-    return (f"confidence {'none' if level is None else f'{level:g}'}, "
-            f"calibration {calibration.id if calibration else 'none'}")
-
-
 def _run_batch(args) -> int:
     from pathlib import Path
 
@@ -301,7 +253,7 @@ def _run_batch(args) -> int:
     done: set[str] = set()
     if out is not None:
         identity = OutputIdentity.for_model(args.model, tta=str(predictor.tta), columns=columns,
-                                            card_json=predictor.card.to_json(), readings=_readings(predictor))
+                                            card_json=predictor.card.to_json(), readings=readings_identity(predictor))
         if args.resume:
             check_resume_identity(out, identity)
             done = load_done_keys(out, columns, fmt=fmt)
@@ -320,7 +272,7 @@ def _run_batch(args) -> int:
         if out is None:  # no errors file: say it on stderr
             print(f"edgereg: failed '{key}': {reason}", file=sys.stderr)
 
-    progress = _Progress(sys.stderr, show=sys.stderr.isatty())
+    progress = Progress(sys.stderr, show=sys.stderr.isatty())
     rows = open_rows(out, columns, fmt=fmt, resume=args.resume, overwrite=args.overwrite)
     try:
         errors = open_errors(out) if out else None
@@ -335,19 +287,14 @@ def _run_batch(args) -> int:
                              max_pixels=args.max_pixels, quality=_quality_config(args), gate=args.gate,
                              audit=audit)
     except BrokenPipeError:
-        return _stdout_closed()
+        return stdout_closed()
     except KeyboardInterrupt:
-        summary = _batch_summary(progress.latest, out=out, done=done, shard=shard, source=source)
-        print(f"edgereg: interrupted: {summary}" + ("; finish with --resume" if out else ""), file=sys.stderr)
-        return 130
+        return finish_batch(progress.latest, out=out, done=done, shard=shard, source=source,
+                            fail_fast=args.fail_fast, interrupted=True)
     finally:
         _close_all(rows, errors, raising=stats is not None)
         progress.close()
-    summary = _batch_summary(stats, out=out, done=done, shard=shard, source=source)
-    if args.fail_fast and stats.failed:
-        summary += "; stopped at the first failure (--fail-fast)"
-    print(f"edgereg: {summary}", file=sys.stderr)
-    return 3 if stats.failed else 0
+    return finish_batch(stats, out=out, done=done, shard=shard, source=source, fail_fast=args.fail_fast)
 
 
 def _close_all(*writers, raising: bool) -> None:
@@ -362,29 +309,6 @@ def _close_all(*writers, raising: bool) -> None:
             first = first or exc
     if first is not None and raising:
         raise first
-
-
-def _batch_summary(stats, *, out, done, shard, source) -> str:
-    """``scored 1,998, failed 2 (reasons in preds.errors.csv: 'a.png': empty file; ...); folder 'photos'
-    (2,000 images); 312.4 images/s``. The first failures are quoted whatever the verbosity."""
-    from edgereg.batch.writers import errors_path_for
-
-    scored, failed = (stats.scored, stats.failed) if stats else (0, 0)
-    summary = f"scored {scored:,}, failed {failed:,}"
-    if failed:
-        quoted = "; ".join(f"'{key}': {reason}" for key, reason in stats.first_failures[:FAILURES_SHOWN])
-        more = f"; {failed - FAILURES_SHOWN:,} more" if failed > FAILURES_SHOWN else ""
-        where = f"reasons in {errors_path_for(out)}: " if out is not None else ""
-        summary += f" ({where}{quoted}{more})"
-    if stats and stats.quality:
-        counts = ", ".join(f"{n:,} {reason}" for reason, n in sorted(stats.quality.items()))
-        summary += f"; quality gate: {counts} ({'withheld' if stats.withheld else 'flagged'})"
-    if done:
-        summary += f"; {len(done):,} already in {out}"
-    summary += f"; shard {shard.index}/{shard.count} of {source.description}" if shard else f"; {source.description}"
-    if stats and stats.elapsed_s > 0:
-        summary += f"; {stats.images_per_s:,.1f} images/s"
-    return summary
 
 
 # ---------------------------------------------------------------- live readout
@@ -408,16 +332,6 @@ def format_reading(reading, units: dict[str, str]) -> str:
     text = f"{head} " + " | ".join(parts) + ("  STABLE" if reading.stable else "  settling")
     text += f"  {{{', '.join(reading.flags)}}}" if reading.flags else ""
     return text + (f"  [{reading.note}]" if reading.note else "")
-
-
-def _stdout_closed() -> int:
-    """The reader of stdout went away (``| head``, a forwarder that died): stop quietly, exit 141."""
-    try:  # later writes, and Python's own flush at exit, go nowhere instead of failing again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
-    print("edgereg: stdout was closed by its reader; stopped", file=sys.stderr)
-    return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
 
 
 def _run_live(args) -> int:
@@ -481,7 +395,7 @@ def _run_live(args) -> int:
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
-        code = _stdout_closed()
+        code = stdout_closed()
     finally:
         readings.close()  # releases the camera
         cv2.utils.logging.setLogLevel(previous_log_level)

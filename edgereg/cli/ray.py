@@ -11,13 +11,15 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from edgereg.cli.reporting import Progress, finish_batch, readings_identity, stdout_closed
 
 
 def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
     from edgereg.batch.scoring import output_columns
     from edgereg.batch.sources import VideoSource
     from edgereg.batch.writers import OutputIdentity, check_resume_identity, open_rows, write_identity
-    from edgereg.cli.infer import _batch_summary, _Progress, _readings, _stdout_closed
     from edgereg.cli.options import card_from_option
     from edgereg.cluster.engine import PartSink, RayRunConfig, StreamSink, score_on_ray, select_inputs
     from edgereg.cluster.parts import PartStore
@@ -39,7 +41,7 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
     columns = output_columns(predictor)
     model_bytes = Path(args.model).read_bytes()
     identity = OutputIdentity.for_model(args.model, tta=str(predictor.tta), columns=columns,
-                                        card_json=predictor.card.to_json(), readings=_readings(predictor))
+                                        card_json=predictor.card.to_json(), readings=readings_identity(predictor))
     store = None
     if out is not None:
         if args.resume:
@@ -52,8 +54,13 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
     rows = open_rows(None, columns, fmt=fmt, resume=args.resume) if out is None else None
     done = store.done_keys() if store else set()
     entries = select_inputs(source, skip=done, shard=shard)
-    sink = (PartSink(store, commit_rows=args.commit_rows or RayRunConfig.commit_rows,
-                     commit_seconds=RayRunConfig.commit_seconds) if store else StreamSink(rows))
+    sink: PartSink | StreamSink
+    if store is not None:
+        sink = PartSink(store, commit_rows=args.commit_rows or RayRunConfig.commit_rows,
+                        commit_seconds=RayRunConfig.commit_seconds)
+    else:
+        assert rows is not None  # no --out: the rows go to stdout
+        sink = StreamSink(rows)
     config = RayRunConfig(batch_size=args.batch, ordered=not args.unordered,
                           commit_rows=args.commit_rows or RayRunConfig.commit_rows, max_pixels=args.max_pixels,
                           confidence=predictor.lab.level, calibration=not args.no_calibration)
@@ -62,11 +69,13 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
         if out is None:
             print(f"edgereg: failed '{key}': {reason}", file=sys.stderr)
 
-    progress = _Progress(sys.stderr, show=sys.stderr.isatty())
-    stats, plan, used = None, None, set()
+    progress = Progress(sys.stderr, show=sys.stderr.isatty())
+    stats, plan = None, None
+    used: set[str] = set()
     interrupted = False
     try:
         started = time.perf_counter()
+        ray: Any  # the ray module
         with ray_session(args.ray_address) as ray:
             resources = ClusterResources.from_ray(ray.cluster_resources())
             plan = plan_resources(resources, providers=args.providers, actors=args.actors, threads=args.threads)
@@ -82,7 +91,7 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
     except KeyboardInterrupt:
         interrupted = True
     except BrokenPipeError:
-        return _stdout_closed()
+        return stdout_closed()
     finally:
         progress.close()
         if rows is not None:
@@ -93,18 +102,12 @@ def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
     if plan is not None and plan.uses_gpu and used and not used & GPU_PROVIDERS:
         print(f"edgereg: warning: the GPU actors ran on {', '.join(sorted(used))}: the workers' onnxruntime has "
               "no CUDA; pip install 'edgereg[gpu]' on the GPU nodes", file=sys.stderr)
-    if store is not None:
+    if store is not None and out is not None:  # (a store is only opened for --out)
         position_of = None if args.unordered else _positions(source)
         store.merge(out, columns=columns, position_of=position_of)
         store.remove()
-    summary = _batch_summary(stats, out=out, done=done, shard=shard, source=source)
-    if interrupted:
-        print(f"edgereg: interrupted: {summary}" + ("; finish with --resume" if out else ""), file=sys.stderr)
-        return 130
-    if args.fail_fast and stats.failed:
-        summary += "; stopped at the first failure (--fail-fast)"
-    print(f"edgereg: {summary}", file=sys.stderr)
-    return 3 if stats.failed else 0
+    return finish_batch(stats, out=out, done=done, shard=shard, source=source, fail_fast=args.fail_fast,
+                        interrupted=interrupted)
 
 
 def _positions(source) -> dict[str, int]:

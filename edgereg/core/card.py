@@ -19,6 +19,7 @@ from typing import Any
 from edgereg.core.kinds import KIND_BY_NAME, KIND_NAMES, TargetKind
 from edgereg.core.tta import parse_tta
 from edgereg.errors import CardError, ModelFileError, did_you_mean
+from edgereg.preprocess.config import PreprocessingFacts, check_preprocessing, field_error, is_finite_number
 
 CARD_KEY = "edgereg"
 INPUT_NAME = "image"  # the ONNX graph's one input, (N, C, H, W) float32 (docs/CONTRACTS.md, "ONNX model I/O")
@@ -26,25 +27,7 @@ OUTPUT_NAME = "value"  # its first output, (N, T) float32
 NOVELTY_NAME = "novelty"  # an optional second output, (N, 1) float32: the novelty score (card.novelty)
 FORMAT_VERSION = 1
 KINDS = KIND_NAMES  # ("scalar", "vector", "distribution", "coords", "angle"); see edgereg.core.kinds
-CROPS = ("none", "center", "circle")
-CHANNELS = ("rgb", "gray")
-DECODES = ("full", "reduced")  # image files: every pixel, or JPEG DCT-domain downscaling (preprocess.frames)
 CARD_FILE_LIMIT = 16 << 20  # bytes: a card is a few KB; provenance may add some
-
-
-class PreprocessingFacts:
-    """What follows from the preprocessing fields, for ModelCard and PreprocessConfig alike."""
-
-    channels: str
-    crop: str
-
-    @property
-    def n_channels(self) -> int:
-        return 3 if self.channels == "rgb" else 1
-
-    @property
-    def circle(self) -> bool:
-        return self.crop == "circle"
 
 
 @dataclass(frozen=True)
@@ -149,51 +132,8 @@ def _as_tuple(value: Any, name: str) -> tuple:
     return tuple(value)
 
 
-def _is_number(x: Any) -> bool:
-    """A finite int or float (not a bool); an int too large for a float is not a number here."""
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an integer beyond float range (JSON allows 1e400 written out)
-        return False
-
-
-def _bad(name: str, expected: str, got: Any) -> CardError:
-    return CardError(f"field {name!r} must be {expected}, got {got!r}")
-
-
-def check_preprocessing(fields: PreprocessingFacts) -> None:
-    """The rules of the preprocessing fields, for a :class:`ModelCard` and a
-    ``edgereg.preprocess.PreprocessConfig`` alike (both have these attributes): channels, crop,
-    roi, mean, std, fill and decode. ``input_size`` limits belong to the card (8..4096 pixels).
-
-    Raises:
-        CardError: the first field that breaks its rule, with what it must be.
-    """
-    if fields.channels not in CHANNELS:
-        raise CardError(f"field 'channels' is {fields.channels!r}{did_you_mean(str(fields.channels), CHANNELS)}; "
-                        "expected 'rgb' or 'gray'")
-    if fields.crop not in CROPS:
-        raise CardError(f"field 'crop' is {fields.crop!r}{did_you_mean(str(fields.crop), CROPS)}; "
-                        f"expected one of {', '.join(CROPS)}")
-    roi = fields.roi
-    if roi is not None and (len(roi) != 3 or not all(_is_number(v) for v in roi) or roi[2] <= 0):
-        raise _bad("roi", "[cx, cy, r] with r > 0, or null", roi)
-    n = fields.n_channels
-    if len(fields.mean) != n or not all(_is_number(v) for v in fields.mean):
-        raise _bad("mean", f"{n} numbers for channels {fields.channels!r}", fields.mean)
-    if len(fields.std) != n or not all(_is_number(v) and v > 0 for v in fields.std):
-        raise _bad("std", f"{n} positive numbers for channels {fields.channels!r}", fields.std)
-    if not _is_number(fields.fill):
-        raise _bad("fill", "a finite number", fields.fill)
-    if fields.decode not in DECODES:
-        raise CardError(f"field 'decode' is {fields.decode!r}{did_you_mean(str(fields.decode), DECODES)}; "
-                        f"expected one of {', '.join(DECODES)}")
-
-
 def _validate(card: ModelCard) -> None:
-    bad = _bad
+    bad = field_error
 
     if not isinstance(card.kind, str) or card.kind not in KIND_BY_NAME:
         raise CardError(f"field 'kind' is {card.kind!r}{did_you_mean(str(card.kind), KINDS)}; "
@@ -213,7 +153,7 @@ def _validate(card: ModelCard) -> None:
     check_preprocessing(card)
     if card.range is not None:
         if len(card.range) != len(card.targets) or not all(
-            len(r) == 2 and _is_number(r[0]) and _is_number(r[1]) and r[0] < r[1] for r in card.range
+            len(r) == 2 and is_finite_number(r[0]) and is_finite_number(r[1]) and r[0] < r[1] for r in card.range
         ):
             raise bad("range", f"{len(card.targets)} [lo, hi] pairs with lo < hi, or null", card.range)
     try:
@@ -254,7 +194,7 @@ def novelty_threshold(card: ModelCard) -> float | None:
     value = card.novelty.get("threshold", "missing")
     if value is None:
         return math.inf  # too few held-out rows to set it: nothing is flagged
-    if not _is_number(value) or not value >= 0:
+    if not is_finite_number(value) or not value >= 0:
         raise CardError(f"field 'novelty': threshold must be a number >= 0 or null, got {value!r}; re-export the "
                         "model with `edgereg export`")
     return float(value)

@@ -9,9 +9,9 @@ from fuzz_helpers import assert_one_line, bounded, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgereg.data.dataset import load_dataset
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import PreprocessConfig
-from edgereg.training.data import load_dataset
 
 CONFIG = PreprocessConfig(input_size=(16, 16), crop="center")
 COLUMNS = ["path", "conc", "x", "y", "p_x", "p_y", "group", "angle", "b1", "b2", "b3", "", "path", "Conc", "é"]

@@ -12,9 +12,9 @@ import pytest
 from hostile_helpers import assert_one_line_error
 
 from edgereg.cli.main import main
+from edgereg.data.dataset import load_dataset
 from edgereg.errors import DatasetError
 from edgereg.preprocess import PreprocessConfig
-from edgereg.training.data import load_dataset
 
 CONFIG = PreprocessConfig(input_size=(16, 16), crop="center")
 

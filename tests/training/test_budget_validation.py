@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from edgereg.data.metrics import rmse_standard_error
 from edgereg.training.config import TrainConfig
-from edgereg.training.metrics import rmse_standard_error
 from edgereg.training.plan import SourceProbe, capped_size, choose_input_size, corners_are_background, plan_validation
 from edgereg.training.race import Candidate, affordable, race_candidates, rung_plan
 from edgereg.training.reference import ReferenceNorm, choose_reference, region_mask

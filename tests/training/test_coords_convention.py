@@ -14,7 +14,8 @@ import torch
 from edgereg.core.reduce import unmap_coords
 from edgereg.core.tta import parse_tta
 from edgereg.preprocess import PreprocessConfig, crop_resize
-from edgereg.training.augment import AugmentConfig, _forward_matrices, _move_targets, _warp, augment_batch
+from edgereg.training.augment import AugmentConfig, _move_targets, _warp, augment_batch
+from edgereg.training.warp import forward_matrices
 
 TOLERANCE = 0.02  # px: the blob's centroid is exact up to its truncation at the border
 
@@ -32,7 +33,7 @@ def centroid(image: np.ndarray) -> np.ndarray:
 
 def opencv_matrix(angle: float, flip: bool, shift, height: int, width: int) -> np.ndarray:
     """The 2x3 forward map ``p_out = M (p - c) + c + shift`` about the image centre, for cv2."""
-    m = _forward_matrices(torch.tensor([angle]), torch.tensor([flip]))[0].numpy()
+    m = forward_matrices(torch.tensor([angle]), torch.tensor([flip]))[0].numpy()
     c = np.array([(width - 1) / 2, (height - 1) / 2])
     return np.hstack([m, (c - m @ c + np.asarray(shift, dtype=np.float64))[:, None]])
 

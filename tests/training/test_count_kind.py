@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from test_data import solid, write_dataset
 
+from edgereg.data.dataset import infer_kind, load_dataset
+from edgereg.data.metrics import compute_metrics
 from edgereg.errors import DatasetError
 from edgereg.preprocess import PreprocessConfig
 from edgereg.training.augment import AugmentConfig, augment_batch, default_augment
-from edgereg.training.data import infer_kind, load_dataset
 from edgereg.training.kind_training import kind_training
 from edgereg.training.losses import default_loss, make_loss
-from edgereg.training.metrics import compute_metrics
 from edgereg.training.regressor import OutputLayer, OutputTransform
 
 

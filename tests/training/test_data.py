@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edgereg.data.dataset import CACHE_DIR, default_range, infer_kind, load_dataset
 from edgereg.errors import DatasetError, ShapeError
 from edgereg.preprocess import PreprocessConfig, crop_resize, read_image
-from edgereg.training.data import CACHE_DIR, default_range, infer_kind, load_dataset
 
 CIRCLE_32 = PreprocessConfig(input_size=(32, 32), crop="circle")
 WHOLE_16 = PreprocessConfig(input_size=(16, 16), crop="none")
@@ -148,6 +148,25 @@ def test_infer_kind(names, rows, kind):
     inferred, reason = infer_kind(names, np.array(rows, dtype=np.float64))
     assert inferred == kind
     assert isinstance(reason, str) and reason
+
+
+@pytest.mark.parametrize("header, coords", [
+    (["path", "x", "y", "z"], False),  # a 3-vector: the planner once read coords from its x, y
+    (["path", "x", "Y"], False),  # not a pair: each pair keeps one case
+    (["path", "x", "y"], True),
+    (["path", "X", "Y", "group"], True),
+    (["path", "a_x", "a_y", "b_x", "b_y"], True),
+])
+def test_planner_and_loader_agree_on_coords(tmp_path, header, coords):
+    from edgereg.training.plan import coords_by_name, probe_sources
+
+    n_targets = len([name for name in header if name not in ("path", "group")])
+    rows = [[f"{i}.png", *[1 + i + 2 * j for j in range(n_targets)], *(["g"] if "group" in header else [])]
+            for i in range(3)]
+    root = write_dataset(tmp_path / "data", header, rows, images={f"{i}.png": solid(60 * i + 20) for i in range(3)})
+    loaded = load_dataset(root, config=WHOLE_16, cache=False)
+    assert (loaded.kind == "coords") == coords
+    assert coords_by_name(probe_sources(root).header) == coords
 
 
 def test_forced_kind_is_checked(gravel_dir, pixelstats_dir):

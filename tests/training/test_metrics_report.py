@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from edgereg.data.metrics import circular_difference, compute_metrics, prediction_spread, uv_to_source_pixels
 from edgereg.errors import ShapeError
-from edgereg.training.metrics import circular_difference, compute_metrics, prediction_spread, uv_to_source_pixels
 from edgereg.training.report import (
     baseline_predictions,
     collapse_warnings,

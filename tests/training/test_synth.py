@@ -293,7 +293,7 @@ def test_cli_synth_rejects_a_non_positive_count(tmp_path, capsys):
 def test_synth_and_data_run_without_torch(tmp_path, run_without_torch):
     script = f"""
         from edgereg.preprocess import PreprocessConfig
-        from edgereg.training.data import load_dataset
+        from edgereg.data.dataset import load_dataset
         from edgereg.training.synth import make_dataset
         make_dataset("box", {str(tmp_path)!r}, n=3, size=16)
         data = load_dataset({str(tmp_path)!r}, config=PreprocessConfig(input_size=(16, 16), crop="none"))

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from edgereg.core.card import ModelCard
+from edgereg.data.metrics import compute_metrics, uv_to_source_pixels
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import preprocess_batch
 from edgereg.training.config import TrainConfig
 from edgereg.training.lr_find import LRFindConfig, lr_range_test
-from edgereg.training.metrics import compute_metrics, uv_to_source_pixels
 from edgereg.training.run import load_checkpoint, load_run, load_run_dataset
 from edgereg.training.trainer import train
 

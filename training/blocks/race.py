@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from edgereg.core.kinds import target_kind
+from edgereg.data.metrics import rmse_standard_error, sample_errors
 from edgereg.training.blocks.features import BLOCKS
 from edgereg.training.blocks.fitting import fit_from_plan, model_inputs, prepare_from_plan
 from edgereg.training.blocks.readout import block_features, fit_head, readout_outputs
-from edgereg.training.metrics import rmse_standard_error, sample_errors
 
 MODEL_NAME = "readout"
 COMPACT_SET = "moments,colour,spectrum,bank"

@@ -68,8 +68,8 @@ def read_standards(predictor, folder: str | os.PathLike, *, strict: bool = False
     Raises:
         DatasetError: no labels.csv, no column for any of the model's targets, or no usable row.
     """
+    from edgereg.data.dataset import load_dataset
     from edgereg.preprocess import CropBox
-    from edgereg.training.data import load_dataset
 
     csv_path = _labels_csv(folder)
     header = _header(csv_path)

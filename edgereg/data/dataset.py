@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from edgereg.core.kinds import target_kind
+from edgereg.data.kinds import KIND_DATA, SUM_TOLERANCE, coord_pairs, kind_data
 from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
 from edgereg.preprocess import PreprocessConfig, default_threads, read_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
-from edgereg.training.kind_training import KIND_TRAINING, SUM_TOLERANCE, coord_pairs, kind_training
 
 LABELS_FILE = "labels.csv"
 CACHE_DIR = ".edgereg-cache"
@@ -50,7 +50,7 @@ class Dataset:
         targets: (N, T) float64 in the csv's units, except coords: [0, 1] of the model input
             (``u = (x - x0 + 0.5) / w``), and angles wrapped to [0, 360).
         names: the T target names, in column order (coords reordered to x, y per point).
-        kind: a name in ``edgereg.training.kind_training.KIND_TRAINING`` (scalar, vector, distribution,
+        kind: a name in ``edgereg.data.kinds.KIND_DATA`` (scalar, vector, distribution,
             coords, angle, count).
         kind_reason: why this kind (inferred, or "given").
         groups: (N,) object array of str (the csv's ``group`` column), or None.
@@ -125,13 +125,37 @@ def infer_kind(names: Sequence[str], targets: np.ndarray) -> tuple[str, str]:
         if deviation <= SUM_TOLERANCE:
             return "distribution", (f"the {len(names)} columns are non-negative and every row sums to 1 "
                                     f"(largest deviation {deviation:.1e})")
-    if coord_pairs(names) is not None:
+    by_name = kind_by_names(names)
+    if by_name == "coords":
         return "coords", f"columns {', '.join(names)} are (x, y) pixel coordinates"
-    if len(names) == 1 and _looks_like_angle(names[0]):
+    if by_name == "angle":
         return "angle", f"the single column {names[0]!r} is named like an angle in degrees"
     if len(names) == 1:
         return "scalar", f"a single numeric column {names[0]!r}"
     return "vector", f"{len(names)} independent numeric columns"
+
+
+def kind_by_names(names: Sequence[str]) -> str | None:
+    """The kind the target column names decide on their own, the rules :func:`infer_kind` applies
+    after its distribution test: ``"coords"`` when every name is half of an ``x, y`` or ``P_x, P_y``
+    pair (``X, Y`` too; the case of each pair must match), ``"angle"`` for one column named like an
+    angle (``angle``, ``orientation``, ``heading``, ``*_deg``, ...), else None.
+
+    Args:
+        names: the target column names (labels.csv's header without ``path`` and ``group``, or
+            the ``--targets`` chosen).
+    """
+    if coord_pairs(names) is not None:
+        return "coords"
+    if len(names) == 1 and _looks_like_angle(names[0]):
+        return "angle"
+    return None
+
+
+def target_columns(header: Sequence[str]) -> list[str]:
+    """The target columns of a labels.csv header when none are chosen: every column but ``path``
+    and ``group``, in order."""
+    return [name for name in header if name not in ("path", "group")]
 
 
 def default_range(values) -> tuple[float, float]:
@@ -182,7 +206,16 @@ def _dataset_csv(root_or_csv: str | os.PathLike) -> Path:
     return path
 
 
-def _read_header_and_rows(csv_path: Path, data: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_labels(csv_path: Path, data: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """labels.csv's header (each name stripped) and its rows as ``(line, cells)``, blank lines included.
+
+    Args:
+        csv_path: the file, for the messages.
+        data: its bytes (UTF-8, a BOM allowed).
+
+    Raises:
+        DatasetError: not UTF-8, empty, or unreadable CSV (with the line).
+    """
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -212,7 +245,7 @@ def _select_targets(csv_path: Path, header: list[str], targets: Sequence[str] | 
     if "path" not in header:
         raise DatasetError(f"'{csv_path}' has no 'path' column; expected a header like "
                            f"'path,<target>,...', got '{','.join(header)}'")
-    available = [name for name in header if name not in ("path", "group")]
+    available = target_columns(header)
     if "" in available:
         raise DatasetError(f"'{csv_path}' header has an empty column name (column "
                            f"{header.index('') + 1}); name every column")
@@ -363,11 +396,11 @@ def _apply_kind(names: list[str], targets: np.ndarray, boxes: np.ndarray, kind: 
         kind, reason = infer_kind(names, targets)
     else:
         reason = "given"
-        if kind not in KIND_TRAINING:
-            raise DatasetError(f"unknown kind {kind!r}{did_you_mean(kind, tuple(KIND_TRAINING))}; "
-                               f"use one of {', '.join(KIND_TRAINING)}")
-        kind_training(kind).check_targets(names, targets, csv_name, lines)
-    names, targets = kind_training(kind).to_training_units(names, targets, boxes)
+        if kind not in KIND_DATA:
+            raise DatasetError(f"unknown kind {kind!r}{did_you_mean(kind, tuple(KIND_DATA))}; "
+                               f"use one of {', '.join(KIND_DATA)}")
+        kind_data(kind).check_targets(names, targets, csv_name, lines)
+    names, targets = kind_data(kind).to_training_units(names, targets, boxes)
     return names, targets, kind, reason
 
 
@@ -408,7 +441,7 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
             np.savez(handle, images=dataset.images, targets=dataset.targets, names=np.array(dataset.names),
                      kind=np.array(dataset.kind), kind_reason=np.array(dataset.kind_reason),
                      has_groups=np.array(has_groups),
-                     groups=np.array(dataset.groups.tolist() if has_groups else [], dtype=str),
+                     groups=np.array(dataset.groups.tolist() if dataset.groups is not None else [], dtype=str),
                      paths=np.array(dataset.paths, dtype=str), crop_boxes=dataset.crop_boxes,
                      skipped=np.array(json.dumps(dataset.skipped)))
         os.replace(temp, path)
@@ -458,7 +491,7 @@ def load_dataset(root_or_csv: str | os.PathLike, *, config: PreprocessConfig,
         csv_bytes = csv_path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"cannot read '{csv_path}': {exc.strerror or exc}") from None
-    header, raw_rows = _read_header_and_rows(csv_path, csv_bytes)
+    header, raw_rows = read_labels(csv_path, csv_bytes)
     names = _select_targets(csv_path, header, targets)
     skipped: list[tuple[int, str, str]] = []
 
@@ -547,7 +580,7 @@ def check_targets_vary(dataset: Dataset) -> None:
     values = np.asarray(dataset.targets, dtype=np.float64)  # (N, T)
     if len(values) == 0:
         return
-    if kind_training(dataset.kind).bins:
+    if kind_data(dataset.kind).bins:
         if np.ptp(values, axis=0).max() <= _CONSTANT_SPAN:
             raise DatasetError(f"every row of {LABELS_FILE} has the same distribution; there is nothing to learn: "
                                "label images with different distributions")

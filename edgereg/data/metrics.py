@@ -12,40 +12,29 @@ such as R² of a constant target) so it can go straight into metrics.json and th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from edgereg.core.angles import circular_difference  # noqa: F401 (re-exported: kind_training, tests)
+from edgereg.core.angles import circular_difference  # noqa: F401 (re-exported: tests)
 from edgereg.core.kinds import target_kind
+from edgereg.data.kinds import KIND_DATA, circular_mean, kind_data  # noqa: F401 (circular_mean re-exported)
 from edgereg.errors import ShapeError, did_you_mean
 from edgereg.preprocess.geometry import uv_to_source_pixels  # noqa: F401 (re-exported: fit, tests)
-from edgereg.training.kind_training import KIND_TRAINING, kind_training
-
-
-def circular_mean(angles_deg: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Mean direction of angles in degrees, in [0, 360).
-
-    Args:
-        angles_deg: (...) float, degrees.
-        axis: the axis to average over.
-    """
-    radians = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    mean = np.rad2deg(np.arctan2(np.sin(radians).mean(axis=axis), np.cos(radians).mean(axis=axis)))
-    return np.mod(mean, 360.0)
 
 
 def errors_of(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Per-element signed errors ``pred - true`` in the kind's units (circular for angles).
 
     Args:
-        kind: a kind of ``edgereg.training.kind_training``.
+        kind: a kind of ``edgereg.data.kinds``.
         y_true: (N, T) float, physical units.
         y_pred: (N, T) float, physical units.
 
     Returns:
         (N, T) float64.
     """
-    return kind_training(kind).errors(y_true, y_pred)
+    return kind_data(kind).errors(y_true, y_pred)
 
 
 def sample_errors(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -57,7 +46,7 @@ def sample_errors(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarr
     Returns:
         (N,) float64.
     """
-    return kind_training(kind).per_sample(errors_of(kind, y_true, y_pred) ** 2)
+    return kind_data(kind).per_sample(errors_of(kind, y_true, y_pred) ** 2)
 
 
 def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], *,
@@ -65,7 +54,7 @@ def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Se
     """Metrics of predictions against targets, in physical units.
 
     Args:
-        kind: a kind of ``edgereg.training.kind_training`` (scalar, vector, distribution, coords, angle, count).
+        kind: a kind of ``edgereg.data.kinds`` (scalar, vector, distribution, coords, angle, count).
         y_true: (N, T) float, physical units (coords in pixels, angles in degrees).
         y_pred: (N, T) float, same units.
         names: T target names.
@@ -88,8 +77,8 @@ def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Se
         ShapeError: mismatched shapes, or names that do not match T.
         ValueError: an unknown kind (a programming error).
     """
-    if kind not in KIND_TRAINING:
-        raise ValueError(f"unknown kind {kind!r}{did_you_mean(str(kind), tuple(KIND_TRAINING))}")
+    if kind not in KIND_DATA:
+        raise ValueError(f"unknown kind {kind!r}{did_you_mean(str(kind), tuple(KIND_DATA))}")
     points = target_kind(kind).xy_points
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
@@ -99,7 +88,7 @@ def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Se
     errors = errors_of(kind, y_true, y_pred)  # (N, T)
     per_sample = sample_errors(kind, y_true, y_pred)  # (N,)
     distances = np.sqrt(per_sample)
-    result = {
+    result: dict[str, Any] = {
         "kind": kind,
         "n": int(len(y_true)),
         "rmse": float(np.sqrt(per_sample.mean())),
@@ -126,7 +115,7 @@ def compute_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, names: Se
 def _target_metrics(kind: str, truth: np.ndarray, error: np.ndarray) -> dict:
     """rmse, mae, max_error, bias and R² of one target column."""
     total = float(((truth - truth.mean()) ** 2).sum())
-    r2 = None if not kind_training(kind).r2 or total == 0.0 else 1.0 - float((error ** 2).sum()) / total
+    r2 = None if not kind_data(kind).r2 or total == 0.0 else 1.0 - float((error ** 2).sum()) / total
     return {
         "rmse": float(np.sqrt((error ** 2).mean())),
         "mae": float(np.abs(error).mean()),
@@ -147,8 +136,8 @@ def prediction_spread(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.n
     """
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
-    training = kind_training(kind)
-    true_std, pred_std = training.column_std(y_true), training.column_std(y_pred)
+    behaviour = kind_data(kind)
+    true_std, pred_std = behaviour.column_std(y_true), behaviour.column_std(y_pred)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(true_std > 0, pred_std / np.where(true_std > 0, true_std, 1.0), np.nan)
 
