@@ -160,7 +160,8 @@ def task_gravel(work: Path, minutes: float, n: int) -> dict:
         "metric": "per-bin MAE pp (unseen groups)", "fp32": unseen_pp,
         "int8": _bins(result["unseen"]["int8"]) if "int8" in result["unseen"] else None,
         "reference": f"seen {seen_pp:.2f}; L1 to nearest train group: pred {d_pred:.3f} vs truth {d_true:.3f}",
-        "goal": "<= 4, <= seen + 1, pred not closer", "met": unseen_pp <= 4 and unseen_pp <= seen_pp + 1 and d_pred >= 0.9 * d_true,
+        "goal": "<= 4, <= seen + 1, pred not closer",
+        "met": unseen_pp <= 4 and unseen_pp <= seen_pp + 1 and d_pred >= 0.9 * d_true,
     }
     return result
 

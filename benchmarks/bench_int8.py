@@ -106,7 +106,7 @@ def print_table(rows: list[dict]) -> None:
         floats = ", ".join(f"{short(n)} ({w})" for n, w in r["float_layers"]) or "-"
         floats = f"{len(r['float_layers'])}/{r['n_layers']}: {floats}"
         ratios = r["int8_vs_fp32"]
-        cell = lambda b: f"{ratios[b]:.2f}x" if b in ratios else "-"  # noqa: E731
+        cell = lambda b, ratios=ratios: f"{ratios[b]:.2f}x" if b in ratios else "-"  # noqa: E731
         worst = f"{r['worst_drop']:+.1%}" if r["worst_drop"] is not None else "-"
         gate = "pass" if r["passed"] else "FAIL"
         print(f"{r['model']:<16}{r['task']:<12}{gate:<7}{worst:>8}{r['activations']:>7}  {floats[:44]:<44}"

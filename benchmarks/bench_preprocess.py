@@ -129,8 +129,8 @@ def main() -> None:
         result = run(size, batch, repeats, reference_batch=min(batch, 16))
         print(f"\n{size}x{size}: kernel {result['kernel_ms']:.2f} ms = {result['kernel_GBps']:.2f} GB/s out "
               f"(copyto {result['copyto_GBps']:.2f} GB/s)")
-        for key in ("vs_copyto", "serial_vs_copyto_cpu", "numpy_twin_vs_copyto", "vs_numpy_vectorized", "vs_numpy_reference", "vs_opencv", "d4_vs_8x_one_view",
-                    "d4_vs_8x_reused_buffer"):
+        for key in ("vs_copyto", "serial_vs_copyto_cpu", "numpy_twin_vs_copyto", "vs_numpy_vectorized",
+                    "vs_numpy_reference", "vs_opencv", "d4_vs_8x_one_view", "d4_vs_8x_reused_buffer"):
             goal = goals.get(key, "")
             print(f"  {key:<24} {result[key]:8.2f}   {('goal ' + goal) if goal else ''}")
 

@@ -115,7 +115,8 @@ def stage_rates(paths: list[Path], model: Path, batch: int) -> tuple[float, floa
     decode_rate = len(entries) / (time.perf_counter() - start)
     scorer = OnnxScorer(model.read_bytes(), card=predictor.card.to_json(), providers="cpu", tta="none",
                         batch_size=batch, threads=1)
-    batches = [{k: v[i:i + batch] for k, v in block.items()} for block in decoded for i in range(0, len(block["index"]), batch)]
+    batches = [{k: v[i:i + batch] for k, v in block.items()}
+               for block in decoded for i in range(0, len(block["index"]), batch)]
     scorer(batches[0])  # warm-up: ORT arenas
     start = time.perf_counter()
     for item in batches:
@@ -171,7 +172,8 @@ def main() -> None:
             plan = plan_resources(ClusterResources.from_ray(ray.cluster_resources())).describe()
             difference = compare(tmp / "local.csv", tmp / "ray.csv")
         medians = {engine: slope(small, n, *np.median(np.array(rounds), axis=0)) for engine, rounds in times.items()}
-        per_round = [slope(small, n, *r)[0] / slope(small, n, *l)[0] for r, l in zip(times["ray"], times["local"])]
+        per_round = [slope(small, n, *ray_round)[0] / slope(small, n, *local_round)[0]
+                     for ray_round, local_round in zip(times["ray"], times["local"])]
         print(f"runs of {small:,} and {n:,} images, {args.rounds} rounds; Ray plan: {plan}")
         print(f"throughput after start-up (slope of the median times): local {medians['local'][0]:.1f} images/s, "
               f"ray {medians['ray'][0]:.1f} images/s; ray / local {medians['ray'][0] / medians['local'][0]:.2f} "

@@ -266,7 +266,8 @@ def bench_api(model: Path, *, seconds: float, rounds: int, clients: int, frame_s
                 rates_http.append(rate)
                 rates_local.append(local)
                 all_latencies += latencies
-            what = "Predictor.predict on decoded frames" if kind == "bmp" else "threaded decode_image + Predictor.predict"
+            what = ("Predictor.predict on decoded frames" if kind == "bmp"
+                    else "threaded decode_image + Predictor.predict")
             p50, p99 = np.percentile(all_latencies, [50, 99]) * 1e3
             ratio = statistics.median(ratios)
             goal = f" (goal >= 0.8): {'met' if ratio >= 0.8 else 'MISSED'}" if kind == "bmp" else ""

@@ -20,9 +20,9 @@ machine barely move (the format is still chosen by wall time, as the trainer doe
 Goals (issue 19): >= 3x steps/s at 96 px for cnn_small and resnet_tiny where bf16 is native,
 >= 1.3x where it is not, never below 1x.
 
-Run: ``python benchmarks/bench_train.py`` (``--threads 1 --clock cpu`` on a busy machine; ``--quick``: 64 px only, 2 steps; ``--avx2``: run
-once more under ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``ATEN_CPU_CAPABILITY=avx2``: oneDNN and torch's own
-kernels as on a CPU without bf16 or AVX-512).
+Run: ``python benchmarks/bench_train.py`` (``--threads 1 --clock cpu`` on a busy machine; ``--quick``: 64 px
+only, 2 steps; ``--avx2``: run once more under ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``ATEN_CPU_CAPABILITY=avx2``:
+oneDNN and torch's own kernels as on a CPU without bf16 or AVX-512).
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ each; a second run reuses them, so on a shared machine run it again, alone, for 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import shutil
@@ -37,6 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import paired_timing
 
 LEVELS = (0.8, 0.9, 0.95)
 SPLITS = 20
@@ -214,16 +216,12 @@ def latency(model: Path, frame: np.ndarray, *, rounds: int = 15, calls: int = 10
     labs = {"with": predictor.lab, "without": LabReadout(predictor.card, confidence=None, calibrate=False)}
     for _ in range(300):
         predictor.predict([frame])
-    times: dict[str, list[float]] = {"with": [], "without": []}
-    for _ in range(rounds):
-        for name, lab in labs.items():
-            predictor.lab = lab
-            started = time.perf_counter()
-            for _ in range(calls):
-                predictor.predict([frame])
-            times[name].append((time.perf_counter() - started) / calls)
-    without = float(np.median(times["without"]))
-    added = float(np.median(np.subtract(times["with"], times["without"])))
+
+    def use(name: str) -> None:
+        predictor.lab = labs[name]
+
+    calls_by_variant = dict.fromkeys(labs, lambda: predictor.predict([frame]))
+    without, added = paired_timing.paired_rounds(calls_by_variant, rounds=rounds, calls=calls, switch=use)
     x = np.array([[200.0]])
     labs["with"].process(x, None)
     started = time.perf_counter()
@@ -236,27 +234,21 @@ def latency(model: Path, frame: np.ndarray, *, rounds: int = 15, calls: int = 10
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="bench_intervals", help="working folder (datasets and runs are reused)")
-    parser.add_argument("--tasks", default="assay,logassay")
+    parser = paired_timing.parser(__doc__, work="bench_intervals", tasks="assay,logassay", n_train=2000,
+                                  work_help="working folder (datasets and runs are reused)")
     parser.add_argument("--epochs", type=int, default=40,
                         help="training epochs per model (fixed, so a busy machine gives the same models)")
-    parser.add_argument("--n-train", type=int, default=2000)
     # 2,000 / 2,000 by default: with n calibration and n test photos the coverage of an exactly
     # calibrated 90% interval varies between splits with SD ~ sqrt(2 * 0.09 / n): 0.012 at n = 1,200,
     # where ~10% of splits fall outside +-2% by chance alone; 0.0095 at n = 2,000 (~3.5%)
     parser.add_argument("--n-heldout", type=int, default=4000, help="held-out photos (>= 2000 for 1000/1000)")
-    parser.add_argument("--no-latency", action="store_true")
     args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    first = None
-    for task in args.tasks.split(","):
+
+    def run_task(work: Path, task: str) -> tuple[Path, np.ndarray]:
         model, heldout = prepare(work, task, n_train=args.n_train, n_heldout=args.n_heldout, epochs=args.epochs)
-        result = report_task(task, model, heldout)
-        first = first or (model, result["frame"])
-    if not args.no_latency and first:
-        latency(*first)
+        return model, report_task(task, model, heldout)["frame"]
+
+    paired_timing.run_tasks(args, run_task, latency)
     print("\nnote: measured on a shared 2-core machine; coverage is guaranteed only for photos like the "
           "calibration half (here: the same generator and camera)")
     return 0

@@ -22,16 +22,15 @@ Run: ``python benchmarks/unfamiliar.py --work bench_unfamiliar`` (a second run r
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import paired_timing
 import real_photos as rp
 
 
@@ -107,9 +106,11 @@ def report(task: str, paths: dict[str, Path]) -> dict:
     for name, r in sets.items():
         familiar = ~r["unfamiliar"]
         miss = ~r["covered"]
+        familiar_coverage = r['covered'][familiar].mean() if familiar.any() else float('nan')
+        flagged_coverage = r['covered'][~familiar].mean() if (~familiar).any() else float('nan')
         print(f"   {name}: n {len(r['covered'])}; 90% coverage {r['covered'].mean():.3f}; not flagged "
-              f"{familiar.mean():.1%}, their coverage {r['covered'][familiar].mean() if familiar.any() else float('nan'):.3f}; "
-              f"flagged coverage {r['covered'][~familiar].mean() if (~familiar).any() else float('nan'):.3f}; "
+              f"{familiar.mean():.1%}, their coverage {familiar_coverage:.3f}; "
+              f"flagged coverage {flagged_coverage:.3f}; "
               f"AUROC(novelty -> error beyond the interval) {auroc(r['novelty'], miss):.3f}")
     pooled_score = np.concatenate([sets[n]["novelty"] for n in sets])
     pooled_miss = np.concatenate([~sets[n]["covered"] for n in sets])
@@ -137,37 +138,23 @@ def latency(model: Path, frame: np.ndarray, *, rounds: int = 15, calls: int = 50
         for predictor in predictors.values():
             for _ in range(200):
                 predictor.predict([frame])
-        times: dict[str, list[float]] = {"with": [], "without": []}
-        for _ in range(rounds):
-            for name, predictor in predictors.items():
-                started = time.perf_counter()
-                for _ in range(calls):
-                    predictor.predict([frame])
-                times[name].append((time.perf_counter() - started) / calls)
-    without = float(np.median(times["without"]))
-    added = float(np.median(np.subtract(times["with"], times["without"])))
+        calls_by_variant = {name: (lambda p=p: p.predict([frame])) for name, p in predictors.items()}
+        without, added = paired_timing.paired_rounds(calls_by_variant, rounds=rounds, calls=calls)
     print(f"\n== latency per reading ({model}, batch 1, one thread, {rounds} rounds of {calls}): "
           f"{without * 1e3:.3f} ms without the novelty output; it adds {added * 1e6:.1f} us ({added / without:+.1%})")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="bench_unfamiliar")
-    parser.add_argument("--tasks", default="texture,assay")
-    parser.add_argument("--n-train", type=int, default=1800)
+    parser = paired_timing.parser(__doc__, work="bench_unfamiliar", tasks="texture,assay", n_train=1800)
     parser.add_argument("--n-eval", type=int, default=450)
     parser.add_argument("--time-budget", type=float, default=3.0, help="minutes of training per task")
-    parser.add_argument("--no-latency", action="store_true")
     args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    first = None
-    for task in args.tasks.split(","):
+
+    def run_task(work: Path, task: str) -> tuple[Path, np.ndarray]:
         paths = prepare(work, task, n_train=args.n_train, n_eval=args.n_eval, budget=args.time_budget)
-        result = report(task, paths)
-        first = first or (paths["model"], result["frame"])
-    if not args.no_latency and first:
-        latency(*first)
+        return paths["model"], report(task, paths)["frame"]
+
+    paired_timing.run_tasks(args, run_task, latency)
     return 0
 
 

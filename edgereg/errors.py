@@ -118,7 +118,8 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 def os_error_reason(exc: OSError) -> str:
     """A few words for an OSError: ``read-only file system``, ``no space left on device``, ..."""
-    return _OS_REASONS.get(exc.errno, exc.strerror or type(exc).__name__)
+    fallback = exc.strerror or type(exc).__name__
+    return fallback if exc.errno is None else _OS_REASONS.get(exc.errno, fallback)
 
 
 def output_error(exc: OSError, path, *, fix: str = "choose another --out", mid_run: bool = False,

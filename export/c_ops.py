@@ -201,6 +201,28 @@ def _act_args(act: tuple[float, float]) -> str:
     return f"{c_float(act[0])}, {c_float(act[1])}"
 
 
+def _weight_and_bias(e: Emitter, weight: np.ndarray, bias: np.ndarray | None, hint: str, *,
+                     quantized: bool) -> tuple[str, str]:
+    """Flash names of a layer's weight and bias: float and float, or (quantized) int8 and int32
+    (the bias in accumulator units); ``NULL`` for no bias. The weight is emitted first."""
+    weight_type, bias_type = ("int8_t", "int32_t") if quantized else ("float", "float")
+    weight_name = e.array(weight, weight_type, f"{hint}_weight")
+    return weight_name, (e.array(bias, bias_type, f"{hint}_bias") if bias is not None else "NULL")
+
+
+class _ReadsXWritesY:
+    """``reads()`` is ``[x]`` and ``writes()`` is ``[y]``: for the ops with one input and one output."""
+
+    x: Tensor
+    y: Tensor
+
+    def reads(self) -> list[Tensor]:
+        return [self.x]
+
+    def writes(self) -> list[Tensor]:
+        return [self.y]
+
+
 @dataclass(eq=False)
 class QOutput:
     """How an int8 kernel stores its int32 accumulators (see q8_output.c)."""
@@ -225,7 +247,7 @@ class QOutput:
 
 
 @dataclass(eq=False)
-class Conv2D(COp):
+class Conv2D(_ReadsXWritesY, COp):
     """Conv (dense, grouped or depthwise): float, or int8 in and int8/float out with ``output`` set."""
 
     x: Tensor
@@ -241,28 +263,19 @@ class Conv2D(COp):
     def kernels(self):
         return ("conv2d_q8",) if self.output else ("conv2d_f32",)
 
-    def reads(self):
-        return [self.x]
-
-    def writes(self):
-        return [self.y]
-
     def emit(self, e):
         hint = "conv"
         geometry = e.struct("conv2d_geometry", self.geometry, hint)
+        weight, bias = _weight_and_bias(e, self.weight, self.bias, hint, quantized=self.output is not None)
         if self.output is None:
-            weight = e.array(self.weight, "float", f"{hint}_weight")
-            bias = e.array(self.bias, "float", f"{hint}_bias") if self.bias is not None else "NULL"
             return [f"conv2d_f32({e.pointer(self.x)}, &{geometry}, {weight}, {bias}, "
                     f"{_act_args(self.act)}, {e.pointer(self.y)});"]
-        weight = e.array(self.weight, "int8_t", f"{hint}_weight")
-        bias = e.array(self.bias, "int32_t", f"{hint}_bias") if self.bias is not None else "NULL"
         return ["{", *self.output.declare(e, self.y, hint),
                 f"    conv2d_q8({e.pointer(self.x)}, &{geometry}, {weight}, {bias}, {self.x_zero}, &out);", "}"]
 
 
 @dataclass(eq=False)
-class Dense(COp):
+class Dense(_ReadsXWritesY, COp):
     """Gemm / MatMul with a constant weight: ``y[r, n] = x[r, :] . weight[n, :] + bias[n]``."""
 
     x: Tensor
@@ -278,28 +291,19 @@ class Dense(COp):
     def kernels(self):
         return ("dense_q8",) if self.output else ("dense_f32",)
 
-    def reads(self):
-        return [self.x]
-
-    def writes(self):
-        return [self.y]
-
     def emit(self, e):
         n, k = self.weight.shape
+        weight, bias = _weight_and_bias(e, self.weight, self.bias, "dense", quantized=self.output is not None)
         if self.output is None:
-            weight = e.array(self.weight, "float", "dense_weight")
-            bias = e.array(self.bias, "float", "dense_bias") if self.bias is not None else "NULL"
             return [f"dense_f32({e.pointer(self.x)}, {self.rows}, {k}, {weight}, {bias}, {n}, "
                     f"{_act_args(self.act)}, {e.pointer(self.y)});"]
-        weight = e.array(self.weight, "int8_t", "dense_weight")
-        bias = e.array(self.bias, "int32_t", "dense_bias") if self.bias is not None else "NULL"
         return ["{", *self.output.declare(e, self.y, "dense"),
                 f"    dense_q8({e.pointer(self.x)}, {self.rows}, {k}, {weight}, {bias}, {n}, {self.x_zero}, &out);",
                 "}"]
 
 
 @dataclass(eq=False)
-class Pool2D(COp):
+class Pool2D(_ReadsXWritesY, COp):
     """MaxPool / AveragePool; on int8 data input and output share one Quant."""
 
     kind: str  # "max" or "avg"
@@ -312,12 +316,6 @@ class Pool2D(COp):
     def kernels(self):
         return (f"{self.kind}pool2d_{'q8' if self.x.dtype == 'i8' else 'f32'}",)
 
-    def reads(self):
-        return [self.x]
-
-    def writes(self):
-        return [self.y]
-
     def emit(self, e):
         geometry = e.struct("pool2d_geometry", self.geometry, "pool")
         name = self.kernels[0]
@@ -326,7 +324,7 @@ class Pool2D(COp):
 
 
 @dataclass(eq=False)
-class GlobalPool(COp):
+class GlobalPool(_ReadsXWritesY, COp):
     """GlobalAveragePool / GlobalMaxPool over each channel plane, on float or int8 data."""
 
     kind: str  # "avg" or "max"
@@ -338,12 +336,6 @@ class GlobalPool(COp):
     def kernels(self):
         return (f"global_{self.kind}pool_{'q8' if self.x.dtype == 'i8' else 'f32'}",)
 
-    def reads(self):
-        return [self.x]
-
-    def writes(self):
-        return [self.y]
-
     def emit(self, e):
         channels = self.x.shape[1]
         size = self.x.size // channels
@@ -352,7 +344,7 @@ class GlobalPool(COp):
 
 
 @dataclass(eq=False)
-class Softmax(COp):
+class Softmax(_ReadsXWritesY, COp):
     """Softmax along one axis of x viewed as (outer, n, inner)."""
 
     x: Tensor
@@ -364,12 +356,6 @@ class Softmax(COp):
     @property
     def kernels(self):
         return ("softmax_f32",)
-
-    def reads(self):
-        return [self.x]
-
-    def writes(self):
-        return [self.y]
 
     def in_place_input(self):
         return self.x
@@ -463,19 +449,13 @@ class Elementwise(COp):
 
 
 @dataclass(eq=False)
-class Reduce(COp):
+class Reduce(_ReadsXWritesY, COp):
     """ReduceSum / ReduceMean / ReduceMax / ReduceMin over some axes (keepdims decides y's shape)."""
 
     kind: str  # "sum", "mean", "max" or "min"
     x: Tensor
     y: Tensor
     axes: tuple[int, ...] = ()
-
-    def reads(self):
-        return [self.x]
-
-    def writes(self):
-        return [self.y]
 
     def emit(self, e):
         kept = [1 if d in self.axes else n for d, n in enumerate(self.x.shape)]
@@ -500,7 +480,7 @@ class Reduce(COp):
 
 
 @dataclass(eq=False)
-class Gather(COp):
+class Gather(_ReadsXWritesY, COp):
     """A pure data movement (Transpose, Slice, Gather, Split, Expand, Tile...): ``y[i] = x[index[i]]``.
 
     ``index`` holds, for every element of y, the flat index in x it copies; an affine index becomes
@@ -510,12 +490,6 @@ class Gather(COp):
     x: Tensor
     y: Tensor
     index: np.ndarray  # int64, shaped like y
-
-    def reads(self):
-        return [self.x]
-
-    def writes(self):
-        return [self.y]
 
     def emit(self, e):
         ctype = C_TYPES[self.x.dtype]
@@ -603,7 +577,8 @@ class Concat(COp):
                 lines.append(f"    memcpy(y + {offset}, {source}, {block} * sizeof({ctype}));")
             else:
                 lines += [f"    for (int o = 0; o < {outer}; ++o) {{",
-                          f"        memcpy(y + o * {total} + {offset}, {source} + o * {block}, {block} * sizeof({ctype}));",
+                          f"        memcpy(y + o * {total} + {offset}, {source} + o * {block}, "
+                          f"{block} * sizeof({ctype}));",
                           "    }"]
             offset += block
         lines.append("}")

@@ -186,7 +186,8 @@ def frames_from_dir(directory: str | Path, config, *, limit: int = 256) -> tuple
             frames.append(loaded[0])
             used.append(str(paths[i]))
     if not frames:
-        raise EdgeregError(f"--calib-dir '{directory}' has no readable image ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, "
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS)[:6])
+        raise EdgeregError(f"--calib-dir '{directory}' has no readable image ({kinds}, "
                            "...); "
                            "add some, or calibrate on the training split (leave out --calib-dir)")
     return np.stack(frames), used

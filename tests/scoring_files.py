@@ -32,3 +32,23 @@ def write_slow_images(folder, names) -> list[str]:
     for name in names:
         (folder / name).write_bytes(data)
     return [str(folder / name) for name in names]
+
+
+def write_resume_listing(folder, listing, rng, write_broken, *, first: int, slow: int,
+                         second: int) -> tuple[list[str], list[str]]:
+    """The input of a kill-then-resume test, written to ``listing`` one path a line.
+
+    In input order: ``first`` random images, the first broken file, ``slow`` slow-to-decode images
+    (a run killed while on them is mid-way), ``second`` random images, then the other broken files;
+    ``write_broken(folder)`` writes the broken files and returns their paths.
+
+    Returns:
+        (every path in input order, the broken files' paths).
+    """
+    first_paths = write_images(folder, rng, [f"a{i:02d}.png" for i in range(first)])
+    slow_paths = write_slow_images(folder, [f"slow{i}.png" for i in range(slow)])
+    second_paths = write_images(folder, rng, [f"b{i:02d}.png" for i in range(second)])
+    bad = write_broken(folder)
+    order = first_paths + [bad[0]] + slow_paths + second_paths + bad[1:]
+    listing.write_text("\n".join(order) + "\n")
+    return order, bad

@@ -7,6 +7,7 @@ import argparse
 import re
 import time
 
+from edgereg.cli.common import command_parser
 from edgereg.cli.options import MAX_PIXELS_HELP, MAX_THREADS, add_card_option, count, pixels
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, check_pixels
 
@@ -33,13 +34,12 @@ def _frame(text: str) -> tuple[int, int]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "bench", help="images/s and latency by batch size and provider",
+    parser = command_parser(
+        subparsers, "bench", help="images/s and latency by batch size and provider",
         description="Time decode (OpenCV, worker threads), preprocessing (fused numba kernel) and "
                     "inference (ONNX Runtime) of a model on generated JPEG frames, by batch size, "
                     "for each available provider. Numbers are medians of several runs in one process.",
         epilog="examples:\n  edgereg bench model.onnx\n  edgereg bench model.int8.onnx --batch 1,32 --tta d4",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model")
     parser.add_argument("--batch", type=_batches, default=(1, 8, 32), metavar="N[,N...]",
@@ -112,12 +112,13 @@ def run(args) -> int:
             frames = [decode_image(b, max_pixels=args.max_pixels) for b in blobs]
             prepared, _ = prepare_frames(frames, predictor.config)
             tensor = preprocess_batch(prepared, predictor.config, predictor.tta)
-            t_decode = _median_time(lambda: [decode_image(b, max_pixels=args.max_pixels) for b in blobs],
+            # each closure runs (repeatedly) within this iteration: the defaults bind this iteration's values
+            t_decode = _median_time(lambda blobs=blobs: [decode_image(b, max_pixels=args.max_pixels) for b in blobs],
                                     args.repeats)
-            t_prep = _median_time(lambda: preprocess_batch(prepare_frames(frames, predictor.config)[0],
-                                                           predictor.config, predictor.tta), args.repeats)
-            t_infer = _median_time(lambda: predictor.session.run(None, {predictor._input: tensor}),
-                                   args.repeats)
+            t_prep = _median_time(lambda frames=frames, predictor=predictor: preprocess_batch(
+                prepare_frames(frames, predictor.config)[0], predictor.config, predictor.tta), args.repeats)
+            t_infer = _median_time(lambda predictor=predictor, tensor=tensor: predictor.session.run(
+                None, {predictor._input: tensor}), args.repeats)
             total = t_decode + t_prep + t_infer
             print(f"{provider:<28}{batch:>6}{t_decode * 1e3:>11.2f}{t_prep * 1e3:>9.2f}"
                   f"{t_infer * 1e3:>10.2f}{total * 1e3:>12.2f}{batch / total:>10.1f}")

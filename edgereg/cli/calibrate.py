@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from edgereg.cli.common import add_model_and_standards, add_strict_option, command_parser
+
 EPILOG = """examples:
   edgereg calibrate runs/assay/model.int8.onnx standards/ --out runs/assay/model.int8.cal.onnx
   edgereg calibrate model.int8.onnx standards/ --fit auto          # linear unless the residuals curve
@@ -22,25 +24,24 @@ analysis). Validation limits in MODEL's card are dropped (they were for the old 
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "calibrate", help="calibrate a model to reference standards (no retraining)",
+    parser = command_parser(
+        subparsers, "calibrate", help="calibrate a model to reference standards (no retraining)",
         description="Read photos of reference standards with MODEL and fit the network's reading to the\n"
                     "reference value (linear by default; quadratic, isotonic or offset by option, or chosen\n"
                     "by residual analysis with --fit auto). The calibration, with its provenance (UTC date,\n"
                     "the standards' SHA-256, n, residual SD, coefficients with 95% confidence intervals), goes\n"
                     "into the card of a copy of MODEL; the runtime applies it after the network, maps the\n"
                     "intervals through it and flags readings outside the standards as extrapolated.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
-    parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by edgereg")
-    parser.add_argument("standards", metavar="STANDARDS", help="a folder with labels.csv and photos of standards")
+    add_model_and_standards(parser, model_help="an .onnx model exported by edgereg")
     parser.add_argument("--out", metavar="FILE", help="the calibrated model (default: MODEL with .cal.onnx)")
     parser.add_argument("--fit", default="linear", choices=("linear", "quadratic", "isotonic", "offset", "auto"),
                         help="the curve (default linear; auto: by residual analysis)")
     parser.add_argument("--tta", default=None, help="none, d4 or rot:N: read the standards as you will deploy "
                                                    "(default: the card's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    add_strict_option(parser)
     parser.add_argument("--c", dest="c_dir", metavar="DIR", help="also write C99 sources of the calibrated model")
     return parser
 
@@ -153,8 +154,8 @@ def _summary(section: dict, fits: dict, standards, card, out: Path, report_path:
             curve = f"isotonic through {len(fit['knots'][0])} knots"
         r2 = "n/a" if fit["r2"] is None else f"{fit['r2']:.4f}"
         lines.append(f"  {name}: {fit['fit']} ({fit['choice']}): {curve}")
-        lines.append(f"    n {fit['n']} at {fit['levels']} levels, residual SD {fit['residual_sd']:.4g}{unit}, R² {r2}; "
-                     f"{fit['analysis']['verdict']}")
+        lines.append(f"    n {fit['n']} at {fit['levels']} levels, residual SD {fit['residual_sd']:.4g}{unit}, "
+                     f"R² {r2}; {fit['analysis']['verdict']}")
         low, high = fit["reference_range"]
         lines.append(f"    readings outside {low:.4g}..{high:.4g}{unit} will be flagged 'extrapolated'")
     lines.append(f"calibration {section['id']} ({section['date']}) -> {out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 CALIBRATION_CHOICES = ("auto", "minmax", "entropy", "percentile")
 CALIBRATION_BUDGET_S = 100.0  # = edgereg.export.int8_search.CALIBRATION_BUDGET_S (not imported: keeps --help light)
@@ -394,7 +395,7 @@ def _generate_c(models: dict, out_dir: Path) -> dict:
             raise
         raise EdgeregError("--c needs edgereg.export.c_codegen, which this edgereg build lacks; "
                            "export without --c") from None
-    sizes = {}
+    sizes: dict[str, dict[str, Any]] = {}
     for name, path in models.items():
         target = out_dir / ("c" if name == "fp32" else f"c_{name}")
         try:

@@ -91,8 +91,8 @@ def _lab_lines(card) -> list[str]:
         cal = card.calibration
         standards = cal.get("standards", {})
         fits = ", ".join(f"{name} {t['fit']} {[round(c, 6) for c in t['coef']]}" for name, t in cal["targets"].items())
-        lines.append(f"calibration {cal['id']} of {cal['date']}: {fits}; {standards.get('n', '?')} photos of standards, "
-                     f"sha256 {standards.get('sha256', '?')}")
+        lines.append(f"calibration {cal['id']} of {cal['date']}: {fits}; "
+                     f"{standards.get('n', '?')} photos of standards, sha256 {standards.get('sha256', '?')}")
     if card.validation:
         val = card.validation
         limits = "; ".join(f"{name} LoB {t.get('lob')} LoD {t.get('lod')} LoQ {t.get('loq')} range {t.get('range')}"

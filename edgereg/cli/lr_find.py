@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgereg.cli.common import command_parser
+
 EPILOG = """examples:
   edgereg lr-find data/assay
   edgereg lr-find data/gravel --model resnet_tiny --out gravel_lr.png
@@ -18,12 +20,12 @@ it falls fastest (steepest descent of the smoothed loss); pass it to `edgereg tr
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from edgereg.cli.train import add_data_options
 
-    parser = subparsers.add_parser(
-        "lr-find", help="find a learning rate with the LR range test",
+    parser = command_parser(
+        subparsers, "lr-find", help="find a learning rate with the LR range test",
         description="Train a fresh model for a few dozen steps while the learning rate grows "
                     "exponentially, track the smoothed loss and suggest the learning rate of its "
                     "steepest descent. Uses the same data, split, model and augmentation as `train`.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     add_data_options(parser)
     parser.add_argument("--out", default="lr_find.png", help="the plot to write (default lr_find.png)")

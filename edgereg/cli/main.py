@@ -1,6 +1,7 @@
 """The `edgereg` command: wires sub-commands; each lives in its own module under edgereg/cli/.
 
-A command module defines ``add_parser(subparsers)`` and ``run(args) -> int`` and imports heavy
+A command module defines ``add_parser(subparsers)`` (``edgereg.cli.common`` holds the parser
+builder and the arguments several commands share) and ``run(args) -> int`` and imports heavy
 libraries inside ``run`` so that ``edgereg --help`` stays fast. Errors that are the user's to fix
 (:class:`~edgereg.errors.EdgeregError`) print one line and exit with the error's code (2 by
 default). The machine's refusals are the user's to fix too and print one line: an ``OSError``

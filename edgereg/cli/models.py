@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from edgereg.cli.common import command_parser
 from edgereg.core.card import KINDS
 
 EXAMPLES = """examples:
@@ -15,13 +16,12 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "models", help="list the model architectures (--model NAME)",
+    parser = command_parser(
+        subparsers, "models", help="list the model architectures (--model NAME)",
         description="List the registered models: parameter count (for one scalar output at the "
                     "model's default input), default input size and channels, the target kinds it "
                     "supports, and what it is. '*' marks the default model of a kind.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--kind", choices=KINDS, help="only models that support this target kind")
     return parser

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from edgereg.cli.common import add_model_and_standards, add_strict_option, command_parser
+
 EPILOG = """examples:
   edgereg validate runs/assay/model.int8.cal.onnx validation_standards/
   edgereg validate model.int8.cal.onnx standards/ --sigma blank --low-max 100 --max-cv 10
@@ -23,16 +25,15 @@ them or outside the range.
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "validate", help="method validation figures (ICH Q2, CLSI EP17) from photos of standards",
+    parser = command_parser(
+        subparsers, "validate", help="method validation figures (ICH Q2, CLSI EP17) from photos of standards",
         description="Read photos of standards with MODEL (calibrated readings, as deployed) and compute:\n"
                     "linearity (slope, intercept with 95% CI, R², residuals), repeatability (SD and CV per\n"
                     "level), the working range, EP17 LoB = mean_blank + 1.645 SD_blank and LoD = LoB + 1.645\n"
                     "SD_low, and ICH LOD = 3.3 sigma/S and LOQ = 10 sigma/S.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
-    parser.add_argument("model", metavar="MODEL", help="an .onnx model (calibrated with `edgereg calibrate`, ideally)")
-    parser.add_argument("standards", metavar="STANDARDS", help="a folder with labels.csv and photos of standards")
+    add_model_and_standards(parser, model_help="an .onnx model (calibrated with `edgereg calibrate`, ideally)")
     parser.add_argument("--out", metavar="DIR", help="report folder (default: MODEL's stem + .validation)")
     parser.add_argument("--model-out", metavar="FILE",
                         help="write the model with the limits in its card here (default: update MODEL in place)")
@@ -46,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-bias", type=float, default=15.0, metavar="PCT",
                         help="working range: |bias| per level at most this %% of the reference (default 15)")
     parser.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the card's)")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    add_strict_option(parser)
     parser.add_argument("--c", dest="c_dir", metavar="DIR",
                         help="also write C99 sources of the validated model (limits and flags included)")
     return parser

@@ -67,7 +67,8 @@ def _proc_cpuinfo() -> tuple[str | None, set[str]]:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
         return None, set()
-    model, flags = None, set()
+    model: str | None = None
+    flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()

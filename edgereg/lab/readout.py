@@ -29,7 +29,7 @@ another calibration than the card's (or applied to uncalibrated readings) are ig
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -110,7 +110,8 @@ class LabReadout:
             self.notes.append(f"the calibration was fitted on readings with TTA {self.calibration.tta}, this run uses "
                               f"{tta}: recalibrate with --tta {tta} for traceable readings")
         self.lab_use = stored is not None or bool(card.validation)
-        self.uncalibrated = np.array([self.lab_use and (self.calibration is None or name not in self.calibration.targets)
+        self.uncalibrated = np.array([self.lab_use and (self.calibration is None
+                                                        or name not in self.calibration.targets)
                                       for name in self.names])  # (T,)
         validation = parse_validation(card.validation, card.targets)
         self.validation = validation
@@ -132,10 +133,10 @@ class LabReadout:
         if self.validation is None:
             return None
         nan = float("nan")
+        targets = self.validation.targets
 
         def column(get) -> np.ndarray:
-            return np.array([get(self.validation.targets[n]) if n in self.validation.targets else nan
-                             for n in self.names], dtype=np.float64)
+            return np.array([get(targets[n]) if n in targets else nan for n in self.names], dtype=np.float64)
 
         return {"lob": column(lambda lim: nan if lim.lob is None else lim.lob),
                 "lod": column(lambda lim: nan if lim.lod is None else lim.lod),
@@ -166,7 +167,8 @@ class LabReadout:
                          out[1] if bounded else None, out[2] if bounded else None, flags)
 
 
-_FLAG_SETS = [tuple(name for bit, name in enumerate(LAB_FLAGS) if mask >> bit & 1) for mask in range(1 << len(LAB_FLAGS))]
+_FLAG_SETS = [tuple(name for bit, name in enumerate(LAB_FLAGS) if mask >> bit & 1)
+              for mask in range(1 << len(LAB_FLAGS))]
 
 
 def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.ndarray | None,
@@ -201,9 +203,10 @@ def interval_coverage(card: ModelCard, tta: str, values: np.ndarray, spread: np.
             continue
         readout = LabReadout(card, tta=tta, confidence=level, calibrate=calibrate)
         lab = readout.process(values, spread, scale)
+        assert lab.lo is not None and lab.hi is not None  # the card stores intervals: the readout is bounded
         inside = card.target_kind.covered(truth, lab.lo, lab.hi)  # (N, T)
         width = card.target_kind.interval_width(lab.lo, lab.hi)  # (N, T)
-        entry = {"coverage": float(inside.mean()), "targets": {}, "mean_width": {}, "bins": {}}
+        entry: dict[str, Any] = {"coverage": float(inside.mean()), "targets": {}, "mean_width": {}, "bins": {}}
         for j, name in enumerate(card.targets):
             entry["targets"][name] = float(inside[:, j].mean())
             finite = np.isfinite(width[:, j])

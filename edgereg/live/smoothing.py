@@ -95,7 +95,8 @@ def stability_tolerance(card: ModelCard, override: float | None = None) -> np.nd
 
     ``override`` (``--stable-tol``) applies to every target. Otherwise: 1% of the card's range for
     bounded targets; the kind's own tolerance otherwise (``TargetKind.stable_tolerance``: 1 degree for
-    angles, 1 pixel for coords, 0.01 for distribution bins); NaN for an unbounded scalar/vector, which :class:`StabilityTracker` reads as 1% of the current value.
+    angles, 1 pixel for coords, 0.01 for distribution bins); NaN for an unbounded scalar/vector, which
+    :class:`StabilityTracker` reads as 1% of the current value.
     """
     n_targets = len(card.targets)
     if override is not None:

@@ -125,12 +125,8 @@ def fused_d4(images, scale, offset, fill, circle, gray, out):
     transpose ``T = P.T``, since view 1 = flipud(T), 2 = rot180(P), 3 = fliplr(T), 4 = fliplr(P),
     5 = rot180(T), 6 = flipud(P), 7 = T. The circular mask is D4-invariant, so it is applied once.
 
-    Args:
-        images: (B, N, N, 3) uint8, BGR.
-        scale, offset: (C,) float32 normalization.
-        fill: float, value outside the circle.
-        circle: bool, apply the circular mask.
-        gray: bool, C == 1.
+    Args: as :func:`fused_identity`, except
+        images: (B, N, N, 3) uint8, BGR (square).
         out: (B * 8, C, N, N) float32, written in place.
     """
     for b in prange(images.shape[0]):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
@@ -42,7 +42,7 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
-async def send_json(send: Send, status: int, payload: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(send: Send, status: int, payload: dict, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -103,7 +103,7 @@ class HostGuard:
             await self.app(scope, receive, send)
             return
         header = _header(scope, b"host")
-        if self.permits(header):
+        if header is None or self.permits(header):
             await self.app(scope, receive, send)
             return
         name = host_name(header)[:100]

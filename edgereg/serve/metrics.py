@@ -36,8 +36,8 @@ class ServerMetrics:
         self.withheld = Counter("edgereg_withheld", "Frames withheld by the quality gate, by reason",
                                 ["reason"], registry=r)
         self.failed_reads = Counter("edgereg_failed_reads", "Reads that returned no frame", registry=r)
-        self.camera_connected = Gauge("edgereg_camera_connected", "1 while frames arrive (as /healthz says), 0 when lost or stale",
-                                      registry=r)
+        self.camera_connected = Gauge("edgereg_camera_connected",
+                                      "1 while frames arrive (as /healthz says), 0 when lost or stale", registry=r)
         self.frame_age = Gauge("edgereg_last_frame_age_seconds", "Seconds since the last frame was read",
                                registry=r)
         self.frame_seconds = Histogram("edgereg_frame_seconds", "Time from frame to reading (gate + model)",

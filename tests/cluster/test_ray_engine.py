@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from scoring_files import read_csv, write_images, write_slow_images
+from scoring_files import read_csv, write_images, write_resume_listing, write_slow_images
 
 from edgereg.cli.main import main
 from edgereg.cluster.parts import MANIFEST, state_dir_for
@@ -91,7 +91,8 @@ def wait_until(condition, what, timeout_s=120.0, process=None, log=None):
             return
         time.sleep(0.1)
     tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
-    state = f"the run ended with exit code {process.returncode}" if process and process.poll() is not None else "timed out"
+    ended = process and process.poll() is not None
+    state = f"the run ended with exit code {process.returncode}" if ended else "timed out"
     raise AssertionError(f"{state} while waiting for {what}; its stderr ends: {tail}")
 
 
@@ -108,7 +109,8 @@ def test_same_rows_errors_and_exit_code_as_the_local_engine(local_ray, model, tm
     assert len(read_csv(ray_out)) == len(good) and not state_dir_for(ray_out).exists()
     err = capsys.readouterr().err
     assert "Ray local: 2 CPUs, 0 GPUs; 1 CPU actor (1 thread each)" in err
-    assert f"scored {len(good)}, failed 3 (reasons in {tmp_path / 'ray.errors.csv'}: '{folder / 'c_truncated.jpg'}'" in err
+    errors_csv = tmp_path / "ray.errors.csv"
+    assert f"scored {len(good)}, failed 3 (reasons in {errors_csv}: '{folder / 'c_truncated.jpg'}'" in err
 
     # JSONL with TTA: the spread columns too
     assert main(["infer", model, str(folder), "--out", str(tmp_path / "l.jsonl"), "--tta", "d4"]) == 3
@@ -179,14 +181,8 @@ def test_video_and_missing_extra_are_refused(model, tmp_path, rng, monkeypatch, 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's processes in /proc")
 def test_driver_killed_then_resume_scores_every_input_exactly_once(local_ray, model, tmp_path, rng, capsys):
-    folder = tmp_path / "imgs"
-    first = write_images(folder, rng, [f"a{i:02d}.png" for i in range(16)])
-    slow = write_slow_images(folder, [f"slow{i}.png" for i in range(3)])  # the run is mid-way here
-    second = write_images(folder, rng, [f"b{i:02d}.png" for i in range(12)])
-    bad = write_broken(folder)
     listing = tmp_path / "list.txt"
-    order = first + [bad[0]] + slow + second + bad[1:]
-    listing.write_text("\n".join(order) + "\n")
+    order, bad = write_resume_listing(tmp_path / "imgs", listing, rng, write_broken, first=16, slow=3, second=12)
     out = tmp_path / "preds.csv"
     stderr = open(tmp_path / "stderr.txt", "wb")
     process = subprocess.Popen(

@@ -97,5 +97,6 @@ def test_the_actor_returns_interval_bounds_and_lab_flags(model_factory, tmp_path
     np.testing.assert_allclose(scored["lo"], expected.lo, rtol=1e-6)
     np.testing.assert_allclose(scored["hi"], expected.hi, rtol=1e-6)
     assert "below_lob" in scored["flags"][0] and "above_range" in scored["flags"][2]
-    row = make_row("g0.png", predictor.names, scored["values"][0], None, ("below_lob",), scored["lo"][0], scored["hi"][0])
+    row = make_row("g0.png", predictor.names, scored["values"][0], None, ("below_lob",), scored["lo"][0],
+                   scored["hi"][0])
     assert list(row) == ["path", "conc", "conc_lo", "conc_hi", "flags"]

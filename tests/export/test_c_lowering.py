@@ -188,7 +188,7 @@ def test_every_elementwise_and_data_movement_op_matches_onnxruntime(tmp_path):
     path, exercised = _op_zoo_model(tmp_path / "zoo.onnx")
     assert exercised >= set(UNARY) | set(BINARY) | {"Transpose", "Split", "Gather", "Tile", "DepthToSpace",
                                                     "SpaceToDepth", "Slice", "Expand", "Where", "Mod"}
-    report = generate_c(path, tmp_path / "c")
+    generate_c(path, tmp_path / "c")
     x = np.random.default_rng(3).normal(size=(8, 3, 8, 8)).astype(np.float32)
     got = run_driver(compile_driver(tmp_path / "c"), ["infer"], x.tobytes(), report_outputs(path))
     np.testing.assert_allclose(got, ort_run(path, x), rtol=1e-4, atol=1e-5)

@@ -79,7 +79,8 @@ def ort_run(model_path: Path, x: np.ndarray, level: str = "ORT_ENABLE_ALL") -> n
 def save_model(path: Path, nodes: list, inits: list, in_shape: tuple[int, int, int]) -> Path:
     """An edgereg-shaped model: ``image (N, C, H, W)`` -> ``value (N, T)``, with a vector card."""
     c, h, w = in_shape
-    graph = helper.make_graph(nodes, "padding", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])],
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])
+    graph = helper.make_graph(nodes, "padding", [image],
                               [helper.make_tensor_value_info("value", TensorProto.FLOAT, None)], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -99,7 +100,8 @@ def conv_model(path: Path, attrs: dict, *, in_shape=(3, 8, 8), kernel=(3, 3), ou
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(out_channels, in_shape[0], *kernel)).astype(np.float32)
     bias = rng.normal(size=out_channels).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["y"], **attrs), helper.make_node("Flatten", ["y"], ["value"])]
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["y"], **attrs),
+             helper.make_node("Flatten", ["y"], ["value"])]
     return save_model(path, nodes, [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")], in_shape)
 
 
@@ -220,7 +222,8 @@ def test_quantize_rounds_exact_ties_half_to_even_like_onnxruntime(tmp_path):
     nodes = [helper.make_node("QuantizeLinear", ["image", "s", "zp"], ["q"]),
              helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"]),
              helper.make_node("Flatten", ["dq"], ["value"])]
-    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(3, np.int8), "zp")]
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(3, np.int8), "zp")]
     path = save_model(tmp_path / "ties.onnx", nodes, inits, (1, 8, 40))
     steps = np.arange(-160, 160) + 0.5  # ties from -159.5 to 159.5 steps, past both saturation ends
     x = (steps * 0.5).astype(np.float32).reshape(1, 1, 8, 40)
@@ -241,7 +244,8 @@ def test_int8_average_pool_rounds_ties_half_to_even_like_onnxruntime(tmp_path):
              helper.make_node("QuantizeLinear", ["avg", "s", "zp"], ["q2"]),
              helper.make_node("DequantizeLinear", ["q2", "s", "zp"], ["dq2"]),
              helper.make_node("Flatten", ["dq2"], ["value"])]
-    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "s"), numpy_helper.from_array(np.array(-5, np.int8), "zp")]
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "s"),
+             numpy_helper.from_array(np.array(-5, np.int8), "zp")]
     path = save_model(tmp_path / "avg.onnx", nodes, inits, (1, 8, 8))
     x = np.random.default_rng(5).integers(-60, 60, size=(16, 1, 8, 8)).astype(np.float32)
     windows = x.reshape(16, 1, 4, 2, 4, 2).mean(axis=(3, 5))  # (N,1,8,8) -> 2x2 window means (N,1,4,4)

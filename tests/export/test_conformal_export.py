@@ -72,7 +72,8 @@ def test_difficulty_from_val_and_quantiles_from_test_only():
     n = MIN_FIT + MIN_CALIBRATION + 10
     split = SimpleNamespace(val=np.arange(MIN_FIT), test=np.arange(MIN_FIT, MIN_FIT + MIN_CALIBRATION), train=[])
     parts = held_out_parts(_dataset(n), split, kind="scalar")
-    assert (parts.fit.split, len(parts.fit), parts.cal.split, len(parts.cal)) == ("val", MIN_FIT, "test", MIN_CALIBRATION)
+    assert ((parts.fit.split, len(parts.fit), parts.cal.split, len(parts.cal))
+            == ("val", MIN_FIT, "test", MIN_CALIBRATION))
     assert "used for nothing else" in parts.note
     small = SimpleNamespace(val=np.arange(10), test=np.arange(10, 30), train=[])
     parts = held_out_parts(_dataset(n), small, kind="scalar")  # never pooled with val, which chose the epoch

@@ -30,7 +30,8 @@ from edgereg.export.gate import (  # noqa: E402  (needs onnx)
 
 
 def metrics(rmse: float, **targets: float) -> dict:
-    return {"split": "val", "n": 12, "rmse": rmse, "targets": {name: {"rmse": value} for name, value in targets.items()}}
+    return {"split": "val", "n": 12, "rmse": rmse,
+            "targets": {name: {"rmse": value} for name, value in targets.items()}}
 
 
 def test_gate_passes_up_to_exactly_max_drop_on_every_rmse():
@@ -98,8 +99,8 @@ def test_user_units_are_source_pixels_for_coords_and_float64_for_the_rest():
 def test_eval_set_takes_the_rows_in_user_units():
     dataset = SimpleNamespace(images=np.arange(5)[:, None, None, None] * np.ones((5, 2, 2, 3), np.uint8),
                               targets=np.array([[0.0, 0.0], [0.5, 0.5], [1.0, 1.0], [0.25, 0.75], [0.1, 0.2]]),
-                              crop_boxes=np.array([[0, 0, 4, 4], [0, 0, 8, 8], [2, 2, 4, 4], [1, 1, 2, 2], [0, 0, 1, 1]],
-                                                  dtype=np.float32),
+                              crop_boxes=np.array([[0, 0, 4, 4], [0, 0, 8, 8], [2, 2, 4, 4], [1, 1, 2, 2],
+                                                   [0, 0, 1, 1]], dtype=np.float32),
                               groups=np.array(["g0", "g1", "g2", "g3", "g4"]))
     coords = eval_set(dataset, [3, 1], kind="coords", split="test")
     assert coords.split == "test" and len(coords) == 2

@@ -116,4 +116,5 @@ def test_calibration_carries_an_infinite_bound_as_infinite():
                                     0.9)
         assert not np.isnan(lo).any() and not np.isnan(hi).any()
         assert (lo[0], hi[0]) == expect
-        assert (hi[1] if coef[1] > 0 else -lo[1]) == math.inf  # open above in the reading: open in the curve's direction
+        # open above in the reading: open in the curve's direction
+        assert (hi[1] if coef[1] > 0 else -lo[1]) == math.inf

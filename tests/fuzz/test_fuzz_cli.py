@@ -82,7 +82,7 @@ def world(tmp_path_factory):
     for i in range(3):
         cv2.imwrite(str(photos / f"p{i}.png"), rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
     writer = cv2.VideoWriter(str(root / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
-    for i in range(3):
+    for _ in range(3):
         writer.write(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
     writer.release()
     (root / "list.txt").write_text(f"{photos / 'p0.png'}\nmissing.png\n")

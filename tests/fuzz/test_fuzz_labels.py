@@ -77,5 +77,5 @@ def test_any_labels_csv_gives_a_dataset_or_a_typed_error(folder, data):
     assert n > 0 and dataset.images.shape == (n, 16, 16, 3) and dataset.targets.shape[0] == n
     assert np.isfinite(dataset.targets).all() and len(dataset.paths) == n
     assert len(set(dataset.paths)) == n
-    for line, path, reason in dataset.skipped:
+    for line, _path, reason in dataset.skipped:
         assert isinstance(line, int) and reason.strip() and "\n" not in reason

@@ -95,7 +95,8 @@ def test_opencv_errors_are_sentences_not_assertion_text(tiny_model, tmp_path, ca
     except cv2.error as exc:
         raw = exc
     else:  # an OpenCV that returns None for an empty buffer: build the exception it would raise
-        raw = cv2.error("OpenCV(4.x) loadsave.cpp:1: error: (-215:Assertion failed) !buf.empty() in function 'imdecode_'")
+        raw = cv2.error("OpenCV(4.x) loadsave.cpp:1: error: (-215:Assertion failed) !buf.empty() "
+                        "in function 'imdecode_'")
     assert explain_cv2_error(raw) == "empty file (0 bytes)"
     unknown = cv2.error("OpenCV(5.0.0) /io/opencv/x.cpp:9: error: (-215:Assertion failed) cn <= 4 in function 'f'")
     assert "Assertion" not in explain_cv2_error(unknown) and "cpp" not in explain_cv2_error(unknown)

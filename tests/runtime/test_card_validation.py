@@ -33,7 +33,8 @@ def test_range_with_lo_just_below_hi_is_accepted():
 INVALID = [
     (dict(kind="scaler"), "field 'kind' is 'scaler' (did you mean 'scalar'?); "
                           "expected one of scalar, vector, distribution, coords, angle, count"),
-    (dict(kind="banana"), "field 'kind' is 'banana'; expected one of scalar, vector, distribution, coords, angle, count"),
+    (dict(kind="banana"),
+     "field 'kind' is 'banana'; expected one of scalar, vector, distribution, coords, angle, count"),
     (dict(targets=()), "field 'targets' must be a non-empty list of names, got ()"),
     (dict(targets=("a", "")), "field 'targets' must be a non-empty list of names, got ('a', '')"),
     (dict(targets=("a", 3)), "field 'targets' must be a non-empty list of names, got ('a', 3)"),
@@ -199,7 +200,8 @@ def test_read_card_errors_are_one_line(tmp_path, model_factory):
     message = str(info.value)
     assert message.startswith(f"'{junk}' is not a loadable ONNX model (") and "\n" not in message
     assert message.endswith("); export it again with `edgereg export`")
-    assert 0 < len(message) - len(f"'{junk}' is not a loadable ONNX model (); export it again with `edgereg export`") <= 200
+    bare = f"'{junk}' is not a loadable ONNX model (); export it again with `edgereg export`"
+    assert 0 < len(message) - len(bare) <= 200
     path = model_factory(kind="vector", targets=("a", "b"), units=("mg/L", "%"), range=((0.0, 1.0), (2.0, 3.0)))
     card = read_card(str(path))
     assert card.targets == ("a", "b") and card.range == ((0.0, 1.0), (2.0, 3.0))

@@ -15,7 +15,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from scoring_files import read_csv, write_images, write_slow_images
+from scoring_files import read_csv, write_images, write_resume_listing, write_slow_images
 
 from edgereg.cli.main import main
 
@@ -162,14 +162,8 @@ def wait_for_rows(path, n_rows, process, timeout_s=120.0):
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(model, tmp_path, rng, capsys):
-    folder = tmp_path / "imgs"
-    first = write_images(folder, rng, [f"a{i:02d}.png" for i in range(20)])
-    slow = write_slow_images(folder, [f"slow{i}.png" for i in range(4)])  # the run is mid-way here
-    second = write_images(folder, rng, [f"b{i:02d}.png" for i in range(20)])
-    bad = write_broken(folder)
     listing = tmp_path / "list.txt"
-    order = first + [bad[0]] + slow + second + [bad[1]]
-    listing.write_text("\n".join(order) + "\n")
+    order, bad = write_resume_listing(tmp_path / "imgs", listing, rng, write_broken, first=20, slow=4, second=20)
     out = tmp_path / "preds.csv"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(tmp_path / "stderr.txt", "wb") as stderr:

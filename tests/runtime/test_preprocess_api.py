@@ -28,7 +28,8 @@ def test_config_from_card_carries_every_preprocessing_field():
 @pytest.mark.parametrize("fields, message", [
     (dict(channels="bgr"), r"^field 'channels' is 'bgr'; expected 'rgb' or 'gray'$"),
     (dict(crop="square"), r"^field 'crop' is 'square'; expected one of none, center, circle$"),
-    (dict(crop="centre"), r"^field 'crop' is 'centre' \(did you mean 'center'\?\); expected one of none, center, circle$"),
+    (dict(crop="centre"),
+     r"^field 'crop' is 'centre' \(did you mean 'center'\?\); expected one of none, center, circle$"),
     (dict(decode="fast"), r"^field 'decode' is 'fast'; expected one of full, reduced$"),
     (dict(mean=(0.5, 0.5)), r"^field 'mean' must be 3 numbers for channels 'rgb', got \(0.5, 0.5\)$"),
     (dict(std=(0.5, 0.5)), r"^field 'std' must be 3 positive numbers for channels 'rgb', got \(0.5, 0.5\)$"),

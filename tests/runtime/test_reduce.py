@@ -82,7 +82,8 @@ def test_distribution_tta_renormalizes_views_that_do_not_sum_to_one():
 
 
 def test_scalar_tta_is_the_mean_and_std_of_the_views():
-    values, spread = target_kind("vector").reduce_views(np.array([[[1.0, 10.0], [3.0, 10.0], [8.0, 13.0]]]), parse_tta("rot:3"))
+    views = np.array([[[1.0, 10.0], [3.0, 10.0], [8.0, 13.0]]])
+    values, spread = target_kind("vector").reduce_views(views, parse_tta("rot:3"))
     np.testing.assert_allclose(values, [[4.0, 11.0]], atol=1e-12)
     np.testing.assert_allclose(spread, [[np.sqrt(26 / 3), np.sqrt(2.0)]], atol=1e-12)
 
@@ -108,7 +109,8 @@ def _position_model(path, card):
              numpy_helper.from_array(np.array([1], np.int64), "one"),
              numpy_helper.from_array(np.array([-1, h * w], np.int64), "flat"),
              numpy_helper.from_array(weights.reshape(t, h * w).T.copy(), "W")]
-    graph = helper.make_graph(nodes, "position", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, h, w])],
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, h, w])
+    graph = helper.make_graph(nodes, "position", [image],
                               [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["N", t])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -178,7 +180,8 @@ def test_coords_of_two_points_reduce_per_point_with_a_per_coordinate_spread():
             row += [u, v]
         views.append(row)
     views = np.array([views])  # (1, 4, 4): two (u, v) points per view
-    noise = np.array([[0.01, -0.02, 0.0, 0.03], [-0.01, 0.0, 0.02, 0.0], [0.0, 0.02, -0.02, -0.03], [0.0, 0.0, 0.0, 0.0]])
+    noise = np.array([[0.01, -0.02, 0.0, 0.03], [-0.01, 0.0, 0.02, 0.0], [0.0, 0.02, -0.02, -0.03],
+                      [0.0, 0.0, 0.0, 0.0]])
     # undo each view's rotation on the noise too: what the reduction sees after unmapping
     values, spread = target_kind("coords").reduce_views(views, spec)
     np.testing.assert_allclose(values, [[0.2, 0.7, 0.9, 0.4]], atol=1e-12)

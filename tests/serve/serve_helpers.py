@@ -40,7 +40,8 @@ def make_assay_model(path: Path) -> Path:
              helper.make_node("MatMul", ["means", "pick"], ["green"]),  # (N, 1)
              helper.make_node("Mul", ["green", "scale"], ["scaled"]),
              helper.make_node("Add", ["scaled", "offset"], ["value"])]
-    graph = helper.make_graph(nodes, "assay_test", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])
+    graph = helper.make_graph(nodes, "assay_test", [image],
                               [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["N", 1])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -181,7 +181,8 @@ def test_page_in_chromium_live_readings_match_events_and_recover(assay_model, tm
             # the server restarts: the page's event stream reconnects by itself
             events.close()
             server.stop()
-            assert poll(page, lambda r: "reconnecting" in r["connection"], PATIENCE), "the page did not notice the restart"
+            noticed = poll(page, lambda r: "reconnecting" in r["connection"], PATIENCE)
+            assert noticed, "the page did not notice the restart"
             server.start()
             restarted = _page_reading(page)["received"]
             assert poll(page, lambda r: r["received"] > restarted + 5, PATIENCE), "the page did not reconnect"

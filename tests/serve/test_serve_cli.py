@@ -117,7 +117,8 @@ def test_serve_process_serves_with_a_token_and_stops_cleanly_on_sigterm(assay_mo
         status, body = _request(port, "GET", "/api/card", headers=auth)
         assert status == 200 and json.loads(body)["units"] == ["mg/L"]
         image = cv2.imencode(".jpg", sample_frame(4))[1].tobytes()
-        status, body = _request(port, "POST", "/api/predict", body=image, headers={**auth, "Content-Type": "image/jpeg"})
+        status, body = _request(port, "POST", "/api/predict", body=image,
+                                headers={**auth, "Content-Type": "image/jpeg"})
         assert status == 200 and 80 < json.loads(body)["readings"][0]["value"]["conc"] < 350
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("GET", "/events?token=tok3n")

@@ -163,10 +163,12 @@ def test_hub_wakes_waiters_from_another_thread_and_keeps_history():
     async def scenario():
         hub.bind(asyncio.get_running_loop())
         assert not await hub.wait_newer(0, timeout_s=0.05)
-        threading.Timer(0.05, lambda: hub.publish(Reading(1.0, 0, "ok", values={"c": 1.0}, smoothed={"c": 1.0}))).start()
+        reading = Reading(1.0, 0, "ok", values={"c": 1.0}, smoothed={"c": 1.0})
+        threading.Timer(0.05, lambda: hub.publish(reading)).start()
         assert await hub.wait_newer(0, timeout_s=PATIENCE)
         for i in range(1, 80):
-            hub.publish(Reading(1.0 + i, i, "ok", values={"c": float(i)}, smoothed={"c": float(i)}, image=sample_frame(i)))
+            hub.publish(Reading(1.0 + i, i, "ok", values={"c": float(i)}, smoothed={"c": float(i)},
+                                image=sample_frame(i)))
         hub.publish(Reading(100.0, None, NO_FRAME, note="gone"))
     asyncio.run(scenario())
     assert hub.seq == 81 and hub.oldest_seq() == 32  # at most 50 kept

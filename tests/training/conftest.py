@@ -14,51 +14,34 @@ import pytest
 
 from edgereg.training.synth import make_dataset
 
-# (task, images, side in pixels): small enough to build in well under a second each.
+# task: (images, side in pixels, what the folder holds): small enough to build in well under a second each.
 TINY_DATASETS = {
-    "assay": (48, 48),
-    "gravel": (48, 64),
-    "box": (48, 32),
-    "pixelstats": (64, 28),
-    "angle": (48, 32),
+    "assay": (48, 48, "48 reaction-well photos (12 samples x 4), 48x48; columns concentration, group."),
+    "gravel": (48, 64, "48 gravel photos, 64x64, 12 distributions; columns bin0..bin4, group."),
+    "box": (48, 32, "48 box images, 32x32; columns x, y (source pixels), group (quadrant q0..q3)."),
+    "pixelstats": (64, 28, "64 gray patches, 28x28; columns mean, median, std (in [0, 1])."),
+    "angle": (48, 32, "48 arrow images, 32x32; column angle (degrees, counter-clockwise from +x)."),
 }
 
 
-def _build(tmp_path_factory, task: str) -> Path:
-    n, size = TINY_DATASETS[task]
-    root = tmp_path_factory.mktemp(f"{task}_data")
-    make_dataset(task, root, n=n, seed=0, size=size)
-    return root
+def _dataset_fixture(task: str):
+    """The session fixture ``<task>_dir``: the folder of ``TINY_DATASETS[task]``, built on first use."""
+    n, size, description = TINY_DATASETS[task]
+
+    def dataset_dir(tmp_path_factory) -> Path:
+        root = tmp_path_factory.mktemp(f"{task}_data")
+        make_dataset(task, root, n=n, seed=0, size=size)
+        return root
+
+    dataset_dir.__doc__ = description
+    return pytest.fixture(dataset_dir, scope="session", name=f"{task}_dir")
 
 
-@pytest.fixture(scope="session")
-def assay_dir(tmp_path_factory) -> Path:
-    """48 reaction-well photos (12 samples x 4), 48x48; columns concentration, group."""
-    return _build(tmp_path_factory, "assay")
-
-
-@pytest.fixture(scope="session")
-def gravel_dir(tmp_path_factory) -> Path:
-    """48 gravel photos, 64x64, 12 distributions; columns bin0..bin4, group."""
-    return _build(tmp_path_factory, "gravel")
-
-
-@pytest.fixture(scope="session")
-def box_dir(tmp_path_factory) -> Path:
-    """48 box images, 32x32; columns x, y (source pixels), group (quadrant q0..q3)."""
-    return _build(tmp_path_factory, "box")
-
-
-@pytest.fixture(scope="session")
-def pixelstats_dir(tmp_path_factory) -> Path:
-    """64 gray patches, 28x28; columns mean, median, std (in [0, 1])."""
-    return _build(tmp_path_factory, "pixelstats")
-
-
-@pytest.fixture(scope="session")
-def angle_dir(tmp_path_factory) -> Path:
-    """48 arrow images, 32x32; column angle (degrees, counter-clockwise from +x)."""
-    return _build(tmp_path_factory, "angle")
+assay_dir = _dataset_fixture("assay")
+gravel_dir = _dataset_fixture("gravel")
+box_dir = _dataset_fixture("box")
+pixelstats_dir = _dataset_fixture("pixelstats")
+angle_dir = _dataset_fixture("angle")
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ def test_torchrun_two_cpu_processes_train_one_run(assay_dir, tmp_path):
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "edgereg.cli.main", "train", str(assay_dir), "--out", str(run), "--model", "cnn_small", "--epochs", "2",
-               "--size", "24", "--batch-size", "8", "--threads", "1", "--device", "cpu"]
+               "-m", "edgereg.cli.main", "train", str(assay_dir), "--out", str(run), "--model", "cnn_small",
+               "--epochs", "2", "--size", "24", "--batch-size", "8", "--threads", "1", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((run / "run.json").read_text())

@@ -63,7 +63,8 @@ def test_soft_argmax_grid_is_not_stored_in_checkpoints():
     (lambda: make_head("angle", 4, 2, style="soft_argmax", feature_size=(2, 2)),
      "the soft_argmax head predicts coordinates, not kind 'angle'; use head='pool'"),
     (lambda: check_kind("vectors"),
-     "unknown kind 'vectors' (did you mean 'vector'?); expected one of scalar, vector, distribution, coords, angle, count"),
+     "unknown kind 'vectors' (did you mean 'vector'?); "
+     "expected one of scalar, vector, distribution, coords, angle, count"),
 ])
 def test_head_errors_are_exact(call, message):
     with pytest.raises(EdgeregError) as info:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgereg.training.heads import make_head
+
 
 class DilatedConv2d(nn.Conv2d):
     """A stride-1 dilated conv with "same" padding that trains several times faster on a CPU.
@@ -86,3 +88,22 @@ def feature_shape(features: nn.Module, in_channels: int, input_size: tuple[int, 
         out = features(torch.zeros(1, in_channels, *input_size))
     features.train(was_training)
     return tuple(out.shape[1:])
+
+
+class BackboneWithHead(nn.Module):
+    """``features`` (the given layers in an nn.Sequential), then the kind's head (``make_head``).
+
+    forward: (B, in_channels, *input_size) float32 images -> (B, n_outputs) raw head output.
+    The layers are built by the caller first and the head last, so seeded initialization follows
+    the order the layers are listed in.
+    """
+
+    def __init__(self, layers: list[nn.Module], *, in_channels: int, n_outputs: int, kind: str,
+                 input_size: tuple[int, int], head: str | None):
+        super().__init__()
+        self.features = nn.Sequential(*layers)
+        c, h, w = feature_shape(self.features, in_channels, input_size)
+        self.head = make_head(kind, c, n_outputs, style=head, feature_size=(h, w))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))

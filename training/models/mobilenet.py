@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgereg.training.heads import make_head
-from edgereg.training.models.layers import ConvBNReLU, feature_shape
+from edgereg.training.models.layers import BackboneWithHead, ConvBNReLU
 from edgereg.training.models.registry import positive_ints, register_model, require_input_size
 
 # (output channels, stride) of each inverted residual block after the stem.
@@ -35,25 +34,20 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-class MobileNet(nn.Module):
+class MobileNet(BackboneWithHead):
     """Stride-2 stem, inverted residual blocks, a 1x1 conv to ``last_channels``, then a head."""
 
     def __init__(self, *, in_channels: int, n_outputs: int, kind: str, input_size: tuple[int, int],
                  blocks: tuple[tuple[int, int], ...], expansion: int, last_channels: int,
                  head: str | None):
-        super().__init__()
         layers: list[nn.Module] = [ConvBNReLU(in_channels, 16, stride=2)]
         previous = 16
         for out_channels, stride in blocks:
             layers.append(InvertedResidual(previous, out_channels, stride=stride, expansion=expansion))
             previous = out_channels
         layers.append(ConvBNReLU(previous, last_channels, kernel_size=1))
-        self.features = nn.Sequential(*layers)
-        c, h, w = feature_shape(self.features, in_channels, input_size)
-        self.head = make_head(kind, c, n_outputs, style=head, feature_size=(h, w))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        super().__init__(layers, in_channels=in_channels, n_outputs=n_outputs, kind=kind, input_size=input_size,
+                         head=head)
 
 
 @register_model(input_size=(64, 64))

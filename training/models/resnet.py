@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgereg.training.heads import make_head
-from edgereg.training.models.layers import ConvBNReLU, feature_shape
+from edgereg.training.models.layers import BackboneWithHead, ConvBNReLU
 from edgereg.training.models.registry import positive_ints, register_model, require_input_size
 
 
@@ -29,24 +28,19 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(self.conv1(x))) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(BackboneWithHead):
     """Stem conv, then stages of basic blocks (the first of each stage strides by 2), then a head."""
 
     def __init__(self, *, in_channels: int, n_outputs: int, kind: str, input_size: tuple[int, int],
                  widths: tuple[int, ...], blocks: tuple[int, ...], head: str | None):
-        super().__init__()
         layers: list[nn.Module] = [ConvBNReLU(in_channels, widths[0])]
         previous = widths[0]
         for width, n_blocks in zip(widths, blocks):
             for i in range(n_blocks):
                 layers.append(BasicBlock(previous, width, stride=2 if i == 0 else 1))
                 previous = width
-        self.features = nn.Sequential(*layers)
-        c, h, w = feature_shape(self.features, in_channels, input_size)
-        self.head = make_head(kind, c, n_outputs, style=head, feature_size=(h, w))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        super().__init__(layers, in_channels=in_channels, n_outputs=n_outputs, kind=kind, input_size=input_size,
+                         head=head)
 
 
 @register_model(input_size=(64, 64))

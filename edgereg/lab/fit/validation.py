@@ -107,7 +107,7 @@ def ich_limits(sigma: float, slope: float) -> dict:
             "loq": ICH_LOQ_FACTOR * sigma / abs(slope)}
 
 
-def linearity(reference: Sequence[float], readings: Sequence[float]) -> dict:
+def linearity(reference: Sequence[float] | np.ndarray, readings: Sequence[float] | np.ndarray) -> dict:
     """Least squares of reading on reference, with the ICH linearity figures.
 
     Returns:
@@ -137,7 +137,7 @@ def linearity(reference: Sequence[float], readings: Sequence[float]) -> dict:
             "residuals": residuals.tolist()}
 
 
-def repeatability(reference: Sequence[float], readings: Sequence[float]) -> dict:
+def repeatability(reference: Sequence[float] | np.ndarray, readings: Sequence[float] | np.ndarray) -> dict:
     """Per level: n, mean, SD, CV %, bias, recovery %; and the pooled SD over levels with replicates."""
     x = np.asarray(reference, dtype=np.float64)
     y = np.asarray(readings, dtype=np.float64)
@@ -176,8 +176,9 @@ def working_range(levels: Sequence[dict], *, loq: float | None, max_cv: float, m
             "max_bias_percent": max_bias}
 
 
-def validate(reference: Sequence[float], readings: Sequence[float], *, sigma: str = "residual",
-             low_max: float | None = None, max_cv: float = 15.0, max_bias: float = 15.0) -> dict:
+def validate(reference: Sequence[float] | np.ndarray, readings: Sequence[float] | np.ndarray, *,
+             sigma: str = "residual", low_max: float | None = None, max_cv: float = 15.0,
+             max_bias: float = 15.0) -> dict:
     """Every figure for one target.
 
     Args:
