@@ -52,8 +52,8 @@ the frame size, and an angle's range is a circle). Measured figures: benchmarks/
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -442,7 +442,8 @@ def _pair(scores: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def calibrate_target(kind: str, difficulty: Difficulty, cal_values: np.ndarray, cal_spread: np.ndarray | None,
-                     cal_residual: np.ndarray, *, levels: Sequence[float], edges: tuple[float, ...] = ()) -> TargetIntervals:
+                     cal_residual: np.ndarray, *, levels: Sequence[float], edges: tuple[float, ...] = ()
+                     ) -> TargetIntervals:
     """Conformal quantiles of one target on the calibration part (per Mondrian bin).
 
     Args:
@@ -497,7 +498,8 @@ def compute_interval_set(kind: str, names: Sequence[str], fit: HeldOutReadings |
         report[name] = {"difficulty": difficulty.name, "width_vs_constant_on_val": relative,
                         "bins": len(edges) + 1,
                         "half_width_at_median_difficulty": {
-                            format_level(level): [None if not math.isfinite(lo + hi) else (lo + hi) / 2 * target.median_sigma
+                            format_level(level): [None if not math.isfinite(lo + hi)
+                                                  else (lo + hi) / 2 * target.median_sigma
                                                   for lo, hi in target.quantiles[level]]
                             for level in options.levels}}
     entry = IntervalSet(tta=tta, targets=tuple(targets), model=model, fit_split=fit.split if fit is not None else "",
@@ -522,8 +524,8 @@ def intervals_section(sets: Sequence[IntervalSet], names: Sequence[str], *, opti
                       note: str, cross_validated: bool = False) -> dict:
     """The ``card.intervals`` JSON for some IntervalSets."""
     return {
-        "method": ("cross-conformal (out-of-fold residuals, refitted model)" if cross_validated else "split-conformal") + (", normalized, Mondrian per range bin" if options.method == "normalized" else
-                                       ", constant width"),
+        "method": ("cross-conformal (out-of-fold residuals, refitted model)" if cross_validated else "split-conformal")
+        + (", normalized, Mondrian per range bin" if options.method == "normalized" else ", constant width"),
         "levels": [float(v) for v in options.levels],
         "wide_factor": float(options.wide_factor),
         "sets": [{"tta": s.tta, "model": s.model, "fit_split": s.fit_split, "calibration_split": s.calibration_split,
@@ -535,23 +537,46 @@ def intervals_section(sets: Sequence[IntervalSet], names: Sequence[str], *, opti
 
 
 def _subset(readings: HeldOutReadings, keep: np.ndarray, split: str | None = None) -> HeldOutReadings:
-    return HeldOutReadings(values=readings.values[keep], spread=None if readings.spread is None else readings.spread[keep],
+    return HeldOutReadings(values=readings.values[keep],
+                           spread=None if readings.spread is None else readings.spread[keep],
                            truth=readings.truth[keep], scale=None if readings.scale is None else readings.scale[keep],
                            split=readings.split if split is None else split)
 
 
-def _readings(model_path, evalset, oof: np.ndarray | None, *, card: ModelCard, tta: str,
-              fp32_path: str | Path | None) -> HeldOutReadings:
+@dataclass(frozen=True)
+class PartReadings:
+    """One model's readings, with one TTA, of the images of a :class:`ConformalParts`: what
+    :func:`add_intervals` computes from (made by ``edgereg.export.readings.ReadingCache``).
+
+    Attributes:
+        fit: readings of ``parts.fit`` (None when ``parts.fit`` is None).
+        cal: readings of ``parts.cal``.
+        fp32_fit, fp32_cal: the fp32 model's readings of the same images, for a model other than
+            fp32 whose part has out-of-fold readings (``oof_fit`` / ``oof_cal``); else None.
+    """
+
+    fit: HeldOutReadings | None
+    cal: HeldOutReadings
+    fp32_fit: HeldOutReadings | None = None
+    fp32_cal: HeldOutReadings | None = None
+
+
+def reading_modes(card: ModelCard, parts: ConformalParts) -> list[str]:
+    """The TTAs a model's intervals are computed for: none, and the card's TTA (out-of-fold readings
+    are without TTA: a refitted model gets the TTA-none set only)."""
+    return ["none"] + ([card.tta] if card.tta != "none" and not parts.cross_validated else [])
+
+
+def _residual_readings(kind: str, own: HeldOutReadings, oof: np.ndarray | None,
+                       fp32: HeldOutReadings | None) -> HeldOutReadings:
     """The readings a part's residuals come from: the model's own (a model never fitted on them), or,
     for a refitted model, the out-of-fold readings plus this model's difference from the fp32 model
-    on the same images (what int8 rounding adds; zero for fp32)."""
-    own = read_held_out(model_path, evalset, card=card, tta=tta)
+    on the same images (what int8 rounding adds; none for fp32 itself, ``fp32`` None)."""
     if oof is None:
         return own
     values = np.asarray(oof, np.float64)
-    if fp32_path is not None and Path(fp32_path) != Path(model_path):
-        fp32 = read_held_out(fp32_path, evalset, card=card, tta=tta)
-        values = values + signed_residual(card.kind, own.values, fp32.values)  # (n, T) int8 - fp32
+    if fp32 is not None:
+        values = values + signed_residual(kind, own.values, fp32.values)  # (n, T) int8 - fp32
     return HeldOutReadings(values=values, spread=None, truth=own.truth, scale=own.scale, split=own.split)
 
 
@@ -580,89 +605,74 @@ def split_half_coverage(kind: str, names: Sequence[str], fit: HeldOutReadings | 
     return {level: float(np.mean(values)) for level, values in sums.items() if len(values) == 2}
 
 
-def _legacy_parts(parts) -> ConformalParts:
-    """A ``(fit EvalSet or None, calibration EvalSet, note)`` tuple as ConformalParts."""
-    fit_set, cal_set, note = parts
-    return ConformalParts(fit_set, cal_set, _empty(), np.arange(len(cal_set)), None, None, None, note)
-
-
 def no_intervals_section(reason: str) -> dict:
     """``card.intervals`` of a model that gets no intervals: the reason, and nothing to apply."""
     return {"none": reason}
 
 
-def add_intervals(model_path: str | Path, card: ModelCard, parts, *, model: str,
-                  options: ConformalOptions = ConformalOptions(), write: bool = True,
-                  fp32_path: str | Path | None = None, exclude_rows: np.ndarray | None = None
-                  ) -> tuple[ModelCard, dict]:
-    """Compute intervals for a written model from held-out residuals and embed them in its card.
+def leave_out(parts: ConformalParts, exclude_rows: np.ndarray | None) -> ConformalParts:
+    """``parts`` without the calibration rows a choice for the model looked at (the int8 search's
+    split), with a note saying so; no intervals when no calibration row is left."""
+    if parts.none_reason is not None or exclude_rows is None or not len(exclude_rows) or parts.cal is None:
+        return parts
+    keep = ~np.isin(parts.cal_rows, np.asarray(exclude_rows, np.int64))
+    if keep.all():
+        return parts
+    from edgereg.export.gate import EvalSet
+
+    cal_set = parts.cal
+    note = parts.note + (f"; {int((~keep).sum())} rows the int8 search looked at are left out of this model's "
+                         "quantiles")
+    if not keep.any():
+        return ConformalParts(None, None, _empty(), _empty(), None, None, None, note, none_reason=(
+            "every calibration row was also looked at by the int8 search; no rows that nothing chose from "
+            "are left for its quantiles"))
+    cal_set = EvalSet(frames=cal_set.frames[keep], targets=cal_set.targets[keep],
+                      crop_boxes=None if cal_set.crop_boxes is None else cal_set.crop_boxes[keep],
+                      split=cal_set.split, groups=None if cal_set.groups is None else cal_set.groups[keep])
+    return replace(parts, cal=cal_set, cal_rows=parts.cal_rows[keep],
+                   oof_cal=None if parts.oof_cal is None else parts.oof_cal[keep], note=note)
+
+
+def add_intervals(card: ModelCard, parts: ConformalParts, readings: Mapping[str, PartReadings], *, model: str,
+                  options: ConformalOptions = ConformalOptions()) -> tuple[ModelCard, dict]:
+    """Compute a model's intervals from its readings of held-out images, as a card with ``intervals``.
 
     Args:
-        model_path: the exported .onnx (fp32, int8 or fp16).
-        card: its card.
-        parts: :func:`held_out_parts` (or a legacy ``(fit EvalSet or None, calibration EvalSet,
-            note)`` tuple).
+        card: the model's card.
+        parts: :func:`held_out_parts`, after :func:`leave_out` of the rows a choice for this model
+            looked at.
+        readings: {tta: :class:`PartReadings`} for every TTA of :func:`reading_modes` (unused when
+            ``parts.none_reason``).
         model: "fp32", "int8" or "fp16" (recorded).
         options: see ConformalOptions.
-        write: rewrite the model file with the new card (atomic).
-        fp32_path: the fp32 model, for a refitted int8 model's difference from it (see :func:`_readings`).
-        exclude_rows: (k,) dataset rows a choice for this model looked at (the int8 search's
-            split): left out of the quantiles.
 
     Returns:
-        (the card with ``intervals``, a report dict for export_report.json).
+        (the card with ``intervals``, a report dict for export_report.json). The caller writes the
+        card into the model file (``edgereg.export.card_io.write_card``).
     """
-    if isinstance(parts, tuple):
-        parts = _legacy_parts(parts)
-    note = parts.note
-    cal_set, cal_oof = parts.cal, parts.oof_cal
-    if parts.none_reason is None and exclude_rows is not None and len(exclude_rows) and cal_set is not None:
-        keep = ~np.isin(parts.cal_rows, np.asarray(exclude_rows, np.int64))
-        if not keep.all():
-            from edgereg.export.gate import EvalSet
-
-            cal_set = EvalSet(frames=cal_set.frames[keep], targets=cal_set.targets[keep],
-                              crop_boxes=None if cal_set.crop_boxes is None else cal_set.crop_boxes[keep],
-                              split=cal_set.split, groups=None if cal_set.groups is None else cal_set.groups[keep])
-            cal_oof = None if cal_oof is None else cal_oof[keep]
-            note += (f"; {int((~keep).sum())} rows the int8 search looked at are left out of this model's "
-                     "quantiles")
-            if not keep.any():
-                parts = ConformalParts(None, None, _empty(), _empty(), None, None, None, note, none_reason=(
-                    "every calibration row was also looked at by the int8 search; no rows that nothing chose from "
-                    "are left for its quantiles"))
     if parts.none_reason is not None:
-        new_card = card.with_(intervals=no_intervals_section(parts.none_reason))
-        if write:
-            from edgereg.export.card_io import write_card
-
-            write_card(model_path, new_card)
-        return new_card, {"none": parts.none_reason, "split_choice": "none", "guarantee": GUARANTEE, "sets": {}}
-    # out-of-fold readings are without TTA: a refitted model gets the TTA-none set only
-    modes = ["none"] + ([card.tta] if card.tta != "none" and not parts.cross_validated else [])
-    sets, report = [], {"split_choice": note, "guarantee": GUARANTEE, "sets": {}}
-    for tta in modes:
-        fit = None if parts.fit is None else _readings(model_path, parts.fit, parts.oof_fit, card=card, tta=tta,
-                                                       fp32_path=fp32_path)
-        cal = _readings(model_path, cal_set, cal_oof, card=card, tta=tta, fp32_path=fp32_path)
+        return (card.with_(intervals=no_intervals_section(parts.none_reason)),
+                {"none": parts.none_reason, "split_choice": "none", "guarantee": GUARANTEE, "sets": {}})
+    sets, report = [], {"split_choice": parts.note, "guarantee": GUARANTEE, "sets": {}}
+    for tta in reading_modes(card, parts):
+        read = readings[tta]
+        fit = None if parts.fit is None else _residual_readings(card.kind, read.fit, parts.oof_fit, read.fp32_fit)
+        cal = _residual_readings(card.kind, read.cal, parts.oof_cal, read.fp32_cal)
         entry, choice = compute_interval_set(card.kind, card.targets, fit, cal, tta=tta, model=model, options=options,
                                              reference=parts.reference)
         sets.append(entry)
-        check = split_half_coverage(card.kind, card.targets, fit, cal, groups=cal_set.groups, options=options,
+        check = split_half_coverage(card.kind, card.targets, fit, cal, groups=parts.cal.groups, options=options,
                                     reference=parts.reference, seed=options.seed)
         report["sets"][tta] = {"targets": choice, "n_fit": entry.n_fit, "n_calibration": entry.n_calibration,
                                "fit_split": entry.fit_split, "calibration_split": entry.calibration_split,
                                "coverage_split_half": check}
-    section = intervals_section(sets, card.targets, options=options, note=note,
+    section = intervals_section(sets, card.targets, options=options, note=parts.note,
                                 cross_validated=parts.cross_validated)
-    new_card = card.with_(intervals=section)
-    if write:
-        from edgereg.export.card_io import write_card
-
-        write_card(model_path, new_card)
-    return new_card, report
+    return card.with_(intervals=section), report
 
 
-__all__ = ["ConformalOptions", "GUARANTEE", "HeldOutReadings", "METHODS", "add_intervals", "calibrate_target",
-           "compute_interval_set", "ConformalParts", "fit_difficulty", "held_out_parts", "intervals_section",
-           "no_intervals_section", "observed_coverage", "read_held_out", "read_held_out_file", "split_half_coverage"]
+__all__ = ["ConformalOptions", "GUARANTEE", "HeldOutReadings", "METHODS", "PartReadings", "add_intervals",
+           "calibrate_target", "compute_interval_set", "ConformalParts", "fit_difficulty", "held_out_parts",
+           "intervals_section", "leave_out", "no_intervals_section", "observed_coverage", "read_held_out",
+           "read_held_out_file", "reading_modes", "split_half_coverage"]

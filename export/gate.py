@@ -151,6 +151,7 @@ class Int8Export:
     layers: tuple = ()
     steps: tuple[str, ...] = ()
     speed: dict | None = None
+    holdout_values: np.ndarray | None = None  # (N, T) the int8 model's readings of the holdout split
 
 
 def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: ModelCard, calibration: np.ndarray,
@@ -159,7 +160,8 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
                        keep_first_float: bool = True, holdout: EvalSet | None = None,
                        calibration_info: dict | None = None, max_float_layers: int | None = None,
                        measure_speed: bool = True, budget_s: float | None = CALIBRATION_BUDGET_S,
-                       log=lambda line: None) -> Int8Export:
+                       log=lambda line: None, fp32_metrics: dict | None = None,
+                       holdout_fp32: dict | None = None) -> Int8Export:
     """Quantize, let the search (``edgereg.export.int8_search``) decide which layers stay float, and
     write the int8 model only if it passes the gate.
 
@@ -180,6 +182,8 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
         budget_s: wall seconds the calibrators may take together (``--int8-budget``; see
             ``edgereg.export.int8_search``); None = no limit.
         log: receives the search's decisions, one line each.
+        fp32_metrics, holdout_fp32: the fp32 model's :func:`evaluate` on ``evalset`` / ``holdout``
+            when the caller has it already (None: measured here).
 
     Returns:
         Int8Export; ``path`` is None when the gate failed.
@@ -194,7 +198,7 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
     if max_float_layers is not None and max_float_layers < 0:
         raise EdgeregError(f"--max-float-layers must be >= 0, got {max_float_layers}")
     out_path = Path(out_path)
-    fp32_metrics = evaluate(fp32_path, evalset, card=card)
+    fp32_metrics = evaluate(fp32_path, evalset, card=card) if fp32_metrics is None else fp32_metrics
     gate_images = preprocess_batch(evalset.frames[:64], PreprocessConfig.from_card(card))  # (n, C, H, W)
     with tempfile.TemporaryDirectory(prefix=".edgereg-int8-", dir=out_path.parent) as tmp:
         options = QuantizeOptions(per_channel=per_channel, keep_head_float=keep_head_float,
@@ -206,10 +210,11 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
         int8_metrics = found.metrics
         gate = check_gate(fp32_metrics, int8_metrics, max_drop=max_drop)
         chosen = found.path
-        scored_holdout = None
+        scored_holdout = holdout_values = None
         if holdout is not None and len(holdout):
-            scored_holdout = {"fp32": evaluate(fp32_path, holdout, card=card),
-                              "int8": evaluate(chosen, holdout, card=card)}
+            holdout_values = predict(chosen, holdout, card=card)
+            scored_holdout = {"fp32": evaluate(fp32_path, holdout, card=card) if holdout_fp32 is None else holdout_fp32,
+                              "int8": {"split": holdout.split, **score(holdout_values, holdout, card)}}
         float_layers = [{"name": layer.name, "op_type": layer.op_type, "why": layer.why}
                         for layer in found.layers if layer.float]
         quantization = {
@@ -240,7 +245,7 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
     return Int8Export(path=path, gate=gate, method=found.method, fp32_metrics=fp32_metrics,
                       int8_metrics=int8_metrics, candidates=found.methods_tried, holdout=scored_holdout,
                       card=int8_card, float_nodes=found.float_nodes, activations=found.activations,
-                      layers=found.layers, steps=found.steps, speed=found.speed)
+                      layers=found.layers, steps=found.steps, speed=found.speed, holdout_values=holdout_values)
 
 
 def _card_speed(speed: dict | None) -> dict:

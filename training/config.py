@@ -2,7 +2,7 @@
 
 The constants here are what "pick the sensible default for the data" resolves to (the native-size
 threshold, the default epoch budget, the one-cycle warm-up share, the default units); the plan
-(:mod:`edgereg.training.plan`) and the fit (:mod:`edgereg.training.fit`) read them.
+(:mod:`edgereg.training.fit_plan`) and the fit (:mod:`edgereg.training.fit`) read them.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ replays exactly; each batch goes uint8 -> float -> :func:`~edgereg.training.augm
 encoded targets, in the step format :func:`~edgereg.training.step.choose_step` measured fastest
 (bf16 autocast and/or channels-last where they win; float32 weights and losses always). Validation
 (:func:`predict`) stays float32 NCHW, since it defines the reported numbers, and preprocesses with
-:func:`edgereg.preprocess.preprocess_batch` itself, so training and deployment never differ. Also here: the LR range test (:func:`find_lr`) and
-the one-batch overfit check (:func:`sanity_check`) on the same batches and optimizer.
+:func:`edgereg.preprocess.preprocess_batch` itself, so training and deployment never differ. Also here:
+the LR range test (:func:`find_lr`) and the one-batch overfit check (:func:`sanity_check`) on the same
+batches and optimizer.
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.training import ddp
 from edgereg.training.augment import augment_batch, to_float_batch, to_model_input
 from edgereg.training.config import AUTO_EPOCHS, AUTO_STEPS, TrainConfig
+from edgereg.training.fit_plan import FitPlan, new_regressor
+from edgereg.training.loading import LoadedData
 from edgereg.training.losses import make_loss
 from edgereg.training.lr_find import LRFindConfig, LRFindResult, lr_range_test
-from edgereg.training.plan import FitPlan, LoadedData, new_regressor
-from edgereg.training.report import SplitEvaluation, baseline_predictions, evaluate_split, thumbnail_features
+from edgereg.training.report import (
+    SplitEvaluation,
+    baseline_predictions,
+    evaluate_split,
+    ordered_baselines,
+    thumbnail_features,
+)
 from edgereg.training.run import BEST_FILE, CHECKPOINT_FILE, RUN_FORMAT, save_checkpoint
 from edgereg.training.schedule import StepClock, StepSchedule, steps_that_fit
 from edgereg.training.step import FP32, StepChoice, StepFormat, choose_step
@@ -145,8 +153,10 @@ def make_optimizer(regressor, config: TrainConfig, lr: float) -> torch.optim.Opt
 
 
 def find_lr(plan: FitPlan, config: TrainConfig, *, device: str = "cpu",
-            lr_config: LRFindConfig = LRFindConfig()) -> LRFindResult:
-    """Run the LR range test on the train split (augmented batches) with a fresh model."""
+            lr_config: LRFindConfig | None = None) -> LRFindResult:
+    """Run the LR range test on the train split (augmented batches) with a fresh model
+    (``lr_config``: default ``LRFindConfig()``)."""
+    lr_config = LRFindConfig() if lr_config is None else lr_config
     regressor = new_regressor(plan, config.seed).to(device)
     net = RawOutputs(regressor)
     optimizer = make_optimizer(regressor, config, lr_config.start)
@@ -589,7 +599,7 @@ def merge_scored(parts: list[tuple]) -> tuple:
     """Concatenate several :func:`scored_rows` results (the folds of an out-of-fold score)."""
     true = np.concatenate([p[0] for p in parts])
     pred = np.concatenate([p[1] for p in parts])
-    keys = set.intersection(*(set(p[2]) for p in parts))
-    baselines = {key: np.concatenate([p[2][key] for p in parts]) for key in keys}
+    keys = [key for key in parts[0][2] if all(key in p[2] for p in parts)]  # the first part's order
+    baselines = ordered_baselines({key: np.concatenate([p[2][key] for p in parts]) for key in keys})
     groups = None if parts[0][3] is None else np.concatenate([np.asarray(p[3]) for p in parts])
     return true, pred, baselines, groups

@@ -35,6 +35,7 @@ from edgereg.core.kinds import target_kind
 from edgereg.data.metrics import rmse_standard_error, sample_errors
 from edgereg.training import ddp
 from edgereg.training.config import TrainConfig
+from edgereg.training.fit_plan import FitPlan, PlanBasis
 from edgereg.training.kind_training import kind_training
 
 RACE_SHARE = 0.2  # share of the budget left after loading that the race may use
@@ -136,12 +137,19 @@ def score(plan, regressor, *, device: str, batch_size: int) -> tuple[float, floa
     return float(np.sqrt(per_sample.mean())), rmse_standard_error(per_sample, groups)
 
 
-def run_race(make_plan_for: Callable[[str], object], candidates: list[Candidate], config: TrainConfig,
+def race_plans(basis: PlanBasis, candidates: list[Candidate]) -> dict[str, FitPlan]:
+    """{model name: its FitPlan} for every model among ``candidates``, all derived from one basis
+    (the normalization and reference statistics are measured once per race, not per candidate)."""
+    return {model: basis.plan(model) for model in dict.fromkeys(c.model for c in candidates)}
+
+
+def run_race(basis: PlanBasis, candidates: list[Candidate], config: TrainConfig,
              ctx: ddp.DistContext, *, seconds: float, log: Callable[[str], None]) -> tuple[Candidate, list[RaceEntry]]:
     """Successive halving over ``candidates`` in about ``seconds`` of wall-clock time.
 
     Args:
-        make_plan_for: model name -> FitPlan (the validation split the race scores on).
+        basis: the plan basis of the validation split the race scores on (every candidate's plan
+            is derived from it).
         candidates: in tie-break order.
 
     Returns:
@@ -151,12 +159,12 @@ def run_race(make_plan_for: Callable[[str], object], candidates: list[Candidate]
 
     alive = list(candidates)
     entries: list[RaceEntry] = []
-    plans: dict[str, object] = {}
+    plans = race_plans(basis, candidates)
     quiet = lambda message: None  # noqa: E731
     for rung, (count, each) in enumerate(rung_plan(len(alive), seconds)):
         results = []
         for candidate in alive:
-            plan = plans.setdefault(candidate.model, make_plan_for(candidate.model))
+            plan = plans[candidate.model]
             started = time.perf_counter()
             fitter = Fitter(plan, replace(config, patience=10 ** 9), None, ctx, lr=candidate.lr, progress=False,
                             log=quiet, deadline=started + (1 - SCORING_SHARE) * each, checkpoints=False,

@@ -25,6 +25,19 @@ MEAN_BASELINE_MARGIN = 0.95  # RMSE above this fraction of the mean baseline's: 
 MEMORISATION_FACTOR = 2.0  # held-out-group error this many times the seen-group error: memorised groups
 BASELINE_LABELS = {"zero": "zero", "train_mean": "train mean", "train_median": "train median",
                    "nearest_train_group": "nearest training group (by image)"}
+BASELINE_ORDER = tuple(BASELINE_LABELS)  # the simple baselines come first, in this order
+
+
+def ordered_baselines(baselines: dict) -> dict:
+    """``baselines`` (name -> anything) in a fixed order: the simple baselines of BASELINE_ORDER
+    first, in that order, then every other name (readouts, networks) in the order given.
+
+    The order of metrics.json's ``baselines`` and of the printed line never depends on how the
+    caller collected the names (a set's order changes from run to run).
+    """
+    rank = {name: k for k, name in enumerate(BASELINE_ORDER)}
+    order = sorted(enumerate(baselines), key=lambda item: (rank.get(item[1], len(rank)), item[0]))
+    return {name: baselines[name] for _, name in order}
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,8 @@ def evaluate_split(name: str, kind: str, names: Sequence[str], y_true: np.ndarra
                    baselines: dict[str, np.ndarray], *, groups: np.ndarray | None = None) -> SplitEvaluation:
     """Metrics of the model and of each baseline on one split (all arrays (N, T), physical units)."""
     metrics = compute_metrics(kind, y_true, y_pred, names, groups=groups)
-    baseline_metrics = {key: compute_metrics(kind, y_true, pred, names) for key, pred in baselines.items()}
+    baseline_metrics = {key: compute_metrics(kind, y_true, pred, names)
+                        for key, pred in ordered_baselines(baselines).items()}
     return SplitEvaluation(name, np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64),
                            groups, metrics, baseline_metrics)
 

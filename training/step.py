@@ -18,7 +18,7 @@ the process's CPU time per step on one thread, which other jobs on a shared mach
 to step while this was written). The least-work format of each precision then runs a wall-clock
 duel with fp32 NCHW at the fit's thread count, and the fastest on the clock wins: on a busy
 machine oneDNN's bf16 kernels, whose threads wait for each other, can lose all they save.
-:func:`edgereg.training.plan.seconds_per_step` returns the winner's wall time, so the planner
+:func:`edgereg.training.input_size.seconds_per_step` returns the winner's wall time, so the planner
 spends the gain on resolution and steps. bf16 is a candidate only where the CPU computes
 it natively (:func:`detect_machine`: AVX512-BF16 or AMX-BF16, and a oneDNN allowed to use them)
 and only when a few bf16 steps from the same weights and data give losses within

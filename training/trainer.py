@@ -2,7 +2,7 @@
 
 Flow of one run (``edgereg train DATA --out RUN`` calls :func:`train`):
 
-1. :func:`~edgereg.training.plan.load_data` decodes, crops and resizes every image once into one
+1. :func:`~edgereg.training.loading.load_data` decodes, crops and resizes every image once into one
    ``(N, H, W, 3) uint8`` array (disk-cached by the data module), with per-kind defaults for size,
    channels and crop.
 2. The split (random, whole groups held out, or K folds) is made once and stored in run.json; the
@@ -26,32 +26,37 @@ refit would be a model no held-out number describes.
 What lives where:
 
 * :mod:`edgereg.training.config`: :class:`~edgereg.training.config.TrainConfig` and its defaults.
-* :mod:`edgereg.training.plan`: steps 1-2, preparing a fit (probe, load, split, normalization,
-  target transform, model choice) into a :class:`~edgereg.training.plan.FitPlan`.
+* steps 1-2, preparing a fit: :mod:`~edgereg.training.plan` (probing the dataset),
+  :mod:`~edgereg.training.input_size` and :mod:`~edgereg.training.geometry_choice` (size, crop,
+  channels), :mod:`~edgereg.training.loading` (loading once),
+  :mod:`~edgereg.training.validation_design` (holdout or k-fold), :mod:`~edgereg.training.normalization`
+  and :mod:`~edgereg.training.fit_plan` (the :class:`~edgereg.training.fit_plan.FitPlan`).
 * :mod:`edgereg.training.fit`: steps 3-5 and the scoring of step 6 (batches, loss, the
   :class:`~edgereg.training.fit.Fitter` epoch loop, LR range test, sanity check, evaluation).
-* this module: the orchestration (one fit, its report and run.json, K folds, :func:`train`).
+* :mod:`edgereg.training.model_choice`: ``--lr auto``, the race, the block readouts, the hybrid.
+* :mod:`edgereg.training.fit_report` (metrics.json, report.png, summary),
+  :mod:`edgereg.training.run_record` (run.json), :mod:`edgereg.training.held_out` (held_out.npz),
+  :mod:`edgereg.training.budget` (the time budget), :mod:`edgereg.training.kernel_flags`.
+* this module: the orchestration (one fit, K folds, the validation design's fits, :func:`train`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import edgereg
-from edgereg.data.metrics import compute_metrics, rmse_standard_error, sample_errors
+from edgereg.data.metrics import rmse_standard_error, sample_errors
 from edgereg.errors import EdgeregError
 from edgereg.training import ddp
 from edgereg.training.blocks import race as readouts
+from edgereg.training.budget import FIT_SHARE_GUESS, FOLDS_SHARE, REFIT_SHARE, BudgetClock, eval_reserve
 from edgereg.training.config import DEFAULT_LR, TrainConfig
 from edgereg.training.fit import (
     FitOutcome,
@@ -59,46 +64,26 @@ from edgereg.training.fit import (
     SanityResult,
     evaluate_external,
     evaluate_fit,
-    find_lr,
     merge_scored,
     sanity_check,
     scored_rows,
 )
-from edgereg.training.kind_training import kind_training
+from edgereg.training.fit_plan import FitPlan, make_plan, resolve_reference
+from edgereg.training.fit_report import readout_metrics, readouts_record, report_fit, with_baselines
+from edgereg.training.held_out import HeldOut
+from edgereg.training.kernel_flags import kernel_flags
+from edgereg.training.loading import LoadedData, load_data, load_external_test
 from edgereg.training.losses import default_loss, make_loss
-from edgereg.training.lr_find import plot_lr_find
-from edgereg.training.models import default_model
-from edgereg.training.plan import (
-    FitPlan,
-    LoadedData,
-    ValidationPlan,
-    load_data,
-    load_external_test,
-    make_plan,
-    plan_validation,
-    resolve_reference,
-    run_record_model_part,
-    seconds_per_step,
-)
-from edgereg.training.race import (
-    MIN_RACE_STEPS,
-    RACE_SHARE,
-    SCORING_SHARE,
-    Candidate,
-    affordable,
-    race_candidates,
-    race_record,
-    run_race,
-)
+from edgereg.training.model_choice import auto_lr, choose_model_and_lr, hybrid_network, score_readouts
+from edgereg.training.race import Candidate, race_record
 from edgereg.training.reference import describe_region
-from edgereg.training.report import SplitEvaluation, build_metrics, evaluate_split, format_summary, plot_report
+from edgereg.training.report import SplitEvaluation, evaluate_split
 from edgereg.training.run import (
     BEST_FILE,
     CHECKPOINT_FILE,
     METRICS_FILE,
     REPORT_FILE,
     RUN_FILE,
-    RUN_FORMAT,
     atomic_write_bytes,
     failure_reason,
     json_ready,
@@ -108,131 +93,9 @@ from edgereg.training.run import (
     save_checkpoint,
     write_json,
 )
+from edgereg.training.run_record import run_record
 from edgereg.training.splits import Split, kfold
-
-# ----------------------------------------------------------------------------------------------------
-# The report of a fit, and the run record.
-
-
-def report_fit(plan: FitPlan, outcome: FitOutcome, evaluations: dict[str, SplitEvaluation], run_dir: Path, *,
-               sanity: SanityResult | None = None, facts: dict | None = None,
-               budget_line: Callable[[], str] | None = None) -> tuple[dict, list[str], str]:
-    """Write metrics.json and report.png for one fit.
-
-    Args:
-        facts: further metrics.json entries (validation, race, budget, decisions).
-        budget_line: called last, for the summary's line on the time budget.
-
-    Returns:
-        (metrics dict, warnings, summary text).
-    """
-    loaded = plan.loaded
-    facts = dict(facts or {})
-    facts.update({
-        "split": {"mode": plan.split.mode, "train": len(plan.split.train), "val": len(plan.split.val),
-                  "test": len(plan.split.test), "seen": len(plan.seen)},
-        "training": {"epochs": len(outcome.history), "planned_epochs": outcome.planned_epochs,
-                     "best_epoch": outcome.best_epoch, "stopped": outcome.stopped, "lr": outcome.lr,
-                     "seconds": outcome.seconds, "steps": outcome.steps, "planned_steps": outcome.planned_steps,
-                     "seconds_per_step": outcome.seconds_per_step, "peak_step": outcome.peak_step,
-                     "replans": [list(r) for r in outcome.replans], "history": outcome.history,
-                     "step": outcome.step},
-        "sanity": None if sanity is None else asdict(sanity),
-        "augment": plan.augment.describe(),
-        "reference": plan.reference,
-        "model": {"name": plan.model_name, "parameters": int(sum(p.numel() for p in outcome.regressor.parameters()))},
-    })
-    metrics, warnings = build_metrics(loaded.kind, loaded.dataset.names, loaded.units, evaluations, facts=facts)
-    warnings += validation_warnings(evaluations, facts.get("validation", {}))
-    metrics["warnings"] = warnings
-    shown = evaluations.get("test") or evaluations.get("val")
-    trained = (f"trained {len(outcome.history)} epochs / {outcome.steps} steps (best {outcome.best_epoch or 'last'}; "
-               f"{outcome.stopped}) in {outcome.seconds:.0f} s, model {plan.model_name}, lr {outcome.lr:.2g}")
-    validation = facts.get("validation") or {}
-    val = evaluations.get("val")
-    if val is not None and validation.get("val_se") is not None:
-        trained += (f"\nvalidation ({validation.get('scored', 'the final model')}): RMSE {val.metrics['rmse']:.4g} "
-                    f"± {validation['val_se']:.2g} (standard error)")
-    if budget_line is not None:
-        trained += "\n" + budget_line()
-    metrics["budget"] = facts.get("budget_record", metrics.get("budget"))
-    metrics = json_ready(metrics)
-    write_json(run_dir / METRICS_FILE, metrics)
-    look_at = run_dir / METRICS_FILE
-    if shown is not None:
-        look_at = plot_report(run_dir / REPORT_FILE, kind=loaded.kind, names=loaded.dataset.names,
-                              units=loaded.units, history=outcome.history, evaluation=shown,
-                              race=(facts.get("race") or {}).get("entries"))
-    summary = format_summary(loaded.dataset.names, loaded.units, evaluations, warnings, trained=trained,
-                             look_at=look_at)
-    return metrics, warnings, summary
-
-
-SMALL_VAL_ROWS = 30  # fewer validation rows than this cannot choose epochs or models
-SMALL_VAL_GROUPS = 3
-WIDE_SE = 0.2  # a standard error above this share of the RMSE makes choices on validation a coin toss
-
-
-def validation_warnings(evaluations: dict[str, SplitEvaluation], validation: dict) -> list[str]:
-    """Warnings when the validation score is too uncertain to choose epochs or models."""
-    val = evaluations.get("val")
-    if val is None:
-        return []
-    n = len(val.y_true)
-    groups = None if val.groups is None else len(np.unique(np.asarray(val.groups).astype(str)))
-    se = validation.get("val_se")
-    rmse = val.metrics["rmse"]
-    problems = []
-    if n < SMALL_VAL_ROWS:
-        problems.append(f"only {n} rows")
-    if groups is not None and groups < SMALL_VAL_GROUPS:
-        problems.append(f"only {groups} group(s)")
-    if se is not None and rmse > 0 and se > WIDE_SE * rmse:
-        problems.append(f"standard error {se:.3g} is {se / rmse:.0%} of the RMSE")
-    if not problems:
-        return []
-    return [f"VALIDATION TOO SMALL to choose epochs or models reliably ({', '.join(problems)}): add labelled "
-            "images or groups, or pass --test DIR to measure on a separate set"]
-
-
-def run_record(plan: FitPlan, config: TrainConfig, *, status: str, metrics: dict | None = None,
-               lr: float | None = None, fold: int | None = None, choice: dict | None = None,
-               validation_split=None) -> dict:
-    """The run.json contents (see :mod:`edgereg.training.run`).
-
-    ``validation_split``: a refitted model's record keeps the split it was validated on (export
-    calibrates on its train part and gates int8 against fp32 on its val/test parts; the refit saw
-    those rows too, which the gate's fp32-vs-int8 comparison does not mind) and lists the rows the
-    refit was trained on under ``refit_rows``.
-    """
-    dataset = plan.loaded.dataset
-    transform = plan.transform
-    ranges = list(zip(transform.lo, transform.hi)) if kind_training(plan.loaded.kind).bounded else None
-    summary = None
-    if metrics is not None:
-        summary = {name: {"rmse": metrics[name]["rmse"], "mae": metrics[name]["mae"], "n": metrics[name]["n"]}
-                   for name in ("val", "test") if name in metrics}
-        if "cv" in metrics:
-            summary["cv"] = metrics["cv"]
-    return json_ready({
-        "format": RUN_FORMAT, "status": status, "fold": fold,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"root": str(plan.loaded.root.resolve()), "fingerprint": dataset.fingerprint,
-                    "n": len(dataset), "skipped": len(dataset.skipped), "strict": config.strict,
-                    "targets": config.targets, "kind": config.kind, "loaded_with": asdict(plan.loaded.geometry)},
-        "targets": list(dataset.names), "units": list(plan.loaded.units),
-        "range": None if ranges is None else [list(r) for r in ranges],
-        **run_record_model_part(plan),
-        "preprocess": asdict(plan.preprocess), "tta": config.tta, "augment": asdict(plan.augment),
-        "split": ({**plan.split.to_dict(), "seen": plan.seen} if validation_split is None
-                  else {**validation_split.to_dict(), "seen": []}),
-        "refit_rows": None if validation_split is None else plan.split.train,
-        "seed": config.seed, "lr": lr, "config": config.to_dict(), "choice": choice,
-        "versions": {"edgereg": edgereg.__version__, "torch": torch.__version__, "numpy": np.__version__},
-        "metrics": summary,
-        "step": None if metrics is None else (metrics.get("training") or {}).get("step"),
-    })
-
+from edgereg.training.validation_design import ValidationPlan, plan_validation
 
 # ----------------------------------------------------------------------------------------------------
 # Entry points.
@@ -316,19 +179,6 @@ def run_fit(plan: FitPlan, config: TrainConfig, run_dir: Path | None, ctx: ddp.D
     return fitter.run(), sanity
 
 
-def auto_lr(plan: FitPlan, config: TrainConfig, run_dir: Path, ctx: ddp.DistContext, *,
-            log: Callable[[str], None]) -> float:
-    """``--lr auto``: rank 0 runs the range test (plot in RUN/lr_find.png); every rank gets its answer."""
-    lr = math.nan
-    if ctx.is_main:
-        result = find_lr(plan, config, device=ctx.device)
-        plot_lr_find(result, run_dir / "lr_find.png")
-        write_json(run_dir / "lr_find.json", json_ready(result.to_dict()))
-        lr = result.suggestion
-        log(f"lr auto: {lr:.3g} (steepest descent of the LR range test; plot {run_dir / 'lr_find.png'})")
-    return ddp.broadcast_float(lr, ctx)
-
-
 def aggregate_folds(results: list[TrainResult], names) -> dict:
     """Mean ± std over folds of the test metrics (overall and per target)."""
     tests = [r.metrics["test"] for r in results if "test" in r.metrics]
@@ -381,103 +231,7 @@ def train_folds(loaded: LoadedData, config: TrainConfig, run_dir: Path, ctx: ddp
     return TrainResult(run_dir, json_ready(metrics), results[chosen].warnings, summary)
 
 
-class BudgetClock:
-    """Wall-clock accounting of one ``train`` call against its time budget (None: no budget)."""
-
-    def __init__(self, budget_s: float | None, started: float | None = None):
-        self.started = time.perf_counter() if started is None else started
-        self.budget = budget_s
-        self.stages: dict[str, float] = {}
-        self._mark = self.started
-
-    @property
-    def deadline(self) -> float | None:
-        return None if self.budget is None else self.started + self.budget
-
-    def left(self) -> float:
-        return math.inf if self.budget is None else self.deadline - time.perf_counter()
-
-    def mark(self, stage: str) -> None:
-        """Charge the time since the previous mark to ``stage``."""
-        now = time.perf_counter()
-        self.stages[stage] = self.stages.get(stage, 0.0) + now - self._mark
-        self._mark = now
-
-    def used(self) -> float:
-        return time.perf_counter() - self.started
-
-    def record(self, stopped: str) -> dict:
-        used = self.used()
-        return {"budget_s": self.budget, "used_s": round(used, 1),
-                "used_share": None if not self.budget else round(used / self.budget, 3),
-                "stages_s": {k: round(v, 1) for k, v in self.stages.items()}, "stopped": stopped}
-
-    def line(self, stopped: str) -> str:
-        stages = ", ".join(f"{k} {v:.0f} s" for k, v in self.stages.items())
-        if not self.budget:
-            return f"time: {self.used():.0f} s ({stages}); no --time-budget; stopped: {stopped}"
-        return (f"time budget: used {self.used():.0f} s of {self.budget:.0f} s ({self.used() / self.budget:.0%}): "
-                f"{stages}; stopped: {stopped}")
-
-
-FIT_SHARE_GUESS = 0.5  # share of the budget the final fit gets, assumed when choosing the input size
-REFIT_SHARE = 0.45  # with a refit, the first fit gets this share of the time left, the refit the rest
-FOLDS_SHARE = 0.3  # under k-fold, the fold fits together get this share of the time left, the refit the rest
-
-
-def eval_reserve(budget: float | None) -> float:
-    """Seconds kept back at the end of a budget for the report (plot, metrics.json, run.json) and
-    the baselines; the scoring passes themselves are counted by the fit at their measured speed
-    (``closing_rows``)."""
-    return 0.0 if budget is None else min(30.0, 2.0 + 0.02 * budget)
-
-
-def choose_model_and_lr(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None,
-                        ctx: ddp.DistContext, clock: BudgetClock, run_dir: Path, *,
-                        log: Callable[[str], None]) -> tuple[Candidate, dict]:
-    """The race (or the fixed choice) and its metrics.json record."""
-    kind = loaded.kind
-    fixed_model = config.model not in (None, "auto")
-    if config.lr == "auto":
-        plan = make_plan(loaded, config, vplan.split, reference_region=reference, seen_frac=0.0)
-        lr = auto_lr(plan, config, run_dir, ctx, log=log)
-        config = replace(config, lr=lr)
-    candidates = race_candidates(kind, config, invariant_ok=kind_training(kind).invariant,
-                                 input_size=loaded.geometry.input_size)
-    if len(candidates) == 1:
-        winner = candidates[0]
-        return winner, race_record([], winner, "one candidate: --model and --lr given")
-    if clock.budget is None:
-        winner = Candidate(config.model if fixed_model else default_model(kind),
-                           float(config.lr) if isinstance(config.lr, (int, float)) else DEFAULT_LR)
-        reason = "no --time-budget to race in: the kind's default model at the default learning rate"
-        log(f"model: {winner.label()} ({reason})")
-        return winner, race_record([], winner, reason)
-    seconds = RACE_SHARE * max(0.0, clock.left() - eval_reserve(clock.budget))
-    # what one rung-0 candidate needs, measured on this machine: MIN_RACE_STEPS steps of the first
-    # candidate and a validation pass (a forward pass costs about a third of a training step)
-    step = seconds_per_step(candidates[0].model, kind, loaded.geometry.input_size, loaded.geometry.n_channels,
-                            config.batch_size, precision=config.precision)
-    scoring = step / 3 * math.ceil(len(vplan.split.val) / config.batch_size)
-    racing = affordable(candidates, seconds, min_rung=(MIN_RACE_STEPS * step + scoring) / (1 - SCORING_SHARE))
-    if len(racing) == 1:
-        reason = f"the budget leaves {seconds:.0f} s to race: too little for two candidates"
-        log(f"model: {racing[0].label()} ({reason})")
-        return racing[0], race_record([], racing[0], reason)
-    log(f"race: {len(racing)} candidates ({', '.join(c.label() for c in racing)}) in ~{seconds:.0f} s on validation")
-    winner, entries = run_race(
-        lambda name: make_plan(loaded, config, vplan.split, model_name=name, reference_region=reference, seen_frac=0.0),
-        racing, config, ctx, seconds=seconds, log=log)
-    last = [e for e in entries if e.rung == max(x.rung for x in entries)]
-    best = next(e for e in last if e.model == winner.model and e.lr == winner.lr)
-    reason = (f"won the race: validation RMSE {best.val_rmse:.4g} ± {best.val_se:.2g} in rung {best.rung} "
-              f"against {len(racing) - 1} other candidate(s) (ties within one standard error go to the simpler "
-              f"model and the middle learning rate)")
-    log(f"model: {winner.label()} ({reason})")
-    return winner, race_record(entries, winner, reason)
-
-
-def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = TrainConfig(), *,
+def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig | None = None, *,
           resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
           started: float | None = None) -> TrainResult:
     """Train a regressor on a dataset directory into ``run_dir``.
@@ -485,7 +239,7 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
     Args:
         dataset_root: a directory with labels.csv (the dataset format of docs/CONTRACTS.md).
         run_dir: the run directory (created); must not hold another run unless ``resume``.
-        config: the training configuration. With ``resume`` the stored configuration is used
+        config: the training configuration (default ``TrainConfig()``). With ``resume`` the stored configuration is used
             (only ``threads`` and ``device`` are taken from this one).
         resume: continue the run in ``run_dir`` from its last checkpoint (or start it when it has
             none: a run killed before its first checkpoint).
@@ -507,6 +261,7 @@ def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig = T
         EdgeregError: bad configuration, unusable data, a run directory already in use, a failed
             sanity check, or a diverging loss.
     """
+    config = TrainConfig() if config is None else config
     clock = BudgetClock(None if config.time_budget_min is None else 60.0 * config.time_budget_min, started)
     run_dir = Path(run_dir)
     # A K-fold run writes RUN/run.json last; until then its first fold's record holds the settings.
@@ -697,85 +452,12 @@ def train_planned(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan
     clock.mark("evaluation")
     facts["budget_record"] = clock.record(outcome.stopped)
     metrics, warnings, summary = report_fit(plan, outcome, evaluations, run_dir, sanity=sanity, facts=facts,
-                                            budget_line=lambda: clock.line(outcome.stopped))
-    metrics["budget"] = clock.record(outcome.stopped)
-    write_json(run_dir / METRICS_FILE, json_ready(metrics))
+                                            budget_line=lambda: clock.line(outcome.stopped),
+                                            budget_record=lambda: clock.record(outcome.stopped))
     refitted = vplan.mode == "kfold" or vplan.refit
     write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=winner.lr,
                                               choice=choice, validation_split=vplan.split if refitted else None))
     return TrainResult(run_dir, metrics, tuple(warnings), summary)
-
-
-HELD_OUT_FILE = "held_out.npz"
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Predictions of rows by models that never saw them, kept when the shipped model was refitted on
-    every row (k-fold or holdout + refit): what honest intervals are calibrated on (export/conformal).
-
-    ``rows (N,) int64`` dataset rows, ``folds (N,) int64`` the fold that held each out, ``true`` and
-    ``pred (N, T) float64`` in the user's units; ``scored_by`` says which models predicted them.
-    """
-
-    rows: np.ndarray
-    folds: np.ndarray
-    true: np.ndarray
-    pred: np.ndarray
-    scored_by: str
-
-    def write(self, run_dir: Path) -> None:
-        """RUN/held_out.npz, written atomically."""
-        import io
-
-        buffer = io.BytesIO()
-        np.savez(buffer, rows=np.asarray(self.rows, np.int64), folds=np.asarray(self.folds, np.int64),
-                 true=np.asarray(self.true, np.float64), pred=np.asarray(self.pred, np.float64),
-                 scored_by=np.asarray(self.scored_by))
-        atomic_write_bytes(run_dir / HELD_OUT_FILE, buffer.getvalue())
-
-
-HYBRID_GAIN = 0.7  # a readout joins the network (hybrid) when its RMSE is below this share of the targets' spread
-
-
-def hybrid_network(race: readouts.ReadoutRace, winner: Candidate, kind: str, *,
-                   log: Callable[[str], None]) -> dict | None:
-    """The hybrid's options (trunk = the race's winner, the best linear readout) or None: the network
-    alone, when no linear readout explains much of the targets or the kind reads positions."""
-    from edgereg.core.kinds import target_kind
-
-    linear = [s for s in race.scores if not s.hidden and np.isfinite(s.val_rmse)]
-    if not linear or target_kind(kind).xy_points or winner.model == readouts.MODEL_NAME:
-        return None
-    best = min(linear, key=lambda s: s.val_rmse)
-    true, _ = race.predictions[best.label()]
-    spread = float(np.sqrt(np.mean((true - true.mean(axis=0)) ** 2)))
-    if not best.val_rmse < HYBRID_GAIN * spread:
-        log(f"network: {winner.model} alone (the best linear readout, {best.val_rmse:.4g}, explains too little of "
-            f"the targets' spread {spread:.4g})")
-        return None
-    log(f"network: hybrid of {winner.model} and {best.label()} (the network starts at the readout's answer and "
-        f"learns what it misses)")
-    return {"trunk": winner.model, "blocks": best.blocks, "quadratic": best.quadratic}
-
-
-def score_readouts(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None, *,
-                   log: Callable[[str], None]) -> readouts.ReadoutRace:
-    """The block readouts on the validation design (none when another model was asked for by name)."""
-    if config.model not in (None, "auto", readouts.MODEL_NAME):
-        return readouts.ReadoutRace((), {})
-    candidates = readouts.CANDIDATES
-    if config.model == readouts.MODEL_NAME:
-        options = dict(config.model_kwargs)
-        candidates = ((options.get("blocks", readouts.COMPACT_SET + ",pixels"), int(options.get("hidden", 0)),
-                       str(options.get("quadratic", False)).lower() in ("1", "true", "yes")),)
-    splits = list(vplan.folds) if vplan.mode == "kfold" else [vplan.split]
-    if not all(len(split.val) for split in splits):
-        return readouts.ReadoutRace((), {})
-    make_plans = lambda: [make_plan(loaded, config, split, model_name=readouts.MODEL_NAME,  # noqa: E731
-                                    reference_region=reference, seen_frac=0.0) for split in splits]
-    return readouts.race_readouts(make_plans, kind=loaded.kind, groups=loaded.dataset.groups, seed=config.seed,
-                                  log=log, candidates=candidates)
 
 
 def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan, reference: dict | None,
@@ -823,41 +505,20 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
     outcome = FitOutcome(regressor, [], 0, 0, stopped, 0.0, time.perf_counter() - started)
     per_sample = sample_errors(loaded.kind, true, pred)
     facts = {"validation": {"mode": vplan.mode, "reason": vplan.reason, "refit": vplan.refit,
-                            "val_se": best.val_se, "scored": "the readout fitted on the validation design's train rows"},
+                            "val_se": best.val_se,
+                            "scored": "the readout fitted on the validation design's train rows"},
              "race": choice.get("race"), "reference_test": choice.get("reference_test"),
              "readouts": readouts_record(race.scores, best, None),
              "decisions": [{"what": w, "choice": c, "why": y} for w, c, y in loaded.decisions]}
     facts["validation"]["val_se"] = rmse_standard_error(per_sample, val.groups)
     facts["budget_record"] = clock.record(stopped)
     metrics, warnings, summary = report_fit(plan, outcome, evaluations, run_dir, facts=facts,
-                                            budget_line=lambda: clock.line(stopped))
-    metrics["budget"] = clock.record(stopped)
-    write_json(run_dir / METRICS_FILE, json_ready(metrics))
+                                            budget_line=lambda: clock.line(stopped),
+                                            budget_record=lambda: clock.record(stopped))
     choice = {**choice, "model": readouts.MODEL_NAME, "lr": None, "readout": best.kwargs()}
     write_json(run_dir / RUN_FILE, run_record(plan, config, status="done", metrics=metrics, lr=None, choice=choice,
                                               validation_split=vplan.split if refitted else None))
     return TrainResult(run_dir, metrics, tuple(warnings), summary)
-
-
-def readout_metrics(loaded: LoadedData, scores: list, predictions: dict) -> dict:
-    """{label: compute_metrics of the readout's held-out predictions} (baselines of the report)."""
-    out = {}
-    for score in scores:
-        true, pred = predictions[score.label()]
-        out[score.label()] = compute_metrics(loaded.kind, true, pred, loaded.dataset.names)
-    return out
-
-
-def with_baselines(evaluation: SplitEvaluation, extra: dict) -> SplitEvaluation:
-    """``evaluation`` with more named baselines (metrics dicts) beside its own."""
-    return replace(evaluation, baselines={**evaluation.baselines, **extra})
-
-
-def readouts_record(scores: list, best, ratio: float | None) -> dict:
-    """metrics.json ``readouts``: every candidate's validation score, the best, and how many times
-    lower the shipped network's RMSE is (None: the readout was shipped)."""
-    return {"candidates": [asdict(s) for s in scores], "best": None if best is None else best.label(),
-            "network_advantage": ratio}
 
 
 def notice(message: str) -> None:
@@ -886,22 +547,3 @@ def record_failure(run_dir: Path, exc: BaseException, *, created: bool) -> None:
             pass
 
 
-@contextlib.contextmanager
-def kernel_flags(*, deterministic: bool):
-    """Within the block, pick deterministic convolution kernels when asked.
-
-    oneDNN's CPU convolutions (and cuDNN's autotuned ones) may sum in a different order from call to
-    call, so two identical runs differ in the last bits and then drift apart: a rerun or a resumed
-    run would not repeat the uninterrupted one. Their deterministic modes cost ~1.0-1.3x on the CPU
-    convolutions measured here. The previous settings are restored on exit.
-    """
-    if not deterministic:
-        yield
-        return
-    backends = torch.backends
-    saved = (backends.mkldnn.deterministic, backends.cudnn.deterministic, backends.cudnn.benchmark)
-    backends.mkldnn.deterministic, backends.cudnn.deterministic, backends.cudnn.benchmark = True, True, False
-    try:
-        yield
-    finally:
-        backends.mkldnn.deterministic, backends.cudnn.deterministic, backends.cudnn.benchmark = saved

@@ -183,8 +183,10 @@ def _remove_partial_outputs(out_dir: Path, *, since: float) -> list[Path]:
 def _export(args, run_dir: Path, out_dir: Path) -> int:
     """The export itself (see :func:`run`)."""
     from edgereg.errors import EdgeregError, GateError
-    from edgereg.export.gate import evaluate, quantize_with_gate
+    from edgereg.export.conformal import leave_out
+    from edgereg.export.gate import quantize_with_gate
     from edgereg.export.onnx_export import export_card, export_fp32
+    from edgereg.export.readings import ReadingCache
     from edgereg.export.report import build_report, format_summary, write_report
     from edgereg.preprocess import preprocess_batch
     from edgereg.training.run import load_run, load_run_dataset
@@ -200,14 +202,15 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
                        novelty=None if novelty is None else novelty.head)
     if novelty is not None:
         card = novelty.card_for(fp32.path, card)
-    fp32_metrics = evaluate(fp32.path, gate_set, card=card)
+    # every model reads each held-out set once: the gate's metrics and the intervals share the readings
+    readings = ReadingCache()
+    fp32_metrics = readings.metrics(fp32.path, gate_set, card=card)
     intervals_report = {}
     fp32_card = card
     if conformal is not None:
-        from edgereg.export.conformal import add_intervals
-
         options, parts = conformal
-        fp32_card, intervals_report["fp32"] = add_intervals(fp32.path, card, parts, model="fp32", options=options)
+        fp32_card, intervals_report["fp32"] = _add_intervals(fp32.path, card, parts, readings, model="fp32",
+                                                              options=options)
 
     int8 = None
     if args.int8:
@@ -225,7 +228,11 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
             methods=None if args.calib_method == "auto" else (args.calib_method,), max_drop=args.max_drop,
             keep_head_float=not args.quantize_head, keep_first_float=not args.quantize_first, holdout=holdout,
             calibration_info=calibration_info, max_float_layers=args.max_float_layers, measure_speed=args.speed,
-            budget_s=args.int8_budget)
+            budget_s=args.int8_budget,
+            # the fp32 readings are shared when the gate quantizes model.onnx itself (not a value-only copy)
+            fp32_metrics=fp32_metrics if quantize_from == fp32.path else None,
+            holdout_fp32=None if holdout is None or quantize_from != fp32.path else readings.metrics(
+                fp32.path, holdout, card=card))
         if int8.path is not None and novelty is not None:
             # The int8 model ships without the novelty output for now: grafting the float branch back
             # after quantization broke the analysis of the int8 graph's float tail that the C
@@ -241,8 +248,10 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
         if int8.path is None:
             (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # an earlier export's, for other weights
         elif conformal is not None:  # the int8 model's own residuals, not fp32's
-            _, intervals_report["int8"] = add_intervals(int8.path, int8.card, parts, model="int8", options=options,
-                                                        fp32_path=fp32.path, exclude_rows=gate_rows)
+            if int8.holdout_values is not None:  # the gate's int8 readings of the test split
+                readings.store(int8.path, holdout, int8.holdout_values, card=int8.card)
+            _, intervals_report["int8"] = _add_intervals(int8.path, int8.card, leave_out(parts, gate_rows), readings,
+                                                         model="int8", options=options, fp32_path=fp32.path)
 
     fp16 = None
     if args.fp16:
@@ -258,7 +267,7 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
         speed = {name: measure_speed(path, repeats=args.repeats) for name, path in written.items()}
     c_code = _generate_c(written, out_dir) if args.c_code else None
 
-    holdout_fp32 = evaluate(fp32.path, holdout, card=card) if holdout is not None and int8 is None else None
+    holdout_fp32 = readings.metrics(fp32.path, holdout, card=card) if holdout is not None and int8 is None else None
     report = build_report(run_dir=run_dir, out_dir=out_dir, fp32=fp32, fp32_metrics=fp32_metrics, int8=int8,
                           fp16=fp16, speed=speed, c_code=c_code, holdout_fp32=holdout_fp32,
                           intervals=intervals_report or None)
@@ -310,7 +319,7 @@ def _held_out_sets(dataset, info, parts=None):
     The gate split is what the int8 search chooses on: val, or test when the run has no val. A
     refitted model with held-out rows divided for its intervals gets the difficulty part instead
     (rows no quantile comes from); the int8 model's quantiles leave out whatever rows the gate
-    looked at (``add_intervals(exclude_rows=...)``).
+    looked at (``conformal.leave_out``).
     """
     from edgereg.errors import EdgeregError
     from edgereg.export.gate import eval_set
@@ -326,6 +335,22 @@ def _held_out_sets(dataset, info, parts=None):
         return eval_set(dataset, info.split.test, kind=kind, split="test"), None, info.split.test
     raise EdgeregError(f"run '{info.run_dir}' has no validation or test images to check the export on; "
                        "retrain with a validation split (the default)")
+
+
+def _add_intervals(model_path: Path, card, parts, readings, *, model: str, options, fp32_path: Path | None = None):
+    """The model's intervals from its cached readings of the held-out parts, written into its card.
+
+    Returns:
+        (the card with ``intervals``, the report for export_report.json).
+    """
+    from edgereg.export.card_io import write_card
+    from edgereg.export.conformal import add_intervals
+
+    new_card, report = add_intervals(card, parts, readings.part_readings(model_path, parts, card=card,
+                                                                         fp32_path=fp32_path),
+                                     model=model, options=options)
+    write_card(model_path, new_card)
+    return new_card, report
 
 
 def _interval_setup(args, dataset, info):

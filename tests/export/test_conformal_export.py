@@ -72,8 +72,8 @@ def test_difficulty_from_val_and_quantiles_from_test_only():
     n = MIN_FIT + MIN_CALIBRATION + 10
     split = SimpleNamespace(val=np.arange(MIN_FIT), test=np.arange(MIN_FIT, MIN_FIT + MIN_CALIBRATION), train=[])
     parts = held_out_parts(_dataset(n), split, kind="scalar")
-    assert ((parts.fit.split, len(parts.fit), parts.cal.split, len(parts.cal))
-            == ("val", MIN_FIT, "test", MIN_CALIBRATION))
+    found = (parts.fit.split, len(parts.fit), parts.cal.split, len(parts.cal))
+    assert found == ("val", MIN_FIT, "test", MIN_CALIBRATION)
     assert "used for nothing else" in parts.note
     small = SimpleNamespace(val=np.arange(10), test=np.arange(10, 30), train=[])
     parts = held_out_parts(_dataset(n), small, kind="scalar")  # never pooled with val, which chose the epoch
@@ -94,8 +94,9 @@ def test_export_without_intervals(assay_run, tmp_path):
 def test_coordinate_intervals_scale_with_each_frames_crop(model_factory):
     """Scores are fractions of the crop side, so one quantile serves every frame size."""
     from edgereg.core.predictor import Predictor
-    from edgereg.export.conformal import add_intervals
+    from edgereg.export.conformal import ConformalParts, add_intervals
     from edgereg.export.gate import EvalSet
+    from edgereg.export.readings import ReadingCache
     from edgereg.preprocess import PreprocessConfig, crop_resize
 
     fields = dict(kind="coords", targets=("x", "y"), input_size=(16, 16), channels="gray", mean=(0.5,), std=(0.25,))
@@ -112,7 +113,9 @@ def test_coordinate_intervals_scale_with_each_frames_crop(model_factory):
         boxes.append((box.x0, box.y0, box.w, box.h))
         truth.append((x + rng.normal(0, 0.8), y + rng.normal(0, 0.8)))  # labels a little off: residuals
     evalset = EvalSet(frames=np.stack(frames), targets=np.array(truth), crop_boxes=np.array(boxes), split="test")
-    card, _ = add_intervals(model, read_card(model), (None, evalset, "test"), model="fp32", write=False)
+    parts = ConformalParts(None, evalset, np.zeros(0, np.int64), np.arange(len(evalset)), None, None, None, "test")
+    stored = read_card(model)
+    card, _ = add_intervals(stored, parts, ReadingCache().part_readings(model, parts, card=stored), model="fp32")
     predictor = Predictor(model, card=card, confidence=0.9)
     spot = np.zeros((32, 32, 3), np.uint8)
     spot[15:18, 15:18] = 255
@@ -122,3 +125,31 @@ def test_coordinate_intervals_scale_with_each_frames_crop(model_factory):
     np.testing.assert_allclose(big_result.hi - big_result.lo, 2 * small_width, rtol=1e-6)
     np.testing.assert_allclose(big_result.values, 2 * small_result.values + 0.5, atol=0.05)  # pixel centres
     assert np.all(small_width > 1.0) and np.all(small_width < 8.0)  # 90% of N(0, 0.8) noise: about +-1.3 px
+
+
+def test_readings_are_made_once_per_model_images_and_tta(model_factory):
+    """Two EvalSets of the same images share one reading; the intervals need no model file, only
+    the readings (the export feeds them what the gate already read)."""
+    from edgereg.export.conformal import ConformalParts, add_intervals, reading_modes
+    from edgereg.export.gate import EvalSet, evaluate
+    from edgereg.export.readings import ReadingCache, images_key
+
+    model = model_factory(fn="mean", kind="scalar", targets=("y",), input_size=(8, 8), channels="gray",
+                          mean=(0.5,), std=(0.25,))
+    card = read_card(model)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    truth = frames.mean(axis=(1, 2, 3))[:, None] / 255.0 + rng.normal(0, 0.05, (60, 1))
+    first = EvalSet(frames=frames, targets=truth, crop_boxes=None, split="test")
+    again = EvalSet(frames=frames.copy(), targets=truth.copy(), crop_boxes=None, split="test")
+    assert images_key(first) == images_key(again)
+    assert images_key(first) != images_key(EvalSet(frames=frames, targets=truth, crop_boxes=None, split="val"))
+    cache = ReadingCache()
+    metrics = cache.metrics(model, first, card=card)
+    assert metrics == evaluate(model, first, card=card)  # the gate's numbers, from the shared readings
+    parts = ConformalParts(None, again, np.zeros(0, np.int64), np.arange(60), None, None, None, "test")
+    readings = cache.part_readings(model, parts, card=card)
+    assert list(readings) == reading_modes(card, parts) == ["none"]
+    assert cache.reads == 1 and readings["none"].cal is cache.read(model, first, card=card)
+    with_intervals, report = add_intervals(card, parts, readings, model="fp32")
+    assert with_intervals.intervals["sets"][0]["n_calibration"] == 60 and report["split_choice"] == "test"

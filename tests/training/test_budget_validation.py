@@ -11,11 +11,14 @@ import torch
 
 from edgereg.data.metrics import rmse_standard_error
 from edgereg.training.config import TrainConfig
-from edgereg.training.plan import SourceProbe, capped_size, choose_input_size, corners_are_background, plan_validation
+from edgereg.training.geometry_choice import corners_are_background
+from edgereg.training.input_size import capped_size, choose_input_size
+from edgereg.training.plan import SourceProbe
 from edgereg.training.race import Candidate, affordable, race_candidates, rung_plan
 from edgereg.training.reference import ReferenceNorm, choose_reference, region_mask
 from edgereg.training.schedule import StepClock, StepSchedule, steps_that_fit
 from edgereg.training.splits import make_split
+from edgereg.training.validation_design import plan_validation
 
 # ---------------------------------------------------------------------------------------------------
 # schedule and clock
@@ -96,7 +99,7 @@ def test_input_size_is_native_after_the_crop_up_to_the_cap_and_shrinks_only_for_
                                   fit_seconds=None, log=print)
     assert size == (96, 96) and "native 96x96" in why
     assert capped_size((250, 250), 128) == (128, 128) and capped_size((100, 300), 128) == (43, 128)
-    import edgereg.training.plan as plan_module
+    import edgereg.training.input_size as plan_module
 
     monkeypatch.setattr(plan_module, "seconds_per_step", lambda *a, **k: 0.1)  # a measured 100 ms per step
     small = SourceProbe(("path", "y"), ((80, 80),) * 4, False, rows=3200)  # 32 steps per epoch: 1500 wanted
@@ -237,7 +240,7 @@ def test_few_groups_score_out_of_fold_refit_on_all_rows_and_score_an_external_te
 
 def test_coordinates_keep_their_native_size_under_a_tight_budget(monkeypatch):
     """Coords are read in source pixels: the budget shrinks other kinds' inputs, never theirs."""
-    import edgereg.training.plan as plan_module
+    import edgereg.training.input_size as plan_module
 
     monkeypatch.setattr(plan_module, "seconds_per_step", lambda *a, **k: 0.1)
     probe = SourceProbe(("path", "x", "y"), ((80, 80),) * 4, False, rows=3200)
@@ -246,3 +249,40 @@ def test_coordinates_keep_their_native_size_under_a_tight_budget(monkeypatch):
     coords, why = choose_input_size(probe, TrainConfig(), crop="none", kind="coords", model_name="heatmap_small",
                                     fit_seconds=100.0, log=print)
     assert scalar == (64, 64) and coords == (80, 80) and "~1000 steps fit" in why
+
+
+def test_the_race_derives_every_candidates_plan_from_one_basis():
+    """The normalization and reference statistics are measured once per race (one PlanBasis), not
+    once per candidate and rung; each raced model gets one plan."""
+    from edgereg.training.race import race_plans
+
+    class Basis:
+        calls: list[str | None] = []
+
+        def plan(self, model_name=None):
+            self.calls.append(model_name)
+            return f"plan of {model_name}"
+
+    basis = Basis()
+    candidates = [Candidate(m, lr) for m in ("cnn_small", "resnet_tiny") for lr in (3e-3, 1e-3, 1e-2)]
+    plans = race_plans(basis, candidates)
+    assert plans == {"cnn_small": "plan of cnn_small", "resnet_tiny": "plan of resnet_tiny"}
+    assert basis.calls == ["cnn_small", "resnet_tiny"]
+
+
+def test_a_plan_from_a_basis_is_the_plan_make_plan_gives(assay_dir):
+    """plan_basis(...).plan(name) == make_plan(..., model_name=name): the race's shared basis
+    changes no number of any candidate's plan."""
+    from edgereg.training.fit_plan import make_plan, plan_basis
+    from edgereg.training.loading import load_data
+
+    config = TrainConfig(input_size=(24, 24), threads=1, seed=3)
+    loaded = load_data(assay_dir, config, log=lambda message: None)
+    split = plan_validation(loaded, config).split
+    basis = plan_basis(loaded, config, split, seen_frac=0.0)
+    for name in ("cnn_small", "resnet_tiny"):
+        shared, alone = basis.plan(name), make_plan(loaded, config, split, model_name=name, seen_frac=0.0)
+        assert shared.model_name == alone.model_name == name and shared.preprocess == alone.preprocess
+        assert shared.augment == alone.augment and shared.transform.to_dict() == alone.transform.to_dict()
+        assert np.array_equal(shared.split.train, alone.split.train) and np.array_equal(shared.seen, alone.seen)
+    assert basis.plan().model_name == make_plan(loaded, config, split).model_name

@@ -146,3 +146,23 @@ def test_report_plot_and_table(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     table = format_table(names, ("", "", ""), [evaluation])
     assert "bin2" in table and "(overall)" in table
+
+
+def test_baselines_come_out_in_one_fixed_order_whatever_order_they_were_collected_in():
+    """The simple baselines first in BASELINE_ORDER, then the others as given: metrics.json and the
+    printed line never depend on a set's order (k-fold merged the folds' names through a set)."""
+    from edgereg.training.fit import merge_scored
+    from edgereg.training.report import BASELINE_ORDER, evaluate_split, format_baselines
+
+    true = np.array([[1.0], [2.0], [3.0]])
+    names = ("nearest_train_group", "readout pixels", "zero", "train_median", "train_mean")
+    baselines = {name: true + k for k, name in enumerate(names)}
+    evaluation = evaluate_split("val", "scalar", ("y",), true, true + 0.5, baselines)
+    expected = [*BASELINE_ORDER, "readout pixels"]
+    assert list(evaluation.baselines) == expected
+    assert list(evaluation.to_dict(("y",), "scalar")["baselines"]) == expected
+    line = format_baselines(evaluation)
+    assert line.index("zero") < line.index("train mean") < line.index("nearest training group") < line.index("readout")
+    fold = (true, true, {name: true for name in reversed(names)}, None)
+    other = (true, true, {name: true for name in names}, None)
+    assert list(merge_scored([fold, other])[2]) == expected

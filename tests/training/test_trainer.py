@@ -147,3 +147,23 @@ def test_lr_range_test_restores_the_model_and_suggests_where_the_loss_falls():
     assert result.lrs[0] < result.suggestion <= result.minimum
     index = result.lrs.index(result.suggestion)
     assert result.smoothed[index + 3] < result.smoothed[index - 3]  # the loss falls around it
+
+
+def test_a_run_writes_metrics_json_once(assay_dir, tmp_path, monkeypatch):
+    """metrics.json is written once per run, last (after report.png), with the final time used."""
+    import edgereg.training.fit_report as fit_report
+    import edgereg.training.trainer as trainer
+    from edgereg.training.run import METRICS_FILE, write_json
+
+    writes = []
+
+    def counting(path, data):
+        writes.append(path.name)
+        return write_json(path, data)
+
+    for module in (fit_report, trainer):  # every module of the run that writes JSON files
+        monkeypatch.setattr(module, "write_json", counting)
+    result = train(assay_dir, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1}), progress=False, log=_quiet)
+    assert writes.count(METRICS_FILE) == 1
+    assert (tmp_path / "run" / "report.png").is_file()
+    assert result.metrics["budget"]["used_s"] >= result.metrics["budget_record"]["used_s"]

@@ -34,7 +34,8 @@ LEARNS_FROM_LABELS = ("template",)  # blocks whose constants come from the train
 # squares, every block linearly, and every block through a small MLP
 POINT_CANDIDATES = (("template", 0, False), ("template", 0, True))  # coordinate targets
 CANDIDATES = (("moments", 0, False), ("colour", 0, False), ("spectrum", 0, True), ("bank", 0, False),
-              ("tiles", 0, False), ("pixels", 0, False), (COMPACT_SET, 0, True), (COMPACT_SET + ",tiles,pixels", 0, False),
+              ("tiles", 0, False), ("pixels", 0, False), (COMPACT_SET, 0, True),
+              (COMPACT_SET + ",tiles,pixels", 0, False),
               (COMPACT_SET + ",tiles,pixels", 32, False))
 
 
@@ -82,7 +83,7 @@ def readout_plan(plan, blocks: str, hidden: int = 0, quadratic: bool = False):
 
 def fit_plan(plan, *, seed: int = 0):
     """A Regressor with the readout of ``plan`` fitted on ``plan.split.train``; (regressor, fit record)."""
-    from edgereg.training.plan import new_regressor
+    from edgereg.training.fit_plan import new_regressor
 
     regressor = new_regressor(plan, seed).eval()
     record = fit_from_plan(regressor.model, regressor, plan, seed=seed)
@@ -94,7 +95,7 @@ class FeatureCache:
     train rows (their 8-bit levels or quantiles, the template)."""
 
     def __init__(self, plan, blocks: tuple[str, ...], rows: np.ndarray, *, seed: int):
-        from edgereg.training.plan import new_regressor
+        from edgereg.training.fit_plan import new_regressor
 
         full = readout_plan(plan, ",".join(blocks))
         regressor = new_regressor(full, seed).eval()
@@ -125,7 +126,7 @@ def held_out_predictions(caches: list[FeatureCache], plans: list, *, seed: int) 
         (true, pred) in user units, the val rows, and the last fit record.
     """
     from edgereg.training.fit import to_user_units
-    from edgereg.training.plan import new_regressor
+    from edgereg.training.fit_plan import new_regressor
 
     trues, preds, all_rows, record = [], [], [], {}
     for k, plan in enumerate(plans):
