@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 
 from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
+from edgereg.files import atomic_replace
 from edgereg.preprocess import PreprocessConfig
 
 RUN_FORMAT = 1
@@ -40,27 +40,13 @@ REPORT_FILE = "report.png"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a kill: no half-written temporary file is left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file
+    (``edgereg.files.atomic_replace``, the rename made durable).
+
+    Raises:
+        OSError: the file could not be written; no temporary file is left behind.
+    """
+    return atomic_replace(path, data, sync_folder=True)
 
 
 def json_ready(value: Any) -> Any:

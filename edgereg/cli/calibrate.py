@@ -128,7 +128,7 @@ def _write_report(path: Path, section: dict, fits: dict, standards) -> None:
                          "reading": float(standards.readings[i, j]), "residual": residuals[i]})
     report = {"calibration": section, "analysis": {name: fit["analysis"] for name, fit in fits.items()},
               "standards": rows, "skipped": [list(s) for s in standards.skipped]}
-    from edgereg.batch.writers import atomic_write
+    from edgereg.files import atomic_write
     from edgereg.lab.fit.validation import json_safe
 
     atomic_write(path, (json.dumps(json_safe(report), indent=2) + "\n").encode())

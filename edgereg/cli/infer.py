@@ -264,19 +264,12 @@ def _readings(predictor) -> str:
 def _run_batch(args) -> int:
     from pathlib import Path
 
-    from edgereg.batch.scoring import Shard, default_inference_threads, output_columns, score_source
+    from edgereg.batch.encoding import output_format
+    from edgereg.batch.resume import OutputIdentity, check_resume_identity, load_done_keys, write_identity
+    from edgereg.batch.scoring import default_inference_threads, output_columns, score_source
+    from edgereg.batch.shards import Shard
     from edgereg.batch.sources import open_source
-    from edgereg.batch.writers import (
-        OutputIdentity,
-        check_output_target,
-        check_resume_identity,
-        discard_output,
-        load_done_keys,
-        open_errors,
-        open_rows,
-        output_format,
-        write_identity,
-    )
+    from edgereg.batch.writers import check_output_target, discard_output, open_errors, open_rows
     from edgereg.errors import EdgeregError
 
     if args.jsonl and args.out:
@@ -367,7 +360,7 @@ def _close_all(*writers, raising: bool) -> None:
 def _batch_summary(stats, *, out, done, shard, source) -> str:
     """``scored 1,998, failed 2 (reasons in preds.errors.csv: 'a.png': empty file; ...); folder 'photos'
     (2,000 images); 312.4 images/s``. The first failures are quoted whatever the verbosity."""
-    from edgereg.batch.writers import errors_path_for
+    from edgereg.batch.encoding import errors_path_for
 
     scored, failed = (stats.scored, stats.failed) if stats else (0, 0)
     summary = f"scored {scored:,}, failed {failed:,}"

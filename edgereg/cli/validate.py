@@ -59,9 +59,9 @@ def run(args) -> int:
     from edgereg.errors import EdgeregError, output_error, require_extra
 
     require_extra("scipy", "lab")
-    from edgereg.batch.writers import atomic_write
     from edgereg.cli.calibrate import check_model_output
     from edgereg.core.predictor import Predictor
+    from edgereg.files import atomic_write
     from edgereg.lab.audit import sha256_file
     from edgereg.lab.calibration import calibration_id
     from edgereg.lab.fit.standards import read_standards

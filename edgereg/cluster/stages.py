@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edgereg.batch.scoring import load_entry, prediction_flags
+from edgereg.batch.flags import prediction_flags
+from edgereg.batch.scoring import load_entry
 from edgereg.batch.sources import Entry
 from edgereg.core.tta import TTASpec
 from edgereg.preprocess import CropBox, PreprocessConfig, preprocess_batch

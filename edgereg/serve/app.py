@@ -40,7 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edgereg import __version__
-from edgereg.batch.scoring import prediction_flags
+from edgereg.batch.flags import prediction_flags
 from edgereg.batch.sources import redact_credentials
 from edgereg.core.predictor import Predictor
 from edgereg.live.loop import NO_FRAME, LiveFeed, Reading
