@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
 from edgereg.files import atomic_replace
+from edgereg.json_values import json_safe
 from edgereg.preprocess import PreprocessConfig
 
 RUN_FORMAT = 1
@@ -49,19 +48,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_replace(path, data, sync_folder=True)
 
 
-def json_ready(value: Any) -> Any:
-    """Tuples -> lists, numpy scalars/arrays -> Python, NaN/inf -> None, recursively."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+json_ready = json_safe  # tuples -> lists, numpy -> Python, NaN/inf -> None (edgereg.json_values)
 
 
 def write_json(path: str | Path, data: dict) -> Path:

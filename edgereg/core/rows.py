@@ -1,7 +1,8 @@
 """The output row of a reading: its columns and their order, in one place.
 
 Every engine writes the same row for an image (folder scoring, the Ray engine, the Python API's
-``Predictions.rows``; ``edgereg serve`` sends the same numbers grouped by field):
+``Predictions.rows``; ``edgereg serve`` sends the same numbers grouped by field,
+:func:`reading_by_field`):
 
 ``path``, then for each target ``name`` (followed by ``name_lo`` and ``name_hi`` with intervals),
 then ``name_spread`` for each target (with TTA), then ``flags``, then the audit columns
@@ -57,6 +58,17 @@ def reading_values(names: Sequence[str], values: np.ndarray, spread: np.ndarray 
     return row
 
 
+def reading_by_field(names: Sequence[str], values: np.ndarray, spread: np.ndarray | None = None,
+                     lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> dict[str, dict[str, float] | None]:
+    """The numbers of one reading grouped by field, as ``edgereg serve`` sends them (``/api/predict``):
+    ``{"value": {name: value}, "spread": {name: spread} or None, "lo": {...} or None, "hi": {...} or
+    None}``; the same numbers as :func:`reading_values` (arguments as there)."""
+    def by_name(array: np.ndarray | None) -> dict[str, float] | None:
+        return None if array is None else {name: float(array[j]) for j, name in enumerate(names)}
+
+    return {"value": by_name(values), "spread": by_name(spread), "lo": by_name(lo), "hi": by_name(hi)}
+
+
 def prediction_row(key: str, numbers: Mapping[str, float | None], flags: Sequence[str],
                    audit: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One output row: ``path`` = ``key``, the ``numbers`` (from :func:`reading_values` or
@@ -72,4 +84,5 @@ def withheld_values(names: Sequence[str], *, with_spread: bool, with_interval: b
     return dict.fromkeys(value_columns(names, with_spread=with_spread, with_interval=with_interval))
 
 
-__all__ = ["prediction_columns", "prediction_row", "reading_values", "value_columns", "withheld_values"]
+__all__ = ["prediction_columns", "prediction_row", "reading_by_field", "reading_values", "value_columns",
+           "withheld_values"]

@@ -23,7 +23,6 @@ connections together get 503 with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -43,6 +42,8 @@ from edgereg import __version__
 from edgereg.batch.flags import prediction_flags
 from edgereg.batch.sources import redact_credentials
 from edgereg.core.predictor import Predictor
+from edgereg.core.rows import reading_by_field
+from edgereg.json_values import finite_values
 from edgereg.live.loop import NO_FRAME, LiveFeed, Reading
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.serve.batcher import MicroBatcher
@@ -95,10 +96,6 @@ class _HeldStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._release()
-
-
-def _finite(mapping: dict[str, float]) -> dict[str, float | None]:
-    return {k: (float(v) if math.isfinite(v) else None) for k, v in mapping.items()}
 
 
 class _Server:
@@ -251,7 +248,7 @@ class _Server:
                     await asyncio.sleep(max(0.005, self.stream_clock.due_in()))
                     continue
                 jpeg = await anyio.to_thread.run_sync(
-                    lambda: self.encoder.jpeg(item, image_item=self.hub.latest_with_image()))
+                    lambda item=item: self.encoder.jpeg(item, image_item=self.hub.latest_with_image()))
                 sent_seq = item.seq
                 yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                        .encode() + jpeg + b"\r\n")
@@ -328,15 +325,18 @@ class _Server:
             result = await asyncio.wrap_future(self.batcher.submit(prepared.frames, prepared.boxes))
             flags = prediction_flags(self.predictor.card, result, prepared.boxes)
             for row, position in enumerate(prepared.index):
+                numbers = reading_by_field(result.names, result.values[row],
+                                           None if result.spread is None else result.spread[row],
+                                           None if result.lo is None else result.lo[row],
+                                           None if result.hi is None else result.hi[row])
                 reading = {
                     "index": position, "name": uploads[position].name,
-                    "value": _finite(dict(zip(result.names, result.values[row]))),
-                    "spread": None if result.spread is None else _finite(dict(zip(result.names, result.spread[row]))),
+                    "value": finite_values(numbers["value"]), "spread": finite_values(numbers["spread"]),
                     "flags": list(flags[row]),
                 }
                 if result.lo is not None:  # the card's intervals, at its confidence, as folder scoring writes them
-                    reading["lo"] = _finite(dict(zip(result.names, result.lo[row])))
-                    reading["hi"] = _finite(dict(zip(result.names, result.hi[row])))
+                    reading["lo"] = finite_values(numbers["lo"])
+                    reading["hi"] = finite_values(numbers["hi"])
                 readings[position] = reading
         for position, name, reason in prepared.errors:
             readings[position] = {"index": position, "name": name, "error": reason}

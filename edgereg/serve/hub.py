@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from edgereg.json_values import finite_or_none
 from edgereg.live.loop import NO_FRAME, Reading
 
 
@@ -192,7 +193,7 @@ class ReadingHub:
                 for item in items:
                     mapping = getattr(item.reading, field)
                     value = None if mapping is None else mapping.get(name)
-                    series.append(value if value is not None and math.isfinite(value) else None)
+                    series.append(finite_or_none(value))
                 out[name] = series
             return out
 
