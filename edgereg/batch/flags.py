@@ -64,11 +64,11 @@ def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None
     if card.range is not None and card.target_kind.range_flagged:
         bounds = np.asarray(card.range, dtype=np.float64)  # (T, 2)
         margin = OUT_OF_RANGE_MARGIN * (bounds[:, 1] - bounds[:, 0])
-        out_of_range = ((values <= bounds[:, 0] + margin) | (values >= bounds[:, 1] - margin)).any(axis=1)
+        out_of_range = np.asarray(((values <= bounds[:, 0] + margin) | (values >= bounds[:, 1] - margin)).any(axis=1))
     disagreement = np.zeros(len(values), dtype=bool)
     if spread is not None:
         with np.errstate(invalid="ignore"):
-            disagreement = (spread > TTA_DISAGREEMENT_FRACTION * spans).any(axis=1)
+            disagreement = np.asarray((spread > TTA_DISAGREEMENT_FRACTION * spans).any(axis=1))
     flags = []
     for i in range(len(values)):
         flags.append(tuple(name for name, on in (("out_of_range", out_of_range[i]),

@@ -38,11 +38,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -154,12 +155,15 @@ def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAU
     if entry.error is not None:
         return entry.error
     try:
-        data = None if entry.frame is not None else read_file_bytes(entry.path, max_bytes=max_file_bytes(max_pixels))
+        frame = entry.frame
+        # an entry without a frame has a path (Entry)
+        data = None if frame is not None else read_file_bytes(cast(Path, entry.path),
+                                                              max_bytes=max_file_bytes(max_pixels))
         with opencv or contextlib.nullcontext():
-            if data is None:
-                return crop_resize(entry.frame, config)
+            if frame is not None:
+                return crop_resize(frame, config)
             # JPEGs decoded at 1/2..1/8 under config.decode, as training decoded them (preprocess.frames)
-            return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels, budget=budget)
+            return load_frame(cast(bytes, data), config, source=str(entry.path), max_pixels=max_pixels, budget=budget)
     except Exception as exc:
         return failure_reason(exc, entry.key)
 
@@ -265,7 +269,7 @@ def _produce(source: BatchSource, select, pool: _DecoderPool, config: Preprocess
 
 def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, threads: int, queue_size: int,
                      max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: QualityConfig | None = None
-                     ) -> Iterator[tuple[Entry, tuple[np.ndarray, CropBox] | str, QualityReport | None]]:
+                     ) -> Generator[tuple[Entry, tuple[np.ndarray, CropBox] | str, QualityReport | None], None, None]:
     """Yield ``(entry, (frame, box) or failure reason, quality report)`` in input order, decoding
     ahead in threads (the report is None except for video frames with ``quality``).
 
@@ -328,10 +332,10 @@ def _rows(predictor: Predictor, items: list[_Item], audit=None) -> Iterator[dict
                                                                   with_interval=with_interval)
             flags_of_item: tuple[str, ...] = (*quality, "withheld")
         else:
+            bounds = (result.lo, result.hi) if with_interval else (None, None)
             numbers = reading_values(predictor.names, result.values[position],
                                      None if result.spread is None else result.spread[position],
-                                     result.lo[position] if with_interval else None,
-                                     result.hi[position] if with_interval else None)
+                                     *(None if bound is None else bound[position] for bound in bounds))
             flags_of_item = (*flags[position], *quality)
             position += 1
         fields = audit.fields(source_of(item.entry.key), item.frame) if audit is not None else None
@@ -411,9 +415,10 @@ def score_source(source: BatchSource, predictor: Predictor, rows: RowWriter, err
                 if fail_fast:
                     break
                 continue
-            rejected = verdict is not None and verdict.reason is not None
-            if rejected:
-                stats.quality[verdict.reason] = stats.quality.get(verdict.reason, 0) + 1
+            reason = verdict.reason if verdict is not None else None
+            rejected = reason is not None
+            if reason is not None:
+                stats.quality[reason] = stats.quality.get(reason, 0) + 1
                 stats.withheld += gate
             batch.append(_Item(entry, *loaded, verdict, withheld=rejected and gate))
             if len(batch) >= predictor.batch_size:

@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -201,7 +202,7 @@ class ListFileSource(_FileListSource):
             text = list_path.read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
             raise EdgeregError(f"cannot read list file '{list_path}' ({exc.strerror or exc}); check the path") from None
-        items = []
+        items: list[tuple[str, Path | None, str | None]] = []
         for line in text.split("\n"):  # not splitlines: U+2028, U+0085, ... may stand in a file name
             name = line.strip(" \t\r")
             if not name or name.startswith("#"):
@@ -344,12 +345,12 @@ class CameraSource:
         shown = redact_credentials(str(self.target))  # the name goes into messages, notes and web pages
         self.name = f"camera {self.target}" if self.kind == "device" else f"{self.kind} '{shown}'"
         self._open_capture = open_capture
-        self._capture = None
+        self._capture: Any = None  # the open cv2.VideoCapture (or the test's stand-in), or None
         self.loop = loop and self.kind == "file"
         self.realtime = realtime and self.kind == "file"
         self._sleep = sleep
         self._period_s = 0.0  # seconds between frames when realtime (from the file's frame rate)
-        self._due = None  # time.monotonic() when the next frame is due (realtime)
+        self._due: float | None = None  # time.monotonic() when the next frame is due (realtime)
         self.ended = False  # a video file has been read to its end
         self.frames_read = 0
 
@@ -398,11 +399,12 @@ class CameraSource:
     def _pace(self) -> None:
         """Wait until this frame is due at the file's frame rate (never sleeps to catch up)."""
         now = time.monotonic()
-        if self._due is None or now - self._due > self._period_s:
-            self._due = now  # the first frame, or running late (slow decode, a drop-out): resync
-        elif self._due > now:
-            self._sleep(self._due - now)
-        self._due += self._period_s
+        due = self._due
+        if due is None or now - due > self._period_s:
+            due = now  # the first frame, or running late (slow decode, a drop-out): resync
+        elif due > now:
+            self._sleep(due - now)
+        self._due = due + self._period_s
 
     def release(self) -> None:
         if self._capture is not None:

@@ -31,7 +31,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class TargetCalibration:
         infinite = np.isinf(x)
         finite_x = np.where(infinite, 0.0, x)
         if self.fit == "isotonic":
-            xs, ys = self.knots
+            xs, ys = cast("tuple[tuple[float, ...], tuple[float, ...]]", self.knots)  # parsed with the fit
             return np.where(infinite, x, np.interp(finite_x, xs, ys))
         b0, b1, b2 = self.coef
         value = b0 + b1 * finite_x + b2 * finite_x * finite_x
@@ -172,7 +172,8 @@ def _parse_target(entry: Mapping[str, Any], bad: Bad) -> TargetCalibration:
         raise bad("coefficients must be finite")
     t = {float(level): float(value) for level, value in entry["t"].items()}
     reference_range = tuple(float(v) for v in entry["reference_range"])
-    return TargetCalibration(fit=fit, coef=coef, cov=tuple(map(tuple, cov.tolist())), knots=knots,
+    return TargetCalibration(fit=fit, coef=cast("tuple[float, float, float]", coef),
+                             cov=tuple(map(tuple, cov.tolist())), knots=knots,
                              residual_sd=float(entry["residual_sd"]), n_eff=float(entry.get("n_eff", 1.0)),
                              t=t, reference_range=(reference_range[0], reference_range[1]))
 

@@ -26,9 +26,9 @@ import json
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -180,7 +180,7 @@ class LiveStats:
 
 def run_live(source: FrameSource, predictor: Predictor, *, config: LiveConfig = LiveConfig(),
              clock: Callable[[], float] = time.time,
-             sleep: Callable[[float], None] = time.sleep) -> Iterator[Reading]:
+             sleep: Callable[[float], object] = time.sleep) -> Generator[Reading, None, None]:
     """Read frames until the source ends, ``max_frames`` is reached or the consumer stops.
 
     Args:
@@ -362,10 +362,11 @@ class _Readout:
         timestamp = self.clock()
         started = time.perf_counter()
         try:
-            report = self.gate.check(frame) if self.gate is not None else None
-            if report is not None and not report.ok:
+            gate = self.gate
+            report = gate.check(frame) if gate is not None else None
+            if gate is not None and report is not None and not report.ok:
                 self.stability.reset()
-                return Reading(timestamp, number, report.reason, note=report.describe(self.gate.config),
+                return Reading(timestamp, number, cast(str, report.reason), note=report.describe(gate.config),
                                report=report, process_ms=_ms_since(started), image=frame)
             result = self.predictor.predict([frame])
         except ShapeError as exc:

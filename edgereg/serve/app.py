@@ -28,6 +28,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -186,8 +187,9 @@ class _Server:
         """(status, connected, state) of the camera, judged from one hub state (the one that
         ``/snapshot.jpg`` and ``/events`` serve), so ``/healthz`` and ``/metrics`` agree with them."""
         state = self.hub.camera_state()
-        connected = self.feed.running and state.connected(self.config.stale_after_s)
-        if not self.feed.running:
+        running = self.feed is not None and self.feed.running  # asked only with a camera
+        connected = running and state.connected(self.config.stale_after_s)
+        if not running:
             status = "stopped"
         elif connected:
             status = "ok"
@@ -322,7 +324,10 @@ class _Server:
             lambda: prepare_uploads(uploads, self.predictor.config, max_pixels=self.config.max_pixels))
         readings: list[dict | None] = [None] * len(uploads)
         if len(prepared.frames):
-            result = await asyncio.wrap_future(self.batcher.submit(prepared.frames, prepared.boxes))
+            batcher = self.batcher
+            if batcher is None:  # requests are served between the lifespan's start and its end
+                raise HTTPException(503, "the server is starting or stopping; try again")
+            result = await asyncio.wrap_future(batcher.submit(prepared.frames, prepared.boxes))
             flags = prediction_flags(self.predictor.card, result, prepared.boxes)
             for row, position in enumerate(prepared.index):
                 numbers = reading_by_field(result.names, result.values[row],
@@ -420,7 +425,7 @@ def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: Serve
     if config.token:
         middleware.append(Middleware(TokenGuard, token=config.token))
     middleware.append(Middleware(BodyLimit, max_bytes=config.max_request_bytes))
-    app = _Application(routes=routes, middleware=middleware, lifespan=server.lifespan,
-                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    handlers: dict[Any, Callable[..., Any]] = {HTTPException: _http_error, Exception: _server_error}
+    app = _Application(routes=routes, middleware=middleware, lifespan=server.lifespan, exception_handlers=handlers)
     app.state.server = server
     return app

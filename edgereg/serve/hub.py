@@ -147,7 +147,7 @@ class ReadingHub:
     def since(self, seq: int, *, limit: int | None = None) -> list[Published]:
         """Readings with a sequence number above ``seq``, oldest first (at most the last ``limit``)."""
         with self._lock:
-            newer = []
+            newer: list[Published] = []
             for item in reversed(self._items):
                 if item.seq <= seq or (limit is not None and len(newer) >= limit):
                     break

@@ -137,7 +137,7 @@ def linearity(reference: Sequence[float], readings: Sequence[float]) -> dict:
             "residuals": residuals.tolist()}
 
 
-def repeatability(reference: Sequence[float], readings: Sequence[float]) -> dict:
+def repeatability(reference: Sequence[float] | np.ndarray, readings: Sequence[float] | np.ndarray) -> dict:
     """Per level: n, mean, SD, CV %, bias, recovery %; and the pooled SD over levels with replicates."""
     x = np.asarray(reference, dtype=np.float64)
     y = np.asarray(readings, dtype=np.float64)
