@@ -13,7 +13,9 @@ A file that cannot be read or decoded is never fatal: it is written to the error
 its reason and scoring goes on (``fail_fast`` stops at the first). Rows are written one at a time
 (see ``edgereg.batch.writers``), so a killed run leaves only complete rows.
 
-Flags (the ``flags`` column) are ``edgereg.batch.flags``.
+Each row is laid out by ``edgereg.core.rows`` (the columns of ``output_columns``); its flags (the
+``flags`` column: ``out_of_range``, ``tta_disagreement``, ``not_finite``) are ``edgereg.batch.flags``;
+a failure's one-line reason is ``edgereg.batch.failures``; ``--shard`` is ``edgereg.batch.shards``.
 
 Video frames (batch scoring of a video file) pass the live readout's quality gate
 (``edgereg.live.quality``, the same thresholds as ``--camera``), in frame order, before they are read:
