@@ -41,7 +41,7 @@ from bench_scoring import build_cnn, make_jpegs
 from edgereg import Predictor
 from edgereg.batch.scoring import default_inference_threads, score_source
 from edgereg.batch.sources import FolderSource
-from edgereg.batch.writers import open_errors, open_rows, prediction_columns
+from edgereg.batch.writers import open_errors, open_rows
 from edgereg.cluster.engine import (
     PartSink,
     RayRunConfig,
@@ -54,6 +54,7 @@ from edgereg.cluster.parts import PartStore
 from edgereg.cluster.plan import ClusterResources, plan_resources
 from edgereg.cluster.session import ray_session
 from edgereg.cluster.stages import OnnxScorer, decode_batch
+from edgereg.core.rows import prediction_columns
 
 
 def run_local(folder: Path, model: Path, out: Path, batch: int) -> float:

@@ -30,7 +30,7 @@ def copy_with_card(src: str | Path, dst: str | Path, card: ModelCard) -> Path:
     Raises:
         OutputError: ``dst`` cannot be written (missing folder, a folder in the way, read-only).
     """
-    from edgereg.batch.writers import atomic_write
+    from edgereg.files import atomic_write
 
     onnx = require_extra("onnx")
     model = onnx.load(str(src))

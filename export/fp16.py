@@ -21,6 +21,7 @@ import numpy as np
 from edgereg.core.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from edgereg.errors import ModelFileError, require_extra
 from edgereg.export.onnx_export import Agreement, check_agreement
+from edgereg.files import atomic_path
 
 FP16_RTOL = 1e-2
 
@@ -72,9 +73,8 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, card: ModelCard
     embed_card(half, card.with_(quantization={"precision": "float16 weights and activations, float32 I/O",
                                               "float_nodes": list(float_nodes)}))
     out_path = Path(out_path)
-    partial = out_path.with_name(out_path.name + ".partial")
-    onnx.save(half, str(partial))
-    try:
+    with atomic_path(out_path, temp_name=out_path.name + ".partial") as partial:  # written only if it agrees
+        onnx.save(half, str(partial))
         reference = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(
             [OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(check_inputs)})[0]
         agreement = check_agreement(partial, check_inputs, reference, kind=card.kind, rtol=tolerance)
@@ -82,7 +82,4 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, card: ModelCard
             raise ModelFileError(f"the fp16 model disagrees with fp32 on {agreement.n_images} images: max relative "
                                  f"difference {agreement.max_rel_diff:.2e}, expected <= {tolerance:.0e}; "
                                  "model.fp16.onnx not written (deploy the fp32 or int8 model instead)")
-        partial.replace(out_path)
-    finally:
-        partial.unlink(missing_ok=True)
     return Fp16Export(path=out_path, agreement=agreement, float_nodes=float_nodes)

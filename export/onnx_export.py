@@ -22,6 +22,7 @@ from edgereg.core.card import INPUT_NAME, NOVELTY_NAME, OUTPUT_NAME, ModelCard
 from edgereg.core.kinds import TargetKind, target_kind
 from edgereg.errors import EdgeregError, ModelFileError, require_extra
 from edgereg.export.card_io import embed_card
+from edgereg.files import atomic_path
 
 MIN_OPSET = 17
 AGREEMENT_RTOL = 1e-4
@@ -145,9 +146,9 @@ def export_fp32(regressor, card: ModelCard, out_path: str | Path, *, check_input
         model = onnx.load(str(folded.path))
         onnx.checker.check_model(model, full_check=True)
         embed_card(model, card)
-        candidate = out_path.with_name(out_path.name + ".partial")
-        onnx.save(model, str(candidate))
-        try:
+        # written only if ONNX Runtime agrees with torch; otherwise nothing appears
+        with atomic_path(out_path, temp_name=out_path.name + ".partial") as candidate:
+            onnx.save(model, str(candidate))
             with torch.no_grad():
                 reference = regressor(torch.from_numpy(np.ascontiguousarray(check_inputs))).numpy()
             agreement = check_agreement(candidate, check_inputs, reference, kind=card.kind, rtol=rtol)
@@ -156,9 +157,6 @@ def export_fp32(regressor, card: ModelCard, out_path: str | Path, *, check_input
                     f"ONNX Runtime disagrees with torch on {agreement.n_images} validation images: max relative "
                     f"difference {agreement.max_rel_diff:.2e}, expected <= {rtol:.0e}; model.onnx not written "
                     "(an op the exporter mistranslates: try another --opset and report the model name)")
-            candidate.replace(out_path)
-        finally:
-            candidate.unlink(missing_ok=True)
     return Fp32Export(path=out_path, card=card, agreement=agreement, opset=_default_opset(model),
                       batchnorm_folded=folded.count)
 

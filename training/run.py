@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import io
 import json
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from edgereg.core.card import ModelCard
 from edgereg.errors import EdgeregError
+from edgereg.files import atomic_replace
+from edgereg.json_values import json_safe
 from edgereg.preprocess import PreprocessConfig
 
 RUN_FORMAT = 1
@@ -40,42 +39,16 @@ REPORT_FILE = "report.png"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a kill: no half-written temporary file is left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file
+    (``edgereg.files.atomic_replace``, the rename made durable).
+
+    Raises:
+        OSError: the file could not be written; no temporary file is left behind.
+    """
+    return atomic_replace(path, data, sync_folder=True)
 
 
-def json_ready(value: Any) -> Any:
-    """Tuples -> lists, numpy scalars/arrays -> Python, NaN/inf -> None, recursively."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+json_ready = json_safe  # tuples -> lists, numpy -> Python, NaN/inf -> None (edgereg.json_values)
 
 
 def write_json(path: str | Path, data: dict) -> Path:

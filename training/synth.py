@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from edgereg.errors import DatasetError, ShapeError, did_you_mean
+from edgereg.files import atomic_path
 
 ASSAY_RANGE = (80.0, 350.0)  # mg/L, the span of the lab instrument the assay imitates
 
@@ -665,11 +666,10 @@ def make_dataset(task: str, out_dir: str | os.PathLike, *, n: int, seed: int = 0
                            f"check the free space and permissions") from None
 
     header = ["path", *spec.columns] + (["group"] if spec.grouped else [])
-    partial = csv_path.with_name("labels.csv.partial")
-    with open(partial, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(csv_path, temp_name="labels.csv.partial") as partial, \
+            open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for relative, targets, group in rows:
             writer.writerow([relative, *(repr(float(t)) for t in targets)] + ([group] if spec.grouped else []))
-    os.replace(partial, csv_path)
     return csv_path

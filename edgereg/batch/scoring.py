@@ -13,15 +13,9 @@ A file that cannot be read or decoded is never fatal: it is written to the error
 its reason and scoring goes on (``fail_fast`` stops at the first). Rows are written one at a time
 (see ``edgereg.batch.writers``), so a killed run leaves only complete rows.
 
-Flags (the ``flags`` column), see :func:`reading_flags`:
-
-* ``out_of_range``: a target with a range in the card (scalar/vector) reads within
-  ``OUT_OF_RANGE_MARGIN`` of the span from a limit, or beyond it. A bounded head saturates at its
-  limits, so such a reading means "at or past the trained range", not the number shown.
-* ``tta_disagreement``: with TTA, a target's spread (std across views) exceeds
-  ``TTA_DISAGREEMENT_FRACTION`` of the target's span: its range (scalar/vector with a range), 1
-  (distribution bins), 360 degrees (angle), or the side of the crop in source pixels (coords).
-* ``not_finite``: the model returned NaN or infinity.
+Each row is laid out by ``edgereg.core.rows`` (the columns of ``output_columns``); its flags (the
+``flags`` column: ``out_of_range``, ``tta_disagreement``, ``not_finite``) are ``edgereg.batch.flags``;
+a failure's one-line reason is ``edgereg.batch.failures``; ``--shard`` is ``edgereg.batch.shards``.
 
 Video frames (batch scoring of a video file) pass the live readout's quality gate
 (``edgereg.live.quality``, the same thresholds as ``--camera``), in frame order, before they are read:
@@ -46,25 +40,27 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from edgereg.batch.failures import failure_reason
+from edgereg.batch.flags import prediction_flags
+from edgereg.batch.shards import Shard
 from edgereg.batch.sources import BatchSource, Entry
 from edgereg.batch.writers import RowWriter
-from edgereg.core.card import ModelCard
-from edgereg.errors import EdgeregError
+from edgereg.core.rows import prediction_columns, prediction_row, reading_values, withheld_values
 from edgereg.lab.audit import source_of
 from edgereg.live.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.preprocess import CropBox, PreprocessConfig, crop_resize, default_threads
 from edgereg.preprocess.decode import (
     DEFAULT_MAX_PIXELS,
     DecodeBudget,
-    explain_cv2_error,
     max_file_bytes,
     read_file_bytes,
 )
@@ -74,8 +70,6 @@ if TYPE_CHECKING:
     from edgereg.core.predictor import Predictor
 
 OPENCV_EXIT_WAIT_S = 60.0  # the longest an exit waits for a decode in progress (a 50 MP image takes ~1 s)
-OUT_OF_RANGE_MARGIN = 0.005  # fraction of the range span from a limit that counts as "at the limit"
-TTA_DISAGREEMENT_FRACTION = 0.05  # spread above this fraction of the target's span is disagreement
 
 
 def default_inference_threads() -> int:
@@ -85,38 +79,6 @@ def default_inference_threads() -> int:
     threads need (measured on 2 cores: 1 ORT thread scores ~1.5x more images/s than 2).
     """
     return max(1, (os.cpu_count() or 2) // 2)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """``--shard i/n``: every input whose 0-based position p satisfies ``p % n == i - 1``.
-
-    Shards are numbered 1..n (shard 1/4 is the first quarter), so the n outputs of a job array
-    together hold every input exactly once.
-    """
-
-    index: int  # 1-based shard number, 1..count
-    count: int  # number of shards n >= 1
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """Parse ``"i/n"`` with 1 <= i <= n.
-
-        Raises:
-            EdgeregError: anything else, with the fix.
-        """
-        parts = str(text).split("/")
-        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-            index, count = int(parts[0]), int(parts[1])
-            if count >= 1 and 1 <= index <= count:
-                return cls(index, count)
-        hint = ""
-        if len(parts) == 2 and parts[0].strip() == "0":
-            hint = "; shards are numbered from 1 — for a 0-based job array id use --shard $((ID + 1))/n"
-        raise EdgeregError(f"--shard must be i/n with 1 <= i <= n (e.g. --shard 2/8), got {text!r}{hint}")
-
-    def selects(self, position: int) -> bool:
-        return position % self.count == self.index - 1
 
 
 @dataclass
@@ -150,75 +112,13 @@ class ScoreStats:
         return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def target_spans(card: ModelCard, boxes: list[CropBox]) -> np.ndarray:
-    """(B, T) float64: the scale each target's spread is compared with (NaN: none known)."""
-    return card.target_kind.spans(len(card.targets), card.range, boxes)
-
-
 def output_columns(predictor: Predictor, *, audit: bool = False) -> tuple[str, ...]:
     """The columns :func:`score_source` writes for ``predictor`` (bounds when it has intervals,
-    spreads with TTA, the audit columns when ``audit``)."""
-    from edgereg.batch.writers import prediction_columns
+    spreads with TTA, the audit columns when ``audit``; ``edgereg.core.rows``)."""
     from edgereg.lab.audit import AUDIT_COLUMNS
 
     return prediction_columns(predictor.names, with_spread=predictor.tta.n > 1,
                               with_interval=predictor.lab.has_intervals, audit=AUDIT_COLUMNS if audit else ())
-
-
-def prediction_flags(card: ModelCard, result: Predictions, boxes: list[CropBox]) -> list[tuple[str, ...]]:
-    """The flags of each reading of ``result``: :func:`reading_flags` judged on the network's own
-    readings (before a calibration to standards: ``out_of_range`` is about the network's head),
-    then the lab flags the predictor attached (``below_lod``, ...)."""
-    network = result.values if result.raw is None else result.raw
-    flags = reading_flags(card, network, result.spread, target_spans(card, boxes))
-    if not result.flags:
-        return flags
-    return [(*own, *lab) for own, lab in zip(flags, result.flags)]
-
-
-def reading_flags(card: ModelCard, values: np.ndarray, spread: np.ndarray | None,
-                  spans: np.ndarray) -> list[tuple[str, ...]]:
-    """The flags of each reading (see the module docstring).
-
-    Args:
-        card: the model card (kind and ranges).
-        values: (B, T) float64 readings in physical units.
-        spread: (B, T) float64 TTA spread, or None without TTA.
-        spans: (B, T) float64 from :func:`target_spans`.
-
-    Returns:
-        B tuples of flag names, in a fixed order.
-    """
-    not_finite = ~np.isfinite(values).all(axis=1)
-    out_of_range = np.zeros(len(values), dtype=bool)
-    if card.range is not None and card.target_kind.range_flagged:
-        bounds = np.asarray(card.range, dtype=np.float64)  # (T, 2)
-        margin = OUT_OF_RANGE_MARGIN * (bounds[:, 1] - bounds[:, 0])
-        out_of_range = ((values <= bounds[:, 0] + margin) | (values >= bounds[:, 1] - margin)).any(axis=1)
-    disagreement = np.zeros(len(values), dtype=bool)
-    if spread is not None:
-        with np.errstate(invalid="ignore"):
-            disagreement = (spread > TTA_DISAGREEMENT_FRACTION * spans).any(axis=1)
-    flags = []
-    for i in range(len(values)):
-        flags.append(tuple(name for name, on in (("out_of_range", out_of_range[i]),
-                                                  ("tta_disagreement", disagreement[i]),
-                                                  ("not_finite", not_finite[i])) if on))
-    return flags
-
-
-def failure_reason(exc: BaseException, key: str) -> str:
-    """The error message without the ``'path': `` prefix that edgereg's errors start with; an
-    OpenCV exception becomes a sentence (``explain_cv2_error``), never its assertion text."""
-    import cv2
-
-    if isinstance(exc, cv2.error):
-        return explain_cv2_error(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    prefix = f"'{key}': "
-    if text.startswith(prefix):
-        text = text[len(prefix):]
-    return text if isinstance(exc, EdgeregError) else f"{type(exc).__name__}: {text}"
 
 
 class _OpenCVCalls:
@@ -257,12 +157,15 @@ def _load(entry: Entry, config: PreprocessConfig, max_pixels: int | None = DEFAU
     if entry.error is not None:
         return entry.error
     try:
-        data = None if entry.frame is not None else read_file_bytes(entry.path, max_bytes=max_file_bytes(max_pixels))
+        frame = entry.frame
+        # an entry without a frame has a path (Entry)
+        data = None if frame is not None else read_file_bytes(cast(Path, entry.path),
+                                                              max_bytes=max_file_bytes(max_pixels))
         with opencv or contextlib.nullcontext():
-            if data is None:
-                return crop_resize(entry.frame, config)
+            if frame is not None:
+                return crop_resize(frame, config)
             # JPEGs decoded at 1/2..1/8 under config.decode, as training decoded them (preprocess.frames)
-            return load_frame(data, config, source=str(entry.path), max_pixels=max_pixels, budget=budget)
+            return load_frame(cast(bytes, data), config, source=str(entry.path), max_pixels=max_pixels, budget=budget)
     except Exception as exc:
         return failure_reason(exc, entry.key)
 
@@ -368,7 +271,7 @@ def _produce(source: BatchSource, select, pool: _DecoderPool, config: Preprocess
 
 def _decode_in_order(source: BatchSource, select, config: PreprocessConfig, *, threads: int, queue_size: int,
                      max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: QualityConfig | None = None
-                     ) -> Iterator[tuple[Entry, tuple[np.ndarray, CropBox] | str, QualityReport | None]]:
+                     ) -> Generator[tuple[Entry, tuple[np.ndarray, CropBox] | str, QualityReport | None], None, None]:
     """Yield ``(entry, (frame, box) or failure reason, quality report)`` in input order, decoding
     ahead in threads (the report is None except for video frames with ``quality``).
 
@@ -422,34 +325,27 @@ def _rows(predictor: Predictor, items: list[_Item], audit=None) -> Iterator[dict
         result = predictor.predict_prepared(frames, boxes)
         flags = prediction_flags(predictor.card, result, boxes)
     with_interval = predictor.lab.has_intervals
+    with_spread = predictor.tta.n > 1
     position = 0
     for item in items:
-        row: dict[str, Any] = {"path": item.entry.key}
         quality = (item.report.reason,) if item.report is not None and item.report.reason else ()
         if item.withheld:
-            for name in predictor.names:
-                row[name] = None
-                if with_interval:
-                    row[f"{name}_lo"] = row[f"{name}_hi"] = None
-            if predictor.tta.n > 1:
-                row.update((f"{name}_spread", None) for name in predictor.names)
-            row["flags"] = (*quality, "withheld")
+            numbers: Mapping[str, float | None] = withheld_values(predictor.names, with_spread=with_spread,
+                                                                  with_interval=with_interval)
+            flags_of_item: tuple[str, ...] = (*quality, "withheld")
         else:
-            for j, name in enumerate(predictor.names):
-                row[name] = float(result.values[position, j])
-                if with_interval:
-                    row[f"{name}_lo"] = float(result.lo[position, j])
-                    row[f"{name}_hi"] = float(result.hi[position, j])
-            if result.spread is not None:
-                row.update((f"{name}_spread", float(s)) for name, s in zip(predictor.names, result.spread[position]))
-            row["flags"] = (*flags[position], *quality)
+            bounds = (result.lo, result.hi) if with_interval else (None, None)
+            numbers = reading_values(predictor.names, result.values[position],
+                                     None if result.spread is None else result.spread[position],
+                                     *(None if bound is None else bound[position] for bound in bounds))
+            flags_of_item = (*flags[position], *quality)
             position += 1
-        if audit is not None:
-            row.update(audit.fields(source_of(item.entry.key), item.frame))
-        yield row
+        fields = audit.fields(source_of(item.entry.key), item.frame) if audit is not None else None
+        yield prediction_row(item.entry.key, numbers, flags_of_item, fields)
 
 
 FAILURES_KEPT = 5  # failures remembered for the summary line
+DEFAULT_QUALITY = QualityConfig()  # the live readout's thresholds (frozen)
 
 
 def score_source(source: BatchSource, predictor: Predictor, rows: RowWriter, errors: RowWriter | None = None, *,
@@ -457,7 +353,7 @@ def score_source(source: BatchSource, predictor: Predictor, rows: RowWriter, err
                  decode_threads: int | None = None, queue_size: int | None = None,
                  fail_fast: bool = False, on_error: Callable[[str, str], None] | None = None,
                  on_progress: Callable[[ScoreStats], None] | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: QualityConfig | None = QualityConfig(),
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: QualityConfig | None = DEFAULT_QUALITY,
                  gate: bool = False, audit=None) -> ScoreStats:
     """Score every selected input of ``source`` and write one row each, in input order.
 
@@ -521,9 +417,10 @@ def score_source(source: BatchSource, predictor: Predictor, rows: RowWriter, err
                 if fail_fast:
                     break
                 continue
-            rejected = verdict is not None and verdict.reason is not None
-            if rejected:
-                stats.quality[verdict.reason] = stats.quality.get(verdict.reason, 0) + 1
+            reason = verdict.reason if verdict is not None else None
+            rejected = reason is not None
+            if reason is not None:
+                stats.quality[reason] = stats.quality.get(reason, 0) + 1
                 stats.withheld += gate
             batch.append(_Item(entry, *loaded, verdict, withheld=rejected and gate))
             if len(batch) >= predictor.batch_size:

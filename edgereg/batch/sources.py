@@ -399,11 +399,12 @@ class CameraSource:
     def _pace(self) -> None:
         """Wait until this frame is due at the file's frame rate (never sleeps to catch up)."""
         now = time.monotonic()
-        if self._due is None or now - self._due > self._period_s:
-            self._due = now  # the first frame, or running late (slow decode, a drop-out): resync
-        elif self._due > now:
-            self._sleep(self._due - now)
-        self._due += self._period_s
+        due = self._due
+        if due is None or now - due > self._period_s:
+            due = now  # the first frame, or running late (slow decode, a drop-out): resync
+        elif due > now:
+            self._sleep(due - now)
+        self._due = due + self._period_s
 
     def release(self) -> None:
         if self._capture is not None:

@@ -55,11 +55,11 @@ def run(args) -> int:
     require_extra("onnx", "lab")
     from edgereg.core.predictor import Predictor
     from edgereg.export.card_io import copy_with_card
+    from edgereg.json_values import json_safe
     from edgereg.lab.audit import sha256_file
     from edgereg.lab.calibration import calibration_id
     from edgereg.lab.fit.calibration import card_entry, fit_target
     from edgereg.lab.fit.standards import read_standards
-    from edgereg.lab.fit.validation import json_safe
 
     model = Path(args.model)
     out = Path(args.out) if args.out else model.with_name(model.name.removesuffix(".onnx") + ".cal.onnx")
@@ -129,8 +129,8 @@ def _write_report(path: Path, section: dict, fits: dict, standards) -> None:
                          "reading": float(standards.readings[i, j]), "residual": residuals[i]})
     report = {"calibration": section, "analysis": {name: fit["analysis"] for name, fit in fits.items()},
               "standards": rows, "skipped": [list(s) for s in standards.skipped]}
-    from edgereg.batch.writers import atomic_write
-    from edgereg.lab.fit.validation import json_safe
+    from edgereg.files import atomic_write
+    from edgereg.json_values import json_safe
 
     atomic_write(path, (json.dumps(json_safe(report), indent=2) + "\n").encode())
 

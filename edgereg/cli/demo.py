@@ -9,22 +9,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import time
 from pathlib import Path
 
-from edgereg.cli.options import count
-
-
-def _minutes(text: str) -> float:
-    """``--minutes``: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes > 0, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number of minutes > 0, got {text}")
-    return value
+from edgereg.cli.options import count, positive
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", default="demo_out", help="working folder (default demo_out)")
     parser.add_argument("--n", type=count(20), default=2000, help="training photos to synthesize (>= 20)")
-    parser.add_argument("--minutes", type=_minutes, default=4.0, help="training time budget (> 0)")
+    parser.add_argument("--minutes", type=positive, default=4.0, help="training time budget (> 0)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 160 photos, 1 epoch")
     return parser
 

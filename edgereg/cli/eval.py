@@ -46,11 +46,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from edgereg.batch.writers import atomic_write
     from edgereg.cli.options import card_from_option
     from edgereg.core.predictor import Predictor
     from edgereg.data.dataset import load_dataset, skip_summary
     from edgereg.export.gate import eval_set, score
+    from edgereg.files import atomic_write
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
     _check_out_dir(out_dir)
@@ -248,7 +248,7 @@ def _plot(path: Path, card, truth, predicted, metrics: dict) -> Path | None:
                title=f"{name}: RMSE {metrics['targets'][name]['rmse']:.4g}")
     for k in range(count, rows * columns):
         axes[k // columns][k % columns].axis("off")
-    from edgereg.batch.writers import atomic_write
+    from edgereg.files import atomic_write
 
     figure.tight_layout()
     image = io.BytesIO()

@@ -216,19 +216,12 @@ def _quality_config(args):
 def _run_batch(args) -> int:
     from pathlib import Path
 
-    from edgereg.batch.scoring import Shard, default_inference_threads, output_columns, score_source
+    from edgereg.batch.encoding import output_format
+    from edgereg.batch.resume import OutputIdentity, check_resume_identity, load_done_keys, write_identity
+    from edgereg.batch.scoring import default_inference_threads, output_columns, score_source
+    from edgereg.batch.shards import Shard
     from edgereg.batch.sources import open_source
-    from edgereg.batch.writers import (
-        OutputIdentity,
-        check_output_target,
-        check_resume_identity,
-        discard_output,
-        load_done_keys,
-        open_errors,
-        open_rows,
-        output_format,
-        write_identity,
-    )
+    from edgereg.batch.writers import check_output_target, discard_output, open_errors, open_rows
     from edgereg.errors import EdgeregError
 
     if args.jsonl and args.out:

@@ -1,7 +1,15 @@
 """Option parsers and options shared by several commands (argparse ``type=`` functions).
 
 Each parser raises ``argparse.ArgumentTypeError`` with the expected form, so argparse prints one
-line and exits with code 2, like any other usage error.
+line and exits with code 2, like any other usage error. The number types, for every command:
+
+* integers: :func:`count` (``count(1)``, ``count(0)``, ``count(1, 256)``: in a range),
+  :func:`positive_int` (a whole number >= 1);
+* floats: :data:`positive` (finite, > 0), :data:`non_negative` (finite, >= 0), :data:`finite`,
+  :data:`level` (a fraction in (0, 1), e.g. a confidence);
+* :func:`pixels` (``--max-pixels``: 50M, 12.5MP, 8000000, 0);
+* :func:`is_positive_int`: the same test for values that are not command-line text (a model option
+  given as JSON).
 """
 
 from __future__ import annotations
@@ -46,6 +54,26 @@ def number(accept, unparsable: str, rejected: str):
     return parse
 
 
+def is_positive_int(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 1 (``2`` or ``2.0``; not ``True``, ``2.5`` or ``"2"``)."""
+    try:
+        return not isinstance(value, (bool, str)) and int(value) == value and value >= 1  # type: ignore[call-overload,operator]
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (``--n``, ``--size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+positive = number(lambda value: value > 0 and math.isfinite(value), "a number > 0", "a finite number > 0")
 non_negative = number(lambda value: value >= 0 and math.isfinite(value), "a number >= 0", "a finite number >= 0")
 finite = number(math.isfinite, "a number", "a finite number")
 level = number(lambda value: 0 < value < 1, "a level such as 0.9", "a level in (0, 1) such as 0.9")

@@ -17,9 +17,10 @@ from edgereg.cli.reporting import Progress, finish_batch, readings_identity, std
 
 
 def run_batch_on_ray(args, *, source, out: Path | None, fmt: str, shard) -> int:
+    from edgereg.batch.resume import OutputIdentity, check_resume_identity, write_identity
     from edgereg.batch.scoring import output_columns
     from edgereg.batch.sources import VideoSource
-    from edgereg.batch.writers import OutputIdentity, check_resume_identity, open_rows, write_identity
+    from edgereg.batch.writers import open_rows
     from edgereg.cli.options import card_from_option
     from edgereg.cluster.engine import PartSink, RayRunConfig, StreamSink, score_on_ray, select_inputs
     from edgereg.cluster.parts import PartStore

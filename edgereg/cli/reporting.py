@@ -64,7 +64,7 @@ def readings_identity(predictor) -> str:
 def batch_summary(stats, *, out, done, shard, source) -> str:
     """``scored 1,998, failed 2 (reasons in preds.errors.csv: 'a.png': empty file; ...); folder 'photos'
     (2,000 images); 312.4 images/s``. The first failures are quoted whatever the verbosity."""
-    from edgereg.batch.writers import errors_path_for
+    from edgereg.batch.encoding import errors_path_for
 
     scored, failed = (stats.scored, stats.failed) if stats else (0, 0)
     summary = f"scored {scored:,}, failed {failed:,}"

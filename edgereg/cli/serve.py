@@ -20,6 +20,7 @@ from edgereg.cli.options import (
     count,
     non_negative,
     pixels,
+    positive,
 )
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
@@ -56,13 +57,6 @@ LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
 
-def _positive(text: str) -> float:
-    value = non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
-    return value
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "serve", help="live web page and HTTP API for a camera and a model",
@@ -71,7 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("model", help="an .onnx model exported by edgereg")
     parser.add_argument("--camera", metavar="SRC", help="device index (0), video file or stream URL; "
                                                        "without it, the API alone")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=count(0, 65535), default=8080, help="TCP port (default 8080; 0: any free port)")
 
     auth = parser.add_argument_group("access")
@@ -83,7 +78,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     auth.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                       help="also answer requests for this host name (repeatable), e.g. the machine's DNS name "
                            "when clients open http://NAME:PORT/; the bound address and localhost always work")
-    auth.add_argument("--max-request-mb", type=_positive, default=32.0, metavar="MB",
+    auth.add_argument("--max-request-mb", type=positive, default=32.0, metavar="MB",
                       help="largest request body accepted (default 32 MiB)")
     auth.add_argument("--max-images", type=count(1), default=32, metavar="N",
                       help="images per /api/predict request (default 32)")
@@ -106,14 +101,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     live.add_argument("--no-quality-gate", action="store_true", help="read every frame, whatever its quality")
     live.add_argument("--blur-threshold", type=non_negative, default=None, metavar="X",
                       help="variance of the Laplacian below which a frame is blurred (default 10; 0: off)")
-    live.add_argument("--stream-fps", type=_positive, default=10.0, metavar="FPS",
+    live.add_argument("--stream-fps", type=positive, default=10.0, metavar="FPS",
                       help="frames per second sent to each /stream.mjpg client at most (default 10)")
     live.add_argument("--jpeg-quality", type=count(1, 100), default=80, metavar="Q",
                       help="JPEG quality of the stream and snapshots, 1..100 (default 80)")
     live.add_argument("--max-streams", type=count(1), default=16, metavar="N",
                       help="open /events and /stream.mjpg connections at most, together (default 16); "
                            "more get 503 with Retry-After")
-    live.add_argument("--history", type=_positive, default=300.0, metavar="S",
+    live.add_argument("--history", type=positive, default=300.0, metavar="S",
                       help="seconds of readings kept for the page's chart (default 300)")
 
     logs = parser.add_argument_group("logs")
@@ -256,7 +251,8 @@ def run(args) -> int:
     if args.camera is not None:
         quality = None
         if not args.no_quality_gate:
-            quality = QualityConfig() if args.blur_threshold is None else QualityConfig(blur_threshold=args.blur_threshold)
+            quality = (QualityConfig() if args.blur_threshold is None
+                       else QualityConfig(blur_threshold=args.blur_threshold))
         # retry every 3 s at most: a page watcher should see the camera back soon after it is
         live = LiveConfig(smooth_window=args.smooth, smooth_method=args.smooth_method,
                           stable_tolerance=args.stable_tol, quality=quality, retry_max_s=3.0)

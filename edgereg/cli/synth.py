@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgereg.cli.options import positive_int
+
 # Listed here rather than imported so that `edgereg --help` does not load OpenCV; a test holds this
 # table equal to edgereg.training.synth.TASKS.
 TASK_HELP = {
@@ -24,16 +26,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "synth", help="write a synthetic dataset (labels.csv + images)",
@@ -45,9 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("task", metavar="TASK", help="one of: " + ", ".join(TASK_HELP))
     parser.add_argument("out", metavar="OUT", help="folder to write (created)")
-    parser.add_argument("--n", type=_positive_int, required=True, help="number of images")
+    parser.add_argument("--n", type=positive_int, required=True, help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="random seed >= 0 (default 0)")
-    parser.add_argument("--size", type=_positive_int, default=None,
+    parser.add_argument("--size", type=positive_int, default=None,
                         help="image side in pixels (default: the task's, see below)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing labels.csv in OUT")
     return parser

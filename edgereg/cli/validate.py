@@ -60,13 +60,14 @@ def run(args) -> int:
     from edgereg.errors import EdgeregError, output_error, require_extra
 
     require_extra("scipy", "lab")
-    from edgereg.batch.writers import atomic_write
     from edgereg.cli.calibrate import check_model_output
     from edgereg.core.predictor import Predictor
+    from edgereg.files import atomic_write
+    from edgereg.json_values import json_safe
     from edgereg.lab.audit import sha256_file
     from edgereg.lab.calibration import calibration_id
     from edgereg.lab.fit.standards import read_standards
-    from edgereg.lab.fit.validation import json_safe, validate
+    from edgereg.lab.fit.validation import validate
 
     model = Path(args.model)
     if not all(v > 0 and math.isfinite(v) for v in (args.max_cv, args.max_bias)):

@@ -33,12 +33,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.batch.scoring import FAILURES_KEPT, ScoreStats, Shard
+from edgereg.batch.encoding import encode_row
+from edgereg.batch.scoring import FAILURES_KEPT, ScoreStats
+from edgereg.batch.shards import Shard
 from edgereg.batch.sources import BatchSource, Entry, VideoSource
-from edgereg.batch.writers import RowWriter, encode_row
+from edgereg.batch.writers import RowWriter
 from edgereg.cluster.parts import PartStore, error_line
 from edgereg.cluster.plan import ResourcePlan
 from edgereg.cluster.stages import FLAG_SEPARATOR, OnnxScorer, decode_batch
+from edgereg.core.rows import prediction_row, reading_values
 from edgereg.errors import EdgeregError, IncompleteRunError
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
@@ -126,18 +129,11 @@ def make_row(key: str, names: Sequence[str], values: np.ndarray, spread: np.ndar
         spread: (T,) float64 TTA spread, or None without TTA.
         lo, hi: (T,) float64 interval bounds, or None without intervals.
     """
-    row: dict = {"path": key}
-    for j, name in enumerate(names):
-        row[name] = float(values[j])
-        if lo is not None:
-            row[f"{name}_lo"], row[f"{name}_hi"] = float(lo[j]), float(hi[j])
-    if spread is not None:
-        row.update((f"{name}_spread", float(s)) for name, s in zip(names, spread))
-    row["flags"] = tuple(flags)
-    return row
+    return prediction_row(key, reading_values(names, values, spread, lo, hi), flags)
 
 
-def select_inputs(source: BatchSource, *, skip: Collection[str] = frozenset(), shard: Shard | None = None) -> list[Entry]:
+def select_inputs(source: BatchSource, *, skip: Collection[str] = frozenset(),
+                  shard: Shard | None = None) -> list[Entry]:
     """The entries this run scores, in input order (``Entry.index`` is the source position).
 
     Raises:

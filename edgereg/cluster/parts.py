@@ -8,7 +8,7 @@ While an ``--engine ray`` run writes ``preds.csv``, its state lives in ``preds.c
 * part files: a first line of ASCII JSON, the index ``{"keys": [...], "ends": [...],
   "error_keys": [...], "error_ends": [...]}`` (each row's key and the byte offset where it ends),
   then the rows exactly as they will stand in the output (encoded once, by
-  ``edgereg.batch.writers.encode_row``, as the local engine encodes them), then the errors file's lines.
+  ``edgereg.batch.encoding.encode_row``, as the local engine encodes them), then the errors file's lines.
 
 Committing a part: write ``.NAME.tmp``, fsync, rename to ``NAME``, fsync the folder, then append
 its manifest line (written whole: short writes are completed, a failed write is cut back; then
@@ -39,25 +39,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import heapq
+import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgereg.batch.writers import (
-    ERROR_COLUMNS,
-    cut_partial_line,
-    discard_output,
-    encode_csv_row,
-    encode_row,
-    errors_path_for,
-    load_done_keys,
-    output_format,
-)
+from edgereg.batch.encoding import ERROR_COLUMNS, encode_csv_row, encode_row, errors_path_for, output_format
+from edgereg.batch.resume import cut_partial_line, load_done_keys
+from edgereg.batch.writers import discard_output
 from edgereg.errors import EdgeregError, output_error
+from edgereg.files import atomic_replace, fsync_folder
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.jsonl"
@@ -69,20 +64,6 @@ def state_dir_for(out: str | os.PathLike) -> Path:
     """``preds.csv`` -> ``preds.csv.parts`` (next to the output)."""
     out = Path(out)
     return out.with_name(out.name + STATE_SUFFIX)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        handle = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 def _json_line(record: Mapping[str, Any]) -> bytes:
@@ -189,15 +170,9 @@ class PartStore:
         return store
 
     def _write_manifest(self) -> None:
-        temporary = self.root / f".{MANIFEST}.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(_json_line({"edgereg_parts": FORMAT_VERSION, "identity": self.identity}))
-            for part in self.parts:
-                handle.write(_json_line(asdict(part)))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.root / MANIFEST)
-        _fsync_dir(self.root)
+        lines = [_json_line({"edgereg_parts": FORMAT_VERSION, "identity": self.identity}),
+                 *(_json_line(asdict(part)) for part in self.parts)]
+        atomic_replace(self.root / MANIFEST, lines, temp_name=f".{MANIFEST}.tmp", sync_folder=True)
 
     def _import(self, out: Path, columns: Sequence[str]) -> None:
         """Copy an existing output's rows into generation 0 (before the manifest exists).
@@ -214,7 +189,7 @@ class PartStore:
         """Commit one part of this generation.
 
         Args:
-            rows: ``(key, output line)`` in input order (lines from ``edgereg.batch.writers.encode_row``).
+            rows: ``(key, output line)`` in input order (lines from ``edgereg.batch.encoding.encode_row``).
             errors: ``(key, errors-file line)`` (lines from :func:`error_line`).
         """
         self._sequence += 1
@@ -231,15 +206,9 @@ class PartStore:
                     generation: int) -> Part:
         index = {"keys": [key for key, _ in rows], "ends": _ends(line for _, line in rows),
                  "error_keys": [key for key, _ in errors], "error_ends": _ends(line for _, line in errors)}
-        temporary = self.root / f".{name}.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(_json_line(index))
-            handle.write(b"".join(line for _, line in rows))
-            handle.write(b"".join(line for _, line in errors))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.root / name)
-        _fsync_dir(self.root)
+        atomic_replace(self.root / name, (_json_line(index), b"".join(line for _, line in rows),
+                                          b"".join(line for _, line in errors)),
+                       temp_name=f".{name}.tmp", sync_folder=True)
         return Part(name, generation, len(rows), len(errors))
 
     # ------------------------------------------------------------------ reading
@@ -286,7 +255,8 @@ class PartStore:
         """
         out = Path(out)
         header = encode_csv_row(columns) if self.fmt == "csv" else b""
-        _write_atomically(out, header, self._ordered_rows(position_of))
+        atomic_replace(out, itertools.chain((header,), self._ordered_rows(position_of)),
+                       temp_name=out.name + MERGING_SUFFIX)
         errors: list[tuple[int, bytes]] = []
         for part in self.parts:
             if part.generation == self.generation:
@@ -295,8 +265,9 @@ class PartStore:
                            for key, line in zip(data.error_keys, data.error_slices())]
         if position_of is not None:
             errors.sort(key=lambda item: item[0])  # stable
-        _write_atomically(errors_path_for(out), encode_csv_row(ERROR_COLUMNS), (line for _, line in errors))
-        _fsync_dir(out.parent)
+        errors_path = errors_path_for(out)
+        atomic_replace(errors_path, (encode_csv_row(ERROR_COLUMNS), *(line for _, line in errors)),
+                       temp_name=errors_path.name + MERGING_SUFFIX, sync_folder=True)
         return self.rows, len(errors)
 
     def _ordered_rows(self, position_of: Mapping[str, int] | None) -> Iterator[bytes]:
@@ -394,18 +365,6 @@ def _append_line(path: Path, line: bytes) -> None:
             raise output_error(exc, path, mid_run=True, resumable=True) from None
 
 
-def _write_atomically(path: Path, header: bytes, chunks: Iterable[bytes]) -> None:
-    """Write ``header`` and the chunks to ``path.merging``, fsync, rename it over ``path``."""
-    temporary = path.with_name(path.name + MERGING_SUFFIX)
-    with open(temporary, "wb") as handle:
-        handle.write(header)
-        for chunk in chunks:
-            handle.write(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _read_rows(out: Path, fmt: str) -> Iterator[dict[str, Any]]:
     """The rows of an existing output, values as written (CSV: strings, which re-encode byte for byte)."""
     import csv
@@ -459,5 +418,5 @@ def _remove_state(root: Path) -> None:
     manifest = root / MANIFEST
     if manifest.exists():
         manifest.unlink()
-        _fsync_dir(root)
+        fsync_folder(root)
     shutil.rmtree(root)

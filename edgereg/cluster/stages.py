@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from edgereg.batch.scoring import load_entry, prediction_flags
+from edgereg.batch.encoding import FLAG_SEPARATOR
+from edgereg.batch.flags import prediction_flags
+from edgereg.batch.scoring import load_entry
 from edgereg.batch.sources import Entry
 from edgereg.core.tta import TTASpec
 from edgereg.preprocess import CropBox, PreprocessConfig, preprocess_batch
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
-
-FLAG_SEPARATOR = ";"
 
 
 def _text(value: Any) -> str:

@@ -16,17 +16,18 @@ import numpy as np
 import onnxruntime as ort
 
 from edgereg.core.card import NOVELTY_NAME, ModelCard, card_from_metadata, novelty_threshold
+from edgereg.core.providers import resolve_providers
+from edgereg.core.rows import reading_values
+from edgereg.core.tta import TTASpec, parse_tta
 from edgereg.errors import EdgeregError, ModelFileError, ShapeError, did_you_mean
 from edgereg.lab.intervals import DEFAULT_CONFIDENCE
-
-UNFAMILIAR = "unfamiliar"  # the flag of a reading whose novelty exceeds the card's threshold
-from edgereg.core.providers import resolve_providers
-from edgereg.core.tta import TTASpec, parse_tta
 from edgereg.lab.readout import LabReadout
 from edgereg.preprocess import PreprocessConfig, prepare_frames, preprocess_batch
 from edgereg.preprocess.decode import default_threads
 from edgereg.preprocess.frames import read_frames
 from edgereg.preprocess.geometry import CropBox
+
+UNFAMILIAR = "unfamiliar"  # the flag of a reading whose novelty exceeds the card's threshold
 
 GRAPH_LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -84,17 +85,11 @@ class Predictions:
 
     def rows(self) -> Iterator[dict[str, float]]:
         """One dict per image: ``{name: value, name + "_lo": lo, name + "_hi": hi, ...,
-        name + "_spread": spread, ...}`` (bounds only with intervals, spreads only with TTA)."""
+        name + "_spread": spread, ...}`` (bounds only with intervals, spreads only with TTA), the
+        number columns of an output row (``edgereg.core.rows``)."""
         for i in range(len(self.values)):
-            row = {}
-            for j, name in enumerate(self.names):
-                row[name] = float(self.values[i, j])
-                if self.lo is not None:
-                    row[f"{name}_lo"] = float(self.lo[i, j])
-                    row[f"{name}_hi"] = float(self.hi[i, j])
-            if self.spread is not None:
-                row.update({f"{name}_spread": float(s) for name, s in zip(self.names, self.spread[i])})
-            yield row
+            yield reading_values(self.names, self.values[i], None if self.spread is None else self.spread[i],
+                                 None if self.lo is None else self.lo[i], None if self.hi is None else self.hi[i])
 
 
 class Predictor:

@@ -8,7 +8,6 @@ files with the same preprocessing is a single read. numpy and OpenCV only: no to
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -16,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +26,7 @@ import numpy as np
 from edgereg.core.kinds import target_kind
 from edgereg.data.kinds import KIND_DATA, SUM_TOLERANCE, coord_pairs, kind_data
 from edgereg.errors import DatasetError, DecodeError, ShapeError, did_you_mean
+from edgereg.files import atomic_path
 from edgereg.preprocess import PreprocessConfig, default_threads, read_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
@@ -431,27 +430,19 @@ def _read_cache(path: Path, root: Path, fingerprint: str, config: PreprocessConf
 
 
 def _write_cache(path: Path, dataset: Dataset) -> None:
-    """Write the cache atomically (temp file + rename); an unwritable folder just skips it."""
-    temp = None
+    """Write the cache atomically (``edgereg.files.atomic_path``); an unwritable folder just skips it."""
     try:
         path.parent.mkdir(exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".npz", delete=False) as handle:
-            temp = handle.name
-            has_groups = dataset.groups is not None
+        # saved through an open file: np.savez given a path would add ".npz" to the temporary name
+        with atomic_path(path) as temp, open(temp, "wb") as handle:
             np.savez(handle, images=dataset.images, targets=dataset.targets, names=np.array(dataset.names),
                      kind=np.array(dataset.kind), kind_reason=np.array(dataset.kind_reason),
-                     has_groups=np.array(has_groups),
+                     has_groups=np.array(dataset.groups is not None),
                      groups=np.array(dataset.groups.tolist() if dataset.groups is not None else [], dtype=str),
                      paths=np.array(dataset.paths, dtype=str), crop_boxes=dataset.crop_boxes,
                      skipped=np.array(json.dumps(dataset.skipped)))
-        os.replace(temp, path)
-        temp = None
     except OSError:
         pass  # read-only dataset folder, full disk: loading still works, only slower next time
-    finally:
-        if temp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
 
 
 def load_dataset(root_or_csv: str | os.PathLike, *, config: PreprocessConfig,

@@ -31,11 +31,12 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from edgereg.errors import CardError
+from edgereg.lab._section import Bad, read_section
 
 FITS = ("linear", "quadratic", "isotonic", "offset")
 
@@ -71,7 +72,7 @@ class TargetCalibration:
         infinite = np.isinf(x)
         finite_x = np.where(infinite, 0.0, x)
         if self.fit == "isotonic":
-            xs, ys = self.knots
+            xs, ys = cast("tuple[tuple[float, ...], tuple[float, ...]]", self.knots)  # parsed with the fit
             return np.where(infinite, x, np.interp(finite_x, xs, ys))
         b0, b1, b2 = self.coef
         value = b0 + b1 * finite_x + b2 * finite_x * finite_x
@@ -102,7 +103,8 @@ class TargetCalibration:
         raise CardError(f"field 'calibration': no t quantile for level {level:g}; recalibrate with "
                         "`edgereg calibrate`")
 
-    def map_interval(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    def map_interval(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                     level: float) -> tuple[np.ndarray, np.ndarray]:
         """Map a reading's interval ``[lo, hi]`` (readings units, same shape as ``x``) to reference units."""
         centre = self.apply(x)
         candidates = [self.apply(lo), self.apply(hi)]
@@ -136,30 +138,23 @@ def parse_calibration(data: Mapping[str, Any], targets: Sequence[str]) -> Calibr
     Raises:
         CardError: a malformed section.
     """
-    if not data:
-        return None
-
-    def bad(what: str) -> CardError:
-        return CardError(f"field 'calibration': {what}; recalibrate with `edgereg calibrate MODEL STANDARDS`")
-
-    try:
+    def parse(section: Mapping[str, Any], bad: Bad) -> Calibration:
         curves = {}
-        for name, entry in data["targets"].items():
+        for name, entry in section["targets"].items():
             if name not in targets:
                 raise bad(f"target {name!r} is not one of the model's {list(targets)}")
             curves[name] = _parse_target(entry, bad)
-        calibration = Calibration(id=str(data["id"]), date=str(data["date"]), targets=curves,
-                                  tta=str(data.get("tta", "none")))
-    except CardError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise bad(f"malformed ({type(exc).__name__}: {exc})") from None
-    if not curves:
-        raise bad("no calibrated targets")
-    return calibration
+        calibration = Calibration(id=str(section["id"]), date=str(section["date"]), targets=curves,
+                                  tta=str(section.get("tta", "none")))
+        if not curves:
+            raise bad("no calibrated targets")
+        return calibration
+
+    return read_section(data, name="calibration", fix="recalibrate with `edgereg calibrate MODEL STANDARDS`",
+                        parse=parse)
 
 
-def _parse_target(entry: Mapping[str, Any], bad) -> TargetCalibration:
+def _parse_target(entry: Mapping[str, Any], bad: Bad) -> TargetCalibration:
     fit = entry["fit"]
     if fit not in FITS:
         raise bad(f"unknown fit {fit!r}, expected one of {', '.join(FITS)}")
@@ -177,7 +172,8 @@ def _parse_target(entry: Mapping[str, Any], bad) -> TargetCalibration:
         raise bad("coefficients must be finite")
     t = {float(level): float(value) for level, value in entry["t"].items()}
     reference_range = tuple(float(v) for v in entry["reference_range"])
-    return TargetCalibration(fit=fit, coef=coef, cov=tuple(map(tuple, cov.tolist())), knots=knots,
+    return TargetCalibration(fit=fit, coef=cast("tuple[float, float, float]", coef),
+                             cov=tuple(map(tuple, cov.tolist())), knots=knots,
                              residual_sd=float(entry["residual_sd"]), n_eff=float(entry.get("n_eff", 1.0)),
                              t=t, reference_range=(reference_range[0], reference_range[1]))
 

@@ -52,7 +52,8 @@ import numpy as np
 
 from edgereg.core.angles import circular_difference
 from edgereg.core.kinds import TargetKind, target_kind
-from edgereg.errors import CardError, EdgeregError
+from edgereg.errors import EdgeregError
+from edgereg.lab._section import Bad, read_section
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # confidence levels stored at export
 DEFAULT_CONFIDENCE = 0.9
@@ -217,17 +218,14 @@ def parse_intervals(data: Mapping[str, Any], targets: Sequence[str]) -> Interval
     Raises:
         CardError: a malformed section (one line naming the field).
     """
-    if not data or ("sets" not in data and "none" in data):  # no intervals (``{"none": reason}``: why)
+    if isinstance(data, Mapping) and "sets" not in data and "none" in data:  # no intervals (``{"none": reason}``: why)
         return None
 
-    def bad(what: str) -> CardError:
-        return CardError(f"field 'intervals': {what}; re-export the model with `edgereg export`")
-
-    try:
-        levels = tuple(float(v) for v in data["levels"])
-        wide = float(data.get("wide_factor", DEFAULT_WIDE_FACTOR))
+    def parse(section: Mapping[str, Any], bad: Bad) -> IntervalSpec:
+        levels = tuple(float(v) for v in section["levels"])
+        wide = float(section.get("wide_factor", DEFAULT_WIDE_FACTOR))
         sets = []
-        for entry in data["sets"]:
+        for entry in section["sets"]:
             per_target = []
             for name in targets:
                 if name not in entry["targets"]:
@@ -237,20 +235,18 @@ def parse_intervals(data: Mapping[str, Any], targets: Sequence[str]) -> Interval
                                     model=str(entry.get("model", "")), fit_split=str(entry.get("fit_split", "")),
                                     calibration_split=str(entry.get("calibration_split", "")),
                                     n_fit=int(entry.get("n_fit", 0)), n_calibration=int(entry["n_calibration"])))
-    except CardError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise bad(f"malformed ({type(exc).__name__}: {exc})") from None
-    if not sets:
-        raise bad("no interval sets")
-    if not levels or not all(0 < v < 1 for v in levels):
-        raise bad(f"levels must be in (0, 1), got {list(levels)}")
-    if not wide > 0:
-        raise bad(f"wide_factor must be > 0, got {wide}")
-    return IntervalSpec(levels=levels, wide_factor=wide, sets=tuple(sets))
+        if not sets:
+            raise bad("no interval sets")
+        if not levels or not all(0 < v < 1 for v in levels):
+            raise bad(f"levels must be in (0, 1), got {list(levels)}")
+        if not wide > 0:
+            raise bad(f"wide_factor must be > 0, got {wide}")
+        return IntervalSpec(levels=levels, wide_factor=wide, sets=tuple(sets))
+
+    return read_section(data, name="intervals", fix="re-export the model with `edgereg export`", parse=parse)
 
 
-def _parse_target(data: Mapping[str, Any], levels: tuple[float, ...], bad) -> TargetIntervals:
+def _parse_target(data: Mapping[str, Any], levels: tuple[float, ...], bad: Bad) -> TargetIntervals:
     d = data["difficulty"]
     if d["name"] not in DIFFICULTIES:
         raise bad(f"unknown difficulty {d['name']!r}")

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgereg.errors import CardError
+from edgereg.lab._section import Bad, read_section
 
 
 @dataclass(frozen=True)
@@ -39,35 +39,28 @@ def parse_validation(data: Mapping[str, Any], targets: Sequence[str]) -> Validat
     Raises:
         CardError: a malformed section.
     """
-    if not data:
-        return None
+    def parse(section: Mapping[str, Any], bad: Bad) -> Validation:
+        def number(value: Any) -> float | None:
+            if value is None:
+                return None
+            value = float(value)
+            if not math.isfinite(value):
+                raise bad(f"limits must be finite numbers or null, got {value}")
+            return value
 
-    def bad(what: str) -> CardError:
-        return CardError(f"field 'validation': {what}; validate again with `edgereg validate MODEL STANDARDS`")
-
-    def number(value: Any) -> float | None:
-        if value is None:
-            return None
-        value = float(value)
-        if not math.isfinite(value):
-            raise bad(f"limits must be finite numbers or null, got {value}")
-        return value
-
-    try:
         limits = {}
-        for name, entry in data["targets"].items():
+        for name, entry in section["targets"].items():
             if name not in targets:
                 raise bad(f"target {name!r} is not one of the model's {list(targets)}")
             span = entry.get("range")
             limits[name] = Limits(lob=number(entry.get("lob")), lod=number(entry.get("lod")),
                                   loq=number(entry.get("loq")),
                                   range=None if span is None else (float(span[0]), float(span[1])))
-        return Validation(id=str(data["id"]), date=str(data["date"]),
-                          calibration_id=data.get("calibration_id"), targets=limits)
-    except CardError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise bad(f"malformed ({type(exc).__name__}: {exc})") from None
+        return Validation(id=str(section["id"]), date=str(section["date"]),
+                          calibration_id=section.get("calibration_id"), targets=limits)
+
+    return read_section(data, name="validation", fix="validate again with `edgereg validate MODEL STANDARDS`",
+                        parse=parse)
 
 
 __all__ = ["Limits", "Validation", "parse_validation"]

@@ -23,18 +23,18 @@ web clients), keeping the latest reading and the counters.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
 from edgereg.batch.sources import redact_credentials
 from edgereg.errors import CameraError, EdgeregError, ShapeError
+from edgereg.json_values import finite_values
 from edgereg.live.quality import QualityConfig, QualityGate, QualityReport
 from edgereg.live.smoothing import StabilityTracker, make_smoother, stability_tolerance
 
@@ -116,11 +116,7 @@ class Reading:
         """One JSON object (no newline): timestamp, frame, value, lo, hi, spread, smoothed, stable,
         flags, quality, note, the gate's measurements under ``quality_detail``, and ``audit`` /
         ``standard`` when present."""
-        def clean(mapping):
-            if mapping is None:
-                return None
-            return {k: (round(v, 6) if math.isfinite(v) else None) for k, v in mapping.items()}
-
+        clean = finite_values  # unrounded, as /api/predict sends them (edgereg.json_values)
         record: dict[str, Any] = {
             "timestamp": round(self.timestamp, 3), "frame": self.frame, "value": clean(self.values),
             "lo": clean(self.lo), "hi": clean(self.hi),
@@ -184,7 +180,7 @@ class LiveStats:
 
 def run_live(source: FrameSource, predictor: Predictor, *, config: LiveConfig = LiveConfig(),
              clock: Callable[[], float] = time.time,
-             sleep: Callable[[float], None] = time.sleep) -> Iterator[Reading]:
+             sleep: Callable[[float], object] = time.sleep) -> Generator[Reading, None, None]:
     """Read frames until the source ends, ``max_frames`` is reached or the consumer stops.
 
     Args:
@@ -337,7 +333,8 @@ class LiveFeed:
 class _Readout:
     """Turns one frame into a Reading: gate, model, smoother and stability window."""
 
-    def __init__(self, predictor: Predictor, config: LiveConfig, clock: Callable[[], float], *, source_name: str = "camera") -> None:
+    def __init__(self, predictor: Predictor, config: LiveConfig, clock: Callable[[], float], *,
+                 source_name: str = "camera") -> None:
         card = predictor.card
         self.source_name = source_name
         self.audit = None
@@ -365,10 +362,11 @@ class _Readout:
         timestamp = self.clock()
         started = time.perf_counter()
         try:
-            report = self.gate.check(frame) if self.gate is not None else None
-            if report is not None and not report.ok:
+            gate = self.gate
+            report = gate.check(frame) if gate is not None else None
+            if gate is not None and report is not None and not report.ok:
                 self.stability.reset()
-                return Reading(timestamp, number, report.reason, note=report.describe(self.gate.config),
+                return Reading(timestamp, number, cast(str, report.reason), note=report.describe(gate.config),
                                report=report, process_ms=_ms_since(started), image=frame)
             result = self.predictor.predict([frame])
         except ShapeError as exc:
@@ -384,8 +382,8 @@ class _Readout:
         if self.audit is not None:
             from edgereg.preprocess import crop_resize
 
-            audit = self.audit.fields(f"{self.source_name}#frame={number}", crop_resize(frame, self.predictor.config)[0],
-                                      timestamp=timestamp)
+            crop = crop_resize(frame, self.predictor.config)[0]
+            audit = self.audit.fields(f"{self.source_name}#frame={number}", crop, timestamp=timestamp)
         return Reading(timestamp, number, "ok", values=dict(zip(self.names, map(float, values))),
                        spread=spread, smoothed=dict(zip(self.names, map(float, smoothed))), stable=stable,
                        note=note, report=report, process_ms=_ms_since(started), image=frame, lo=lo, hi=hi,

@@ -23,12 +23,12 @@ connections together get 503 with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -40,9 +40,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edgereg import __version__
-from edgereg.batch.scoring import prediction_flags
+from edgereg.batch.flags import prediction_flags
 from edgereg.batch.sources import redact_credentials
 from edgereg.core.predictor import Predictor
+from edgereg.core.rows import reading_by_field
+from edgereg.json_values import finite_values
 from edgereg.live.loop import NO_FRAME, LiveFeed, Reading
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 from edgereg.serve.batcher import MicroBatcher
@@ -95,10 +97,6 @@ class _HeldStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._release()
-
-
-def _finite(mapping: dict[str, float]) -> dict[str, float | None]:
-    return {k: (float(v) if math.isfinite(v) else None) for k, v in mapping.items()}
 
 
 class _Server:
@@ -189,8 +187,9 @@ class _Server:
         """(status, connected, state) of the camera, judged from one hub state (the one that
         ``/snapshot.jpg`` and ``/events`` serve), so ``/healthz`` and ``/metrics`` agree with them."""
         state = self.hub.camera_state()
-        connected = self.feed.running and state.connected(self.config.stale_after_s)
-        if not self.feed.running:
+        running = self.feed is not None and self.feed.running  # asked only with a camera
+        connected = running and state.connected(self.config.stale_after_s)
+        if not running:
             status = "stopped"
         elif connected:
             status = "ok"
@@ -251,7 +250,7 @@ class _Server:
                     await asyncio.sleep(max(0.005, self.stream_clock.due_in()))
                     continue
                 jpeg = await anyio.to_thread.run_sync(
-                    lambda: self.encoder.jpeg(item, image_item=self.hub.latest_with_image()))
+                    lambda item=item: self.encoder.jpeg(item, image_item=self.hub.latest_with_image()))
                 sent_seq = item.seq
                 yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                        .encode() + jpeg + b"\r\n")
@@ -325,18 +324,24 @@ class _Server:
             lambda: prepare_uploads(uploads, self.predictor.config, max_pixels=self.config.max_pixels))
         readings: list[dict | None] = [None] * len(uploads)
         if len(prepared.frames):
-            result = await asyncio.wrap_future(self.batcher.submit(prepared.frames, prepared.boxes))
+            batcher = self.batcher
+            if batcher is None:  # requests are served between the lifespan's start and its end
+                raise HTTPException(503, "the server is starting or stopping; try again")
+            result = await asyncio.wrap_future(batcher.submit(prepared.frames, prepared.boxes))
             flags = prediction_flags(self.predictor.card, result, prepared.boxes)
             for row, position in enumerate(prepared.index):
+                numbers = reading_by_field(result.names, result.values[row],
+                                           None if result.spread is None else result.spread[row],
+                                           None if result.lo is None else result.lo[row],
+                                           None if result.hi is None else result.hi[row])
                 reading = {
                     "index": position, "name": uploads[position].name,
-                    "value": _finite(dict(zip(result.names, result.values[row]))),
-                    "spread": None if result.spread is None else _finite(dict(zip(result.names, result.spread[row]))),
+                    "value": finite_values(numbers["value"]), "spread": finite_values(numbers["spread"]),
                     "flags": list(flags[row]),
                 }
                 if result.lo is not None:  # the card's intervals, at its confidence, as folder scoring writes them
-                    reading["lo"] = _finite(dict(zip(result.names, result.lo[row])))
-                    reading["hi"] = _finite(dict(zip(result.names, result.hi[row])))
+                    reading["lo"] = finite_values(numbers["lo"])
+                    reading["hi"] = finite_values(numbers["hi"])
                 readings[position] = reading
         for position, name, reason in prepared.errors:
             readings[position] = {"index": position, "name": name, "error": reason}
@@ -420,7 +425,7 @@ def create_app(predictor: Predictor, feed: LiveFeed | None = None, config: Serve
     if config.token:
         middleware.append(Middleware(TokenGuard, token=config.token))
     middleware.append(Middleware(BodyLimit, max_bytes=config.max_request_bytes))
-    app = _Application(routes=routes, middleware=middleware, lifespan=server.lifespan,
-                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    handlers: dict[Any, Callable[..., Any]] = {HTTPException: _http_error, Exception: _server_error}
+    app = _Application(routes=routes, middleware=middleware, lifespan=server.lifespan, exception_handlers=handlers)
     app.state.server = server
     return app

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from edgereg.json_values import finite_or_none
 from edgereg.live.loop import NO_FRAME, Reading
 
 
@@ -146,7 +147,7 @@ class ReadingHub:
     def since(self, seq: int, *, limit: int | None = None) -> list[Published]:
         """Readings with a sequence number above ``seq``, oldest first (at most the last ``limit``)."""
         with self._lock:
-            newer = []
+            newer: list[Published] = []
             for item in reversed(self._items):
                 if item.seq <= seq or (limit is not None and len(newer) >= limit):
                     break
@@ -192,7 +193,7 @@ class ReadingHub:
                 for item in items:
                     mapping = getattr(item.reading, field)
                     value = None if mapping is None else mapping.get(name)
-                    series.append(value if value is not None and math.isfinite(value) else None)
+                    series.append(finite_or_none(value))
                 out[name] = series
             return out
 

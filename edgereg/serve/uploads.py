@@ -4,7 +4,7 @@ Each upload is read with :func:`edgereg.preprocess.load_frame`, the function fol
 training use: the card's decode policy (a reduced JPEG decode where the crop allows it), the
 crop and the resize; empty, truncated and corrupt images, and images whose header declares more
 than ``max_pixels``, are refused before decoding with the reasons ``edgereg infer PATH`` gives
-(:func:`edgereg.batch.scoring.failure_reason`). A bad upload never fails the others: it gets its
+(:func:`edgereg.batch.failures.failure_reason`). A bad upload never fails the others: it gets its
 reason, and the good ones are read.
 
 Decodes of all requests share one :class:`~edgereg.preprocess.decode.DecodeBudget`
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgereg.batch.scoring import failure_reason
+from edgereg.batch.failures import failure_reason
 from edgereg.preprocess import CropBox, PreprocessConfig, load_frame
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS, DecodeBudget
 

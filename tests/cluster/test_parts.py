@@ -8,7 +8,8 @@ import json
 import pytest
 from scoring_files import read_csv
 
-from edgereg.batch.writers import CsvRowWriter, encode_row, errors_path_for, open_rows
+from edgereg.batch.encoding import encode_row, errors_path_for
+from edgereg.batch.writers import CsvRowWriter, open_rows
 from edgereg.cluster.parts import MANIFEST, PartStore, error_line, state_dir_for
 from edgereg.errors import EdgeregError
 

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from edgereg import Predictor
-from edgereg.batch.scoring import load_entry, reading_flags, target_spans
+from edgereg.batch.flags import reading_flags, target_spans
+from edgereg.batch.scoring import load_entry
 from edgereg.batch.sources import ListFileSource
 from edgereg.cluster.engine import block_rows, input_blocks, select_inputs
 from edgereg.cluster.stages import OnnxScorer, decode_batch

@@ -101,6 +101,6 @@ def test_opencv_errors_are_sentences_not_assertion_text(tiny_model, tmp_path, ca
     unknown = cv2.error("OpenCV(5.0.0) /io/opencv/x.cpp:9: error: (-215:Assertion failed) cn <= 4 in function 'f'")
     assert "Assertion" not in explain_cv2_error(unknown) and "cpp" not in explain_cv2_error(unknown)
     # the reason a scored file gets: whatever failed inside OpenCV, a sentence
-    from edgereg.batch.scoring import failure_reason
+    from edgereg.batch.failures import failure_reason
 
     assert failure_reason(unknown, "x.png") == explain_cv2_error(unknown)

@@ -119,8 +119,8 @@ def test_disk_full_mid_run_keeps_whole_rows_exits_1_and_resume_finishes(tiny_mod
 
 
 def test_output_error_is_typed(tmp_path):
-    from edgereg.batch.writers import atomic_write
     from edgereg.errors import OutputError
+    from edgereg.files import atomic_write
 
     with pytest.raises(OutputError, match="does not exist"):
         atomic_write(tmp_path / "missing" / "x.json", b"{}")

@@ -10,18 +10,14 @@ import pytest
 from scoring_files import read_csv
 
 from edgereg import Predictor
-from edgereg.batch.scoring import Shard, reading_flags, score_source, target_spans
+from edgereg.batch.encoding import errors_path_for
+from edgereg.batch.flags import reading_flags, target_spans
+from edgereg.batch.resume import cut_partial_line, load_done_keys
+from edgereg.batch.scoring import score_source
+from edgereg.batch.shards import Shard
 from edgereg.batch.sources import BatchSource, Entry, FolderSource
-from edgereg.batch.writers import (
-    CsvRowWriter,
-    JsonlRowWriter,
-    cut_partial_line,
-    errors_path_for,
-    load_done_keys,
-    open_errors,
-    open_rows,
-    prediction_columns,
-)
+from edgereg.batch.writers import CsvRowWriter, JsonlRowWriter, open_errors, open_rows
+from edgereg.core.rows import prediction_columns
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import read_image
 

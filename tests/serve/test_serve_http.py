@@ -337,7 +337,7 @@ def test_events_one_reading_per_frame_resume_and_loss(camera_app, camera, predic
                               "quality", "note", "quality_detail"}  # lo/hi/flags: docs/lab-grade.md
         assert first["quality"] == "ok" and 80 < first["value"]["conc"] < 350
         expected = predictor.predict([sample_frame(first["frame"] + 1, size=camera.size)]).values[0, 0]
-        assert first["value"]["conc"] == pytest.approx(expected, abs=1e-5)  # JSON keeps 6 decimals
+        assert first["value"]["conc"] == pytest.approx(expected, abs=1e-5)  # same numbers: test_serve_numbers.py
 
         resumed = EventReader(port, headers={"Last-Event-ID": ids[3]})  # a reconnect gets what it missed
         assert int(resumed.wait(1, PATIENCE)[0][0].split(":")[1]) == seqs[3] + 1

@@ -21,6 +21,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from edgereg.cli.options import is_positive_int
 from edgereg.core.card import KINDS
 from edgereg.errors import EdgeregError, ShapeError, did_you_mean
 from edgereg.training.heads import check_kind
@@ -204,7 +205,7 @@ def positive_ints(value, *, option: str, model: str) -> tuple[int, ...]:
         EdgeregError: naming the model and option, e.g. for ``--model-opt width=-3``.
     """
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    if not values or not all(_is_positive_int(v) for v in values):
+    if not values or not all(is_positive_int(v) for v in values):
         raise EdgeregError(
             f"model {model!r} option {option!r} must be a positive integer or a list of them, "
             f"got {value!r}; e.g. --model-opt {option}=2 or {option}=[2,2]"
@@ -212,21 +213,14 @@ def positive_ints(value, *, option: str, model: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _is_positive_int(value) -> bool:
-    try:
-        return not isinstance(value, bool) and int(value) == value and value >= 1
-    except (TypeError, ValueError):
-        return False
-
-
 def _positive_int(value, what: str) -> int:
-    if not _is_positive_int(value):
+    if not is_positive_int(value):
         raise EdgeregError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def _input_size(value) -> tuple[int, int]:
     size = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(size) != 2 or not all(_is_positive_int(s) for s in size):
+    if len(size) != 2 or not all(is_positive_int(s) for s in size):
         raise ShapeError(f"input_size must be (H, W) positive integers, got {value!r}")
     return int(size[0]), int(size[1])

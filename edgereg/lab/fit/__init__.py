@@ -14,13 +14,11 @@ from edgereg._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr__ imports them
     from edgereg.lab.fit.standards import read_standards
-    from edgereg.lab.fit.validation import json_safe
 
-__all__ = ["json_safe", "read_standards"]
+__all__ = ["read_standards"]
 
 _LAZY = {
     "read_standards": "edgereg.lab.fit.standards",
-    "json_safe": "edgereg.lab.fit.validation",
 }
 
 __getattr__ = lazy_exports(__name__, _LAZY)

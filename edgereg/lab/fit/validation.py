@@ -226,18 +226,5 @@ def validate(reference: Sequence[float] | np.ndarray, readings: Sequence[float] 
             "working_range": span, "limits": limits}
 
 
-def json_safe(value):
-    """``value`` with NaN and infinities as None, numpy scalars as Python numbers (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-__all__ = ["ICH_LOD_FACTOR", "json_safe", "ICH_LOQ_FACTOR", "Z_95", "ep17_cp", "ich_limits", "limit_of_blank",
+__all__ = ["ICH_LOD_FACTOR", "ICH_LOQ_FACTOR", "Z_95", "ep17_cp", "ich_limits", "limit_of_blank",
            "limit_of_detection", "linearity", "pooled_sd", "repeatability", "validate", "working_range"]
