@@ -8,7 +8,7 @@ candidates' plans from one basis). :func:`make_plan` does both for one model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -26,22 +26,6 @@ from edgereg.training.normalization import normalization_stats
 from edgereg.training.regressor import OutputTransform
 from edgereg.training.run import build_regressor, json_ready
 from edgereg.training.validation_design import seen_group_rows
-
-
-@dataclass(frozen=True)
-class FitPlan:
-    """One fit's data, preprocessing, augmentation and model, fixed before the first step."""
-
-    loaded: LoadedData
-    split: Any  # Split with train = rows actually fitted
-    seen: np.ndarray  # (S,) rows of training groups held back (group splits), else empty
-    preprocess: PreprocessConfig  # with mean/std measured on the train split
-    augment: AugmentConfig
-    transform: Any  # edgereg.training.regressor.OutputTransform fitted on the train split
-    model_name: str
-    model_kwargs: dict
-    loss_name: str | None
-    reference: dict | None = None  # reference normalisation: region, mean_out, std_out (run.json "reference")
 
 
 def resolve_reference(loaded: LoadedData, config: TrainConfig, train_rows: np.ndarray, *, seed: int = 0):
@@ -84,8 +68,17 @@ class PlanBasis:
 
     def plan(self, model_name: str | None = None) -> FitPlan:
         """The FitPlan of ``model_name`` (default: :attr:`default_model`) on this basis."""
-        return FitPlan(self.loaded, self.split, self.seen, self.preprocess, self.augment, self.transform,
-                       model_name or self.default_model, dict(self.model_kwargs), self.loss_name, self.reference)
+        shared = {f.name: getattr(self, f.name) for f in fields(PlanBasis)}
+        return FitPlan(**{**shared, "model_kwargs": dict(self.model_kwargs)},
+                       model_name=model_name or self.default_model)
+
+
+@dataclass(frozen=True)
+class FitPlan(PlanBasis):
+    """One fit's data, preprocessing, augmentation and model, fixed before the first step: a
+    :class:`PlanBasis` and the model fitted on it."""
+
+    model_name: str
 
 
 def plan_basis(loaded: LoadedData, config: TrainConfig, split, *, reference_region: dict | None = None,

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edgereg.core.kinds import TargetKind, target_kind
+from edgereg.core.kinds import KindSide, KindTable, TargetKind
 from edgereg.data.kinds import KindData, kind_data
-from edgereg.errors import DatasetError, EdgeregError, ShapeError, did_you_mean
+from edgereg.errors import DatasetError, EdgeregError, ShapeError
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +55,7 @@ class FittedTransform(Protocol):
 
 
 @dataclass(frozen=True)
-class KindTraining:
+class KindTraining(KindSide):
     """Training behaviour of a kind; this base class is the plain-number behaviour (``vector``).
 
     Attributes:
@@ -90,14 +90,6 @@ class KindTraining:
     colour_reading: bool = False
     small_input_models: tuple[str, ...] = ()
     translate_ok: bool = True
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def target(self) -> TargetKind:
-        """The runtime kind of the same name."""
-        return target_kind(self.name)
 
     @property
     def paired_outputs(self) -> bool:
@@ -337,17 +329,8 @@ class Count(KindTraining):
         return layer.scale * torch.exp(raw)
 
 
-KIND_TRAINING: dict[str, KindTraining] = {}
-
-
-def register_kind_training(kind: KindTraining) -> KindTraining:
-    """Add ``kind`` to :data:`KIND_TRAINING`; its runtime kind (``edgereg.core.kinds``) must exist."""
-    target_kind(kind.name)
-    if kind.name in KIND_TRAINING:
-        raise EdgeregError(f"kind {kind.name!r} is registered twice for training")
-    KIND_TRAINING[kind.name] = kind
-    return kind
-
+KIND_TRAINING: KindTable[KindTraining] = KindTable("training", KindTraining)
+register_kind_training = KIND_TRAINING.register
 
 for _kind in (
     Scalar("scalar", unit_space=True, losses=("mse", "huber", "mse_logmse"),
@@ -370,14 +353,7 @@ def kind_training(kind: str | KindTraining | TargetKind) -> KindTraining:
     Raises:
         EdgeregError: a kind training does not know, with the closest known one.
     """
-    if isinstance(kind, KindTraining):
-        return kind
-    name = kind.name if isinstance(kind, TargetKind) else kind
-    found = KIND_TRAINING.get(name) if isinstance(name, str) else None
-    if found is None:
-        raise EdgeregError(f"unknown kind {kind!r}{did_you_mean(str(name), tuple(KIND_TRAINING))}; "
-                           f"expected one of {', '.join(KIND_TRAINING)}")
-    return found
+    return KIND_TRAINING.lookup(kind)
 
 
 __all__ = ["KIND_TRAINING", "Angle", "Coords", "Count", "Distribution", "FittedTransform", "KindTraining", "Scalar",

@@ -12,17 +12,17 @@ import json
 import time
 from pathlib import Path
 
+from edgereg.cli.common import command_parser
 from edgereg.cli.options import count, positive
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "demo", help="synthetic data -> train -> int8 export -> folder scoring, with a report",
+    parser = command_parser(
+        subparsers, "demo", help="synthetic data -> train -> int8 export -> folder scoring, with a report",
         description="Run the whole edgereg pipeline on a synthetic assay (a round well whose colour "
                     "follows a concentration of 80..350 mg/L): synthesize, train, export fp32 and "
                     "int8 (and C), score a folder of photos the model never saw, and report.",
         epilog="examples:\n  edgereg demo --out demo_out\n  edgereg demo --out /tmp/d --quick",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="demo_out", help="working folder (default demo_out)")
     parser.add_argument("--n", type=count(20), default=2000, help="training photos to synthesize (>= 20)")

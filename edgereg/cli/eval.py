@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from edgereg.cli.common import add_strict_option, command_parser
 from edgereg.cli.options import MAX_PIXELS_HELP, add_card_option, count, pixels
 from edgereg.preprocess.decode import DEFAULT_MAX_PIXELS
 
@@ -20,13 +21,13 @@ writes OUT/metrics.json, OUT/predictions.csv and OUT/pred_vs_true.png (the plot 
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "eval", help="metrics and plots of an exported model on a labelled dataset",
+    parser = command_parser(
+        subparsers, "eval", help="metrics and plots of an exported model on a labelled dataset",
         description="Score an exported model (fp32, int8 or fp16 .onnx with an edgereg card) on a dataset\n"
                     "directory (labels.csv + images) with the runtime's own preprocessing, and report RMSE,\n"
                     "MAE, R², max error per target in the dataset's units (coords in source pixels, angles\n"
                     "in degrees), and per group when labels.csv has a group column.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     parser.add_argument("model", metavar="MODEL", help="an .onnx file exported by edgereg")
     parser.add_argument("dataset", metavar="DATASET", help="a folder with labels.csv (or the labels.csv itself)")
@@ -35,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--tta", default=None, help="none, d4 or rot:N (default: the model card's)")
     parser.add_argument("--batch", type=count(1), default=32, help="images per inference call (default 32)")
     parser.add_argument("--providers", default="auto", help="auto, cpu, cuda, tensorrt (default auto)")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    add_strict_option(parser)
     parser.add_argument("--no-calibration", action="store_true",
                         help="score the network's readings, ignoring the card's calibration to standards")
     parser.add_argument("--allow-outside", action="store_true",

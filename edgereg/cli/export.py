@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgereg.cli.common import command_parser
+
 CALIBRATION_CHOICES = ("auto", "minmax", "entropy", "percentile")
 CALIBRATION_BUDGET_S = 100.0  # = edgereg.export.int8_search.CALIBRATION_BUDGET_S (not imported: keeps --help light)
 
@@ -25,8 +27,8 @@ exit codes: 0 exported; 1 the int8 gate failed (report written, no model.int8.on
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "export", help="export a trained run to ONNX (fp32, int8 with an accuracy gate, fp16, C)",
+    parser = command_parser(
+        subparsers, "export", help="export a trained run to ONNX (fp32, int8 with an accuracy gate, fp16, C)",
         description="Export a training run to model.onnx: opset >= 17, dynamic batch, output transforms baked\n"
                     "in (physical units out), BatchNorm folded, the model card embedded; checked with\n"
                     "onnx.checker and against torch (relative 1e-4) on the validation images.\n\n"
@@ -38,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "report lists every layer's sensitivity and says whether int8 or fp32 is faster here.\n\n"
                     "Writes export_report.json and prints a summary: accuracy, speed at batch 1 and 32,\n"
                     "size, peak memory.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `edgereg train`")
     parser.add_argument("--out", metavar="DIR", help="where to write the models and report (default: RUN_DIR)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgereg.cli.common import command_parser
 from edgereg.cli.options import (
     MAX_PIXELS_HELP,
     MAX_THREADS,
@@ -83,9 +84,9 @@ LIVE_ONLY = {"show": False, "smooth": 5, "smooth_method": "median", "stable_tol"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "infer", help="score images, folders, videos, or read a camera live",
-        description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        subparsers, "infer", help="score images, folders, videos, or read a camera live",
+        description=DESCRIPTION, epilog=EXAMPLES,
     )
     parser.add_argument("model", help="an .onnx model exported by edgereg (fp32 or int8)")
     parser.add_argument("path", nargs="?",

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgereg.cli.common import command_parser
 from edgereg.cli.options import add_card_option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "info", help="print a model's card and inputs/outputs",
+    parser = command_parser(
+        subparsers, "info", help="print a model's card and inputs/outputs",
         description="Print the edgereg model card embedded in an ONNX file and the model's inputs "
                     "and outputs. A missing or invalid card is reported with the field at fault.",
         epilog="examples:\n  edgereg info runs/assay/model.onnx\n  edgereg info model.int8.onnx --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="an .onnx file exported by edgereg")
     parser.add_argument("--json", action="store_true", help="print the card as JSON only")

@@ -92,7 +92,7 @@ def pixels(text: str) -> int | None:
     return int(value) or None
 
 
-def add_card_option(parser: argparse.ArgumentParser) -> None:
+def add_card_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--card CARD.json``: use this card instead of (or for a model without) the embedded one."""
     parser.add_argument("--card", metavar="CARD.json",
                         help="use this model card (JSON, as `edgereg info MODEL --json` prints it) instead of "

@@ -12,6 +12,7 @@ import ipaddress
 import re
 import sys
 
+from edgereg.cli.common import command_parser
 from edgereg.cli.options import (
     MAX_PIXELS_HELP,
     MAX_THREADS,
@@ -58,9 +59,9 @@ TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "serve", help="live web page and HTTP API for a camera and a model",
-        description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        subparsers, "serve", help="live web page and HTTP API for a camera and a model",
+        description=DESCRIPTION, epilog=EXAMPLES,
     )
     parser.add_argument("model", help="an .onnx model exported by edgereg")
     parser.add_argument("--camera", metavar="SRC", help="device index (0), video file or stream URL; "

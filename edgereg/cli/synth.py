@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from edgereg.cli.common import command_parser
 from edgereg.cli.options import positive_int
 
 # Listed here rather than imported so that `edgereg --help` does not load OpenCV; a test holds this
@@ -27,13 +28,12 @@ examples:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "synth", help="write a synthetic dataset (labels.csv + images)",
+    parser = command_parser(
+        subparsers, "synth", help="write a synthetic dataset (labels.csv + images)",
         description="Render a synthetic dataset in edgereg's format: OUT/labels.csv (path, targets,\n"
                     "group) and PNG images under OUT/images/. The same task, --n, --seed and --size\n"
                     "give the same files.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("task", metavar="TASK", help="one of: " + ", ".join(TASK_HELP))
     parser.add_argument("out", metavar="OUT", help="folder to write (created)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgereg.cli.common import add_strict_option, command_parser
 from edgereg.cli.options import MAX_THREADS, count
 from edgereg.core.card import KINDS
 from edgereg.errors import EdgeregError
@@ -32,7 +33,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                       help="target kind (default: inferred from the columns and printed)")
     data.add_argument("--range", help="LO,HI of a bounded scalar (default: the train data widened 5%%)")
     data.add_argument("--units", help="comma-separated unit per target, e.g. mg/L")
-    data.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    add_strict_option(data)
     data.add_argument("--allow-outside", action="store_true",
                       help="allow image paths outside the folder of labels.csv (absolute, ../, symlinks)")
     data.add_argument("--size", help="model input N or HxW in pixels (default: native after the crop up to "
@@ -70,13 +71,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "train", help="train a regressor on a labelled image folder",
+    parser = command_parser(
+        subparsers, "train", help="train a regressor on a labelled image folder",
         description="Train a compact CNN regressor: decode the images once, split (random, whole groups "
                     "held out, or K folds), train with AdamW and a one-cycle schedule, early-stop on "
                     "validation, checkpoint every epoch, and report metrics in your units against "
                     "zero/mean/median baselines, with collapse and memorisation warnings.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     add_data_options(parser)
     parser.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")

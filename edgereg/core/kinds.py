@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -311,6 +311,74 @@ def target_kind(kind: str | TargetKind) -> TargetKind:
     return found
 
 
+class KindSide:
+    """Base of a per-kind object kept outside the runtime (``KindTraining``, ``KindData``): it prints
+    as its kind's name and leads back to the runtime kind of that name."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def target(self) -> TargetKind:
+        """The runtime kind of the same name."""
+        return target_kind(self.name)
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+K = TypeVar("K", bound=_Named)
+
+
+class KindTable(dict[str, K]):
+    """One object per target kind for one side of the project, keyed by the kind's name.
+
+    The runtime's kinds (:data:`KIND_BY_NAME`) are the reference: training (``KindTraining``) and
+    the dataset and metrics code (``KindData``) each keep a table of their own objects, registered
+    once per runtime kind and looked up by name.
+
+    Args:
+        purpose: what the table is for, in messages ("training", "datasets and metrics").
+        owner: the class of the table's objects (an instance passed to :meth:`lookup` is returned).
+    """
+
+    def __init__(self, purpose: str, owner: type) -> None:
+        super().__init__()
+        self.purpose = purpose
+        self.owner = owner
+
+    def register(self, kind: K) -> K:
+        """Add ``kind`` (its ``name`` must be a runtime kind) and return it.
+
+        Raises:
+            CardError: not a runtime kind. EdgeregError: a second object for the same kind.
+        """
+        name = kind.name
+        target_kind(name)
+        if name in self:
+            raise EdgeregError(f"kind {name!r} is registered twice for {self.purpose}")
+        self[name] = kind
+        return kind
+
+    def lookup(self, kind: Any) -> K:
+        """The table's object for a kind name or any kind object (looked up by its ``name``).
+
+        Raises:
+            EdgeregError: a kind the table does not hold, with the closest known one.
+        """
+        if isinstance(kind, self.owner):
+            return kind  # type: ignore[return-value]  # an object of the table's own class
+        name = kind if isinstance(kind, str) else getattr(kind, "name", None)
+        found = self.get(name) if isinstance(name, str) else None
+        if found is None:
+            raise EdgeregError(f"unknown kind {kind!r}{did_you_mean(str(name), tuple(self))}; "
+                               f"expected one of {', '.join(self)}")
+        return found
+
+
 __all__ = ["ANGLE", "COORDS", "COUNT", "DISTRIBUTION", "KIND_BY_NAME", "KIND_NAMES", "SCALAR", "VECTOR", "Angle",
-           "Coords",
-           "Distribution", "TargetKind", "target_kind"]
+           "Coords", "Distribution", "KindSide", "KindTable", "TargetKind", "target_kind"]

@@ -32,14 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgereg.core.angles import circular_difference
-from edgereg.core.kinds import TargetKind, target_kind
-from edgereg.errors import DatasetError, EdgeregError, did_you_mean
+from edgereg.core.kinds import KindSide, KindTable, TargetKind
+from edgereg.errors import DatasetError
 
 SUM_TOLERANCE = 1e-3  # how far from 1 a row of a distribution may sum (rounding in the csv)
 
 
 @dataclass(frozen=True)
-class KindData:
+class KindData(KindSide):
     """The dataset's and the metrics' behaviour of a kind; this base class is the plain-number one.
 
     Attributes:
@@ -53,14 +53,6 @@ class KindData:
     single_target: bool = False
     r2: bool = True
     bins: bool = False
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def target(self) -> TargetKind:
-        """The runtime kind of the same name."""
-        return target_kind(self.name)
 
     # --- dataset ------------------------------------------------------------------------------
     def check_targets(self, names: Sequence[str], targets: np.ndarray, csv_name: str, lines: Sequence[int]) -> None:
@@ -199,17 +191,8 @@ def coord_pairs(names: Sequence[str]) -> list[tuple[int, int]] | None:
     return pairs
 
 
-KIND_DATA: dict[str, KindData] = {}
-
-
-def register_kind_data(kind: KindData) -> KindData:
-    """Add ``kind`` to :data:`KIND_DATA`; its runtime kind (``edgereg.core.kinds``) must exist."""
-    target_kind(kind.name)
-    if kind.name in KIND_DATA:
-        raise EdgeregError(f"kind {kind.name!r} is registered twice for datasets and metrics")
-    KIND_DATA[kind.name] = kind
-    return kind
-
+KIND_DATA: KindTable[KindData] = KindTable("datasets and metrics", KindData)
+register_kind_data = KIND_DATA.register
 
 for _kind in (
     KindData("scalar", single_target=True),
@@ -229,14 +212,7 @@ def kind_data(kind: str | KindData | TargetKind) -> KindData:
     Raises:
         EdgeregError: a kind this module does not know, with the closest known one.
     """
-    if isinstance(kind, KindData):
-        return kind
-    name = kind if isinstance(kind, str) else getattr(kind, "name", None)
-    found = KIND_DATA.get(name) if isinstance(name, str) else None
-    if found is None:
-        raise EdgeregError(f"unknown kind {kind!r}{did_you_mean(str(name), tuple(KIND_DATA))}; "
-                           f"expected one of {', '.join(KIND_DATA)}")
-    return found
+    return KIND_DATA.lookup(kind)
 
 
 __all__ = ["KIND_DATA", "SUM_TOLERANCE", "Angle", "Coords", "Count", "Distribution", "KindData", "circular_mean",

@@ -77,7 +77,8 @@ def test_standards_to_a_validated_calibrated_model_and_a_traceable_reading(uncal
     assert (tmp_path / "model.cal.calibration.json").is_file()
     assert not read_card(uncalibrated).calibration  # the input model is left as it was
 
-    validation = write_standards(tmp_path / "validation", {0: 6, 40: 4, 90: 3, 160: 3, 230: 3}, jitter=(-2, -1, 0, 1, 2, 3))
+    validation = write_standards(tmp_path / "validation", {0: 6, 40: 4, 90: 3, 160: 3, 230: 3},
+                                 jitter=(-2, -1, 0, 1, 2, 3))
     report = tmp_path / "report"
     assert main(["validate", str(calibrated), str(validation), "--out", str(report), "--c", str(tmp_path / "c")]) == 0
     assert "LAB_HAS_LIMITS 1" in (tmp_path / "c" / "model.c").read_text()  # the C flags against the limits

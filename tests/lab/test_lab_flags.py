@@ -119,7 +119,8 @@ int main(void)
         }
         printf("%.9g %.9g %.9g %u\n", r.value[0], r.lo[0], r.hi[0], r.flags);
     }
-    if (EDGEREG_MODEL_HAS_INTERVALS && edgereg_model_postprocess(raw, NULL, 0.85f, &r) != EDGEREG_MODEL_ERR_CONFIDENCE) {
+    if (EDGEREG_MODEL_HAS_INTERVALS
+        && edgereg_model_postprocess(raw, NULL, 0.85f, &r) != EDGEREG_MODEL_ERR_CONFIDENCE) {
         return 2;
     }
     return 0;
@@ -149,7 +150,8 @@ def test_c_postprocess_matches_the_python_runtime_on_the_grid(variant, model_fac
     generate_c(model_factory(**fields), tmp_path / "c")
     (tmp_path / "c" / "driver.c").write_text(C_DRIVER)
     exe = tmp_path / "driver"
-    build = subprocess.run([gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", str(tmp_path / "c"),
+    build = subprocess.run([gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic",
+                            "-I", str(tmp_path / "c"),
                             str(tmp_path / "c" / "driver.c"), str(tmp_path / "c" / "model.c"), "-lm", "-o", str(exe)],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
@@ -190,7 +192,8 @@ def test_the_http_api_returns_the_bounds_and_lab_flags_folder_scoring_writes(mod
     with open(tmp_path / "rows.csv", newline="") as handle:
         written = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(handle)}
     files = [("image", (path.name, path.read_bytes(), "image/png")) for path in sorted(folder.iterdir())]
-    with TestClient(create_app(Predictor(model, confidence=0.9)), base_url="http://127.0.0.1") as client:  # a Host it answers
+    app = create_app(Predictor(model, confidence=0.9))
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host it answers
         readings = client.post("/api/predict", files=files).json()["readings"]
     assert [r["name"] for r in readings] == sorted(written)
     flagged = 0

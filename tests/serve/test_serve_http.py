@@ -61,8 +61,9 @@ def camera():
 
 @pytest.fixture
 def camera_app(predictor, camera):
-    def make(config: ServeConfig = ServeConfig(), live: LiveConfig = FAST_RETRY):
-        return create_app(predictor, LiveFeed(camera, predictor, config=live), config)
+    def make(config: ServeConfig | None = None, live: LiveConfig = FAST_RETRY):
+        feed = LiveFeed(camera, predictor, config=live)
+        return create_app(predictor, feed, ServeConfig() if config is None else config)
     return make
 
 
@@ -91,7 +92,8 @@ def test_api_only_server_serves_page_card_health_and_metrics(predictor):
         assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
-        assert "edgereg_predict_requests_total" in metrics.text and "# TYPE edgereg_frame_seconds histogram" in metrics.text
+        assert "edgereg_predict_requests_total" in metrics.text
+        assert "# TYPE edgereg_frame_seconds histogram" in metrics.text
 
 
 def test_predict_reads_uploads_like_the_predictor_and_reports_bad_ones(predictor, rng):
@@ -120,7 +122,8 @@ def test_predict_reads_uploads_like_the_predictor_and_reports_bad_ones(predictor
 def test_predict_refuses_image_bombs_from_the_header(predictor):
     png = bytearray(jpeg(sample_frame(2, size=(48, 64)), ".png"))
     png[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR declares 30000x30000: 900 MP in a few KB
-    files = [("image", ("bomb.png", bytes(png), "image/png")), ("image", ("ok.png", jpeg(sample_frame(2), ".png"), "image/png"))]
+    files = [("image", ("bomb.png", bytes(png), "image/png")),
+             ("image", ("ok.png", jpeg(sample_frame(2), ".png"), "image/png"))]
     with local(create_app(predictor)) as client:
         readings = client.post("/api/predict", files=files).json()["readings"]
     assert readings[0]["error"] == "too large: 30000x30000 = 900 MP > 50 MP (--max-pixels)"
@@ -159,7 +162,8 @@ def test_predict_raw_body_and_request_errors(predictor):
         get_predict = client.get("/api/predict")
         assert get_predict.status_code == 405
         codes = client.get("/metrics").text
-    assert 'edgereg_predict_requests_total{code="413"} 1.0' in codes  # the streamed one (Content-Length: refused before)
+    # the streamed one (Content-Length: refused before)
+    assert 'edgereg_predict_requests_total{code="413"} 1.0' in codes
 
 
 def test_a_failing_model_is_a_json_500_and_the_server_goes_on(predictor, monkeypatch):
@@ -424,9 +428,10 @@ def test_mjpeg_shares_one_encode_per_frame_caps_fps_and_stops_on_disconnect(came
             client = socket.create_connection(("127.0.0.1", port))
             client.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             assert client.recv(4096)
-            assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 1, PATIENCE)
+            gauge = f'edgereg_clients{{endpoint="{endpoint}"}}'
+            assert wait_for(lambda gauge=gauge: metric(port, gauge) == 1, PATIENCE)
             client.close()  # the server notices the disconnect and closes its side
-            assert wait_for(lambda: metric(port, f'edgereg_clients{{endpoint="{endpoint}"}}') == 0, PATIENCE), endpoint
+            assert wait_for(lambda gauge=gauge: metric(port, gauge) == 0, PATIENCE), endpoint
 
 
 def test_page_number_format_matches_the_overlay():
