@@ -1,7 +1,7 @@
 """int8 sweep: every registry model on every task of the accuracy benchmark, through the public CLI.
 
 For each (model, task) the model is trained briefly (``edgereg train --time-budget``), exported with
-``edgereg export --int8`` (calibration, accuracy control, speed control: ``edgereg.export.int8_search``)
+``edgereg export --int8`` (calibration, accuracy control, speed control: ``edgereg.export.int8.search``)
 and one row is printed from its ``export_report.json``: did an int8 model pass the default gate
 (10%), which layers stayed float and why, int8 / fp32 images/s at batch 1 and 32 as the export's
 speed control measured them (single thread, int8 and fp32 timed side by side in one process), and

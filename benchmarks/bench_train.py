@@ -2,12 +2,12 @@
 
 For every race candidate (``cnn_small``, ``resnet_tiny``, ``heatmap_small`` on coords; the seed
 paper's ``base_seed004`` only at small inputs, where the race enters it) at 64, 96 and 128 px,
-batch 64, it times whole training steps as :class:`edgereg.training.fit.BatchLoss` runs them: a
+batch 64, it times whole training steps as :class:`edgereg.training.fitting.fit.BatchLoss` runs them: a
 uint8 batch -> ``to_float_batch`` -> ``augment_batch`` (rotation, flip, 5 % shift; coords: shift
 only) -> ``to_model_input`` -> forward -> float32 loss -> backward -> clipped AdamW step, in
 
 * ``fp32``: fp32 NCHW, the step of earlier versions (``--precision fp32``);
-* ``chosen``: the format :func:`edgereg.training.step.choose_step` picks (``--precision auto``),
+* ``chosen``: the format :func:`edgereg.training.fitting.step.choose_step` picks (``--precision auto``),
 
 both with deterministic kernels (the trainer's default), and the chosen format once more without
 them (``nondet``; ``det cost`` = nondet steps/s over chosen steps/s: the price of
@@ -42,9 +42,9 @@ from torch import nn
 
 from edgereg.core.platform_info import cpu_info
 from edgereg.preprocess import PreprocessConfig
-from edgereg.training.augment import AugmentConfig, augment_batch, to_float_batch, to_model_input
+from edgereg.training.fitting.augment import AugmentConfig, augment_batch, to_float_batch, to_model_input
+from edgereg.training.fitting.step import FP32, StepFormat, choose_step, detect_machine
 from edgereg.training.models import create_model
-from edgereg.training.step import FP32, StepFormat, choose_step, detect_machine
 
 CANDIDATES = (("cnn_small", "scalar", (64, 96, 128)), ("resnet_tiny", "scalar", (64, 96, 128)),
               ("heatmap_small", "coords", (64, 96, 128)), ("base_seed004", "scalar", (32, 64)))

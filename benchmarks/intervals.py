@@ -6,7 +6,7 @@ user would; export fits the per-reading difficulty on the run's validation split
 then reads held-out photos of new samples (another seed, never seen in training or selection). Over
 20 random splits of those photos into halves (>= 1000 each; also by sample, for coverage on new
 samples only) the quantiles come from one half and coverage is measured on the other, with the export's own code
-(``edgereg.export.conformal.calibrate_target``, ``edgereg.lab.intervals.interval_bounds``).
+(``edgereg.export.uncertainty.conformal.calibrate_target``, ``edgereg.lab.intervals.interval_bounds``).
 
 Variants: ``normalized`` (the export's default: its difficulty and up to 5 Mondrian range bins),
 ``no bins`` (the difficulty alone), ``constant`` (plain split-conformal, constant width).
@@ -139,7 +139,7 @@ VARIANTS = {  # name: (difficulty from the export or constant, Mondrian bins)
 def split_figures(values, truth, groups, difficulty, *, method: str, seed: int, edges_range, by: str = "row") -> dict:
     """Coverage, width and per-bin coverage of one calibration/test split (random halves of the
     photos, or with ``by="group"`` of the samples, so that the test half holds only new samples)."""
-    from edgereg.export.conformal import _mondrian_edges, calibrate_target
+    from edgereg.export.uncertainty.conformal import _mondrian_edges, calibrate_target
     from edgereg.lab.intervals import Difficulty, IntervalSet, covered, interval_bounds
 
     rng = np.random.default_rng(seed)

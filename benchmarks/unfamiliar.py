@@ -128,7 +128,7 @@ def latency(model: Path, frame: np.ndarray, *, rounds: int = 15, calls: int = 50
     import onnx
 
     from edgereg.core.predictor import Predictor
-    from edgereg.export.c_codegen import value_only
+    from edgereg.export.c.codegen import value_only
 
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "value_only.onnx"

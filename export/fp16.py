@@ -61,7 +61,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, card: ModelCard
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     from edgereg.export.card_io import embed_card
-    from edgereg.export.quantize import head_nodes, name_nodes
+    from edgereg.export.int8.quantize import head_nodes, name_nodes
 
     model = onnx.load(str(fp32_path))
     name_nodes(model)

@@ -2,7 +2,7 @@
 
 The exported graph is the deployed model: input ``image (N, C, H, W) float32`` (normalized by the
 runtime), output ``value (N, T) float32`` in physical units (every output transform baked in), and
-optionally ``novelty (N, 1) float32`` (``edgereg.export.novelty``), a
+optionally ``novelty (N, 1) float32`` (``edgereg.export.uncertainty.novelty``), a
 dynamic batch axis, opset >= 17, BatchNorm folded into the convolutions, and the model card in
 ``metadata_props``. Nothing is written at ``out_path`` until ``onnx.checker`` passes and ONNX Runtime
 reproduces torch on the validation images to a relative 1e-4.
@@ -110,7 +110,7 @@ def export_fp32(regressor, card: ModelCard, out_path: str | Path, *, check_input
     """Export a trained regressor to ONNX and check it before writing ``out_path``.
 
     Args:
-        regressor: an ``edgereg.training.regressor.Regressor`` in eval mode; ``forward(x)`` returns
+        regressor: an ``edgereg.training.targets.regressor.Regressor`` in eval mode; ``forward(x)`` returns
             physical units and ``export_onnx(path, opset=...)`` writes the raw graph.
         card: the model card to embed (see :func:`export_card`).
         out_path: where ``model.onnx`` goes; written only when every check passes.
@@ -118,8 +118,8 @@ def export_fp32(regressor, card: ModelCard, out_path: str | Path, *, check_input
             of the validation split) on which torch and ONNX Runtime must agree; N >= 1.
         opset: ONNX opset, >= 17.
         rtol: relative tolerance of the agreement (see :class:`Agreement`).
-        novelty: an ``edgereg.training.regressor.NoveltyHead`` for the second output ``novelty
-            (N, 1) float32`` (``edgereg.export.novelty``), or None for ``value`` alone.
+        novelty: an ``edgereg.training.targets.regressor.NoveltyHead`` for the second output ``novelty
+            (N, 1) float32`` (``edgereg.export.uncertainty.novelty``), or None for ``value`` alone.
 
     Returns:
         Fp32Export.

@@ -3,7 +3,7 @@
 The int8 gate scores fp32 (and int8) on the validation and test images; the conformal intervals
 need readings of the same images. :class:`ReadingCache` reads a (model file, images, TTA) once, as
 deployed (``edgereg.Predictor``, CPU, no calibration, no intervals), and hands the same arrays to
-the gate's metrics (:meth:`ReadingCache.metrics`) and to :func:`edgereg.export.conformal.add_intervals`
+the gate's metrics (:meth:`ReadingCache.metrics`) and to :func:`edgereg.export.uncertainty.conformal.add_intervals`
 (:meth:`ReadingCache.part_readings`).
 
 A cached reading is keyed by the model file's path, the TTA and a fingerprint of the images
@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from edgereg.core.card import ModelCard
-from edgereg.export.conformal import ConformalParts, HeldOutReadings, PartReadings, read_held_out, reading_modes
+from edgereg.export.uncertainty.conformal import (
+    ConformalParts,
+    HeldOutReadings,
+    PartReadings,
+    read_held_out,
+    reading_modes,
+)
 
 
 def images_key(evalset) -> str:
@@ -38,7 +44,7 @@ def images_key(evalset) -> str:
 
 def readings_from_values(values: np.ndarray, evalset, card: ModelCard) -> HeldOutReadings:
     """No-TTA readings ``(N, T)`` of ``evalset`` made elsewhere (the gate) as :class:`HeldOutReadings`,
-    exactly as :func:`edgereg.export.conformal.read_held_out` builds them."""
+    exactly as :func:`edgereg.export.uncertainty.conformal.read_held_out` builds them."""
     scale = None
     if evalset.crop_boxes is not None:
         sides = np.asarray(evalset.crop_boxes, dtype=np.float64)[:, 2:4]  # (N, 2) w, h
@@ -71,8 +77,8 @@ class ReadingCache:
         self._readings.setdefault(self._key(model_path, evalset, "none"), readings_from_values(values, evalset, card))
 
     def metrics(self, model_path: str | Path, evalset, *, card: ModelCard) -> dict:
-        """``edgereg.export.gate.evaluate``'s dict (metrics plus ``"split"``) from the cached no-TTA readings."""
-        from edgereg.export.gate import score
+        """``edgereg.export.int8.gate.evaluate``'s dict (metrics plus ``"split"``) from the cached no-TTA readings."""
+        from edgereg.export.int8.gate import score
 
         values = self.read(model_path, evalset, card=card).values
         return {"split": evalset.split, **score(values, evalset, card)}
@@ -80,7 +86,7 @@ class ReadingCache:
     def part_readings(self, model_path: str | Path, parts: ConformalParts, *, card: ModelCard,
                       fp32_path: str | Path | None = None) -> dict[str, PartReadings]:
         """{tta: :class:`PartReadings`} of the model on a conformal part's images, for every TTA
-        :func:`edgereg.export.conformal.reading_modes` asks for (empty when the model gets no
+        :func:`edgereg.export.uncertainty.conformal.reading_modes` asks for (empty when the model gets no
         intervals). ``fp32_path``: the fp32 model, whose readings a refitted non-fp32 model's
         intervals also need."""
         if parts.none_reason is not None:

@@ -118,7 +118,8 @@ def project_files() -> list[str]:
 
 
 def staged_path(name: str, package_dir: dict[str, str]) -> str:
-    """Where a repository file lives in the installed layout (``export/gate.py`` -> ``edgereg/export/gate.py``)."""
+    """Where a repository file lives in the installed layout
+    (``export/int8/gate.py`` -> ``edgereg/export/int8/gate.py``)."""
     for package, folder in sorted(package_dir.items(), key=lambda item: -len(item[1])):
         prefix = folder.rstrip("/") + "/"
         if folder not in ("", ".") and name.startswith(prefix):

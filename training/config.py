@@ -2,7 +2,7 @@
 
 The constants here are what "pick the sensible default for the data" resolves to (the native-size
 threshold, the default epoch budget, the one-cycle warm-up share, the default units); the plan
-(:mod:`edgereg.training.fit_plan`) and the fit (:mod:`edgereg.training.fit`) read them.
+(:mod:`edgereg.training.planning.fit_plan`) and the fit (:mod:`edgereg.training.fitting.fit`) read them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 SPLITS = ("auto", "random", "group")
 INVARIANCES = ("auto", "none", "flip", "d4", "rotation")
 REFERENCES = ("auto", "none", "ring", "corners")
-PRECISIONS = ("auto", "fp32", "bf16")  # the training step's numeric format (edgereg.training.step)
+PRECISIONS = ("auto", "fp32", "bf16")  # the training step's numeric format (edgereg.training.fitting.step)
 SMALL_IMAGE = 64  # without --max-size: the input side when nothing else decides it
 MAX_SIZE = 128  # default cap of the input side: native resolution up to this
 AUTO_STEPS = 1500  # optimizer steps a default run without a time budget aims for

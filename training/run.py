@@ -109,7 +109,7 @@ class RunInfo:
     card: ModelCard
     dataset_root: Path
     targets: tuple[str, ...]
-    split: Any  # edgereg.training.splits.Split
+    split: Any  # edgereg.training.planning.splits.Split
     preprocess: PreprocessConfig
     metrics: dict
     model_name: str
@@ -152,7 +152,7 @@ def card_from_record(record: dict) -> ModelCard:
 
 def split_from_record(record: dict):
     """The Split stored in run.json."""
-    from edgereg.training.splits import Split
+    from edgereg.training.planning.splits import Split
 
     return Split.from_dict(record["split"])
 
@@ -176,8 +176,8 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
 def build_regressor(record: dict):
     """A freshly initialized Regressor with the architecture and output transform of run.json."""
     from edgereg.training.models import create_model
-    from edgereg.training.reference import build_reference
-    from edgereg.training.regressor import OutputTransform, Regressor
+    from edgereg.training.planning.reference import build_reference
+    from edgereg.training.targets.regressor import OutputTransform, Regressor
 
     transform = OutputTransform.from_dict(record["output_transform"])
     spec = record["model"]

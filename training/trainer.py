@@ -2,14 +2,14 @@
 
 Flow of one run (``edgereg train DATA --out RUN`` calls :func:`train`):
 
-1. :func:`~edgereg.training.loading.load_data` decodes, crops and resizes every image once into one
+1. :func:`~edgereg.training.planning.loading.load_data` decodes, crops and resizes every image once into one
    ``(N, H, W, 3) uint8`` array (disk-cached by the data module), with per-kind defaults for size,
    channels and crop.
 2. The split (random, whole groups held out, or K folds) is made once and stored in run.json; the
    normalization statistics and the target standardization come from the train split only.
 3. Each epoch shuffles the train rows with a generator seeded by ``(seed, epoch)``, so a resumed run
-   replays exactly; each batch goes uint8 -> float -> :func:`~edgereg.training.augment.augment_batch`
-   -> :func:`~edgereg.training.augment.to_model_input` -> ``Regressor.forward_raw`` -> loss on the
+   replays exactly; each batch goes uint8 -> float -> :func:`~edgereg.training.fitting.augment.augment_batch`
+   -> :func:`~edgereg.training.fitting.augment.to_model_input` -> ``Regressor.forward_raw`` -> loss on the
    encoded targets. AdamW with a one-cycle (or cosine) schedule per step.
 4. Validation after every epoch preprocesses with :func:`edgereg.preprocess.preprocess_batch` itself
    and compares ``Regressor.forward`` in physical units, so training and deployment never differ;
@@ -26,16 +26,16 @@ refit would be a model no held-out number describes.
 What lives where:
 
 * :mod:`edgereg.training.config`: :class:`~edgereg.training.config.TrainConfig` and its defaults.
-* steps 1-2, preparing a fit: :mod:`~edgereg.training.plan` (probing the dataset),
-  :mod:`~edgereg.training.input_size` and :mod:`~edgereg.training.geometry_choice` (size, crop,
-  channels), :mod:`~edgereg.training.loading` (loading once),
-  :mod:`~edgereg.training.validation_design` (holdout or k-fold), :mod:`~edgereg.training.normalization`
-  and :mod:`~edgereg.training.fit_plan` (the :class:`~edgereg.training.fit_plan.FitPlan`).
-* :mod:`edgereg.training.fit`: steps 3-5 and the scoring of step 6 (batches, loss, the
-  :class:`~edgereg.training.fit.Fitter` epoch loop, LR range test, sanity check, evaluation).
-* :mod:`edgereg.training.model_choice`: ``--lr auto``, the race, the block readouts, the hybrid.
-* :mod:`edgereg.training.fit_report` (metrics.json, report.png, summary),
-  :mod:`edgereg.training.run_record` (run.json), :mod:`edgereg.training.held_out` (held_out.npz),
+* steps 1-2, preparing a fit: :mod:`~edgereg.training.planning.probe` (probing the dataset),
+  :mod:`~edgereg.training.planning.input_size` and :mod:`~edgereg.training.planning.geometry` (size, crop,
+  channels), :mod:`~edgereg.training.planning.loading` (loading once),
+  :mod:`~edgereg.training.planning.validation` (holdout or k-fold), :mod:`~edgereg.training.planning.normalization`
+  and :mod:`~edgereg.training.planning.fit_plan` (the :class:`~edgereg.training.planning.fit_plan.FitPlan`).
+* :mod:`edgereg.training.fitting.fit`: steps 3-5 and the scoring of step 6 (batches, loss, the
+  :class:`~edgereg.training.fitting.fit.Fitter` epoch loop, LR range test, sanity check, evaluation).
+* :mod:`edgereg.training.selection.model_choice`: ``--lr auto``, the race, the block readouts, the hybrid.
+* :mod:`edgereg.training.reporting.fit_report` (metrics.json, report.png, summary),
+  :mod:`edgereg.training.reporting.run_record` (run.json), :mod:`edgereg.training.reporting.held_out` (held_out.npz),
   :mod:`edgereg.training.budget` (the time budget), :mod:`edgereg.training.kernel_flags`.
 * this module: the orchestration (one fit, K folds, the validation design's fits, :func:`train`).
 """
@@ -58,7 +58,7 @@ from edgereg.training import ddp
 from edgereg.training.blocks import race as readouts
 from edgereg.training.budget import FIT_SHARE_GUESS, FOLDS_SHARE, REFIT_SHARE, BudgetClock, eval_reserve
 from edgereg.training.config import DEFAULT_LR, TrainConfig
-from edgereg.training.fit import (
+from edgereg.training.fitting.fit import (
     FitOutcome,
     Fitter,
     SanityResult,
@@ -68,16 +68,16 @@ from edgereg.training.fit import (
     sanity_check,
     scored_rows,
 )
-from edgereg.training.fit_plan import FitPlan, make_plan, resolve_reference
-from edgereg.training.fit_report import readout_metrics, readouts_record, report_fit, with_baselines
-from edgereg.training.held_out import HeldOut
 from edgereg.training.kernel_flags import kernel_flags
-from edgereg.training.loading import LoadedData, load_data, load_external_test
-from edgereg.training.losses import default_loss, make_loss
-from edgereg.training.model_choice import auto_lr, choose_model_and_lr, hybrid_network, score_readouts
-from edgereg.training.race import Candidate, race_record
-from edgereg.training.reference import describe_region
-from edgereg.training.report import SplitEvaluation, evaluate_split
+from edgereg.training.planning.fit_plan import FitPlan, make_plan, resolve_reference
+from edgereg.training.planning.loading import LoadedData, load_data, load_external_test
+from edgereg.training.planning.reference import describe_region
+from edgereg.training.planning.splits import Split, kfold
+from edgereg.training.planning.validation import ValidationPlan, plan_validation
+from edgereg.training.reporting.fit_report import readout_metrics, readouts_record, report_fit, with_baselines
+from edgereg.training.reporting.held_out import HeldOut
+from edgereg.training.reporting.report import SplitEvaluation, evaluate_split
+from edgereg.training.reporting.run_record import run_record
 from edgereg.training.run import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -93,9 +93,9 @@ from edgereg.training.run import (
     save_checkpoint,
     write_json,
 )
-from edgereg.training.run_record import run_record
-from edgereg.training.splits import Split, kfold
-from edgereg.training.validation_design import ValidationPlan, plan_validation
+from edgereg.training.selection.model_choice import auto_lr, choose_model_and_lr, hybrid_network, score_readouts
+from edgereg.training.selection.race import Candidate, race_record
+from edgereg.training.targets.losses import default_loss, make_loss
 
 # ----------------------------------------------------------------------------------------------------
 # Entry points.

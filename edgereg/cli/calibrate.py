@@ -91,7 +91,7 @@ def run(args) -> int:
               f"run: edgereg validate {out} STANDARDS", file=sys.stderr)
     if args.c_dir:
         from edgereg.errors import output_error
-        from edgereg.export.c_codegen import generate_c
+        from edgereg.export.c.codegen import generate_c
 
         try:
             result = generate_c(out, args.c_dir)

@@ -50,7 +50,7 @@ def run(args) -> int:
     from edgereg.cli.options import card_from_option
     from edgereg.core.predictor import Predictor
     from edgereg.data.dataset import load_dataset, skip_summary
-    from edgereg.export.gate import eval_set, score
+    from edgereg.export.int8.gate import eval_set, score
     from edgereg.files import atomic_write
 
     out_dir = Path(args.out) if args.out else Path(args.model).parent / f"eval-{_dataset_name(args.dataset)}"
@@ -128,7 +128,7 @@ def _by_familiarity(predictor, dataset, labelled, predictions, truth) -> dict | 
     import numpy as np
 
     from edgereg.core.predictor import UNFAMILIAR
-    from edgereg.export.gate import score
+    from edgereg.export.int8.gate import score
 
     if predictions.novelty is None:
         return None
@@ -139,7 +139,7 @@ def _by_familiarity(predictor, dataset, labelled, predictions, truth) -> dict | 
     for k, (name, mask) in enumerate((("familiar", ~unfamiliar), ("unfamiliar", unfamiliar))):
         entry: dict = {"n": int(mask.sum()), "share": float(mask.mean()) if len(mask) else 0.0}
         if mask.any():
-            from edgereg.export.gate import EvalSet
+            from edgereg.export.int8.gate import EvalSet
 
             part = EvalSet(frames=labelled.frames[:0], targets=labelled.targets[mask], crop_boxes=None
                            if labelled.crop_boxes is None else labelled.crop_boxes[mask], split=name)

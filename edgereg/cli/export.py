@@ -10,7 +10,7 @@ from typing import Any
 from edgereg.cli.common import command_parser
 
 CALIBRATION_CHOICES = ("auto", "minmax", "entropy", "percentile")
-CALIBRATION_BUDGET_S = 100.0  # = edgereg.export.int8_search.CALIBRATION_BUDGET_S (not imported: keeps --help light)
+CALIBRATION_BUDGET_S = 100.0  # = edgereg.export.int8.search.CALIBRATION_BUDGET_S (not imported: keeps --help light)
 
 EPILOG = """examples:
   edgereg export runs/assay                       # model.onnx (fp32) with its card
@@ -185,11 +185,11 @@ def _remove_partial_outputs(out_dir: Path, *, since: float) -> list[Path]:
 def _export(args, run_dir: Path, out_dir: Path) -> int:
     """The export itself (see :func:`run`)."""
     from edgereg.errors import EdgeregError, GateError
-    from edgereg.export.conformal import leave_out
-    from edgereg.export.gate import quantize_with_gate
+    from edgereg.export.int8.gate import quantize_with_gate
     from edgereg.export.onnx_export import export_card, export_fp32
     from edgereg.export.readings import ReadingCache
     from edgereg.export.report import build_report, format_summary, write_report
+    from edgereg.export.uncertainty.conformal import leave_out
     from edgereg.preprocess import preprocess_batch
     from edgereg.training.run import load_run, load_run_dataset
 
@@ -221,7 +221,7 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
         if novelty is not None:  # the quantizer sees the regression graph alone (novelty_plan)
             import tempfile
 
-            from edgereg.export.novelty_plan import value_only_copy
+            from edgereg.export.uncertainty.novelty_plan import value_only_copy
 
             scratch = tempfile.TemporaryDirectory(prefix="edgereg-value-only-")
             quantize_from = value_only_copy(fp32.path, Path(scratch.name) / "model.onnx")
@@ -297,7 +297,7 @@ def _export(args, run_dir: Path, out_dir: Path) -> int:
 def _check_args(args, run_dir: Path) -> None:
     """Refuse bad options before any work is done (EdgeregError, exit 2)."""
     from edgereg.errors import EdgeregError
-    from edgereg.export.gate import validate_max_drop
+    from edgereg.export.int8.gate import validate_max_drop
     from edgereg.export.onnx_export import check_opset
 
     if not run_dir.is_dir():
@@ -324,7 +324,7 @@ def _held_out_sets(dataset, info, parts=None):
     looked at (``conformal.leave_out``).
     """
     from edgereg.errors import EdgeregError
-    from edgereg.export.gate import eval_set
+    from edgereg.export.int8.gate import eval_set
 
     kind = info.card.kind
     if parts is not None and parts.cross_validated and parts.fit is not None:
@@ -346,7 +346,7 @@ def _add_intervals(model_path: Path, card, parts, readings, *, model: str, optio
         (the card with ``intervals``, the report for export_report.json).
     """
     from edgereg.export.card_io import write_card
-    from edgereg.export.conformal import add_intervals
+    from edgereg.export.uncertainty.conformal import add_intervals
 
     new_card, report = add_intervals(card, parts, readings.part_readings(model_path, parts, card=card,
                                                                          fp32_path=fp32_path),
@@ -359,7 +359,7 @@ def _interval_setup(args, dataset, info):
     """(ConformalOptions, held-out parts) for --intervals, or None for --intervals none."""
     if args.intervals == "none":
         return None
-    from edgereg.export.conformal import ConformalOptions, held_out_parts
+    from edgereg.export.uncertainty.conformal import ConformalOptions, held_out_parts
 
     options = ConformalOptions(method=args.intervals, bins=args.interval_bins, wide_factor=args.interval_wide_factor,
                                seed=info.card.provenance.get("seed") or 0)
@@ -371,7 +371,7 @@ def _novelty_setup(args, regressor, dataset, info):
     """The novelty head fitted on the shipped model's training rows, and its threshold rows, or None."""
     if not args.novelty:
         return None
-    from edgereg.export.novelty_plan import plan_novelty
+    from edgereg.export.uncertainty.novelty_plan import plan_novelty
 
     return plan_novelty(regressor, dataset, info, rate=args.novelty_rate)
 
@@ -394,7 +394,7 @@ def _gate_hint(args) -> str:
 
 def _calibration(args, dataset, info):
     """Calibration inputs (N, C, H, W) float32 and their facts for the card."""
-    from edgereg.export.quantize import calibration_fingerprint, frames_from_dir, pick_calibration
+    from edgereg.export.int8.quantize import calibration_fingerprint, frames_from_dir, pick_calibration
     from edgereg.preprocess import preprocess_batch
 
     if args.calib_dir:
@@ -408,7 +408,7 @@ def _calibration(args, dataset, info):
 
 
 def _generate_c(models: dict, out_dir: Path) -> dict:
-    """C sources for each written model (edgereg.export.c_codegen): where, flash/RAM bytes, or the error.
+    """C sources for each written model (edgereg.export.c.codegen): where, flash/RAM bytes, or the error.
 
     Returns:
         {"fp32" | "int8": {"dir", "flash_bytes", "ram_bytes", "ops"} or {"dir", "error"}}.
@@ -416,11 +416,11 @@ def _generate_c(models: dict, out_dir: Path) -> dict:
     from edgereg.errors import EdgeregError
 
     try:
-        from edgereg.export.c_codegen import generate_c
+        from edgereg.export.c.codegen import generate_c
     except ModuleNotFoundError as exc:
-        if exc.name != "edgereg.export.c_codegen":
+        if exc.name != "edgereg.export.c.codegen":
             raise
-        raise EdgeregError("--c needs edgereg.export.c_codegen, which this edgereg build lacks; "
+        raise EdgeregError("--c needs edgereg.export.c.codegen, which this edgereg build lacks; "
                            "export without --c") from None
     sizes: dict[str, dict[str, Any]] = {}
     for name, path in models.items():

@@ -50,11 +50,11 @@ def run(args) -> int:
     from edgereg.cli.train import data_config
     from edgereg.training import ddp
     from edgereg.training.config import TrainConfig
-    from edgereg.training.fit import find_lr
-    from edgereg.training.fit_plan import make_plan
-    from edgereg.training.loading import load_data
-    from edgereg.training.lr_find import LRFindConfig, plot_lr_find
-    from edgereg.training.validation_design import make_run_split
+    from edgereg.training.fitting.fit import find_lr
+    from edgereg.training.planning.fit_plan import make_plan
+    from edgereg.training.planning.loading import load_data
+    from edgereg.training.planning.validation import make_run_split
+    from edgereg.training.selection.lr_find import LRFindConfig, plot_lr_find
 
     config = TrainConfig(**data_config(args))
     lr_config = LRFindConfig(start=args.start, end=args.end, steps=args.steps)

@@ -116,7 +116,7 @@ def run(args) -> int:
         copy_with_card(model, target_model, predictor.card.with_(validation=section))
     print(_summary(figures, predictor.card.unit_of, coverage, json_path, plots, target_model, section))
     if args.c_dir:
-        from edgereg.export.c_codegen import generate_c
+        from edgereg.export.c.codegen import generate_c
 
         if target_model is None:
             raise EdgeregError("--c writes the C code of the model with the limits in its card; drop --no-card")

@@ -59,7 +59,8 @@ class ModelCard(PreprocessingFacts):
     intervals: dict[str, Any] = field(default_factory=dict)  # conformal quantiles (edgereg.lab.intervals)
     calibration: dict[str, Any] = field(default_factory=dict)  # reading -> reference (edgereg.lab.calibration)
     validation: dict[str, Any] = field(default_factory=dict)  # LoB/LoD/LoQ and range (edgereg.lab.readout)
-    novelty: dict[str, Any] = field(default_factory=dict)  # the novelty output's threshold (edgereg.export.novelty)
+    # the novelty output's threshold (edgereg.export.uncertainty.novelty)
+    novelty: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -203,7 +204,7 @@ def novelty_threshold(card: ModelCard) -> float | None:
 def int8_speed_note(card: ModelCard, batch_size: int | None = None) -> str | None:
     """One line when the card says its int8 model ran no faster than fp32 at export, else None.
 
-    The export's speed control records ``quantization.speed`` (see ``edgereg.export.int8_search``):
+    The export's speed control records ``quantization.speed`` (see ``edgereg.export.int8.search``):
     int8 against fp32 images/s per batch size on the export machine and the recommended model.
 
     Args:

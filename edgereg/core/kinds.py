@@ -53,7 +53,7 @@ class TargetKind:
         xy_points: targets are (x, y) pairs; the network reads ``[0, 1]`` of the model input and the
             user gets source pixels, so converting needs each image's crop box.
         value_difficulty: the conformal difficulty may grow with the reading itself
-            (``edgereg.export.conformal``); not for positions and directions.
+            (``edgereg.export.uncertainty.conformal``); not for positions and directions.
         lab_code: the kind's code in the lab post-processing kernels, Python and C
             (0 none, 1 wrap intervals on the circle, 2 clip intervals to probabilities).
         min_raw_outputs: the narrowest raw network output a model of this kind has (one value,

@@ -1,7 +1,7 @@
 """What the dataset loader and the metrics do per target kind, as one frozen object per kind (numpy only).
 
 The runtime's kinds (:mod:`edgereg.core.kinds`) say how readings are reduced, compared and shown;
-training's (``edgereg.training.kind_training``) how a network learns them. This module holds the
+training's (``edgereg.training.targets.kind_training``) how a network learns them. This module holds the
 torch-free part both the runtime and training need, keyed on the same name (``kind_data(name)``):
 
 =============  ==============================  ===============================  =================
@@ -20,7 +20,7 @@ The dataset loader (:mod:`edgereg.data.dataset`) checks and converts targets wit
 
 To add a kind: its runtime object in ``edgereg/core/kinds.py``, its object here (a subclass of
 :class:`KindData` overriding what differs, added to ``KIND_DATA``) and its training object in
-``training/kind_training.py``.
+``training/targets/kind_training.py``.
 """
 
 from __future__ import annotations

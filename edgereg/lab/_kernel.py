@@ -1,7 +1,7 @@
 """The post-processing of lab-grade readings, one reading at a time: interval, calibration, flags.
 
 One pass over a ``(B, T)`` batch of network readings does what ``edgereg.lab.readout`` describes, with the
-arithmetic of the generated C (``edgereg.export.c_lab``), in plain Python floats. That is a few
+arithmetic of the generated C (``edgereg.export.c.lab``), in plain Python floats. That is a few
 microseconds per reading: less than a chain of small numpy calls costs at batch 1 (tens of
 microseconds), and no numba, whose import a process scoring one image must not pay (see
 ``edgereg.preprocess.batch``). The per-target constants are unpacked once per

@@ -1,6 +1,6 @@
 """Prediction intervals from split-conformal quantiles stored in the model card (numpy only).
 
-At export (``edgereg.export.conformal``) the model reads held-out images it never trained on. Each
+At export (``edgereg.export.uncertainty.conformal``) the model reads held-out images it never trained on. Each
 reading gets a *difficulty* ``sigma`` computed from what the runtime knows about it (its own value,
 and the TTA spread when TTA is on). The signed, normalized scores ``(truth - reading) / (sigma *
 scale)`` of a calibration part give two conformal quantiles per confidence level: ``q_hi`` of the

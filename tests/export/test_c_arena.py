@@ -12,7 +12,7 @@ nn = torch.nn
 
 from c_helpers import export  # noqa: E402
 
-from edgereg.export.c_codegen import generate_c  # noqa: E402  (needs onnx)
+from edgereg.export.c.codegen import generate_c  # noqa: E402  (needs onnx)
 
 
 def test_arena_reuses_buffers(tmp_path):

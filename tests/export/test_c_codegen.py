@@ -12,7 +12,7 @@ pytest.importorskip("onnx")
 
 from c_helpers import compile_driver, export_test_models, int8_tolerance, run_driver
 
-from edgereg.export.c_codegen import generate_c
+from edgereg.export.c.codegen import generate_c
 
 
 @pytest.fixture(scope="module")

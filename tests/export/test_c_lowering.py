@@ -32,7 +32,7 @@ from c_helpers import (  # noqa: E402
     run_driver,
 )
 
-from edgereg.export.c_codegen import generate_c  # noqa: E402  (needs onnx)
+from edgereg.export.c.codegen import generate_c  # noqa: E402  (needs onnx)
 from edgereg.export.card_io import embed_card  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def _op_zoo_model(path: Path) -> tuple[Path, set[str]]:
     generator supports to a (N, 3, 8, 8) image; each result is averaged to one output column."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgereg.export.c_lowering import BINARY, UNARY
+    from edgereg.export.c.lowering import BINARY, UNARY
 
     nodes, inits, features = [], [], []
 
@@ -183,7 +183,7 @@ def _op_zoo_model(path: Path) -> tuple[Path, set[str]]:
 
 
 def test_every_elementwise_and_data_movement_op_matches_onnxruntime(tmp_path):
-    from edgereg.export.c_lowering import BINARY, UNARY
+    from edgereg.export.c.lowering import BINARY, UNARY
 
     path, exercised = _op_zoo_model(tmp_path / "zoo.onnx")
     assert exercised >= set(UNARY) | set(BINARY) | {"Transpose", "Split", "Gather", "Tile", "DepthToSpace",
@@ -217,7 +217,7 @@ def test_unsupported_op_is_a_clear_error(tmp_path):
 
 
 def _transform(kind: str):
-    from edgereg.training.regressor import OutputTransform
+    from edgereg.training.targets.regressor import OutputTransform
 
     n = {"scalar": 1, "vector": 2, "distribution": 3, "coords": 2, "angle": 1}[kind]
     if kind == "scalar":
@@ -239,7 +239,7 @@ def _registry():
 def test_registered_model_compiles_and_matches(model_name, tmp_path):
     """Every registered model: its Regressor export (output transform included) in C, fp32 and int8."""
     from edgereg.training.models import create_model, model_entry
-    from edgereg.training.regressor import Regressor
+    from edgereg.training.targets.regressor import Regressor
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

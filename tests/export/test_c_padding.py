@@ -26,7 +26,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgereg.export.c_codegen import generate_c  # noqa: E402  (needs onnx)
+from edgereg.export.c.codegen import generate_c  # noqa: E402  (needs onnx)
 from edgereg.export.card_io import embed_card  # noqa: E402
 
 CFLAGS = ["-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-pedantic"]

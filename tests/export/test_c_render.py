@@ -13,7 +13,7 @@ pytest.importorskip("onnx")
 
 from c_helpers import CFLAGS, _gcc, compile_driver, run_driver
 
-from edgereg.export.c_codegen import generate_c
+from edgereg.export.c.codegen import generate_c
 
 PREPROCESS_CASES = {
     "center_shrink": (dict(crop="center"), (37, 50)),  # non-integer INTER_AREA factor

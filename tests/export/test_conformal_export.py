@@ -13,7 +13,7 @@ import pytest
 
 from edgereg.cli.main import main
 from edgereg.core.card import read_card
-from edgereg.export.conformal import MIN_CALIBRATION, MIN_FIT, held_out_parts
+from edgereg.export.uncertainty.conformal import MIN_CALIBRATION, MIN_FIT, held_out_parts
 from edgereg.lab.intervals import parse_intervals
 
 
@@ -94,9 +94,9 @@ def test_export_without_intervals(assay_run, tmp_path):
 def test_coordinate_intervals_scale_with_each_frames_crop(model_factory):
     """Scores are fractions of the crop side, so one quantile serves every frame size."""
     from edgereg.core.predictor import Predictor
-    from edgereg.export.conformal import ConformalParts, add_intervals
-    from edgereg.export.gate import EvalSet
+    from edgereg.export.int8.gate import EvalSet
     from edgereg.export.readings import ReadingCache
+    from edgereg.export.uncertainty.conformal import ConformalParts, add_intervals
     from edgereg.preprocess import PreprocessConfig, crop_resize
 
     fields = dict(kind="coords", targets=("x", "y"), input_size=(16, 16), channels="gray", mean=(0.5,), std=(0.25,))
@@ -130,9 +130,9 @@ def test_coordinate_intervals_scale_with_each_frames_crop(model_factory):
 def test_readings_are_made_once_per_model_images_and_tta(model_factory):
     """Two EvalSets of the same images share one reading; the intervals need no model file, only
     the readings (the export feeds them what the gate already read)."""
-    from edgereg.export.conformal import ConformalParts, add_intervals, reading_modes
-    from edgereg.export.gate import EvalSet, evaluate
+    from edgereg.export.int8.gate import EvalSet, evaluate
     from edgereg.export.readings import ReadingCache, images_key
+    from edgereg.export.uncertainty.conformal import ConformalParts, add_intervals, reading_modes
 
     model = model_factory(fn="mean", kind="scalar", targets=("y",), input_size=(8, 8), channels="gray",
                           mean=(0.5,), std=(0.25,))

@@ -141,7 +141,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, assay_run):
 
 
 def test_c_flag_writes_c_sources_for_fp32_and_int8_and_reports_their_cost(assay_run, tmp_path):
-    from edgereg.export.c_codegen import generate_c
+    from edgereg.export.c.codegen import generate_c
 
     out = tmp_path / "with_c"
     assert main(["export", str(assay_run), "--out", str(out), "--int8", "--calib-method", "minmax",

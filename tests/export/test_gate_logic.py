@@ -16,7 +16,7 @@ from edgereg.preprocess import CropBox
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from edgereg.export.gate import (  # noqa: E402  (needs onnx)
+from edgereg.export.int8.gate import (  # noqa: E402  (needs onnx)
     EvalSet,
     check_gate,
     eval_set,

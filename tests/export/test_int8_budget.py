@@ -12,14 +12,14 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.calibrate import load_tensors_data
 
 from edgereg.cli.main import main
-from edgereg.export.calib_budget import (
+from edgereg.export.int8.calib_budget import (
     CalibrationPlan,
     coarsen_histogram,
     entropy_search_work,
     merge_bounded,
     plan_calibrator,
 )
-from edgereg.export.quantize import QuantizeOptions, Quantizer
+from edgereg.export.int8.quantize import QuantizeOptions, Quantizer
 
 
 def _entropy_plan(seconds_left, *, per_image=0.01, per_tensor_512=0.04, tensors=20, available=256, collected=16):
@@ -204,6 +204,6 @@ def test_int8_budget_must_be_a_number_of_seconds(assay_run, tmp_path, capsys):
 
 def test_the_cli_default_budget_is_the_library_default():
     from edgereg.cli.export import CALIBRATION_BUDGET_S as cli_default
-    from edgereg.export.int8_search import CALIBRATION_BUDGET_S
+    from edgereg.export.int8.search import CALIBRATION_BUDGET_S
 
     assert cli_default == CALIBRATION_BUDGET_S

@@ -87,7 +87,7 @@ def test_a_model_without_the_novelty_output_loads_and_runs(assay_run, assay_data
 
 
 def test_the_shrinkage_distance_is_the_ledoit_wolf_mahalanobis_distance():
-    from edgereg.export.novelty import fit_shrinkage
+    from edgereg.export.uncertainty.novelty import fit_shrinkage
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 12)) @ rng.normal(size=(12, 12))

@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgereg.cli.main import main
 from edgereg.core.card import read_card
 from edgereg.errors import EdgeregError
-from edgereg.export.gate import check_gate
-from edgereg.export.quantize import ArrayCalibrationReader, QuantizeOptions, head_nodes, quantize_int8
+from edgereg.export.int8.gate import check_gate
+from edgereg.export.int8.quantize import ArrayCalibrationReader, QuantizeOptions, head_nodes, quantize_int8
 
 
 def _weight_sources(model):
@@ -73,7 +73,7 @@ def test_report_accuracy_matches_an_independent_evaluation(exported, assay_run):
     report = json.loads((exported / "export_report.json").read_text())
     rmse = {}
     for name, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
-        # the gate's own settings (edgereg.export.gate.predict: batch 64, CPU), so the int8 numbers are
+        # the gate's own settings (edgereg.export.int8.gate.predict: batch 64, CPU), so the int8 numbers are
         # the same computation on the same machine and may be held to 1e-9
         values = Predictor(exported / file, providers="cpu", tta="none", batch_size=64).predict(frames).values
         rmse[name] = float(np.sqrt(((values - truth) ** 2).mean()))
@@ -189,7 +189,7 @@ def test_quantize_head_option_puts_the_last_layer_in_int8_too(exported, assay_ru
     kept = quantize_int8(exported / "model.onnx", tmp_path / "kept.onnx", calibration)
     quantized = quantize_int8(exported / "model.onnx", tmp_path / "all.onnx", calibration,
                               options=QuantizeOptions(keep_head_float=False))
-    from edgereg.export.quantize import novelty_nodes
+    from edgereg.export.int8.quantize import novelty_nodes
 
     branch = set(novelty_nodes(onnx.load(str(exported / "model.onnx"))))  # the novelty output's own nodes stay float
     own = [n for n in quantized.float_nodes if n not in branch]
@@ -227,7 +227,7 @@ def test_export_measures_int8_against_fp32_and_records_the_recommendation(export
 
 
 def test_quantizable_layers_fuse_activations_and_skip_data_movement():
-    from edgereg.export.quantize import quantizable_layers
+    from edgereg.export.int8.quantize import quantizable_layers
 
     inits = [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w1"),
              numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2"),

@@ -35,7 +35,7 @@ def _make(*args: str) -> subprocess.CompletedProcess:
 def test_c_analyzer_reads_ppm_and_pgm_like_onnxruntime(model_factory, tmp_path):
     pytest.importorskip("onnx")
     from edgereg.core.predictor import Predictor
-    from edgereg.export.c_codegen import generate_c
+    from edgereg.export.c.codegen import generate_c
 
     model = model_factory(kind="vector", targets=("level", "tint"), input_size=(16, 16), crop="circle")
     generate_c(model, tmp_path / "model")

@@ -66,7 +66,7 @@ def test_a_failure_after_training_starts_marks_run_json_failed(tmp_path):
 
 
 def test_report_of_an_exact_baseline_has_no_zero_division():
-    from edgereg.training.report import evaluate_split, format_baselines
+    from edgereg.training.reporting.report import evaluate_split, format_baselines
 
     truth = np.full((6, 1), 100.0)
     evaluation = evaluate_split("test", "scalar", ["conc"], truth, truth + 0.5, {"train_mean": truth})

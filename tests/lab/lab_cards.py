@@ -17,7 +17,7 @@ def lab_sections(*, calibration_id: str = "cal-1") -> dict:
     quantiles = {level: ((2.0, 1.5) if level == 0.9 else (3.0, 3.0),) for level in LEVELS}
     target = TargetIntervals(Difficulty("value", (1.0, 0.5, 0.0, 0.0), (-2.0, 2.0), 0.1), (), quantiles, 1.0)
     entry = IntervalSet("none", (target,), "fp32", "val", "test", 100, 100)
-    from edgereg.export.conformal import ConformalOptions, intervals_section
+    from edgereg.export.uncertainty.conformal import ConformalOptions, intervals_section
 
     intervals = intervals_section([entry], ("conc",), options=ConformalOptions(wide_factor=1.5), note="test")
     calibration = {"id": "cal-1", "date": "2026-11-30T10:00:00Z", "tta": "none", "targets": {"conc": {

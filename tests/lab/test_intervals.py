@@ -10,7 +10,7 @@ import pytest
 
 from edgereg.core.card import ModelCard
 from edgereg.errors import CardError, EdgeregError
-from edgereg.export.conformal import (
+from edgereg.export.uncertainty.conformal import (
     ConformalOptions,
     HeldOutReadings,
     compute_interval_set,

@@ -140,7 +140,7 @@ def test_c_postprocess_matches_the_python_runtime_on_the_grid(variant, model_fac
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc is not installed")
-    from edgereg.export.c_codegen import generate_c
+    from edgereg.export.c.codegen import generate_c
 
     fields = {"full": lab_fields(), "plain": lab_fields(intervals={}, calibration={}, validation={}),
               "intervals only": lab_fields(calibration={}, validation={}),

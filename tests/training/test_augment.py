@@ -9,7 +9,7 @@ import torch
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import PreprocessConfig, preprocess_batch
 from edgereg.preprocess.reference import rotate_bilinear
-from edgereg.training.augment import AugmentConfig, augment_batch, parse_augment, to_float_batch, to_model_input
+from edgereg.training.fitting.augment import AugmentConfig, augment_batch, parse_augment, to_float_batch, to_model_input
 
 torch.set_num_threads(1)
 

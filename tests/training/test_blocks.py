@@ -124,9 +124,9 @@ def test_the_trainer_ships_a_readout_that_beats_its_network(pixelstats_dir, tmp_
 def test_a_hybrid_starts_at_its_readout_and_trains_only_the_network(assay_dir):
     from edgereg.training.blocks.race import fit_plan, readout_plan
     from edgereg.training.config import TrainConfig
-    from edgereg.training.fit_plan import make_plan, new_regressor
-    from edgereg.training.loading import load_data
-    from edgereg.training.validation_design import make_run_split
+    from edgereg.training.planning.fit_plan import make_plan, new_regressor
+    from edgereg.training.planning.loading import load_data
+    from edgereg.training.planning.validation import make_run_split
 
     config = TrainConfig(input_size=(24, 24), threads=1)
     loaded = load_data(assay_dir, config, log=lambda m: None)

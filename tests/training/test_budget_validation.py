@@ -11,14 +11,14 @@ import torch
 
 from edgereg.data.metrics import rmse_standard_error
 from edgereg.training.config import TrainConfig
-from edgereg.training.geometry_choice import corners_are_background
-from edgereg.training.input_size import capped_size, choose_input_size
-from edgereg.training.plan import SourceProbe
-from edgereg.training.race import Candidate, affordable, race_candidates, rung_plan
-from edgereg.training.reference import ReferenceNorm, choose_reference, region_mask
-from edgereg.training.schedule import StepClock, StepSchedule, steps_that_fit
-from edgereg.training.splits import make_split
-from edgereg.training.validation_design import plan_validation
+from edgereg.training.fitting.schedule import StepClock, StepSchedule, steps_that_fit
+from edgereg.training.planning.geometry import corners_are_background
+from edgereg.training.planning.input_size import capped_size, choose_input_size
+from edgereg.training.planning.probe import SourceProbe
+from edgereg.training.planning.reference import ReferenceNorm, choose_reference, region_mask
+from edgereg.training.planning.splits import make_split
+from edgereg.training.planning.validation import plan_validation
+from edgereg.training.selection.race import Candidate, affordable, race_candidates, rung_plan
 
 # ---------------------------------------------------------------------------------------------------
 # schedule and clock
@@ -99,7 +99,7 @@ def test_input_size_is_native_after_the_crop_up_to_the_cap_and_shrinks_only_for_
                                   fit_seconds=None, log=print)
     assert size == (96, 96) and "native 96x96" in why
     assert capped_size((250, 250), 128) == (128, 128) and capped_size((100, 300), 128) == (43, 128)
-    import edgereg.training.input_size as plan_module
+    import edgereg.training.planning.input_size as plan_module
 
     monkeypatch.setattr(plan_module, "seconds_per_step", lambda *a, **k: 0.1)  # a measured 100 ms per step
     small = SourceProbe(("path", "y"), ((80, 80),) * 4, False, rows=3200)  # 32 steps per epoch: 1500 wanted
@@ -240,7 +240,7 @@ def test_few_groups_score_out_of_fold_refit_on_all_rows_and_score_an_external_te
 
 def test_coordinates_keep_their_native_size_under_a_tight_budget(monkeypatch):
     """Coords are read in source pixels: the budget shrinks other kinds' inputs, never theirs."""
-    import edgereg.training.input_size as plan_module
+    import edgereg.training.planning.input_size as plan_module
 
     monkeypatch.setattr(plan_module, "seconds_per_step", lambda *a, **k: 0.1)
     probe = SourceProbe(("path", "x", "y"), ((80, 80),) * 4, False, rows=3200)
@@ -254,7 +254,7 @@ def test_coordinates_keep_their_native_size_under_a_tight_budget(monkeypatch):
 def test_the_race_derives_every_candidates_plan_from_one_basis():
     """The normalization and reference statistics are measured once per race (one PlanBasis), not
     once per candidate and rung; each raced model gets one plan."""
-    from edgereg.training.race import race_plans
+    from edgereg.training.selection.race import race_plans
 
     class Basis:
         calls: list[str | None] = []
@@ -273,8 +273,8 @@ def test_the_race_derives_every_candidates_plan_from_one_basis():
 def test_a_plan_from_a_basis_is_the_plan_make_plan_gives(assay_dir):
     """plan_basis(...).plan(name) == make_plan(..., model_name=name): the race's shared basis
     changes no number of any candidate's plan."""
-    from edgereg.training.fit_plan import make_plan, plan_basis
-    from edgereg.training.loading import load_data
+    from edgereg.training.planning.fit_plan import make_plan, plan_basis
+    from edgereg.training.planning.loading import load_data
 
     config = TrainConfig(input_size=(24, 24), threads=1, seed=3)
     loaded = load_data(assay_dir, config, log=lambda message: None)

@@ -14,8 +14,8 @@ import torch
 from edgereg.core.reduce import unmap_coords
 from edgereg.core.tta import parse_tta
 from edgereg.preprocess import PreprocessConfig, crop_resize
-from edgereg.training.augment import AugmentConfig, _move_targets, _warp, augment_batch
-from edgereg.training.warp import forward_matrices
+from edgereg.training.fitting.augment import AugmentConfig, _move_targets, _warp, augment_batch
+from edgereg.training.fitting.warp import forward_matrices
 
 TOLERANCE = 0.02  # px: the blob's centroid is exact up to its truncation at the border
 

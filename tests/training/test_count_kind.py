@@ -14,10 +14,10 @@ from edgereg.data.dataset import infer_kind, load_dataset
 from edgereg.data.metrics import compute_metrics
 from edgereg.errors import DatasetError
 from edgereg.preprocess import PreprocessConfig
-from edgereg.training.augment import AugmentConfig, augment_batch, default_augment
-from edgereg.training.kind_training import kind_training
-from edgereg.training.losses import default_loss, make_loss
-from edgereg.training.regressor import OutputLayer, OutputTransform
+from edgereg.training.fitting.augment import AugmentConfig, augment_batch, default_augment
+from edgereg.training.targets.kind_training import kind_training
+from edgereg.training.targets.losses import default_loss, make_loss
+from edgereg.training.targets.regressor import OutputLayer, OutputTransform
 
 
 def test_count_output_is_the_training_mean_times_exp_of_the_raw_output():

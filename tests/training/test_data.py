@@ -158,7 +158,7 @@ def test_infer_kind(names, rows, kind):
     (["path", "a_x", "a_y", "b_x", "b_y"], True),
 ])
 def test_planner_and_loader_agree_on_coords(tmp_path, header, coords):
-    from edgereg.training.plan import coords_by_name, probe_sources
+    from edgereg.training.planning.probe import coords_by_name, probe_sources
 
     n_targets = len([name for name in header if name not in ("path", "group")])
     rows = [[f"{i}.png", *[1 + i + 2 * j for j in range(n_targets)], *(["g"] if "group" in header else [])]

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from edgereg.errors import DatasetError, EdgeregError, ShapeError
-from edgereg.training.angle_link import atan2
-from edgereg.training.heads import HEAD_STYLES, make_head
-from edgereg.training.losses import LOSSES, default_loss, loss_kinds, make_loss
 from edgereg.training.models import create_model, default_model
-from edgereg.training.regressor import OutputTransform, Regressor
+from edgereg.training.targets.angle_link import atan2
+from edgereg.training.targets.heads import HEAD_STYLES, make_head
+from edgereg.training.targets.losses import LOSSES, default_loss, loss_kinds, make_loss
+from edgereg.training.targets.regressor import OutputTransform, Regressor
 
 torch.set_num_threads(1)
 

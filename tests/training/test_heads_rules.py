@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgereg.errors import EdgeregError
-from edgereg.training.heads import LocationLogitsHead, check_kind, init_output_bias, make_head
+from edgereg.training.targets.heads import LocationLogitsHead, check_kind, init_output_bias, make_head
 
 
 @pytest.mark.parametrize("style, layer", [("pool", "linear"), ("flatten", "linear"), ("location", "classifier")])

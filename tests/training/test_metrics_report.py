@@ -9,7 +9,7 @@ import pytest
 
 from edgereg.data.metrics import circular_difference, compute_metrics, prediction_spread, uv_to_source_pixels
 from edgereg.errors import ShapeError
-from edgereg.training.report import (
+from edgereg.training.reporting.report import (
     baseline_predictions,
     collapse_warnings,
     evaluate_split,
@@ -151,8 +151,8 @@ def test_report_plot_and_table(tmp_path):
 def test_baselines_come_out_in_one_fixed_order_whatever_order_they_were_collected_in():
     """The simple baselines first in BASELINE_ORDER, then the others as given: metrics.json and the
     printed line never depend on a set's order (k-fold merged the folds' names through a set)."""
-    from edgereg.training.fit import merge_scored
-    from edgereg.training.report import BASELINE_ORDER, evaluate_split, format_baselines
+    from edgereg.training.fitting.fit import merge_scored
+    from edgereg.training.reporting.report import BASELINE_ORDER, evaluate_split, format_baselines
 
     true = np.array([[1.0], [2.0], [3.0]])
     names = ("nearest_train_group", "readout pixels", "zero", "train_median", "train_mean")

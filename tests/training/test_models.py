@@ -21,7 +21,7 @@ from edgereg.training.models import (
     registry,
 )
 from edgereg.training.models.layers import DilatedConv2d
-from edgereg.training.regressor import OutputTransform, Regressor
+from edgereg.training.targets.regressor import OutputTransform, Regressor
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ import torch
 from edgereg.errors import EdgeregError
 from edgereg.training.models import create_model, d4
 from edgereg.training.models.p4m import P4MConvBNReLU
-from edgereg.training.regressor import OutputTransform, Regressor
+from edgereg.training.targets.regressor import OutputTransform, Regressor
 
 torch.set_num_threads(1)
 

@@ -15,8 +15,8 @@ import torch
 from edgereg.cli.main import main
 from edgereg.errors import EdgeregError
 from edgereg.training.config import TrainConfig
+from edgereg.training.fitting.step import Machine, StepFormat, choose_step, detect_machine
 from edgereg.training.run import load_checkpoint, load_run, load_run_dataset
-from edgereg.training.step import Machine, StepFormat, choose_step, detect_machine
 from edgereg.training.trainer import train
 
 torch.set_num_threads(1)
@@ -66,7 +66,7 @@ def test_small_steps_and_given_precisions_are_not_compared():
 
 def test_a_onednn_capped_at_avx2_gets_fp32(tmp_path):
     """ONEDNN_MAX_CPU_ISA=AVX2 is a CPU without bf16: auto must not pick it, whatever this CPU has."""
-    code = ("from edgereg.training.step import choose_step, detect_machine\n"
+    code = ("from edgereg.training.fitting.step import choose_step, detect_machine\n"
             "machine = detect_machine()\n"
             "choice = choose_step('cnn_small', 'scalar', (16, 16), 3, 4, min_compared_pixels=0)\n"
             "print(machine.bf16, choice.format.precision, sorted(choice.work))\n")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgereg.errors import DatasetError
-from edgereg.training.splits import Split, kfold, make_split
+from edgereg.training.planning.splits import Split, kfold, make_split
 
 
 def parts_of(split: Split) -> list[np.ndarray]:

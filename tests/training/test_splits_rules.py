@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgereg.errors import DatasetError
-from edgereg.training.splits import Split, _take_groups, kfold, make_split
+from edgereg.training.planning.splits import Split, _take_groups, kfold, make_split
 
 
 def test_split_parts_become_sorted_int64_vectors_whatever_they_were_given_as():

@@ -11,8 +11,8 @@ from edgereg.data.metrics import compute_metrics, uv_to_source_pixels
 from edgereg.errors import EdgeregError
 from edgereg.preprocess import preprocess_batch
 from edgereg.training.config import TrainConfig
-from edgereg.training.lr_find import LRFindConfig, lr_range_test
 from edgereg.training.run import load_checkpoint, load_run, load_run_dataset
+from edgereg.training.selection.lr_find import LRFindConfig, lr_range_test
 from edgereg.training.trainer import train
 
 torch.set_num_threads(1)
@@ -151,7 +151,7 @@ def test_lr_range_test_restores_the_model_and_suggests_where_the_loss_falls():
 
 def test_a_run_writes_metrics_json_once(assay_dir, tmp_path, monkeypatch):
     """metrics.json is written once per run, last (after report.png), with the final time used."""
-    import edgereg.training.fit_report as fit_report
+    import edgereg.training.reporting.fit_report as fit_report
     import edgereg.training.trainer as trainer
     from edgereg.training.run import METRICS_FILE, write_json
 

@@ -1,6 +1,6 @@
 """Fitting the blocks of a readout from a plan's rows, with no import of the trainer's modules.
 
-:mod:`edgereg.training.fit_plan` builds a hybrid model's readout from here before its first step, and
+:mod:`edgereg.training.planning.fit_plan` builds a hybrid model's readout from here before its first step, and
 :mod:`edgereg.training.blocks.race` the candidate readouts; ``plan`` is a FitPlan (duck-typed: its
 ``loaded``, ``split``, ``preprocess`` and ``reference``).
 """

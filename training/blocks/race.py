@@ -83,7 +83,7 @@ def readout_plan(plan, blocks: str, hidden: int = 0, quadratic: bool = False):
 
 def fit_plan(plan, *, seed: int = 0):
     """A Regressor with the readout of ``plan`` fitted on ``plan.split.train``; (regressor, fit record)."""
-    from edgereg.training.fit_plan import new_regressor
+    from edgereg.training.planning.fit_plan import new_regressor
 
     regressor = new_regressor(plan, seed).eval()
     record = fit_from_plan(regressor.model, regressor, plan, seed=seed)
@@ -95,7 +95,7 @@ class FeatureCache:
     train rows (their 8-bit levels or quantiles, the template)."""
 
     def __init__(self, plan, blocks: tuple[str, ...], rows: np.ndarray, *, seed: int):
-        from edgereg.training.fit_plan import new_regressor
+        from edgereg.training.planning.fit_plan import new_regressor
 
         full = readout_plan(plan, ",".join(blocks))
         regressor = new_regressor(full, seed).eval()
@@ -125,8 +125,8 @@ def held_out_predictions(caches: list[FeatureCache], plans: list, *, seed: int) 
     Returns:
         (true, pred) in user units, the val rows, and the last fit record.
     """
-    from edgereg.training.fit import to_user_units
-    from edgereg.training.fit_plan import new_regressor
+    from edgereg.training.fitting.fit import to_user_units
+    from edgereg.training.planning.fit_plan import new_regressor
 
     trues, preds, all_rows, record = [], [], [], {}
     for k, plan in enumerate(plans):

@@ -25,7 +25,7 @@ from torch import nn
 
 from edgereg.errors import EdgeregError
 from edgereg.training.blocks.features import BLOCKS, COMPACT, POINT_BLOCKS
-from edgereg.training.kind_training import kind_training
+from edgereg.training.targets.kind_training import kind_training
 
 DEFAULT_BLOCKS = "moments,colour,spectrum,bank,pixels"
 RIDGE_ALPHAS = tuple(10.0 ** e for e in range(-8, 5))  # relative to the mean eigenvalue of X'X / N

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgereg.training.heads import make_head
 from edgereg.training.models.layers import AddCoords, ConvBNReLU, feature_shape
 from edgereg.training.models.registry import positive_ints, register_model, require_input_size
+from edgereg.training.targets.heads import make_head
 
 
 class CompactCNN(nn.Module):

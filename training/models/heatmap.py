@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgereg.training.heads import make_head
 from edgereg.training.models.layers import ConvBNReLU
 from edgereg.training.models.registry import positive_ints, register_model
+from edgereg.training.targets.heads import make_head
 
 
 class HeatmapNet(nn.Module):

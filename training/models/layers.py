@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgereg.training.heads import make_head
+from edgereg.training.targets.heads import make_head
 
 
 class DilatedConv2d(nn.Conv2d):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgereg.training.heads import init_output_bias
 from edgereg.training.models.registry import positive_ints, register_model
+from edgereg.training.targets.heads import init_output_bias
 
 
 class MLP(nn.Module):

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgereg.errors import EdgeregError
-from edgereg.training.heads import make_head
-from edgereg.training.kind_training import KIND_TRAINING
 from edgereg.training.models import d4
 from edgereg.training.models.registry import positive_ints, register_model
+from edgereg.training.targets.heads import make_head
+from edgereg.training.targets.kind_training import KIND_TRAINING
 
 INVARIANT_KINDS = tuple(name for name, kind in KIND_TRAINING.items() if kind.invariant)  # not locate, orient
 

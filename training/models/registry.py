@@ -2,7 +2,7 @@
 
 A model function has the signature ``name(*, in_channels, n_outputs, kind, input_size, **options)
 -> nn.Module`` and maps ``(B, in_channels, H, W) float32`` normalized images to raw outputs
-``(B, n_outputs)`` (see :mod:`edgereg.training.heads` for what "raw" means per kind). The facts
+``(B, n_outputs)`` (see :mod:`edgereg.training.targets.heads` for what "raw" means per kind). The facts
 about a model that are data, not code (its default input size and channels, the kinds it supports,
 a one-line description), are registered next to it, like timm's pretrained configs::
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from edgereg.cli.options import is_positive_int
 from edgereg.core.card import KINDS
 from edgereg.errors import EdgeregError, ShapeError, did_you_mean
-from edgereg.training.heads import check_kind
-from edgereg.training.kind_training import kind_training
+from edgereg.training.targets.heads import check_kind
+from edgereg.training.targets.kind_training import kind_training
 
 _REQUIRED_PARAMETERS = ("in_channels", "n_outputs", "kind", "input_size")
 _DEFAULT_MODEL = {"coords": "heatmap_small"}  # every other kind: "cnn_small"

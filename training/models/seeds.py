@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from edgereg.errors import EdgeregError
-from edgereg.training.heads import init_output_bias
 from edgereg.training.models.layers import feature_shape
 from edgereg.training.models.registry import register_model, require_input_size
+from edgereg.training.targets.heads import init_output_bias
 
 
 class SeedVGG(nn.Module):
