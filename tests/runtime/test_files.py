@@ -3,8 +3,6 @@ nothing is left behind when a write fails."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from edgereg.errors import OutputError
@@ -55,14 +53,23 @@ def test_atomic_write_raises_a_typed_error_naming_the_file_and_the_fix(tmp_path)
         atomic_write(tmp_path / "folder", b"{}")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
-def test_atomic_write_into_a_read_only_folder(tmp_path):
+def test_atomic_write_into_a_folder_it_may_not_write_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    """The folder refuses the file (as a read-only folder does for a non-root user; CI runs as root,
+    where chmod would not stop it, so the refusal is injected at the open)."""
+    import builtins
+
+    real_open = builtins.open
+
+    def refusing_open(file, mode="r", *args, **kwargs):
+        if "w" in mode and str(file).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
     folder = tmp_path / "ro"
     folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.raises(OutputError, match="permission denied|Permission denied"):
-            atomic_write(folder / "x.json", b"{}", fix="choose another folder")
-        assert list(folder.iterdir()) == []
-    finally:
-        folder.chmod(0o700)
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(OutputError, match="permission denied|Permission denied") as raised:
+        atomic_write(folder / "x.json", b"{}", fix="choose another folder")
+    monkeypatch.undo()
+    assert "x.json" in str(raised.value) and "choose another folder" in str(raised.value)
+    assert list(folder.iterdir()) == []
