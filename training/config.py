@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from edgereg.core.tta import parse_tta
 from edgereg.errors import EdgeregError, did_you_mean
-from edgereg.training.run import json_ready
+from edgereg.json_values import json_safe
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 SPLITS = ("auto", "random", "group")
@@ -109,7 +109,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """JSON-ready (tuples become lists)."""
-        return json_ready(asdict(self))
+        return json_safe(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

@@ -48,12 +48,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_replace(path, data, sync_folder=True)
 
 
-json_ready = json_safe  # tuples -> lists, numpy -> Python, NaN/inf -> None (edgereg.json_values)
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    """Atomically write ``data`` as indented JSON (see :func:`json_ready`)."""
-    return atomic_write_bytes(path, (json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n").encode())
+    """Atomically write ``data`` as indented JSON (see :func:`edgereg.json_values.json_safe`)."""
+    return atomic_write_bytes(path, (json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n").encode())
 
 
 def read_json(path: str | Path) -> dict:

@@ -54,6 +54,7 @@ import torch
 
 from edgereg.data.metrics import rmse_standard_error, sample_errors
 from edgereg.errors import EdgeregError
+from edgereg.json_values import json_safe
 from edgereg.training import ddp
 from edgereg.training.blocks import race as readouts
 from edgereg.training.budget import FIT_SHARE_GUESS, FOLDS_SHARE, REFIT_SHARE, BudgetClock, eval_reserve
@@ -86,7 +87,6 @@ from edgereg.training.run import (
     RUN_FILE,
     atomic_write_bytes,
     failure_reason,
-    json_ready,
     load_checkpoint,
     mark_failed,
     read_json,
@@ -222,13 +222,13 @@ def train_folds(loaded: LoadedData, config: TrainConfig, run_dir: Path, ctx: ddp
     for name in (BEST_FILE, REPORT_FILE):
         if (source / name).exists():
             atomic_write_bytes(run_dir / name, (source / name).read_bytes())
-    write_json(run_dir / METRICS_FILE, json_ready(metrics))
+    write_json(run_dir / METRICS_FILE, json_safe(metrics))
     write_json(run_dir / RUN_FILE, record)
     summary = (f"{results[chosen].summary}\n"
                f"cross-validation over {len(results)} folds (test parts): RMSE {cv['rmse']['mean']:.4g} "
                f"± {cv['rmse']['std']:.4g}, MAE {cv['mae']['mean']:.4g} ± {cv['mae']['std']:.4g}; "
                f"final model = fold {chosen} (best validation RMSE), copied to {run_dir}")
-    return TrainResult(run_dir, json_ready(metrics), results[chosen].warnings, summary)
+    return TrainResult(run_dir, json_safe(metrics), results[chosen].warnings, summary)
 
 
 def train(dataset_root: str | Path, run_dir: str | Path, config: TrainConfig | None = None, *,

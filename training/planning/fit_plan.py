@@ -16,6 +16,7 @@ import torch
 
 from edgereg.data.dataset import default_range
 from edgereg.errors import DatasetError
+from edgereg.json_values import json_safe
 from edgereg.preprocess import PreprocessConfig
 from edgereg.training.config import TrainConfig
 from edgereg.training.fitting.augment import AugmentConfig, parse_augment
@@ -23,7 +24,7 @@ from edgereg.training.models import default_model
 from edgereg.training.planning.loading import LoadedData
 from edgereg.training.planning.normalization import normalization_stats
 from edgereg.training.planning.validation import seen_group_rows
-from edgereg.training.run import build_regressor, json_ready
+from edgereg.training.run import build_regressor
 from edgereg.training.targets.kind_training import kind_training
 from edgereg.training.targets.regressor import OutputTransform
 
@@ -150,9 +151,9 @@ def run_record_model_part(plan: FitPlan) -> dict:
     """The part of run.json that rebuilds the model: kind, output transform, architecture, reference."""
     return {
         "kind": plan.loaded.kind,
-        "output_transform": json_ready(plan.transform.to_dict()),
-        "model": {"name": plan.model_name, "kwargs": json_ready(plan.model_kwargs),
+        "output_transform": json_safe(plan.transform.to_dict()),
+        "model": {"name": plan.model_name, "kwargs": json_safe(plan.model_kwargs),
                   "in_channels": plan.preprocess.n_channels, "input_size": list(plan.preprocess.input_size)},
-        "preprocess": json_ready(asdict(plan.preprocess)),
+        "preprocess": json_safe(asdict(plan.preprocess)),
         "reference": plan.reference,
     }

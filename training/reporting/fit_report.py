@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from edgereg.data.metrics import compute_metrics
+from edgereg.json_values import json_safe
 from edgereg.training.fitting.fit import FitOutcome, SanityResult
 from edgereg.training.planning.fit_plan import FitPlan
 from edgereg.training.planning.loading import LoadedData
 from edgereg.training.reporting.report import SplitEvaluation, build_metrics, format_summary, plot_report
-from edgereg.training.run import METRICS_FILE, REPORT_FILE, json_ready, write_json
+from edgereg.training.run import METRICS_FILE, REPORT_FILE, write_json
 
 
 def report_fit(plan: FitPlan, outcome: FitOutcome, evaluations: dict[str, SplitEvaluation], run_dir: Path, *,
@@ -62,7 +63,7 @@ def report_fit(plan: FitPlan, outcome: FitOutcome, evaluations: dict[str, SplitE
     if budget_line is not None:
         trained += "\n" + budget_line()
     metrics["budget"] = facts.get("budget_record", metrics.get("budget"))
-    metrics = json_ready(metrics)
+    metrics = json_safe(metrics)
     look_at = run_dir / METRICS_FILE
     if shown is not None:
         look_at = plot_report(run_dir / REPORT_FILE, kind=loaded.kind, names=loaded.dataset.names,
@@ -71,7 +72,7 @@ def report_fit(plan: FitPlan, outcome: FitOutcome, evaluations: dict[str, SplitE
     summary = format_summary(loaded.dataset.names, loaded.units, evaluations, warnings, trained=trained,
                              look_at=look_at)
     if budget_record is not None:
-        metrics["budget"] = json_ready(budget_record())
+        metrics["budget"] = json_safe(budget_record())
     write_json(run_dir / METRICS_FILE, metrics)
     return metrics, warnings, summary
 

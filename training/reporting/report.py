@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgereg.data.kinds import kind_data
 from edgereg.data.metrics import compute_metrics, prediction_spread
-from edgereg.training.targets.kind_training import kind_training
 
 COLLAPSE_SPREAD = 0.3  # predictions' std below this fraction of the targets' std: predicting the mean
 MEAN_BASELINE_MARGIN = 0.95  # RMSE above this fraction of the mean baseline's: no better than the mean
@@ -116,8 +116,8 @@ def baseline_predictions(kind: str, y_train: np.ndarray, n_eval: int, *, train_g
         name -> (n_eval, T) float64 predictions.
     """
     y_train = np.asarray(y_train, dtype=np.float64)
-    training = kind_training(kind)
-    mean, median = training.column_mean(y_train), training.column_median(y_train)
+    rules = kind_data(kind)
+    mean, median = rules.column_mean(y_train), rules.column_median(y_train)
     result = {
         "zero": np.zeros((n_eval, y_train.shape[1])),
         "train_mean": np.tile(mean, (n_eval, 1)),
@@ -139,7 +139,7 @@ def _nearest_group(kind: str, y_train: np.ndarray, groups: np.ndarray, train_fea
     scale = train_features.std(axis=0) + 1e-6  # every feature counts alike
     members = [labels == g for g in names]
     centres = np.stack([train_features[m].mean(axis=0) for m in members]) / scale  # (G, F)
-    values = np.stack([kind_training(kind).column_mean(y_train[m]) for m in members])  # (G, T)
+    values = np.stack([kind_data(kind).column_mean(y_train[m]) for m in members])  # (G, T)
     queries = eval_features / scale  # (N, F)
     distances = (queries ** 2).sum(1)[:, None] - 2 * queries @ centres.T + (centres ** 2).sum(1)[None]  # (N, G)
     return values[np.argmin(distances, axis=1)]
@@ -298,7 +298,7 @@ def plot_report(path: str | Path, *, kind: str, names: Sequence[str], units: Seq
     _plot_breakdown(figure.add_subplot(grid[0, 2]), kind, names, evaluation)
     if race:
         _plot_race(figure.add_subplot(grid[0, 3]), race)
-    errors = kind_training(kind).errors(evaluation.y_true, evaluation.y_pred)
+    errors = kind_data(kind).errors(evaluation.y_true, evaluation.y_pred)
     for row, name in enumerate(shown, start=1):
         j = list(names).index(name)
         unit = f" [{units[j]}]" if units[j] else ""
@@ -359,7 +359,7 @@ def _plot_baselines(axes, evaluation: SplitEvaluation) -> None:
 
 def _plot_breakdown(axes, kind: str, names: Sequence[str], evaluation: SplitEvaluation) -> None:
     """Per-bin MAE for distributions, else per-group RMSE when there are groups, else per-target MAE."""
-    if not kind_training(kind).bins and "groups" in evaluation.metrics:
+    if not kind_data(kind).bins and "groups" in evaluation.metrics:
         groups = evaluation.metrics["groups"]
         keys = sorted(groups, key=lambda g: -groups[g]["rmse"])[:20]
         axes.bar(range(len(keys)), [groups[g]["rmse"] for g in keys], color="C4")
@@ -369,5 +369,5 @@ def _plot_breakdown(axes, kind: str, names: Sequence[str], evaluation: SplitEval
     maes = [evaluation.metrics["targets"][n]["mae"] for n in names]
     axes.bar(range(len(names)), maes, color="C4")
     axes.set_xticks(range(len(names)), list(names), rotation=20, fontsize=8)
-    title = "per-bin MAE" if kind_training(kind).bins else "per-target MAE"
+    title = "per-bin MAE" if kind_data(kind).bins else "per-target MAE"
     axes.set(ylabel="MAE", title=f"{evaluation.name}: {title}")

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 import edgereg
+from edgereg.json_values import json_safe
 from edgereg.training.config import TrainConfig
 from edgereg.training.planning.fit_plan import FitPlan, run_record_model_part
-from edgereg.training.run import RUN_FORMAT, json_ready
+from edgereg.training.run import RUN_FORMAT
 from edgereg.training.targets.kind_training import kind_training
 
 
@@ -34,7 +35,7 @@ def run_record(plan: FitPlan, config: TrainConfig, *, status: str, metrics: dict
                    for name in ("val", "test") if name in metrics}
         if "cv" in metrics:
             summary["cv"] = metrics["cv"]
-    return json_ready({
+    return json_safe({
         "format": RUN_FORMAT, "status": status, "fold": fold,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"root": str(plan.loaded.root.resolve()), "fingerprint": dataset.fingerprint,

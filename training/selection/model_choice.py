@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgereg.json_values import json_safe
 from edgereg.training import ddp
 from edgereg.training.blocks import race as readouts
 from edgereg.training.budget import BudgetClock, eval_reserve
@@ -20,7 +21,7 @@ from edgereg.training.planning.fit_plan import FitPlan, make_plan, plan_basis
 from edgereg.training.planning.input_size import seconds_per_step
 from edgereg.training.planning.loading import LoadedData
 from edgereg.training.planning.validation import ValidationPlan
-from edgereg.training.run import json_ready, write_json
+from edgereg.training.run import write_json
 from edgereg.training.selection.lr_find import plot_lr_find
 from edgereg.training.selection.race import (
     MIN_RACE_STEPS,
@@ -42,7 +43,7 @@ def auto_lr(plan: FitPlan, config: TrainConfig, run_dir: Path, ctx: ddp.DistCont
     if ctx.is_main:
         result = find_lr(plan, config, device=ctx.device)
         plot_lr_find(result, run_dir / "lr_find.png")
-        write_json(run_dir / "lr_find.json", json_ready(result.to_dict()))
+        write_json(run_dir / "lr_find.json", json_safe(result.to_dict()))
         lr = result.suggestion
         log(f"lr auto: {lr:.3g} (steepest descent of the LR range test; plot {run_dir / 'lr_find.png'})")
     return ddp.broadcast_float(lr, ctx)

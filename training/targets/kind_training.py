@@ -102,23 +102,6 @@ class KindTraining(KindSide):
         """The kind's dataset checks, training units, errors and column statistics."""
         return kind_data(self.name)
 
-    @property
-    def bins(self) -> bool:
-        """Targets are the bins of one distribution (reports show per-bin errors, not groups)."""
-        return self.data.bins
-
-    def errors(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-        """(N, T) float64 signed errors ``pred - true`` in the kind's units."""
-        return self.data.errors(y_true, y_pred)
-
-    def column_mean(self, values: np.ndarray) -> np.ndarray:
-        """(N, T) -> (T,) the mean of each column in its units (circular for angles)."""
-        return self.data.column_mean(values)
-
-    def column_median(self, values: np.ndarray) -> np.ndarray:
-        """(N, T) -> (T,) the median of each column in its units (around the circular mean for angles)."""
-        return self.data.column_median(values)
-
     # --- output transform ---------------------------------------------------------------------
     def fit(self, targets: np.ndarray, value_range) -> dict[str, tuple[float, ...]]:
         """The transform's fitted fields from training targets ``(N, T) float64`` in physical units."""
