@@ -22,6 +22,7 @@ caller names one (e.g. ``model.onnx.partial``, which ``edgereg export`` cleans u
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterable, Iterator
@@ -101,20 +102,9 @@ def atomic_replace(path: str | os.PathLike, data: bytes | Iterable[bytes], *, te
     """
     target = Path(path)
     chunks = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    temp = target.with_name(temp_name or _temporary_name(target))
-    try:
-        with open(temp, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    if sync_folder:
-        fsync_folder(target.parent)
+    with atomic_path(target, temp_name=temp_name, sync_folder=sync_folder) as temp, open(temp, "wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
     return target
 
 
@@ -134,4 +124,13 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, fix: str = "choose ano
         raise output_error(exc, target, fix=fix) from None
 
 
-__all__ = ["atomic_path", "atomic_replace", "atomic_write", "fsync_folder"]
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (model identity for resume and audit)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["atomic_path", "atomic_replace", "atomic_write", "fsync_folder", "sha256_file"]

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from edgereg.files import atomic_replace
+
 STATUS_OK = "ok"  # exported, no int8 asked for
 STATUS_PASSED = "passed"  # int8 gate passed
 STATUS_FAILED = "failed"  # int8 gate failed: no int8 model written
@@ -126,10 +128,8 @@ def _size(path: Path | None) -> int | None:
 def write_report(report: dict, path: str | Path) -> Path:
     """Write the report as indented JSON, atomically (a killed export leaves the old file or none)."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(report, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    partial.replace(path)
-    return path
+    text = json.dumps(report, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    return atomic_replace(path, text.encode(), temp_name=path.name + ".partial")
 
 
 def _jsonable(value):

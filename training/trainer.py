@@ -486,6 +486,7 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
     started = time.perf_counter()
     regressor, fit_record = readouts.fit_plan(plan, seed=config.seed)
     save_checkpoint(run_dir / BEST_FILE, regressor.state_dict())
+    clock.mark("readout fit")
     evaluations = dict(evaluate_fit(plan, regressor, batch_size=config.eval_batch))
     if external is not None:
         evaluations["test"] = evaluate_external(plan, regressor, external, batch_size=config.eval_batch)
@@ -499,7 +500,6 @@ def ship_readout(loaded: LoadedData, config: TrainConfig, vplan: ValidationPlan,
         val = evaluations["val"]
         true, pred = val.y_true, val.y_pred
     evaluations["val"] = with_baselines(val, {**baselines, **network, **others})
-    clock.mark("readout fit")
     clock.mark("evaluation")
     stopped = f"closed-form readout ({best.label()}, {fit_record})"
     outcome = FitOutcome(regressor, [], 0, 0, stopped, 0.0, time.perf_counter() - started)

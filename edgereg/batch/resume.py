@@ -24,7 +24,7 @@ from typing import Any
 
 from edgereg.batch.encoding import ENCODING, ENCODING_ERRORS, output_format
 from edgereg.errors import EdgeregError
-from edgereg.files import atomic_write
+from edgereg.files import atomic_write, sha256_file
 
 
 def cut_partial_line(path: str | os.PathLike) -> int:
@@ -116,15 +116,6 @@ def identity_path_for(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + IDENTITY_SUFFIX)
 
 
-def sha256_of_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class OutputIdentity:
     """Who wrote the rows of an output: what ``--resume`` must match before appending.
@@ -157,7 +148,7 @@ class OutputIdentity:
         from edgereg import __version__
 
         card_sha = hashlib.sha256(card_json.encode()).hexdigest() if card_json is not None else ""
-        return cls(model_sha256=sha256_of_file(model_path), model_name=Path(model_path).name, tta=str(tta),
+        return cls(model_sha256=sha256_file(model_path), model_name=Path(model_path).name, tta=str(tta),
                    columns=tuple(columns), edgereg_version=__version__, card_sha256=card_sha, readings=readings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,4 +260,4 @@ def check_resume_identity(out_path: str | os.PathLike, identity: OutputIdentity)
 
 
 __all__ = ["IDENTITY_KEYS", "OutputIdentity", "check_resume_identity", "cut_partial_line", "identity_path_for",
-           "load_done_keys", "read_identity", "sha256_of_file", "write_identity"]
+           "load_done_keys", "read_identity", "write_identity"]

@@ -55,8 +55,8 @@ def run(args) -> int:
     require_extra("onnx", "lab")
     from edgereg.core.predictor import Predictor
     from edgereg.export.card_io import copy_with_card
+    from edgereg.files import sha256_file
     from edgereg.json_values import json_safe
-    from edgereg.lab.audit import sha256_file
     from edgereg.lab.calibration import calibration_id
     from edgereg.lab.fit.calibration import card_entry, fit_target
     from edgereg.lab.fit.standards import read_standards

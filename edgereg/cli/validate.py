@@ -62,9 +62,8 @@ def run(args) -> int:
     require_extra("scipy", "lab")
     from edgereg.cli.calibrate import check_model_output
     from edgereg.core.predictor import Predictor
-    from edgereg.files import atomic_write
+    from edgereg.files import atomic_write, sha256_file
     from edgereg.json_values import json_safe
-    from edgereg.lab.audit import sha256_file
     from edgereg.lab.calibration import calibration_id
     from edgereg.lab.fit.standards import read_standards
     from edgereg.lab.fit.validation import validate

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -326,12 +326,7 @@ class KindSide:
         return target_kind(self.name)
 
 
-class _Named(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-K = TypeVar("K", bound=_Named)
+K = TypeVar("K", bound=KindSide)
 
 
 class KindTable(dict[str, K]):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgereg.core import angles
 from edgereg.core.angles import circular_difference
 from edgereg.core.kinds import KindSide, KindTable, TargetKind
 from edgereg.errors import DatasetError
@@ -135,7 +136,7 @@ class Angle(KindData):
 
     def column_mean(self, values):
         """Circular mean in degrees per column, in [0, 360)."""
-        return circular_mean(values, axis=0)
+        return np.mod(angles.circular_mean(np.asarray(values, dtype=np.float64)), 360.0)
 
     def column_median(self, values):
         """The median of the differences to the circular mean, added back to it, in [0, 360)."""
@@ -159,18 +160,6 @@ class Count(KindData):
             row = int(bad[0])
             raise DatasetError(f"kind 'count' needs whole numbers >= 0; {csv_name} line {lines[row]} has "
                                f"{', '.join(f'{v:g}' for v in targets[row])}; fix the row or use --kind vector")
-
-
-def circular_mean(angles_deg: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Mean direction of angles in degrees, in [0, 360).
-
-    Args:
-        angles_deg: (...) float, degrees.
-        axis: the axis to average over.
-    """
-    radians = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    mean = np.rad2deg(np.arctan2(np.sin(radians).mean(axis=axis), np.cos(radians).mean(axis=axis)))
-    return np.mod(mean, 360.0)
 
 
 def coord_pairs(names: Sequence[str]) -> list[tuple[int, int]] | None:
@@ -215,5 +204,5 @@ def kind_data(kind: str | KindData | TargetKind) -> KindData:
     return KIND_DATA.lookup(kind)
 
 
-__all__ = ["KIND_DATA", "SUM_TOLERANCE", "Angle", "Coords", "Count", "Distribution", "KindData", "circular_mean",
+__all__ = ["KIND_DATA", "SUM_TOLERANCE", "Angle", "Coords", "Count", "Distribution", "KindData",
            "coord_pairs", "kind_data", "register_kind_data"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgereg.core.angles import circular_difference  # noqa: F401 (re-exported: tests)
 from edgereg.core.kinds import target_kind
-from edgereg.data.kinds import KIND_DATA, circular_mean, kind_data  # noqa: F401 (circular_mean re-exported)
+from edgereg.data.kinds import KIND_DATA, kind_data
 from edgereg.errors import ShapeError, did_you_mean
 from edgereg.preprocess.geometry import uv_to_source_pixels  # noqa: F401 (re-exported: fit, tests)
 

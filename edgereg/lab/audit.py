@@ -35,21 +35,12 @@ import numpy as np
 
 from edgereg import __version__
 from edgereg.core.card import ModelCard
+from edgereg.files import sha256_file
 
 AUDIT_COLUMNS = ("model_sha256", "card_version", "calibration_id", "calibration_date", "validation_id",
                  "edgereg_version", "confidence", "timestamp", "source", "quality_brightness", "quality_clipped",
                  "quality_sharpness")
 CLIPPED_LEVEL = 250  # the quality gate's level of a saturated pixel
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def files_digest(root: str | os.PathLike, paths: Iterable[str | os.PathLike]) -> str:

@@ -27,6 +27,7 @@ from edgereg.core.kinds import TargetKind, target_kind
 from edgereg.errors import EdgeregError, require_extra
 from edgereg.export.int8.search import CALIBRATION_BUDGET_S, search_int8
 from edgereg.export.int8.verdict import DEFAULT_MAX_DROP, GateResult, check_gate, rmse_changes, validate_max_drop
+from edgereg.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -238,9 +239,8 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, *, card: Mod
             model = onnx.load(str(chosen))
             onnx.checker.check_model(model)
             embed_card(model, int8_card)
-            partial = Path(tmp) / "final.onnx"
-            onnx.save(model, str(partial))
-            partial.replace(out_path)
+            with atomic_path(out_path, temp_name=out_path.name + ".partial") as partial:
+                onnx.save(model, str(partial))
             path = out_path
     return Int8Export(path=path, gate=gate, method=found.method, fp32_metrics=fp32_metrics,
                       int8_metrics=int8_metrics, candidates=found.methods_tried, holdout=scored_holdout,

@@ -49,6 +49,12 @@ class GateResult:
                 f"{self.fp32_rmse:.4g}; worst {self.worst} {self.worst_drop:+.1%} (allowed {self.max_drop:+.1%})")
 
 
+def _rmse_pairs(fp32: dict, int8: dict) -> list[tuple[str, float, float]]:
+    """(name, fp32 RMSE, int8 RMSE): overall first, then each target."""
+    return [("overall", fp32["rmse"], int8["rmse"]),
+            *((name, fp32["targets"][name]["rmse"], int8["targets"][name]["rmse"]) for name in fp32["targets"])]
+
+
 def check_gate(fp32: dict, int8: dict, *, max_drop: float = DEFAULT_MAX_DROP) -> GateResult:
     """Hold int8 metrics to fp32 metrics (both from :func:`evaluate` on the same split).
 
@@ -56,8 +62,7 @@ def check_gate(fp32: dict, int8: dict, *, max_drop: float = DEFAULT_MAX_DROP) ->
         EdgeregError: a negative max_drop.
     """
     validate_max_drop(max_drop)
-    pairs = [("overall", fp32["rmse"], int8["rmse"])]
-    pairs += [(name, fp32["targets"][name]["rmse"], int8["targets"][name]["rmse"]) for name in fp32["targets"]]
+    pairs = _rmse_pairs(fp32, int8)
     drops = [(name, _relative_increase(reference, value)) for name, reference, value in pairs]
     worst, worst_drop = max(drops, key=lambda item: item[1])  # the first of equals: "overall"
     return GateResult(passed=bool(worst_drop <= max_drop + 1e-12), max_drop=float(max_drop), split=fp32["split"],
@@ -67,8 +72,7 @@ def check_gate(fp32: dict, int8: dict, *, max_drop: float = DEFAULT_MAX_DROP) ->
 
 def rmse_changes(fp32: dict, int8: dict) -> dict[str, float | None]:
     """Relative RMSE change int8 / fp32 - 1, overall and per target (None where fp32 is exact)."""
-    pairs = [("overall", fp32["rmse"], int8["rmse"])]
-    pairs += [(name, fp32["targets"][name]["rmse"], int8["targets"][name]["rmse"]) for name in fp32["targets"]]
+    pairs = _rmse_pairs(fp32, int8)
     return {name: (value / reference - 1.0 if reference > 0 else None) for name, reference, value in pairs}
 
 

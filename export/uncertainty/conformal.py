@@ -75,13 +75,13 @@ from edgereg.lab.intervals import (
     signed_residual,
     target_to_dict,
 )
+from edgereg.training.reporting.held_out import HELD_OUT_FILE  # written by training (HeldOut)
 
 METHODS = ("normalized", "constant")
 MIN_FIT = 30  # validation images needed to fit a difficulty
 MIN_CALIBRATION = 40  # test images needed to take the quantiles from test alone
 MIN_PER_BIN = 40  # test images per Mondrian bin
 FIT_SHARE = 0.35  # share of a refitted model's held-out rows that fits the difficulty (the rest: quantiles)
-HELD_OUT_FILE = "held_out.npz"  # written by training (edgereg.training.trainer.HeldOut)
 MIN_GAIN = 0.03  # a non-constant difficulty must give intervals this much narrower
 FLOOR_FRACTION = 0.2  # the difficulty never goes below this fraction of the median |residual|
 GUARANTEE = ("Coverage is guaranteed (on average over images) only for images like the conformal calibration "

@@ -37,11 +37,10 @@ MAX_SHRINK = 0.5  # ... nor below this fraction of the native side: detail is wh
 
 
 def seconds_per_step(model_name: str, kind: str, size: tuple[int, int], channels: int, batch: int,
-                     n_outputs: int = 2, precision: str = "auto") -> float:
+                     precision: str = "auto") -> float:
     """Seconds of one optimizer step of ``model_name`` at ``size`` on random data, this machine, in the
     step format the fit will use (:func:`edgereg.training.fitting.step.choose_step`: fp32 or bf16 autocast,
-    NCHW or channels-last, whichever measured fastest; the least disturbed of a few steps).
-    ``n_outputs`` is not used: the width of the head does not change the time of a step."""
+    NCHW or channels-last, whichever measured fastest; the least disturbed of a few steps)."""
     from edgereg.training.fitting.step import choose_step
 
     return choose_step(model_name, kind, size, channels, batch, precision=precision).seconds_per_step

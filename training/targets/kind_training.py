@@ -18,7 +18,7 @@ Each object answers: the default head style and loss, which losses fit, the outp
 fitted fields, the target encoding and the output link (:mod:`edgereg.training.targets.regressor` calls
 them) and how targets move with the geometric augmentation. The dataset's target checks and units
 and the per-element errors the metrics use are torch-free and shared with the runtime: they are
-:mod:`edgereg.data.kinds` (``KindTraining.data``).
+:mod:`edgereg.data.kinds` (``kind_data(name)``).
 
 The module loads without torch (``edgereg synth`` uses it on machines without it); the methods
 that compute on tensors import torch themselves.
@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from edgereg.core.kinds import KindSide, KindTable, TargetKind
-from edgereg.data.kinds import KindData, kind_data
 from edgereg.errors import DatasetError, EdgeregError, ShapeError
 
 if TYPE_CHECKING:
@@ -95,12 +94,6 @@ class KindTraining(KindSide):
     def paired_outputs(self) -> bool:
         """Raw outputs come in pairs ((x, y) points, (sin, cos) of an angle)."""
         return self.target.xy_points or self.outputs_per_target == 2
-
-    # --- dataset and metrics (torch-free, :mod:`edgereg.data.kinds`) ---------------------------
-    @property
-    def data(self) -> KindData:
-        """The kind's dataset checks, training units, errors and column statistics."""
-        return kind_data(self.name)
 
     # --- output transform ---------------------------------------------------------------------
     def fit(self, targets: np.ndarray, value_range) -> dict[str, tuple[float, ...]]:
